@@ -1,0 +1,136 @@
+//! Start-up and shut-down of the server: open the data directory, load the
+//! operator token, bind the listener (port 0 in tests), serve until told to
+//! stop, then sync storage.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::auth::OperatorToken;
+use crate::config::Config;
+use crate::http::{self, App};
+use crate::service::Signet;
+use crate::store::{Store, StoreError};
+use crate::verify::Policy;
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartupError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The operator token could not be read or written.
+    #[error("cannot read or create the operator token {path}: {source}")]
+    AdminToken {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source} (set server.listen or SIGNET_LISTEN to a free address)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    listener: TcpListener,
+    app: Arc<App>,
+    addr: SocketAddr,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Application, StartupError> {
+        let data_dir = config.storage.data_dir.clone();
+        create_private_dir(&data_dir).map_err(|source| StartupError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let store = Store::open(&data_dir)?;
+        let (operator, generated) =
+            OperatorToken::load_or_create(&config).map_err(|source| StartupError::AdminToken {
+                path: data_dir.join("admin.token"),
+                source,
+            })?;
+        if let Some(path) = generated {
+            tracing::info!(path = %path.display(), "generated an operator token (mode 0600); read it from this file");
+        }
+        let policy = Policy {
+            leeway: Duration::from_secs(config.verify.leeway_secs),
+            require_exp: config.verify.require_exp,
+            max_token_bytes: config.verify.max_token_bytes,
+            cache_capacity: config.verify.cache_capacity,
+        };
+        let signet = Signet::new(store, policy, config.keys.max_per_org)?;
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let app = Arc::new(App::new(signet, config, operator));
+        Ok(Application {
+            listener,
+            app,
+            addr,
+        })
+    }
+
+    /// The bound address, with the real port when the config asked for 0.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves, drains, then syncs storage.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
+        tracing::info!(addr = %self.addr, "signet is listening");
+        http::serve(self.listener, self.app.clone(), shutdown).await;
+        self.app.signet.store.sync()?;
+        tracing::info!("storage synced; bye");
+        Ok(())
+    }
+}
+
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,202 @@
+//! Audit events: who did what to which organisation's keys, and the hash
+//! chain that makes a stored event impossible to edit without a trace.
+//!
+//! Each event carries the SHA-256 (hex) of the stored bytes of the previous
+//! event of its organisation; the first event of an organisation carries 64
+//! zeros. `store` appends events in the same transaction as the change they
+//! record; [`check_chain`] walks one organisation's events in order.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::keys::{KeyId, OrgId};
+
+/// An event id: a ULID, ordered by time within an organisation.
+pub type EventId = KeyId;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    #[serde(rename = "key.created")]
+    KeyCreated,
+    #[serde(rename = "key.deleted")]
+    KeyDeleted,
+    #[serde(rename = "access.denied")]
+    AccessDenied,
+    #[serde(rename = "quota.exceeded")]
+    QuotaExceeded,
+}
+
+/// Who asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Actor {
+    /// The holder of the operator token.
+    Operator,
+    /// The offline command line, on the data directory itself.
+    Cli,
+    /// An organisation token: its subject and the key that signed it.
+    #[serde(rename_all = "camelCase")]
+    Token { sub: String, key_id: KeyId },
+    /// A caller whose credential was missing or invalid.
+    Anonymous,
+}
+
+/// An event as the caller describes it, before `store` places it in a chain.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub action: Action,
+    pub key_id: Option<KeyId>,
+    pub actor: Actor,
+    pub client: Option<String>,
+    pub outcome: String,
+}
+
+/// An event as stored and served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditEvent {
+    pub id: EventId,
+    pub time: String,
+    pub organisation_id: OrgId,
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<KeyId>,
+    pub actor: Actor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
+    pub outcome: String,
+    pub prev_hash: String,
+}
+
+/// The `prev_hash` of an organisation's first event.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+impl AuditEvent {
+    pub fn new(id: EventId, org: OrgId, event: NewEvent, prev: [u8; 32]) -> AuditEvent {
+        AuditEvent {
+            id,
+            time: crate::keys::rfc3339(id.timestamp_ms()),
+            organisation_id: org,
+            action: event.action,
+            key_id: event.key_id,
+            actor: event.actor,
+            client_address: event.client,
+            outcome: event.outcome,
+            prev_hash: hex(&prev),
+        }
+    }
+}
+
+/// SHA-256 of an event's stored bytes: the next event's `prev_hash`.
+pub fn link(stored: &[u8]) -> [u8; 32] {
+    Sha256::digest(stored).into()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where an organisation's chain stops being trustworthy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit chain of organisation {org} is broken at event #{index} ({id}): {reason}")]
+pub struct BrokenLink {
+    pub org: String,
+    pub index: usize,
+    pub id: String,
+    pub reason: String,
+}
+
+/// Checks one organisation's stored events, oldest first.
+pub fn check_chain<'a>(
+    org: &str,
+    stored: impl IntoIterator<Item = (String, &'a [u8])>,
+) -> Result<usize, BrokenLink> {
+    let mut prev = GENESIS;
+    let mut count = 0;
+    for (index, (id, bytes)) in stored.into_iter().enumerate() {
+        let broken = |reason: String| BrokenLink {
+            org: org.to_owned(),
+            index,
+            id: id.clone(),
+            reason,
+        };
+        let event: AuditEvent = serde_json::from_slice(bytes)
+            .map_err(|e| broken(format!("the stored event does not parse ({e})")))?;
+        if event.prev_hash != hex(&prev) {
+            return Err(broken(
+                "its prev_hash does not match the previous event (an event was edited, removed or inserted)".into(),
+            ));
+        }
+        if event.id.to_string() != id || event.organisation_id.as_str() != org {
+            return Err(broken(
+                "its id or organisation differs from where it is stored".into(),
+            ));
+        }
+        prev = link(bytes);
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: usize) -> Vec<(String, Vec<u8>)> {
+        let org = OrgId::parse("acme").unwrap();
+        let mut prev = GENESIS;
+        (0..n)
+            .map(|i| {
+                let id = KeyId::new(ulid::Ulid::from_parts(1_700_000_000_000 + i as u64, 7));
+                let e = AuditEvent::new(
+                    id,
+                    org.clone(),
+                    NewEvent {
+                        action: Action::KeyCreated,
+                        key_id: None,
+                        actor: Actor::Operator,
+                        client: None,
+                        outcome: "201".into(),
+                    },
+                    prev,
+                );
+                let bytes = serde_json::to_vec(&e).unwrap();
+                prev = link(&bytes);
+                (id.to_string(), bytes)
+            })
+            .collect()
+    }
+
+    fn check(events: &[(String, Vec<u8>)]) -> Result<usize, BrokenLink> {
+        check_chain(
+            "acme",
+            events.iter().map(|(id, b)| (id.clone(), b.as_slice())),
+        )
+    }
+
+    #[test]
+    fn intact_chain_checks() {
+        assert_eq!(check(&chain(5)), Ok(5));
+    }
+
+    #[test]
+    fn any_edited_byte_is_found() {
+        let events = chain(4);
+        let target = 2;
+        let len = events[target].1.len();
+        for pos in 0..len {
+            let mut edited = events.clone();
+            edited[target].1[pos] ^= 0x01;
+            let err = check(&edited).expect_err("an edit must break the chain");
+            assert!(err.index == target || err.index == target + 1, "{err}");
+        }
+    }
+
+    #[test]
+    fn removed_event_is_found() {
+        let mut events = chain(4);
+        events.remove(1);
+        assert_eq!(check(&events).unwrap_err().index, 1);
+    }
+}

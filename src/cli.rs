@@ -1,0 +1,593 @@
+//! The command line: argument definitions, one function per command, and
+//! the mapping of outcomes to exit codes (0 success or valid, 1 invalid or
+//! refused, 2 usage, configuration or I/O error).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+use crate::app::{self, Application};
+use crate::audit::Actor;
+use crate::config::{Config, LogFormat};
+use crate::keys::{self, Algorithm, Bits, Jwk, KeyId, KeyName, OrgId};
+use crate::service::{Caller, NewKey, Signet, StoreSource};
+use crate::store::{Store, StoreError};
+use crate::verify::{self, Expect, KeyMaterial, KeySource, Policy, Verifier, VerifyError};
+
+#[derive(Parser)]
+#[command(
+    name = "signet",
+    version,
+    about = "A signing-key service: RSA key pairs, JWK Sets and a JWT verifier."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server until SIGINT or SIGTERM.
+    Serve {
+        /// Configuration file [default: ./config.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Check a token: exit 0 if valid, 1 if not, 2 if it could not be checked.
+    Verify(VerifyArgs),
+    /// Create, list or delete keys directly in the data directory (server stopped).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Mint a JWT from a private-key PEM (for bootstrap and tests).
+    Token(TokenArgs),
+    /// Check the audit log's hash chains.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct DataArgs {
+    /// Configuration file whose data directory to use.
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory [default: the config's storage.data_dir].
+    #[arg(long, value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; prints the SigningKeySet JSON, or writes the private key to --out.
+    Create {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "RS256")]
+        algorithm: String,
+        #[arg(long, default_value_t = 2048)]
+        bits: u64,
+        /// Write the private key PEM to this file (mode 0600) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// List keys as JSON, of one organisation or of all.
+    List {
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Delete a key.
+    Delete {
+        #[arg(long)]
+        org: String,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk every organisation's chain and report the first broken link.
+    Verify,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The token; `-` or absent reads it from stdin.
+    token: Option<String>,
+    /// Ask this signet server (e.g. http://127.0.0.1:8081).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["jwks", "data_dir"])]
+    server: Option<String>,
+    /// Use the keys of this JWK Set (an http:// URL or a file).
+    #[arg(long, value_name = "URL_OR_FILE", conflicts_with = "data_dir")]
+    jwks: Option<String>,
+    /// Read keys from this data directory (the server must be stopped).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    audience: Option<String>,
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Clock leeway in seconds [default: the config's, 30].
+    #[arg(long, value_name = "SECONDS")]
+    leeway: Option<u64>,
+    /// Print the /v1/verify result JSON.
+    #[arg(long)]
+    json: bool,
+    /// Configuration file (for the default server address and leeway).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Private key PEM (PKCS#8 or PKCS#1).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The signing key's id (the `kid`).
+    #[arg(long)]
+    kid: String,
+    #[arg(long)]
+    org: String,
+    #[arg(long, default_value = "OWNER")]
+    role: String,
+    #[arg(long, default_value = "cli")]
+    sub: String,
+    /// Lifetime, e.g. 15m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    ttl: humantime::Duration,
+    #[arg(long, default_value = "signet")]
+    aud: String,
+    #[arg(long)]
+    iss: Option<String>,
+    /// The key's algorithm.
+    #[arg(long, default_value = "RS256")]
+    alg: String,
+    /// Extra claim `name=value`; a value that parses as JSON is used as JSON.
+    #[arg(long = "claim", value_name = "NAME=VALUE")]
+    claims: Vec<String>,
+}
+
+/// A command's verdict when it ran to the end.
+enum Outcome {
+    Success,
+    /// Token invalid or request refused.
+    Refused,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Refused) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("signet: {}", sentence(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The error and its causes, each said once: our errors already name their
+/// cause in their own message, foreign ones may not.
+fn sentence(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(config.as_deref())?;
+            init_logging(&config);
+            runtime.block_on(async {
+                let app = Application::build(config).await?;
+                app.run_until(app::shutdown_signal()).await
+            })?;
+            Ok(Outcome::Success)
+        }
+        Command::Verify(args) => runtime.block_on(verify_cmd(args)),
+        Command::Keys { command, data } => runtime.block_on(keys_cmd(command, data)),
+        Command::Token(args) => token_cmd(args),
+        Command::Audit {
+            command: AuditCommand::Verify,
+            data,
+        } => {
+            let store = open_store(&data)?;
+            match store.verify_audit()? {
+                Ok(n) => {
+                    println!("audit log intact: {n} events checked");
+                    Ok(Outcome::Success)
+                }
+                Err(broken) => {
+                    println!("{broken}");
+                    Ok(Outcome::Refused)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn open_store(data: &DataArgs) -> anyhow::Result<Store> {
+    let dir = match &data.data_dir {
+        Some(dir) => dir.clone(),
+        None => Config::load(data.config.as_deref())?.storage.data_dir,
+    };
+    if !dir.join("db").exists() {
+        bail!(
+            "{} holds no signet database; pass --data-dir or run `signet serve` once",
+            dir.display()
+        );
+    }
+    Ok(Store::open(&dir)?)
+}
+
+async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcome> {
+    let config = Config::load(data.config.as_deref())?;
+    let dir = data
+        .data_dir
+        .clone()
+        .unwrap_or(config.storage.data_dir.clone());
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let store = Store::open(&dir)?;
+    let signet = Signet::new(store, Policy::default(), config.keys.max_per_org)?;
+    let caller = Caller {
+        actor: Actor::Cli,
+        client: None,
+    };
+    match command {
+        KeysCommand::Create {
+            org,
+            name,
+            algorithm,
+            bits,
+            out,
+        } => {
+            let new = NewKey {
+                name: KeyName::parse(&name)?,
+                algorithm: algorithm.parse()?,
+                bits: Bits::from_u64(bits)?,
+            };
+            let org = OrgId::parse(&org)?;
+            let (record, key) = match signet.create(org, new, &caller).await {
+                Err(crate::service::ServiceError::QuotaExceeded(n)) => {
+                    eprintln!("signet: Maximum number of organisation keys ({n}) has been reached. Delete existing keys before creating new ones.");
+                    return Ok(Outcome::Refused);
+                }
+                other => other?,
+            };
+            let mut view = public_view(&record);
+            match out {
+                Some(path) => {
+                    write_private_file(&path, key.pkcs8_pem().as_bytes())?;
+                    eprintln!("private key written to {}", path.display());
+                }
+                None => {
+                    view["privateKey"] = Value::String(key.pkcs8_pem().to_string());
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        }
+        KeysCommand::List { org } => {
+            let records = match org {
+                Some(org) => signet.list(&OrgId::parse(&org)?)?,
+                None => signet.store.all_keys()?,
+            };
+            let keys: Vec<Value> = records.iter().map(public_view).collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({ "keys": keys }))?
+            );
+        }
+        KeysCommand::Delete { org, id } => {
+            let (org, id) = (OrgId::parse(&org)?, KeyId::parse(&id)?);
+            match signet.delete(org, id, &caller).await {
+                Ok(()) => eprintln!("deleted key {id}"),
+                Err(crate::service::ServiceError::NotFound(_)) => {
+                    eprintln!("signet: key {id} does not exist in that organisation");
+                    return Ok(Outcome::Refused);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    signet.store.sync()?;
+    Ok(Outcome::Success)
+}
+
+fn public_view(r: &keys::PublicKeyRecord) -> Value {
+    json!({
+        "id": r.id,
+        "organisationId": r.org,
+        "name": r.name,
+        "algorithm": r.algorithm,
+        "bits": r.bits,
+        "publicKey": r.public_key_pem(),
+        "createdAt": r.created_at(),
+    })
+}
+
+fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(contents)?;
+    Ok(())
+}
+
+fn token_cmd(args: TokenArgs) -> anyhow::Result<Outcome> {
+    let pem =
+        std::fs::read(&args.key).with_context(|| format!("cannot read {}", args.key.display()))?;
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
+        .with_context(|| format!("{} is not an RSA private key PEM", args.key.display()))?;
+    let alg: Algorithm = args.alg.parse()?;
+    let kid = KeyId::parse(&args.kid)?;
+    let org = OrgId::parse(&args.org)?;
+    let now = verify::unix_now();
+    let ttl: Duration = args.ttl.into();
+    let mut claims = Map::new();
+    claims.insert("org".into(), json!(org));
+    claims.insert("role".into(), json!(args.role));
+    claims.insert("sub".into(), json!(args.sub));
+    claims.insert("aud".into(), json!(args.aud));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("exp".into(), json!(now + ttl.as_secs()));
+    if let Some(iss) = args.iss {
+        claims.insert("iss".into(), json!(iss));
+    }
+    for claim in &args.claims {
+        let (name, value) = claim
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--claim {claim:?} must look like name=value"))?;
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
+        claims.insert(name.into(), value);
+    }
+    let mut header = jsonwebtoken::Header::new(jwt_alg(alg));
+    header.kid = Some(kid.to_string());
+    let token = jsonwebtoken::encode(&header, &claims, &key).context("could not sign the token")?;
+    println!("{token}");
+    Ok(Outcome::Success)
+}
+
+pub fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
+    match alg {
+        Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+        Algorithm::RS384 => jsonwebtoken::Algorithm::RS384,
+        Algorithm::RS512 => jsonwebtoken::Algorithm::RS512,
+        Algorithm::PS256 => jsonwebtoken::Algorithm::PS256,
+        Algorithm::PS384 => jsonwebtoken::Algorithm::PS384,
+        Algorithm::PS512 => jsonwebtoken::Algorithm::PS512,
+    }
+}
+
+/// The keys of a JWK Set, for `signet verify --jwks`.
+struct JwkSetSource(std::collections::HashMap<KeyId, (Algorithm, Vec<u8>)>);
+
+impl KeySource for JwkSetSource {
+    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String> {
+        Ok(self.0.get(&id).map(|(algorithm, der)| KeyMaterial {
+            org: None,
+            algorithm: *algorithm,
+            spki_der: der.clone(),
+        }))
+    }
+    fn contains(&self, id: KeyId) -> Result<bool, String> {
+        Ok(self.0.contains_key(&id))
+    }
+}
+
+fn parse_jwk_set(bytes: &[u8]) -> anyhow::Result<JwkSetSource> {
+    #[derive(serde::Deserialize)]
+    struct Set {
+        keys: Vec<Value>,
+    }
+    let set: Set = serde_json::from_slice(bytes).context("the JWK Set is not {\"keys\": [...]}")?;
+    let mut keys = std::collections::HashMap::new();
+    for key in set.keys {
+        // Keys signet cannot use (other types, no kid) are skipped, as JOSE
+        // libraries do; a token naming one then fails as unknown_key.
+        let Ok(jwk) = serde_json::from_value::<Jwk>(key) else {
+            continue;
+        };
+        if let Ok((kid, alg, der)) = jwk.to_parts() {
+            keys.insert(kid, (alg, der));
+        }
+    }
+    Ok(JwkSetSource(keys))
+}
+
+async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
+    let token = match args.token.as_deref() {
+        Some(t) if t != "-" => t.to_owned(),
+        _ => {
+            if std::io::stdin().is_terminal() {
+                bail!("no token given: pass it as an argument or on stdin");
+            }
+            let mut t = String::new();
+            std::io::stdin()
+                .take(1 << 20)
+                .read_to_string(&mut t)
+                .context("cannot read the token from stdin")?;
+            t
+        }
+    };
+    let token = token.trim();
+    let config = Config::load(args.config.as_deref())?;
+    let expect = Expect {
+        audience: args.audience.as_deref(),
+        issuer: args.issuer.as_deref(),
+    };
+    let policy = Policy {
+        leeway: Duration::from_secs(args.leeway.unwrap_or(config.verify.leeway_secs)),
+        require_exp: config.verify.require_exp,
+        max_token_bytes: config.verify.max_token_bytes,
+        cache_capacity: 16,
+    };
+    let local = |source: Arc<dyn KeySource>| -> anyhow::Result<Value> {
+        let verifier = Verifier::new(source, policy);
+        match verifier.verify(token, expect) {
+            Ok(v) => Ok(
+                json!({"valid": true, "keyId": v.key_id, "organisationId": v.org, "header": v.header, "claims": v.claims}),
+            ),
+            Err(VerifyError::Unavailable(cause)) => bail!("could not read keys: {cause}"),
+            Err(e) => {
+                Ok(json!({"valid": false, "error": {"code": e.code(), "message": e.to_string()}}))
+            }
+        }
+    };
+    let result = if let Some(source) = &args.jwks {
+        let bytes = if source.starts_with("http://") || source.starts_with("https://") {
+            let (status, body) =
+                crate::http::client::send(hyper::Method::GET, source, None).await?;
+            if !status.is_success() {
+                bail!("{source} answered {status}");
+            }
+            body.to_vec()
+        } else {
+            std::fs::read(source).with_context(|| format!("cannot read {source}"))?
+        };
+        local(Arc::new(parse_jwk_set(&bytes)?))?
+    } else if let Some(dir) = &args.data_dir {
+        let store = match Store::open(dir) {
+            Err(StoreError::Locked(_)) => bail!(
+                "the database in {} is locked by a running server; ask it instead with --server http://{}",
+                dir.display(),
+                config.server.listen
+            ),
+            other => other?,
+        };
+        local(Arc::new(StoreSource(Arc::new(store))))?
+    } else {
+        let base = args
+            .server
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.server.listen));
+        let url = format!("{}/v1/verify", base.trim_end_matches('/'));
+        let mut body = json!({"token": token});
+        if let Some(a) = &args.audience {
+            body["audience"] = json!(a);
+        }
+        if let Some(i) = &args.issuer {
+            body["issuer"] = json!(i);
+        }
+        let (status, bytes) =
+            crate::http::client::send(hyper::Method::POST, &url, Some(serde_json::to_vec(&body)?))
+                .await
+                .map_err(|e| {
+                    anyhow!("{e}; is `signet serve` running? or use --jwks or --data-dir")
+                })?;
+        if !status.is_success() {
+            bail!(
+                "{url} answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{url} did not answer a verification result"))?
+    };
+    let valid = result["valid"] == Value::Bool(true);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", describe(&result, token));
+    }
+    Ok(if valid {
+        Outcome::Success
+    } else {
+        Outcome::Refused
+    })
+}
+
+/// The human report of a verification result. For an invalid token the
+/// fields shown are decoded but unverified, and say so.
+fn describe(result: &Value, token: &str) -> String {
+    let valid = result["valid"] == Value::Bool(true);
+    let (header, claims, note) = if valid {
+        (result["header"].clone(), result["claims"].clone(), "")
+    } else {
+        let part = |i: usize| {
+            token
+                .split('.')
+                .nth(i)
+                .and_then(|p| verify::decode_object(p, "part").ok())
+                .map_or(Value::Null, Value::Object)
+        };
+        (part(0), part(1), " (unverified)")
+    };
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let mut out = if valid {
+        "valid: yes\n".to_owned()
+    } else {
+        let code = result["error"]["code"].as_str().unwrap_or("unknown");
+        let message = result["error"]["message"].as_str().unwrap_or("");
+        format!("valid: no ({code}: {message})\n")
+    };
+    let key_id = text(&result["keyId"]).or_else(|| text(&header["kid"]));
+    let org = text(&result["organisationId"]).or_else(|| text(&claims["org"]));
+    let mut line = |label: &str, value: Option<String>| {
+        out.push_str(&format!(
+            "{label:<14}{}{note}\n",
+            value.unwrap_or_else(|| "-".into())
+        ));
+    };
+    line("key id:", key_id);
+    line("organisation:", org);
+    line("subject:", text(&claims["sub"]));
+    line("expires:", claims["exp"].as_i64().map(format_time));
+    if !claims.is_null() {
+        let pretty = serde_json::to_string_pretty(&claims).unwrap_or_default();
+        out.push_str(&format!("claims{note}:\n{pretty}\n"));
+    }
+    out
+}
+
+/// `2026-11-22T16:25:23Z (2026-11-22 17:25:23 +01:00 local)`.
+fn format_time(secs: i64) -> String {
+    match chrono::DateTime::from_timestamp(secs, 0) {
+        Some(utc) => format!(
+            "{} ({} local)",
+            utc.format("%Y-%m-%dT%H:%M:%SZ"),
+            utc.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S %:z")
+        ),
+        None => format!("{secs} (out of range)"),
+    }
+}

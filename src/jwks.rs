@@ -1,0 +1,145 @@
+//! The published JWK Sets, prepared when keys change and never serialised
+//! per request: one document of every key and one per organisation, each
+//! with its strong `ETag`.
+//!
+//! Each key's JWK is serialised once, when the key is added; rebuilding a
+//! document only concatenates those bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::keys::{Jwk, KeyId, OrgId, PublicKeyRecord};
+
+/// A JWK Set ready to send.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub body: Bytes,
+    /// A strong validator: quoted, a digest of the body.
+    pub etag: String,
+}
+
+impl Document {
+    fn build<'a>(jwks: impl Iterator<Item = &'a [u8]>) -> Document {
+        let mut body = b"{\"keys\":[".to_vec();
+        for (i, jwk) in jwks.enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(jwk);
+        }
+        body.extend_from_slice(b"]}");
+        let digest = Sha256::digest(&body);
+        let etag = format!("\"{}\"", crate::audit::hex(&digest[..16]));
+        Document {
+            body: body.into(),
+            etag,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Every key's serialised JWK, in id (creation) order.
+    all: BTreeMap<KeyId, (OrgId, Vec<u8>)>,
+    /// Which keys each organisation has, in id order.
+    by_org: HashMap<OrgId, BTreeMap<KeyId, ()>>,
+}
+
+/// The prepared documents. Reads take a read lock just long enough to clone
+/// an `Arc`.
+pub struct Jwks {
+    state: RwLock<State>,
+    all: RwLock<Arc<Document>>,
+    orgs: RwLock<HashMap<OrgId, Arc<Document>>>,
+    empty: Arc<Document>,
+}
+
+impl Jwks {
+    pub fn new(records: &[PublicKeyRecord]) -> Jwks {
+        let mut state = State::default();
+        for r in records {
+            state.insert(r);
+        }
+        let all = state.document_all();
+        let orgs = state
+            .by_org
+            .keys()
+            .map(|org| (org.clone(), Arc::new(state.document_of(org))))
+            .collect();
+        Jwks {
+            state: RwLock::new(state),
+            all: RwLock::new(Arc::new(all)),
+            orgs: RwLock::new(orgs),
+            empty: Arc::new(Document::build(std::iter::empty())),
+        }
+    }
+
+    /// The JWK Set of every key.
+    pub fn all(&self) -> Arc<Document> {
+        self.all.read().expect("jwks lock poisoned").clone()
+    }
+
+    /// The JWK Set of one organisation (empty if it has no keys).
+    pub fn of(&self, org: &OrgId) -> Arc<Document> {
+        self.orgs
+            .read()
+            .expect("jwks lock poisoned")
+            .get(org)
+            .cloned()
+            .unwrap_or_else(|| self.empty.clone())
+    }
+
+    pub fn added(&self, record: &PublicKeyRecord) {
+        let mut state = self.state.write().expect("jwks lock poisoned");
+        state.insert(record);
+        self.publish(&state, &record.org);
+    }
+
+    pub fn removed(&self, org: &OrgId, id: KeyId) {
+        let mut state = self.state.write().expect("jwks lock poisoned");
+        state.all.remove(&id);
+        if let Some(keys) = state.by_org.get_mut(org) {
+            keys.remove(&id);
+            if keys.is_empty() {
+                state.by_org.remove(org);
+            }
+        }
+        self.publish(&state, org);
+    }
+
+    /// Republishes the documents `org`'s change touched; called with the
+    /// state lock held so that publications happen in change order.
+    fn publish(&self, state: &State, org: &OrgId) {
+        let all = Arc::new(state.document_all());
+        *self.all.write().expect("jwks lock poisoned") = all;
+        let mut orgs = self.orgs.write().expect("jwks lock poisoned");
+        if state.by_org.contains_key(org) {
+            orgs.insert(org.clone(), Arc::new(state.document_of(org)));
+        } else {
+            orgs.remove(org);
+        }
+    }
+}
+
+impl State {
+    fn insert(&mut self, r: &PublicKeyRecord) {
+        let jwk = serde_json::to_vec(&Jwk::from_record(r)).expect("a JWK always serialises");
+        self.all.insert(r.id, (r.org.clone(), jwk));
+        self.by_org
+            .entry(r.org.clone())
+            .or_default()
+            .insert(r.id, ());
+    }
+
+    fn document_all(&self) -> Document {
+        Document::build(self.all.values().map(|(_, jwk)| jwk.as_slice()))
+    }
+
+    fn document_of(&self, org: &OrgId) -> Document {
+        let ids = self.by_org.get(org).into_iter().flat_map(|m| m.keys());
+        Document::build(ids.map(|id| self.all[id].1.as_slice()))
+    }
+}

@@ -1,0 +1,366 @@
+//! The domain of signing keys: identifiers and names parsed at the boundary,
+//! the supported algorithms and sizes, and the public-key record that is the
+//! only thing signet keeps of a key pair.
+
+mod generate;
+mod jwk;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use generate::{generate, GeneratedKey};
+pub use jwk::{Jwk, JwkError};
+
+/// Why a piece of client input is not a valid identifier, name or parameter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// An organisation id outside `[A-Za-z0-9._-]{1,64}`.
+    #[error("organisation id must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
+    OrgId,
+    /// A key id that is not a 26-character ULID.
+    #[error("key id must be a 26-character ULID")]
+    KeyId,
+    /// A key name that is empty, too long or holds control characters.
+    #[error("name must be 1 to 128 characters without control characters")]
+    KeyName,
+    /// An algorithm other than the six RSA JWS algorithms.
+    #[error("algorithm must be one of RS256, RS384, RS512, PS256, PS384, PS512")]
+    Algorithm,
+    /// A key size other than 2048, 3072 or 4096 bits.
+    #[error("bits must be one of 2048, 3072, 4096")]
+    Bits,
+}
+
+/// An organisation id: 1–64 characters of `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct OrgId(String);
+
+impl OrgId {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        let ok = (1..=64).contains(&raw.len())
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(OrgId(raw.to_owned()))
+        } else {
+            Err(ParseError::OrgId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for OrgId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        OrgId::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A key id: a ULID, which is also the JWT `kid` and sorts by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(ulid::Ulid);
+
+impl KeyId {
+    pub fn new(ulid: ulid::Ulid) -> Self {
+        KeyId(ulid)
+    }
+
+    /// Parses the canonical 26-character form (Crockford base32, any case).
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        if raw.len() != ulid::ULID_LEN {
+            return Err(ParseError::KeyId);
+        }
+        ulid::Ulid::from_string(raw)
+            .map(KeyId)
+            .map_err(|_| ParseError::KeyId)
+    }
+
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_bytes()
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        KeyId(ulid::Ulid::from_bytes(bytes))
+    }
+
+    /// Milliseconds since the Unix epoch at which the id was minted.
+    pub fn timestamp_ms(self) -> u64 {
+        self.0.timestamp_ms()
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        KeyId::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A human label for a key: 1–128 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct KeyName(String);
+
+impl KeyName {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        let chars = raw.chars().count();
+        if (1..=128).contains(&chars) && !raw.chars().any(char::is_control) {
+            Ok(KeyName(raw.to_owned()))
+        } else {
+            Err(ParseError::KeyName)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        KeyName::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The JWS algorithms signet issues keys for: RSA PKCS#1 v1.5 and RSA-PSS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Algorithm {
+    #[default]
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 6] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+        }
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or(ParseError::Algorithm)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Algorithm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Algorithm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// RSA modulus size in bits: 2048, 3072 or 4096.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Bits {
+    #[default]
+    B2048,
+    B3072,
+    B4096,
+}
+
+impl Bits {
+    pub const ALL: [Bits; 3] = [Bits::B2048, Bits::B3072, Bits::B4096];
+
+    pub fn get(self) -> u16 {
+        match self {
+            Bits::B2048 => 2048,
+            Bits::B3072 => 3072,
+            Bits::B4096 => 4096,
+        }
+    }
+
+    pub fn from_u64(bits: u64) -> Result<Self, ParseError> {
+        Bits::ALL
+            .into_iter()
+            .find(|b| u64::from(b.get()) == bits)
+            .ok_or(ParseError::Bits)
+    }
+}
+
+impl Serialize for Bits {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u16(self.get())
+    }
+}
+
+impl<'de> Deserialize<'de> for Bits {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = u64::deserialize(d)?;
+        Bits::from_u64(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Everything signet keeps of a key pair. There is no private half here, by
+/// construction: this type is what `store` persists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyRecord {
+    pub id: KeyId,
+    pub org: OrgId,
+    pub name: KeyName,
+    pub algorithm: Algorithm,
+    pub bits: Bits,
+    /// SubjectPublicKeyInfo, DER.
+    #[serde(with = "b64")]
+    pub spki_der: Vec<u8>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+impl PublicKeyRecord {
+    /// The public key as SPKI PEM (`BEGIN PUBLIC KEY`).
+    pub fn public_key_pem(&self) -> String {
+        pkcs8::Document::try_from(self.spki_der.as_slice())
+            .and_then(|doc| doc.to_pem("PUBLIC KEY", pkcs8::LineEnding::LF))
+            .expect("a stored SPKI document always re-encodes as PEM")
+    }
+
+    /// The creation time as RFC 3339 UTC, to the second.
+    pub fn created_at(&self) -> String {
+        rfc3339(self.created_at_ms)
+    }
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 UTC (`2026-11-22T15:25:23Z`).
+pub fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+mod b64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let raw = String::deserialize(d)?;
+        STANDARD.decode(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn org_ids() {
+        for ok in ["a", "acme", "A.b_c-9", &"x".repeat(64)] {
+            assert!(OrgId::parse(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "a b", "a/b", "é", "a\0", &"x".repeat(65), "../etc"] {
+            assert_eq!(OrgId::parse(bad), Err(ParseError::OrgId), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_ids() {
+        let id = KeyId::new(ulid::Ulid::new());
+        assert_eq!(KeyId::parse(&id.to_string()), Ok(id));
+        assert_eq!(KeyId::parse(&id.to_string().to_lowercase()), Ok(id));
+        for bad in [
+            "",
+            "01ARZ3NDEKTSV4RRFFQ69G5FA",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAVV",
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "01ARZ3NDEKTSV4RRFFQ69G5FA!",
+        ] {
+            assert_eq!(KeyId::parse(bad), Err(ParseError::KeyId), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_names() {
+        assert!(KeyName::parse("Production signer ✓").is_ok());
+        assert!(KeyName::parse(&"é".repeat(128)).is_ok());
+        for bad in ["", "a\nb", "tab\there", "\u{7f}", &"x".repeat(129)] {
+            assert_eq!(KeyName::parse(bad), Err(ParseError::KeyName), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn algorithms_and_bits_round_trip() {
+        for a in Algorithm::ALL {
+            assert_eq!(a.as_str().parse::<Algorithm>(), Ok(a));
+        }
+        for bad in ["rs256", "HS256", "none", "ES256", ""] {
+            assert_eq!(bad.parse::<Algorithm>(), Err(ParseError::Algorithm));
+        }
+        for b in Bits::ALL {
+            assert_eq!(Bits::from_u64(b.get().into()), Ok(b));
+        }
+        assert_eq!(Bits::from_u64(1024), Err(ParseError::Bits));
+    }
+
+    #[test]
+    fn rfc3339_is_utc_seconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000_999), "2023-11-14T22:13:20Z");
+    }
+}

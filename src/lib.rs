@@ -1,0 +1,18 @@
+//! signet: a single-binary signing-key service. It issues RSA key pairs,
+//! keeps only their public halves, publishes them as PEM and JWK Sets, and
+//! verifies JWTs signed by them. See ARCHITECTURE.md for the map.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod jwks;
+pub mod keys;
+pub mod metrics;
+pub mod service;
+pub mod store;
+pub mod verify;

@@ -1,0 +1,97 @@
+//! Prometheus metrics: requests by route and status, latency, verification
+//! outcomes, cache counters and the number of stored keys.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::verify::CacheStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<RouteLabel, Histogram>,
+    pub verifications: Family<OutcomeLabel, Counter>,
+    pub keys: Gauge,
+    pub storage_errors: Counter,
+}
+
+impl Metrics {
+    pub fn new(cache: &CacheStats) -> Metrics {
+        let mut registry = Registry::with_prefix("signet");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.5, 14))
+        });
+        let verifications = Family::<OutcomeLabel, Counter>::default();
+        let keys = Gauge::default();
+        let storage_errors = Counter::default();
+        registry.register("http_requests", "HTTP requests answered", requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer a request",
+            latency.clone(),
+        );
+        registry.register(
+            "verifications",
+            "Token verifications by outcome",
+            verifications.clone(),
+        );
+        registry.register("keys", "Live keys stored", keys.clone());
+        registry.register(
+            "storage_errors",
+            "Failed storage operations",
+            storage_errors.clone(),
+        );
+        registry.register(
+            "verify_cache_hits",
+            "Verifications served from the key cache",
+            cache.hits.clone(),
+        );
+        registry.register(
+            "verify_cache_misses",
+            "Key cache misses",
+            cache.misses.clone(),
+        );
+        registry.register(
+            "verify_unknown_keys",
+            "Lookups of key ids that do not exist",
+            cache.unknown.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            verifications,
+            keys,
+            storage_errors,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,471 @@
+//! The only module that knows sled. It keeps public-key records, the
+//! per-organisation index and key counts, tombstones of deleted keys, the
+//! audit chains and the schema version, and makes every acknowledged change
+//! durable with a real `fdatasync` (sled's own `flush` only issues
+//! `sync_file_range` on Linux, which does not survive a power cut).
+//!
+//! Trees and their keys:
+//! - `keys`: key id (16 bytes) → record (JSON)
+//! - `org_keys`: org ‖ 0x00 ‖ key id → empty; ULID order is creation order
+//! - `org_counts`: org → u32 big-endian, the quota counter
+//! - `tombstones`: key id → record of a deleted key
+//! - `audit`: org ‖ 0x00 ‖ event id → event (JSON), chained by hash
+//! - `audit_heads`: org → SHA-256 of the org's newest stored event
+//! - `meta`: `schema_version` → u32 big-endian
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+
+use crate::audit::{self, AuditEvent, NewEvent};
+use crate::keys::{KeyId, OrgId, PublicKeyRecord};
+
+/// The schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process (usually a running `signet serve`) holds the database.
+    #[error("the database in {0} is locked by another process (is `signet serve` running? stop it, or use --server)")]
+    Locked(PathBuf),
+    /// The database could not be opened or created.
+    #[error("cannot open the database in {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    /// The data directory was written by a newer signet.
+    #[error("the database in {path} has schema version {found}, but this signet understands only up to {SCHEMA_VERSION}; upgrade signet")]
+    NewerSchema { path: PathBuf, found: u32 },
+    /// A stored value does not decode: the database is damaged or was edited.
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    /// Reading, writing or syncing failed.
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] sled::Error),
+    /// `fdatasync` of the database file failed.
+    #[error("could not sync the database to disk: {0}")]
+    Sync(#[from] std::io::Error),
+}
+
+/// The outcome of an insert that respects the organisation's quota.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inserted {
+    Yes,
+    /// The organisation already holds this many keys.
+    QuotaExceeded(u32),
+}
+
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    keys: sled::Tree,
+    org_keys: sled::Tree,
+    org_counts: sled::Tree,
+    tombstones: sled::Tree,
+    audit: sled::Tree,
+    audit_heads: sled::Tree,
+    /// The file sled writes its log to; `fdatasync` on any descriptor of it
+    /// makes sled's written pages durable.
+    db_file: File,
+    /// Serialises writers so that event ids and hash-chain order agree.
+    writer: Mutex<ulid::Generator>,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+impl Store {
+    /// Opens (or creates) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let open_err = |source: sled::Error| match &source {
+            // sled reports a held lock as an I/O error of kind WouldBlock,
+            // sometimes wrapped in another of kind Other.
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                StoreError::Locked(dir.to_owned())
+            }
+            _ => StoreError::Open {
+                path: dir.to_owned(),
+                source,
+            },
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+            .map_err(open_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        let meta = tree("meta")?;
+        match meta.get("schema_version").map_err(open_err)? {
+            None => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(open_err)?;
+            }
+            Some(v) => {
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                        StoreError::Corrupt("schema_version is not 4 bytes".into())
+                    })?);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        path: dir.to_owned(),
+                        found,
+                    });
+                }
+            }
+        }
+        let db_file = File::open(dir.join("db")).map_err(StoreError::Sync)?;
+        let store = Store {
+            path: dir.to_owned(),
+            keys: tree("keys")?,
+            org_keys: tree("org_keys")?,
+            org_counts: tree("org_counts")?,
+            tombstones: tree("tombstones")?,
+            audit: tree("audit")?,
+            audit_heads: tree("audit_heads")?,
+            db,
+            db_file,
+            writer: Mutex::new(ulid::Generator::new()),
+        };
+        store.sync()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes sled's buffers and then `fdatasync`s the log file: only after
+    /// this returns is a change safe from a crash or a power cut.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.db_file.sync_data()?;
+        Ok(())
+    }
+
+    /// A fresh, monotonic ULID for a new key.
+    pub fn new_id(&self) -> KeyId {
+        let mut gen = self.writer.lock().expect("writer lock poisoned");
+        KeyId::new(next_ulid(&mut gen))
+    }
+
+    /// Inserts `record` if its organisation holds fewer than `max` keys, and
+    /// records `event` (or a `quota.exceeded` event) in the same transaction.
+    /// Durable on return.
+    pub fn insert_key(
+        &self,
+        record: &PublicKeyRecord,
+        max: u32,
+        event: NewEvent,
+        refused: NewEvent,
+    ) -> Result<Inserted, StoreError> {
+        let value = serde_json::to_vec(record).expect("a record always serialises");
+        let org = record.org.as_bytes_key();
+        let index = index_key(&record.org, record.id);
+        let outcome = self.write(|gen| {
+            (
+                &self.keys,
+                &self.org_keys,
+                &self.org_counts,
+                &self.audit,
+                &self.audit_heads,
+            )
+                .transaction(|(keys, org_keys, counts, audit, heads)| {
+                    let count = read_count(counts, &org)?;
+                    if count >= max {
+                        append_event(audit, heads, gen, &record.org, refused.clone())?;
+                        return Ok(Inserted::QuotaExceeded(count));
+                    }
+                    keys.insert(&record.id.to_bytes(), value.as_slice())?;
+                    org_keys.insert(index.as_slice(), &[])?;
+                    counts.insert(org.as_slice(), &(count + 1).to_be_bytes())?;
+                    append_event(audit, heads, gen, &record.org, event.clone())?;
+                    Ok(Inserted::Yes)
+                })
+        })?;
+        self.sync()?;
+        Ok(outcome)
+    }
+
+    /// Deletes the key `id` of `org`, leaving a tombstone and an audit event.
+    /// Returns the deleted record, or `None` if `org` has no such key.
+    /// Durable on return.
+    pub fn delete_key(
+        &self,
+        org: &OrgId,
+        id: KeyId,
+        event: NewEvent,
+    ) -> Result<Option<PublicKeyRecord>, StoreError> {
+        let org_key = org.as_bytes_key();
+        let index = index_key(org, id);
+        let deleted = self.write(|gen| {
+            (
+                &self.keys,
+                &self.org_keys,
+                &self.org_counts,
+                &self.tombstones,
+                &self.audit,
+                &self.audit_heads,
+            )
+                .transaction(|(keys, org_keys, counts, tombstones, audit, heads)| {
+                    if org_keys.get(index.as_slice())?.is_none() {
+                        return Ok(None);
+                    }
+                    let Some(value) = keys.remove(&id.to_bytes())? else {
+                        return Err(abort(StoreError::Corrupt(format!(
+                            "index names key {id} but there is no record"
+                        ))));
+                    };
+                    org_keys.remove(index.as_slice())?;
+                    let count = read_count(counts, &org_key)?;
+                    counts.insert(org_key.as_slice(), &count.saturating_sub(1).to_be_bytes())?;
+                    tombstones.insert(&id.to_bytes(), value.clone())?;
+                    append_event(audit, heads, gen, org, event.clone())?;
+                    Ok(Some(value))
+                })
+        })?;
+        let Some(value) = deleted else {
+            return Ok(None);
+        };
+        self.sync()?;
+        decode(&value).map(Some)
+    }
+
+    /// Appends one audit event on its own (a refused access). Not synced:
+    /// it acknowledges no change of keys.
+    pub fn record_event(&self, org: &OrgId, event: NewEvent) -> Result<(), StoreError> {
+        self.write(|gen| {
+            (&self.audit, &self.audit_heads).transaction(|(audit, heads)| {
+                append_event(audit, heads, gen, org, event.clone())?;
+                Ok(())
+            })
+        })
+    }
+
+    /// One key, if it exists and is not deleted.
+    pub fn get_key(&self, id: KeyId) -> Result<Option<PublicKeyRecord>, StoreError> {
+        self.keys
+            .get(id.to_bytes())?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// Whether `id` is a live key. Cheaper than [`Store::get_key`]: no decode.
+    pub fn contains_key(&self, id: KeyId) -> Result<bool, StoreError> {
+        Ok(self.keys.contains_key(id.to_bytes())?)
+    }
+
+    /// Whether `id` names a key that was deleted.
+    pub fn is_deleted(&self, id: KeyId) -> Result<bool, StoreError> {
+        Ok(self.tombstones.contains_key(id.to_bytes())?)
+    }
+
+    /// An organisation's live keys, oldest first.
+    pub fn list_org(&self, org: &OrgId) -> Result<Vec<PublicKeyRecord>, StoreError> {
+        let prefix = index_key_prefix(org);
+        let mut out = Vec::new();
+        for entry in self.org_keys.scan_prefix(&prefix) {
+            let (k, _) = entry?;
+            let id: [u8; 16] = k[prefix.len()..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("index entry is not org ‖ 0 ‖ 16 bytes".into()))?;
+            let id = KeyId::from_bytes(id);
+            match self.get_key(id)? {
+                Some(record) => out.push(record),
+                None => return Err(StoreError::Corrupt(format!("index names missing key {id}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every live key, in id (creation) order.
+    pub fn all_keys(&self) -> Result<Vec<PublicKeyRecord>, StoreError> {
+        self.keys.iter().values().map(|v| decode(&v?)).collect()
+    }
+
+    /// An organisation's audit events, newest first: at most `limit`, all
+    /// strictly older than `before` if given.
+    pub fn audit_page(
+        &self,
+        org: &OrgId,
+        limit: usize,
+        before: Option<KeyId>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let prefix = index_key_prefix(org);
+        let end = match before {
+            Some(id) => index_key(org, id),
+            None => prefix_end(&prefix),
+        };
+        self.audit
+            .range(prefix.clone()..end)
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (_, v) = entry?;
+                serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("audit event does not parse: {e}")))
+            })
+            .collect()
+    }
+
+    /// Walks every organisation's audit chain; returns the number of events
+    /// checked, or the first broken link.
+    pub fn verify_audit(&self) -> Result<Result<usize, audit::BrokenLink>, StoreError> {
+        let mut total = 0;
+        let mut chain: Vec<(String, sled::IVec)> = Vec::new();
+        let mut current: Option<Vec<u8>> = None;
+        let finish = |org: &[u8], chain: &mut Vec<(String, sled::IVec)>| {
+            let org = String::from_utf8_lossy(org).into_owned();
+            let result =
+                audit::check_chain(&org, chain.iter().map(|(id, v)| (id.clone(), v.as_ref())));
+            chain.clear();
+            result
+        };
+        for entry in self.audit.iter() {
+            let (k, v) = entry?;
+            let split = k
+                .len()
+                .checked_sub(17)
+                .filter(|&i| k[i] == 0)
+                .ok_or_else(|| StoreError::Corrupt("audit key is not org ‖ 0 ‖ 16 bytes".into()))?;
+            let (org, id) = (&k[..split], &k[split + 1..]);
+            if current.as_deref() != Some(org) {
+                if let Some(prev) = current.take() {
+                    match finish(&prev, &mut chain) {
+                        Ok(n) => total += n,
+                        Err(broken) => return Ok(Err(broken)),
+                    }
+                }
+                current = Some(org.to_vec());
+            }
+            let id = KeyId::from_bytes(id.try_into().expect("split leaves 16 bytes"));
+            chain.push((id.to_string(), v));
+        }
+        if let Some(prev) = current {
+            match finish(&prev, &mut chain) {
+                Ok(n) => total += n,
+                Err(broken) => return Ok(Err(broken)),
+            }
+        }
+        Ok(Ok(total))
+    }
+
+    /// Whether the database answers a read: the readiness probe.
+    pub fn is_usable(&self) -> bool {
+        self.keys.first().is_ok()
+    }
+
+    /// Direct access to the raw audit tree, for tests that tamper with it.
+    #[doc(hidden)]
+    pub fn raw_audit_tree(&self) -> &sled::Tree {
+        &self.audit
+    }
+
+    fn write<T>(
+        &self,
+        tx: impl FnOnce(&IdGen<'_>) -> Result<T, TransactionError<StoreError>>,
+    ) -> Result<T, StoreError> {
+        let mut gen = self.writer.lock().expect("writer lock poisoned");
+        tx(&IdGen(RefCell::new(&mut gen))).map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Io(e),
+        })
+    }
+}
+
+trait OrgKey {
+    fn as_bytes_key(&self) -> Vec<u8>;
+}
+
+impl OrgKey for OrgId {
+    fn as_bytes_key(&self) -> Vec<u8> {
+        self.as_str().as_bytes().to_vec()
+    }
+}
+
+fn index_key_prefix(org: &OrgId) -> Vec<u8> {
+    let mut k = org.as_bytes_key();
+    k.push(0);
+    k
+}
+
+fn index_key(org: &OrgId, id: KeyId) -> Vec<u8> {
+    let mut k = index_key_prefix(org);
+    k.extend_from_slice(&id.to_bytes());
+    k
+}
+
+/// The smallest key greater than every key starting with `prefix` (which
+/// ends in 0x00, so bumping that byte is enough).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    *end.last_mut().expect("prefix is never empty") += 1;
+    end
+}
+
+/// The writer's id generator, lent to a (retryable, `Fn`) transaction.
+struct IdGen<'a>(RefCell<&'a mut ulid::Generator>);
+
+impl IdGen<'_> {
+    fn next(&self) -> KeyId {
+        KeyId::new(next_ulid(&mut self.0.borrow_mut()))
+    }
+}
+
+fn next_ulid(gen: &mut ulid::Generator) -> ulid::Ulid {
+    loop {
+        match gen.generate() {
+            Ok(id) => return id,
+            // 2^80 ids in one millisecond: wait for the next one.
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    }
+}
+
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn decode(value: &[u8]) -> Result<PublicKeyRecord, StoreError> {
+    serde_json::from_slice(value)
+        .map_err(|e| StoreError::Corrupt(format!("key record does not parse: {e}")))
+}
+
+fn read_count(counts: &TransactionalTree, org: &[u8]) -> TxResult<u32> {
+    match counts.get(org)? {
+        None => Ok(0),
+        Some(v) => v
+            .as_ref()
+            .try_into()
+            .map(u32::from_be_bytes)
+            .map_err(|_| abort(StoreError::Corrupt("key count is not 4 bytes".into()))),
+    }
+}
+
+fn append_event(
+    audit: &TransactionalTree,
+    heads: &TransactionalTree,
+    gen: &IdGen<'_>,
+    org: &OrgId,
+    event: NewEvent,
+) -> TxResult<()> {
+    let org_key = org.as_bytes_key();
+    let prev = match heads.get(&org_key)? {
+        None => audit::GENESIS,
+        Some(v) => v
+            .as_ref()
+            .try_into()
+            .map_err(|_| abort(StoreError::Corrupt("audit head is not 32 bytes".into())))?,
+    };
+    let id = gen.next();
+    let stored = serde_json::to_vec(&AuditEvent::new(id, org.clone(), event, prev))
+        .expect("an event always serialises");
+    audit.insert(index_key(org, id), stored.as_slice())?;
+    heads.insert(org_key, &audit::link(&stored))?;
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Pure JWS compact parsing and claim checks: no keys, no I/O, no clock of
+//! its own. Everything here runs before or after the one signature check.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use super::VerifyError;
+use crate::keys::{Algorithm, KeyId};
+
+/// Header parameters that carry or point to a key. signet never fetches or
+/// trusts a key named by a token, so a token that has one is refused.
+const EMBEDDED_KEY_HEADERS: [&str; 4] = ["jwk", "jku", "x5u", "x5c"];
+
+/// A compact JWS split into its parts, header decoded and checked.
+pub struct Parsed<'t> {
+    pub header: Map<String, Value>,
+    pub alg: Algorithm,
+    pub kid: KeyId,
+    /// `base64url(header) . base64url(payload)`: what the signature covers.
+    pub signing_input: &'t str,
+    pub payload_b64: &'t str,
+    pub signature: Vec<u8>,
+}
+
+pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, VerifyError> {
+    if token.len() > max_bytes {
+        return Err(VerifyError::Malformed(format!(
+            "token is {} bytes, over the limit of {max_bytes}",
+            token.len()
+        )));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(VerifyError::Malformed(
+            "a JWS in compact form has exactly three dot-separated parts".into(),
+        ));
+    };
+    let header = decode_object(h, "header")?;
+    let alg = match header.get("alg") {
+        Some(Value::String(alg)) => alg.parse::<Algorithm>().map_err(|_| {
+            VerifyError::UnsupportedAlgorithm(format!(
+                "algorithm {alg:?} is not accepted; only RS256, RS384, RS512, PS256, PS384 and PS512 are"
+            ))
+        })?,
+        Some(_) => return Err(VerifyError::Malformed("header alg must be a string".into())),
+        None => return Err(VerifyError::Malformed("header has no alg".into())),
+    };
+    if let Some(name) = EMBEDDED_KEY_HEADERS
+        .iter()
+        .find(|n| header.contains_key(**n))
+    {
+        return Err(VerifyError::Malformed(format!(
+            "header carries {name:?}; signet never uses a key named or carried by a token"
+        )));
+    }
+    if let Some(crit) = header.get("crit") {
+        // RFC 7515 §4.1.11: a non-empty array of names this verifier must
+        // understand. signet understands no extension, so any entry refuses.
+        return Err(match crit {
+            Value::Array(names) if !names.is_empty() => VerifyError::Malformed(format!(
+                "header marks {crit} as critical, and signet understands no JWS extension"
+            )),
+            _ => VerifyError::Malformed("header crit must be a non-empty array".into()),
+        });
+    }
+    let kid = match header.get("kid") {
+        Some(Value::String(kid)) => KeyId::parse(kid)
+            .map_err(|_| VerifyError::UnknownKey(format!("kid {kid:?} is not a signet key id")))?,
+        Some(_) => return Err(VerifyError::Malformed("header kid must be a string".into())),
+        None => return Err(VerifyError::Malformed("header has no kid".into())),
+    };
+    let signature = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| VerifyError::Malformed("signature is not unpadded base64url".into()))?;
+    Ok(Parsed {
+        header,
+        alg,
+        kid,
+        signing_input: &token[..h.len() + 1 + p.len()],
+        payload_b64: p,
+        signature,
+    })
+}
+
+/// Decodes one base64url part into a JSON object whose keys are unique.
+pub fn decode_object(part: &str, what: &str) -> Result<Map<String, Value>, VerifyError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| VerifyError::Malformed(format!("{what} is not unpadded base64url")))?;
+    serde_json::from_slice::<UniqueObject>(&bytes)
+        .map(|o| o.0)
+        .map_err(|e| VerifyError::Malformed(format!("{what} is not a JSON object: {e}")))
+}
+
+/// A JSON object that refuses duplicate member names, so that two parsers
+/// can never read two different values out of one token.
+struct UniqueObject(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for UniqueObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<UniqueObject, A::Error> {
+                let mut map = Map::new();
+                while let Some((k, v)) = access.next_entry::<String, Value>()? {
+                    if map.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("duplicate member {k:?}")));
+                    }
+                    map.insert(k, v);
+                }
+                Ok(UniqueObject(map))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// What the caller expects of the claims beyond a valid signature.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRules<'a> {
+    pub now: u64,
+    pub leeway: u64,
+    pub require_exp: bool,
+    pub audience: Option<&'a str>,
+    pub issuer: Option<&'a str>,
+}
+
+pub fn check_claims(claims: &Map<String, Value>, rules: ClaimRules<'_>) -> Result<(), VerifyError> {
+    let now = rules.now as f64;
+    let leeway = rules.leeway as f64;
+    match numeric(claims, "exp")? {
+        None if rules.require_exp => {
+            return Err(VerifyError::MissingClaim("token has no exp claim".into()))
+        }
+        Some(exp) if exp + leeway <= now => {
+            return Err(VerifyError::Expired(format!(
+                "token expired at {} (leeway {}s)",
+                exp as u64, rules.leeway
+            )))
+        }
+        _ => {}
+    }
+    if let Some(nbf) = numeric(claims, "nbf")? {
+        if nbf - leeway > now {
+            return Err(VerifyError::NotYetValid(format!(
+                "token is not valid before {} (leeway {}s)",
+                nbf as u64, rules.leeway
+            )));
+        }
+    }
+    numeric(claims, "iat")?;
+    if let Some(expected) = rules.audience {
+        let ok = match claims.get("aud") {
+            None => return Err(VerifyError::MissingClaim("token has no aud claim".into())),
+            Some(Value::String(aud)) => aud == expected,
+            Some(Value::Array(auds)) => {
+                if !auds.iter().all(Value::is_string) {
+                    return Err(VerifyError::Malformed(
+                        "claim aud must be a string or an array of strings".into(),
+                    ));
+                }
+                auds.iter().any(|a| a == expected)
+            }
+            Some(_) => {
+                return Err(VerifyError::Malformed(
+                    "claim aud must be a string or an array of strings".into(),
+                ))
+            }
+        };
+        if !ok {
+            return Err(VerifyError::WrongAudience(format!(
+                "token is not meant for audience {expected:?}"
+            )));
+        }
+    }
+    if let Some(expected) = rules.issuer {
+        match claims.get("iss") {
+            None => return Err(VerifyError::MissingClaim("token has no iss claim".into())),
+            Some(Value::String(iss)) if iss == expected => {}
+            Some(Value::String(iss)) => {
+                return Err(VerifyError::WrongIssuer(format!(
+                    "token was issued by {iss:?}, not {expected:?}"
+                )))
+            }
+            Some(_) => return Err(VerifyError::Malformed("claim iss must be a string".into())),
+        }
+    }
+    Ok(())
+}
+
+/// A NumericDate claim (RFC 7519 §2): absent, or a finite JSON number.
+fn numeric(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, VerifyError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(Some)
+            .ok_or_else(|| VerifyError::Malformed(format!("claim {name} is not a usable number"))),
+        Some(_) => Err(VerifyError::Malformed(format!(
+            "claim {name} must be a number (NumericDate)"
+        ))),
+    }
+}
