@@ -450,6 +450,9 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
         }
     };
     let token = token.trim();
+    if token.is_empty() {
+        bail!("no token given: pass it as an argument or on stdin");
+    }
     let config = Config::load(args.config.as_deref())?;
     let expect = Expect {
         audience: args.audience.as_deref(),

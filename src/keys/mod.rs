@@ -84,9 +84,12 @@ impl KeyId {
         if raw.len() != ulid::ULID_LEN {
             return Err(ParseError::KeyId);
         }
-        ulid::Ulid::from_string(raw)
-            .map(KeyId)
-            .map_err(|_| ParseError::KeyId)
+        // The ulid crate silently wraps values above 7ZZZ…; insisting on
+        // the canonical spelling keeps one id per string.
+        match ulid::Ulid::from_string(raw) {
+            Ok(id) if id.to_string().eq_ignore_ascii_case(raw) => Ok(KeyId(id)),
+            _ => Err(ParseError::KeyId),
+        }
     }
 
     pub fn to_bytes(self) -> [u8; 16] {

@@ -1,0 +1,11 @@
+//! signet's integration tests: the real server on port 0 with a temp data
+//! dir, spoken to over HTTP; the real binary for the CLI and crash tests.
+
+mod access;
+mod bad_input;
+mod cli;
+mod durability;
+mod keys_api;
+mod support;
+mod tokens;
+mod verify_api;

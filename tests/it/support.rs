@@ -1,0 +1,236 @@
+//! Shared helpers: `spawn_app`, a small HTTP client, token minting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use aws_lc_rs::signature::{RsaKeyPair, RSA_PKCS1_SHA256, RSA_PKCS1_SHA384, RSA_PKCS1_SHA512, RSA_PSS_SHA256, RSA_PSS_SHA384, RSA_PSS_SHA512};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use serde_json::{json, Value};
+use signet::app::Application;
+use signet::config::Config;
+use tempfile::TempDir;
+
+pub const ADMIN: &str = "test-operator-token-0123456789";
+
+/// A running server; dropping it closes the shutdown channel, which stops it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).expect("utf-8 body")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().expect("ascii header"))
+    }
+
+    /// Asserts the SPEC's error shape and code.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "{}", String::from_utf8_lossy(&self.body));
+        let body = self.json();
+        assert_eq!(body["code"], code, "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    }
+}
+
+pub fn config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.storage.data_dir = dir.to_owned();
+    config.auth.admin_token = Some(signet::config::Secret::new(ADMIN.into()));
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    adjust(&mut config);
+    let app = Application::build(config).await.expect("server starts");
+    let addr = app.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server stops cleanly");
+    });
+    TestApp { addr, dir, shutdown: Some(tx), task: Some(task) }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
+        send(method, &self.url(path), headers, body.into()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    /// Creates a key as the operator; panics unless 201.
+    pub async fn create_key(&self, org: &str, body: Value) -> Value {
+        let r = self.create_key_raw(org, &body, ADMIN).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        r.json()
+    }
+
+    pub async fn create_key_raw(&self, org: &str, body: &Value, bearer: &str) -> Resp {
+        let auth = format!("Bearer {bearer}");
+        self.request(
+            Method::POST,
+            &format!("/v1/organisations/{org}/keys"),
+            &[("authorization", &auth), ("content-type", "application/json")],
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+
+    pub async fn delete_key(&self, org: &str, id: &str, bearer: &str) -> Resp {
+        let auth = format!("Bearer {bearer}");
+        self.request(Method::DELETE, &format!("/v1/organisations/{org}/keys/{id}"), &[("authorization", &auth)], Bytes::new())
+            .await
+    }
+
+    pub async fn verify(&self, token: &str) -> Value {
+        let r = self
+            .request(
+                Method::POST,
+                "/v1/verify",
+                &[("content-type", "application/json")],
+                serde_json::to_vec(&json!({ "token": token })).unwrap(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        r.json()
+    }
+
+    pub async fn stop(mut self) -> TempDir {
+        self.shutdown.take().unwrap().send(()).unwrap();
+        self.task.take().unwrap().await.unwrap();
+        self.dir
+    }
+}
+
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client.request(req.body(Full::new(body)).unwrap()).await.expect("server answers");
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    Resp { status, headers, body }
+}
+
+/// A private key and how to sign with it, for minting test tokens.
+pub struct Signer {
+    pair: RsaKeyPair,
+}
+
+impl Signer {
+    pub fn from_pem(pem: &str) -> Signer {
+        let der = rsa::RsaPrivateKey::from_pkcs8_pem(pem).expect("PKCS#8 PEM").to_pkcs8_der().unwrap();
+        Signer { pair: RsaKeyPair::from_pkcs8(der.as_bytes()).expect("aws-lc accepts the key") }
+    }
+
+    /// Signs `header`/`claims` as given (nothing added), with the RSA
+    /// algorithm `alg` names.
+    pub fn sign(&self, header: &Value, claims: &Value, alg: &str) -> String {
+        let input = signing_input(header, claims);
+        format!("{input}.{}", self.sign_raw(&input, alg))
+    }
+
+    /// The base64url signature of `input`.
+    pub fn sign_raw(&self, input: &str, alg: &str) -> String {
+        let padding: &'static dyn aws_lc_rs::signature::RsaEncoding = match alg {
+            "RS256" => &RSA_PKCS1_SHA256,
+            "RS384" => &RSA_PKCS1_SHA384,
+            "RS512" => &RSA_PKCS1_SHA512,
+            "PS256" => &RSA_PSS_SHA256,
+            "PS384" => &RSA_PSS_SHA384,
+            "PS512" => &RSA_PSS_SHA512,
+            other => panic!("not an RSA algorithm: {other}"),
+        };
+        let mut sig = vec![0; self.pair.public_modulus_len()];
+        self.pair.sign(padding, &aws_lc_rs::rand::SystemRandom::new(), input.as_bytes(), &mut sig).unwrap();
+        URL_SAFE_NO_PAD.encode(sig)
+    }
+
+    /// A standard organisation token.
+    pub fn org_token(&self, kid: &str, claims: Value) -> String {
+        self.sign(&json!({"alg": "RS256", "typ": "JWT", "kid": kid}), &claims, "RS256")
+    }
+}
+
+pub fn signing_input(header: &Value, claims: &Value) -> String {
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).unwrap()),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap())
+    )
+}
+
+pub fn now() -> u64 {
+    signet::verify::unix_now()
+}
+
+/// Claims of a valid organisation token.
+pub fn claims(org: &str, role: &str) -> Value {
+    json!({"org": org, "role": role, "sub": format!("{role}@{org}"), "aud": "signet", "exp": now() + 600})
+}
+
+/// A created key's id and signer.
+pub fn key_of(created: &Value) -> (String, Signer) {
+    (
+        created["id"].as_str().unwrap().to_owned(),
+        Signer::from_pem(created["privateKey"].as_str().unwrap()),
+    )
+}
+
+/// Reads every file under `dir`, recursively.
+pub fn all_bytes(dir: &Path) -> HashMap<String, Vec<u8>> {
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(all_bytes(&path));
+        } else {
+            out.insert(path.display().to_string(), std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
