@@ -74,7 +74,12 @@ impl Application {
             max_token_bytes: config.verify.max_token_bytes,
             cache_capacity: config.verify.cache_capacity,
         };
-        let signet = Signet::new(store, policy, config.keys.max_per_org)?;
+        let pool = [
+            config.keys.pool_2048,
+            config.keys.pool_3072,
+            config.keys.pool_4096,
+        ];
+        let signet = Signet::new(store, policy, config.keys.max_per_org, pool)?;
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)
             .await

@@ -264,7 +264,7 @@ async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcom
         .unwrap_or(config.storage.data_dir.clone());
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let store = Store::open(&dir)?;
-    let signet = Signet::new(store, Policy::default(), config.keys.max_per_org)?;
+    let signet = Signet::new(store, Policy::default(), config.keys.max_per_org, [0; 3])?;
     let caller = Caller {
         actor: Actor::Cli,
         client: None,

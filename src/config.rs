@@ -29,7 +29,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: Server,
@@ -67,6 +67,12 @@ pub struct Storage {
 pub struct Keys {
     /// Most keys one organisation may hold (`ORGKEYS_MAX`).
     pub max_per_org: u32,
+    /// Pre-generated 2048-bit key pairs kept in memory (0 disables).
+    pub pool_2048: usize,
+    /// Pre-generated 3072-bit key pairs kept in memory.
+    pub pool_3072: usize,
+    /// Pre-generated 4096-bit key pairs kept in memory.
+    pub pool_4096: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -114,20 +120,6 @@ pub enum LogFormat {
     Json,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: Server::default(),
-            storage: Storage::default(),
-            keys: Keys::default(),
-            auth: Auth::default(),
-            verify: Verify::default(),
-            jwks: Jwks::default(),
-            log: Log::default(),
-        }
-    }
-}
-
 impl Default for Server {
     fn default() -> Self {
         Server {
@@ -150,7 +142,12 @@ impl Default for Storage {
 
 impl Default for Keys {
     fn default() -> Self {
-        Keys { max_per_org: 5 }
+        Keys {
+            max_per_org: 5,
+            pool_2048: 4,
+            pool_3072: 0,
+            pool_4096: 0,
+        }
     }
 }
 
@@ -311,6 +308,16 @@ impl Config {
                 "must be positive",
             );
         }
+        if [
+            self.keys.pool_2048,
+            self.keys.pool_3072,
+            self.keys.pool_4096,
+        ]
+        .iter()
+        .any(|&n| n > 1024)
+        {
+            return invalid("keys.pool_*", "must be at most 1024");
+        }
         if self.server.max_connections == 0 {
             return invalid("server.max_connections", "must be at least 1");
         }
@@ -369,7 +376,8 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_cause() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Env<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(&str, Env, &str)] = &[
             ("[server]\nlisten = \"nowhere\"\n", &[], "listen"),
             ("[server]\nlistn = \"127.0.0.1:1\"\n", &[], "listn"),
             ("[nope]\n", &[], "nope"),

@@ -13,6 +13,7 @@ pub mod http;
 pub mod jwks;
 pub mod keys;
 pub mod metrics;
+pub mod pool;
 pub mod service;
 pub mod store;
 pub mod verify;

@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::keys::Bits;
 use crate::verify::CacheStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,6 +23,11 @@ pub struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BitsLabel {
+    pub bits: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
@@ -33,6 +39,7 @@ pub struct Metrics {
     pub verifications: Family<OutcomeLabel, Counter>,
     pub keys: Gauge,
     pub storage_errors: Counter,
+    pool_depth: Family<BitsLabel, Gauge>,
 }
 
 impl Metrics {
@@ -77,6 +84,12 @@ impl Metrics {
             "Lookups of key ids that do not exist",
             cache.unknown.clone(),
         );
+        let pool_depth = Family::<BitsLabel, Gauge>::default();
+        registry.register(
+            "keypool_depth",
+            "Pre-generated key pairs ready, by modulus size",
+            pool_depth.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -84,7 +97,17 @@ impl Metrics {
             verifications,
             keys,
             storage_errors,
+            pool_depth,
         }
+    }
+
+    /// The key pool's depth gauges, one per modulus size in `Bits::ALL` order.
+    pub fn pool_depth(&self) -> [Gauge; 3] {
+        Bits::ALL.map(|b| {
+            self.pool_depth
+                .get_or_create(&BitsLabel { bits: b.get() })
+                .clone()
+        })
     }
 
     /// The Prometheus text exposition.

@@ -12,6 +12,7 @@ use crate::audit::{Action, Actor, NewEvent};
 use crate::jwks::Jwks;
 use crate::keys::{self, Algorithm, Bits, GeneratedKey, KeyId, KeyName, OrgId, PublicKeyRecord};
 use crate::metrics::Metrics;
+use crate::pool::KeyPool;
 use crate::store::{Inserted, Store, StoreError};
 use crate::verify::{KeyMaterial, KeySource, Policy, Verifier};
 
@@ -54,16 +55,25 @@ pub struct Signet {
     pub verifier: Verifier,
     pub metrics: Metrics,
     quota: u32,
+    pool: KeyPool,
     /// Bounds concurrent key generations so that they cannot take every core.
     keygen: Semaphore,
 }
 
 impl Signet {
-    pub fn new(store: Store, policy: Policy, quota: u32) -> Result<Signet, StoreError> {
+    /// `pool` is the number of pre-generated key pairs to keep per size,
+    /// in `Bits::ALL` order.
+    pub fn new(
+        store: Store,
+        policy: Policy,
+        quota: u32,
+        pool: [usize; 3],
+    ) -> Result<Signet, StoreError> {
         let store = Arc::new(store);
         let records = store.all_keys()?;
         let verifier = Verifier::new(Arc::new(StoreSource(store.clone())), policy);
         let metrics = Metrics::new(verifier.stats());
+        let pool = KeyPool::start(pool, metrics.pool_depth());
         metrics.keys.set(records.len() as i64);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Signet {
@@ -72,6 +82,7 @@ impl Signet {
             verifier,
             metrics,
             quota,
+            pool,
             keygen: Semaphore::new(cores.saturating_sub(1).max(1)),
         })
     }
@@ -84,12 +95,15 @@ impl Signet {
         new: NewKey,
         caller: &Caller,
     ) -> Result<(PublicKeyRecord, GeneratedKey), ServiceError> {
-        let generated = {
-            let _permit = self.keygen.acquire().await.expect("semaphore never closed");
-            let bits = new.bits;
-            tokio::task::spawn_blocking(move || keys::generate(bits))
-                .await
-                .map_err(|e| ServiceError::Task(e.to_string()))?
+        let generated = match self.pool.take(new.bits) {
+            Some(key) => key,
+            None => {
+                let _permit = self.keygen.acquire().await.expect("semaphore never closed");
+                let bits = new.bits;
+                tokio::task::spawn_blocking(move || keys::generate(bits))
+                    .await
+                    .map_err(|e| ServiceError::Task(e.to_string()))?
+            }
         };
         let id = self.store.new_id();
         let record = PublicKeyRecord {

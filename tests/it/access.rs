@@ -14,7 +14,13 @@ async fn access_matrix() {
     let (beta_kid, beta) = key_of(&app.create_key("beta", json!({"name": "beta signer"})).await);
     let (gone_kid, gone) = key_of(&app.create_key("acme", json!({"name": "to delete"})).await);
     let deleted_token = gone.org_token(&gone_kid, claims("acme", "OWNER"));
-    assert_eq!(app.delete_key("acme", &gone_kid, ADMIN).await.status.as_u16(), 204);
+    assert_eq!(
+        app.delete_key("acme", &gone_kid, ADMIN)
+            .await
+            .status
+            .as_u16(),
+        204
+    );
 
     let mut expired = claims("acme", "OWNER");
     expired["exp"] = json!(now() - 3600);
@@ -24,12 +30,30 @@ async fn access_matrix() {
     no_role.as_object_mut().unwrap().remove("role");
     let principals: Vec<(&str, Option<String>)> = vec![
         ("operator", Some(ADMIN.to_owned())),
-        ("owner", Some(acme.org_token(&acme_kid, claims("acme", "OWNER")))),
-        ("administrator", Some(acme.org_token(&acme_kid, claims("acme", "ADMINISTRATOR")))),
-        ("member", Some(acme.org_token(&acme_kid, claims("acme", "MEMBER")))),
-        ("other org's owner", Some(beta.org_token(&beta_kid, claims("beta", "OWNER")))),
-        ("forged org claim", Some(beta.org_token(&beta_kid, claims("acme", "OWNER")))),
-        ("another org's key under our kid", Some(beta.org_token(&acme_kid, claims("acme", "OWNER")))),
+        (
+            "owner",
+            Some(acme.org_token(&acme_kid, claims("acme", "OWNER"))),
+        ),
+        (
+            "administrator",
+            Some(acme.org_token(&acme_kid, claims("acme", "ADMINISTRATOR"))),
+        ),
+        (
+            "member",
+            Some(acme.org_token(&acme_kid, claims("acme", "MEMBER"))),
+        ),
+        (
+            "other org's owner",
+            Some(beta.org_token(&beta_kid, claims("beta", "OWNER"))),
+        ),
+        (
+            "forged org claim",
+            Some(beta.org_token(&beta_kid, claims("acme", "OWNER"))),
+        ),
+        (
+            "another org's key under our kid",
+            Some(beta.org_token(&acme_kid, claims("acme", "OWNER"))),
+        ),
         ("expired", Some(acme.org_token(&acme_kid, expired))),
         ("deleted key", Some(deleted_token)),
         ("wrong audience", Some(acme.org_token(&acme_kid, wrong_aud))),
@@ -56,29 +80,56 @@ async fn access_matrix() {
     let mut failures = Vec::new();
     for ((who, credential), row) in principals.iter().zip(expected) {
         let auth = credential.as_ref().map(|c| format!("Bearer {c}"));
-        let mut headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
-        let list = app.request(Method::GET, "/v1/organisations/acme/keys", &headers, "").await;
-        let delete = app.request(Method::DELETE, &format!("/v1/organisations/acme/keys/{MISSING_ID}"), &headers, "").await;
-        let audit = app.request(Method::GET, "/v1/organisations/acme/audit", &headers, "").await;
+        let mut headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let list = app
+            .request(Method::GET, "/v1/organisations/acme/keys", &headers, "")
+            .await;
+        let delete = app
+            .request(
+                Method::DELETE,
+                &format!("/v1/organisations/acme/keys/{MISSING_ID}"),
+                &headers,
+                "",
+            )
+            .await;
+        let audit = app
+            .request(Method::GET, "/v1/organisations/acme/audit", &headers, "")
+            .await;
         headers.push(("content-type", "application/json"));
-        let create = app.request(Method::POST, "/v1/organisations/acme/keys", &headers, r#"{"name":"m"}"#).await;
-        for (op, r, want) in [("create", &create, row[0]), ("list", &list, row[1]), ("delete", &delete, row[2]), ("audit", &audit, row[3])] {
+        let create = app
+            .request(
+                Method::POST,
+                "/v1/organisations/acme/keys",
+                &headers,
+                r#"{"name":"m"}"#,
+            )
+            .await;
+        for (op, r, want) in [
+            ("create", &create, row[0]),
+            ("list", &list, row[1]),
+            ("delete", &delete, row[2]),
+            ("audit", &audit, row[3]),
+        ] {
             let got = r.status.as_u16();
             if got != want {
-                failures.push(format!("{who} × {op}: expected {want}, got {got}: {}", r.text()));
+                failures.push(format!(
+                    "{who} × {op}: expected {want}, got {got}: {}",
+                    r.text()
+                ));
             }
             match got {
                 401 => {
                     let challenge = r.header("www-authenticate").unwrap_or("");
                     let expect_error = credential.is_some();
-                    if !challenge.starts_with("Bearer") || challenge.contains("invalid_token") != expect_error {
+                    if !challenge.starts_with("Bearer")
+                        || challenge.contains("invalid_token") != expect_error
+                    {
                         failures.push(format!("{who} × {op}: WWW-Authenticate {challenge:?}"));
                     }
                 }
-                403 if row[1] == 403 => {
-                    if r.json()["message"] != "you can only manage keys for your own organisation" {
-                        failures.push(format!("{who} × {op}: 403 message {}", r.text()));
-                    }
+                403 if row[1] == 403 && r.json()["message"] != "you can only manage keys for your own organisation" => {
+                    failures.push(format!("{who} × {op}: 403 message {}", r.text()));
                 }
                 _ => {}
             }
@@ -89,7 +140,14 @@ async fn access_matrix() {
 
 async fn audit(app: &TestApp, org: &str, query: &str) -> Vec<Value> {
     let auth = format!("Bearer {ADMIN}");
-    let r = app.request(Method::GET, &format!("/v1/organisations/{org}/audit{query}"), &[("authorization", &auth)], "").await;
+    let r = app
+        .request(
+            Method::GET,
+            &format!("/v1/organisations/{org}/audit{query}"),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
     r.json()["events"].as_array().unwrap().clone()
 }
@@ -100,25 +158,66 @@ async fn audit_log_records_changes_refusals_and_pages_exactly() {
     let a = app.create_key("acme", json!({"name": "a"})).await;
     let (kid, signer) = key_of(&a);
     app.create_key("acme", json!({"name": "b"})).await;
-    app.create_key_raw("acme", &json!({"name": "c"}), ADMIN).await.assert_error(400, "quota_exceeded");
-    app.create_key_raw("acme", &json!({"name": "d"}), "wrong-token").await.assert_error(401, "unauthorized");
+    app.create_key_raw("acme", &json!({"name": "c"}), ADMIN)
+        .await
+        .assert_error(400, "quota_exceeded");
+    app.create_key_raw("acme", &json!({"name": "d"}), "wrong-token")
+        .await
+        .assert_error(401, "unauthorized");
     let member = signer.org_token(&kid, claims("acme", "MEMBER"));
-    app.delete_key("acme", &kid, &member).await.assert_error(403, "forbidden");
-    assert_eq!(app.delete_key("acme", &kid, &signer.org_token(&kid, claims("acme", "OWNER"))).await.status.as_u16(), 204);
+    app.delete_key("acme", &kid, &member)
+        .await
+        .assert_error(403, "forbidden");
+    assert_eq!(
+        app.delete_key(
+            "acme",
+            &kid,
+            &signer.org_token(&kid, claims("acme", "OWNER"))
+        )
+        .await
+        .status
+        .as_u16(),
+        204
+    );
 
     let events = audit(&app, "acme", "").await;
-    let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["key.deleted", "access.denied", "access.denied", "quota.exceeded", "key.created", "key.created"], "newest first");
+    let actions: Vec<&str> = events
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "key.deleted",
+            "access.denied",
+            "access.denied",
+            "quota.exceeded",
+            "key.created",
+            "key.created"
+        ],
+        "newest first"
+    );
     let deleted = &events[0];
     assert_eq!(deleted["keyId"], kid.as_str());
-    assert_eq!(deleted["actor"], json!({"kind": "token", "sub": "OWNER@acme", "keyId": kid}));
+    assert_eq!(
+        deleted["actor"],
+        json!({"kind": "token", "sub": "OWNER@acme", "keyId": kid})
+    );
     assert_eq!(deleted["clientAddress"], "127.0.0.1");
     assert_eq!(deleted["organisationId"], "acme");
-    assert_eq!(events[1]["actor"], json!({"kind": "token", "sub": "MEMBER@acme", "keyId": kid}));
+    assert_eq!(
+        events[1]["actor"],
+        json!({"kind": "token", "sub": "MEMBER@acme", "keyId": kid})
+    );
     assert_eq!(events[2]["actor"], json!({"kind": "anonymous"}));
     assert_eq!(events[5]["actor"], json!({"kind": "operator"}));
-    assert!(events.iter().all(|e| e["id"].as_str().unwrap().len() == 26 && e["time"].as_str().unwrap().ends_with('Z')));
-    assert!(audit(&app, "beta", "").await.is_empty(), "organisations see only their own events");
+    assert!(events.iter().all(
+        |e| e["id"].as_str().unwrap().len() == 26 && e["time"].as_str().unwrap().ends_with('Z')
+    ));
+    assert!(
+        audit(&app, "beta", "").await.is_empty(),
+        "organisations see only their own events"
+    );
 
     // Paging by `before` walks the same events, none skipped or repeated.
     let mut paged = Vec::new();
@@ -129,7 +228,10 @@ async fn audit_log_records_changes_refusals_and_pages_exactly() {
             break;
         }
         assert!(page.len() <= 2);
-        query = format!("?limit=2&before={}", page.last().unwrap()["id"].as_str().unwrap());
+        query = format!(
+            "?limit=2&before={}",
+            page.last().unwrap()["id"].as_str().unwrap()
+        );
         paged.extend(page);
     }
     assert_eq!(paged, events);
@@ -139,13 +241,25 @@ async fn audit_log_records_changes_refusals_and_pages_exactly() {
 async fn an_edited_audit_event_breaks_the_chain() {
     let app = spawn_app().await;
     for i in 0..3 {
-        app.create_key("acme", json!({"name": format!("k{i}")})).await;
+        app.create_key("acme", json!({"name": format!("k{i}")}))
+            .await;
     }
     let dir = app.stop().await;
     let bin = env!("CARGO_BIN_EXE_signet");
-    let check = || std::process::Command::new(bin).args(["audit", "verify", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let check = || {
+        std::process::Command::new(bin)
+            .args(["audit", "verify", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
     let intact = check();
-    assert_eq!(intact.status.code(), Some(0), "{}", String::from_utf8_lossy(&intact.stderr));
+    assert_eq!(
+        intact.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&intact.stderr)
+    );
     assert!(String::from_utf8_lossy(&intact.stdout).contains("3 events"));
     {
         let store = signet::store::Store::open(dir.path()).unwrap();
@@ -154,7 +268,10 @@ async fn an_edited_audit_event_breaks_the_chain() {
         let mut edited = v.to_vec();
         // An edit that still parses: only the chain can tell.
         let field = b"\"outcome\":\"created\"";
-        let at = edited.windows(field.len()).position(|w| w == field).unwrap();
+        let at = edited
+            .windows(field.len())
+            .position(|w| w == field)
+            .unwrap();
         edited[at + 11] = b'C';
         tree.insert(k, edited).unwrap();
         store.sync().unwrap();
@@ -162,5 +279,8 @@ async fn an_edited_audit_event_breaks_the_chain() {
     let broken = check();
     assert_eq!(broken.status.code(), Some(1));
     let report = String::from_utf8_lossy(&broken.stdout);
-    assert!(report.contains("organisation acme") && report.contains("event #2"), "{report}");
+    assert!(
+        report.contains("organisation acme") && report.contains("event #2"),
+        "{report}"
+    );
 }

@@ -19,8 +19,24 @@ struct Case {
 const AUTH: (&str, &str) = ("authorization", "Bearer test-operator-token-0123456789");
 const JSON: (&str, &str) = ("content-type", "application/json");
 
-fn case(what: &'static str, method: Method, path: &'static str, headers: &'static [(&'static str, &'static str)], body: &[u8], status: u16, code: &'static str) -> Case {
-    Case { what, method, path, headers, body: body.to_vec(), status, code }
+fn case(
+    what: &'static str,
+    method: Method,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: &[u8],
+    status: u16,
+    code: &'static str,
+) -> Case {
+    Case {
+        what,
+        method,
+        path,
+        headers,
+        body: body.to_vec(),
+        status,
+        code,
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -84,27 +100,66 @@ async fn every_bad_request_gets_its_error_and_changes_nothing() {
     let snapshot = || async {
         let jwks = app.get("/.well-known/jwks.json").await;
         let auth = format!("Bearer {ADMIN}");
-        let list = app.request(Method::GET, "/v1/organisations/acme/keys", &[("authorization", &auth)], "").await;
+        let list = app
+            .request(
+                Method::GET,
+                "/v1/organisations/acme/keys",
+                &[("authorization", &auth)],
+                "",
+            )
+            .await;
         (jwks.header("etag").unwrap().to_owned(), list.json())
     };
     let before = snapshot().await;
     for c in cases() {
-        let r = app.request(c.method.clone(), c.path, c.headers, c.body.clone()).await;
-        assert_eq!(r.status.as_u16(), c.status, "{}: {}", c.what, String::from_utf8_lossy(&r.body));
+        let r = app
+            .request(c.method.clone(), c.path, c.headers, c.body.clone())
+            .await;
+        assert_eq!(
+            r.status.as_u16(),
+            c.status,
+            "{}: {}",
+            c.what,
+            String::from_utf8_lossy(&r.body)
+        );
         let body = r.json();
         assert_eq!(body["code"], c.code, "{}: {body}", c.what);
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", c.what);
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}",
+            c.what
+        );
         if c.status == 405 {
-            assert!(r.header("allow").is_some_and(|a| !a.is_empty()), "{}: 405 names Allow", c.what);
+            assert!(
+                r.header("allow").is_some_and(|a| !a.is_empty()),
+                "{}: 405 names Allow",
+                c.what
+            );
         }
         if c.status == 401 {
-            assert!(r.header("www-authenticate").is_some_and(|a| a.starts_with("Bearer")), "{}", c.what);
+            assert!(
+                r.header("www-authenticate")
+                    .is_some_and(|a| a.starts_with("Bearer")),
+                "{}",
+                c.what
+            );
         }
         let health = app.get("/healthz").await;
-        assert_eq!(health.status.as_u16(), 200, "server still answers after {}", c.what);
+        assert_eq!(
+            health.status.as_u16(),
+            200,
+            "server still answers after {}",
+            c.what
+        );
     }
     assert_eq!(snapshot().await, before, "no bad request changed any state");
-    assert_eq!(app.get(&format!("/v1/keys/{}", existing["id"].as_str().unwrap())).await.status.as_u16(), 200);
+    assert_eq!(
+        app.get(&format!("/v1/keys/{}", existing["id"].as_str().unwrap()))
+            .await
+            .status
+            .as_u16(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,7 +179,13 @@ async fn raw_garbage_on_the_socket_does_not_hurt_the_server() {
         s.write_all(g).await.unwrap();
         let _ = s.shutdown().await;
         let mut sink = Vec::new();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut sink)).await;
-        assert_eq!(app.get("/healthz").await.status.as_u16(), 200, "after {:?}", String::from_utf8_lossy(g));
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+        assert_eq!(
+            app.get("/healthz").await.status.as_u16(),
+            200,
+            "after {:?}",
+            String::from_utf8_lossy(g)
+        );
     }
 }

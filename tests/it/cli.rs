@@ -9,7 +9,9 @@ use crate::support::*;
 
 fn signet(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_signet"));
-    cmd.args(args).env_remove("SIGNET_ADMIN_TOKEN").env_remove("ORGKEYS_MAX");
+    cmd.args(args)
+        .env_remove("SIGNET_ADMIN_TOKEN")
+        .env_remove("ORGKEYS_MAX");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -24,7 +26,11 @@ fn stderr(o: &Output) -> String {
 fn bad_configuration_is_exit_2_with_a_sentence() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:0\"\ncolour = \"blue\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"127.0.0.1:0\"\ncolour = \"blue\"\n",
+    )
+    .unwrap();
     let o = signet(&["serve", "--config", bad.to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
@@ -35,17 +41,33 @@ fn bad_configuration_is_exit_2_with_a_sentence() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("/nonexistent/signet.toml"));
 
-    let o = signet(&["serve"], &[("ORGKEYS_MAX", "lots"), ("SIGNET_DATA_DIR", dir.path().to_str().unwrap())]);
+    let o = signet(
+        &["serve"],
+        &[
+            ("ORGKEYS_MAX", "lots"),
+            ("SIGNET_DATA_DIR", dir.path().to_str().unwrap()),
+        ],
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("ORGKEYS_MAX"));
 
     let file = dir.path().join("file");
     std::fs::write(&file, "").unwrap();
-    let o = signet(&["serve"], &[("SIGNET_DATA_DIR", file.to_str().unwrap()), ("SIGNET_LISTEN", "127.0.0.1:0")]);
+    let o = signet(
+        &["serve"],
+        &[
+            ("SIGNET_DATA_DIR", file.to_str().unwrap()),
+            ("SIGNET_LISTEN", "127.0.0.1:0"),
+        ],
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("data directory"), "{}", stderr(&o));
 
-    assert_eq!(signet(&["frobnicate"], &[]).status.code(), Some(2), "usage errors are 2");
+    assert_eq!(
+        signet(&["frobnicate"], &[]).status.code(),
+        Some(2),
+        "usage errors are 2"
+    );
     let help = signet(&["--help"], &[]);
     assert!(String::from_utf8_lossy(&help.stdout).contains("verify"));
 }
@@ -55,10 +77,16 @@ fn newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = sled::open(dir.path()).unwrap();
-        db.open_tree("meta").unwrap().insert("schema_version", &99u32.to_be_bytes()).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &99u32.to_be_bytes())
+            .unwrap();
         db.flush().unwrap();
     }
-    let o = signet(&["keys", "list", "--data-dir", dir.path().to_str().unwrap()], &[]);
+    let o = signet(
+        &["keys", "list", "--data-dir", dir.path().to_str().unwrap()],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("schema version 99"), "{}", stderr(&o));
 }
@@ -69,20 +97,58 @@ fn offline_key_admin_and_the_whole_token_loop() {
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     let pem = dir.path().join("k.pem");
-    let o = signet(&["keys", "create", "--data-dir", data, "--org", "acme", "--name", "cli key", "--out", pem.to_str().unwrap()], &[]);
+    let o = signet(
+        &[
+            "keys",
+            "create",
+            "--data-dir",
+            data,
+            "--org",
+            "acme",
+            "--name",
+            "cli key",
+            "--out",
+            pem.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let created: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(created.get("privateKey").is_none(), "written to --out, not printed");
+    assert!(
+        created.get("privateKey").is_none(),
+        "written to --out, not printed"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&pem).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&pem).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let kid = created["id"].as_str().unwrap();
-    let listed: Value = serde_json::from_slice(&signet(&["keys", "list", "--data-dir", data, "--org", "acme"], &[]).stdout).unwrap();
+    let listed: Value = serde_json::from_slice(
+        &signet(&["keys", "list", "--data-dir", data, "--org", "acme"], &[]).stdout,
+    )
+    .unwrap();
     assert_eq!(listed["keys"][0]["id"], kid);
 
-    let o = signet(&["token", "--key", pem.to_str().unwrap(), "--kid", kid, "--org", "acme", "--sub", "robot", "--claim", "n=5"], &[]);
+    let o = signet(
+        &[
+            "token",
+            "--key",
+            pem.to_str().unwrap(),
+            "--kid",
+            kid,
+            "--org",
+            "acme",
+            "--sub",
+            "robot",
+            "--claim",
+            "n=5",
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let token = String::from_utf8(o.stdout).unwrap().trim().to_owned();
 
@@ -91,20 +157,42 @@ fn offline_key_admin_and_the_whole_token_loop() {
     let report = String::from_utf8_lossy(&o.stdout);
     for needle in ["valid: yes", kid, "acme", "robot", "UTC", "\"n\": 5"] {
         let needle = if needle == "UTC" { "Z (" } else { needle };
-        assert!(report.contains(needle), "{needle:?} missing from:\n{report}");
+        assert!(
+            report.contains(needle),
+            "{needle:?} missing from:\n{report}"
+        );
     }
-    let o = signet(&["verify", &token, "--data-dir", data, "--audience", "nope", "--json"], &[]);
+    let o = signet(
+        &[
+            "verify",
+            &token,
+            "--data-dir",
+            data,
+            "--audience",
+            "nope",
+            "--json",
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["error"]["code"], "wrong_audience");
 
     // The JWK Set source, from a file.
     let jwks = dir.path().join("jwks.json");
-    let record = signet::store::Store::open(std::path::Path::new(data)).unwrap().all_keys().unwrap();
-    let set = json!({"keys": record.iter().map(signet::keys::Jwk::from_record).collect::<Vec<_>>()});
+    let record = signet::store::Store::open(std::path::Path::new(data))
+        .unwrap()
+        .all_keys()
+        .unwrap();
+    let set =
+        json!({"keys": record.iter().map(signet::keys::Jwk::from_record).collect::<Vec<_>>()});
     std::fs::write(&jwks, serde_json::to_vec(&set).unwrap()).unwrap();
     let o = signet(&["verify", "--jwks", jwks.to_str().unwrap()], &[]);
-    assert_eq!(o.status.code(), Some(2), "an empty stdin is a usage error, not an invalid token");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an empty stdin is a usage error, not an invalid token"
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_signet"))
         .args(["verify", "-", "--jwks", jwks.to_str().unwrap()])
         .stdin(std::process::Stdio::piped())
@@ -112,17 +200,39 @@ fn offline_key_admin_and_the_whole_token_loop() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.as_bytes())
+        .unwrap();
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "token from stdin verifies against the JWK Set");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "token from stdin verifies against the JWK Set"
+    );
 
-    let o = signet(&["keys", "delete", "--data-dir", data, "--org", "acme", kid], &[]);
+    let o = signet(
+        &["keys", "delete", "--data-dir", data, "--org", "acme", kid],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = signet(&["verify", &token, "--data-dir", data, "--json"], &[]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap()["error"]["code"], "unknown_key");
-    let o = signet(&["keys", "delete", "--data-dir", data, "--org", "acme", kid], &[]);
-    assert_eq!(o.status.code(), Some(1), "deleting a missing key is refused");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["error"]["code"],
+        "unknown_key"
+    );
+    let o = signet(
+        &["keys", "delete", "--data-dir", data, "--org", "acme", kid],
+        &[],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "deleting a missing key is refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -147,9 +257,21 @@ async fn cli_against_a_running_server() {
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("valid: yes"));
     assert_eq!(locked.status.code(), Some(2));
-    assert!(stderr(&locked).contains("--server"), "a locked database suggests --server: {}", stderr(&locked));
+    assert!(
+        stderr(&locked).contains("--server"),
+        "a locked database suggests --server: {}",
+        stderr(&locked)
+    );
     assert_eq!(keys_locked.status.code(), Some(2));
-    assert!(stderr(&keys_locked).contains("locked"), "{}", stderr(&keys_locked));
-    assert_eq!(down.status.code(), Some(2), "an unreachable server is 'could not check'");
+    assert!(
+        stderr(&keys_locked).contains("locked"),
+        "{}",
+        stderr(&keys_locked)
+    );
+    assert_eq!(
+        down.status.code(),
+        Some(2),
+        "an unreachable server is 'could not check'"
+    );
     let _ = token;
 }

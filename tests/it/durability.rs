@@ -14,7 +14,11 @@ struct Server {
 }
 
 fn start(dir: &std::path::Path) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_signet"))
         .arg("serve")
@@ -33,9 +37,12 @@ fn start(dir: &std::path::Path) -> Server {
 async fn wait_ready(addr: &str) {
     for _ in 0..200 {
         if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), async {
-            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Full<bytes::Bytes>>();
-            client.get(format!("http://{addr}/readyz").parse().unwrap()).await
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            client
+                .get(format!("http://{addr}/readyz").parse().unwrap())
+                .await
         })
         .await
         {
@@ -59,12 +66,32 @@ async fn kill_9_loses_no_acknowledged_write() {
         let base = format!("http://{}", server.addr);
         // Everything acknowledged before is here; everything deleted is gone.
         for id in &acknowledged {
-            let r = send(hyper::Method::GET, &format!("{base}/v1/keys/{id}"), &[], bytes::Bytes::new()).await;
-            assert_eq!(r.status.as_u16(), 200, "cycle {cycle}: acknowledged key {id} lost");
+            let r = send(
+                hyper::Method::GET,
+                &format!("{base}/v1/keys/{id}"),
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await;
+            assert_eq!(
+                r.status.as_u16(),
+                200,
+                "cycle {cycle}: acknowledged key {id} lost"
+            );
         }
         for id in &deleted {
-            let r = send(hyper::Method::GET, &format!("{base}/v1/keys/{id}"), &[], bytes::Bytes::new()).await;
-            assert_eq!(r.status.as_u16(), 404, "cycle {cycle}: deleted key {id} came back");
+            let r = send(
+                hyper::Method::GET,
+                &format!("{base}/v1/keys/{id}"),
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await;
+            assert_eq!(
+                r.status.as_u16(),
+                404,
+                "cycle {cycle}: deleted key {id} came back"
+            );
         }
         // A stream of concurrent creates (and a delete), killed mid-way.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -73,22 +100,32 @@ async fn kill_9_loses_no_acknowledged_write() {
                 let (base, tx) = (base.clone(), tx.clone());
                 tokio::spawn(async move {
                     for i in 0.. {
-                        let body = serde_json::to_vec(&json!({"name": format!("c{cycle}w{w}i{i}")})).unwrap();
+                        let body =
+                            serde_json::to_vec(&json!({"name": format!("c{cycle}w{w}i{i}")}))
+                                .unwrap();
                         let auth = format!("Bearer {ADMIN}");
-                        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                            .build_http::<http_body_util::Full<bytes::Bytes>>();
-                        let req = hyper::Request::post(format!("{base}/v1/organisations/crash{w}/keys"))
-                            .header("authorization", auth)
-                            .header("content-type", "application/json")
-                            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                            .unwrap();
-                        let Ok(res) = client.request(req).await else { return };
+                        let client = hyper_util::client::legacy::Client::builder(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .build_http::<http_body_util::Full<bytes::Bytes>>();
+                        let req =
+                            hyper::Request::post(format!("{base}/v1/organisations/crash{w}/keys"))
+                                .header("authorization", auth)
+                                .header("content-type", "application/json")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                .unwrap();
+                        let Ok(res) = client.request(req).await else {
+                            return;
+                        };
                         if res.status() != 201 {
                             return;
                         }
                         use http_body_util::BodyExt;
-                        let Ok(body) = res.into_body().collect().await else { return };
-                        let v: serde_json::Value = serde_json::from_slice(&body.to_bytes()).unwrap();
+                        let Ok(body) = res.into_body().collect().await else {
+                            return;
+                        };
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&body.to_bytes()).unwrap();
                         let _ = tx.send(v["id"].as_str().unwrap().to_owned());
                     }
                 })
@@ -136,18 +173,42 @@ async fn kill_9_loses_no_acknowledged_write() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<&str> = listed["keys"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
     for id in &acknowledged {
-        assert!(ids.contains(&id.as_str()), "acknowledged {id} missing offline");
+        assert!(
+            ids.contains(&id.as_str()),
+            "acknowledged {id} missing offline"
+        );
     }
     for id in &deleted {
         assert!(!ids.contains(&id.as_str()), "deleted {id} present offline");
     }
     for key in listed["keys"].as_array().unwrap() {
-        assert!(key["publicKey"].as_str().unwrap().starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert!(key["publicKey"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----"));
     }
-    let audit = Command::new(env!("CARGO_BIN_EXE_signet")).args(["audit", "verify", "--data-dir"]).arg(dir.path()).output().unwrap();
-    assert_eq!(audit.status.code(), Some(0), "audit chain intact after crashes: {}", String::from_utf8_lossy(&audit.stdout));
+    let audit = Command::new(env!("CARGO_BIN_EXE_signet"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        audit.status.code(),
+        Some(0),
+        "audit chain intact after crashes: {}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
 }

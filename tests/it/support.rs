@@ -4,7 +4,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use aws_lc_rs::signature::{RsaKeyPair, RSA_PKCS1_SHA256, RSA_PKCS1_SHA384, RSA_PKCS1_SHA512, RSA_PSS_SHA256, RSA_PSS_SHA384, RSA_PSS_SHA512};
+use aws_lc_rs::signature::{
+    RsaKeyPair, RSA_PKCS1_SHA256, RSA_PKCS1_SHA384, RSA_PKCS1_SHA512, RSA_PSS_SHA256,
+    RSA_PSS_SHA384, RSA_PSS_SHA512,
+};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
@@ -36,8 +39,12 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn text(&self) -> String {
@@ -45,15 +52,25 @@ impl Resp {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().expect("ascii header"))
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ascii header"))
     }
 
     /// Asserts the SPEC's error shape and code.
     pub fn assert_error(&self, status: u16, code: &str) {
-        assert_eq!(self.status.as_u16(), status, "{}", String::from_utf8_lossy(&self.body));
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
         let body = self.json();
         assert_eq!(body["code"], code, "{body}");
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
     }
 }
 
@@ -83,7 +100,12 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         .await
         .expect("server stops cleanly");
     });
-    TestApp { addr, dir, shutdown: Some(tx), task: Some(task) }
+    TestApp {
+        addr,
+        dir,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
 }
 
 impl TestApp {
@@ -91,7 +113,13 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
         send(method, &self.url(path), headers, body.into()).await
     }
 
@@ -111,7 +139,10 @@ impl TestApp {
         self.request(
             Method::POST,
             &format!("/v1/organisations/{org}/keys"),
-            &[("authorization", &auth), ("content-type", "application/json")],
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
             serde_json::to_vec(body).unwrap(),
         )
         .await
@@ -119,8 +150,13 @@ impl TestApp {
 
     pub async fn delete_key(&self, org: &str, id: &str, bearer: &str) -> Resp {
         let auth = format!("Bearer {bearer}");
-        self.request(Method::DELETE, &format!("/v1/organisations/{org}/keys/{id}"), &[("authorization", &auth)], Bytes::new())
-            .await
+        self.request(
+            Method::DELETE,
+            &format!("/v1/organisations/{org}/keys/{id}"),
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
     }
 
     pub async fn verify(&self, token: &str) -> Value {
@@ -149,11 +185,18 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Byt
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let res = client.request(req.body(Full::new(body)).unwrap()).await.expect("server answers");
+    let res = client
+        .request(req.body(Full::new(body)).unwrap())
+        .await
+        .expect("server answers");
     let status = res.status();
     let headers = res.headers().clone();
     let body = res.into_body().collect().await.expect("body").to_bytes();
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// A private key and how to sign with it, for minting test tokens.
@@ -163,8 +206,13 @@ pub struct Signer {
 
 impl Signer {
     pub fn from_pem(pem: &str) -> Signer {
-        let der = rsa::RsaPrivateKey::from_pkcs8_pem(pem).expect("PKCS#8 PEM").to_pkcs8_der().unwrap();
-        Signer { pair: RsaKeyPair::from_pkcs8(der.as_bytes()).expect("aws-lc accepts the key") }
+        let der = rsa::RsaPrivateKey::from_pkcs8_pem(pem)
+            .expect("PKCS#8 PEM")
+            .to_pkcs8_der()
+            .unwrap();
+        Signer {
+            pair: RsaKeyPair::from_pkcs8(der.as_bytes()).expect("aws-lc accepts the key"),
+        }
     }
 
     /// Signs `header`/`claims` as given (nothing added), with the RSA
@@ -186,13 +234,24 @@ impl Signer {
             other => panic!("not an RSA algorithm: {other}"),
         };
         let mut sig = vec![0; self.pair.public_modulus_len()];
-        self.pair.sign(padding, &aws_lc_rs::rand::SystemRandom::new(), input.as_bytes(), &mut sig).unwrap();
+        self.pair
+            .sign(
+                padding,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                input.as_bytes(),
+                &mut sig,
+            )
+            .unwrap();
         URL_SAFE_NO_PAD.encode(sig)
     }
 
     /// A standard organisation token.
     pub fn org_token(&self, kid: &str, claims: Value) -> String {
-        self.sign(&json!({"alg": "RS256", "typ": "JWT", "kid": kid}), &claims, "RS256")
+        self.sign(
+            &json!({"alg": "RS256", "typ": "JWT", "kid": kid}),
+            &claims,
+            "RS256",
+        )
     }
 }
 

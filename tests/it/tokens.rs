@@ -44,8 +44,11 @@ fn load_keys(doc: &Value) -> HashMap<String, FixtureKey> {
         .unwrap()
         .iter()
         .map(|(label, k)| {
-            let pem = std::fs::read_to_string(format!("{FIXTURES}/{}", k["pem"].as_str().unwrap())).unwrap();
-            let public = rsa::RsaPrivateKey::from_pkcs8_pem(&pem).unwrap().to_public_key();
+            let pem = std::fs::read_to_string(format!("{FIXTURES}/{}", k["pem"].as_str().unwrap()))
+                .unwrap();
+            let public = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
+                .unwrap()
+                .to_public_key();
             let key = FixtureKey {
                 kid: k["kid"].as_str().unwrap().to_owned(),
                 alg: k["alg"].as_str().unwrap().parse().unwrap(),
@@ -83,7 +86,11 @@ fn resolve(value: &Value, keys: &HashMap<String, FixtureKey>, doc: &Value, now: 
                     Some(name) => {
                         let offset = v.as_f64().unwrap();
                         let at = now as f64 + offset;
-                        let at = if at.fract() == 0.0 { Value::from(at as u64) } else { Value::from(at) };
+                        let at = if at.fract() == 0.0 {
+                            Value::from(at as u64)
+                        } else {
+                            Value::from(at)
+                        };
                         out.insert(name.to_owned(), at);
                     }
                     None => {
@@ -135,7 +142,13 @@ fn build(case: &Value, keys: &HashMap<String, FixtureKey>, doc: &Value, now: u64
         hmac::sign(&key, input.as_bytes()).as_ref().to_vec()
     } else {
         let key = &keys[sign["with"].as_str().unwrap()];
-        let alg = sign["alg"].as_str().unwrap_or(if header_alg.parse::<Algorithm>().is_ok() { header_alg } else { "RS256" });
+        let alg = sign["alg"]
+            .as_str()
+            .unwrap_or(if header_alg.parse::<Algorithm>().is_ok() {
+                header_alg
+            } else {
+                "RS256"
+            });
         let token = key.signer.sign_raw(&input, alg);
         URL_SAFE_NO_PAD.decode(token).unwrap()
     };
@@ -155,10 +168,16 @@ fn build(case: &Value, keys: &HashMap<String, FixtureKey>, doc: &Value, now: u64
 
 #[test]
 fn every_fixture_token_gets_its_verdict() {
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/tokens.json")).unwrap()).unwrap();
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/tokens.json")).unwrap())
+            .unwrap();
     let now = doc["now"].as_u64().unwrap();
     let keys = load_keys(&doc);
-    let source = Source(keys.values().map(|k| (KeyId::parse(&k.kid).unwrap(), (k.alg, k.spki_der.clone()))).collect());
+    let source = Source(
+        keys.values()
+            .map(|k| (KeyId::parse(&k.kid).unwrap(), (k.alg, k.spki_der.clone())))
+            .collect(),
+    );
     let verifier = Verifier::new(Arc::new(source), Policy::default());
     let cases = doc["cases"].as_array().unwrap();
     assert!(cases.len() >= 50, "the attack matrix stays broad");
@@ -167,7 +186,10 @@ fn every_fixture_token_gets_its_verdict() {
         let name = case["name"].as_str().unwrap();
         let expected = case["expect"].as_str().unwrap();
         let token = build(case, &keys, &doc, now);
-        let expect = Expect { audience: case["audience"].as_str(), issuer: case["issuer"].as_str() };
+        let expect = Expect {
+            audience: case["audience"].as_str(),
+            issuer: case["issuer"].as_str(),
+        };
         // Twice: a cold and a cached key must give the same verdict.
         for round in ["cold", "cached"] {
             let verdict = match verifier.verify_at(&token, expect, now) {
@@ -175,9 +197,17 @@ fn every_fixture_token_gets_its_verdict() {
                 Err(e) => e.code().to_owned(),
             };
             if verdict != expected {
-                failures.push(format!("{name} ({round}): expected {expected}, got {verdict}"));
+                failures.push(format!(
+                    "{name} ({round}): expected {expected}, got {verdict}"
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
