@@ -128,7 +128,10 @@ async fn access_matrix() {
                         failures.push(format!("{who} × {op}: WWW-Authenticate {challenge:?}"));
                     }
                 }
-                403 if row[1] == 403 && r.json()["message"] != "you can only manage keys for your own organisation" => {
+                403 if row[1] == 403
+                    && r.json()["message"]
+                        != "you can only manage keys for your own organisation" =>
+                {
                     failures.push(format!("{who} × {op}: 403 message {}", r.text()));
                 }
                 _ => {}
