@@ -30,6 +30,9 @@ pub enum StartupError {
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The seal key could not be loaded or created.
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
     /// The operator token could not be read or written.
     #[error("cannot read or create the operator token {path}: {source}")]
     AdminToken {
@@ -59,7 +62,7 @@ impl Application {
             path: data_dir.clone(),
             source,
         })?;
-        let store = Store::open(&data_dir)?;
+        let store = Store::open(&data_dir, config.sealer()?)?;
         let (operator, generated) =
             OperatorToken::load_or_create(&config).map_err(|source| StartupError::AdminToken {
                 path: data_dir.join("admin.token"),

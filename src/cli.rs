@@ -57,6 +57,21 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Manage the key that seals stored key records (server stopped).
+    Seal {
+        #[command(subcommand)]
+        command: SealCommand,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SealCommand {
+    /// Re-seal every record under a new key and make it the seal key.
+    /// With SIGNET_SEAL_KEY set, the new key is read from SIGNET_NEW_SEAL_KEY
+    /// and nothing is written to files.
+    Rotate,
 }
 
 #[derive(clap::Args)]
@@ -211,6 +226,10 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Verify(args) => runtime.block_on(verify_cmd(args)),
         Command::Keys { command, data } => runtime.block_on(keys_cmd(command, data)),
         Command::Token(args) => token_cmd(args),
+        Command::Seal {
+            command: SealCommand::Rotate,
+            data,
+        } => seal_rotate(&data),
         Command::Audit {
             command: AuditCommand::Verify,
             data,
@@ -242,28 +261,72 @@ fn init_logging(config: &Config) {
     };
 }
 
+/// The configuration with `--data-dir` applied.
+fn data_config(data: &DataArgs) -> anyhow::Result<Config> {
+    let mut config = Config::load(data.config.as_deref())?;
+    if let Some(dir) = &data.data_dir {
+        config.storage.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+/// Opens an existing database for offline work.
 fn open_store(data: &DataArgs) -> anyhow::Result<Store> {
-    let dir = match &data.data_dir {
-        Some(dir) => dir.clone(),
-        None => Config::load(data.config.as_deref())?.storage.data_dir,
-    };
+    let config = data_config(data)?;
+    let dir = &config.storage.data_dir;
     if !dir.join("db").exists() {
         bail!(
             "{} holds no signet database; pass --data-dir or run `signet serve` once",
             dir.display()
         );
     }
-    Ok(Store::open(&dir)?)
+    Ok(Store::open(dir, config.sealer()?)?)
+}
+
+fn seal_rotate(data: &DataArgs) -> anyhow::Result<Outcome> {
+    let config = data_config(data)?;
+    let dir = config.storage.data_dir.clone();
+    if !dir.join("db").exists() {
+        bail!(
+            "{} holds no signet database; pass --data-dir",
+            dir.display()
+        );
+    }
+    if let Some(current) = &config.storage.seal_key {
+        // Keys held outside the data directory: re-seal, write no files.
+        let next = std::env::var("SIGNET_NEW_SEAL_KEY").map_err(|_| {
+            anyhow!("SIGNET_SEAL_KEY is set, so give the new key in SIGNET_NEW_SEAL_KEY (64 hex characters)")
+        })?;
+        let both = crate::seal::Sealer::rotating(&next, current.expose())?;
+        let n = Store::open(&dir, both)?.reseal_all()?;
+        println!("re-sealed {n} records; set SIGNET_SEAL_KEY to the new key now");
+        return Ok(Outcome::Success);
+    }
+    // seal.key.next is accepted alongside seal.key until the rename below,
+    // so a crash at any point leaves every record readable; rerunning
+    // finishes the rotation.
+    let next_path = crate::seal::next_path(&dir);
+    if !next_path.exists() {
+        crate::seal::write_key_file(&next_path, &crate::seal::random_key())?;
+    }
+    let store = Store::open(&dir, config.sealer()?)?;
+    let n = store.reseal_all()?;
+    drop(store);
+    std::fs::rename(&next_path, dir.join("seal.key"))
+        .with_context(|| format!("cannot move {} into place", next_path.display()))?;
+    crate::seal::sync_dir(&next_path)?;
+    println!(
+        "re-sealed {n} records under a new seal key ({})",
+        dir.join("seal.key").display()
+    );
+    Ok(Outcome::Success)
 }
 
 async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcome> {
-    let config = Config::load(data.config.as_deref())?;
-    let dir = data
-        .data_dir
-        .clone()
-        .unwrap_or(config.storage.data_dir.clone());
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let store = Store::open(&dir)?;
+    let config = data_config(&data)?;
+    let dir = &config.storage.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let store = Store::open(dir, config.sealer()?)?;
     let signet = Signet::new(store, Policy::default(), config.keys.max_per_org, [0; 3])?;
     let caller = Caller {
         actor: Actor::Cli,
@@ -489,7 +552,9 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
         };
         local(Arc::new(parse_jwk_set(&bytes)?))?
     } else if let Some(dir) = &args.data_dir {
-        let store = match Store::open(dir) {
+        let mut config = config.clone();
+        config.storage.data_dir = dir.clone();
+        let store = match Store::open(dir, config.sealer()?) {
             Err(StoreError::Locked(_)) => bail!(
                 "the database in {} is locked by a running server; ask it instead with --server http://{}",
                 dir.display(),

@@ -1,6 +1,6 @@
 //! Configuration: `config.toml` defaults, then environment overrides
 //! (`SIGNET_LISTEN`, `SIGNET_DATA_DIR`, `SIGNET_ADMIN_TOKEN`, `SIGNET_LOG`,
-//! `ORGKEYS_MAX`). Unknown keys and bad values are errors that name the key
+//! `ORGKEYS_MAX`, and `SIGNET_SEAL_KEY`). Unknown keys and bad values are errors that name the key
 //! and the file.
 
 use std::net::SocketAddr;
@@ -60,6 +60,10 @@ pub struct Server {
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
     pub data_dir: PathBuf,
+    /// The record seal key (64 hex characters); only ever set from
+    /// `SIGNET_SEAL_KEY`. Without it, `{data_dir}/seal.key` is used.
+    #[serde(skip)]
+    pub seal_key: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -136,6 +140,7 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             data_dir: PathBuf::from("./data"),
+            seal_key: None,
         }
     }
 }
@@ -266,6 +271,9 @@ impl Config {
         if let Some(v) = env("SIGNET_DATA_DIR") {
             self.storage.data_dir = PathBuf::from(v);
         }
+        if let Some(v) = env("SIGNET_SEAL_KEY") {
+            self.storage.seal_key = Some(Secret(v));
+        }
         if let Some(v) = env("SIGNET_ADMIN_TOKEN") {
             self.auth.admin_token = Some(Secret(v));
         }
@@ -322,6 +330,14 @@ impl Config {
             return invalid("server.max_connections", "must be at least 1");
         }
         Ok(())
+    }
+
+    /// The record sealer for the configured data directory.
+    pub fn sealer(&self) -> Result<crate::seal::Sealer, crate::seal::SealError> {
+        crate::seal::Sealer::load_or_create(
+            &self.storage.data_dir,
+            self.storage.seal_key.as_ref().map(Secret::expose),
+        )
     }
 
     pub fn header_read_timeout(&self) -> Duration {

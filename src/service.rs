@@ -156,7 +156,7 @@ impl Signet {
         let deleted = self
             .blocking(move || store.delete_key(&org2, id, event))
             .await?;
-        if deleted.is_none() {
+        if !deleted {
             return Err(ServiceError::NotFound(id));
         }
         self.verifier.forget(id);

@@ -5,10 +5,10 @@
 //! `sync_file_range` on Linux, which does not survive a power cut).
 //!
 //! Trees and their keys:
-//! - `keys`: key id (16 bytes) → record (JSON)
+//! - `keys`: key id (16 bytes) → record (JSON, sealed: see `seal`)
 //! - `org_keys`: org ‖ 0x00 ‖ key id → empty; ULID order is creation order
 //! - `org_counts`: org → u32 big-endian, the quota counter
-//! - `tombstones`: key id → record of a deleted key
+//! - `tombstones`: key id → sealed record of a deleted key
 //! - `audit`: org ‖ 0x00 ‖ event id → event (JSON), chained by hash
 //! - `audit_heads`: org → SHA-256 of the org's newest stored event
 //! - `meta`: `schema_version` → u32 big-endian
@@ -23,6 +23,7 @@ use sled::Transactional;
 
 use crate::audit::{self, AuditEvent, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
+use crate::seal::Sealer;
 
 /// The schema this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -73,13 +74,15 @@ pub struct Store {
     db_file: File,
     /// Serialises writers so that event ids and hash-chain order agree.
     writer: Mutex<ulid::Generator>,
+    sealer: Sealer,
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 impl Store {
-    /// Opens (or creates) the database under `dir`.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// Opens (or creates) the database under `dir`; records are sealed and
+    /// opened with `sealer`.
+    pub fn open(dir: &Path, sealer: Sealer) -> Result<Store, StoreError> {
         let open_err = |source: sled::Error| match &source {
             // sled reports a held lock as an I/O error of kind WouldBlock,
             // sometimes wrapped in another of kind Other.
@@ -120,6 +123,10 @@ impl Store {
             }
         }
         let db_file = File::open(dir.join("db")).map_err(StoreError::Sync)?;
+        // Make the directory entries of a freshly created database durable.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(StoreError::Sync)?;
         let store = Store {
             path: dir.to_owned(),
             keys: tree("keys")?,
@@ -131,6 +138,7 @@ impl Store {
             db,
             db_file,
             writer: Mutex::new(ulid::Generator::new()),
+            sealer,
         };
         store.sync()?;
         Ok(store)
@@ -164,7 +172,7 @@ impl Store {
         event: NewEvent,
         refused: NewEvent,
     ) -> Result<Inserted, StoreError> {
-        let value = serde_json::to_vec(record).expect("a record always serialises");
+        let value = self.seal(record);
         let org = record.org.as_bytes_key();
         let index = index_key(&record.org, record.id);
         let outcome = self.write(|gen| {
@@ -193,14 +201,8 @@ impl Store {
     }
 
     /// Deletes the key `id` of `org`, leaving a tombstone and an audit event.
-    /// Returns the deleted record, or `None` if `org` has no such key.
-    /// Durable on return.
-    pub fn delete_key(
-        &self,
-        org: &OrgId,
-        id: KeyId,
-        event: NewEvent,
-    ) -> Result<Option<PublicKeyRecord>, StoreError> {
+    /// Returns whether `org` had such a key. Durable on return.
+    pub fn delete_key(&self, org: &OrgId, id: KeyId, event: NewEvent) -> Result<bool, StoreError> {
         let org_key = org.as_bytes_key();
         let index = index_key(org, id);
         let deleted = self.write(|gen| {
@@ -214,7 +216,7 @@ impl Store {
             )
                 .transaction(|(keys, org_keys, counts, tombstones, audit, heads)| {
                     if org_keys.get(index.as_slice())?.is_none() {
-                        return Ok(None);
+                        return Ok(false);
                     }
                     let Some(value) = keys.remove(&id.to_bytes())? else {
                         return Err(abort(StoreError::Corrupt(format!(
@@ -224,16 +226,15 @@ impl Store {
                     org_keys.remove(index.as_slice())?;
                     let count = read_count(counts, &org_key)?;
                     counts.insert(org_key.as_slice(), &count.saturating_sub(1).to_be_bytes())?;
-                    tombstones.insert(&id.to_bytes(), value.clone())?;
+                    tombstones.insert(&id.to_bytes(), value)?;
                     append_event(audit, heads, gen, org, event.clone())?;
-                    Ok(Some(value))
+                    Ok(true)
                 })
         })?;
-        let Some(value) = deleted else {
-            return Ok(None);
-        };
-        self.sync()?;
-        decode(&value).map(Some)
+        if deleted {
+            self.sync()?;
+        }
+        Ok(deleted)
     }
 
     /// Appends one audit event on its own (a refused access). Not synced:
@@ -247,12 +248,13 @@ impl Store {
         })
     }
 
-    /// One key, if it exists and is not deleted.
+    /// One key, if it exists, is not deleted and opens under the seal key.
+    /// A record that does not open is treated as absent, and logged.
     pub fn get_key(&self, id: KeyId) -> Result<Option<PublicKeyRecord>, StoreError> {
-        self.keys
+        Ok(self
+            .keys
             .get(id.to_bytes())?
-            .map(|v| decode(&v))
-            .transpose()
+            .and_then(|v| self.open_record(id, &v)))
     }
 
     /// Whether `id` is a live key. Cheaper than [`Store::get_key`]: no decode.
@@ -274,18 +276,81 @@ impl Store {
             let id: [u8; 16] = k[prefix.len()..]
                 .try_into()
                 .map_err(|_| StoreError::Corrupt("index entry is not org ‖ 0 ‖ 16 bytes".into()))?;
-            let id = KeyId::from_bytes(id);
-            match self.get_key(id)? {
-                Some(record) => out.push(record),
-                None => return Err(StoreError::Corrupt(format!("index names missing key {id}"))),
-            }
+            out.extend(self.get_key(KeyId::from_bytes(id))?);
         }
         Ok(out)
     }
 
-    /// Every live key, in id (creation) order.
+    /// Every live key that opens, in id (creation) order.
     pub fn all_keys(&self) -> Result<Vec<PublicKeyRecord>, StoreError> {
-        self.keys.iter().values().map(|v| decode(&v?)).collect()
+        let mut out = Vec::new();
+        for entry in self.keys.iter() {
+            let (k, v) = entry?;
+            out.extend(self.open_record(raw_id(&k)?, &v));
+        }
+        Ok(out)
+    }
+
+    /// Re-seals every record (live and deleted) with the sealer's first key,
+    /// in one transaction. Durable on return.
+    pub fn reseal_all(&self) -> Result<usize, StoreError> {
+        let mut resealed: Vec<(bool, KeyId, Vec<u8>)> = Vec::new();
+        for (live, tree) in [(true, &self.keys), (false, &self.tombstones)] {
+            for entry in tree.iter() {
+                let (k, v) = entry?;
+                let id = raw_id(&k)?;
+                let (org, plain) = self.sealer.open(id, &v).map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "record {id} does not open ({e}); nothing was re-sealed"
+                    ))
+                })?;
+                let org = OrgId::parse(&org)
+                    .map_err(|e| StoreError::Corrupt(format!("record {id}: {e}")))?;
+                resealed.push((live, id, self.sealer.seal(id, &org, &plain)));
+            }
+        }
+        self.write(|_| {
+            (&self.keys, &self.tombstones).transaction(|(keys, tombstones)| {
+                for (live, id, value) in &resealed {
+                    let tree = if *live { keys } else { tombstones };
+                    tree.insert(&id.to_bytes(), value.as_slice())?;
+                }
+                Ok(())
+            })
+        })?;
+        self.sync()?;
+        Ok(resealed.len())
+    }
+
+    fn seal(&self, record: &PublicKeyRecord) -> Vec<u8> {
+        let plain = serde_json::to_vec(record).expect("a record always serialises");
+        self.sealer.seal(record.id, &record.org, &plain)
+    }
+
+    /// Opens a stored record; `None` (and an error in the log) if it was
+    /// forged, edited, moved, or does not parse.
+    fn open_record(&self, id: KeyId, value: &[u8]) -> Option<PublicKeyRecord> {
+        let opened = self
+            .sealer
+            .open(id, value)
+            .map_err(|e| e.to_string())
+            .and_then(|(org, plain)| {
+                let record: PublicKeyRecord = serde_json::from_slice(&plain)
+                    .map_err(|e| format!("record does not parse: {e}"))?;
+                if record.id != id || record.org.as_str() != org {
+                    return Err(
+                        "record's id or organisation differs from where it is stored".into(),
+                    );
+                }
+                Ok(record)
+            });
+        match opened {
+            Ok(record) => Some(record),
+            Err(reason) => {
+                tracing::error!(key_id = %id, %reason, "ignoring a stored key record that does not open");
+                None
+            }
+        }
     }
 
     /// An organisation's audit events, newest first: at most `limit`, all
@@ -366,6 +431,12 @@ impl Store {
         &self.audit
     }
 
+    /// Direct access to the raw key tree, for tests that plant records.
+    #[doc(hidden)]
+    pub fn raw_keys_tree(&self) -> &sled::Tree {
+        &self.keys
+    }
+
     fn write<T>(
         &self,
         tx: impl FnOnce(&IdGen<'_>) -> Result<T, TransactionError<StoreError>>,
@@ -431,9 +502,10 @@ fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
 }
 
-fn decode(value: &[u8]) -> Result<PublicKeyRecord, StoreError> {
-    serde_json::from_slice(value)
-        .map_err(|e| StoreError::Corrupt(format!("key record does not parse: {e}")))
+fn raw_id(key: &[u8]) -> Result<KeyId, StoreError> {
+    key.try_into()
+        .map(KeyId::from_bytes)
+        .map_err(|_| StoreError::Corrupt("a key record's key is not 16 bytes".into()))
 }
 
 fn read_count(counts: &TransactionalTree, org: &[u8]) -> TxResult<u32> {

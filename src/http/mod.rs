@@ -7,6 +7,9 @@ pub mod client;
 mod reply;
 mod routes;
 
+#[doc(hidden)]
+pub use routes::fuzz_parsers;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 
 use hyper::{Method, StatusCode};
 use rsa::pkcs1::DecodeRsaPrivateKey;
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde_json::{json, Value};
@@ -522,20 +522,31 @@ async fn no_private_key_material_reaches_the_data_dir() {
             );
         }
     }
-    // …while the public keys are there, so the scan does see stored key material.
-    let public = RsaPrivateKey::from_pkcs8_pem(&privates[0])
-        .unwrap()
-        .to_public_key();
-    use base64::Engine;
-    let stored = base64::engine::general_purpose::STANDARD
-        .encode(public.to_public_key_der().unwrap().as_bytes());
-    let probe = &stored.as_bytes()[100..164];
-    assert!(
-        files
-            .values()
-            .any(|b| b.windows(probe.len()).any(|w| w == probe)),
-        "the public key is stored"
-    );
+    // Records are sealed, so look inside them too: open the store with its
+    // seal key and scan what it decrypts.
+    let store = signet::store::Store::open(
+        dir.path(),
+        signet::seal::Sealer::load_or_create(dir.path(), None).unwrap(),
+    )
+    .unwrap();
+    let records = store.all_keys().unwrap();
+    assert_eq!(records.len(), 3, "the scan sees every stored record");
+    let opened = serde_json::to_vec(&records).unwrap();
+    for (what, needle) in &needles {
+        assert!(
+            !opened.windows(needle.len()).any(|w| w == needle.as_slice()),
+            "{what} found in a sealed record"
+        );
+    }
+    // The raw scan does see the database: every key id is in it.
+    for r in &records {
+        let id = r.id.to_bytes();
+        assert!(
+            files.values().any(|b| b.windows(16).any(|w| w == id)),
+            "key id {} not found by the scan",
+            r.id
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# The conditions given to `check ... bash -c '...' _ ARGS` expand in that child
+# shell on purpose.
+# shellcheck disable=SC2016
+# Interoperability check: real JOSE libraries (PyJWT from PyPI, panva/jose from
+# npm) verify signet-minted tokens against a running signet's JWKS endpoints,
+# stop verifying a deleted key's token once their cache is fresh, and the JWKS
+# responses carry the caching headers SPEC.md §5 promises.
+#
+# Installs its tools under target/jose/ (reused on later runs), builds the
+# debug binary, starts a server on 127.0.0.1 with a temporary data dir, and
+# prints one line per check, then "N passed, M failed". Exit 1 if any failed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+JOSE_DIR="$ROOT/target/jose"
+VENV="$JOSE_DIR/venv"
+NODE_DIR="$JOSE_DIR/node"
+BIN="$ROOT/target/debug/signet"
+ORG=acme
+
+PASSED=0
+FAILED=0
+SERVER_PID=""
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/signet-jose.XXXXXX")"
+
+cleanup() {
+    local rc=$?
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "# $*"; }
+size() { if [[ -f "$1" ]]; then wc -c <"$1"; else echo 0; fi; }
+die() { echo "error: $*" >&2; exit 2; }
+pass() { PASSED=$((PASSED + 1)); echo "PASS $*"; }
+fail() { FAILED=$((FAILED + 1)); echo "FAIL $*"; }
+check() { # check NAME CONDITION-COMMAND...
+    local name=$1; shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+# Tally PASS/FAIL lines printed by a helper program.
+tally() {
+    local line
+    while IFS= read -r line; do
+        echo "$line"
+        case "$line" in
+            PASS*) PASSED=$((PASSED + 1)) ;;
+            FAIL*) FAILED=$((FAILED + 1)) ;;
+        esac
+    done
+}
+
+# --- tools -----------------------------------------------------------------
+mkdir -p "$JOSE_DIR"
+if ! "$VENV/bin/python" -c 'import jwt, cryptography' 2>/dev/null; then
+    log "installing PyJWT[crypto] into $VENV"
+    rm -rf "$VENV"
+    timeout 120 python3 -m venv "$VENV" || die "could not create a Python venv in $VENV"
+    timeout 600 "$VENV/bin/pip" install --quiet --disable-pip-version-check 'PyJWT[crypto]' \
+        || die "pip could not install PyJWT[crypto]"
+fi
+if [[ ! -f "$NODE_DIR/node_modules/jose/package.json" ]]; then
+    log "installing jose into $NODE_DIR"
+    mkdir -p "$NODE_DIR"
+    [[ -f "$NODE_DIR/package.json" ]] \
+        || echo '{"name":"signet-jose-check","private":true,"type":"module"}' >"$NODE_DIR/package.json"
+    ( cd "$NODE_DIR" && {
+        timeout 600 npm install --no-audit --no-fund --loglevel=error jose@6 \
+            || timeout 600 npm install --no-audit --no-fund --loglevel=error jose@5; } ) \
+        || die "npm could not install jose"
+fi
+PYJWT_VERSION="$("$VENV/bin/python" -c 'import jwt; print(jwt.__version__)')"
+JOSE_VERSION="$(node -p "require('$NODE_DIR/node_modules/jose/package.json').version")"
+log "PyJWT $PYJWT_VERSION, jose $JOSE_VERSION, node $(node --version)"
+# jose_check.mjs must sit next to node_modules for `import 'jose'` to resolve.
+cp "$ROOT/scripts/jose/jose_check.mjs" "$NODE_DIR/jose_check.mjs"
+
+# SIGNET_BIN=PATH tests an already built binary instead of building one.
+if [[ -n "${SIGNET_BIN:-}" ]]; then
+    BIN="$(cd "$(dirname "$SIGNET_BIN")" && pwd)/$(basename "$SIGNET_BIN")"
+    [[ -x "$BIN" ]] || die "SIGNET_BIN=$SIGNET_BIN is not an executable"
+else
+    timeout 1800 cargo build --quiet || die "cargo build failed"
+    [[ -x "$BIN" ]] || die "$BIN was not built"
+fi
+
+# --- server ----------------------------------------------------------------
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+ADDR="127.0.0.1:$PORT"
+BASE="http://$ADDR"
+ADMIN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+SIGNET_DATA_DIR="$TMP/data" SIGNET_LISTEN="$ADDR" SIGNET_ADMIN_TOKEN="$ADMIN" SIGNET_LOG=warn \
+    "$BIN" serve >"$TMP/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 100); do
+    curl -fsS --max-time 2 -o /dev/null "$BASE/readyz" 2>/dev/null && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$TMP/server.log" >&2; die "signet serve exited at startup"; }
+    sleep 0.1
+done
+curl -fsS --max-time 2 -o /dev/null "$BASE/readyz" || { cat "$TMP/server.log" >&2; die "signet did not become ready on $ADDR"; }
+log "signet serving on $ADDR (data dir $TMP/data)"
+
+CURL=(curl -sS --max-time 20)
+
+# create_key NAME BODY -> writes $TMP/NAME.json and $TMP/NAME.pem, echoes the id
+create_key() {
+    local name=$1 body=$2 code
+    code="$("${CURL[@]}" -o "$TMP/$name.json" -w '%{http_code}' -X POST "$BASE/v1/organisations/$ORG/keys" \
+        -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' -d "$body")"
+    [[ "$code" == 201 ]] || { cat "$TMP/$name.json" >&2; die "creating key $name answered $code"; }
+    python3 - "$TMP/$name.json" "$TMP/$name.pem" <<'PY'
+import json, sys
+k = json.load(open(sys.argv[1]))
+open(sys.argv[2], "w").write(k["privateKey"])
+print(k["id"], k["algorithm"])
+PY
+}
+
+out="$(create_key rs '{"name":"k"}')"; read -r RS_KID RS_ALG <<<"$out"
+out="$(create_key ps '{"name":"p","algorithm":"PS256"}')"; read -r PS_KID PS_ALG <<<"$out"
+log "keys: $RS_KID ($RS_ALG), $PS_KID ($PS_ALG)"
+check "default create is RS256 (got $RS_ALG)" test "$RS_ALG" = RS256
+check "PS256 create is PS256 (got $PS_ALG)" test "$PS_ALG" = PS256
+
+RS_TOKEN="$(timeout 30 "$BIN" token --key "$TMP/rs.pem" --kid "$RS_KID" --org "$ORG" --aud signet --alg RS256)"
+PS_TOKEN="$(timeout 30 "$BIN" token --key "$TMP/ps.pem" --kid "$PS_KID" --org "$ORG" --aud signet --alg PS256)"
+
+GLOBAL_URL="$BASE/.well-known/jwks.json"
+ORG_URL="$BASE/v1/organisations/$ORG/jwks.json"
+
+# --- JWKS headers ------------------------------------------------------------
+# header FILE NAME -> the value of header NAME (case-insensitive), CR stripped
+header() { awk -v n="$(tr '[:upper:]' '[:lower:]' <<<"$2")" -F': ' \
+    'tolower($1)==n { sub(/\r$/, ""); sub(/^[^:]*: */, ""); print; exit }' "$1"; }
+
+jwks_headers() {
+    local label=$1 url=$2 h="$TMP/h" b="$TMP/b" code etag cc ct code2 code3
+    code="$("${CURL[@]}" -D "$h" -o "$b" -w '%{http_code}' "$url")"
+    check "$label: GET answers 200 (got $code)" test "$code" = 200
+    etag="$(header "$h" etag)"
+    check "$label: ETag present and strong (got '$etag')" \
+        bash -c '[[ "$1" == \"*\" && "$1" != W/* ]]' _ "$etag"
+    cc="$(header "$h" cache-control)"
+    check "$label: Cache-Control is 'public, max-age=60' (got '$cc')" test "$cc" = "public, max-age=60"
+    ct="$(header "$h" content-type)"
+    check "$label: Content-Type is application/json (got '$ct')" \
+        bash -c '[[ "${1%%;*}" == application/json ]]' _ "$ct"
+    rm -f "$TMP/b2" "$TMP/b3"
+    code2="$("${CURL[@]}" -D "$TMP/h2" -o "$TMP/b2" -w '%{http_code}' -H "If-None-Match: $etag" "$url")"
+    check "$label: If-None-Match: $etag answers 304 with no body (got $code2, $(size "$TMP/b2") body bytes)" \
+        bash -c '[[ "$1" == 304 && ! -s "$2" ]]' _ "$code2" "$TMP/b2"
+    check "$label: the 304 repeats the ETag and Cache-Control" \
+        bash -c '[[ "$1" == "$2" && "$3" == "$4" ]]' _ "$(header "$TMP/h2" etag)" "$etag" \
+        "$(header "$TMP/h2" cache-control)" "$cc"
+    code3="$("${CURL[@]}" -D "$TMP/h3" -o "$TMP/b3" -w '%{http_code}' "$url?kid=whatever")"
+    check "$label: ?kid=whatever answers 200 with the same body and ETag (got $code3)" \
+        bash -c '[[ "$1" == 200 && "$2" == "$3" ]] && cmp -s "$4" "$5"' _ "$code3" \
+        "$(header "$TMP/h3" etag)" "$etag" "$b" "$TMP/b3"
+    cp "$b" "$TMP/$label.body"
+    echo "$etag" >"$TMP/$label.etag"
+}
+
+jwks_contents() { # LABEL FILE WANT_KIDS... : JWKS holds exactly those kids, well formed, public only
+    local label=$1 file=$2; shift 2
+    local out
+    if out="$(python3 - "$file" "$@" <<'PY'
+import json, re, sys
+doc = json.load(open(sys.argv[1]))
+want = dict(a.split("=") for a in sys.argv[2:])
+keys = doc["keys"]
+got = {k["kid"]: k for k in keys}
+problems = []
+if set(got) != set(want):
+    problems.append(f"kids {sorted(got)} != {sorted(want)}")
+for kid, k in got.items():
+    if k.get("kty") != "RSA" or k.get("use") != "sig":
+        problems.append(f"{kid}: kty/use {k.get('kty')}/{k.get('use')}")
+    if kid in want and k.get("alg") != want[kid]:
+        problems.append(f"{kid}: alg {k.get('alg')} != {want[kid]}")
+    for m in ("n", "e"):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", k.get(m, "")):
+            problems.append(f"{kid}: {m} is not unpadded base64url")
+    private = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"} & set(k)
+    if private:
+        problems.append(f"{kid}: private members {sorted(private)}")
+print("; ".join(problems) or f"{len(keys)} key(s): " + ", ".join(f"{k}={v['alg']}" for k, v in got.items()))
+sys.exit(1 if problems else 0)
+PY
+    )"; then pass "$label: $out"; else fail "$label: $out"; fi
+}
+
+jwks_headers "global JWKS" "$GLOBAL_URL"
+jwks_headers "org JWKS" "$ORG_URL"
+jwks_contents "global JWKS holds both keys, public members only" "$TMP/global JWKS.body" "$RS_KID=RS256" "$PS_KID=PS256"
+jwks_contents "org JWKS holds both keys, public members only" "$TMP/org JWKS.body" "$RS_KID=RS256" "$PS_KID=PS256"
+
+# --- library verification ------------------------------------------------------
+# cases PHASE RS_EXPECT -> JSON list of cases for both URLs and both tokens
+cases() {
+    python3 - "$1" "$2" "$GLOBAL_URL" "$ORG_URL" "$RS_TOKEN" "$PS_TOKEN" <<'PY'
+import json, sys
+phase, rs_expect, gurl, ourl, rs, ps = sys.argv[1:]
+out = []
+for label, url in (("global JWKS", gurl), ("org JWKS", ourl)):
+    word = "fails" if rs_expect == "no_key" else "verifies"
+    out.append(dict(name=f"{phase}: {label} {word} RS256 token", url=url, token=rs, alg="RS256", expect=rs_expect))
+    out.append(dict(name=f"{phase}: {label} verifies PS256 token", url=url, token=ps, alg="PS256", expect="ok"))
+print(json.dumps(out))
+PY
+}
+
+run_libs() { # CASES_FILE
+    # process substitution, not a pipe: tally must run in this shell to count
+    tally < <(timeout 120 "$VENV/bin/python" "$ROOT/scripts/jose/pyjwt_check.py" "$1" 2>&1 || true)
+    tally < <(cd "$NODE_DIR" && { timeout 120 node jose_check.mjs "$1" 2>&1 || true; })
+}
+# A helper that dies without printing its lines must still count as a failure.
+run_libs_checked() { # CASES_FILE EXPECTED_LINES
+    local before=$((PASSED + FAILED))
+    run_libs "$1"
+    local got=$((PASSED + FAILED - before))
+    check "both libraries reported all $2 cases (got $got)" test "$got" -eq "$2"
+}
+
+cases "before delete" ok >"$TMP/cases-before.json"
+run_libs_checked "$TMP/cases-before.json" 8
+
+# --- delete the RS256 key ------------------------------------------------------
+code="$("${CURL[@]}" -o "$TMP/del" -w '%{http_code}' -X DELETE "$BASE/v1/organisations/$ORG/keys/$RS_KID" \
+    -H "Authorization: Bearer $ADMIN")"
+check "DELETE RS256 key $RS_KID answers 204 (got $code)" test "$code" = 204
+
+for label in "global JWKS" "org JWKS"; do
+    url="$GLOBAL_URL"; [[ "$label" == "org JWKS" ]] && url="$ORG_URL"
+    old="$(cat "$TMP/$label.etag")"
+    code="$("${CURL[@]}" -D "$TMP/h4" -o "$TMP/b4" -w '%{http_code}' -H "If-None-Match: $old" "$url")"
+    new="$(header "$TMP/h4" etag)"
+    check "after delete: $label with the old ETag answers 200 and a new ETag (got $code, $new)" \
+        bash -c '[[ "$1" == 200 && -n "$2" && "$2" != "$3" ]]' _ "$code" "$new" "$old"
+    jwks_contents "after delete: $label holds only the PS256 key" "$TMP/b4" "$PS_KID=PS256"
+done
+
+cases "after delete, fresh client" no_key >"$TMP/cases-after.json"
+run_libs_checked "$TMP/cases-after.json" 8
+
+if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    fail "signet server still running at the end"
+    cat "$TMP/server.log" >&2
+fi
+if grep -qiE 'panic|error' "$TMP/server.log"; then
+    echo "# server log:"; sed 's/^/#   /' "$TMP/server.log"
+fi
+
+echo "$PASSED passed, $FAILED failed"
+[[ "$FAILED" -eq 0 ]]
