@@ -536,13 +536,19 @@ class Soak:
         ops = 0
         while not self.stop.is_set() and time.monotonic() < deadline and ops < self.a.max_ops:
             ops += 1
+            if n < self.a.churn_threads:
+                # create/delete under quota, paced: key generation is
+                # CPU-bound and would otherwise starve the other kinds
+                self.churn(c, rng)
+                self.stop.wait(self.a.churn_pause)
+                continue
             r = rng.random()
-            if r < 0.40:
+            if r < 0.45:
                 hdr = {"If-None-Match": etag} if etag and rng.random() < 0.5 else None
                 status, h, _ = self.call(c, "jwks", "GET", "/.well-known/jwks.json", headers=hdr)
                 if status in (200, 304):
                     etag = h.get("etag", etag)
-            elif r < 0.90:
+            else:
                 with self.lock:
                     pick = rng.choice(self.tokens) if self.tokens else None
                 if pick is None:
@@ -556,32 +562,31 @@ class Soak:
                             still_live = (kid, tok) in self.tokens
                             if still_live and len(self.wrong) < 20:
                                 self.wrong.append(f"token of live key {kid} refused: {res}")
-            else:
-                self.churn(c, rng)
         c.close()
 
     def churn(self, c: Conn, rng) -> None:
-        """Create under quota; at quota, delete the org's oldest key first."""
+        """Create under quota; at quota, delete the org's oldest key, or now
+        and then try one create too many (expected 400 quota_exceeded)."""
         org = rng.choice(self.orgs)
-        if not self.org_locks[org].acquire(timeout=0.01):
-            # someone else churns this org; racing creates show quota handling
-            if rng.random() > 0.1:
-                return
-            status, _, body = self.call(c, "create", "POST", f"/v1/organisations/{org}/keys",
-                                        {"name": "soak-race"}, auth=True)
-            if status == 201:
-                res = jbody(body) or {}
-                self.adopt(org, res)
+        if not self.org_locks[org].acquire(timeout=1):
             return
         try:
             with self.lock:
                 full = len(self.live[org]) >= self.a.quota
-            if full or (self.live[org] and rng.random() < 0.3):
+            if full and rng.random() < 0.2:
+                status, _, body = self.call(c, "create", "POST", f"/v1/organisations/{org}/keys",
+                                            {"name": "one too many"}, auth=True)
+                if status == 201:
+                    with self.lock:
+                        if len(self.wrong) < 20:
+                            self.wrong.append(f"create in {org} beyond the quota answered 201")
+                    self.adopt(org, jbody(body) or {})
+            elif full or (self.live[org] and rng.random() < 0.3):
                 with self.lock:
                     kid, tok = self.live[org].pop(0)
                     if tok and (kid, tok) in self.tokens:
                         self.tokens.remove((kid, tok))
-                status, _, _ = self.call(c, "delete", "DELETE", f"/v1/organisations/{org}/keys/{kid}", auth=True)
+                self.call(c, "delete", "DELETE", f"/v1/organisations/{org}/keys/{kid}", auth=True)
             else:
                 status, _, body = self.call(c, "create", "POST", f"/v1/organisations/{org}/keys",
                                             {"name": f"soak-{rng.randrange(1 << 30)}"}, auth=True)
@@ -633,7 +638,8 @@ class Soak:
         total = sum(self.count.values())
         errs = sum(self.errors.values())
         c4 = sum(self.client_4xx.values())
-        print(f"## signet soak: {elapsed:.0f} s, {self.a.threads} threads, "
+        print(f"## signet soak: {elapsed:.0f} s, {self.a.threads} threads "
+              f"({self.a.churn_threads} create/delete, paced {self.a.churn_pause} s; the rest JWKS/verify), "
               f"ORGKEYS_MAX={self.a.quota}, {len(self.orgs)} orgs\n")
         print("p99 latency in ms per minute (requests in parentheses); errors = 5xx or no complete response\n")
         print("| minute | " + " | ".join(f"{k} p99 (n)" for k in KINDS) + " | errors | 4xx | RSS at minute end (MiB) |")
@@ -726,6 +732,8 @@ def main() -> int:
     sp.add_argument("--orgs", type=int, default=4)
     sp.add_argument("--quota", type=int, default=5)
     sp.add_argument("--max-ops", type=int, default=5_000_000)
+    sp.add_argument("--churn-threads", type=int, default=2)
+    sp.add_argument("--churn-pause", type=float, default=0.25)
     a = p.parse_args()
     return {
         "crash-check": crash_check,

@@ -97,24 +97,21 @@ impl ApiError {
     }
 
     pub fn into_reply(self) -> Reply {
-        let mut r = json(self.status, &self);
-        if let Some(allow) = self.allow {
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
-        }
-        if let Some(challenge) = self.www_authenticate {
-            r.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-        }
-        r
+        let body = json(self.status, &self);
+        self.with_headers(body)
     }
 
     /// The compatibility route's error shape: `{"success": false, "message"}`.
     pub fn into_compat_reply(self) -> Reply {
-        let mut r = json(
-            self.status,
-            &serde_json::json!({ "success": false, "message": self.message }),
-        );
+        let body = serde_json::json!({ "success": false, "message": self.message });
+        self.with_headers(json(self.status, &body))
+    }
+
+    fn with_headers(&self, mut r: Reply) -> Reply {
+        if let Some(allow) = self.allow {
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
         if let Some(challenge) = self.www_authenticate {
             r.headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));

@@ -134,6 +134,10 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> (&'s
             "application/yaml",
             Body::from(&include_bytes!("../../openapi.yaml")[..]),
         )),
+        (Route::Compat(_), _) => {
+            let refused = ApiError::method_not_allowed(route.allow());
+            return (route.label(), refused.into_compat_reply());
+        }
         (route, _) => Err(ApiError::method_not_allowed(route.allow())),
     };
     (route.label(), result.unwrap_or_else(ApiError::into_reply))

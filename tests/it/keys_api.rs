@@ -313,6 +313,13 @@ async fn compatibility_route_answers_pkcs1() {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["success"], false);
+    let r = app.get("/organization/legacy/key").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow"), Some("POST"));
+    assert_eq!(
+        r.json(),
+        json!({"success": false, "message": "this route answers only POST"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
