@@ -92,6 +92,18 @@ impl Jwks {
             .unwrap_or_else(|| self.empty.clone())
     }
 
+    /// Replaces every document with those of `records` (after storage
+    /// recovered and may hold other keys than the documents say).
+    pub fn reset(&self, records: &[PublicKeyRecord]) {
+        let fresh = Jwks::new(records);
+        let mut state = self.state.write().expect("jwks lock poisoned");
+        *state = fresh.state.into_inner().expect("fresh lock");
+        *self.all.write().expect("jwks lock poisoned") =
+            fresh.all.into_inner().expect("fresh lock");
+        *self.orgs.write().expect("jwks lock poisoned") =
+            fresh.orgs.into_inner().expect("fresh lock");
+    }
+
     pub fn added(&self, record: &PublicKeyRecord) {
         let mut state = self.state.write().expect("jwks lock poisoned");
         state.insert(record);

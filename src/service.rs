@@ -56,6 +56,8 @@ pub struct Signet {
     pub metrics: Metrics,
     quota: u32,
     pool: KeyPool,
+    /// The store generation the derived state (JWK Sets, cache) reflects.
+    seen_generation: std::sync::atomic::AtomicU64,
     /// Bounds concurrent key generations so that they cannot take every core.
     keygen: Semaphore,
 }
@@ -83,6 +85,7 @@ impl Signet {
             metrics,
             quota,
             pool,
+            seen_generation: Default::default(),
             keygen: Semaphore::new(cores.saturating_sub(1).max(1)),
         })
     }
@@ -195,10 +198,40 @@ impl Signet {
         let result = tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| ServiceError::Task(e.to_string()))?;
+        self.reconcile();
         if result.is_err() {
             self.metrics.storage_errors.inc();
         }
         Ok(result?)
+    }
+}
+
+impl Signet {
+    /// After the store reopened itself (see `Store::recover`), rebuilds what
+    /// is derived from it: a write that failed may or may not have reached
+    /// the disk.
+    fn reconcile(&self) {
+        use std::sync::atomic::Ordering;
+        let generation = self.store.generation();
+        if self.seen_generation.swap(generation, Ordering::SeqCst) == generation {
+            return;
+        }
+        match self.store.all_keys() {
+            Ok(records) => {
+                self.jwks.reset(&records);
+                self.verifier.forget_all();
+                self.metrics.keys.set(records.len() as i64);
+                tracing::warn!(
+                    keys = records.len(),
+                    "rebuilt the JWK Sets after storage recovered"
+                );
+            }
+            Err(e) => {
+                self.seen_generation
+                    .store(generation.wrapping_sub(1), Ordering::SeqCst);
+                tracing::error!(error = %e, "could not rebuild the JWK Sets after storage recovered");
+            }
+        }
     }
 }
 

@@ -16,7 +16,8 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
@@ -50,6 +51,24 @@ pub enum StoreError {
     /// `fdatasync` of the database file failed.
     #[error("could not sync the database to disk: {0}")]
     Sync(#[from] std::io::Error),
+    /// The database failed earlier and is not open again yet.
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether this is the storage itself failing (disk full, read-only,
+    /// I/O error), as opposed to damaged data or a refused open.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io(_)
+                | StoreError::Sync(_)
+                | StoreError::Unavailable(_)
+                | StoreError::Locked(_)
+                | StoreError::Open { .. }
+        )
+    }
 }
 
 /// The outcome of an insert that respects the organisation's quota.
@@ -62,6 +81,22 @@ pub enum Inserted {
 
 pub struct Store {
     path: PathBuf,
+    /// The open database; replaced wholesale when recovering from an I/O
+    /// failure, which sled never recovers from on its own.
+    handles: RwLock<Option<Arc<Handles>>>,
+    /// Set by a failed write or sync; the next operation reopens first.
+    failed: AtomicBool,
+    /// Bumped on every reopen, so that callers can rebuild derived state.
+    generation: AtomicU64,
+    /// When recovery last checked that the disk takes writes.
+    last_probe: Mutex<Option<std::time::Instant>>,
+    /// Serialises writers so that event ids and hash-chain order agree.
+    writer: Mutex<ulid::Generator>,
+    sealer: Sealer,
+}
+
+/// sled's handles on one open database.
+struct Handles {
     db: sled::Db,
     keys: sled::Tree,
     org_keys: sled::Tree,
@@ -72,9 +107,6 @@ pub struct Store {
     /// The file sled writes its log to; `fdatasync` on any descriptor of it
     /// makes sled's written pages durable.
     db_file: File,
-    /// Serialises writers so that event ids and hash-chain order agree.
-    writer: Mutex<ulid::Generator>,
-    sealer: Sealer,
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -83,65 +115,87 @@ impl Store {
     /// Opens (or creates) the database under `dir`; records are sealed and
     /// opened with `sealer`.
     pub fn open(dir: &Path, sealer: Sealer) -> Result<Store, StoreError> {
-        let open_err = |source: sled::Error| match &source {
-            // sled reports a held lock as an I/O error of kind WouldBlock,
-            // sometimes wrapped in another of kind Other.
-            sled::Error::Io(io)
-                if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.to_string().contains("could not acquire lock") =>
-            {
-                StoreError::Locked(dir.to_owned())
-            }
-            _ => StoreError::Open {
-                path: dir.to_owned(),
-                source,
-            },
-        };
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(open_err)?;
-        let tree = |name: &str| db.open_tree(name).map_err(open_err);
-        let meta = tree("meta")?;
-        match meta.get("schema_version").map_err(open_err)? {
-            None => {
-                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
-                    .map_err(open_err)?;
-            }
-            Some(v) => {
-                let found =
-                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                        StoreError::Corrupt("schema_version is not 4 bytes".into())
-                    })?);
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::NewerSchema {
-                        path: dir.to_owned(),
-                        found,
-                    });
-                }
-            }
-        }
-        let db_file = File::open(dir.join("db")).map_err(StoreError::Sync)?;
-        // Make the directory entries of a freshly created database durable.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(StoreError::Sync)?;
         let store = Store {
             path: dir.to_owned(),
-            keys: tree("keys")?,
-            org_keys: tree("org_keys")?,
-            org_counts: tree("org_counts")?,
-            tombstones: tree("tombstones")?,
-            audit: tree("audit")?,
-            audit_heads: tree("audit_heads")?,
-            db,
-            db_file,
+            handles: RwLock::new(Some(Arc::new(Handles::open(dir)?))),
+            failed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            last_probe: Mutex::new(None),
             writer: Mutex::new(ulid::Generator::new()),
             sealer,
         };
         store.sync()?;
         Ok(store)
+    }
+
+    /// How many times the database was reopened after a failure.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The open database for reading: the current handles, even after a
+    /// failed write (sled still reads from a failed database).
+    fn handles(&self) -> Result<Arc<Handles>, StoreError> {
+        let current = self.handles.read().expect("handles lock poisoned").clone();
+        match current {
+            Some(handles) => Ok(handles),
+            None => self.writable(),
+        }
+    }
+
+    /// The open database for writing, reopened first if a write failed.
+    fn writable(&self) -> Result<Arc<Handles>, StoreError> {
+        if self.failed.load(Ordering::SeqCst) {
+            self.recover()?;
+        }
+        self.handles
+            .read()
+            .expect("handles lock poisoned")
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the database could not be reopened yet".into()))
+    }
+
+    /// Drops the failed database and opens it again from disk: sled keeps
+    /// failing every write after one I/O error, even once space returns.
+    /// First checks, at most once a second, that the disk takes a write, so
+    /// that reads keep the old handles while the disk is still full.
+    fn recover(&self) -> Result<(), StoreError> {
+        {
+            let mut last = self.last_probe.lock().expect("probe lock poisoned");
+            if last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
+                return Err(StoreError::Unavailable(
+                    "the disk refused a write moments ago".into(),
+                ));
+            }
+            *last = Some(std::time::Instant::now());
+            probe_disk(&self.path).map_err(|e| {
+                StoreError::Unavailable(format!("the disk does not take writes yet: {e}"))
+            })?;
+        }
+        let mut slot = self.handles.write().expect("handles lock poisoned");
+        if !self.failed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // sled releases its file lock once the last handle (ours, and those
+        // of requests still in flight) is dropped.
+        *slot = None;
+        let handles = Handles::open(&self.path)?;
+        handles.db.flush()?;
+        handles.db_file.sync_data()?;
+        *slot = Some(Arc::new(handles));
+        self.failed.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        tracing::warn!(path = %self.path.display(), "storage recovered: the database was reopened");
+        Ok(())
+    }
+
+    /// Notes an I/O failure so that the next operation reopens the database.
+    fn check<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e @ (StoreError::Io(_) | StoreError::Sync(_))) = &result {
+            tracing::error!(error = %e, "storage failed; writes are refused until the database reopens");
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        result
     }
 
     pub fn path(&self) -> &Path {
@@ -151,9 +205,9 @@ impl Store {
     /// Flushes sled's buffers and then `fdatasync`s the log file: only after
     /// this returns is a change safe from a crash or a power cut.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        self.db_file.sync_data()?;
-        Ok(())
+        let h = self.writable()?;
+        self.check(h.db.flush().map_err(StoreError::from))?;
+        self.check(h.db_file.sync_data().map_err(StoreError::from))
     }
 
     /// A fresh, monotonic ULID for a new key.
@@ -172,16 +226,17 @@ impl Store {
         event: NewEvent,
         refused: NewEvent,
     ) -> Result<Inserted, StoreError> {
+        let h = self.writable()?;
         let value = self.seal(record);
         let org = record.org.as_bytes_key();
         let index = index_key(&record.org, record.id);
         let outcome = self.write(|gen| {
             (
-                &self.keys,
-                &self.org_keys,
-                &self.org_counts,
-                &self.audit,
-                &self.audit_heads,
+                &h.keys,
+                &h.org_keys,
+                &h.org_counts,
+                &h.audit,
+                &h.audit_heads,
             )
                 .transaction(|(keys, org_keys, counts, audit, heads)| {
                     let count = read_count(counts, &org)?;
@@ -203,16 +258,17 @@ impl Store {
     /// Deletes the key `id` of `org`, leaving a tombstone and an audit event.
     /// Returns whether `org` had such a key. Durable on return.
     pub fn delete_key(&self, org: &OrgId, id: KeyId, event: NewEvent) -> Result<bool, StoreError> {
+        let h = self.writable()?;
         let org_key = org.as_bytes_key();
         let index = index_key(org, id);
         let deleted = self.write(|gen| {
             (
-                &self.keys,
-                &self.org_keys,
-                &self.org_counts,
-                &self.tombstones,
-                &self.audit,
-                &self.audit_heads,
+                &h.keys,
+                &h.org_keys,
+                &h.org_counts,
+                &h.tombstones,
+                &h.audit,
+                &h.audit_heads,
             )
                 .transaction(|(keys, org_keys, counts, tombstones, audit, heads)| {
                     if org_keys.get(index.as_slice())?.is_none() {
@@ -240,8 +296,9 @@ impl Store {
     /// Appends one audit event on its own (a refused access). Not synced:
     /// it acknowledges no change of keys.
     pub fn record_event(&self, org: &OrgId, event: NewEvent) -> Result<(), StoreError> {
+        let h = self.writable()?;
         self.write(|gen| {
-            (&self.audit, &self.audit_heads).transaction(|(audit, heads)| {
+            (&h.audit, &h.audit_heads).transaction(|(audit, heads)| {
                 append_event(audit, heads, gen, org, event.clone())?;
                 Ok(())
             })
@@ -251,27 +308,29 @@ impl Store {
     /// One key, if it exists, is not deleted and opens under the seal key.
     /// A record that does not open is treated as absent, and logged.
     pub fn get_key(&self, id: KeyId) -> Result<Option<PublicKeyRecord>, StoreError> {
-        Ok(self
-            .keys
-            .get(id.to_bytes())?
-            .and_then(|v| self.open_record(id, &v)))
+        let h = self.handles()?;
+        let value = self.check(h.keys.get(id.to_bytes()).map_err(StoreError::from))?;
+        Ok(value.and_then(|v| self.open_record(id, &v)))
     }
 
     /// Whether `id` is a live key. Cheaper than [`Store::get_key`]: no decode.
     pub fn contains_key(&self, id: KeyId) -> Result<bool, StoreError> {
-        Ok(self.keys.contains_key(id.to_bytes())?)
+        let h = self.handles()?;
+        Ok(h.keys.contains_key(id.to_bytes())?)
     }
 
     /// Whether `id` names a key that was deleted.
     pub fn is_deleted(&self, id: KeyId) -> Result<bool, StoreError> {
-        Ok(self.tombstones.contains_key(id.to_bytes())?)
+        let h = self.handles()?;
+        Ok(h.tombstones.contains_key(id.to_bytes())?)
     }
 
     /// An organisation's live keys, oldest first.
     pub fn list_org(&self, org: &OrgId) -> Result<Vec<PublicKeyRecord>, StoreError> {
+        let h = self.handles()?;
         let prefix = index_key_prefix(org);
         let mut out = Vec::new();
-        for entry in self.org_keys.scan_prefix(&prefix) {
+        for entry in h.org_keys.scan_prefix(&prefix) {
             let (k, _) = entry?;
             let id: [u8; 16] = k[prefix.len()..]
                 .try_into()
@@ -283,8 +342,9 @@ impl Store {
 
     /// Every live key that opens, in id (creation) order.
     pub fn all_keys(&self) -> Result<Vec<PublicKeyRecord>, StoreError> {
+        let h = self.handles()?;
         let mut out = Vec::new();
-        for entry in self.keys.iter() {
+        for entry in h.keys.iter() {
             let (k, v) = entry?;
             out.extend(self.open_record(raw_id(&k)?, &v));
         }
@@ -294,8 +354,9 @@ impl Store {
     /// Re-seals every record (live and deleted) with the sealer's first key,
     /// in one transaction. Durable on return.
     pub fn reseal_all(&self) -> Result<usize, StoreError> {
+        let h = self.writable()?;
         let mut resealed: Vec<(bool, KeyId, Vec<u8>)> = Vec::new();
-        for (live, tree) in [(true, &self.keys), (false, &self.tombstones)] {
+        for (live, tree) in [(true, &h.keys), (false, &h.tombstones)] {
             for entry in tree.iter() {
                 let (k, v) = entry?;
                 let id = raw_id(&k)?;
@@ -310,7 +371,7 @@ impl Store {
             }
         }
         self.write(|_| {
-            (&self.keys, &self.tombstones).transaction(|(keys, tombstones)| {
+            (&h.keys, &h.tombstones).transaction(|(keys, tombstones)| {
                 for (live, id, value) in &resealed {
                     let tree = if *live { keys } else { tombstones };
                     tree.insert(&id.to_bytes(), value.as_slice())?;
@@ -361,12 +422,13 @@ impl Store {
         limit: usize,
         before: Option<KeyId>,
     ) -> Result<Vec<AuditEvent>, StoreError> {
+        let h = self.handles()?;
         let prefix = index_key_prefix(org);
         let end = match before {
             Some(id) => index_key(org, id),
             None => prefix_end(&prefix),
         };
-        self.audit
+        h.audit
             .range(prefix.clone()..end)
             .rev()
             .take(limit)
@@ -381,6 +443,7 @@ impl Store {
     /// Walks every organisation's audit chain; returns the number of events
     /// checked, or the first broken link.
     pub fn verify_audit(&self) -> Result<Result<usize, audit::BrokenLink>, StoreError> {
+        let h = self.handles()?;
         let mut total = 0;
         let mut chain: Vec<(String, sled::IVec)> = Vec::new();
         let mut current: Option<Vec<u8>> = None;
@@ -391,7 +454,7 @@ impl Store {
             chain.clear();
             result
         };
-        for entry in self.audit.iter() {
+        for entry in h.audit.iter() {
             let (k, v) = entry?;
             let split = k
                 .len()
@@ -422,19 +485,19 @@ impl Store {
 
     /// Whether the database answers a read: the readiness probe.
     pub fn is_usable(&self) -> bool {
-        self.keys.first().is_ok()
+        self.handles().is_ok_and(|h| h.keys.first().is_ok())
     }
 
     /// Direct access to the raw audit tree, for tests that tamper with it.
     #[doc(hidden)]
-    pub fn raw_audit_tree(&self) -> &sled::Tree {
-        &self.audit
+    pub fn raw_audit_tree(&self) -> sled::Tree {
+        self.handles().expect("database open").audit.clone()
     }
 
     /// Direct access to the raw key tree, for tests that plant records.
     #[doc(hidden)]
-    pub fn raw_keys_tree(&self) -> &sled::Tree {
-        &self.keys
+    pub fn raw_keys_tree(&self) -> sled::Tree {
+        self.handles().expect("database open").keys.clone()
     }
 
     fn write<T>(
@@ -442,9 +505,68 @@ impl Store {
         tx: impl FnOnce(&IdGen<'_>) -> Result<T, TransactionError<StoreError>>,
     ) -> Result<T, StoreError> {
         let mut gen = self.writer.lock().expect("writer lock poisoned");
-        tx(&IdGen(RefCell::new(&mut gen))).map_err(|e| match e {
+        self.check(tx(&IdGen(RefCell::new(&mut gen))).map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Io(e),
+        }))
+    }
+}
+
+impl Handles {
+    fn open(dir: &Path) -> Result<Handles, StoreError> {
+        let open_err = |source: sled::Error| match &source {
+            // sled reports a held lock as an I/O error of kind WouldBlock,
+            // sometimes wrapped in another of kind Other.
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                StoreError::Locked(dir.to_owned())
+            }
+            _ => StoreError::Open {
+                path: dir.to_owned(),
+                source,
+            },
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+            .map_err(open_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        let meta = tree("meta")?;
+        match meta.get("schema_version").map_err(open_err)? {
+            None => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(open_err)?;
+            }
+            Some(v) => {
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                        StoreError::Corrupt("schema_version is not 4 bytes".into())
+                    })?);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        path: dir.to_owned(),
+                        found,
+                    });
+                }
+            }
+        }
+        let db_file = File::open(dir.join("db")).map_err(StoreError::Sync)?;
+        // Make the directory entries of a freshly created database durable.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(StoreError::Sync)?;
+        Ok(Handles {
+            keys: tree("keys")?,
+            org_keys: tree("org_keys")?,
+            org_counts: tree("org_counts")?,
+            tombstones: tree("tombstones")?,
+            audit: tree("audit")?,
+            audit_heads: tree("audit_heads")?,
+            db,
+            db_file,
         })
     }
 }
@@ -500,6 +622,19 @@ fn next_ulid(gen: &mut ulid::Generator) -> ulid::Ulid {
 
 fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
+}
+
+/// Writes and syncs 1 MiB (sled's segments are 512 KiB) beside the
+/// database, then removes it: does the disk take writes again?
+fn probe_disk(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(".probe");
+    let result = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; 1 << 20])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&path);
+    result
 }
 
 fn raw_id(key: &[u8]) -> Result<KeyId, StoreError> {

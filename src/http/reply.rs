@@ -146,6 +146,12 @@ impl From<ServiceError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "quota_exceeded", e.to_string())
             }
             ServiceError::NotFound(_) => ApiError::not_found(e.to_string()),
+            ServiceError::Store(ref store) if store.is_unavailable() => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "internal",
+                "storage is unavailable (is the disk full or read-only?); the request was not acknowledged, retry later",
+            )
+            .cause(store),
             ServiceError::Store(_) | ServiceError::Task(_) => {
                 tracing::error!(error = %e, "request failed");
                 ApiError::internal(e)

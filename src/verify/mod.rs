@@ -220,6 +220,12 @@ impl Verifier {
         self.cache.invalidate(&id);
     }
 
+    /// Drops every cached key (after the key source was replaced).
+    pub fn forget_all(&self) {
+        let _fill = self.fill.lock().expect("fill lock poisoned");
+        self.cache.invalidate_all();
+    }
+
     fn key(&self, id: KeyId) -> Result<Arc<CachedKey>, VerifyError> {
         if let Some(key) = self.cache.get(&id) {
             self.stats.hits.inc();

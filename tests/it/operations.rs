@@ -134,3 +134,115 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["keys"][0]["id"], r.json()["id"]);
 }
+
+/// A tmpfs of `size` mounted for one test, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// `None` where this user may not mount (not root): the caller skips.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_writes_with_503_keeps_reads_and_recovers() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let data = fs.0.path().join("data");
+    let app = spawn_with(|c| {
+        c.storage.data_dir = data.clone();
+        c.keys.max_per_org = 1000;
+    })
+    .await;
+    let before = app.create_key("acme", json!({"name": "before"})).await;
+    let (kid, signer) = key_of(&before);
+    let token = signer.org_token(&kid, claims("acme", "OWNER"));
+
+    // Fill the disk.
+    let junk = fs.0.path().join("junk");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&junk).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Writes that still fit in pages sled already holds may succeed (they
+    // are synced, so they are real); the first that needs space is refused.
+    let mut refused = None;
+    for i in 0..100 {
+        let name = format!("filling {i}");
+        let r = app
+            .create_key_raw("acme", &json!({ "name": name }), ADMIN)
+            .await;
+        if r.status.as_u16() != 201 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let refused = refused.expect("a full disk refuses writes");
+    refused.assert_error(503, "internal");
+    assert!(refused.json()["message"].as_str().unwrap().contains("disk"));
+    // Reads keep working.
+    assert_eq!(
+        app.get(&format!("/v1/keys/{kid}")).await.status.as_u16(),
+        200
+    );
+    assert_eq!(app.get("/.well-known/jwks.json").await.status.as_u16(), 200);
+    assert_eq!(app.verify(&token).await["valid"], true);
+    let refused_again = app
+        .create_key_raw("acme", &json!({"name": "still"}), ADMIN)
+        .await;
+    refused_again.assert_error(503, "internal");
+
+    // Space returns; so do writes (recovery probes the disk at most once a second).
+    std::fs::remove_file(&junk).unwrap();
+    let mut created = None;
+    for _ in 0..20 {
+        let r = app
+            .create_key_raw("acme", &json!({"name": "after"}), ADMIN)
+            .await;
+        if r.status.as_u16() == 201 {
+            created = Some(r.json());
+            break;
+        }
+        r.assert_error(503, "internal");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let after = created.expect("writes work again once space returns");
+    let jwks = app.get("/.well-known/jwks.json").await.json();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&kid.as_str()) && kids.contains(&after["id"].as_str().unwrap()),
+        "{kids:?}"
+    );
+    assert_eq!(app.verify(&token).await["valid"], true);
+    assert_eq!(
+        app.delete_key("acme", &kid, ADMIN).await.status.as_u16(),
+        204
+    );
+    assert_eq!(app.verify(&token).await["error"]["code"], "unknown_key");
+    app.stop().await;
+    drop(fs);
+}
