@@ -38,6 +38,9 @@ enum Command {
         /// Configuration file [default: ./config.toml if present, else built-in defaults].
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Log one JSON object per line instead of text (overrides log.format).
+        #[arg(long)]
+        log_json: bool,
     },
     /// Check a token: exit 0 if valid, 1 if not, 2 if it could not be checked.
     Verify(VerifyArgs),
@@ -214,8 +217,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Serve { config } => {
-            let config = Config::load(config.as_deref())?;
+        Command::Serve { config, log_json } => {
+            let mut config = Config::load(config.as_deref())?;
+            if log_json {
+                config.log.format = LogFormat::Json;
+            }
             init_logging(&config);
             runtime.block_on(async {
                 let app = Application::build(config).await?;

@@ -149,7 +149,7 @@ impl Default for Keys {
     fn default() -> Self {
         Keys {
             max_per_org: 5,
-            pool_2048: 4,
+            pool_2048: 8,
             pool_3072: 0,
             pool_4096: 0,
         }

@@ -80,6 +80,11 @@ impl Metrics {
             cache.misses.clone(),
         );
         registry.register(
+            "verify_cache_evictions",
+            "Parsed keys evicted from the cache to respect its capacity",
+            cache.evictions.clone(),
+        );
+        registry.register(
             "verify_unknown_keys",
             "Lookups of key ids that do not exist",
             cache.unknown.clone(),

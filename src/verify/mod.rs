@@ -141,6 +141,8 @@ pub struct CacheStats {
     pub hits: Counter,
     pub misses: Counter,
     pub unknown: Counter,
+    /// Keys dropped to respect the capacity (not deletions).
+    pub evictions: Counter,
 }
 
 pub struct Verifier {
@@ -154,12 +156,21 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(source: Arc<dyn KeySource>, policy: Policy) -> Verifier {
+        let stats = CacheStats::default();
+        let evictions = stats.evictions.clone();
         Verifier {
             source,
             policy,
-            cache: moka::sync::Cache::new(policy.cache_capacity),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(policy.cache_capacity)
+                .eviction_listener(move |_, _, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        evictions.inc();
+                    }
+                })
+                .build(),
             fill: Mutex::new(()),
-            stats: CacheStats::default(),
+            stats,
         }
     }
 

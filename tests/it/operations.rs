@@ -246,3 +246,105 @@ async fn a_full_disk_refuses_writes_with_503_keeps_reads_and_recovers() {
     app.stop().await;
     drop(fs);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_with_prior_knowledge_is_served() {
+    use http_body_util::{BodyExt, Full};
+    let app = spawn_app().await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    let res = client
+        .get(app.url("/.well-known/jwks.json").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.version(), hyper::Version::HTTP_2);
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, app.get("/.well-known/jwks.json").await.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_logs_can_be_json_and_never_carry_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_signet"))
+        .args(["serve", "--log-json"])
+        .env("SIGNET_DATA_DIR", dir.path())
+        .env("SIGNET_LISTEN", &addr)
+        .env("SIGNET_ADMIN_TOKEN", ADMIN)
+        .env("SIGNET_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://{addr}");
+    for _ in 0..200 {
+        if TcpStream::connect(&addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let auth = format!("Bearer {ADMIN}");
+    let created = send(
+        hyper::Method::POST,
+        &format!("{base}/v1/organisations/acme/keys"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+            ("x-request-id", "trace-me-42"),
+        ],
+        serde_json::to_vec(&json!({"name": "logged"}))
+            .unwrap()
+            .into(),
+    )
+    .await
+    .json();
+    let (kid, signer) = key_of(&created);
+    let token = signer.org_token(&kid, claims("acme", "OWNER"));
+    let bearer = format!("Bearer {token}");
+    send(
+        hyper::Method::GET,
+        &format!("{base}/v1/auth"),
+        &[("authorization", &bearer)],
+        bytes::Bytes::new(),
+    )
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let log = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let create_line = lines
+        .iter()
+        .find(|l| l["fields"]["request_id"] == "trace-me-42")
+        .expect("the request id is logged");
+    assert_eq!(create_line["fields"]["status"], 201);
+    let private_body: String = created["privateKey"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .nth(5)
+        .unwrap()
+        .to_owned();
+    for secret in [
+        ADMIN,
+        token.as_str(),
+        token.split('.').nth(2).unwrap(),
+        private_body.as_str(),
+    ] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
