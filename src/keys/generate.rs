@@ -23,9 +23,39 @@ impl std::fmt::Debug for GeneratedKey {
 
 /// Generates an RSA key pair with public exponent 65537. CPU-bound for
 /// 50–500 ms: call it from a blocking thread, never an async worker.
+///
+/// aws-lc-rs generates (about twice as fast as the `rsa` crate here, and
+/// constant-time); the `rsa` crate holds the result and does the encodings.
 pub fn generate(bits: Bits) -> GeneratedKey {
+    use aws_lc_rs::encoding::AsDer;
+    use rsa::pkcs8::DecodePrivateKey;
+    let size = match bits {
+        Bits::B2048 => aws_lc_rs::rsa::KeySize::Rsa2048,
+        Bits::B3072 => aws_lc_rs::rsa::KeySize::Rsa3072,
+        Bits::B4096 => aws_lc_rs::rsa::KeySize::Rsa4096,
+    };
+    let pair = aws_lc_rs::rsa::KeyPair::generate(size)
+        .expect("RSA generation of a supported size cannot fail");
+    let der = Zeroizing::new(
+        pair.as_der()
+            .expect("a generated key always encodes as PKCS#8")
+            .as_ref()
+            .to_vec(),
+    );
+    drop(pair);
+    let private = RsaPrivateKey::from_pkcs8_der(&der).expect("aws-lc-rs writes valid PKCS#8");
+    from_private(private)
+}
+
+/// Generates with the `rsa` crate alone: the baseline in `benches/keygen.rs`.
+#[doc(hidden)]
+pub fn generate_with_rsa_crate(bits: Bits) -> GeneratedKey {
     let private = RsaPrivateKey::new(&mut rand::rngs::OsRng, usize::from(bits.get()))
         .expect("RSA generation with a supported size and the OS RNG cannot fail");
+    from_private(private)
+}
+
+fn from_private(private: RsaPrivateKey) -> GeneratedKey {
     let spki_der = private
         .to_public_key()
         .to_public_key_der()

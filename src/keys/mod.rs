@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use generate::{generate, GeneratedKey};
+pub use generate::{generate, generate_with_rsa_crate, GeneratedKey};
 pub use jwk::{Jwk, JwkError};
 
 /// Why a piece of client input is not a valid identifier, name or parameter.
