@@ -99,15 +99,7 @@ async fn every_bad_request_gets_its_error_and_changes_nothing() {
     let existing = app.create_key("acme", json!({"name": "keep"})).await;
     let snapshot = || async {
         let jwks = app.get("/.well-known/jwks.json").await;
-        let auth = format!("Bearer {ADMIN}");
-        let list = app
-            .request(
-                Method::GET,
-                "/v1/organisations/acme/keys",
-                &[("authorization", &auth)],
-                "",
-            )
-            .await;
+        let list = app.list_keys("acme").await;
         (jwks.header("etag").unwrap().to_owned(), list.json())
     };
     let before = snapshot().await;

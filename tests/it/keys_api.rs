@@ -142,15 +142,7 @@ async fn list_is_oldest_first_and_delete_removes_everywhere() {
         );
     }
     app.create_key("other", json!({"name": "elsewhere"})).await;
-    let auth = format!("Bearer {ADMIN}");
-    let list = app
-        .request(
-            Method::GET,
-            "/v1/organisations/acme/keys",
-            &[("authorization", &auth)],
-            "",
-        )
-        .await;
+    let list = app.list_keys("acme").await;
     assert_eq!(list.status, StatusCode::OK);
     let listed: Vec<String> = list.json()["keys"]
         .as_array()
@@ -178,15 +170,7 @@ async fn list_is_oldest_first_and_delete_removes_everywhere() {
     app.delete_key("other", &ids[0], ADMIN)
         .await
         .assert_error(404, "not_found");
-    let list = app
-        .request(
-            Method::GET,
-            "/v1/organisations/acme/keys",
-            &[("authorization", &auth)],
-            "",
-        )
-        .await
-        .json();
+    let list = app.list_keys("acme").await.json();
     assert_eq!(list["keys"].as_array().unwrap().len(), 2);
     let jwks = app.get("/.well-known/jwks.json").await.json();
     let kids: Vec<&str> = jwks["keys"]
@@ -224,16 +208,7 @@ async fn quota_is_atomic_under_concurrency() {
         }
     }
     assert_eq!(created, 5);
-    let auth = format!("Bearer {ADMIN}");
-    let list = app
-        .request(
-            Method::GET,
-            "/v1/organisations/busy/keys",
-            &[("authorization", &auth)],
-            "",
-        )
-        .await
-        .json();
+    let list = app.list_keys("busy").await.json();
     assert_eq!(list["keys"].as_array().unwrap().len(), 5);
     // Deleting one frees one slot, exactly.
     let id = list["keys"][0]["id"].as_str().unwrap();
@@ -283,15 +258,7 @@ async fn compatibility_route_answers_pkcs1() {
     let pem = r.text();
     assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "{pem}");
     let private = RsaPrivateKey::from_pkcs1_pem(&pem).unwrap();
-    let list = app
-        .request(
-            Method::GET,
-            "/v1/organisations/legacy/keys",
-            &[("authorization", &auth)],
-            "",
-        )
-        .await
-        .json();
+    let list = app.list_keys("legacy").await.json();
     assert_eq!(list["keys"][0]["name"], "Organization key");
     let public =
         RsaPublicKey::from_public_key_pem(list["keys"][0]["publicKey"].as_str().unwrap()).unwrap();

@@ -45,32 +45,9 @@ async fn idle_and_half_open_connections_do_not_lock_out_a_fresh_client() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_signet"))
-        .arg("serve")
-        .env("SIGNET_DATA_DIR", dir.path())
-        .env("SIGNET_LISTEN", &addr)
-        .env("SIGNET_ADMIN_TOKEN", ADMIN)
-        .env("SIGNET_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://{addr}");
-    let mut ready = false;
-    for _ in 0..200 {
-        if TcpStream::connect(&addr).await.is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "server started");
+    let server = BinServer::start(dir.path(), &[], "warn", true);
+    server.wait_ready().await;
+    let (base, addr) = (server.base(), server.addr.clone());
     // A slow request: a 4096-bit key is never pooled by default.
     let slow = {
         let base = base.clone();
@@ -94,11 +71,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         !slow.is_finished(),
         "the create is in flight when the signal arrives"
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.terminate();
     // New connections are refused once the listener is closed.
     let mut refused = false;
     for _ in 0..100 {
@@ -116,7 +89,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         "the in-flight create completed: {}",
         r.text()
     );
-    let exit = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+    let exit = tokio::task::spawn_blocking(move || server.child.wait_with_output().unwrap())
         .await
         .unwrap();
     assert_eq!(
@@ -267,29 +240,9 @@ async fn http2_with_prior_knowledge_is_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn request_logs_can_be_json_and_never_carry_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_signet"))
-        .args(["serve", "--log-json"])
-        .env("SIGNET_DATA_DIR", dir.path())
-        .env("SIGNET_LISTEN", &addr)
-        .env("SIGNET_ADMIN_TOKEN", ADMIN)
-        .env("SIGNET_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://{addr}");
-    for _ in 0..200 {
-        if TcpStream::connect(&addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let server = BinServer::start(dir.path(), &["--log-json"], "info", true);
+    server.wait_ready().await;
+    let base = server.base();
     let auth = format!("Bearer {ADMIN}");
     let created = send(
         hyper::Method::POST,
@@ -315,11 +268,8 @@ async fn request_logs_can_be_json_and_never_carry_tokens() {
         bytes::Bytes::new(),
     )
     .await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+    server.terminate();
+    let out = tokio::task::spawn_blocking(move || server.child.wait_with_output().unwrap())
         .await
         .unwrap();
     let log = String::from_utf8(out.stderr).unwrap();

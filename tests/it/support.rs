@@ -180,6 +180,18 @@ impl TestApp {
 }
 
 pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
+    try_send(method, url, headers, body)
+        .await
+        .expect("server answers")
+}
+
+/// Like `send`, but a server that does not answer is an `Err`.
+pub async fn try_send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Resp, String> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
@@ -188,15 +200,20 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Byt
     let res = client
         .request(req.body(Full::new(body)).unwrap())
         .await
-        .expect("server answers");
+        .map_err(|e| e.to_string())?;
     let status = res.status();
     let headers = res.headers().clone();
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    Resp {
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Resp {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// A private key and how to sign with it, for minting test tokens.
@@ -292,4 +309,89 @@ pub fn all_bytes(dir: &Path) -> HashMap<String, Vec<u8>> {
         }
     }
     out
+}
+
+/// The real binary serving `dir`, as an operator would run it.
+pub struct BinServer {
+    pub child: std::process::Child,
+    pub addr: String,
+}
+
+impl BinServer {
+    /// Starts `signet serve ARGS…` on a free port; stderr is piped (read it
+    /// with `wait_with_output`) when `capture_log`, else discarded.
+    pub fn start(dir: &Path, args: &[&str], log: &str, capture_log: bool) -> BinServer {
+        use std::process::Stdio;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
+            .arg("serve")
+            .args(args)
+            .env("SIGNET_DATA_DIR", dir)
+            .env("SIGNET_LISTEN", &addr)
+            .env("SIGNET_ADMIN_TOKEN", ADMIN)
+            .env("SIGNET_LOG", log)
+            .env("ORGKEYS_MAX", "1000")
+            .stdout(Stdio::null())
+            .stderr(if capture_log {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap();
+        BinServer { child, addr }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits (bounded) until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.base());
+        for _ in 0..200 {
+            let probe = try_send(Method::GET, &url, &[], Bytes::new());
+            if let Ok(Ok(r)) = tokio::time::timeout(std::time::Duration::from_secs(1), probe).await
+            {
+                if r.status == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("server at {} never became ready", self.addr);
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+/// `Bearer <credential>`.
+pub fn bearer(credential: &str) -> String {
+    format!("Bearer {credential}")
+}
+
+impl TestApp {
+    /// Lists an organisation's keys as the operator.
+    pub async fn list_keys(&self, org: &str) -> Resp {
+        let auth = bearer(ADMIN);
+        self.request(
+            Method::GET,
+            &format!("/v1/organisations/{org}/keys"),
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+    }
 }
