@@ -18,7 +18,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 export RUSTC_BOOTSTRAP=1
 
-ALL_TARGETS=(token request jwk pem config)
+ALL_TARGETS=(token claims request jwk pem config)
 seconds="${FUZZ_SECONDS:-60}"
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${ALL_TARGETS[@]}")
@@ -70,14 +70,20 @@ for t in "${targets[@]}"; do
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -n1 | grep -o '[0-9]*$')
     [ -z "$execs" ] && execs=$(grep -o '^Done [0-9]* runs' "$log" | tail -n1 | grep -o '[0-9]\+')
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n1 | grep -o '[0-9]*')
+    # libFuzzer's own clock, without any rebuild cargo did first.
+    secs=$(grep -o '^Done [0-9]* runs in [0-9]* second' "$log" | tail -n1 | grep -o 'in [0-9]*' | grep -o '[0-9]*')
+    [ -n "$secs" ] && elapsed=$secs
     if [ "$rc" -eq 0 ]; then
         result="ok"
     else
         result="CRASH (exit $rc)"
         crashed=1
-        grep -m1 -E "^==[0-9]+==ERROR|panicked at|^thread '.*' panicked" "$log" >&2
-        grep -o "fuzz/artifacts/$t/[a-z]*-[0-9a-f]*" "$log" | sort -u | sed 's/^/  input: /' >&2
-        sed -n '/panicked at/,+3p' "$log" | head -n 8 >&2
+        grep -m1 -E "^==[0-9]+==ERROR" "$log"
+        sed -n '/panicked at/,+1p' "$log" | head -n 2
+        for a in $(grep -o "fuzz/artifacts/$t/[a-z]*-[0-9a-f]*" "$log" | sort -u); do
+            echo "  input: $a"
+            echo "  reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run $t $a"
+        done
     fi
     line=$(printf '%-8s %12s execs  %4ss  cov %-6s %s' "$t" "${execs:-?}" "$elapsed" "${cov:-?}" "$result")
     echo "fuzz: $line"

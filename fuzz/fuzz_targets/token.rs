@@ -44,15 +44,22 @@ static VERIFIER: LazyLock<Verifier> = LazyLock::new(|| {
     Verifier::new(Arc::new(source), Policy::default())
 });
 
+/// `SIGNET_FUZZ_VERBOSE=1` prints each verdict (to check the seeds reach it).
+static VERBOSE: LazyLock<bool> =
+    LazyLock::new(|| std::env::var_os("SIGNET_FUZZ_VERBOSE").is_some());
+
 fuzz_target!(|data: &[u8]| {
     let Ok(token) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = VERIFIER.verify(
+    let verdict = VERIFIER.verify(
         token,
         Expect {
             audience: Some("signet"),
             issuer: Some("x"),
         },
     );
+    if *VERBOSE {
+        eprintln!("verdict: {:?}", verdict.map(|v| v.claims));
+    }
 });
