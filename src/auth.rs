@@ -201,7 +201,7 @@ pub fn authorize(principal: &Principal, org: &OrgId, need: Need) -> Result<(), A
 }
 
 /// The credential of `Bearer <credential>` (scheme case-insensitive).
-fn bearer(header: &str) -> Result<&str, AuthError> {
+pub fn bearer(header: &str) -> Result<&str, AuthError> {
     let (scheme, credential) = header.split_once(' ').ok_or_else(|| {
         AuthError::Invalid("Authorization must be \"Bearer <credential>\"".into())
     })?;

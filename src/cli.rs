@@ -399,15 +399,7 @@ async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcom
 }
 
 fn public_view(r: &keys::PublicKeyRecord) -> Value {
-    json!({
-        "id": r.id,
-        "organisationId": r.org,
-        "name": r.name,
-        "algorithm": r.algorithm,
-        "bits": r.bits,
-        "publicKey": r.public_key_pem(),
-        "createdAt": r.created_at(),
-    })
+    serde_json::to_value(keys::KeyView::new(r)).expect("a key view always serialises")
 }
 
 fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
@@ -535,24 +527,19 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
     };
     let local = |source: Arc<dyn KeySource>| -> anyhow::Result<Value> {
         let verifier = Verifier::new(source, policy);
-        match verifier.verify(token, expect) {
-            Ok(v) => Ok(
-                json!({"valid": true, "keyId": v.key_id, "organisationId": v.org, "header": v.header, "claims": v.claims}),
-            ),
-            Err(VerifyError::Unavailable(cause)) => bail!("could not read keys: {cause}"),
-            Err(e) => {
-                Ok(json!({"valid": false, "error": {"code": e.code(), "message": e.to_string()}}))
-            }
+        let result = verifier.verify(token, expect);
+        if let Err(VerifyError::Unavailable(cause)) = &result {
+            bail!("could not read keys: {cause}");
         }
+        Ok(verify::result_json(&result))
     };
     let result = if let Some(source) = &args.jwks {
         let bytes = if source.starts_with("http://") || source.starts_with("https://") {
-            let (status, body) =
-                crate::http::client::send(hyper::Method::GET, source, None).await?;
-            if !status.is_success() {
-                bail!("{source} answered {status}");
+            let answer = crate::http::client::get(source).await?;
+            if !answer.ok {
+                bail!("{source} answered {}", answer.status);
             }
-            body.to_vec()
+            answer.body.to_vec()
         } else {
             std::fs::read(source).with_context(|| format!("cannot read {source}"))?
         };
@@ -582,19 +569,17 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
         if let Some(i) = &args.issuer {
             body["issuer"] = json!(i);
         }
-        let (status, bytes) =
-            crate::http::client::send(hyper::Method::POST, &url, Some(serde_json::to_vec(&body)?))
-                .await
-                .map_err(|e| {
-                    anyhow!("{e}; is `signet serve` running? or use --jwks or --data-dir")
-                })?;
-        if !status.is_success() {
+        let answer = crate::http::client::post_json(&url, serde_json::to_vec(&body)?)
+            .await
+            .map_err(|e| anyhow!("{e}; is `signet serve` running? or use --jwks or --data-dir"))?;
+        if !answer.ok {
             bail!(
-                "{url} answered {status}: {}",
-                String::from_utf8_lossy(&bytes)
+                "{url} answered {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
             );
         }
-        serde_json::from_slice(&bytes)
+        serde_json::from_slice(&answer.body)
             .with_context(|| format!("{url} did not answer a verification result"))?
     };
     let valid = result["valid"] == Value::Bool(true);

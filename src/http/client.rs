@@ -25,12 +25,24 @@ pub enum ClientError {
     Timeout(String),
 }
 
-/// Sends one request and returns the status and body.
-pub async fn send(
-    method: Method,
-    url: &str,
-    json: Option<Vec<u8>>,
-) -> Result<(StatusCode, Bytes), ClientError> {
+/// A response: whether it was a 2xx, its status line, and its body.
+pub struct Answer {
+    pub ok: bool,
+    pub status: String,
+    pub body: Bytes,
+}
+
+/// `GET url`.
+pub async fn get(url: &str) -> Result<Answer, ClientError> {
+    send(Method::GET, url, None).await
+}
+
+/// `POST url` with a JSON body.
+pub async fn post_json(url: &str, json: Vec<u8>) -> Result<Answer, ClientError> {
+    send(Method::POST, url, Some(json)).await
+}
+
+async fn send(method: Method, url: &str, json: Option<Vec<u8>>) -> Result<Answer, ClientError> {
     let uri: hyper::Uri = url.parse().map_err(|_| ClientError::BadUrl(url.into()))?;
     if uri.scheme_str() != Some("http") {
         return Err(ClientError::BadUrl(url.into()));
@@ -52,13 +64,17 @@ pub async fn send(
             .request(req)
             .await
             .map_err(|e| unreachable(error_chain(&e)))?;
-        let status = res.status();
+        let status: StatusCode = res.status();
         let body = res
             .into_body()
             .collect()
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        Ok((status, body.to_bytes()))
+        Ok(Answer {
+            ok: status.is_success(),
+            status: status.to_string(),
+            body: body.to_bytes(),
+        })
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await

@@ -8,17 +8,17 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::body::Body;
 use super::reply::{self, ApiError, Reply, JSON, PEM};
 use super::App;
 use crate::audit::Actor;
-use crate::auth::{authorize, Gate, Need, Principal};
-use crate::keys::{Algorithm, Bits, KeyId, KeyName, OrgId, PublicKeyRecord};
+use crate::auth::{self, authorize, AuthError, Gate, Need, Principal};
+use crate::keys::{Algorithm, Bits, KeyId, KeyName, KeyView, OrgId};
 use crate::service::{Caller, NewKey};
-use crate::verify::{Expect, VerifyError};
+use crate::verify::{self, Expect, VerifyError};
 
 /// A path the server knows, with its raw parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,36 +173,6 @@ struct VerifyBody {
     issuer: Option<String>,
 }
 
-/// `PublicKey`, and with `private_key` set, `SigningKeySet`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct KeyView<'a> {
-    id: KeyId,
-    organisation_id: &'a OrgId,
-    name: &'a KeyName,
-    algorithm: Algorithm,
-    bits: Bits,
-    public_key: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    private_key: Option<&'a str>,
-    created_at: String,
-}
-
-impl<'a> KeyView<'a> {
-    fn new(r: &'a PublicKeyRecord) -> KeyView<'a> {
-        KeyView {
-            id: r.id,
-            organisation_id: &r.org,
-            name: &r.name,
-            algorithm: r.algorithm,
-            bits: r.bits,
-            public_key: r.public_key_pem(),
-            private_key: None,
-            created_at: r.created_at(),
-        }
-    }
-}
-
 impl Cx<'_> {
     fn caller(&self, actor: Actor) -> Caller {
         Caller {
@@ -221,19 +191,19 @@ impl Cx<'_> {
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let result = gate
-            .authenticate(authorization)
-            .and_then(|p| authorize(&p, org, need).map(|()| p));
-        result.map_err(|e| {
-            let actor = match gate.authenticate(authorization) {
-                Ok(p) => p.actor(),
-                Err(_) => Actor::Anonymous,
-            };
-            self.app
-                .signet
-                .record_denied(org, &self.caller(actor), e.to_string());
-            ApiError::from(e)
-        })
+        let authenticated = gate.authenticate(authorization);
+        let refusal = match &authenticated {
+            Ok(principal) => match authorize(principal, org, need) {
+                Ok(()) => return Ok(principal.clone()),
+                Err(e) => (e, principal.actor()),
+            },
+            Err(e) => (e.clone(), Actor::Anonymous),
+        };
+        let (error, actor) = refusal;
+        self.app
+            .signet
+            .record_denied(org, &self.caller(actor), error.to_string());
+        Err(ApiError::from(error))
     }
 
     async fn create(&self, org: &str, req: Request<Incoming>) -> Handled {
@@ -265,10 +235,8 @@ impl Cx<'_> {
             r
         } else {
             let private = key.pkcs8_pem();
-            let view = KeyView {
-                private_key: Some(private.as_str()),
-                ..KeyView::new(&record)
-            };
+            let mut view = KeyView::new(&record);
+            view.private_key = Some(private.as_str());
             // Reserve up front so the buffer never reallocates, leaving no
             // unzeroized copy of the private key behind.
             let mut buf = Zeroizing::new(Vec::with_capacity(2 * private.len() + 4096));
@@ -378,23 +346,10 @@ impl Cx<'_> {
         };
         let result = self.app.signet.verifier.verify(&body.token, expect);
         self.count(&result);
-        match result {
-            Ok(v) => Ok(reply::json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "valid": true,
-                    "keyId": v.key_id,
-                    "organisationId": v.org,
-                    "header": v.header,
-                    "claims": v.claims,
-                }),
-            )),
-            Err(VerifyError::Unavailable(cause)) => Err(ApiError::internal(cause)),
-            Err(e) => Ok(reply::json(
-                StatusCode::OK,
-                &serde_json::json!({ "valid": false, "error": { "code": e.code(), "message": e.to_string() } }),
-            )),
+        if let Err(VerifyError::Unavailable(cause)) = result {
+            return Err(ApiError::internal(cause));
         }
+        Ok(reply::json(StatusCode::OK, &verify::result_json(&result)))
     }
 
     /// The reverse proxy's sub-request: 200 with identity headers, or 401.
@@ -407,14 +362,15 @@ impl Cx<'_> {
                 _ => {}
             }
         }
-        let token = headers
+        let authorization = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
-        let Some(token) = token else {
-            return ApiError::from(crate::auth::AuthError::Missing).into_reply();
+            .and_then(|v| v.to_str().ok());
+        let token = match authorization
+            .ok_or(AuthError::Missing)
+            .and_then(auth::bearer)
+        {
+            Ok(token) => token,
+            Err(e) => return ApiError::from(e).into_reply(),
         };
         let result = self.app.signet.verifier.verify(
             token,
@@ -440,11 +396,9 @@ impl Cx<'_> {
                 r
             }
             Err(VerifyError::Unavailable(cause)) => ApiError::internal(cause).into_reply(),
-            Err(e) => ApiError::from(crate::auth::AuthError::Invalid(format!(
-                "{e} ({})",
-                e.code()
-            )))
-            .into_reply(),
+            Err(e) => {
+                ApiError::from(AuthError::Invalid(format!("{e} ({})", e.code()))).into_reply()
+            }
         }
     }
 

@@ -287,6 +287,37 @@ impl PublicKeyRecord {
     }
 }
 
+/// The API's `PublicKey` document, and with `private_key` set, its
+/// `SigningKeySet`: the one JSON form of a key, for HTTP and the CLI.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView<'a> {
+    id: KeyId,
+    organisation_id: &'a OrgId,
+    name: &'a KeyName,
+    algorithm: Algorithm,
+    bits: Bits,
+    public_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<&'a str>,
+    created_at: String,
+}
+
+impl<'a> KeyView<'a> {
+    pub fn new(r: &'a PublicKeyRecord) -> KeyView<'a> {
+        KeyView {
+            id: r.id,
+            organisation_id: &r.org,
+            name: &r.name,
+            algorithm: r.algorithm,
+            bits: r.bits,
+            public_key: r.public_key_pem(),
+            private_key: None,
+            created_at: r.created_at(),
+        }
+    }
+}
+
 /// Formats milliseconds since the epoch as RFC 3339 UTC (`2026-11-22T15:25:23Z`).
 pub fn rfc3339(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);

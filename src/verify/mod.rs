@@ -122,6 +122,24 @@ pub struct Verified {
     pub claims: Map<String, Value>,
 }
 
+/// The `POST /v1/verify` result document, also printed by
+/// `signet verify --json`.
+pub fn result_json(result: &Result<Verified, VerifyError>) -> Value {
+    match result {
+        Ok(v) => serde_json::json!({
+            "valid": true,
+            "keyId": v.key_id,
+            "organisationId": v.org,
+            "header": v.header,
+            "claims": v.claims,
+        }),
+        Err(e) => serde_json::json!({
+            "valid": false,
+            "error": { "code": e.code(), "message": e.to_string() },
+        }),
+    }
+}
+
 /// What a request expects beyond the policy.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Expect<'a> {

@@ -9,5 +9,6 @@ mod keys_api;
 mod operations;
 mod sealing;
 mod support;
+mod tidy;
 mod tokens;
 mod verify_api;
