@@ -23,6 +23,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::timeout;
 
 use crate::auth::OperatorToken;
 use crate::config::Config;
@@ -60,6 +61,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         .timer(TokioTimer::new())
         .header_read_timeout(app.config.header_read_timeout());
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let first_bytes = app.config.header_read_timeout();
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(app.config.server.max_connections));
     tokio::pin!(shutdown);
@@ -86,22 +89,29 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             let app = app.clone();
             async move { Ok::<_, Infallible>(answer(&app, req, peer).await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _ = conn.await;
+            // auto::Builder waits for a client's first bytes (to tell HTTP/1
+            // from HTTP/2) with no timer of its own: a connection that never
+            // speaks would hold its permit forever.
+            // (`readable()` may report ready before any byte arrives; a peek
+            // does not.)
+            let mut first = [0u8; 1];
+            if !matches!(
+                timeout(first_bytes, stream.peek(&mut first)).await,
+                Ok(Ok(1))
+            ) {
+                return;
+            }
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn).await;
             drop(permit);
         });
     }
     drop(listener);
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     let grace = app.config.shutdown_grace();
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(
             ?grace,
             "in-flight requests did not finish within the grace period"

@@ -27,9 +27,10 @@ async fn idle_and_half_open_connections_do_not_lock_out_a_fresh_client() {
         .await
         .expect("a fresh client is served while 500 connections idle");
     assert_eq!(r.status.as_u16(), 200);
-    // The slow ones are cut off by the header timeout rather than held forever.
+    // Silent ones and slow ones alike are cut off by the header timeout
+    // rather than held forever.
     let mut cut = 0;
-    for s in idle.iter_mut().step_by(2).take(20) {
+    for s in idle.iter_mut().take(40) {
         let mut buf = [0u8; 512];
         let read = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await;
         if matches!(read, Ok(Ok(_)) | Ok(Err(_))) {
@@ -37,8 +38,8 @@ async fn idle_and_half_open_connections_do_not_lock_out_a_fresh_client() {
         }
     }
     assert_eq!(
-        cut, 20,
-        "connections that never finish their headers are closed"
+        cut, 40,
+        "connections that never send or never finish their headers are closed"
     );
 }
 
