@@ -49,6 +49,7 @@ DRIVER_PID=""
 ADMIN="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 START=$SECONDS
 
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     local rc=$?
     for pid in "$DRIVER_PID" "$SERVER_PID"; do
@@ -62,7 +63,7 @@ cleanup() {
     else
         rm -rf "$WORK"
     fi
-    exit $rc
+    exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -78,8 +79,7 @@ start_server() {
     SIGNET_DATA_DIR="$DATA" SIGNET_LISTEN="127.0.0.1:$PORT" SIGNET_ADMIN_TOKEN="$ADMIN" \
         SIGNET_LOG=warn ORGKEYS_MAX="$QUOTA" "$BIN" serve >"$log" 2>&1 &
     SERVER_PID=$!
-    local i
-    for i in $(seq 1 300); do # 30 s at most
+    for _ in $(seq 1 300); do # 30 s at most
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
             echo "signet serve exited during startup (log $log):" >&2
             cat "$log" >&2
@@ -94,8 +94,11 @@ start_server() {
     return 1
 }
 
-drive() {
-    python3 "$DRIVER" "$@" --base "http://127.0.0.1:$PORT" --admin "$ADMIN" --signet "$BIN"
+drive() { # SECONDS SUBCOMMAND ARGS…: the driver, bounded in time
+    local limit="$1"
+    shift
+    timeout --kill-after=5 "$limit" \
+        python3 "$DRIVER" "$@" --base "http://127.0.0.1:$PORT" --admin "$ADMIN" --signet "$BIN"
 }
 
 audit_offline() {
@@ -110,8 +113,8 @@ echo "crash loop: $CYCLES cycles, data dir $DATA, $THREADS load threads, ORGKEYS
 AUDIT_FAILURES=0
 for cycle in $(seq 1 "$CYCLES"); do
     start_server "$WORK/server-$cycle.log"
-    drive crash-check --state "$STATE" --orgs "$ORGS"
-    drive crash-load --state "$STATE" --orgs "$ORGS" --threads "$THREADS" --max-seconds 20 &
+    drive 300 crash-check --state "$STATE" --orgs "$ORGS"
+    drive 90 crash-load --state "$STATE" --orgs "$ORGS" --threads "$THREADS" --max-seconds 20 &
     DRIVER_PID=$!
     # a random moment 0.2–2.0 s into the load
     sleep "$(python3 -c 'import random; print(f"{random.uniform(0.2, 2.0):.3f}")')"
@@ -126,8 +129,8 @@ done
 # A last clean start: resolve what was in flight at the final kill, then stop
 # gracefully so the offline tools can open the database.
 start_server "$WORK/server-final.log"
-drive crash-check --state "$STATE" --orgs "$ORGS"
-drive crash-audit --orgs "$ORGS" --out "$WORK/audit.json"
+drive 300 crash-check --state "$STATE" --orgs "$ORGS"
+drive 120 crash-audit --orgs "$ORGS" --out "$WORK/audit.json"
 kill -TERM "$SERVER_PID"
 for _ in $(seq 1 150); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$SERVER_PID" 2>/dev/null; then

@@ -17,7 +17,8 @@
 #
 # Env: SIGNET_BIN (default: build and use target/release/signet),
 # ST_MAX_EXAMPLES (50), ST_MAX_TIME (300 s), ST_SEED (random),
-# ST_CHECKS (not_a_server_error,response_schema_conformance), KEEP=1.
+# ST_CHECKS (not_a_server_error,response_schema_conformance), ST_SERVER_LOG
+# (the server's SIGNET_LOG, warn), ST_ORGKEYS_MAX (1000), KEEP=1.
 # Exit status is schemathesis's (0: no failures).
 set -euo pipefail
 
@@ -38,7 +39,7 @@ if ! "$VENV/bin/schemathesis" --version >/dev/null 2>&1 ||
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check schemathesis openapi-spec-validator
 fi
-echo "$("$VENV/bin/schemathesis" --version)"
+"$VENV/bin/schemathesis" --version
 
 if [[ -z "${SIGNET_BIN:-}" ]]; then
     cargo build --release --quiet
@@ -49,6 +50,7 @@ BIN="$SIGNET_BIN"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/signet-st.XXXXXX")"
 SERVER_PID=""
 ADMIN="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     local rc=$?
     if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -62,15 +64,17 @@ cleanup() {
     else
         rm -rf "$WORK"
     fi
-    exit $rc
+    exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 ADDR="127.0.0.1:$PORT"
+# A high quota, so that generated creates reach the 201 path instead of
+# mostly meeting quota_exceeded (ST_ORGKEYS_MAX=5 tests the default).
 SIGNET_DATA_DIR="$WORK/data" SIGNET_LISTEN="$ADDR" SIGNET_ADMIN_TOKEN="$ADMIN" \
-    SIGNET_LOG=warn "$BIN" serve >"$WORK/server.log" 2>&1 &
+    ORGKEYS_MAX="${ST_ORGKEYS_MAX:-1000}" SIGNET_LOG="${ST_SERVER_LOG:-warn}" "$BIN" serve >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 ready=0
 for _ in $(seq 1 300); do # 30 s at most
@@ -117,12 +121,19 @@ timeout --kill-after=15 $((MAX_TIME + 120)) \
     --request-timeout 10 \
     --seed "$SEED" \
     --no-color \
+    --generation-database "$ST_DIR/examples.db" \
     --output-sanitize true \
     --report junit,ndjson --report-dir "$REPORT" \
     "$@" || rc=$?
 
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    echo "the server died during the run; its log:" >&2
+    status=0
+    wait "$SERVER_PID" 2>/dev/null || status=$?
+    SERVER_PID=""
+    if [[ $status -gt 128 ]]; then
+        status="$status (signal $(kill -l $((status - 128))))"
+    fi
+    echo "the server exited with status $status during the run; its log:" >&2
     cat "$WORK/server.log" >&2
     rc=1
 fi

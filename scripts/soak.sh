@@ -16,7 +16,9 @@
 # cache fill during the first seconds.
 #
 # Env: SIGNET_BIN (default: build and use target/release/signet),
-# SOAK_THREADS (6), SOAK_WARMUP (30), KEEP=1 keeps the work dir.
+# SOAK_THREADS (6), SOAK_WARMUP (30), SOAK_CHURN_PAUSE (0.25 s between one
+# churn thread's creates/deletes; a large value makes a read-only control
+# run), KEEP=1 keeps the work dir.
 # Exit 0 if there were no errors, no wrong verification result and RSS grew
 # at most 10 % over the baseline.
 set -euo pipefail
@@ -31,6 +33,7 @@ cd "$ROOT"
 DRIVER="$ROOT/scripts/lib/driver.py"
 THREADS="${SOAK_THREADS:-6}"
 WARMUP="${SOAK_WARMUP:-30}"
+CHURN_PAUSE="${SOAK_CHURN_PAUSE:-0.25}"
 QUOTA=5
 
 if [[ -z "${SIGNET_BIN:-}" ]]; then
@@ -43,6 +46,7 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/signet-soak.XXXXXX")"
 SERVER_PID=""
 ADMIN="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     local rc=$?
     if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -56,7 +60,7 @@ cleanup() {
     else
         rm -rf "$WORK"
     fi
-    exit $rc
+    exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -87,10 +91,16 @@ rc=0
 timeout --kill-after=10 $((DURATION + 300)) \
     python3 "$DRIVER" soak --base "http://127.0.0.1:$PORT" --admin "$ADMIN" --signet "$BIN" \
     --pid "$SERVER_PID" --seconds "$DURATION" --warmup "$WARMUP" --threads "$THREADS" \
-    --quota "$QUOTA" || rc=$?
+    --quota "$QUOTA" --churn-pause "$CHURN_PAUSE" || rc=$?
 
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    echo "the server died during the soak; its log:" >&2
+    status=0
+    wait "$SERVER_PID" 2>/dev/null || status=$?
+    SERVER_PID=""
+    if [[ $status -gt 128 ]]; then
+        status="$status (signal $(kill -l $((status - 128))))"
+    fi
+    echo "the server exited with status $status during the soak; its log:" >&2
     cat "$WORK/server.log" >&2
     rc=1
 fi
@@ -99,5 +109,6 @@ if [[ -s "$WORK/server.log" ]]; then
     echo "server log (warn and above), last 20 lines:"
     tail -n 20 "$WORK/server.log"
 fi
+echo "data dir size at the end: $(du -sh "$WORK/data" | cut -f1) (sled's page cache holds up to 64 MiB of it)"
 echo "runtime: $((SECONDS - START)) s"
 exit $rc

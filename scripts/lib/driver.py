@@ -35,7 +35,10 @@ from urllib.parse import urlsplit
 
 
 class Conn:
-    """One keep-alive HTTP/1.1 connection to the server, reopened on error."""
+    """One keep-alive HTTP/1.1 connection to the server, reopened on error
+    and after IDLE_REOPEN seconds unused."""
+
+    IDLE_REOPEN = 5.0
 
     def __init__(self, base: str, admin: str, timeout: float = 10.0):
         u = urlsplit(base)
@@ -46,6 +49,7 @@ class Conn:
         self.timeout = timeout
         self.c: http.client.HTTPConnection | None = None
         self.fresh = True  # the connection has not yet served a request
+        self.last_used = 0.0
 
     def close(self) -> None:
         if self.c is not None:
@@ -58,6 +62,11 @@ class Conn:
     def request(self, method: str, path: str, body=None, auth: bool = False, headers=None):
         """Returns (status, headers dict, body bytes); raises OSError /
         http.client.HTTPException when no complete response arrived."""
+        if self.c is not None and time.monotonic() - self.last_used > self.IDLE_REOPEN:
+            # the server closes idle keep-alive connections (its header read
+            # timeout, 10 s by default); a request sent on one that it has
+            # just closed fails with no fault of the server's
+            self.close()
         if self.c is None:
             self.c = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             self.fresh = True
@@ -76,6 +85,7 @@ class Conn:
             self.close()
             raise
         self.fresh = False
+        self.last_used = time.monotonic()
         if r.will_close:
             self.close()
         return r.status, {k.lower(): v for k, v in r.getheaders()}, payload
@@ -304,13 +314,17 @@ class CrashLoad:
 
     def delete(self, c: Conn, rng) -> None:
         with self.lock:
-            live = self.live_keys()
-            if not live:
-                return
-            kid = rng.choice(live)
-            org = self.st["keys"][kid]["org"]
-            self.busy.add(kid)
-            self.ops["delete"] += 1
+            # keep a few live keys per org across cycles, so that every
+            # check has acknowledged keys to find
+            live = [kid for org in self.orgs
+                    if len(ks := self.live_keys(org)) > self.a.keep_live for kid in ks]
+            kid = rng.choice(live) if live else None
+            if kid is not None:
+                org = self.st["keys"][kid]["org"]
+                self.busy.add(kid)
+                self.ops["delete"] += 1
+        if kid is None:
+            return self.create(c, rng)
         try:
             status, _, body = c.request("DELETE", f"/v1/organisations/{org}/keys/{kid}", auth=True)
         except BaseException:
@@ -540,7 +554,7 @@ class Soak:
                 # create/delete under quota, paced: key generation is
                 # CPU-bound and would otherwise starve the other kinds
                 self.churn(c, rng)
-                self.stop.wait(self.a.churn_pause)
+                self.stop.wait(max(0.0, min(self.a.churn_pause, deadline - time.monotonic())))
                 continue
             r = rng.random()
             if r < 0.45:
@@ -713,6 +727,8 @@ def main() -> int:
         sp.add_argument("--threads", type=int, default=6)
         sp.add_argument("--max-seconds", type=float, default=20)
         sp.add_argument("--max-ops", type=int, default=5000)
+        sp.add_argument("--keep-live", type=int, default=3,
+                        help="deletes only touch orgs with more live keys than this")
     sp = sub.add_parser("crash-audit")
     common(sp)
     sp.add_argument("--orgs", default="crash-a,crash-b,crash-c")
