@@ -22,8 +22,12 @@ pub struct Document {
 }
 
 impl Document {
-    fn build<'a>(jwks: impl Iterator<Item = &'a [u8]>) -> Document {
-        let mut body = b"{\"keys\":[".to_vec();
+    fn build<'a>(jwks: impl Iterator<Item = &'a [u8]> + Clone) -> Document {
+        // Sized exactly: at 50,000 keys the global document is ~22 MB, and a
+        // doubling Vec would hold up to twice that.
+        let len = jwks.clone().map(|j| j.len() + 1).sum::<usize>() + 12;
+        let mut body = Vec::with_capacity(len);
+        body.extend_from_slice(b"{\"keys\":[");
         for (i, jwk) in jwks.enumerate() {
             if i > 0 {
                 body.push(b',');
@@ -43,7 +47,7 @@ impl Document {
 #[derive(Default)]
 struct State {
     /// Every key's serialised JWK, in id (creation) order.
-    all: BTreeMap<KeyId, (OrgId, Vec<u8>)>,
+    all: BTreeMap<KeyId, (OrgId, Box<[u8]>)>,
     /// Which keys each organisation has, in id order.
     by_org: HashMap<OrgId, BTreeMap<KeyId, ()>>,
 }
@@ -138,7 +142,9 @@ impl Jwks {
 
 impl State {
     fn insert(&mut self, r: &PublicKeyRecord) {
-        let jwk = serde_json::to_vec(&Jwk::from_record(r)).expect("a JWK always serialises");
+        let jwk = serde_json::to_vec(&Jwk::from_record(r))
+            .expect("a JWK always serialises")
+            .into_boxed_slice();
         self.all.insert(r.id, (r.org.clone(), jwk));
         self.by_org
             .entry(r.org.clone())
@@ -147,11 +153,11 @@ impl State {
     }
 
     fn document_all(&self) -> Document {
-        Document::build(self.all.values().map(|(_, jwk)| jwk.as_slice()))
+        Document::build(self.all.values().map(|(_, jwk)| &jwk[..]))
     }
 
     fn document_of(&self, org: &OrgId) -> Document {
         let ids = self.by_org.get(org).into_iter().flat_map(|m| m.keys());
-        Document::build(ids.map(|id| self.all[id].1.as_slice()))
+        Document::build(ids.map(|id| &self.all[id].1[..]))
     }
 }

@@ -6,11 +6,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
-
 use crate::audit::{Action, Actor, NewEvent};
 use crate::jwks::Jwks;
-use crate::keys::{self, Algorithm, Bits, GeneratedKey, KeyId, KeyName, OrgId, PublicKeyRecord};
+use crate::keys::{Algorithm, Bits, GeneratedKey, KeyId, KeyName, OrgId, PublicKeyRecord};
 use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::store::{Inserted, Store, StoreError};
@@ -58,8 +56,6 @@ pub struct Signet {
     pool: KeyPool,
     /// The store generation the derived state (JWK Sets, cache) reflects.
     seen_generation: std::sync::atomic::AtomicU64,
-    /// Bounds concurrent key generations so that they cannot take every core.
-    keygen: Semaphore,
 }
 
 impl Signet {
@@ -77,7 +73,6 @@ impl Signet {
         let metrics = Metrics::new(verifier.stats());
         let pool = KeyPool::start(pool, metrics.pool_depth());
         metrics.keys.set(records.len() as i64);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Signet {
             jwks: Jwks::new(&records),
             store,
@@ -86,7 +81,6 @@ impl Signet {
             quota,
             pool,
             seen_generation: Default::default(),
-            keygen: Semaphore::new(cores.saturating_sub(1).max(1)),
         })
     }
 
@@ -98,16 +92,7 @@ impl Signet {
         new: NewKey,
         caller: &Caller,
     ) -> Result<(PublicKeyRecord, GeneratedKey), ServiceError> {
-        let generated = match self.pool.take(new.bits) {
-            Some(key) => key,
-            None => {
-                let _permit = self.keygen.acquire().await.expect("semaphore never closed");
-                let bits = new.bits;
-                tokio::task::spawn_blocking(move || keys::generate(bits))
-                    .await
-                    .map_err(|e| ServiceError::Task(e.to_string()))?
-            }
-        };
+        let generated = self.pool.get(new.bits).await;
         let id = self.store.new_id();
         let record = PublicKeyRecord {
             id,

@@ -530,7 +530,9 @@ impl Handles {
         };
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
+            // Every record is also held decoded (verifier cache, JWK Sets),
+            // so sled's own cache need not be large.
+            .cache_capacity(16 * 1024 * 1024)
             .open()
             .map_err(open_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
