@@ -17,6 +17,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
+source "$REPO/scripts/lib/common.sh"
 WRK_DURATION="${WRK_DURATION:-10s}"
 WRK_CONNECTIONS="${WRK_CONNECTIONS:-64}"
 WRK_THREADS="${WRK_THREADS:-2}"
@@ -47,63 +49,28 @@ fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
 log "building target/release/signet"
-(cd "$REPO" && cargo build --release --quiet)
-SIGNET="$REPO/target/release/signet"
+SIGNET="$(build_signet release)" # this bench always builds; it ignores SIGNET_BIN
 
 # --- scratch space and cleanup -------------------------------------------
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/signet-load.XXXXXX")"
+WORK="$(make_workdir load)"
 # nginx workers may run as another user: let them traverse to www/ only.
 chmod 711 "$WORK"
-SIGNET_PID=""
 NGINX_PID=""
-cleanup() {
-    local rc=$?
-    for pid in "$NGINX_PID" "$SIGNET_PID"; do
-        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-            kill "$pid" 2>/dev/null || true
-            for _ in $(seq 50); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -9 "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
-    done
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_http() { # url, what
-    for _ in $(seq 100); do
-        if curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
+# On exit: stop nginx, then (cleanup_on_exit) signet, 5 s grace each.
+# shellcheck disable=SC2317 # called by the EXIT trap
+on_exit() { stop_signet "$NGINX_PID" 5 || true; }
+cleanup_on_exit "$WORK" remove 5
 
 # --- signet ----------------------------------------------------------------
 SIGNET_PORT="$(free_port)"
 BASE="http://127.0.0.1:$SIGNET_PORT"
 mkdir -p "$WORK/data"
 chmod 700 "$WORK/data"
-ADMIN_TOKEN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(36))')"
+ADMIN="$(random_token 36)"
 log "starting signet on 127.0.0.1:$SIGNET_PORT"
-SIGNET_DATA_DIR="$WORK/data" \
-    SIGNET_LISTEN="127.0.0.1:$SIGNET_PORT" \
-    SIGNET_ADMIN_TOKEN="$ADMIN_TOKEN" \
-    ORGKEYS_MAX=100 \
-    SIGNET_LOG=warn \
-    "$SIGNET" serve --config "$REPO/config.toml" >"$WORK/signet.log" 2>&1 &
-SIGNET_PID=$!
-wait_http "$BASE/readyz" || {
+start_signet "$WORK/data" "$SIGNET_PORT" "$WORK/signet.log" ORGKEYS_MAX=100 -- \
+    "$SIGNET" serve --config "$REPO/config.toml"
+wait_ready "$BASE" 10 || {
     cat "$WORK/signet.log" >&2
     die "signet did not become ready"
 }
@@ -113,7 +80,7 @@ create_key() {
     local status
     status="$(curl -sS --max-time 30 -o "$WORK/create.json" -w '%{http_code}' \
         -X POST "$BASE/v1/organisations/$1/keys" \
-        -H "Authorization: Bearer $ADMIN_TOKEN" \
+        -H "Authorization: Bearer $ADMIN" \
         -H 'Content-Type: application/json' \
         --data "{\"name\": \"$2\"}")"
     [[ "$status" == 201 ]] || die "create answered $status: $(cat "$WORK/create.json")"
@@ -185,7 +152,7 @@ EOF
 log "starting nginx on 127.0.0.1:$NGINX_PORT"
 "$NGINX" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" &
 NGINX_PID=$!
-wait_http "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json" || {
+wait_http "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json" 10 "$NGINX_PID" || {
     cat "$WORK/nginx/error.log" >&2
     die "nginx did not come up"
 }
@@ -231,7 +198,7 @@ for i in $(seq "$CREATES"); do
     read -r status t < <(curl -sS --max-time 30 -o "$WORK/create.json" \
         -w '%{http_code} %{time_total}\n' \
         -X POST "$BASE/v1/organisations/$CREATE_ORG/keys" \
-        -H "Authorization: Bearer $ADMIN_TOKEN" \
+        -H "Authorization: Bearer $ADMIN" \
         -H 'Content-Type: application/json' \
         --data "{\"name\": \"create $i\"}")
     [[ "$status" == 201 ]] || die "create $i answered $status: $(cat "$WORK/create.json")"
@@ -243,7 +210,7 @@ done
 while read -r id; do
     read -r status t < <(curl -sS --max-time 30 -o /dev/null -w '%{http_code} %{time_total}\n' \
         -X DELETE "$BASE/v1/organisations/$CREATE_ORG/keys/$id" \
-        -H "Authorization: Bearer $ADMIN_TOKEN")
+        -H "Authorization: Bearer $ADMIN")
     [[ "$status" == 204 ]] || die "delete of $id answered $status"
     echo "$t" >>"$WORK/delete_times.txt"
 done <"$WORK/create_ids.txt"

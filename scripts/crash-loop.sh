@@ -29,68 +29,43 @@ CYCLES="${1:-50}"
     exit 2
 }
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
+source "$ROOT/scripts/lib/common.sh"
 cd "$ROOT"
 DRIVER="$ROOT/scripts/lib/driver.py"
 THREADS="${CRASH_THREADS:-6}"
 QUOTA="${CRASH_ORGKEYS_MAX:-20}"
 ORGS="crash-a,crash-b,crash-c"
 
-if [[ -z "${SIGNET_BIN:-}" ]]; then
-    cargo build --release --quiet
-    SIGNET_BIN="$ROOT/target/release/signet"
-fi
-BIN="$SIGNET_BIN"
+BIN="$(signet_bin release)"
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/signet-crash.XXXXXX")"
+WORK="$(make_workdir crash)"
 DATA="$WORK/data"
 STATE="$WORK/state.json"
-SERVER_PID=""
 DRIVER_PID=""
-ADMIN="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+ADMIN="$(random_token)"
 START=$SECONDS
 
+# On exit: SIGKILL the driver, then (grace 0) the server; keep the work dir
+# on failure.
 # shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-    local rc=$?
-    for pid in "$DRIVER_PID" "$SERVER_PID"; do
-        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-            kill -9 "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
-    done
-    if [[ "${KEEP:-0}" == 1 || $rc -ne 0 ]]; then
-        echo "work dir kept: $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+on_exit() { stop_signet "$DRIVER_PID" 0; }
+cleanup_on_exit "$WORK" keep-failed 0
 
 PORT=""
 start_server() {
-    local log="$1"
+    local log="$1" rc=0
     PORT="$(free_port)"
-    SIGNET_DATA_DIR="$DATA" SIGNET_LISTEN="127.0.0.1:$PORT" SIGNET_ADMIN_TOKEN="$ADMIN" \
-        SIGNET_LOG=warn ORGKEYS_MAX="$QUOTA" "$BIN" serve >"$log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 1 300); do # 30 s at most
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    start_signet "$DATA" "$PORT" "$log" ORGKEYS_MAX="$QUOTA"
+    wait_ready "http://127.0.0.1:$PORT" 30 || rc=$?
+    case $rc in
+        0) return 0 ;;
+        1)
             echo "signet serve exited during startup (log $log):" >&2
             cat "$log" >&2
-            return 1
-        fi
-        if curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/readyz" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "signet serve was not ready within 30 s (log $log)" >&2
+            ;;
+        *) echo "signet serve was not ready within 30 s (log $log)" >&2 ;;
+    esac
     return 1
 }
 
@@ -131,13 +106,11 @@ done
 start_server "$WORK/server-final.log"
 drive 300 crash-check --state "$STATE" --orgs "$ORGS"
 drive 120 crash-audit --orgs "$ORGS" --out "$WORK/audit.json"
-kill -TERM "$SERVER_PID"
-for _ in $(seq 1 150); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$SERVER_PID" 2>/dev/null; then
+kill -0 "$SERVER_PID" # set -e: a server that died on its own is a failure
+if ! stop_signet "$SERVER_PID" 15; then
     echo "signet serve did not stop within 15 s of SIGTERM" >&2
     exit 1
 fi
-wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=""
 
 "$BIN" keys list --data-dir "$DATA" >"$WORK/keys.json"

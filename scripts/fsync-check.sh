@@ -19,34 +19,22 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
+source "$ROOT/scripts/lib/common.sh"
 cd "$ROOT"
-BIN="$ROOT/target/debug/signet"
 CREATES_PER_ORG=5
 ORGS=(acme beta)
 
 STRACE_PID=""
-SERVER_PID=""
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/signet-fsync.XXXXXX")"
-
-alive() { [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null; }
-stop_pid() { # PID: TERM, wait up to 10 s, then KILL
-    alive "$1" || return 0
-    kill "$1" 2>/dev/null || true
-    for _ in $(seq 100); do alive "$1" || return 0; sleep 0.1; done
-    kill -9 "$1" 2>/dev/null || true
+TMP="$(make_workdir fsync)"
+# On exit: stop the server (a grandchild, under strace), then strace.
+# shellcheck disable=SC2317 # called by the EXIT trap
+on_exit() {
+    stop_signet "$SERVER_PID" || true
+    SERVER_PID=""
+    stop_signet "$STRACE_PID" || true
 }
-cleanup() {
-    local rc=$?
-    stop_pid "$SERVER_PID"
-    stop_pid "$STRACE_PID"
-    if [[ -n "$STRACE_PID" ]]; then wait "$STRACE_PID" 2>/dev/null || true; fi
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-die() { echo "error: $*" >&2; exit 2; }
+cleanup_on_exit "$TMP" remove
 
 if ! command -v strace >/dev/null; then
     echo "# installing strace"
@@ -57,39 +45,30 @@ fi
 echo "# $(strace -V | head -1)"
 
 # SIGNET_BIN=PATH tests an already built binary instead of building one.
-if [[ -n "${SIGNET_BIN:-}" ]]; then
-    BIN="$(cd "$(dirname "$SIGNET_BIN")" && pwd)/$(basename "$SIGNET_BIN")"
-    [[ -x "$BIN" ]] || die "SIGNET_BIN=$SIGNET_BIN is not an executable"
-else
-    timeout 1800 cargo build --quiet || die "cargo build failed"
-    [[ -x "$BIN" ]] || die "$BIN was not built"
-fi
+BIN="$(signet_bin debug)"
 
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+PORT="$(free_port)"
 ADDR="127.0.0.1:$PORT"
 BASE="http://$ADDR"
-ADMIN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+ADMIN="$(random_token)"
 DATA="$TMP/data"
 TRACE="$TMP/trace"
 
-SIGNET_DATA_DIR="$DATA" SIGNET_LISTEN="$ADDR" SIGNET_ADMIN_TOKEN="$ADMIN" SIGNET_LOG=warn \
+start_signet "$DATA" "$PORT" "$TMP/server.log" -- \
     strace -f -tt -T -yy -s 64 \
     -e trace=fsync,fdatasync,sync_file_range,write,writev,pwrite64,pwritev,pwritev2,sendto,sendmsg,read,recvfrom \
-    -o "$TRACE" "$BIN" serve >"$TMP/server.log" 2>&1 &
-STRACE_PID=$!
+    -o "$TRACE" "$BIN" serve
+STRACE_PID=$SERVER_PID # start_signet ran strace; the server is its child
+SERVER_PID=""
 for _ in $(seq 100); do
-    SERVER_PID="$(ps -o pid= --ppid "$STRACE_PID" | tr -d ' ' | head -1)"
+    # no child yet makes ps fail: not an error here (pipefail, set -e)
+    SERVER_PID="$(ps -o pid= --ppid "$STRACE_PID" | tr -d ' ' | head -1)" || true
     [[ -n "$SERVER_PID" ]] && break
     alive "$STRACE_PID" || break
     sleep 0.1
 done
 [[ -n "$SERVER_PID" ]] || { cat "$TMP/server.log" >&2; die "strace did not start signet serve"; }
-for _ in $(seq 200); do
-    curl -fsS --max-time 2 -o /dev/null "$BASE/readyz" 2>/dev/null && break
-    alive "$SERVER_PID" || { cat "$TMP/server.log" >&2; die "signet serve exited at startup"; }
-    sleep 0.1
-done
-curl -fsS --max-time 2 -o /dev/null "$BASE/readyz" || { cat "$TMP/server.log" >&2; die "signet did not become ready on $ADDR"; }
+ready_or_die "$BASE" 20 "$TMP/server.log"
 echo "# signet (pid $SERVER_PID) serving on $ADDR under strace (pid $STRACE_PID)"
 
 CREATED=0
@@ -119,10 +98,9 @@ for org in "${ORGS[@]}"; do
 done
 echo "# made $CREATED creates (201) and $DELETED deletes (204); stopping the server"
 
-stop_pid "$SERVER_PID"
+stop_signet "$SERVER_PID" || true
 for _ in $(seq 100); do alive "$STRACE_PID" || break; sleep 0.1; done
-stop_pid "$STRACE_PID"
-wait "$STRACE_PID" 2>/dev/null || true
+stop_signet "$STRACE_PID" || true
 STRACE_PID=""
 SERVER_PID=""
 [[ -s "$TRACE" ]] || die "strace wrote no trace"

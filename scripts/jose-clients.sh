@@ -13,35 +13,21 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
+source "$ROOT/scripts/lib/common.sh"
 cd "$ROOT"
 JOSE_DIR="$ROOT/target/jose"
 VENV="$JOSE_DIR/venv"
 NODE_DIR="$JOSE_DIR/node"
-BIN="$ROOT/target/debug/signet"
 ORG=acme
 
 PASSED=0
 FAILED=0
-SERVER_PID=""
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/signet-jose.XXXXXX")"
-
-cleanup() {
-    local rc=$?
-    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+TMP="$(make_workdir jose)"
+cleanup_on_exit "$TMP" remove 5
 
 log() { echo "# $*"; }
 size() { if [[ -f "$1" ]]; then wc -c <"$1"; else echo 0; fi; }
-die() { echo "error: $*" >&2; exit 2; }
 pass() { PASSED=$((PASSED + 1)); echo "PASS $*"; }
 fail() { FAILED=$((FAILED + 1)); echo "FAIL $*"; }
 check() { # check NAME CONDITION-COMMAND...
@@ -86,28 +72,15 @@ log "PyJWT $PYJWT_VERSION, jose $JOSE_VERSION, node $(node --version)"
 cp "$ROOT/scripts/jose/jose_check.mjs" "$NODE_DIR/jose_check.mjs"
 
 # SIGNET_BIN=PATH tests an already built binary instead of building one.
-if [[ -n "${SIGNET_BIN:-}" ]]; then
-    BIN="$(cd "$(dirname "$SIGNET_BIN")" && pwd)/$(basename "$SIGNET_BIN")"
-    [[ -x "$BIN" ]] || die "SIGNET_BIN=$SIGNET_BIN is not an executable"
-else
-    timeout 1800 cargo build --quiet || die "cargo build failed"
-    [[ -x "$BIN" ]] || die "$BIN was not built"
-fi
+BIN="$(signet_bin debug)"
 
 # --- server ----------------------------------------------------------------
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+PORT="$(free_port)"
 ADDR="127.0.0.1:$PORT"
 BASE="http://$ADDR"
-ADMIN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
-SIGNET_DATA_DIR="$TMP/data" SIGNET_LISTEN="$ADDR" SIGNET_ADMIN_TOKEN="$ADMIN" SIGNET_LOG=warn \
-    "$BIN" serve >"$TMP/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 100); do
-    curl -fsS --max-time 2 -o /dev/null "$BASE/readyz" 2>/dev/null && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$TMP/server.log" >&2; die "signet serve exited at startup"; }
-    sleep 0.1
-done
-curl -fsS --max-time 2 -o /dev/null "$BASE/readyz" || { cat "$TMP/server.log" >&2; die "signet did not become ready on $ADDR"; }
+ADMIN="$(random_token)"
+start_signet "$TMP/data" "$PORT" "$TMP/server.log"
+ready_or_die "$BASE" 10 "$TMP/server.log"
 log "signet serving on $ADDR (data dir $TMP/data)"
 
 CURL=(curl -sS --max-time 20)
@@ -253,7 +226,7 @@ done
 cases "after delete, fresh client" no_key >"$TMP/cases-after.json"
 run_libs_checked "$TMP/cases-after.json" 8
 
-if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+if ! alive "$SERVER_PID"; then
     fail "signet server still running at the end"
     cat "$TMP/server.log" >&2
 fi

@@ -23,6 +23,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
+source "$ROOT/scripts/lib/common.sh"
 cd "$ROOT"
 ST_DIR="$ROOT/target/schemathesis"
 VENV="$ST_DIR/venv"
@@ -41,51 +43,19 @@ if ! "$VENV/bin/schemathesis" --version >/dev/null 2>&1 ||
 fi
 "$VENV/bin/schemathesis" --version
 
-if [[ -z "${SIGNET_BIN:-}" ]]; then
-    cargo build --release --quiet
-    SIGNET_BIN="$ROOT/target/release/signet"
-fi
-BIN="$SIGNET_BIN"
+BIN="$(signet_bin release)"
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/signet-st.XXXXXX")"
-SERVER_PID=""
-ADMIN="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-# shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-    local rc=$?
-    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    if [[ "${KEEP:-0}" == 1 ]]; then
-        echo "work dir kept: $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+WORK="$(make_workdir st)"
+ADMIN="$(random_token)"
+cleanup_on_exit "$WORK" keep
 
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+PORT="$(free_port)"
 ADDR="127.0.0.1:$PORT"
 # A high quota, so that generated creates reach the 201 path instead of
 # mostly meeting quota_exceeded (ST_ORGKEYS_MAX=5 tests the default).
-SIGNET_DATA_DIR="$WORK/data" SIGNET_LISTEN="$ADDR" SIGNET_ADMIN_TOKEN="$ADMIN" \
-    ORGKEYS_MAX="${ST_ORGKEYS_MAX:-1000}" SIGNET_LOG="${ST_SERVER_LOG:-warn}" "$BIN" serve >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-ready=0
-for _ in $(seq 1 300); do # 30 s at most
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    if curl -fsS -o /dev/null --max-time 1 "http://$ADDR/readyz" 2>/dev/null; then
-        ready=1
-        break
-    fi
-    sleep 0.1
-done
-if [[ $ready -ne 1 ]]; then
+start_signet "$WORK/data" "$PORT" "$WORK/server.log" \
+    ORGKEYS_MAX="${ST_ORGKEYS_MAX:-1000}" SIGNET_LOG="${ST_SERVER_LOG:-warn}"
+if ! wait_ready "http://$ADDR" 30; then
     echo "signet serve did not become ready:" >&2
     cat "$WORK/server.log" >&2
     exit 1
@@ -126,14 +96,8 @@ timeout --kill-after=15 $((MAX_TIME + 120)) \
     --report junit,ndjson --report-dir "$REPORT" \
     "$@" || rc=$?
 
-if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    status=0
-    wait "$SERVER_PID" 2>/dev/null || status=$?
-    SERVER_PID=""
-    if [[ $status -gt 128 ]]; then
-        status="$status (signal $(kill -l $((status - 128))))"
-    fi
-    echo "the server exited with status $status during the run; its log:" >&2
+if server_gone; then
+    echo "the server exited with status $SERVER_STATUS during the run; its log:" >&2
     cat "$WORK/server.log" >&2
     rc=1
 fi

@@ -29,6 +29,8 @@ DURATION="${1:-600}"
     exit 2
 }
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
+source "$ROOT/scripts/lib/common.sh"
 cd "$ROOT"
 DRIVER="$ROOT/scripts/lib/driver.py"
 THREADS="${SOAK_THREADS:-6}"
@@ -36,49 +38,15 @@ WARMUP="${SOAK_WARMUP:-30}"
 CHURN_PAUSE="${SOAK_CHURN_PAUSE:-0.25}"
 QUOTA=5
 
-if [[ -z "${SIGNET_BIN:-}" ]]; then
-    cargo build --release --quiet
-    SIGNET_BIN="$ROOT/target/release/signet"
-fi
-BIN="$SIGNET_BIN"
+BIN="$(signet_bin release)"
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/signet-soak.XXXXXX")"
-SERVER_PID=""
-ADMIN="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+WORK="$(make_workdir soak)"
+ADMIN="$(random_token)"
+cleanup_on_exit "$WORK" keep-failed
 
-# shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-    local rc=$?
-    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    if [[ "${KEEP:-0}" == 1 || $rc -ne 0 ]]; then
-        echo "work dir kept: $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-SIGNET_DATA_DIR="$WORK/data" SIGNET_LISTEN="127.0.0.1:$PORT" SIGNET_ADMIN_TOKEN="$ADMIN" \
-    SIGNET_LOG=warn ORGKEYS_MAX="$QUOTA" "$BIN" serve >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-ready=0
-for _ in $(seq 1 300); do # 30 s at most
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    if curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/readyz" 2>/dev/null; then
-        ready=1
-        break
-    fi
-    sleep 0.1
-done
-if [[ $ready -ne 1 ]]; then
+PORT="$(free_port)"
+start_signet "$WORK/data" "$PORT" "$WORK/server.log" ORGKEYS_MAX="$QUOTA"
+if ! wait_ready "http://127.0.0.1:$PORT" 30; then
     echo "signet serve did not become ready:" >&2
     cat "$WORK/server.log" >&2
     exit 1
@@ -93,14 +61,8 @@ timeout --kill-after=10 $((DURATION + 300)) \
     --pid "$SERVER_PID" --seconds "$DURATION" --warmup "$WARMUP" --threads "$THREADS" \
     --quota "$QUOTA" --churn-pause "$CHURN_PAUSE" || rc=$?
 
-if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    status=0
-    wait "$SERVER_PID" 2>/dev/null || status=$?
-    SERVER_PID=""
-    if [[ $status -gt 128 ]]; then
-        status="$status (signal $(kill -l $((status - 128))))"
-    fi
-    echo "the server exited with status $status during the soak; its log:" >&2
+if server_gone; then
+    echo "the server exited with status $SERVER_STATUS during the soak; its log:" >&2
     cat "$WORK/server.log" >&2
     rc=1
 fi
