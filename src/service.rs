@@ -92,6 +92,21 @@ impl Signet {
         new: NewKey,
         caller: &Caller,
     ) -> Result<(PublicKeyRecord, GeneratedKey), ServiceError> {
+        // A full organisation is refused before a key pair is spent on it;
+        // the transaction below re-checks atomically.
+        if self.store.key_count(&org)? >= self.quota {
+            let refused = NewEvent {
+                action: Action::QuotaExceeded,
+                key_id: None,
+                actor: caller.actor.clone(),
+                client: caller.client.clone(),
+                outcome: "refused".into(),
+            };
+            let (store, org) = (self.store.clone(), org.clone());
+            self.blocking(move || store.record_event(&org, refused))
+                .await?;
+            return Err(ServiceError::QuotaExceeded(self.quota));
+        }
         let generated = self.pool.get(new.bits).await;
         let id = self.store.new_id();
         let record = PublicKeyRecord {

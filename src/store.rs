@@ -305,6 +305,16 @@ impl Store {
         })
     }
 
+    /// How many live keys `org` holds (the quota counter).
+    pub fn key_count(&self, org: &OrgId) -> Result<u32, StoreError> {
+        let h = self.handles()?;
+        let count = h
+            .org_counts
+            .get(org.as_bytes_key())
+            .map_err(StoreError::from);
+        decode_count(self.check(count)?)
+    }
+
     /// One key, if it exists, is not deleted and opens under the seal key.
     /// A record that does not open is treated as absent, and logged.
     pub fn get_key(&self, id: KeyId) -> Result<Option<PublicKeyRecord>, StoreError> {
@@ -646,13 +656,18 @@ fn raw_id(key: &[u8]) -> Result<KeyId, StoreError> {
 }
 
 fn read_count(counts: &TransactionalTree, org: &[u8]) -> TxResult<u32> {
-    match counts.get(org)? {
+    decode_count(counts.get(org)?).map_err(abort)
+}
+
+/// A quota counter as stored: absent is 0, else a big-endian u32.
+fn decode_count(value: Option<sled::IVec>) -> Result<u32, StoreError> {
+    match value {
         None => Ok(0),
         Some(v) => v
             .as_ref()
             .try_into()
             .map(u32::from_be_bytes)
-            .map_err(|_| abort(StoreError::Corrupt("key count is not 4 bytes".into()))),
+            .map_err(|_| StoreError::Corrupt("key count is not 4 bytes".into())),
     }
 }
 
