@@ -6,68 +6,31 @@
 //! input is the payload under `{"alg":"RS256","kid":KID}`.
 #![no_main]
 
-use std::sync::{Arc, LazyLock};
+#[path = "one_key.rs"]
+mod one_key;
+
+use std::sync::LazyLock;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
-use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
-use signet::keys::{Algorithm, KeyId};
-use signet::verify::{Expect, KeyMaterial, KeySource, Policy, Verifier};
-
-const KID: &str = "01JA000000000000000000000A";
-const KEY_PEM: &str = include_str!("../../fixtures/keys/a.pem");
-
-struct OneKey {
-    id: KeyId,
-    spki_der: Vec<u8>,
-}
-
-impl KeySource for OneKey {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String> {
-        Ok((id == self.id).then(|| KeyMaterial {
-            org: None,
-            algorithm: Algorithm::RS256,
-            spki_der: self.spki_der.clone(),
-        }))
-    }
-
-    fn contains(&self, id: KeyId) -> Result<bool, String> {
-        Ok(id == self.id)
-    }
-}
+use one_key::{KEY_PEM, KID, VERBOSE, VERIFIER};
+use signet::verify::Expect;
 
 struct Fixture {
-    verifier: Verifier,
     signer: RsaKeyPair,
     rng: SystemRandom,
 }
 
 static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
-    let private = rsa::RsaPrivateKey::from_pkcs8_pem(KEY_PEM).expect("fixtures/keys/a.pem");
-    let spki_der = private
-        .to_public_key()
-        .to_public_key_der()
-        .expect("SPKI DER")
-        .into_vec();
     let (_, pkcs8) = pkcs8::Document::from_pem(KEY_PEM).expect("PKCS#8 PEM");
-    let signer = RsaKeyPair::from_pkcs8(pkcs8.as_bytes()).expect("aws-lc key pair");
-    let source = OneKey {
-        id: KeyId::parse(KID).expect("fixture kid"),
-        spki_der,
-    };
     Fixture {
-        verifier: Verifier::new(Arc::new(source), Policy::default()),
-        signer,
+        signer: RsaKeyPair::from_pkcs8(pkcs8.as_bytes()).expect("aws-lc key pair"),
         rng: SystemRandom::new(),
     }
 });
-
-/// `SIGNET_FUZZ_VERBOSE=1` prints each verdict (to check the seeds reach it).
-static VERBOSE: LazyLock<bool> =
-    LazyLock::new(|| std::env::var_os("SIGNET_FUZZ_VERBOSE").is_some());
 
 fuzz_target!(|data: &[u8]| {
     let default_header = format!(r#"{{"alg":"RS256","kid":"{KID}"}}"#);
@@ -91,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         )
         .expect("sign");
     let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(&sig));
-    let verdict = f.verifier.verify(
+    let verdict = VERIFIER.verify(
         &token,
         Expect {
             audience: Some("signet"),
