@@ -20,29 +20,15 @@ async fn kill_9_loses_no_acknowledged_write() {
         let base = server.base();
         // Everything acknowledged before is here; everything deleted is gone.
         for (_, id) in &acknowledged {
-            let r = send(
-                Method::GET,
-                &format!("{base}/v1/keys/{id}"),
-                &[],
-                Bytes::new(),
-            )
-            .await;
             assert_eq!(
-                r.status.as_u16(),
+                key_status(&base, id).await,
                 200,
                 "cycle {cycle}: acknowledged key {id} lost"
             );
         }
         for id in &deleted {
-            let r = send(
-                Method::GET,
-                &format!("{base}/v1/keys/{id}"),
-                &[],
-                Bytes::new(),
-            )
-            .await;
             assert_eq!(
-                r.status.as_u16(),
+                key_status(&base, id).await,
                 404,
                 "cycle {cycle}: deleted key {id} came back"
             );
@@ -144,4 +130,17 @@ async fn kill_9_loses_no_acknowledged_write() {
         "audit chain intact after crashes: {}",
         String::from_utf8_lossy(&audit.stdout)
     );
+}
+
+/// The status of `GET /v1/keys/{id}`.
+async fn key_status(base: &str, id: &str) -> u16 {
+    send(
+        Method::GET,
+        &format!("{base}/v1/keys/{id}"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .status
+    .as_u16()
 }

@@ -172,15 +172,9 @@ async fn list_is_oldest_first_and_delete_removes_everywhere() {
         .assert_error(404, "not_found");
     let list = app.list_keys("acme").await.json();
     assert_eq!(list["keys"].as_array().unwrap().len(), 2);
-    let jwks = app.get("/.well-known/jwks.json").await.json();
-    let kids: Vec<&str> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
+    let kids = app.jwks_kids().await;
     assert_eq!(kids.len(), 3);
-    assert!(!kids.contains(&ids[1].as_str()));
+    assert!(!kids.contains(&ids[1]));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -200,15 +200,9 @@ async fn a_full_disk_refuses_writes_with_503_keeps_reads_and_recovers() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let after = created.expect("writes work again once space returns");
-    let jwks = app.get("/.well-known/jwks.json").await.json();
-    let kids: Vec<&str> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
+    let kids = app.jwks_kids().await;
     assert!(
-        kids.contains(&kid.as_str()) && kids.contains(&after["id"].as_str().unwrap()),
+        kids.contains(&kid) && kids.contains(&after["id"].as_str().unwrap().to_owned()),
         "{kids:?}"
     );
     assert_eq!(app.verify(&token).await["valid"], true);

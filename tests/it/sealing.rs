@@ -68,13 +68,7 @@ async fn planted_and_moved_records_are_treated_as_absent() {
         store.sync().unwrap();
     }
     let app = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
-    let jwks = app.get("/.well-known/jwks.json").await.json();
-    let kids: Vec<&str> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
+    let kids = app.jwks_kids().await;
     assert_eq!(
         kids,
         [genuine["id"].as_str().unwrap()],

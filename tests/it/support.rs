@@ -383,6 +383,17 @@ pub fn bearer(credential: &str) -> String {
 }
 
 impl TestApp {
+    /// The `kid`s of the global JWK Set, in document order.
+    pub async fn jwks_kids(&self) -> Vec<String> {
+        let jwks = self.get("/.well-known/jwks.json").await.json();
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Lists an organisation's keys as the operator.
     pub async fn list_keys(&self, org: &str) -> Resp {
         let auth = bearer(ADMIN);
