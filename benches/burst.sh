@@ -36,45 +36,27 @@ CONTROL="${CONTROL:-0}"
 ORG="burst-jwks"
 
 log() { printf '[burst] %s\n' "$*" >&2; }
+
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
+source "$REPO/scripts/lib/common.sh"
+# (common.sh's die exits 2; this bench keeps its own)
 die() {
     printf '[burst] error: %s\n' "$*" >&2
     exit 1
 }
 
 # --- tools ---------------------------------------------------------------
-missing=()
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-if ((${#missing[@]})); then
-    log "installing ${missing[*]}"
-    SUDO=""
-    [[ $EUID -ne 0 ]] && SUDO="sudo"
-    $SUDO apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
+install_missing wrk curl python3
 log "building target/release/signet"
-(cd "$REPO" && cargo build --release --quiet)
-SIGNET="$REPO/target/release/signet"
+BIN="$(build_signet release)" # this bench always builds; it ignores SIGNET_BIN
 
 # --- scratch space and cleanup -------------------------------------------
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/signet-burst.XXXXXX")"
-SIGNET_PID=""
+WORK="$(make_workdir burst)"
 WRK_PID=""
 BURSTER_PID=""
 SPINNER_PIDS=()
-stop_pid() { # pid: TERM, wait up to 5 s, then KILL
-    local pid="$1"
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
+stop_pid() { stop_signet "${1:-}" 5; } # TERM, up to 5 s, then KILL
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     local rc=$?
     if [[ -n "$BURSTER_PID" ]]; then
@@ -87,42 +69,24 @@ cleanup() {
         stop_pid "$pid"
     done
     stop_pid "$WRK_PID"
-    stop_pid "$SIGNET_PID"
+    stop_pid "$SERVER_PID"
     rm -rf "$WORK"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_http() { # url
-    for _ in $(seq 100); do
-        if curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
-
 # --- signet ----------------------------------------------------------------
 PORT="$(free_port)"
 BASE="http://127.0.0.1:$PORT"
 mkdir -p "$WORK/data"
 chmod 700 "$WORK/data"
-TOKEN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(36))')"
+ADMIN="$(random_token 36)"
+TOKEN="$ADMIN"
 log "starting signet on 127.0.0.1:$PORT"
-SIGNET_DATA_DIR="$WORK/data" \
-    SIGNET_LISTEN="127.0.0.1:$PORT" \
-    SIGNET_ADMIN_TOKEN="$TOKEN" \
-    SIGNET_LOG=warn \
-    ORGKEYS_MAX=100 \
-    "$SIGNET" serve --config "$REPO/config.toml" >"$WORK/signet.log" 2>&1 &
-SIGNET_PID=$!
-wait_http "$BASE/readyz" || {
+start_signet "$WORK/data" "$PORT" "$WORK/signet.log" ORGKEYS_MAX=100 -- \
+    "$BIN" serve --config "$REPO/config.toml"
+wait_ready "$BASE" 10 || {
     cat "$WORK/signet.log" >&2
     die "signet did not become ready"
 }

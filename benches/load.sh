@@ -34,18 +34,7 @@ die() {
 }
 
 # --- tools ---------------------------------------------------------------
-missing=()
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-if ((${#missing[@]})); then
-    log "installing ${missing[*]}"
-    SUDO=""
-    [[ $EUID -ne 0 ]] && SUDO="sudo"
-    $SUDO apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing nginx wrk curl python3
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
 log "building target/release/signet"

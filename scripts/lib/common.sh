@@ -69,6 +69,21 @@ signet_bin() {
     echo "$bin"
 }
 
+# install_missing PACKAGE…: apt-get install those of PACKAGE… (Debian names,
+# which are also the command names here) that are not on PATH.
+install_missing() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        command -v "$pkg" >/dev/null 2>&1 || [[ -x "/usr/sbin/$pkg" ]] || missing+=("$pkg")
+    done
+    ((${#missing[@]})) || return 0
+    echo "installing ${missing[*]}" >&2
+    local sudo=""
+    [[ $EUID -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
 # make_workdir NAME: create and print a fresh ${TMPDIR:-/tmp}/signet-NAME.XXXXXX.
 make_workdir() { mktemp -d "${TMPDIR:-/tmp}/signet-$1.XXXXXX"; }
 
