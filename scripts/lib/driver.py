@@ -511,6 +511,7 @@ class Soak:
         self.org_locks = {o: threading.Lock() for o in self.orgs}
         self.tokens: list[tuple[str, str]] = []  # (kid, token) of live keys
         self.rss: list[tuple[float, int | None]] = []
+        self.pool: dict[int, tuple[int, int]] = {}  # minute -> (samples, empty)
 
     def minute(self) -> int:
         return int((time.monotonic() - self.t0) // 60)
@@ -622,11 +623,29 @@ class Soak:
         while not self.stop.wait(10):
             self.rss.append((time.monotonic() - self.t0, rss_kb(self.a.pid)))
 
+    def pool_sampler(self) -> None:
+        """Once a second, the 2048-bit key pool's depth from /metrics: a
+        create that finds it empty waits for an RSA generation."""
+        c = Conn(self.a.base, self.a.admin)
+        while not self.stop.wait(1):
+            m = self.minute()
+            try:
+                status, _, body = c.request("GET", "/metrics")
+            except (OSError, http.client.HTTPException):
+                continue
+            depth = next((float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+                          if line.startswith('signet_keypool_depth{bits="2048"}')), None)
+            if status == 200 and depth is not None:
+                with self.lock:
+                    n, empty = self.pool.get(m, (0, 0))
+                    self.pool[m] = (n + 1, empty + (depth == 0))
+        c.close()
+
     def run(self) -> int:
         rss_start = rss_kb(self.a.pid)
         self.rss.append((0.0, rss_start))
-        s = threading.Thread(target=self.sampler, daemon=True)
-        s.start()
+        for target in (self.sampler, self.pool_sampler):
+            threading.Thread(target=target, daemon=True).start()
         threads = [threading.Thread(target=self.worker, args=(i,), daemon=True)
                    for i in range(self.a.threads)]
         for t in threads:
@@ -656,9 +675,11 @@ class Soak:
               f"({self.a.churn_threads} create/delete, paced {self.a.churn_pause} s; the rest JWKS/verify), "
               f"ORGKEYS_MAX={self.a.quota}, {len(self.orgs)} orgs\n")
         print("p99 latency in ms per minute (requests in parentheses); errors = 5xx or no complete response; "
-              f"the first {self.a.warmup / 60:g} minute(s) are the warm-up\n")
-        print("| minute | " + " | ".join(f"{k} p99 (n)" for k in KINDS) + " | errors | 4xx | RSS at minute end (MiB) |")
-        print("|---:|" + "---:|" * len(KINDS) + "---:|---:|---:|")
+              f"the first {self.a.warmup:.0f} s are the warm-up; key pool empty = share of 1 s /metrics samples "
+              "with no pre-generated 2048-bit key\n")
+        print("| minute | " + " | ".join(f"{k} p99 (n)" for k in KINDS)
+              + " | errors | 4xx | key pool empty | RSS at minute end (MiB) |")
+        print("|---:|" + "---:|" * len(KINDS) + "---:|---:|---:|---:|")
         for m in minutes:
             cells = []
             for k in KINDS:
@@ -667,7 +688,9 @@ class Soak:
             e = sum(self.errors.get((m, k), 0) for k in KINDS)
             rs = [r for t, r in self.rss if m * 60 <= t < (m + 1) * 60 + 5 and r]
             rss = f"{rs[-1] / 1024:.1f}" if rs else "–"
-            print(f"| {m + 1} | " + " | ".join(cells) + f" | {e} | {self.c4xx_min.get(m, 0)} | {rss} |")
+            n, empty = self.pool.get(m, (0, 0))
+            pool = f"{empty * 100 / n:.0f} %" if n else "–"
+            print(f"| {m + 1} | " + " | ".join(cells) + f" | {e} | {self.c4xx_min.get(m, 0)} | {pool} | {rss} |")
         print("\n| kind | requests | errors | 4xx | p50 ms | p99 ms | max ms |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for k in KINDS:
