@@ -35,8 +35,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// read. Written records stay cached until this is full, so it is also how
 /// far RSS grows with written data. sled's LRU has 256 shards that each
 /// keep at least their newest page, so its real floor is a little above
-/// this figure. 16 MiB here kept RSS rising for over 10 minutes of churn;
-/// 2 MiB flattens within about 5 (README, "Memory").
+/// this figure. With 16 MiB, RSS still rose after 10 minutes of churn; with
+/// 2 MiB it holds from about minute 15 on (README, "Memory").
 const SLED_CACHE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// Why the store could not do what was asked.
