@@ -12,14 +12,14 @@
 # 4xx separately, p99 latency per minute per kind.
 # The server's RSS (VmRSS from /proc/PID/status) is sampled at the start,
 # every 10 s, and at the end. The baseline for growth is the sample after
-# the warm-up (SOAK_WARMUP, 300 s): sled's page cache fills with written
-# records for the first minutes of churn (see README, "Memory"), so a
-# shorter warm-up measures that fill, not a leak. The report also gives the
+# the warm-up (SOAK_WARMUP, 600 s): sled's page cache fills with written
+# records for the first 15 minutes or so of churn (see README, "Memory"),
+# so a short warm-up measures that fill, not a leak. The report also gives the
 # growth over the second half of the measured window: a leak keeps its
 # pace there, a filling cache slows down.
 #
 # Env: SIGNET_BIN (default: build and use target/release/signet),
-# SOAK_THREADS (6), SOAK_WARMUP (300), SOAK_CHURN_PAUSE (0.25 s between one
+# SOAK_THREADS (6), SOAK_WARMUP (600), SOAK_CHURN_PAUSE (0.25 s between one
 # churn thread's creates/deletes; a large value makes a read-only control
 # run), KEEP=1 keeps the work dir.
 # Exit 0 if there were no errors, no wrong verification result and RSS grew
@@ -37,7 +37,7 @@ source "$ROOT/scripts/lib/common.sh"
 cd "$ROOT"
 DRIVER="$ROOT/scripts/lib/driver.py"
 THREADS="${SOAK_THREADS:-6}"
-WARMUP="${SOAK_WARMUP:-300}"
+WARMUP="${SOAK_WARMUP:-600}"
 CHURN_PAUSE="${SOAK_CHURN_PAUSE:-0.25}"
 QUOTA=5
 [[ "$WARMUP" =~ ^[0-9]+$ ]] || die "SOAK_WARMUP must be a number of seconds"

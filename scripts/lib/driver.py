@@ -773,7 +773,7 @@ def main() -> int:
     common(sp)
     sp.add_argument("--pid", type=int, required=True)
     sp.add_argument("--seconds", type=float, default=600, help="measured, after the warm-up")
-    sp.add_argument("--warmup", type=float, default=300)
+    sp.add_argument("--warmup", type=float, default=600)
     sp.add_argument("--threads", type=int, default=6)
     sp.add_argument("--orgs", type=int, default=4)
     sp.add_argument("--quota", type=int, default=5)
