@@ -33,10 +33,11 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// JWK Sets hold every live key decoded, so sled serves only writes (whose
 /// counters, index and chain heads stay cached) and the rare list or audit
 /// read. Written records stay cached until this is full, so it is also how
-/// far RSS grows with written data. sled's LRU has 256 shards that each
-/// keep at least their newest page, so its real floor is a little above
-/// this figure. With 16 MiB, RSS still rose after 10 minutes of churn; with
-/// 2 MiB it holds from about minute 15 on (README, "Memory").
+/// far RSS grows with written data. It is not a hard bound: sled's LRU
+/// (256 shards) processes accesses in batches of 64 per shard, so up to
+/// about 16,000 recently touched pages stay resident beyond it. With
+/// 16 MiB, RSS still rose after 10 minutes of churn; with 2 MiB it holds
+/// from about minute 15 on (README, "Memory").
 const SLED_CACHE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// Why the store could not do what was asked.
