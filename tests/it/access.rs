@@ -142,13 +142,11 @@ async fn access_matrix() {
 }
 
 async fn audit(app: &TestApp, org: &str, query: &str) -> Vec<Value> {
-    let auth = format!("Bearer {ADMIN}");
     let r = app
-        .request(
+        .request_as(
             Method::GET,
             &format!("/v1/organisations/{org}/audit{query}"),
-            &[("authorization", &auth)],
-            "",
+            ADMIN,
         )
         .await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());

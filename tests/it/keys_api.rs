@@ -239,14 +239,8 @@ async fn quota_follows_the_configured_maximum() {
 #[tokio::test(flavor = "multi_thread")]
 async fn compatibility_route_answers_pkcs1() {
     let app = spawn_app().await;
-    let auth = format!("Bearer {ADMIN}");
     let r = app
-        .request(
-            Method::POST,
-            "/organization/legacy/key",
-            &[("authorization", &auth)],
-            "",
-        )
+        .request_as(Method::POST, "/organization/legacy/key", ADMIN)
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let pem = r.text();
@@ -265,12 +259,7 @@ async fn compatibility_route_answers_pkcs1() {
     assert_eq!(r.json()["success"], false);
     assert!(r.json()["message"].as_str().is_some());
     let r = app
-        .request(
-            Method::POST,
-            "/organization/bad%20org/key",
-            &[("authorization", &auth)],
-            "",
-        )
+        .request_as(Method::POST, "/organization/bad%20org/key", ADMIN)
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["success"], false);
@@ -438,14 +427,8 @@ async fn no_private_key_material_reaches_the_data_dir() {
             .await;
         privates.push(set["privateKey"].as_str().unwrap().to_owned());
     }
-    let auth = format!("Bearer {ADMIN}");
     let pkcs1 = app
-        .request(
-            Method::POST,
-            "/organization/acme/key",
-            &[("authorization", &auth)],
-            "",
-        )
+        .request_as(Method::POST, "/organization/acme/key", ADMIN)
         .await
         .text();
     let dir = app.stop().await;

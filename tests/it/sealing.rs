@@ -87,14 +87,8 @@ async fn planted_and_moved_records_are_treated_as_absent() {
             v["error"]["code"], "unknown_key",
             "a planted key verifies nothing: {v}"
         );
-        let auth = format!("Bearer {token}");
         let r = app
-            .request(
-                hyper::Method::GET,
-                "/v1/organisations/acme/keys",
-                &[("authorization", &auth)],
-                "",
-            )
+            .request_as(hyper::Method::GET, "/v1/organisations/acme/keys", &token)
             .await;
         r.assert_error(401, "unauthorized");
     }

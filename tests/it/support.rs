@@ -127,6 +127,13 @@ impl TestApp {
         self.request(Method::GET, path, &[], Bytes::new()).await
     }
 
+    /// `method path` with `Authorization: Bearer credential` and no body.
+    pub async fn request_as(&self, method: Method, path: &str, credential: &str) -> Resp {
+        let auth = bearer(credential);
+        self.request(method, path, &[("authorization", &auth)], Bytes::new())
+            .await
+    }
+
     /// Creates a key as the operator; panics unless 201.
     pub async fn create_key(&self, org: &str, body: Value) -> Value {
         let r = self.create_key_raw(org, &body, ADMIN).await;
@@ -134,8 +141,8 @@ impl TestApp {
         r.json()
     }
 
-    pub async fn create_key_raw(&self, org: &str, body: &Value, bearer: &str) -> Resp {
-        let auth = format!("Bearer {bearer}");
+    pub async fn create_key_raw(&self, org: &str, body: &Value, credential: &str) -> Resp {
+        let auth = bearer(credential);
         self.request(
             Method::POST,
             &format!("/v1/organisations/{org}/keys"),
@@ -148,13 +155,11 @@ impl TestApp {
         .await
     }
 
-    pub async fn delete_key(&self, org: &str, id: &str, bearer: &str) -> Resp {
-        let auth = format!("Bearer {bearer}");
-        self.request(
+    pub async fn delete_key(&self, org: &str, id: &str, credential: &str) -> Resp {
+        self.request_as(
             Method::DELETE,
             &format!("/v1/organisations/{org}/keys/{id}"),
-            &[("authorization", &auth)],
-            Bytes::new(),
+            credential,
         )
         .await
     }
@@ -396,13 +401,7 @@ impl TestApp {
 
     /// Lists an organisation's keys as the operator.
     pub async fn list_keys(&self, org: &str) -> Resp {
-        let auth = bearer(ADMIN);
-        self.request(
-            Method::GET,
-            &format!("/v1/organisations/{org}/keys"),
-            &[("authorization", &auth)],
-            Bytes::new(),
-        )
-        .await
+        self.request_as(Method::GET, &format!("/v1/organisations/{org}/keys"), ADMIN)
+            .await
     }
 }

@@ -67,30 +67,17 @@ async fn auth_endpoint_answers_a_reverse_proxy() {
         &kid,
         json!({"sub": "svc-7", "exp": now() + 60, "aud": "api"}),
     );
-    let bearer = format!("Bearer {token}");
-    let ok = app
-        .request(Method::GET, "/v1/auth", &[("authorization", &bearer)], "")
-        .await;
+    let ok = app.request_as(Method::GET, "/v1/auth", &token).await;
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(ok.header("x-signet-org"), Some("acme"));
     assert_eq!(ok.header("x-signet-sub"), Some("svc-7"));
     assert_eq!(ok.header("x-signet-key-id"), Some(kid.as_str()));
     let aud_ok = app
-        .request(
-            Method::GET,
-            "/v1/auth?audience=api",
-            &[("authorization", &bearer)],
-            "",
-        )
+        .request_as(Method::GET, "/v1/auth?audience=api", &token)
         .await;
     assert_eq!(aud_ok.status, StatusCode::OK);
     let aud_bad = app
-        .request(
-            Method::GET,
-            "/v1/auth?audience=other",
-            &[("authorization", &bearer)],
-            "",
-        )
+        .request_as(Method::GET, "/v1/auth?audience=other", &token)
         .await;
     aud_bad.assert_error(401, "unauthorized");
     let missing = app.get("/v1/auth").await;
