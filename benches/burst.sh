@@ -35,13 +35,12 @@ BURST="${BURST:-20}"
 CONTROL="${CONTROL:-0}"
 ORG="burst-jwks"
 
-log() { printf '[burst] %s\n' "$*" >&2; }
-
 # shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
 source "$REPO/scripts/lib/common.sh"
-# (common.sh's die exits 2; this bench keeps its own)
+LOG_TAG=burst
+# (common.sh's die exits 2; this bench exits 1)
 die() {
-    printf '[burst] error: %s\n' "$*" >&2
+    log "error: $*"
     exit 1
 }
 

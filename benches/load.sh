@@ -27,9 +27,10 @@ CREATES="${CREATES:-40}"
 ORG="load-bench"
 CREATE_ORG="load-create"
 
-log() { printf '[load] %s\n' "$*" >&2; }
+LOG_TAG=load
+# (common.sh's die exits 2; this bench exits 1)
 die() {
-    printf '[load] error: %s\n' "$*" >&2
+    log "error: $*"
     exit 1
 }
 

@@ -17,7 +17,7 @@
 #   wait_ready "http://127.0.0.1:$PORT" 30 || …  # 1: exited, 2: timed out
 #   # or: ready_or_die "http://127.0.0.1:$PORT" 30 "$WORK/server.log"
 #
-# Globals: reads BIN and ADMIN (start_signet), sets SERVER_PID
+# Globals: reads BIN and ADMIN (start_signet) and LOG_TAG (log), sets SERVER_PID
 # (start_signet, server_gone) and SERVER_STATUS (server_gone), and
 # SIGNET_ROOT (the repository). A script may define `on_exit` (run first by
 # the EXIT trap) and may redefine `die` after sourcing this file.
@@ -26,6 +26,10 @@ SIGNET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SERVER_PID=""
 # shellcheck disable=SC2034 # read by the scripts after server_gone
 SERVER_STATUS=""
+
+# log MESSAGE…: "[LOG_TAG] MESSAGE" on stderr; a script sets LOG_TAG
+# before using it.
+log() { printf '[%s] %s\n' "${LOG_TAG:-signet}" "$*" >&2; }
 
 # die MESSAGE…: "error: MESSAGE" on stderr, exit 2 (a setup error).
 die() {
