@@ -191,8 +191,7 @@ impl Store {
         // of requests still in flight) is dropped.
         *slot = None;
         let handles = Handles::open(&self.path)?;
-        handles.db.flush()?;
-        handles.db_file.sync_data()?;
+        handles.sync()?;
         *slot = Some(Arc::new(handles));
         self.failed.store(false, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -217,8 +216,7 @@ impl Store {
     /// this returns is a change safe from a crash or a power cut.
     pub fn sync(&self) -> Result<(), StoreError> {
         let h = self.writable()?;
-        self.check(h.db.flush().map_err(StoreError::from))?;
-        self.check(h.db_file.sync_data().map_err(StoreError::from))
+        self.check(h.sync())
     }
 
     /// A fresh, monotonic ULID for a new key.
@@ -534,6 +532,14 @@ impl Store {
 }
 
 impl Handles {
+    /// `flush` (which sled 0.34 ends with `sync_file_range` only), then
+    /// `fdatasync` of the log file: what makes a change durable.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.db_file.sync_data()?;
+        Ok(())
+    }
+
     fn open(dir: &Path) -> Result<Handles, StoreError> {
         let open_err = |source: sled::Error| match &source {
             // sled reports a held lock as an I/O error of kind WouldBlock,
