@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-fn signet(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub fn signet(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_signet"));
     cmd.args(args)
         .env_remove("SIGNET_ADMIN_TOKEN")
@@ -18,7 +18,7 @@ fn signet(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-fn stderr(o: &Output) -> String {
+pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 

@@ -300,11 +300,19 @@ impl Signer {
 
     /// A standard organisation token.
     pub fn org_token(&self, kid: &str, claims: Value) -> String {
-        self.sign(
-            &json!({"alg": "RS256", "typ": "JWT", "kid": kid}),
-            &claims,
-            "RS256",
-        )
+        let alg = self.alg();
+        self.sign(&json!({"alg": alg, "typ": "JWT", "kid": kid}), &claims, alg)
+    }
+
+    /// The algorithm `org_token` signs with: RS256 for an RSA key, else the
+    /// one its curve fixes.
+    pub fn alg(&self) -> &'static str {
+        match &self.pair {
+            Pair::Rsa(_) => "RS256",
+            Pair::Ec(p) if p.public_key().as_ref().len() == 65 => "ES256",
+            Pair::Ec(_) => "ES384",
+            Pair::Ed25519(_) => "EdDSA",
+        }
     }
 }
 
