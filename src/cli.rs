@@ -24,7 +24,7 @@ use crate::verify::{self, Expect, KeyMaterial, KeySource, Policy, Verifier, Veri
 #[command(
     name = "signet",
     version,
-    about = "A signing-key service: RSA key pairs, JWK Sets and a JWT verifier."
+    about = "A signing-key service: RSA, EC and Ed25519 key pairs, JWK Sets and a JWT verifier."
 )]
 pub struct Cli {
     #[command(subcommand)]
