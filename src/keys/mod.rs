@@ -39,6 +39,9 @@ pub enum ParseError {
     /// `bits` given for an algorithm whose key size is fixed by its curve.
     #[error("bits applies only to RSA algorithms; leave it out for {0}")]
     BitsNotRsa(Algorithm),
+    /// A public key that is not of the type and size its algorithm needs.
+    #[error("the public key is not a valid key for {0}: RS* and PS* need RSA of 2048, 3072 or 4096 bits, ES256 P-256, ES384 P-384, EdDSA Ed25519")]
+    PublicKey(Algorithm),
 }
 
 /// An organisation id: 1–64 characters of `[A-Za-z0-9._-]`.
