@@ -5,7 +5,7 @@
 # Interoperability check: real JOSE libraries (PyJWT from PyPI, panva/jose from
 # npm) verify signet-minted tokens against a running signet's JWKS endpoints,
 # stop verifying a deleted key's token once their cache is fresh, and the JWKS
-# responses carry the caching headers SPEC.md §5 promises.
+# responses carry the caching headers docs/api.md promises.
 #
 # Installs its tools under target/jose/ (reused on later runs), builds the
 # debug binary, starts a server on 127.0.0.1 with a temporary data dir, and

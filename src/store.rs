@@ -37,7 +37,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// (256 shards) processes accesses in batches of 64 per shard, so up to
 /// about 16,000 recently touched pages stay resident beyond it. With
 /// 16 MiB, RSS still rose after 10 minutes of churn; with 2 MiB it holds
-/// from about minute 15 on (README, "Memory").
+/// from about minute 15 on (docs/performance.md, "Memory").
 const SLED_CACHE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// Why the store could not do what was asked.

@@ -24,7 +24,7 @@ use crate::keys::{Algorithm, KeyId, OrgId};
 
 pub use token::{decode_object, ClaimRules};
 
-/// Why a token is not valid. The code of each variant is the SPEC's.
+/// Why a token is not valid. The code of each variant is listed in docs/api.md.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {
@@ -61,7 +61,7 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
-    /// The SPEC's error code.
+    /// The error code (docs/api.md).
     pub fn code(&self) -> &'static str {
         match self {
             VerifyError::Malformed(_) => "malformed",
