@@ -83,7 +83,7 @@ impl AuditEvent {
             actor: event.actor,
             client_address: event.client,
             outcome: event.outcome,
-            prev_hash: hex(&prev),
+            prev_hash: hex::encode(prev),
         }
     }
 }
@@ -91,10 +91,6 @@ impl AuditEvent {
 /// SHA-256 of an event's stored bytes: the next event's `prev_hash`.
 pub fn link(stored: &[u8]) -> [u8; 32] {
     Sha256::digest(stored).into()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where an organisation's chain stops being trustworthy.
@@ -123,7 +119,7 @@ pub fn check_chain<'a>(
         };
         let event: AuditEvent = serde_json::from_slice(bytes)
             .map_err(|e| broken(format!("the stored event does not parse ({e})")))?;
-        if event.prev_hash != hex(&prev) {
+        if event.prev_hash != hex::encode(prev) {
             return Err(broken(
                 "its prev_hash does not match the previous event (an event was edited, removed or inserted)".into(),
             ));

@@ -2,8 +2,7 @@
 //! by their SHA-256) and organisation tokens (JWTs checked by the one
 //! verifier, then held to their signing key's organisation).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -90,12 +89,10 @@ impl OperatorToken {
         if let Some(secret) = &config.auth.admin_token {
             return Ok((OperatorToken::from_secret(secret.expose()), None));
         }
-        if let Some(hex) = &config.auth.admin_token_sha256 {
+        if let Some(digest_hex) = &config.auth.admin_token_sha256 {
             let mut digest = [0u8; 32];
-            for (i, byte) in digest.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                    .expect("config checked the digest is hex");
-            }
+            hex::decode_to_slice(digest_hex, &mut digest)
+                .expect("config checked the digest is hex");
             return Ok((OperatorToken(digest), None));
         }
         let path = config.storage.data_dir.join("admin.token");
@@ -103,7 +100,7 @@ impl OperatorToken {
             Ok(token) => Ok((OperatorToken::from_secret(token.trim()), None)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let token = generate_secret();
-                write_private(&path, token.as_bytes())?;
+                crate::secret_file::write_secret_file(&path, token.as_bytes())?;
                 Ok((OperatorToken::from_secret(&token), Some(path)))
             }
             Err(e) => Err(e),
@@ -117,17 +114,6 @@ fn generate_secret() -> String {
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(bytes.as_mut());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref())
-}
-
-/// Creates `path` with mode 0600; fails if it exists.
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
 }
 
 /// Everything needed to authenticate a request.

@@ -2,8 +2,8 @@
 //! the mapping of outcomes to exit codes (0 success or valid, 1 invalid or
 //! refused, 2 usage, configuration or I/O error).
 
-use std::io::{IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -362,7 +362,10 @@ async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcom
             let mut view = public_view(&record);
             match out {
                 Some(path) => {
-                    write_private_file(&path, key.pkcs8_pem().as_bytes())?;
+                    crate::secret_file::write_secret_file(&path, key.pkcs8_pem().as_bytes())
+                        .with_context(|| {
+                            format!("cannot create {} (it must not exist yet)", path.display())
+                        })?;
                     eprintln!("private key written to {}", path.display());
                 }
                 None => {
@@ -400,18 +403,6 @@ async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcom
 
 fn public_view(r: &keys::PublicKeyRecord) -> Value {
     serde_json::to_value(keys::KeyView::new(r)).expect("a key view always serialises")
-}
-
-fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
-    f.write_all(contents)?;
-    Ok(())
 }
 
 fn token_cmd(args: TokenArgs) -> anyhow::Result<Outcome> {

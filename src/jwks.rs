@@ -36,7 +36,7 @@ impl Document {
         }
         body.extend_from_slice(b"]}");
         let digest = Sha256::digest(&body);
-        let etag = format!("\"{}\"", crate::audit::hex(&digest[..16]));
+        let etag = format!("\"{}\"", hex::encode(&digest[..16]));
         Document {
             body: body.into(),
             etag,

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod metrics;
 pub mod pool;
 pub mod seal;
+pub mod secret_file;
 pub mod service;
 pub mod store;
 pub mod verify;
