@@ -57,6 +57,12 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartupError> {
+        // Bind first: a server that cannot listen must not have written
+        // an operator token or a seal key it will never use.
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
         let data_dir = config.storage.data_dir.clone();
         create_private_dir(&data_dir).map_err(|source| StartupError::DataDir {
             path: data_dir.clone(),
@@ -83,10 +89,6 @@ impl Application {
             config.keys.pool_4096,
         ];
         let signet = Signet::new(store, policy, config.keys.max_per_org, pool)?;
-        let addr = config.server.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;

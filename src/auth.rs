@@ -130,6 +130,11 @@ impl Gate<'_> {
         if self.operator.matches(credential) {
             return Ok(Principal::Operator);
         }
+        if credential.split('.').count() != 3 {
+            return Err(AuthError::Invalid(
+                "it is neither the operator token nor an organisation token: it does not match the operator token, and it is not a JWT (three dot-separated parts)".into(),
+            ));
+        }
         let verified = self
             .verifier
             .verify(
@@ -139,7 +144,13 @@ impl Gate<'_> {
                     issuer: None,
                 },
             )
-            .map_err(|e| AuthError::Invalid(format!("{} ({})", e, e.code())))?;
+            .map_err(|e| {
+                AuthError::Invalid(format!(
+                    "it is not the operator token, and not a valid organisation token: {} ({})",
+                    e,
+                    e.code()
+                ))
+            })?;
         let claim = |name: &str| match verified.claims.get(name) {
             Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
             _ => Err(AuthError::Invalid(format!(

@@ -67,6 +67,35 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Print a shell completion script, e.g. `signet completions bash > /etc/bash_completion.d/signet`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The `role` claim of an organisation token.
+#[derive(Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+enum Role {
+    /// May manage the organisation's keys and read its audit log.
+    Owner,
+    /// May manage the organisation's keys and read its audit log.
+    Administrator,
+    /// May list the organisation's keys.
+    Member,
+}
+
+/// The signing algorithms, as `--alg` and `--algorithm` accept them.
+const ALGORITHMS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// The name a value enum was given on the command line (`OWNER`).
+fn value_name(value: impl clap::ValueEnum) -> String {
+    let value = value.to_possible_value().expect("no value is skipped");
+    value.get_name().to_owned()
 }
 
 #[derive(Subcommand)]
@@ -91,12 +120,16 @@ struct DataArgs {
 enum KeysCommand {
     /// Create a key; prints the SigningKeySet JSON, or writes the private key to --out.
     Create {
+        /// The organisation that will own the key (1–64 of A-Z a-z 0-9 . _ -).
         #[arg(long)]
         org: String,
+        /// A label for the key (1–128 characters, no control characters).
         #[arg(long)]
         name: String,
-        #[arg(long, default_value = "RS256")]
+        /// The algorithm the key signs with.
+        #[arg(long, default_value = "RS256", value_parser = ALGORITHMS)]
         algorithm: String,
+        /// RSA modulus size in bits: 2048, 3072 or 4096.
         #[arg(long, default_value_t = 2048)]
         bits: u64,
         /// Write the private key PEM to this file (mode 0600) instead of stdout.
@@ -105,13 +138,17 @@ enum KeysCommand {
     },
     /// List keys as JSON, of one organisation or of all.
     List {
+        /// Only this organisation's keys [default: every organisation's].
         #[arg(long)]
         org: Option<String>,
     },
     /// Delete a key.
     Delete {
+        /// The organisation that owns the key.
         #[arg(long)]
         org: String,
+        /// The key's id (a ULID, the `kid` of its tokens).
+        #[arg(value_name = "ID")]
         id: String,
     },
 }
@@ -135,8 +172,10 @@ struct VerifyArgs {
     /// Read keys from this data directory (the server must be stopped).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Require this audience in the token's `aud` claim.
     #[arg(long)]
     audience: Option<String>,
+    /// Require this issuer in the token's `iss` claim.
     #[arg(long)]
     issuer: Option<String>,
     /// Clock leeway in seconds [default: the config's, 30].
@@ -158,21 +197,26 @@ struct TokenArgs {
     /// The signing key's id (the `kid`).
     #[arg(long)]
     kid: String,
+    /// The `org` claim: the organisation the token speaks for, which must own the key.
     #[arg(long)]
     org: String,
-    #[arg(long, default_value = "OWNER")]
-    role: String,
+    /// The `role` claim.
+    #[arg(long, value_enum, default_value_t = Role::Owner)]
+    role: Role,
+    /// The `sub` claim: who the token speaks for.
     #[arg(long, default_value = "cli")]
     sub: String,
     /// Lifetime, e.g. 15m, 1h, 7d.
     #[arg(long, default_value = "1h")]
     ttl: humantime::Duration,
+    /// The `aud` claim; organisation tokens need the server's auth.audience.
     #[arg(long, default_value = "signet")]
     aud: String,
+    /// The `iss` claim [default: none].
     #[arg(long)]
     iss: Option<String>,
-    /// The key's algorithm.
-    #[arg(long, default_value = "RS256")]
+    /// The key's algorithm, as recorded when it was created.
+    #[arg(long, default_value = "RS256", value_parser = ALGORITHMS)]
     alg: String,
     /// Extra claim `name=value`; a value that parses as JSON is used as JSON.
     #[arg(long = "claim", value_name = "NAME=VALUE")]
@@ -222,7 +266,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             if log_json {
                 config.log.format = LogFormat::Json;
             }
-            init_logging(&config);
+            crate::logging::init(&config)?;
             runtime.block_on(async {
                 let app = Application::build(config).await?;
                 app.run_until(app::shutdown_signal()).await
@@ -232,6 +276,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Verify(args) => runtime.block_on(verify_cmd(args)),
         Command::Keys { command, data } => runtime.block_on(keys_cmd(command, data)),
         Command::Token(args) => token_cmd(args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "signet", &mut std::io::stdout());
+            Ok(Outcome::Success)
+        }
         Command::Seal {
             command: SealCommand::Rotate,
             data,
@@ -253,18 +302,6 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
         }
     }
-}
-
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 /// The configuration with `--data-dir` applied.
@@ -408,6 +445,12 @@ fn public_view(r: &keys::PublicKeyRecord) -> Value {
 fn token_cmd(args: TokenArgs) -> anyhow::Result<Outcome> {
     let pem =
         std::fs::read(&args.key).with_context(|| format!("cannot read {}", args.key.display()))?;
+    if holds_public_key(&pem) {
+        bail!(
+            "{} holds a public key; a token must be signed with the private key, which signet returned once, when the key was created (its privateKey, or the .pem file of a create with Accept: application/x-pem-file)",
+            args.key.display()
+        );
+    }
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
         .with_context(|| format!("{} is not an RSA private key PEM", args.key.display()))?;
     let alg: Algorithm = args.alg.parse()?;
@@ -417,7 +460,7 @@ fn token_cmd(args: TokenArgs) -> anyhow::Result<Outcome> {
     let ttl: Duration = args.ttl.into();
     let mut claims = Map::new();
     claims.insert("org".into(), json!(org));
-    claims.insert("role".into(), json!(args.role));
+    claims.insert("role".into(), json!(value_name(args.role)));
     claims.insert("sub".into(), json!(args.sub));
     claims.insert("aud".into(), json!(args.aud));
     claims.insert("iat".into(), json!(now));
@@ -437,6 +480,12 @@ fn token_cmd(args: TokenArgs) -> anyhow::Result<Outcome> {
     let token = jsonwebtoken::encode(&header, &claims, &key).context("could not sign the token")?;
     println!("{token}");
     Ok(Outcome::Success)
+}
+
+/// Whether a PEM file holds a public key (SPKI or PKCS#1), not a private one.
+fn holds_public_key(pem: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(pem);
+    text.contains("-----BEGIN PUBLIC KEY-----") || text.contains("-----BEGIN RSA PUBLIC KEY-----")
 }
 
 pub fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {

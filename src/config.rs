@@ -44,7 +44,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
-    /// Address to listen on.
+    /// Address to listen on: `IP:PORT`, or `HOST:PORT` resolved at start-up.
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
@@ -215,6 +216,37 @@ pub enum ConfigError {
     /// A value parsed but cannot work.
     #[error("config {key} {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A value parsed but cannot work, with the config file it was read from.
+    #[error("config file {path}: {key} {reason}")]
+    InvalidIn {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// `IP:PORT`, or `HOST:PORT` with the host name resolved once, now: its
+/// first IPv4 address, else its first address.
+pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not IP:PORT or HOST:PORT, e.g. 127.0.0.1:8081 ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("host name in {text:?} resolves to no address; use an IP address"))
+}
+
+fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    resolve_listen(&text).map_err(serde::de::Error::custom)
 }
 
 impl Config {
@@ -229,13 +261,20 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let default = Path::new("config.toml");
-        let mut config = match path {
+        let file = path.or(default.exists().then_some(default));
+        let mut config = match file {
             Some(path) => Self::from_file(path)?,
-            None if default.exists() => Self::from_file(default)?,
             None => Config::default(),
         };
         config.apply_env(env)?;
-        config.check()?;
+        config.check().map_err(|e| match (e, file) {
+            (ConfigError::Invalid { key, reason }, Some(path)) => ConfigError::InvalidIn {
+                path: path.to_owned(),
+                key,
+                reason,
+            },
+            (e, _) => e,
+        })?;
         Ok(config)
     }
 
@@ -251,7 +290,9 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+        // TOML's message is several lines: where, a caret under the
+        // offending text, and why. Kept whole, it reads as TOML wrote it.
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -266,7 +307,11 @@ impl Config {
             })
         }
         if let Some(v) = env("SIGNET_LISTEN") {
-            self.server.listen = parse("SIGNET_LISTEN", v)?;
+            self.server.listen = resolve_listen(&v).map_err(|reason| ConfigError::Env {
+                name: "SIGNET_LISTEN",
+                value: v,
+                reason,
+            })?;
         }
         if let Some(v) = env("SIGNET_DATA_DIR") {
             self.storage.data_dir = PathBuf::from(v);
@@ -407,12 +452,23 @@ mod tests {
             ("", &[("ORGKEYS_MAX", "many")], "ORGKEYS_MAX"),
             ("", &[("SIGNET_LISTEN", "localhost")], "SIGNET_LISTEN"),
             ("", &[("SIGNET_ADMIN_TOKEN", "short")], "SIGNET_ADMIN_TOKEN"),
+            ("[server]\nlisten = \"localhost\"\n", &[], "HOST:PORT"),
+            ("[keys]\nmax_per_org = 0\n", &[], "c.toml"),
             ("[log]\nformat = \"xml\"\n", &[], "format"),
         ];
         for (toml, env, needle) in cases {
             let err = load(toml, env).expect_err(toml).to_string();
             assert!(err.contains(needle), "{toml:?} {env:?}: {err}");
         }
+    }
+
+    #[test]
+    fn listen_takes_host_names() {
+        let c = load("[server]\nlisten = \"localhost:8081\"\n", &[]).unwrap();
+        assert!(c.server.listen.ip().is_loopback(), "{}", c.server.listen);
+        assert_eq!(c.server.listen.port(), 8081);
+        let c = load("", &[("SIGNET_LISTEN", "localhost:0")]).unwrap();
+        assert!(c.server.listen.ip().is_loopback());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod jwks;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod seal;

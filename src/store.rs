@@ -45,7 +45,7 @@ const SLED_CACHE_BYTES: u64 = 2 * 1024 * 1024;
 #[non_exhaustive]
 pub enum StoreError {
     /// Another process (usually a running `signet serve`) holds the database.
-    #[error("the database in {0} is locked by another process (is `signet serve` running? stop it, or use --server)")]
+    #[error("the database in {0} is locked by another process (is `signet serve` running? stop it first)")]
     Locked(PathBuf),
     /// The database could not be opened or created.
     #[error("cannot open the database in {path}: {source}")]
