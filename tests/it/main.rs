@@ -13,3 +13,4 @@ mod support;
 mod tidy;
 mod tokens;
 mod verify_api;
+mod walkthrough;
