@@ -81,7 +81,7 @@ enum Command {
 enum Role {
     /// May manage the organisation's keys and read its audit log.
     Owner,
-    /// May manage the organisation's keys and read its audit log.
+    /// The same rights as OWNER.
     Administrator,
     /// May list the organisation's keys.
     Member,

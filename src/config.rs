@@ -44,7 +44,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
-    /// Address to listen on: `IP:PORT`, or `HOST:PORT` resolved at start-up.
+    /// Address to listen on: `IP:PORT`, or `localhost:PORT`.
     #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
@@ -225,23 +225,21 @@ pub enum ConfigError {
     },
 }
 
-/// `IP:PORT`, or `HOST:PORT` with the host name resolved once, now: its
-/// first IPv4 address, else its first address.
+/// `IP:PORT`, or `localhost:PORT` for `127.0.0.1:PORT`. Other host names
+/// are refused rather than looked up: what a name resolves to can change,
+/// and a listen address should say which interface it means.
 pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
-    use std::net::ToSocketAddrs;
     if let Ok(addr) = text.parse() {
         return Ok(addr);
     }
-    let addrs: Vec<SocketAddr> = text
-        .to_socket_addrs()
-        .map_err(|e| format!("{text:?} is not IP:PORT or HOST:PORT, e.g. 127.0.0.1:8081 ({e})"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| format!("host name in {text:?} resolves to no address; use an IP address"))
+    if let Some((host, port)) = text.rsplit_once(':') {
+        if let (true, Ok(port)) = (host.eq_ignore_ascii_case("localhost"), port.parse::<u16>()) {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    Err(format!(
+        "{text:?} is not IP:PORT: use an IP address, e.g. 127.0.0.1:8081, 0.0.0.0:8081 or [::]:8081 (of host names only localhost is accepted)"
+    ))
 }
 
 fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
@@ -452,7 +450,12 @@ mod tests {
             ("", &[("ORGKEYS_MAX", "many")], "ORGKEYS_MAX"),
             ("", &[("SIGNET_LISTEN", "localhost")], "SIGNET_LISTEN"),
             ("", &[("SIGNET_ADMIN_TOKEN", "short")], "SIGNET_ADMIN_TOKEN"),
-            ("[server]\nlisten = \"localhost\"\n", &[], "HOST:PORT"),
+            ("[server]\nlisten = \"localhost\"\n", &[], "IP:PORT"),
+            (
+                "[server]\nlisten = \"example.com:80\"\n",
+                &[],
+                "use an IP address",
+            ),
             ("[keys]\nmax_per_org = 0\n", &[], "c.toml"),
             ("[log]\nformat = \"xml\"\n", &[], "format"),
         ];
@@ -463,12 +466,11 @@ mod tests {
     }
 
     #[test]
-    fn listen_takes_host_names() {
+    fn listen_takes_localhost() {
         let c = load("[server]\nlisten = \"localhost:8081\"\n", &[]).unwrap();
-        assert!(c.server.listen.ip().is_loopback(), "{}", c.server.listen);
-        assert_eq!(c.server.listen.port(), 8081);
-        let c = load("", &[("SIGNET_LISTEN", "localhost:0")]).unwrap();
-        assert!(c.server.listen.ip().is_loopback());
+        assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8081)));
+        let c = load("", &[("SIGNET_LISTEN", "LOCALHOST:0")]).unwrap();
+        assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
     }
 
     #[test]

@@ -142,7 +142,7 @@ fn config_errors_name_the_file_and_keep_the_caret_diagram() {
 }
 
 #[test]
-fn listen_accepts_a_host_name() {
+fn listen_accepts_localhost_and_explains_other_names() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, "[server]\nlisten = \"localhost:1\"\n").unwrap();
@@ -151,7 +151,14 @@ fn listen_accepts_a_host_name() {
     fails_with(
         &["verify", "x.y.z", "--config", path.to_str().unwrap()],
         &[],
-        &[":1", "is `signet serve` running?"],
+        &["127.0.0.1:1", "is `signet serve` running?"],
+        &["invalid socket address"],
+    );
+    std::fs::write(&path, "[server]\nlisten = \"signet.example:8081\"\n").unwrap();
+    fails_with(
+        &["serve", "--config", path.to_str().unwrap()],
+        &[],
+        &["c.toml", "signet.example:8081", "use an IP address"],
         &["invalid socket address"],
     );
 }
