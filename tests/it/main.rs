@@ -11,4 +11,5 @@ mod sealing;
 mod support;
 mod tidy;
 mod tokens;
+mod verdicts;
 mod verify_api;
