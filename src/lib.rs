@@ -14,6 +14,7 @@ pub mod jwks;
 pub mod keys;
 pub mod metrics;
 pub mod pool;
+pub mod refusals;
 pub mod seal;
 pub mod service;
 pub mod store;
