@@ -48,7 +48,7 @@ impl Refusals {
                 %client,
                 reason,
                 unlogged_before = unlogged,
-                "refused a request without a valid credential (sampled: one line per {}s at most; signet_unauthenticated_refusals counts them all)",
+                "refused a request without a valid credential (sampled: one line per {}s at most; signet_unauthenticated_refusals_total counts them all)",
                 LOG_INTERVAL.as_secs()
             );
         }
