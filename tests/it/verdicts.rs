@@ -113,3 +113,54 @@ async fn time_claims_are_bounded_on_every_route() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn extreme_numeric_dates_get_a_verdict_that_keeps_the_bounds() {
+    const CAP: f64 = 3600.0;
+    const LEEWAY: f64 = 30.0;
+    let app = spawn_with(|c| c.verify.max_token_lifetime = Some(Duration::from_secs(3600))).await;
+    let (kid, signer) = key_of(&app.create_key("acme", json!({"name": "a"})).await);
+    let t = now() as f64;
+    let dates = [
+        -f64::MAX,
+        -1e300,
+        -1.0,
+        0.0,
+        0.5,
+        t - 10.0,
+        t + 10.0,
+        t + 3599.5,
+        t + 1e9,
+        1e20,
+        1e300,
+        f64::MAX,
+    ];
+    let mut accepted = 0;
+    for exp in dates {
+        for iat in std::iter::once(None).chain(dates.map(Some)) {
+            for nbf in [None, Some(-1e300), Some(t), Some(1e300)] {
+                let mut claims = json!({ "exp": exp });
+                if let Some(iat) = iat {
+                    claims["iat"] = json!(iat);
+                }
+                if let Some(nbf) = nbf {
+                    claims["nbf"] = json!(nbf);
+                }
+                let case = format!("{claims}");
+                let v = app.verify(&signer.org_token(&kid, claims)).await;
+                if v["valid"] == true {
+                    accepted += 1;
+                    // Seconds of slack for the clock moving during the test.
+                    assert!(exp + LEEWAY > t, "{case}");
+                    assert!(iat.is_none_or(|iat| iat - LEEWAY <= t + 5.0), "{case}");
+                    assert!(nbf.is_none_or(|nbf| nbf - LEEWAY <= t + 5.0), "{case}");
+                    assert!(exp - iat.unwrap_or(t) <= CAP + 5.0, "{case}");
+                } else {
+                    let code = v["error"]["code"].as_str().unwrap();
+                    assert!(["expired", "not_yet_valid"].contains(&code), "{case}: {v}");
+                }
+            }
+        }
+    }
+    assert!(accepted > 0, "some combinations are valid");
+}
