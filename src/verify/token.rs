@@ -158,6 +158,12 @@ pub fn check_claims(claims: &Map<String, Value>, rules: ClaimRules<'_>) -> Resul
         None if rules.require_exp => {
             return Err(VerifyError::MissingClaim("token has no exp claim".into()))
         }
+        // A token without exp would outlive any cap.
+        None if rules.max_lifetime.is_some() => {
+            return Err(VerifyError::MissingClaim(
+                "token has no exp claim, and verify.max_token_lifetime needs one".into(),
+            ))
+        }
         Some(exp) if exp + leeway <= now => {
             return Err(VerifyError::Expired(format!(
                 "token expired at {} (leeway {}s)",

@@ -164,3 +164,21 @@ async fn extreme_numeric_dates_get_a_verdict_that_keeps_the_bounds() {
     }
     assert!(accepted > 0, "some combinations are valid");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lifetime_cap_needs_exp_even_when_exp_is_optional() {
+    for (cap, expected) in [(None, json!(true)), (Some(3600), json!(false))] {
+        let app = spawn_with(|c| {
+            c.verify.require_exp = false;
+            c.verify.max_token_lifetime = cap.map(Duration::from_secs);
+        })
+        .await;
+        let (kid, signer) = key_of(&app.create_key("acme", json!({"name": "a"})).await);
+        let no_exp = signer.org_token(&kid, json!({"sub": "svc", "iat": now()}));
+        let v = app.verify(&no_exp).await;
+        assert_eq!(v["valid"], expected, "cap {cap:?}: {v}");
+        if cap.is_some() {
+            assert_eq!(v["error"]["code"], "missing_claim", "{v}");
+        }
+    }
+}
