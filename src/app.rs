@@ -82,6 +82,7 @@ impl Application {
             require_exp: config.verify.require_exp,
             max_token_bytes: config.verify.max_token_bytes,
             cache_capacity: config.verify.cache_capacity,
+            max_token_lifetime: config.verify.max_token_lifetime,
         };
         let pool = [
             config.keys.pool_2048,

@@ -52,12 +52,35 @@ pub enum AuthError {
     /// No `Authorization: Bearer` credential.
     #[error("this route needs an Authorization: Bearer credential (the operator token or an organisation token)")]
     Missing,
-    /// A credential that is not the operator token nor a valid organisation token.
-    #[error("the bearer credential is not valid: {0}")]
-    Invalid(String),
+    /// A credential that is not the operator token nor a valid organisation
+    /// token; `reason` is a code from a fixed set, for metrics.
+    #[error("the bearer credential is not valid: {detail}")]
+    Invalid {
+        reason: &'static str,
+        detail: String,
+    },
     /// A valid credential without the right.
     #[error("{0}")]
     Forbidden(&'static str),
+}
+
+impl AuthError {
+    pub fn invalid(reason: &'static str, detail: impl Into<String>) -> AuthError {
+        AuthError::Invalid {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// Why, as a code from a fixed set: `missing`, `not_bearer`, a verifier
+    /// code such as `bad_signature`, or `forbidden`. Safe as a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Invalid { reason, .. } => reason,
+            AuthError::Forbidden(_) => "forbidden",
+        }
+    }
 }
 
 /// The operator token, held only as its SHA-256.
@@ -131,8 +154,9 @@ impl Gate<'_> {
             return Ok(Principal::Operator);
         }
         if credential.split('.').count() != 3 {
-            return Err(AuthError::Invalid(
-                "it is neither the operator token nor an organisation token: it does not match the operator token, and it is not a JWT (three dot-separated parts)".into(),
+            return Err(AuthError::invalid(
+                "malformed",
+                "it is neither the operator token nor an organisation token: it does not match the operator token, and it is not a JWT (three dot-separated parts)",
             ));
         }
         let verified = self
@@ -145,26 +169,30 @@ impl Gate<'_> {
                 },
             )
             .map_err(|e| {
-                AuthError::Invalid(format!(
-                    "it is not the operator token, and not a valid organisation token: {} ({})",
-                    e,
-                    e.code()
-                ))
+                AuthError::invalid(
+                    e.code(),
+                    format!(
+                        "it is not the operator token, and not a valid organisation token: {} ({})",
+                        e,
+                        e.code()
+                    ),
+                )
             })?;
         let claim = |name: &str| match verified.claims.get(name) {
             Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-            _ => Err(AuthError::Invalid(format!(
-                "organisation tokens need a string {name} claim"
-            ))),
+            _ => Err(AuthError::invalid(
+                "missing_claim",
+                format!("organisation tokens need a string {name} claim"),
+            )),
         };
         let org = OrgId::parse(&claim("org")?)
-            .map_err(|e| AuthError::Invalid(format!("claim org: {e}")))?;
+            .map_err(|e| AuthError::invalid("malformed", format!("claim org: {e}")))?;
         // The one check that keeps tenants apart: a key of organisation A
         // can only speak for A, whatever its token claims.
         if verified.org.as_ref() != Some(&org) {
-            return Err(AuthError::Invalid(
-                "the token's org claim differs from the organisation of the key that signed it"
-                    .into(),
+            return Err(AuthError::invalid(
+                "wrong_organisation",
+                "the token's org claim differs from the organisation of the key that signed it",
             ));
         }
         Ok(Principal::Org {
@@ -199,14 +227,16 @@ pub fn authorize(principal: &Principal, org: &OrgId, need: Need) -> Result<(), A
 
 /// The credential of `Bearer <credential>` (scheme case-insensitive).
 pub fn bearer(header: &str) -> Result<&str, AuthError> {
-    let (scheme, credential) = header.split_once(' ').ok_or_else(|| {
-        AuthError::Invalid("Authorization must be \"Bearer <credential>\"".into())
-    })?;
+    let not_bearer = || {
+        AuthError::invalid(
+            "not_bearer",
+            "Authorization must be \"Bearer <credential>\"",
+        )
+    };
+    let (scheme, credential) = header.split_once(' ').ok_or_else(not_bearer)?;
     let credential = credential.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || credential.is_empty() {
-        return Err(AuthError::Invalid(
-            "Authorization must be \"Bearer <credential>\"".into(),
-        ));
+        return Err(not_bearer());
     }
     Ok(credential)
 }

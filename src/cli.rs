@@ -564,6 +564,7 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
         require_exp: config.verify.require_exp,
         max_token_bytes: config.verify.max_token_bytes,
         cache_capacity: 16,
+        max_token_lifetime: config.verify.max_token_lifetime,
     };
     let local = |source: Arc<dyn KeySource>| -> anyhow::Result<Value> {
         let verifier = Verifier::new(source, policy);

@@ -99,6 +99,18 @@ pub struct Verify {
     pub require_exp: bool,
     pub max_token_bytes: usize,
     pub cache_capacity: u64,
+    /// Longest token lifetime accepted (`exp - iat`, or `exp - now` without
+    /// `iat`), as a humantime string such as `"24h"`; unset accepts any.
+    #[serde(deserialize_with = "humantime_opt")]
+    pub max_token_lifetime: Option<Duration>,
+}
+
+/// An optional humantime duration (`"90s"`, `"24h"`, `"7d"`).
+fn humantime_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not a duration like \"24h\": {e}"))
+    })
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -174,6 +186,7 @@ impl Default for Verify {
             require_exp: true,
             max_token_bytes: 16 * 1024,
             cache_capacity: 10_000,
+            max_token_lifetime: None,
         }
     }
 }
@@ -372,6 +385,12 @@ impl Config {
         if self.server.max_connections == 0 {
             return invalid("server.max_connections", "must be at least 1");
         }
+        if self.verify.max_token_lifetime == Some(Duration::ZERO) {
+            return invalid(
+                "verify.max_token_lifetime",
+                "must be longer than zero (leave it unset for no limit)",
+            );
+        }
         Ok(())
     }
 
@@ -458,6 +477,16 @@ mod tests {
             ),
             ("[keys]\nmax_per_org = 0\n", &[], "c.toml"),
             ("[log]\nformat = \"xml\"\n", &[], "format"),
+            (
+                "[verify]\nmax_token_lifetime = \"forever\"\n",
+                &[],
+                "max_token_lifetime",
+            ),
+            (
+                "[verify]\nmax_token_lifetime = \"0s\"\n",
+                &[],
+                "max_token_lifetime",
+            ),
         ];
         for (toml, env, needle) in cases {
             let err = load(toml, env).expect_err(toml).to_string();
@@ -471,6 +500,16 @@ mod tests {
         assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8081)));
         let c = load("", &[("SIGNET_LISTEN", "LOCALHOST:0")]).unwrap();
         assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
+
+    #[test]
+    fn max_token_lifetime_is_a_humantime_duration() {
+        assert_eq!(Config::default().verify.max_token_lifetime, None);
+        let c = load("[verify]\nmax_token_lifetime = \"1h 30m\"\n", &[]).unwrap();
+        assert_eq!(
+            c.verify.max_token_lifetime,
+            Some(Duration::from_secs(90 * 60))
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
+pub mod refusals;
 pub mod seal;
 pub mod secret_file;
 pub mod service;

@@ -11,6 +11,7 @@ use crate::jwks::Jwks;
 use crate::keys::{Algorithm, Bits, GeneratedKey, KeyId, KeyName, OrgId, PublicKeyRecord};
 use crate::metrics::Metrics;
 use crate::pool::KeyPool;
+use crate::refusals::Refusals;
 use crate::store::{Inserted, Store, StoreError};
 use crate::verify::{KeyMaterial, KeySource, Policy, Verifier};
 
@@ -52,6 +53,8 @@ pub struct Signet {
     pub jwks: Jwks,
     pub verifier: Verifier,
     pub metrics: Metrics,
+    /// Requests refused for want of a valid credential: counted, not audited.
+    pub refusals: Refusals,
     quota: u32,
     pool: KeyPool,
     /// The store generation the derived state (JWK Sets, cache) reflects.
@@ -73,11 +76,13 @@ impl Signet {
         let metrics = Metrics::new(verifier.stats());
         let pool = KeyPool::start(pool, metrics.pool_depth());
         metrics.keys.set(records.len() as i64);
+        let refusals = Refusals::new(metrics.unauthenticated.clone());
         Ok(Signet {
             jwks: Jwks::new(&records),
             store,
             verifier,
             metrics,
+            refusals,
             quota,
             pool,
             seen_generation: Default::default(),
@@ -176,14 +181,15 @@ impl Signet {
         Ok(self.store.list_org(org)?)
     }
 
-    /// Records a refused access in the organisation's audit log.
-    pub fn record_denied(&self, org: &OrgId, caller: &Caller, outcome: String) {
+    /// Records in the organisation's audit log that an authenticated
+    /// caller was refused (403), in signet's own words.
+    pub fn record_denied(&self, org: &OrgId, caller: &Caller, outcome: &'static str) {
         let event = NewEvent {
             action: Action::AccessDenied,
             key_id: None,
             actor: caller.actor.clone(),
             client: caller.client.clone(),
-            outcome,
+            outcome: outcome.into(),
         };
         if let Err(e) = self.store.record_event(org, event) {
             self.metrics.storage_errors.inc();

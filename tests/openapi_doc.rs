@@ -36,7 +36,7 @@ const ERROR_CODES: [&str; 10] = [
 ];
 
 /// The verification error codes of docs/api.md.
-const VERIFY_CODES: [&str; 9] = [
+const VERIFY_CODES: [&str; 10] = [
     "malformed",
     "unsupported_algorithm",
     "unknown_key",
@@ -46,6 +46,7 @@ const VERIFY_CODES: [&str; 9] = [
     "wrong_audience",
     "wrong_issuer",
     "missing_claim",
+    "wrong_organisation",
 ];
 
 /// The lines of the top-level `paths:` block, up to the next top-level key.

@@ -129,7 +129,7 @@ impl From<AuthError> for ApiError {
                 a.www_authenticate = Some("Bearer realm=\"signet\"");
                 a
             }
-            AuthError::Invalid(_) => {
+            AuthError::Invalid { .. } => {
                 let mut a = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
                 a.www_authenticate = Some("Bearer realm=\"signet\", error=\"invalid_token\"");
                 a

@@ -181,7 +181,9 @@ impl Cx<'_> {
         }
     }
 
-    /// Authenticates and authorises; a refusal is also an audit event.
+    /// Authenticates and authorises. A valid credential without the right
+    /// is an audit event (signet's words only); a missing or invalid one is
+    /// counted and sampled, never written (see `refusals`).
     fn allow(&self, headers: &HeaderMap, org: &OrgId, need: Need) -> Result<Principal, ApiError> {
         let gate = Gate {
             operator: &self.app.operator,
@@ -191,19 +193,25 @@ impl Cx<'_> {
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let authenticated = gate.authenticate(authorization);
-        let refusal = match &authenticated {
-            Ok(principal) => match authorize(principal, org, need) {
-                Ok(()) => return Ok(principal.clone()),
-                Err(e) => (e, principal.actor()),
-            },
-            Err(e) => (e.clone(), Actor::Anonymous),
+        let principal = match gate.authenticate(authorization) {
+            Ok(principal) => principal,
+            Err(e) => {
+                let refusals = &self.app.signet.refusals;
+                refusals.unauthenticated(org, self.peer.ip(), e.reason());
+                return Err(ApiError::from(e));
+            }
         };
-        let (error, actor) = refusal;
+        let Err(e) = authorize(&principal, org, need) else {
+            return Ok(principal);
+        };
+        let outcome = match e {
+            AuthError::Forbidden(why) => why,
+            ref other => other.reason(),
+        };
         self.app
             .signet
-            .record_denied(org, &self.caller(actor), error.to_string());
-        Err(ApiError::from(error))
+            .record_denied(org, &self.caller(principal.actor()), outcome);
+        Err(ApiError::from(e))
     }
 
     async fn create(&self, org: &str, req: Request<Incoming>) -> Handled {
@@ -396,9 +404,8 @@ impl Cx<'_> {
                 r
             }
             Err(VerifyError::Unavailable(cause)) => ApiError::internal(cause).into_reply(),
-            Err(e) => {
-                ApiError::from(AuthError::Invalid(format!("{e} ({})", e.code()))).into_reply()
-            }
+            Err(e) => ApiError::from(AuthError::invalid(e.code(), format!("{e} ({})", e.code())))
+                .into_reply(),
         }
     }
 

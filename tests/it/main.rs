@@ -2,6 +2,7 @@
 //! dir, spoken to over HTTP; the real binary for the CLI and crash tests.
 
 mod access;
+mod anonymous;
 mod bad_input;
 mod cli;
 mod cli_messages;
@@ -12,5 +13,6 @@ mod sealing;
 mod support;
 mod tidy;
 mod tokens;
+mod verdicts;
 mod verify_api;
 mod walkthrough;
