@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 
 use signet::jwks::Jwks;
-use signet::keys::{generate, Algorithm, Bits, KeyId, KeyName, OrgId, PublicKeyRecord};
+use signet::keys::{generate, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
 
 const KEYS_PER_ORG: usize = 5;
 
@@ -22,8 +22,7 @@ fn record(spki: &[u8], org: usize, serial: u64) -> PublicKeyRecord {
         id: KeyId::new(ulid::Ulid::from_parts(1_700_000_000_000 + serial, 0)),
         org: OrgId::parse(&format!("org-{org:05}")).unwrap(),
         name: KeyName::parse("bench key").unwrap(),
-        algorithm: Algorithm::RS256,
-        bits: Bits::B2048,
+        spec: KeySpec::default(),
         spki_der: spki.to_vec(),
         created_at_ms: 1_700_000_000_000 + serial,
     }
@@ -36,7 +35,7 @@ fn records(spki: &[u8], n: usize) -> Vec<PublicKeyRecord> {
 }
 
 fn bench(c: &mut Criterion) {
-    let spki = generate(Bits::B2048).spki_der().to_vec();
+    let spki = generate(KeySpec::default()).spki_der().to_vec();
 
     let mut group = c.benchmark_group("jwks_build");
     group

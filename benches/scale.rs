@@ -43,7 +43,7 @@ use signet::app::Application;
 use signet::audit::{Action, Actor, NewEvent};
 use signet::config::{Config, Secret};
 use signet::jwks::Jwks;
-use signet::keys::{generate, Algorithm, Bits, KeyName, OrgId, PublicKeyRecord};
+use signet::keys::{generate, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use signet::seal::Sealer;
 use signet::store::{Inserted, Store};
 
@@ -157,8 +157,7 @@ fn seed(dir: &Path, spki: &[u8], orgs: usize, threads: usize) {
                             id,
                             org: org_id.clone(),
                             name: KeyName::parse(&format!("scale key {k}")).expect("valid name"),
-                            algorithm: Algorithm::RS256,
-                            bits: Bits::B2048,
+                            spec: KeySpec::default(),
                             spki_der: spki.to_vec(),
                             created_at_ms: id.timestamp_ms(),
                         };
@@ -395,7 +394,7 @@ async fn run() {
 
     let rss_before = rss_mib();
     eprintln!("[scale] generating one RSA-2048 key pair");
-    let spki = generate(Bits::B2048).spki_der().to_vec();
+    let spki = generate(KeySpec::default()).spki_der().to_vec();
 
     eprintln!(
         "[scale] seeding {total} keys in {orgs} organisations \

@@ -17,7 +17,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 
 use signet::cli::jwt_alg;
-use signet::keys::{generate, Algorithm, Bits, KeyId, KeyName, OrgId, PublicKeyRecord};
+use signet::keys::{generate, Algorithm, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use signet::verify::{decode_object, Expect, KeyMaterial, KeySource, Policy, Verifier};
 
 /// A key source that is a map in memory: after the first fill the verifier
@@ -54,7 +54,7 @@ fn sign(private_pem: &[u8], alg: Algorithm, kid: KeyId, org: &OrgId) -> String {
 }
 
 fn bench(c: &mut Criterion) {
-    let generated = generate(Bits::B2048);
+    let generated = generate(KeySpec::default());
     let private_pem = generated.pkcs8_pem();
     let org = OrgId::parse("bench-org").unwrap();
     let rs_id = KeyId::new(ulid::Ulid::new());
@@ -85,8 +85,7 @@ fn bench(c: &mut Criterion) {
         id: rs_id,
         org: org.clone(),
         name: KeyName::parse("bench").unwrap(),
-        algorithm: Algorithm::RS256,
-        bits: Bits::B2048,
+        spec: KeySpec::default(),
         spki_der: spki.clone(),
         created_at_ms: 0,
     };

@@ -2,9 +2,10 @@
 # The conditions given to `check ... bash -c '...' _ ARGS` expand in that child
 # shell on purpose.
 # shellcheck disable=SC2016
-# Interoperability check: real JOSE libraries (PyJWT from PyPI, panva/jose from
-# npm) verify signet-minted tokens against a running signet's JWKS endpoints,
-# stop verifying a deleted key's token once their cache is fresh, and the JWKS
+# Interoperability check: real JOSE libraries (PyJWT and jwcrypto from PyPI,
+# panva/jose from npm) verify signet-minted tokens of every key type (RS256,
+# PS256, ES256, ES384, EdDSA) against a running signet's JWKS endpoints, stop
+# verifying a deleted key's token once their cache is fresh, and the JWKS
 # responses carry the caching headers docs/api.md promises.
 #
 # Installs its tools under target/jose/ (reused on later runs), builds the
@@ -48,12 +49,12 @@ tally() {
 
 # --- tools -----------------------------------------------------------------
 mkdir -p "$JOSE_DIR"
-if ! "$VENV/bin/python" -c 'import jwt, cryptography' 2>/dev/null; then
-    log "installing PyJWT[crypto] into $VENV"
-    rm -rf "$VENV"
-    timeout 120 python3 -m venv "$VENV" || die "could not create a Python venv in $VENV"
-    timeout 600 "$VENV/bin/pip" install --quiet --disable-pip-version-check 'PyJWT[crypto]' \
-        || die "pip could not install PyJWT[crypto]"
+if ! "$VENV/bin/python" -c 'import jwt, cryptography, jwcrypto' 2>/dev/null; then
+    log "installing PyJWT[crypto] and jwcrypto into $VENV"
+    [[ -x "$VENV/bin/pip" ]] || timeout 120 python3 -m venv "$VENV" \
+        || die "could not create a Python venv in $VENV"
+    timeout 600 "$VENV/bin/pip" install --quiet --disable-pip-version-check 'PyJWT[crypto]' jwcrypto \
+        || die "pip could not install PyJWT[crypto] and jwcrypto"
 fi
 if [[ ! -f "$NODE_DIR/node_modules/jose/package.json" ]]; then
     log "installing jose into $NODE_DIR"
@@ -66,8 +67,9 @@ if [[ ! -f "$NODE_DIR/node_modules/jose/package.json" ]]; then
         || die "npm could not install jose"
 fi
 PYJWT_VERSION="$("$VENV/bin/python" -c 'import jwt; print(jwt.__version__)')"
+JWCRYPTO_VERSION="$("$VENV/bin/python" -c 'from importlib.metadata import version; print(version("jwcrypto"))')"
 JOSE_VERSION="$(node -p "require('$NODE_DIR/node_modules/jose/package.json').version")"
-log "PyJWT $PYJWT_VERSION, jose $JOSE_VERSION, node $(node --version)"
+log "PyJWT $PYJWT_VERSION, jwcrypto $JWCRYPTO_VERSION, jose $JOSE_VERSION, node $(node --version)"
 # jose_check.mjs must sit next to node_modules for `import 'jose'` to resolve.
 cp "$ROOT/scripts/jose/jose_check.mjs" "$NODE_DIR/jose_check.mjs"
 
@@ -108,6 +110,21 @@ check "PS256 create is PS256 (got $PS_ALG)" test "$PS_ALG" = PS256
 RS_TOKEN="$(timeout 30 "$BIN" token --key "$TMP/rs.pem" --kid "$RS_KID" --org "$ORG" --aud signet --alg RS256)"
 PS_TOKEN="$(timeout 30 "$BIN" token --key "$TMP/ps.pem" --kid "$PS_KID" --org "$ORG" --aud signet --alg PS256)"
 
+# The EC and Ed25519 keys: created like the others, their tokens minted by
+# `signet token` without --alg (the PKCS#8 key says which).
+declare -A CURVE_KID CURVE_TOKEN
+CURVE_ALGS=(ES256 ES384 EdDSA)
+for alg in "${CURVE_ALGS[@]}"; do
+    out="$(create_key "$alg" "{\"name\":\"$alg\",\"algorithm\":\"$alg\"}")"
+    read -r kid got <<<"$out"
+    check "$alg create is $alg (got $got)" test "$got" = "$alg"
+    CURVE_KID[$alg]=$kid
+    CURVE_TOKEN[$alg]="$(timeout 30 "$BIN" token --key "$TMP/$alg.pem" --kid "$kid" --org "$ORG" --aud signet)"
+done
+CURVE_WANT=()
+for alg in "${CURVE_ALGS[@]}"; do CURVE_WANT+=("${CURVE_KID[$alg]}=$alg"); done
+log "keys: ${CURVE_WANT[*]}"
+
 GLOBAL_URL="$BASE/.well-known/jwks.json"
 ORG_URL="$BASE/v1/organisations/$ORG/jwks.json"
 
@@ -147,7 +164,7 @@ jwks_contents() { # LABEL FILE WANT_KIDS... : JWKS holds exactly those kids, wel
     local label=$1 file=$2; shift 2
     local out
     if out="$(python3 - "$file" "$@" <<'PY'
-import json, re, sys
+import base64, json, re, sys
 doc = json.load(open(sys.argv[1]))
 want = dict(a.split("=") for a in sys.argv[2:])
 keys = doc["keys"]
@@ -155,14 +172,29 @@ got = {k["kid"]: k for k in keys}
 problems = []
 if set(got) != set(want):
     problems.append(f"kids {sorted(got)} != {sorted(want)}")
+# alg -> (kty, crv, {member: decoded length, or 0 for any})
+shapes = {
+    "ES256": ("EC", "P-256", {"x": 32, "y": 32}),
+    "ES384": ("EC", "P-384", {"x": 48, "y": 48}),
+    "EdDSA": ("OKP", "Ed25519", {"x": 32}),
+}
+def b64len(v):
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", v or ""):
+        return None
+    return len(base64.urlsafe_b64decode(v + "=" * (-len(v) % 4)))
 for kid, k in got.items():
-    if k.get("kty") != "RSA" or k.get("use") != "sig":
-        problems.append(f"{kid}: kty/use {k.get('kty')}/{k.get('use')}")
+    kty, crv, members = shapes.get(k.get("alg"), ("RSA", None, {"n": 0, "e": 0}))
+    if k.get("kty") != kty or k.get("crv") != crv or k.get("use") != "sig":
+        problems.append(f"{kid}: kty/crv/use {k.get('kty')}/{k.get('crv')}/{k.get('use')}")
     if kid in want and k.get("alg") != want[kid]:
         problems.append(f"{kid}: alg {k.get('alg')} != {want[kid]}")
-    for m in ("n", "e"):
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", k.get(m, "")):
-            problems.append(f"{kid}: {m} is not unpadded base64url")
+    for m, length in members.items():
+        got_len = b64len(k.get(m))
+        if got_len is None or (length and got_len != length):
+            problems.append(f"{kid}: {m} is not unpadded base64url of {length or 'any'} bytes")
+    extra = set(k) - {"kty", "crv", "use", "alg", "kid"} - set(members)
+    if extra:
+        problems.append(f"{kid}: unexpected members {sorted(extra)}")
     private = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"} & set(k)
     if private:
         problems.append(f"{kid}: private members {sorted(private)}")
@@ -174,20 +206,22 @@ PY
 
 jwks_headers "global JWKS" "$GLOBAL_URL"
 jwks_headers "org JWKS" "$ORG_URL"
-jwks_contents "global JWKS holds both keys, public members only" "$TMP/global JWKS.body" "$RS_KID=RS256" "$PS_KID=PS256"
-jwks_contents "org JWKS holds both keys, public members only" "$TMP/org JWKS.body" "$RS_KID=RS256" "$PS_KID=PS256"
+jwks_contents "global JWKS holds every key, public members only" "$TMP/global JWKS.body" "$RS_KID=RS256" "$PS_KID=PS256" "${CURVE_WANT[@]}"
+jwks_contents "org JWKS holds every key, public members only" "$TMP/org JWKS.body" "$RS_KID=RS256" "$PS_KID=PS256" "${CURVE_WANT[@]}"
 
 # --- library verification ------------------------------------------------------
-# cases PHASE RS_EXPECT -> JSON list of cases for both URLs and both tokens
+# cases PHASE RS_EXPECT -> JSON list of cases for both URLs and every token
 cases() {
-    python3 - "$1" "$2" "$GLOBAL_URL" "$ORG_URL" "$RS_TOKEN" "$PS_TOKEN" <<'PY'
+    python3 - "$1" "$2" "$GLOBAL_URL" "$ORG_URL" "$RS_TOKEN" "$PS_TOKEN" \
+        "${CURVE_TOKEN[ES256]}" "${CURVE_TOKEN[ES384]}" "${CURVE_TOKEN[EdDSA]}" <<'PY'
 import json, sys
-phase, rs_expect, gurl, ourl, rs, ps = sys.argv[1:]
+phase, rs_expect, gurl, ourl, rs, ps, es256, es384, eddsa = sys.argv[1:]
 out = []
 for label, url in (("global JWKS", gurl), ("org JWKS", ourl)):
     word = "fails" if rs_expect == "no_key" else "verifies"
     out.append(dict(name=f"{phase}: {label} {word} RS256 token", url=url, token=rs, alg="RS256", expect=rs_expect))
-    out.append(dict(name=f"{phase}: {label} verifies PS256 token", url=url, token=ps, alg="PS256", expect="ok"))
+    for alg, token in (("PS256", ps), ("ES256", es256), ("ES384", es384), ("EdDSA", eddsa)):
+        out.append(dict(name=f"{phase}: {label} verifies {alg} token", url=url, token=token, alg=alg, expect="ok"))
 print(json.dumps(out))
 PY
 }
@@ -195,6 +229,7 @@ PY
 run_libs() { # CASES_FILE
     # process substitution, not a pipe: tally must run in this shell to count
     tally < <(timeout 120 "$VENV/bin/python" "$ROOT/scripts/jose/pyjwt_check.py" "$1" 2>&1 || true)
+    tally < <(timeout 120 "$VENV/bin/python" "$ROOT/scripts/jose/jwcrypto_check.py" "$1" 2>&1 || true)
     tally < <(cd "$NODE_DIR" && { timeout 120 node jose_check.mjs "$1" 2>&1 || true; })
 }
 # A helper that dies without printing its lines must still count as a failure.
@@ -202,11 +237,11 @@ run_libs_checked() { # CASES_FILE EXPECTED_LINES
     local before=$((PASSED + FAILED))
     run_libs "$1"
     local got=$((PASSED + FAILED - before))
-    check "both libraries reported all $2 cases (got $got)" test "$got" -eq "$2"
+    check "the three libraries reported all $2 cases (got $got)" test "$got" -eq "$2"
 }
 
 cases "before delete" ok >"$TMP/cases-before.json"
-run_libs_checked "$TMP/cases-before.json" 8
+run_libs_checked "$TMP/cases-before.json" 30
 
 # --- delete the RS256 key ------------------------------------------------------
 code="$("${CURL[@]}" -o "$TMP/del" -w '%{http_code}' -X DELETE "$BASE/v1/organisations/$ORG/keys/$RS_KID" \
@@ -220,11 +255,11 @@ for label in "global JWKS" "org JWKS"; do
     new="$(header "$TMP/h4" etag)"
     check "after delete: $label with the old ETag answers 200 and a new ETag (got $code, $new)" \
         bash -c '[[ "$1" == 200 && -n "$2" && "$2" != "$3" ]]' _ "$code" "$new" "$old"
-    jwks_contents "after delete: $label holds only the PS256 key" "$TMP/b4" "$PS_KID=PS256"
+    jwks_contents "after delete: $label holds every key but the RS256 one" "$TMP/b4" "$PS_KID=PS256" "${CURVE_WANT[@]}"
 done
 
 cases "after delete, fresh client" no_key >"$TMP/cases-after.json"
-run_libs_checked "$TMP/cases-after.json" 8
+run_libs_checked "$TMP/cases-after.json" 30
 
 if ! alive "$SERVER_PID"; then
     fail "signet server still running at the end"

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use crate::app::{self, Application};
 use crate::audit::Actor;
 use crate::config::{Config, LogFormat};
-use crate::keys::{self, Algorithm, Bits, Jwk, KeyId, KeyName, OrgId};
+use crate::keys::{self, Algorithm, Bits, Jwk, KeyId, KeyName, KeySpec, OrgId};
 use crate::service::{Caller, NewKey, Signet, StoreSource};
 use crate::store::{Store, StoreError};
 use crate::verify::{self, Expect, KeyMaterial, KeySource, Policy, Verifier, VerifyError};
@@ -24,7 +24,7 @@ use crate::verify::{self, Expect, KeyMaterial, KeySource, Policy, Verifier, Veri
 #[command(
     name = "signet",
     version,
-    about = "A signing-key service: RSA key pairs, JWK Sets and a JWT verifier."
+    about = "A signing-key service: RSA, EC and Ed25519 key pairs, JWK Sets and a JWT verifier."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -126,12 +126,12 @@ enum KeysCommand {
         /// A label for the key (1–128 characters, no control characters).
         #[arg(long)]
         name: String,
-        /// The algorithm the key signs with.
+        /// RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA.
         #[arg(long, default_value = "RS256", value_parser = ALGORITHMS)]
         algorithm: String,
-        /// RSA modulus size in bits: 2048, 3072 or 4096.
-        #[arg(long, default_value_t = 2048)]
-        bits: u64,
+        /// RSA modulus size (2048, 3072 or 4096) [default: 2048; RSA only].
+        #[arg(long)]
+        bits: Option<u64>,
         /// Write the private key PEM to this file (mode 0600) instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -191,7 +191,7 @@ struct VerifyArgs {
 
 #[derive(clap::Args)]
 struct TokenArgs {
-    /// Private key PEM (PKCS#8 or PKCS#1).
+    /// Private key PEM: PKCS#8 for any algorithm, or PKCS#1 for RSA.
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
     /// The signing key's id (the `kid`).
@@ -215,9 +215,10 @@ struct TokenArgs {
     /// The `iss` claim [default: none].
     #[arg(long)]
     iss: Option<String>,
-    /// The key's algorithm, as recorded when it was created.
-    #[arg(long, default_value = "RS256", value_parser = ALGORITHMS)]
-    alg: String,
+    /// The key's algorithm [default: ES256, ES384 or EdDSA for such a
+    /// PKCS#8 key, else RS256].
+    #[arg(long, value_parser = ALGORITHMS)]
+    alg: Option<String>,
     /// Extra claim `name=value`; a value that parses as JSON is used as JSON.
     #[arg(long = "claim", value_name = "NAME=VALUE")]
     claims: Vec<String>,
@@ -385,8 +386,7 @@ async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcom
         } => {
             let new = NewKey {
                 name: KeyName::parse(&name)?,
-                algorithm: algorithm.parse()?,
-                bits: Bits::from_u64(bits)?,
+                spec: KeySpec::new(algorithm.parse()?, bits.map(Bits::from_u64).transpose()?)?,
             };
             let org = OrgId::parse(&org)?;
             let (record, key) = match signet.create(org, new, &caller).await {
@@ -451,9 +451,23 @@ fn token_cmd(args: TokenArgs) -> anyhow::Result<Outcome> {
             args.key.display()
         );
     }
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
-        .with_context(|| format!("{} is not an RSA private key PEM", args.key.display()))?;
-    let alg: Algorithm = args.alg.parse()?;
+    let alg: Algorithm = match &args.alg {
+        Some(alg) => alg.parse()?,
+        None => pkcs8_algorithm(&pem).unwrap_or_default(),
+    };
+    let (key, kind) = match alg {
+        Algorithm::ES256 | Algorithm::ES384 => {
+            (jsonwebtoken::EncodingKey::from_ec_pem(&pem), "an EC")
+        }
+        Algorithm::EdDSA => (jsonwebtoken::EncodingKey::from_ed_pem(&pem), "an Ed25519"),
+        _ => (jsonwebtoken::EncodingKey::from_rsa_pem(&pem), "an RSA"),
+    };
+    let key = key.with_context(|| {
+        format!(
+            "{} is not {kind} private key PEM, as --alg {alg} needs",
+            args.key.display()
+        )
+    })?;
     let kid = KeyId::parse(&args.kid)?;
     let org = OrgId::parse(&args.org)?;
     let now = verify::unix_now();
@@ -488,6 +502,29 @@ fn holds_public_key(pem: &[u8]) -> bool {
     text.contains("-----BEGIN PUBLIC KEY-----") || text.contains("-----BEGIN RSA PUBLIC KEY-----")
 }
 
+/// The algorithm of an EC or Ed25519 PKCS#8 private key PEM; `None` for
+/// anything else.
+fn pkcs8_algorithm(pem: &[u8]) -> Option<Algorithm> {
+    use aws_lc_rs::signature::{
+        EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
+        ECDSA_P384_SHA384_FIXED_SIGNING,
+    };
+    let (label, der) = pkcs8::der::pem::decode_vec(pem).ok()?;
+    let der = zeroize::Zeroizing::new(der);
+    if label != "PRIVATE KEY" {
+        return None;
+    }
+    if EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).is_ok() {
+        Some(Algorithm::ES256)
+    } else if EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &der).is_ok() {
+        Some(Algorithm::ES384)
+    } else if Ed25519KeyPair::from_pkcs8(&der).is_ok() {
+        Some(Algorithm::EdDSA)
+    } else {
+        None
+    }
+}
+
 pub fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
     match alg {
         Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
@@ -496,6 +533,9 @@ pub fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
         Algorithm::PS256 => jsonwebtoken::Algorithm::PS256,
         Algorithm::PS384 => jsonwebtoken::Algorithm::PS384,
         Algorithm::PS512 => jsonwebtoken::Algorithm::PS512,
+        Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+        Algorithm::ES384 => jsonwebtoken::Algorithm::ES384,
+        Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
     }
 }
 

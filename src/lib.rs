@@ -1,6 +1,6 @@
-//! signet: a single-binary signing-key service. It issues RSA key pairs,
-//! keeps only their public halves, publishes them as PEM and JWK Sets, and
-//! verifies JWTs signed by them. See ARCHITECTURE.md for the map.
+//! signet: a single-binary signing-key service. It issues RSA, EC and Ed25519
+//! key pairs, keeps only their public halves, publishes them as PEM and JWK
+//! Sets, and verifies JWTs signed by them. See ARCHITECTURE.md for the map.
 
 #![forbid(unsafe_code)]
 

@@ -1,13 +1,14 @@
 //! Key generation, and the pool of pre-generated RSA key pairs that hides
 //! it: a create takes a ready key in microseconds instead of waiting
-//! 50–500 ms. In memory only: a pooled key is never written anywhere, is
+//! 50–500 ms. EC and Ed25519 keys take tens of microseconds to make, so
+//! they are generated when asked for and never pooled. In memory only: a pooled key is never written anywhere, is
 //! handed out at most once (popped), and is zeroized when dropped.
 //!
 //! All generation happens on `cores − 1` (at least one) dedicated threads,
 //! never on an async worker, so that a burst of creates cannot take every
 //! core from request handling. A create that finds the pool empty registers
 //! its demand and waits for the next key of its size. Pools are per modulus
-//! size: an RSA key pair serves any of the six algorithms equally.
+//! size: an RSA key pair serves any of the six RSA algorithms equally.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -15,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
-use crate::keys::{self, Bits, GeneratedKey};
+use crate::keys::{self, Bits, GeneratedKey, KeySpec};
 
 struct Inner {
     state: Mutex<State>,
@@ -78,8 +79,12 @@ impl KeyPool {
         KeyPool { inner }
     }
 
-    /// A fresh key pair of `bits`: from the pool, or the next one made.
-    pub async fn get(&self, bits: Bits) -> GeneratedKey {
+    /// A fresh key pair of `spec`: RSA from the pool, or the next one made;
+    /// EC and Ed25519 made right here.
+    pub async fn get(&self, spec: KeySpec) -> GeneratedKey {
+        let KeySpec::Rsa { bits, .. } = spec else {
+            return keys::generate(spec);
+        };
         let i = slot(bits);
         if let Some(key) = self.take(i) {
             return key;
@@ -150,7 +155,10 @@ fn generate_forever(inner: &Inner) {
                 state = inner.work.wait(state).expect("pool lock poisoned");
             }
         };
-        let key = keys::generate(Bits::ALL[job]);
+        let key = keys::generate(KeySpec::Rsa {
+            alg: keys::Algorithm::RS256,
+            bits: Bits::ALL[job],
+        });
         let mut state = inner.state.lock().expect("pool lock poisoned");
         state.in_flight[job] -= 1;
         if state.closed {
@@ -173,7 +181,10 @@ mod tests {
         let takers: Vec<_> = (0..8)
             .map(|_| {
                 let pool = pool.clone();
-                tokio::spawn(async move { pool.get(Bits::B2048).await.private().n().to_bytes_be() })
+                tokio::spawn(async move {
+                    let key = pool.get(KeySpec::default()).await;
+                    key.rsa_private().unwrap().n().to_bytes_be()
+                })
             })
             .collect();
         let mut moduli = std::collections::HashSet::new();
@@ -184,8 +195,18 @@ mod tests {
             );
         }
         // A size with no target is generated on demand.
-        let big = pool.get(Bits::B3072).await;
-        assert_eq!(big.private().size() * 8, 3072);
+        let big = pool
+            .get(KeySpec::Rsa {
+                alg: keys::Algorithm::PS256,
+                bits: Bits::B3072,
+            })
+            .await;
+        assert_eq!(big.rsa_private().unwrap().size() * 8, 3072);
+        // EC and Ed25519 keys are made on the spot, outside the pool.
+        for alg in [keys::Algorithm::ES256, keys::Algorithm::EdDSA] {
+            let key = pool.get(KeySpec::new(alg, None).unwrap()).await;
+            assert!(key.rsa_private().is_none() && !key.spki_der().is_empty());
+        }
         let state = pool.inner.state.lock().unwrap();
         assert_eq!(state.wanted, [0, 0, 0], "every demand was withdrawn");
         assert!(

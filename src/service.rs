@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::audit::{Action, Actor, NewEvent};
 use crate::jwks::Jwks;
-use crate::keys::{Algorithm, Bits, GeneratedKey, KeyId, KeyName, OrgId, PublicKeyRecord};
+use crate::keys::{GeneratedKey, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::refusals::Refusals;
@@ -44,8 +44,7 @@ pub struct Caller {
 #[derive(Debug, Clone)]
 pub struct NewKey {
     pub name: KeyName,
-    pub algorithm: Algorithm,
-    pub bits: Bits,
+    pub spec: KeySpec,
 }
 
 pub struct Signet {
@@ -62,8 +61,8 @@ pub struct Signet {
 }
 
 impl Signet {
-    /// `pool` is the number of pre-generated key pairs to keep per size,
-    /// in `Bits::ALL` order.
+    /// `pool` is the number of pre-generated RSA key pairs to keep per
+    /// modulus size, in `Bits::ALL` order.
     pub fn new(
         store: Store,
         policy: Policy,
@@ -112,14 +111,13 @@ impl Signet {
                 .await?;
             return Err(ServiceError::QuotaExceeded(self.quota));
         }
-        let generated = self.pool.get(new.bits).await;
+        let generated = self.pool.get(new.spec).await;
         let id = self.store.new_id();
         let record = PublicKeyRecord {
             id,
             org,
             name: new.name,
-            algorithm: new.algorithm,
-            bits: new.bits,
+            spec: new.spec,
             spki_der: generated.spki_der().to_vec(),
             created_at_ms: id.timestamp_ms(),
         };
@@ -252,7 +250,7 @@ impl KeySource for StoreSource {
             .map_err(|e| e.to_string())?
             .map(|r| KeyMaterial {
                 org: Some(r.org),
-                algorithm: r.algorithm,
+                algorithm: r.spec.algorithm(),
                 spki_der: r.spki_der,
             }))
     }

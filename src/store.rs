@@ -26,8 +26,11 @@ use crate::audit::{self, AuditEvent, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 
-/// The schema this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema this build writes and reads. Version 2 added EC and Ed25519
+/// keys; a version-1 record (always RSA) reads unchanged as a version-2 one
+/// (see `PublicKeyRecord`), so upgrading only restamps the version, which
+/// keeps an older signet, which cannot read EC keys, from opening the data.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// sled's page cache. Nothing hot reads through it: the verifier and the
 /// JWK Sets hold every live key decoded, so sled serves only writes (whose
@@ -577,6 +580,10 @@ impl Handles {
                         path: dir.to_owned(),
                         found,
                     });
+                }
+                if found < SCHEMA_VERSION {
+                    meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
+                        .map_err(open_err)?;
                 }
             }
         }

@@ -16,7 +16,7 @@ use super::reply::{self, ApiError, Reply, JSON, PEM};
 use super::App;
 use crate::audit::Actor;
 use crate::auth::{self, authorize, AuthError, Gate, Need, Principal};
-use crate::keys::{Algorithm, Bits, KeyId, KeyName, KeyView, OrgId};
+use crate::keys::{Algorithm, Bits, KeyId, KeyName, KeySpec, KeyView, OrgId};
 use crate::service::{Caller, NewKey};
 use crate::verify::{self, Expect, VerifyError};
 
@@ -159,8 +159,9 @@ struct CreateBody {
     name: KeyName,
     #[serde(default)]
     algorithm: Algorithm,
+    /// Only for RSA; `null` is the same as absent.
     #[serde(default)]
-    bits: Bits,
+    bits: Option<Bits>,
 }
 
 #[derive(Deserialize)]
@@ -221,8 +222,8 @@ impl Cx<'_> {
         let body: CreateBody = self.read_json(req).await?;
         let new = NewKey {
             name: body.name,
-            algorithm: body.algorithm,
-            bits: body.bits,
+            spec: KeySpec::new(body.algorithm, body.bits)
+                .map_err(|e| ApiError::invalid_request(e.to_string()))?,
         };
         let (record, key) = self
             .app
@@ -265,15 +266,16 @@ impl Cx<'_> {
         let principal = self.allow(headers, &org, Need::Manage)?;
         let new = NewKey {
             name: KeyName::parse("Organization key").expect("a valid literal name"),
-            algorithm: Algorithm::RS256,
-            bits: Bits::B2048,
+            spec: KeySpec::default(),
         };
         let (record, key) = self
             .app
             .signet
             .create(org, new, &self.caller(principal.actor()))
             .await?;
-        let pem = key.pkcs1_pem();
+        let pem = key
+            .pkcs1_pem()
+            .expect("the compatibility route makes RSA keys");
         let mut r = reply::with_type(
             StatusCode::OK,
             PEM,

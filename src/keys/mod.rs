@@ -1,9 +1,10 @@
 //! The domain of signing keys: identifiers and names parsed at the boundary,
-//! the supported algorithms and sizes, and the public-key record that is the
-//! only thing signet keeps of a key pair.
+//! the supported algorithms and key types, and the public-key record that is
+//! the only thing signet keeps of a key pair.
 
 mod generate;
 mod jwk;
+mod spec;
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use generate::{generate, generate_with_rsa_crate, GeneratedKey};
 pub use jwk::{Jwk, JwkError};
+pub use spec::{Curve, KeySpec};
 
 /// Why a piece of client input is not a valid identifier, name or parameter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,12 +28,17 @@ pub enum ParseError {
     /// A key name that is empty, too long or holds control characters.
     #[error("name must be 1 to 128 characters without control characters")]
     KeyName,
-    /// An algorithm other than the six RSA JWS algorithms.
-    #[error("algorithm must be one of RS256, RS384, RS512, PS256, PS384, PS512")]
+    /// An algorithm signet does not issue keys for.
+    #[error(
+        "algorithm must be one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+    )]
     Algorithm,
     /// A key size other than 2048, 3072 or 4096 bits.
     #[error("bits must be one of 2048, 3072, 4096")]
     Bits,
+    /// `bits` given for an algorithm whose key size is fixed by its curve.
+    #[error("bits applies only to RSA algorithms; leave it out for {0}")]
+    BitsNotRsa(Algorithm),
 }
 
 /// An organisation id: 1–64 characters of `[A-Za-z0-9._-]`.
@@ -152,7 +159,8 @@ impl<'de> Deserialize<'de> for KeyName {
     }
 }
 
-/// The JWS algorithms signet issues keys for: RSA PKCS#1 v1.5 and RSA-PSS.
+/// The JWS algorithms signet issues keys for: RSA PKCS#1 v1.5, RSA-PSS,
+/// ECDSA on P-256 and P-384, and EdDSA with Ed25519.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Algorithm {
     #[default]
@@ -162,16 +170,22 @@ pub enum Algorithm {
     PS256,
     PS384,
     PS512,
+    ES256,
+    ES384,
+    EdDSA,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 6] = [
+    pub const ALL: [Algorithm; 9] = [
         Algorithm::RS256,
         Algorithm::RS384,
         Algorithm::RS512,
         Algorithm::PS256,
         Algorithm::PS384,
         Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -182,7 +196,32 @@ impl Algorithm {
             Algorithm::PS256 => "PS256",
             Algorithm::PS384 => "PS384",
             Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
         }
+    }
+
+    /// The aws-lc-rs verification algorithm for this JWS algorithm. ECDSA
+    /// takes only the fixed-length `r ‖ s` signatures of RFC 7518 §3.4.
+    pub fn verification(self) -> &'static dyn aws_lc_rs::signature::VerificationAlgorithm {
+        use aws_lc_rs::signature as s;
+        match self {
+            Algorithm::RS256 => &s::RSA_PKCS1_2048_8192_SHA256,
+            Algorithm::RS384 => &s::RSA_PKCS1_2048_8192_SHA384,
+            Algorithm::RS512 => &s::RSA_PKCS1_2048_8192_SHA512,
+            Algorithm::PS256 => &s::RSA_PSS_2048_8192_SHA256,
+            Algorithm::PS384 => &s::RSA_PSS_2048_8192_SHA384,
+            Algorithm::PS512 => &s::RSA_PSS_2048_8192_SHA512,
+            Algorithm::ES256 => &s::ECDSA_P256_SHA256_FIXED,
+            Algorithm::ES384 => &s::ECDSA_P384_SHA384_FIXED,
+            Algorithm::EdDSA => &s::ED25519,
+        }
+    }
+
+    /// Whether keys of this algorithm are RSA keys (and so have a size).
+    pub fn is_rsa(self) -> bool {
+        !matches!(self, Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA)
     }
 }
 
@@ -258,14 +297,19 @@ impl<'de> Deserialize<'de> for Bits {
 
 /// Everything signet keeps of a key pair. There is no private half here, by
 /// construction: this type is what `store` persists.
+///
+/// The key spec is stored as `algorithm` and `bits` (null for EC and
+/// Ed25519 keys), so a record written before EC and Ed25519 keys existed
+/// (always RSA, always with `bits`) reads unchanged. Unknown fields are not
+/// refused here (serde cannot combine that with the flattened spec); the
+/// record is sealed, so only signet itself writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PublicKeyRecord {
     pub id: KeyId,
     pub org: OrgId,
     pub name: KeyName,
-    pub algorithm: Algorithm,
-    pub bits: Bits,
+    #[serde(flatten)]
+    pub spec: KeySpec,
     /// SubjectPublicKeyInfo, DER.
     #[serde(with = "b64")]
     pub spki_der: Vec<u8>,
@@ -295,8 +339,8 @@ pub struct KeyView<'a> {
     id: KeyId,
     organisation_id: &'a OrgId,
     name: &'a KeyName,
-    algorithm: Algorithm,
-    bits: Bits,
+    #[serde(flatten)]
+    spec: KeySpec,
     public_key: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub private_key: Option<&'a str>,
@@ -309,8 +353,7 @@ impl<'a> KeyView<'a> {
             id: r.id,
             organisation_id: &r.org,
             name: &r.name,
-            algorithm: r.algorithm,
-            bits: r.bits,
+            spec: r.spec,
             public_key: r.public_key_pem(),
             private_key: None,
             created_at: r.created_at(),
@@ -383,7 +426,7 @@ mod tests {
         for a in Algorithm::ALL {
             assert_eq!(a.as_str().parse::<Algorithm>(), Ok(a));
         }
-        for bad in ["rs256", "HS256", "none", "ES256", ""] {
+        for bad in ["rs256", "HS256", "none", "ES512", "Ed25519", "EDDSA", ""] {
             assert_eq!(bad.parse::<Algorithm>(), Err(ParseError::Algorithm));
         }
         for b in Bits::ALL {

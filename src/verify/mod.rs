@@ -18,7 +18,7 @@ mod token;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::signature::{self, ParsedPublicKey, RsaParameters};
+use aws_lc_rs::signature::ParsedPublicKey;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
 
@@ -282,8 +282,8 @@ impl Verifier {
                 self.stats.unknown.inc();
                 unknown()
             })?;
-        let key =
-            ParsedPublicKey::new(params(material.algorithm), &material.spki_der).map_err(|e| {
+        let key = ParsedPublicKey::new(material.algorithm.verification(), &material.spki_der)
+            .map_err(|e| {
                 VerifyError::Unavailable(format!("stored key {id} does not parse: {e}"))
             })?;
         let key = Arc::new(CachedKey {
@@ -299,17 +299,6 @@ impl Verifier {
         }
         self.cache.insert(id, key.clone());
         Ok(key)
-    }
-}
-
-fn params(alg: Algorithm) -> &'static RsaParameters {
-    match alg {
-        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
-        Algorithm::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
     }
 }
 

@@ -42,9 +42,11 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, VerifyError> {
     };
     let header = decode_object(h, "header")?;
     let alg = match header.get("alg") {
+        // RFC 9864 names Ed25519 itself; it means EdDSA with an Ed25519 key.
+        Some(Value::String(alg)) if alg == "Ed25519" => Algorithm::EdDSA,
         Some(Value::String(alg)) => alg.parse::<Algorithm>().map_err(|_| {
             VerifyError::UnsupportedAlgorithm(format!(
-                "algorithm {alg:?} is not accepted; only RS256, RS384, RS512, PS256, PS384 and PS512 are"
+                "algorithm {alg:?} is not accepted; only RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA and Ed25519 are"
             ))
         })?,
         Some(_) => return Err(VerifyError::Malformed("header alg must be a string".into())),

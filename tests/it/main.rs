@@ -2,6 +2,7 @@
 //! dir, spoken to over HTTP; the real binary for the CLI and crash tests.
 
 mod access;
+mod algorithms;
 mod anonymous;
 mod bad_input;
 mod cli;

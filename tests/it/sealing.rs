@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::json;
-use signet::keys::{Algorithm, Bits, KeyId, KeyName, OrgId, PublicKeyRecord};
+use signet::keys::{KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use signet::seal::Sealer;
 use signet::store::Store;
 
@@ -27,8 +27,7 @@ fn attacker_record(id: KeyId) -> (PublicKeyRecord, Signer) {
         id,
         org: OrgId::parse("acme").unwrap(),
         name: KeyName::parse("planted").unwrap(),
-        algorithm: Algorithm::RS256,
-        bits: Bits::B2048,
+        spec: KeySpec::default(),
         spki_der: spki.into_vec(),
         created_at_ms: 0,
     };

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use aws_lc_rs::signature::{
-    RsaKeyPair, RSA_PKCS1_SHA256, RSA_PKCS1_SHA384, RSA_PKCS1_SHA512, RSA_PSS_SHA256,
-    RSA_PSS_SHA384, RSA_PSS_SHA512,
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
+    ECDSA_P384_SHA384_FIXED_SIGNING, RSA_PKCS1_SHA256, RSA_PKCS1_SHA384, RSA_PKCS1_SHA512,
+    RSA_PSS_SHA256, RSA_PSS_SHA384, RSA_PSS_SHA512,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -223,29 +224,65 @@ pub async fn try_send(
 
 /// A private key and how to sign with it, for minting test tokens.
 pub struct Signer {
-    pair: RsaKeyPair,
+    pair: Pair,
+}
+
+enum Pair {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
 }
 
 impl Signer {
+    /// From a PKCS#8 PEM of an RSA, P-256, P-384 or Ed25519 key.
     pub fn from_pem(pem: &str) -> Signer {
-        let der = rsa::RsaPrivateKey::from_pkcs8_pem(pem)
-            .expect("PKCS#8 PEM")
-            .to_pkcs8_der()
-            .unwrap();
-        Signer {
-            pair: RsaKeyPair::from_pkcs8(der.as_bytes()).expect("aws-lc accepts the key"),
-        }
+        let (label, der) = pkcs8::der::pem::decode_vec(pem.as_bytes()).expect("a PEM");
+        assert_eq!(label, "PRIVATE KEY", "a PKCS#8 PEM");
+        let ec = |alg| EcdsaKeyPair::from_pkcs8(alg, &der).ok().map(Pair::Ec);
+        let pair = ec(&ECDSA_P256_SHA256_FIXED_SIGNING)
+            .or_else(|| ec(&ECDSA_P384_SHA384_FIXED_SIGNING))
+            .or_else(|| Ed25519KeyPair::from_pkcs8(&der).ok().map(Pair::Ed25519))
+            .unwrap_or_else(|| {
+                let der = rsa::RsaPrivateKey::from_pkcs8_der(&der)
+                    .expect("an RSA, EC or Ed25519 PKCS#8 key")
+                    .to_pkcs8_der()
+                    .unwrap();
+                Pair::Rsa(RsaKeyPair::from_pkcs8(der.as_bytes()).expect("aws-lc accepts the key"))
+            });
+        Signer { pair }
     }
 
-    /// Signs `header`/`claims` as given (nothing added), with the RSA
-    /// algorithm `alg` names.
+    /// SubjectPublicKeyInfo DER of the public half.
+    pub fn spki_der(&self) -> Vec<u8> {
+        use aws_lc_rs::encoding::AsDer;
+        let der = match &self.pair {
+            Pair::Rsa(p) => p.public_key().as_der().map(|d| d.as_ref().to_vec()),
+            Pair::Ec(p) => p.public_key().as_der().map(|d| d.as_ref().to_vec()),
+            Pair::Ed25519(p) => p.public_key().as_der().map(|d| d.as_ref().to_vec()),
+        };
+        der.unwrap()
+    }
+
+    /// Signs `header`/`claims` as given (nothing added), with the algorithm
+    /// `alg` names (see [`Signer::sign_raw`]).
     pub fn sign(&self, header: &Value, claims: &Value, alg: &str) -> String {
         let input = signing_input(header, claims);
         format!("{input}.{}", self.sign_raw(&input, alg))
     }
 
-    /// The base64url signature of `input`.
+    /// The base64url signature of `input`. An RSA key signs with the RSA
+    /// algorithm `alg` names; an EC or Ed25519 key with its own algorithm
+    /// (fixed-length `r ‖ s` for ECDSA), whatever `alg` says.
     pub fn sign_raw(&self, input: &str, alg: &str) -> String {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pair = match &self.pair {
+            Pair::Rsa(pair) => pair,
+            Pair::Ec(pair) => {
+                let sig = pair.sign(&rng, input.as_bytes()).unwrap();
+                return URL_SAFE_NO_PAD.encode(sig.as_ref());
+            }
+            Pair::Ed25519(pair) => return URL_SAFE_NO_PAD.encode(pair.sign(input.as_bytes())),
+        };
         let padding: &'static dyn aws_lc_rs::signature::RsaEncoding = match alg {
             "RS256" => &RSA_PKCS1_SHA256,
             "RS384" => &RSA_PKCS1_SHA384,
@@ -255,25 +292,27 @@ impl Signer {
             "PS512" => &RSA_PSS_SHA512,
             other => panic!("not an RSA algorithm: {other}"),
         };
-        let mut sig = vec![0; self.pair.public_modulus_len()];
-        self.pair
-            .sign(
-                padding,
-                &aws_lc_rs::rand::SystemRandom::new(),
-                input.as_bytes(),
-                &mut sig,
-            )
+        let mut sig = vec![0; pair.public_modulus_len()];
+        pair.sign(padding, &rng, input.as_bytes(), &mut sig)
             .unwrap();
         URL_SAFE_NO_PAD.encode(sig)
     }
 
     /// A standard organisation token.
     pub fn org_token(&self, kid: &str, claims: Value) -> String {
-        self.sign(
-            &json!({"alg": "RS256", "typ": "JWT", "kid": kid}),
-            &claims,
-            "RS256",
-        )
+        let alg = self.alg();
+        self.sign(&json!({"alg": alg, "typ": "JWT", "kid": kid}), &claims, alg)
+    }
+
+    /// The algorithm `org_token` signs with: RS256 for an RSA key, else the
+    /// one its curve fixes.
+    pub fn alg(&self) -> &'static str {
+        match &self.pair {
+            Pair::Rsa(_) => "RS256",
+            Pair::Ec(p) if p.public_key().as_ref().len() == 65 => "ES256",
+            Pair::Ec(_) => "ES384",
+            Pair::Ed25519(_) => "EdDSA",
+        }
     }
 }
 

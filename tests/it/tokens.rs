@@ -8,9 +8,8 @@ use std::sync::Arc;
 use aws_lc_rs::hmac;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
 use serde_json::{Map, Value};
-use signet::keys::{Algorithm, Jwk, KeyId, KeyName, OrgId, PublicKeyRecord};
+use signet::keys::{Algorithm, Jwk, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use signet::verify::{Expect, KeyMaterial, KeySource, Policy, Verifier};
 
 use crate::support::Signer;
@@ -48,15 +47,19 @@ fn load_keys(doc: &Value) -> HashMap<String, FixtureKey> {
         .map(|(label, k)| {
             let pem = std::fs::read_to_string(format!("{FIXTURES}/{}", k["pem"].as_str().unwrap()))
                 .unwrap();
-            let public = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
-                .unwrap()
-                .to_public_key();
+            let signer = Signer::from_pem(&pem);
+            let spki_der = signer.spki_der();
             let key = FixtureKey {
                 kid: k["kid"].as_str().unwrap().to_owned(),
                 alg: k["alg"].as_str().unwrap().parse().unwrap(),
-                signer: Signer::from_pem(&pem),
-                public_pem: public.to_public_key_pem(Default::default()).unwrap(),
-                spki_der: public.to_public_key_der().unwrap().into_vec(),
+                signer,
+                public_pem: pkcs8::der::pem::encode_string(
+                    "PUBLIC KEY",
+                    pkcs8::LineEnding::LF,
+                    &spki_der,
+                )
+                .unwrap(),
+                spki_der,
             };
             (label.clone(), key)
         })
@@ -73,8 +76,7 @@ fn resolve(value: &Value, keys: &HashMap<String, FixtureKey>, doc: &Value, now: 
                 id: KeyId::parse(&k.kid).unwrap(),
                 org: OrgId::parse("acme").unwrap(),
                 name: KeyName::parse("x").unwrap(),
-                algorithm: k.alg,
-                bits: signet::keys::Bits::B2048,
+                spec: KeySpec::new(k.alg, None).unwrap(),
                 spki_der: k.spki_der.clone(),
                 created_at_ms: 0,
             };
@@ -144,16 +146,19 @@ fn build(case: &Value, keys: &HashMap<String, FixtureKey>, doc: &Value, now: u64
         hmac::sign(&key, input.as_bytes()).as_ref().to_vec()
     } else {
         let key = &keys[sign["with"].as_str().unwrap()];
-        let alg = sign["alg"]
-            .as_str()
-            .unwrap_or(if header_alg.parse::<Algorithm>().is_ok() {
+        let alg = sign["alg"].as_str().unwrap_or(
+            if header_alg.parse::<Algorithm>().is_ok_and(|a| a.is_rsa()) {
                 header_alg
             } else {
                 "RS256"
-            });
+            },
+        );
         let token = key.signer.sign_raw(&input, alg);
         URL_SAFE_NO_PAD.decode(token).unwrap()
     };
+    if let Some(edit) = case.get("edit") {
+        signature = edit_signature(signature, edit.as_str().unwrap());
+    }
     if let Some(n) = case.get("truncate") {
         signature.truncate(signature.len() - n.as_u64().unwrap() as usize);
     }
@@ -166,6 +171,28 @@ fn build(case: &Value, keys: &HashMap<String, FixtureKey>, doc: &Value, now: u64
         None => b64(&payload),
     };
     format!("{}.{payload_part}.{signature}", b64(&header))
+}
+
+/// Rewrites a fixed-length ECDSA signature `r ‖ s`: to its DER form, or with
+/// `r` or `s` zeroed.
+fn edit_signature(fixed: Vec<u8>, edit: &str) -> Vec<u8> {
+    let half = fixed.len() / 2;
+    let (r, s) = fixed.split_at(half);
+    match edit {
+        "zero_r" => [vec![0; half], s.to_vec()].concat(),
+        "zero_s" => [r.to_vec(), vec![0; half]].concat(),
+        "der" => {
+            let integer = |v: &[u8]| {
+                let v = &v[v.iter().take_while(|b| **b == 0).count()..];
+                let pad = v.first().is_some_and(|b| b & 0x80 != 0);
+                let body = [if pad { vec![0] } else { vec![] }, v.to_vec()].concat();
+                [vec![0x02, body.len() as u8], body].concat()
+            };
+            let body = [integer(r), integer(s)].concat();
+            [vec![0x30, body.len() as u8], body].concat()
+        }
+        other => panic!("unknown signature edit {other:?}"),
+    }
 }
 
 #[test]
