@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-fn signet(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn signet(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_signet"));
     cmd.args(args)
         .env_remove("SIGNET_ADMIN_TOKEN")
@@ -18,7 +18,7 @@ fn signet(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -181,7 +181,7 @@ fn offline_key_admin_and_the_whole_token_loop() {
     // The JWK Set source, from a file.
     let jwks = dir.path().join("jwks.json");
     let sealer = signet::seal::Sealer::load_or_create(std::path::Path::new(data), None).unwrap();
-    let record = signet::store::Store::open(std::path::Path::new(data), sealer)
+    let record = signet::store::sled::SledStore::open(std::path::Path::new(data), sealer)
         .unwrap()
         .all_keys()
         .unwrap();

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod durability;
 mod keys_api;
+mod no_data;
 mod operations;
 mod sealing;
 mod support;
