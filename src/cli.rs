@@ -16,8 +16,8 @@ use crate::app::{self, Application};
 use crate::audit::Actor;
 use crate::config::{Config, LogFormat};
 use crate::keys::{self, Algorithm, Bits, Jwk, KeyId, KeyName, KeySpec, OrgId};
-use crate::service::{Caller, NewKey, Signet, StoreSource};
-use crate::store::{Store, StoreError};
+use crate::service::{Caller, NewKey, Signet};
+use crate::store::{Rotated, Store, StoreError};
 use crate::verify::{self, Expect, KeyMaterial, KeySource, Policy, Verifier, VerifyError};
 
 #[derive(Parser)]
@@ -285,13 +285,13 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Seal {
             command: SealCommand::Rotate,
             data,
-        } => seal_rotate(&data),
+        } => runtime.block_on(seal_rotate(&data)),
         Command::Audit {
             command: AuditCommand::Verify,
             data,
-        } => {
-            let store = open_store(&data)?;
-            match store.verify_audit()? {
+        } => runtime.block_on(async {
+            let signet = open_existing(&data_config(&data)?).await?;
+            match signet.verify_audit().await? {
                 Ok(n) => {
                     println!("audit log intact: {n} events checked");
                     Ok(Outcome::Success)
@@ -301,7 +301,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                     Ok(Outcome::Refused)
                 }
             }
-        }
+        }),
     }
 }
 
@@ -314,64 +314,35 @@ fn data_config(data: &DataArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Opens an existing database for offline work.
-fn open_store(data: &DataArgs) -> anyhow::Result<Store> {
-    let config = data_config(data)?;
-    let dir = &config.storage.data_dir;
-    if !dir.join("db").exists() {
-        bail!(
-            "{} holds no signet database; pass --data-dir or run `signet serve` once",
-            dir.display()
-        );
-    }
-    Ok(Store::open(dir, config.sealer()?)?)
+/// The service over existing data, for offline reading; creates nothing.
+async fn open_existing(config: &Config) -> anyhow::Result<Signet> {
+    let store = Store::open_existing(config).await?;
+    Ok(Signet::new(store, Policy::default(), config.keys.max_per_org, [0; 3]).await?)
 }
 
-fn seal_rotate(data: &DataArgs) -> anyhow::Result<Outcome> {
+async fn seal_rotate(data: &DataArgs) -> anyhow::Result<Outcome> {
     let config = data_config(data)?;
-    let dir = config.storage.data_dir.clone();
-    if !dir.join("db").exists() {
-        bail!(
-            "{} holds no signet database; pass --data-dir",
-            dir.display()
-        );
+    let next = std::env::var("SIGNET_NEW_SEAL_KEY").ok();
+    match crate::store::rotate_seal(&config, next.as_deref()).await? {
+        Rotated::External { records } => {
+            println!("re-sealed {records} records; set SIGNET_SEAL_KEY to the new key now")
+        }
+        Rotated::KeyFile { records, key_file } => println!(
+            "re-sealed {records} records under a new seal key ({})",
+            key_file.display()
+        ),
     }
-    if let Some(current) = &config.storage.seal_key {
-        // Keys held outside the data directory: re-seal, write no files.
-        let next = std::env::var("SIGNET_NEW_SEAL_KEY").map_err(|_| {
-            anyhow!("SIGNET_SEAL_KEY is set, so give the new key in SIGNET_NEW_SEAL_KEY (64 hex characters)")
-        })?;
-        let both = crate::seal::Sealer::rotating(&next, current.expose())?;
-        let n = Store::open(&dir, both)?.reseal_all()?;
-        println!("re-sealed {n} records; set SIGNET_SEAL_KEY to the new key now");
-        return Ok(Outcome::Success);
-    }
-    // seal.key.next is accepted alongside seal.key until the rename below,
-    // so a crash at any point leaves every record readable; rerunning
-    // finishes the rotation.
-    let next_path = crate::seal::next_path(&dir);
-    if !next_path.exists() {
-        crate::seal::write_key_file(&next_path, &crate::seal::random_key())?;
-    }
-    let store = Store::open(&dir, config.sealer()?)?;
-    let n = store.reseal_all()?;
-    drop(store);
-    std::fs::rename(&next_path, dir.join("seal.key"))
-        .with_context(|| format!("cannot move {} into place", next_path.display()))?;
-    crate::seal::sync_dir(&next_path)?;
-    println!(
-        "re-sealed {n} records under a new seal key ({})",
-        dir.join("seal.key").display()
-    );
     Ok(Outcome::Success)
 }
 
 async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcome> {
     let config = data_config(&data)?;
-    let dir = &config.storage.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let store = Store::open(dir, config.sealer()?)?;
-    let signet = Signet::new(store, Policy::default(), config.keys.max_per_org, [0; 3])?;
+    let signet = if matches!(command, KeysCommand::List { .. }) {
+        open_existing(&config).await?
+    } else {
+        let store = Store::open(&config).await?;
+        Signet::new(store, Policy::default(), config.keys.max_per_org, [0; 3]).await?
+    };
     let caller = Caller {
         actor: Actor::Cli,
         client: None,
@@ -413,8 +384,8 @@ async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcom
         }
         KeysCommand::List { org } => {
             let records = match org {
-                Some(org) => signet.list(&OrgId::parse(&org)?)?,
-                None => signet.store.all_keys()?,
+                Some(org) => signet.list(&OrgId::parse(&org)?).await?,
+                None => signet.list_all().await?,
             };
             let keys: Vec<Value> = records.iter().map(public_view).collect();
             println!(
@@ -434,7 +405,7 @@ async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcom
             }
         }
     }
-    signet.store.sync()?;
+    signet.sync().await?;
     Ok(Outcome::Success)
 }
 
@@ -606,14 +577,14 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
         cache_capacity: 16,
         max_token_lifetime: config.verify.max_token_lifetime,
     };
-    let local = |source: Arc<dyn KeySource>| -> anyhow::Result<Value> {
-        let verifier = Verifier::new(source, policy);
-        let result = verifier.verify(token, expect);
+    let judged = |result: Result<verify::Verified, VerifyError>| -> anyhow::Result<Value> {
         if let Err(VerifyError::Unavailable(cause)) = &result {
             bail!("could not read keys: {cause}");
         }
         Ok(verify::result_json(&result))
     };
+    let local =
+        |source: Arc<dyn KeySource>| judged(Verifier::new(source, policy).verify(token, expect));
     let result = if let Some(source) = &args.jwks {
         let bytes = if source.starts_with("http://") || source.starts_with("https://") {
             let answer = crate::http::client::get(source).await?;
@@ -628,7 +599,7 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
     } else if let Some(dir) = &args.data_dir {
         let mut config = config.clone();
         config.storage.data_dir = dir.clone();
-        let store = match Store::open(dir, config.sealer()?) {
+        let store = match Store::open_existing(&config).await {
             Err(StoreError::Locked(_)) => bail!(
                 "the database in {} is locked by a running server; ask it instead with --server http://{}",
                 dir.display(),
@@ -636,7 +607,8 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
             ),
             other => other?,
         };
-        local(Arc::new(StoreSource(Arc::new(store))))?
+        let signet = Signet::new(store, policy, config.keys.max_per_org, [0; 3]).await?;
+        judged(signet.verify(token, expect))?
     } else {
         let base = args
             .server

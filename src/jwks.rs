@@ -108,6 +108,18 @@ impl Jwks {
             fresh.orgs.into_inner().expect("fresh lock");
     }
 
+    /// One published key: its organisation and serialised JWK.
+    pub fn key(&self, id: KeyId) -> Option<(OrgId, Box<[u8]>)> {
+        let state = self.state.read().expect("jwks lock poisoned");
+        state.all.get(&id).cloned()
+    }
+
+    /// Whether `id` is published.
+    pub fn contains(&self, id: KeyId) -> bool {
+        let state = self.state.read().expect("jwks lock poisoned");
+        state.all.contains_key(&id)
+    }
+
     pub fn added(&self, record: &PublicKeyRecord) {
         let mut state = self.state.write().expect("jwks lock poisoned");
         state.insert(record);

@@ -176,6 +176,12 @@ fn aad(id: KeyId, org: &[u8]) -> Vec<u8> {
     [b"signet key record v1".as_slice(), &id.to_bytes(), org].concat()
 }
 
+/// Where the seal key of `data_dir` lives.
+pub fn key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("seal.key")
+}
+
+/// Where a rotation writes the next seal key before moving it into place.
 pub fn next_path(data_dir: &Path) -> PathBuf {
     data_dir.join("seal.key.next")
 }

@@ -266,7 +266,7 @@ async fn an_edited_audit_event_breaks_the_chain() {
     assert!(String::from_utf8_lossy(&intact.stdout).contains("3 events"));
     {
         let sealer = signet::seal::Sealer::load_or_create(dir.path(), None).unwrap();
-        let store = signet::store::Store::open(dir.path(), sealer).unwrap();
+        let store = signet::store::sled::SledStore::open(dir.path(), sealer).unwrap();
         let tree = store.raw_audit_tree();
         let (k, v) = tree.iter().nth(1).unwrap().unwrap();
         let mut edited = v.to_vec();

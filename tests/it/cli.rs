@@ -185,7 +185,7 @@ fn offline_key_admin_and_the_whole_token_loop() {
     // The JWK Set source, from a file.
     let jwks = dir.path().join("jwks.json");
     let sealer = signet::seal::Sealer::load_or_create(std::path::Path::new(data), None).unwrap();
-    let record = signet::store::Store::open(std::path::Path::new(data), sealer)
+    let record = signet::store::sled::SledStore::open(std::path::Path::new(data), sealer)
         .unwrap()
         .all_keys()
         .unwrap();

@@ -9,6 +9,7 @@ mod cli;
 mod cli_messages;
 mod durability;
 mod keys_api;
+mod no_data;
 mod operations;
 mod sealing;
 mod support;
