@@ -4,7 +4,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use signet::audit::{Action, Actor, NewEvent};
 use signet::keys::OrgId;
 use signet::seal::Sealer;
-use signet::store::Store;
+use signet::store::sled::SledStore as Store;
 
 fn audit_verify(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# JWKS latency while keys are being created: issue 5's "a burst of key
-# creates must not stall the published JWK Set" target (p99 ≤ 2× idle).
+# JWKS latency while keys are being created: the requirement "a burst of key
+# creates must not stall the published JWK Set" (p99 ≤ 2× idle).
 #
 #   benches/burst.sh            # from anywhere; builds target/release/signet
 #

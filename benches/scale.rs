@@ -45,7 +45,8 @@ use signet::config::{Config, Secret};
 use signet::jwks::Jwks;
 use signet::keys::{generate, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use signet::seal::Sealer;
-use signet::store::{Inserted, Store};
+use signet::store::sled::SledStore as Store;
+use signet::store::Inserted;
 
 const KEYS_PER_ORG: usize = 5;
 const SEAL_KEY: [u8; 32] = [7u8; 32];

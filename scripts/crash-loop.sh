@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Crash-consistency loop (SPEC.md §7: a `kill -9` at any moment loses no
+# Crash-consistency loop (docs/api.md, storage guarantees: a `kill -9` at any moment loses no
 # acknowledged write and leaves no half-written key).
 #
 # usage: scripts/crash-loop.sh [CYCLES=50]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Durability check (SPEC.md §7): every acknowledged create (201) and delete
+# Durability check (docs/api.md, storage guarantees): every acknowledged create (201) and delete
 # (204) must be behind a real fsync/fdatasync of sled's database file.
 #
 # Runs `signet serve` under strace on 127.0.0.1 with a temporary data dir,

@@ -13,7 +13,7 @@
 # The server's RSS (VmRSS from /proc/PID/status) is sampled at the start,
 # every 10 s, and at the end. The baseline for growth is the sample after
 # the warm-up (SOAK_WARMUP, 600 s): sled's page cache fills with written
-# records for the first 15 minutes or so of churn (see README, "Memory"),
+# records for the first 15 minutes or so of churn (see docs/performance.md, "Memory"),
 # so a short warm-up measures that fill, not a leak. The report also gives the
 # growth over the second half of the measured window: a leak keeps its
 # pace there, a filling cache slows down.

@@ -14,7 +14,7 @@ use crate::auth::OperatorToken;
 use crate::config::Config;
 use crate::http::{self, App};
 use crate::service::Signet;
-use crate::store::{Store, StoreError};
+use crate::store::{create_private_dir, Store, StoreError};
 use crate::verify::Policy;
 
 /// Why the server could not start or stop cleanly.
@@ -30,6 +30,9 @@ pub enum StartupError {
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Storage failed at shutdown.
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
     /// The seal key could not be loaded or created.
     #[error(transparent)]
     Seal(#[from] crate::seal::SealError),
@@ -57,12 +60,18 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartupError> {
+        // Bind first: a server that cannot listen must not have written
+        // an operator token or a seal key it will never use.
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
         let data_dir = config.storage.data_dir.clone();
         create_private_dir(&data_dir).map_err(|source| StartupError::DataDir {
             path: data_dir.clone(),
             source,
         })?;
-        let store = Store::open(&data_dir, config.sealer()?)?;
+        let store = Store::open(&config).await?;
         let (operator, generated) =
             OperatorToken::load_or_create(&config).map_err(|source| StartupError::AdminToken {
                 path: data_dir.join("admin.token"),
@@ -76,17 +85,14 @@ impl Application {
             require_exp: config.verify.require_exp,
             max_token_bytes: config.verify.max_token_bytes,
             cache_capacity: config.verify.cache_capacity,
+            max_token_lifetime: config.verify.max_token_lifetime,
         };
         let pool = [
             config.keys.pool_2048,
             config.keys.pool_3072,
             config.keys.pool_4096,
         ];
-        let signet = Signet::new(store, policy, config.keys.max_per_org, pool)?;
-        let addr = config.server.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
+        let signet = Signet::new(store, policy, config.keys.max_per_org, pool).await?;
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
@@ -107,18 +113,10 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
         tracing::info!(addr = %self.addr, "signet is listening");
         http::serve(self.listener, self.app.clone(), shutdown).await;
-        self.app.signet.store.sync()?;
+        self.app.signet.sync().await?;
         tracing::info!("storage synced; bye");
         Ok(())
     }
-}
-
-fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(path)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -5,6 +5,14 @@
 //! event of its organisation; the first event of an organisation carries 64
 //! zeros. `store` appends events in the same transaction as the change they
 //! record; [`check_chain`] walks one organisation's events in order.
+//!
+//! The log records what authenticated principals did and what they were
+//! refused (403). A request without a valid credential (401) is not an
+//! event: anyone can send one, so auditing it would let an anonymous client
+//! write to the disk at will and drown real history; `refusals` counts and
+//! samples those instead. No event stores more than [`MAX_TEXT_BYTES`] of
+//! any text that may come from a request (the token's `sub`, the client
+//! address, the outcome): [`AuditEvent::new`] clamps them.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -38,7 +46,8 @@ pub enum Actor {
     /// An organisation token: its subject and the key that signed it.
     #[serde(rename_all = "camelCase")]
     Token { sub: String, key_id: KeyId },
-    /// A caller whose credential was missing or invalid.
+    /// A caller whose credential was missing or invalid. No longer written
+    /// (such refusals are counted, not audited); older logs still hold it.
     Anonymous,
 }
 
@@ -72,29 +81,54 @@ pub struct AuditEvent {
 /// The `prev_hash` of an organisation's first event.
 pub const GENESIS: [u8; 32] = [0; 32];
 
+/// The most bytes an event keeps of each of its free-text fields (`sub`,
+/// `clientAddress`, `outcome`); longer text is cut on a character boundary
+/// and ends with `…`. Every other field is fixed-size or chosen by signet.
+pub const MAX_TEXT_BYTES: usize = 128;
+
 impl AuditEvent {
+    /// The event as stored; its free-text fields are clamped to
+    /// [`MAX_TEXT_BYTES`].
     pub fn new(id: EventId, org: OrgId, event: NewEvent, prev: [u8; 32]) -> AuditEvent {
+        let actor = match event.actor {
+            Actor::Token { sub, key_id } => Actor::Token {
+                sub: clamp(sub),
+                key_id,
+            },
+            other => other,
+        };
         AuditEvent {
             id,
             time: crate::keys::rfc3339(id.timestamp_ms()),
             organisation_id: org,
             action: event.action,
             key_id: event.key_id,
-            actor: event.actor,
-            client_address: event.client,
-            outcome: event.outcome,
-            prev_hash: hex(&prev),
+            actor,
+            client_address: event.client.map(clamp),
+            outcome: clamp(event.outcome),
+            prev_hash: hex::encode(prev),
         }
     }
+}
+
+/// `text` cut to at most [`MAX_TEXT_BYTES`], on a character boundary.
+fn clamp(mut text: String) -> String {
+    const MARK: char = '…';
+    if text.len() <= MAX_TEXT_BYTES {
+        return text;
+    }
+    let mut end = MAX_TEXT_BYTES - MARK.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push(MARK);
+    text
 }
 
 /// SHA-256 of an event's stored bytes: the next event's `prev_hash`.
 pub fn link(stored: &[u8]) -> [u8; 32] {
     Sha256::digest(stored).into()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where an organisation's chain stops being trustworthy.
@@ -123,7 +157,7 @@ pub fn check_chain<'a>(
         };
         let event: AuditEvent = serde_json::from_slice(bytes)
             .map_err(|e| broken(format!("the stored event does not parse ({e})")))?;
-        if event.prev_hash != hex(&prev) {
+        if event.prev_hash != hex::encode(prev) {
             return Err(broken(
                 "its prev_hash does not match the previous event (an event was edited, removed or inserted)".into(),
             ));
@@ -191,6 +225,67 @@ mod tests {
             let err = check(&edited).expect_err("an edit must break the chain");
             assert!(err.index == target || err.index == target + 1, "{err}");
         }
+    }
+
+    #[test]
+    fn request_derived_text_is_clamped_on_character_boundaries() {
+        let org = OrgId::parse("acme").unwrap();
+        let id = KeyId::new(ulid::Ulid::from_parts(1_700_000_000_000, 7));
+        let long = |unit: &str| unit.repeat(10_000);
+        // One-, two-, three- and four-byte characters, and ones JSON escapes
+        // to six bytes each: every cut lands on a boundary.
+        for unit in ["x", "é", "€", "🦀", "\u{1}", "a€"] {
+            let event = AuditEvent::new(
+                id,
+                org.clone(),
+                NewEvent {
+                    action: Action::AccessDenied,
+                    key_id: Some(id),
+                    actor: Actor::Token {
+                        sub: long(unit),
+                        key_id: id,
+                    },
+                    client: Some(long(unit)),
+                    outcome: long(unit),
+                },
+                GENESIS,
+            );
+            let Actor::Token { sub, .. } = &event.actor else {
+                panic!("the actor stays a token");
+            };
+            let client = event.client_address.as_deref().unwrap();
+            for field in [sub.as_str(), client, event.outcome.as_str()] {
+                assert!(field.len() <= MAX_TEXT_BYTES, "{unit:?}: {}", field.len());
+                assert!(field.len() > MAX_TEXT_BYTES - 8, "{unit:?}: cut too short");
+                let kept = field.strip_suffix('…').expect("a cut is marked");
+                assert!(long(unit).starts_with(kept), "{unit:?}");
+            }
+            // So a stored event has a fixed ceiling, escapes included.
+            let stored = serde_json::to_vec(&event).unwrap();
+            assert!(
+                stored.len() < 3 * 6 * MAX_TEXT_BYTES + 512,
+                "{}",
+                stored.len()
+            );
+        }
+        let short = AuditEvent::new(
+            id,
+            org,
+            NewEvent {
+                action: Action::AccessDenied,
+                key_id: None,
+                actor: Actor::Operator,
+                client: Some("127.0.0.1".into()),
+                outcome: "x".repeat(MAX_TEXT_BYTES),
+            },
+            GENESIS,
+        );
+        assert_eq!(
+            short.outcome,
+            "x".repeat(MAX_TEXT_BYTES),
+            "text at the limit is kept whole"
+        );
+        assert_eq!(short.client_address.as_deref(), Some("127.0.0.1"));
     }
 
     #[test]

@@ -2,8 +2,7 @@
 //! by their SHA-256) and organisation tokens (JWTs checked by the one
 //! verifier, then held to their signing key's organisation).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -53,12 +52,35 @@ pub enum AuthError {
     /// No `Authorization: Bearer` credential.
     #[error("this route needs an Authorization: Bearer credential (the operator token or an organisation token)")]
     Missing,
-    /// A credential that is not the operator token nor a valid organisation token.
-    #[error("the bearer credential is not valid: {0}")]
-    Invalid(String),
+    /// A credential that is not the operator token nor a valid organisation
+    /// token; `reason` is a code from a fixed set, for metrics.
+    #[error("the bearer credential is not valid: {detail}")]
+    Invalid {
+        reason: &'static str,
+        detail: String,
+    },
     /// A valid credential without the right.
     #[error("{0}")]
     Forbidden(&'static str),
+}
+
+impl AuthError {
+    pub fn invalid(reason: &'static str, detail: impl Into<String>) -> AuthError {
+        AuthError::Invalid {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// Why, as a code from a fixed set: `missing`, `not_bearer`, a verifier
+    /// code such as `bad_signature`, or `forbidden`. Safe as a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Invalid { reason, .. } => reason,
+            AuthError::Forbidden(_) => "forbidden",
+        }
+    }
 }
 
 /// The operator token, held only as its SHA-256.
@@ -90,12 +112,10 @@ impl OperatorToken {
         if let Some(secret) = &config.auth.admin_token {
             return Ok((OperatorToken::from_secret(secret.expose()), None));
         }
-        if let Some(hex) = &config.auth.admin_token_sha256 {
+        if let Some(digest_hex) = &config.auth.admin_token_sha256 {
             let mut digest = [0u8; 32];
-            for (i, byte) in digest.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                    .expect("config checked the digest is hex");
-            }
+            hex::decode_to_slice(digest_hex, &mut digest)
+                .expect("config checked the digest is hex");
             return Ok((OperatorToken(digest), None));
         }
         let path = config.storage.data_dir.join("admin.token");
@@ -103,7 +123,7 @@ impl OperatorToken {
             Ok(token) => Ok((OperatorToken::from_secret(token.trim()), None)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let token = generate_secret();
-                write_private(&path, token.as_bytes())?;
+                crate::secret_file::write_secret_file(&path, token.as_bytes())?;
                 Ok((OperatorToken::from_secret(&token), Some(path)))
             }
             Err(e) => Err(e),
@@ -117,17 +137,6 @@ fn generate_secret() -> String {
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(bytes.as_mut());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref())
-}
-
-/// Creates `path` with mode 0600; fails if it exists.
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
 }
 
 /// Everything needed to authenticate a request.
@@ -144,6 +153,12 @@ impl Gate<'_> {
         if self.operator.matches(credential) {
             return Ok(Principal::Operator);
         }
+        if credential.split('.').count() != 3 {
+            return Err(AuthError::invalid(
+                "malformed",
+                "it is neither the operator token nor an organisation token: it does not match the operator token, and it is not a JWT (three dot-separated parts)",
+            ));
+        }
         let verified = self
             .verifier
             .verify(
@@ -153,21 +168,31 @@ impl Gate<'_> {
                     issuer: None,
                 },
             )
-            .map_err(|e| AuthError::Invalid(format!("{} ({})", e, e.code())))?;
+            .map_err(|e| {
+                AuthError::invalid(
+                    e.code(),
+                    format!(
+                        "it is not the operator token, and not a valid organisation token: {} ({})",
+                        e,
+                        e.code()
+                    ),
+                )
+            })?;
         let claim = |name: &str| match verified.claims.get(name) {
             Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-            _ => Err(AuthError::Invalid(format!(
-                "organisation tokens need a string {name} claim"
-            ))),
+            _ => Err(AuthError::invalid(
+                "missing_claim",
+                format!("organisation tokens need a string {name} claim"),
+            )),
         };
         let org = OrgId::parse(&claim("org")?)
-            .map_err(|e| AuthError::Invalid(format!("claim org: {e}")))?;
+            .map_err(|e| AuthError::invalid("malformed", format!("claim org: {e}")))?;
         // The one check that keeps tenants apart: a key of organisation A
         // can only speak for A, whatever its token claims.
         if verified.org.as_ref() != Some(&org) {
-            return Err(AuthError::Invalid(
-                "the token's org claim differs from the organisation of the key that signed it"
-                    .into(),
+            return Err(AuthError::invalid(
+                "wrong_organisation",
+                "the token's org claim differs from the organisation of the key that signed it",
             ));
         }
         Ok(Principal::Org {
@@ -202,14 +227,16 @@ pub fn authorize(principal: &Principal, org: &OrgId, need: Need) -> Result<(), A
 
 /// The credential of `Bearer <credential>` (scheme case-insensitive).
 pub fn bearer(header: &str) -> Result<&str, AuthError> {
-    let (scheme, credential) = header.split_once(' ').ok_or_else(|| {
-        AuthError::Invalid("Authorization must be \"Bearer <credential>\"".into())
-    })?;
+    let not_bearer = || {
+        AuthError::invalid(
+            "not_bearer",
+            "Authorization must be \"Bearer <credential>\"",
+        )
+    };
+    let (scheme, credential) = header.split_once(' ').ok_or_else(not_bearer)?;
     let credential = credential.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || credential.is_empty() {
-        return Err(AuthError::Invalid(
-            "Authorization must be \"Bearer <credential>\"".into(),
-        ));
+        return Err(not_bearer());
     }
     Ok(credential)
 }

@@ -2,8 +2,8 @@
 //! the mapping of outcomes to exit codes (0 success or valid, 1 invalid or
 //! refused, 2 usage, configuration or I/O error).
 
-use std::io::{IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +16,8 @@ use crate::app::{self, Application};
 use crate::audit::Actor;
 use crate::config::{Config, LogFormat};
 use crate::keys::{self, Algorithm, Bits, Jwk, KeyId, KeyName, KeySpec, OrgId};
-use crate::service::{Caller, NewKey, Signet, StoreSource};
-use crate::store::{Store, StoreError};
+use crate::service::{Caller, NewKey, Signet};
+use crate::store::{Rotated, Store, StoreError};
 use crate::verify::{self, Expect, KeyMaterial, KeySource, Policy, Verifier, VerifyError};
 
 #[derive(Parser)]
@@ -67,6 +67,35 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Print a shell completion script, e.g. `signet completions bash > /etc/bash_completion.d/signet`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The `role` claim of an organisation token.
+#[derive(Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+enum Role {
+    /// May manage the organisation's keys and read its audit log.
+    Owner,
+    /// The same rights as OWNER.
+    Administrator,
+    /// May list the organisation's keys.
+    Member,
+}
+
+/// The signing algorithms, as `--alg` and `--algorithm` accept them.
+const ALGORITHMS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// The name a value enum was given on the command line (`OWNER`).
+fn value_name(value: impl clap::ValueEnum) -> String {
+    let value = value.to_possible_value().expect("no value is skipped");
+    value.get_name().to_owned()
 }
 
 #[derive(Subcommand)]
@@ -91,12 +120,14 @@ struct DataArgs {
 enum KeysCommand {
     /// Create a key; prints the SigningKeySet JSON, or writes the private key to --out.
     Create {
+        /// The organisation that will own the key (1–64 of A-Z a-z 0-9 . _ -).
         #[arg(long)]
         org: String,
+        /// A label for the key (1–128 characters, no control characters).
         #[arg(long)]
         name: String,
         /// RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA.
-        #[arg(long, default_value = "RS256")]
+        #[arg(long, default_value = "RS256", value_parser = ALGORITHMS)]
         algorithm: String,
         /// RSA modulus size (2048, 3072 or 4096) [default: 2048; RSA only].
         #[arg(long)]
@@ -107,13 +138,17 @@ enum KeysCommand {
     },
     /// List keys as JSON, of one organisation or of all.
     List {
+        /// Only this organisation's keys [default: every organisation's].
         #[arg(long)]
         org: Option<String>,
     },
     /// Delete a key.
     Delete {
+        /// The organisation that owns the key.
         #[arg(long)]
         org: String,
+        /// The key's id (a ULID, the `kid` of its tokens).
+        #[arg(value_name = "ID")]
         id: String,
     },
 }
@@ -137,8 +172,10 @@ struct VerifyArgs {
     /// Read keys from this data directory (the server must be stopped).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Require this audience in the token's `aud` claim.
     #[arg(long)]
     audience: Option<String>,
+    /// Require this issuer in the token's `iss` claim.
     #[arg(long)]
     issuer: Option<String>,
     /// Clock leeway in seconds [default: the config's, 30].
@@ -160,22 +197,27 @@ struct TokenArgs {
     /// The signing key's id (the `kid`).
     #[arg(long)]
     kid: String,
+    /// The `org` claim: the organisation the token speaks for, which must own the key.
     #[arg(long)]
     org: String,
-    #[arg(long, default_value = "OWNER")]
-    role: String,
+    /// The `role` claim.
+    #[arg(long, value_enum, default_value_t = Role::Owner)]
+    role: Role,
+    /// The `sub` claim: who the token speaks for.
     #[arg(long, default_value = "cli")]
     sub: String,
     /// Lifetime, e.g. 15m, 1h, 7d.
     #[arg(long, default_value = "1h")]
     ttl: humantime::Duration,
+    /// The `aud` claim; organisation tokens need the server's auth.audience.
     #[arg(long, default_value = "signet")]
     aud: String,
+    /// The `iss` claim [default: none].
     #[arg(long)]
     iss: Option<String>,
     /// The key's algorithm [default: ES256, ES384 or EdDSA for such a
     /// PKCS#8 key, else RS256].
-    #[arg(long)]
+    #[arg(long, value_parser = ALGORITHMS)]
     alg: Option<String>,
     /// Extra claim `name=value`; a value that parses as JSON is used as JSON.
     #[arg(long = "claim", value_name = "NAME=VALUE")]
@@ -225,7 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             if log_json {
                 config.log.format = LogFormat::Json;
             }
-            init_logging(&config);
+            crate::logging::init(&config)?;
             runtime.block_on(async {
                 let app = Application::build(config).await?;
                 app.run_until(app::shutdown_signal()).await
@@ -235,16 +277,21 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Verify(args) => runtime.block_on(verify_cmd(args)),
         Command::Keys { command, data } => runtime.block_on(keys_cmd(command, data)),
         Command::Token(args) => token_cmd(args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "signet", &mut std::io::stdout());
+            Ok(Outcome::Success)
+        }
         Command::Seal {
             command: SealCommand::Rotate,
             data,
-        } => seal_rotate(&data),
+        } => runtime.block_on(seal_rotate(&data)),
         Command::Audit {
             command: AuditCommand::Verify,
             data,
-        } => {
-            let store = open_store(&data)?;
-            match store.verify_audit()? {
+        } => runtime.block_on(async {
+            let signet = open_existing(&data_config(&data)?).await?;
+            match signet.verify_audit().await? {
                 Ok(n) => {
                     println!("audit log intact: {n} events checked");
                     Ok(Outcome::Success)
@@ -254,20 +301,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                     Ok(Outcome::Refused)
                 }
             }
-        }
+        }),
     }
-}
-
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 /// The configuration with `--data-dir` applied.
@@ -279,64 +314,35 @@ fn data_config(data: &DataArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Opens an existing database for offline work.
-fn open_store(data: &DataArgs) -> anyhow::Result<Store> {
-    let config = data_config(data)?;
-    let dir = &config.storage.data_dir;
-    if !dir.join("db").exists() {
-        bail!(
-            "{} holds no signet database; pass --data-dir or run `signet serve` once",
-            dir.display()
-        );
-    }
-    Ok(Store::open(dir, config.sealer()?)?)
+/// The service over existing data, for offline reading; creates nothing.
+async fn open_existing(config: &Config) -> anyhow::Result<Signet> {
+    let store = Store::open_existing(config).await?;
+    Ok(Signet::new(store, Policy::default(), config.keys.max_per_org, [0; 3]).await?)
 }
 
-fn seal_rotate(data: &DataArgs) -> anyhow::Result<Outcome> {
+async fn seal_rotate(data: &DataArgs) -> anyhow::Result<Outcome> {
     let config = data_config(data)?;
-    let dir = config.storage.data_dir.clone();
-    if !dir.join("db").exists() {
-        bail!(
-            "{} holds no signet database; pass --data-dir",
-            dir.display()
-        );
+    let next = std::env::var("SIGNET_NEW_SEAL_KEY").ok();
+    match crate::store::rotate_seal(&config, next.as_deref()).await? {
+        Rotated::External { records } => {
+            println!("re-sealed {records} records; set SIGNET_SEAL_KEY to the new key now")
+        }
+        Rotated::KeyFile { records, key_file } => println!(
+            "re-sealed {records} records under a new seal key ({})",
+            key_file.display()
+        ),
     }
-    if let Some(current) = &config.storage.seal_key {
-        // Keys held outside the data directory: re-seal, write no files.
-        let next = std::env::var("SIGNET_NEW_SEAL_KEY").map_err(|_| {
-            anyhow!("SIGNET_SEAL_KEY is set, so give the new key in SIGNET_NEW_SEAL_KEY (64 hex characters)")
-        })?;
-        let both = crate::seal::Sealer::rotating(&next, current.expose())?;
-        let n = Store::open(&dir, both)?.reseal_all()?;
-        println!("re-sealed {n} records; set SIGNET_SEAL_KEY to the new key now");
-        return Ok(Outcome::Success);
-    }
-    // seal.key.next is accepted alongside seal.key until the rename below,
-    // so a crash at any point leaves every record readable; rerunning
-    // finishes the rotation.
-    let next_path = crate::seal::next_path(&dir);
-    if !next_path.exists() {
-        crate::seal::write_key_file(&next_path, &crate::seal::random_key())?;
-    }
-    let store = Store::open(&dir, config.sealer()?)?;
-    let n = store.reseal_all()?;
-    drop(store);
-    std::fs::rename(&next_path, dir.join("seal.key"))
-        .with_context(|| format!("cannot move {} into place", next_path.display()))?;
-    crate::seal::sync_dir(&next_path)?;
-    println!(
-        "re-sealed {n} records under a new seal key ({})",
-        dir.join("seal.key").display()
-    );
     Ok(Outcome::Success)
 }
 
 async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcome> {
     let config = data_config(&data)?;
-    let dir = &config.storage.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let store = Store::open(dir, config.sealer()?)?;
-    let signet = Signet::new(store, Policy::default(), config.keys.max_per_org, [0; 3])?;
+    let signet = if matches!(command, KeysCommand::List { .. }) {
+        open_existing(&config).await?
+    } else {
+        let store = Store::open(&config).await?;
+        Signet::new(store, Policy::default(), config.keys.max_per_org, [0; 3]).await?
+    };
     let caller = Caller {
         actor: Actor::Cli,
         client: None,
@@ -364,7 +370,10 @@ async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcom
             let mut view = public_view(&record);
             match out {
                 Some(path) => {
-                    write_private_file(&path, key.pkcs8_pem().as_bytes())?;
+                    crate::secret_file::write_secret_file(&path, key.pkcs8_pem().as_bytes())
+                        .with_context(|| {
+                            format!("cannot create {} (it must not exist yet)", path.display())
+                        })?;
                     eprintln!("private key written to {}", path.display());
                 }
                 None => {
@@ -375,8 +384,8 @@ async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcom
         }
         KeysCommand::List { org } => {
             let records = match org {
-                Some(org) => signet.list(&OrgId::parse(&org)?)?,
-                None => signet.store.all_keys()?,
+                Some(org) => signet.list(&OrgId::parse(&org)?).await?,
+                None => signet.list_all().await?,
             };
             let keys: Vec<Value> = records.iter().map(public_view).collect();
             println!(
@@ -396,7 +405,7 @@ async fn keys_cmd(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcom
             }
         }
     }
-    signet.store.sync()?;
+    signet.sync().await?;
     Ok(Outcome::Success)
 }
 
@@ -404,21 +413,15 @@ fn public_view(r: &keys::PublicKeyRecord) -> Value {
     serde_json::to_value(keys::KeyView::new(r)).expect("a key view always serialises")
 }
 
-fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
-    f.write_all(contents)?;
-    Ok(())
-}
-
 fn token_cmd(args: TokenArgs) -> anyhow::Result<Outcome> {
     let pem =
         std::fs::read(&args.key).with_context(|| format!("cannot read {}", args.key.display()))?;
+    if holds_public_key(&pem) {
+        bail!(
+            "{} holds a public key; a token must be signed with the private key, which signet returned once, when the key was created (its privateKey, or the .pem file of a create with Accept: application/x-pem-file)",
+            args.key.display()
+        );
+    }
     let alg: Algorithm = match &args.alg {
         Some(alg) => alg.parse()?,
         None => pkcs8_algorithm(&pem).unwrap_or_default(),
@@ -442,7 +445,7 @@ fn token_cmd(args: TokenArgs) -> anyhow::Result<Outcome> {
     let ttl: Duration = args.ttl.into();
     let mut claims = Map::new();
     claims.insert("org".into(), json!(org));
-    claims.insert("role".into(), json!(args.role));
+    claims.insert("role".into(), json!(value_name(args.role)));
     claims.insert("sub".into(), json!(args.sub));
     claims.insert("aud".into(), json!(args.aud));
     claims.insert("iat".into(), json!(now));
@@ -462,6 +465,12 @@ fn token_cmd(args: TokenArgs) -> anyhow::Result<Outcome> {
     let token = jsonwebtoken::encode(&header, &claims, &key).context("could not sign the token")?;
     println!("{token}");
     Ok(Outcome::Success)
+}
+
+/// Whether a PEM file holds a public key (SPKI or PKCS#1), not a private one.
+fn holds_public_key(pem: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(pem);
+    text.contains("-----BEGIN PUBLIC KEY-----") || text.contains("-----BEGIN RSA PUBLIC KEY-----")
 }
 
 /// The algorithm of an EC or Ed25519 PKCS#8 private key PEM; `None` for
@@ -566,15 +575,16 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
         require_exp: config.verify.require_exp,
         max_token_bytes: config.verify.max_token_bytes,
         cache_capacity: 16,
+        max_token_lifetime: config.verify.max_token_lifetime,
     };
-    let local = |source: Arc<dyn KeySource>| -> anyhow::Result<Value> {
-        let verifier = Verifier::new(source, policy);
-        let result = verifier.verify(token, expect);
+    let judged = |result: Result<verify::Verified, VerifyError>| -> anyhow::Result<Value> {
         if let Err(VerifyError::Unavailable(cause)) = &result {
             bail!("could not read keys: {cause}");
         }
         Ok(verify::result_json(&result))
     };
+    let local =
+        |source: Arc<dyn KeySource>| judged(Verifier::new(source, policy).verify(token, expect));
     let result = if let Some(source) = &args.jwks {
         let bytes = if source.starts_with("http://") || source.starts_with("https://") {
             let answer = crate::http::client::get(source).await?;
@@ -589,7 +599,7 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
     } else if let Some(dir) = &args.data_dir {
         let mut config = config.clone();
         config.storage.data_dir = dir.clone();
-        let store = match Store::open(dir, config.sealer()?) {
+        let store = match Store::open_existing(&config).await {
             Err(StoreError::Locked(_)) => bail!(
                 "the database in {} is locked by a running server; ask it instead with --server http://{}",
                 dir.display(),
@@ -597,7 +607,8 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
             ),
             other => other?,
         };
-        local(Arc::new(StoreSource(Arc::new(store))))?
+        let signet = Signet::new(store, policy, config.keys.max_per_org, [0; 3]).await?;
+        judged(signet.verify(token, expect))?
     } else {
         let base = args
             .server

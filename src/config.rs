@@ -44,7 +44,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
-    /// Address to listen on.
+    /// Address to listen on: `IP:PORT`, or `localhost:PORT`.
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
@@ -98,6 +99,18 @@ pub struct Verify {
     pub require_exp: bool,
     pub max_token_bytes: usize,
     pub cache_capacity: u64,
+    /// Longest token lifetime accepted (`exp - iat`, or `exp - now` without
+    /// `iat`), as a humantime string such as `"24h"`; unset accepts any.
+    #[serde(deserialize_with = "humantime_opt")]
+    pub max_token_lifetime: Option<Duration>,
+}
+
+/// An optional humantime duration (`"90s"`, `"24h"`, `"7d"`).
+fn humantime_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not a duration like \"24h\": {e}"))
+    })
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -173,6 +186,7 @@ impl Default for Verify {
             require_exp: true,
             max_token_bytes: 16 * 1024,
             cache_capacity: 10_000,
+            max_token_lifetime: None,
         }
     }
 }
@@ -215,6 +229,35 @@ pub enum ConfigError {
     /// A value parsed but cannot work.
     #[error("config {key} {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A value parsed but cannot work, with the config file it was read from.
+    #[error("config file {path}: {key} {reason}")]
+    InvalidIn {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// `IP:PORT`, or `localhost:PORT` for `127.0.0.1:PORT`. Other host names
+/// are refused rather than looked up: what a name resolves to can change,
+/// and a listen address should say which interface it means.
+pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    if let Some((host, port)) = text.rsplit_once(':') {
+        if let (true, Ok(port)) = (host.eq_ignore_ascii_case("localhost"), port.parse::<u16>()) {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    Err(format!(
+        "{text:?} is not IP:PORT: use an IP address, e.g. 127.0.0.1:8081, 0.0.0.0:8081 or [::]:8081 (of host names only localhost is accepted)"
+    ))
+}
+
+fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    resolve_listen(&text).map_err(serde::de::Error::custom)
 }
 
 impl Config {
@@ -229,13 +272,20 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let default = Path::new("config.toml");
-        let mut config = match path {
+        let file = path.or(default.exists().then_some(default));
+        let mut config = match file {
             Some(path) => Self::from_file(path)?,
-            None if default.exists() => Self::from_file(default)?,
             None => Config::default(),
         };
         config.apply_env(env)?;
-        config.check()?;
+        config.check().map_err(|e| match (e, file) {
+            (ConfigError::Invalid { key, reason }, Some(path)) => ConfigError::InvalidIn {
+                path: path.to_owned(),
+                key,
+                reason,
+            },
+            (e, _) => e,
+        })?;
         Ok(config)
     }
 
@@ -251,7 +301,9 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+        // TOML's message is several lines: where, a caret under the
+        // offending text, and why. Kept whole, it reads as TOML wrote it.
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -266,7 +318,11 @@ impl Config {
             })
         }
         if let Some(v) = env("SIGNET_LISTEN") {
-            self.server.listen = parse("SIGNET_LISTEN", v)?;
+            self.server.listen = resolve_listen(&v).map_err(|reason| ConfigError::Env {
+                name: "SIGNET_LISTEN",
+                value: v,
+                reason,
+            })?;
         }
         if let Some(v) = env("SIGNET_DATA_DIR") {
             self.storage.data_dir = PathBuf::from(v);
@@ -328,6 +384,12 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return invalid("server.max_connections", "must be at least 1");
+        }
+        if self.verify.max_token_lifetime == Some(Duration::ZERO) {
+            return invalid(
+                "verify.max_token_lifetime",
+                "must be longer than zero (leave it unset for no limit)",
+            );
         }
         Ok(())
     }
@@ -407,12 +469,47 @@ mod tests {
             ("", &[("ORGKEYS_MAX", "many")], "ORGKEYS_MAX"),
             ("", &[("SIGNET_LISTEN", "localhost")], "SIGNET_LISTEN"),
             ("", &[("SIGNET_ADMIN_TOKEN", "short")], "SIGNET_ADMIN_TOKEN"),
+            ("[server]\nlisten = \"localhost\"\n", &[], "IP:PORT"),
+            (
+                "[server]\nlisten = \"example.com:80\"\n",
+                &[],
+                "use an IP address",
+            ),
+            ("[keys]\nmax_per_org = 0\n", &[], "c.toml"),
             ("[log]\nformat = \"xml\"\n", &[], "format"),
+            (
+                "[verify]\nmax_token_lifetime = \"forever\"\n",
+                &[],
+                "max_token_lifetime",
+            ),
+            (
+                "[verify]\nmax_token_lifetime = \"0s\"\n",
+                &[],
+                "max_token_lifetime",
+            ),
         ];
         for (toml, env, needle) in cases {
             let err = load(toml, env).expect_err(toml).to_string();
             assert!(err.contains(needle), "{toml:?} {env:?}: {err}");
         }
+    }
+
+    #[test]
+    fn listen_takes_localhost() {
+        let c = load("[server]\nlisten = \"localhost:8081\"\n", &[]).unwrap();
+        assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8081)));
+        let c = load("", &[("SIGNET_LISTEN", "LOCALHOST:0")]).unwrap();
+        assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
+
+    #[test]
+    fn max_token_lifetime_is_a_humantime_duration() {
+        assert_eq!(Config::default().verify.max_token_lifetime, None);
+        let c = load("[verify]\nmax_token_lifetime = \"1h 30m\"\n", &[]).unwrap();
+        assert_eq!(
+            c.verify.max_token_lifetime,
+            Some(Duration::from_secs(90 * 60))
+        );
     }
 
     #[test]

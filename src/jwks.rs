@@ -36,7 +36,7 @@ impl Document {
         }
         body.extend_from_slice(b"]}");
         let digest = Sha256::digest(&body);
-        let etag = format!("\"{}\"", crate::audit::hex(&digest[..16]));
+        let etag = format!("\"{}\"", hex::encode(&digest[..16]));
         Document {
             body: body.into(),
             etag,
@@ -106,6 +106,18 @@ impl Jwks {
             fresh.all.into_inner().expect("fresh lock");
         *self.orgs.write().expect("jwks lock poisoned") =
             fresh.orgs.into_inner().expect("fresh lock");
+    }
+
+    /// One published key: its organisation and serialised JWK.
+    pub fn key(&self, id: KeyId) -> Option<(OrgId, Box<[u8]>)> {
+        let state = self.state.read().expect("jwks lock poisoned");
+        state.all.get(&id).cloned()
+    }
+
+    /// Whether `id` is published.
+    pub fn contains(&self, id: KeyId) -> bool {
+        let state = self.state.read().expect("jwks lock poisoned");
+        state.all.contains_key(&id)
     }
 
     pub fn added(&self, record: &PublicKeyRecord) {

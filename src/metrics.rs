@@ -32,6 +32,13 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Why a request without a valid credential was refused: a code from a
+/// fixed set (`AuthError::reason`), never request text.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -40,6 +47,7 @@ pub struct Metrics {
     pub keys: Gauge,
     pub storage_errors: Counter,
     pool_depth: Family<BitsLabel, Gauge>,
+    pub unauthenticated: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -95,6 +103,12 @@ impl Metrics {
             "Pre-generated key pairs ready, by modulus size",
             pool_depth.clone(),
         );
+        let unauthenticated = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "unauthenticated_refusals",
+            "Management requests refused for a missing or invalid credential (401), by reason; these are not audited",
+            unauthenticated.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -103,6 +117,7 @@ impl Metrics {
             keys,
             storage_errors,
             pool_depth,
+            unauthenticated,
         }
     }
 

@@ -160,7 +160,7 @@ impl Sealer {
             .keys
             .iter()
             .find(|k| k.fingerprint == fingerprint)
-            .ok_or_else(|| SealError::UnknownKey(crate::audit::hex(fingerprint)))?;
+            .ok_or_else(|| SealError::UnknownKey(hex::encode(fingerprint)))?;
         let mut body = body.to_vec();
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Format)?;
         let plain = key
@@ -176,6 +176,12 @@ fn aad(id: KeyId, org: &[u8]) -> Vec<u8> {
     [b"signet key record v1".as_slice(), &id.to_bytes(), org].concat()
 }
 
+/// Where the seal key of `data_dir` lives.
+pub fn key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("seal.key")
+}
+
+/// Where a rotation writes the next seal key before moving it into place.
 pub fn next_path(data_dir: &Path) -> PathBuf {
     data_dir.join("seal.key.next")
 }
@@ -189,16 +195,10 @@ pub fn random_key() -> Zeroizing<[u8; 32]> {
     key
 }
 
-fn parse_hex(hex: &str, source: &str) -> Result<[u8; 32], SealError> {
-    let hex = hex.trim();
-    let bad = || SealError::BadKey(source.to_owned());
-    if hex.len() != 64 || !hex.is_ascii() {
-        return Err(bad());
-    }
+fn parse_hex(text: &str, source: &str) -> Result<[u8; 32], SealError> {
     let mut key = [0u8; 32];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
+    hex::decode_to_slice(text.trim(), &mut key)
+        .map_err(|_| SealError::BadKey(source.to_owned()))?;
     Ok(key)
 }
 
@@ -215,29 +215,14 @@ fn read_key_file(path: &Path) -> Result<Option<[u8; 32]>, SealError> {
 
 /// Writes a key file with mode 0600 (failing if it exists) and syncs it.
 pub fn write_key_file(path: &Path, key: &[u8; 32]) -> Result<(), SealError> {
-    use std::io::Write;
-    let io = |source| SealError::Io {
+    let hex = Zeroizing::new(hex::encode(key));
+    crate::secret_file::write_secret_file(path, hex.as_bytes()).map_err(|source| SealError::Io {
         path: path.to_owned(),
         source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(io)?;
-    let hex = Zeroizing::new(crate::audit::hex(key));
-    file.write_all(hex.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    sync_dir(path).map_err(io)
+    })
 }
 
-/// Makes a rename or a new file in `path`'s directory durable.
-pub fn sync_dir(path: &Path) -> std::io::Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
-        _ => Ok(()),
-    }
-}
+pub use crate::secret_file::sync_dir;
 
 #[cfg(test)]
 mod tests {

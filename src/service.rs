@@ -6,13 +6,14 @@
 
 use std::sync::Arc;
 
-use crate::audit::{Action, Actor, NewEvent};
-use crate::jwks::Jwks;
-use crate::keys::{GeneratedKey, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
+use crate::audit::{Action, Actor, AuditEvent, BrokenLink, NewEvent};
+use crate::jwks::{Document, Jwks};
+use crate::keys::{GeneratedKey, Jwk, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use crate::metrics::Metrics;
 use crate::pool::KeyPool;
-use crate::store::{Inserted, Store, StoreError};
-use crate::verify::{KeyMaterial, KeySource, Policy, Verifier};
+use crate::refusals::Refusals;
+use crate::store::{Insert, Inserted, Store, StoreError};
+use crate::verify::{Expect, KeyMaterial, KeySource, Policy, Verified, Verifier, VerifyError};
 
 /// Why a key operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +47,16 @@ pub struct NewKey {
     pub spec: KeySpec,
 }
 
+/// The one door to keys, JWK Sets, verification and the audit log: the
+/// HTTP routes, the CLI and start-up go through it, never to the store.
 pub struct Signet {
-    pub store: Arc<Store>,
-    pub jwks: Jwks,
-    pub verifier: Verifier,
+    store: Store,
+    jwks: Arc<Jwks>,
+    verifier: Verifier,
+    /// Counters only: callers count into it, nothing reaches storage.
     pub metrics: Metrics,
+    /// Requests refused for want of a valid credential: counted, not audited.
+    pub refusals: Refusals,
     quota: u32,
     pool: KeyPool,
     /// The store generation the derived state (JWK Sets, cache) reflects.
@@ -60,23 +66,25 @@ pub struct Signet {
 impl Signet {
     /// `pool` is the number of pre-generated RSA key pairs to keep per
     /// modulus size, in `Bits::ALL` order.
-    pub fn new(
+    pub async fn new(
         store: Store,
         policy: Policy,
         quota: u32,
         pool: [usize; 3],
     ) -> Result<Signet, StoreError> {
-        let store = Arc::new(store);
-        let records = store.all_keys()?;
-        let verifier = Verifier::new(Arc::new(StoreSource(store.clone())), policy);
+        let records = store.all_keys().await?;
+        let jwks = Arc::new(Jwks::new(&records));
+        let verifier = Verifier::new(Arc::new(PublishedKeys(jwks.clone())), policy);
         let metrics = Metrics::new(verifier.stats());
         let pool = KeyPool::start(pool, metrics.pool_depth());
         metrics.keys.set(records.len() as i64);
+        let refusals = Refusals::new(metrics.unauthenticated.clone());
         Ok(Signet {
-            jwks: Jwks::new(&records),
+            jwks,
             store,
             verifier,
             metrics,
+            refusals,
             quota,
             pool,
             seen_generation: Default::default(),
@@ -93,7 +101,7 @@ impl Signet {
     ) -> Result<(PublicKeyRecord, GeneratedKey), ServiceError> {
         // A full organisation is refused before a key pair is spent on it;
         // the transaction below re-checks atomically.
-        if self.store.key_count(&org)? >= self.quota {
+        if self.storage(self.store.key_count(org.clone())).await? >= self.quota {
             let refused = NewEvent {
                 action: Action::QuotaExceeded,
                 key_id: None,
@@ -101,9 +109,7 @@ impl Signet {
                 client: caller.client.clone(),
                 outcome: "refused".into(),
             };
-            let (store, org) = (self.store.clone(), org.clone());
-            self.blocking(move || store.record_event(&org, refused))
-                .await?;
+            self.storage(self.store.record_event(org, refused)).await?;
             return Err(ServiceError::QuotaExceeded(self.quota));
         }
         let generated = self.pool.get(new.spec).await;
@@ -127,10 +133,13 @@ impl Signet {
             event(Action::KeyCreated, "created"),
             event(Action::QuotaExceeded, "refused"),
         );
-        let store = self.store.clone();
-        let (quota, to_store) = (self.quota, record.clone());
         let inserted = self
-            .blocking(move || store.insert_key(&to_store, quota, created, refused))
+            .storage(self.store.insert_key(Insert {
+                record: record.clone(),
+                quota: self.quota,
+                created,
+                refused,
+            }))
             .await?;
         match inserted {
             Inserted::Yes => {
@@ -152,51 +161,107 @@ impl Signet {
             client: caller.client.clone(),
             outcome: "deleted".into(),
         };
-        let store = self.store.clone();
-        let org2 = org.clone();
         let deleted = self
-            .blocking(move || store.delete_key(&org2, id, event))
+            .storage(self.store.delete_key(org.clone(), id, event))
             .await?;
         if !deleted {
             return Err(ServiceError::NotFound(id));
         }
-        self.verifier.forget(id);
+        // Unpublished first: the verifier fills its cache from the
+        // published keys, so once it forgets, nothing brings the key back.
         self.jwks.removed(&org, id);
+        self.verifier.forget(id);
         self.metrics.keys.dec();
         Ok(())
     }
 
-    pub fn get(&self, id: KeyId) -> Result<PublicKeyRecord, ServiceError> {
-        self.store.get_key(id)?.ok_or(ServiceError::NotFound(id))
+    pub async fn get(&self, id: KeyId) -> Result<PublicKeyRecord, ServiceError> {
+        self.storage(self.store.get_key(id))
+            .await?
+            .ok_or(ServiceError::NotFound(id))
     }
 
-    pub fn list(&self, org: &OrgId) -> Result<Vec<PublicKeyRecord>, ServiceError> {
-        Ok(self.store.list_org(org)?)
+    pub async fn list(&self, org: &OrgId) -> Result<Vec<PublicKeyRecord>, ServiceError> {
+        self.storage(self.store.list_org(org.clone())).await
     }
 
-    /// Records a refused access in the organisation's audit log.
-    pub fn record_denied(&self, org: &OrgId, caller: &Caller, outcome: String) {
+    /// Every live key, oldest first.
+    pub async fn list_all(&self) -> Result<Vec<PublicKeyRecord>, ServiceError> {
+        self.storage(self.store.all_keys()).await
+    }
+
+    /// An organisation's audit events, newest first: at most `limit`, all
+    /// strictly older than `before` if given.
+    pub async fn audit_page(
+        &self,
+        org: &OrgId,
+        limit: usize,
+        before: Option<KeyId>,
+    ) -> Result<Vec<AuditEvent>, ServiceError> {
+        self.storage(self.store.audit_page(org.clone(), limit, before))
+            .await
+    }
+
+    /// Walks every organisation's audit chain: the number of events
+    /// checked, or the first broken link.
+    pub async fn verify_audit(&self) -> Result<Result<usize, BrokenLink>, ServiceError> {
+        self.storage(self.store.verify_audit()).await
+    }
+
+    /// Whether storage answers a read: the readiness probe.
+    pub async fn is_ready(&self) -> bool {
+        self.store.is_usable().await
+    }
+
+    /// Makes everything written so far durable (at shutdown).
+    pub async fn sync(&self) -> Result<(), ServiceError> {
+        self.storage(self.store.sync()).await
+    }
+
+    /// Verifies a token against the published keys.
+    pub fn verify(&self, token: &str, expect: Expect<'_>) -> Result<Verified, VerifyError> {
+        self.verifier.verify(token, expect)
+    }
+
+    /// The verifier, for authenticating callers.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The JWK Set of every key.
+    pub fn jwks_all(&self) -> Arc<Document> {
+        self.jwks.all()
+    }
+
+    /// The JWK Set of one organisation.
+    pub fn jwks_of(&self, org: &OrgId) -> Arc<Document> {
+        self.jwks.of(org)
+    }
+
+    /// Records in the organisation's audit log that an authenticated
+    /// caller was refused (403), in signet's own words.
+    pub async fn record_denied(&self, org: &OrgId, caller: &Caller, outcome: &'static str) {
         let event = NewEvent {
             action: Action::AccessDenied,
             key_id: None,
             actor: caller.actor.clone(),
             client: caller.client.clone(),
-            outcome,
+            outcome: outcome.into(),
         };
-        if let Err(e) = self.store.record_event(org, event) {
+        if let Err(e) = self.store.record_event(org.clone(), event).await {
             self.metrics.storage_errors.inc();
             tracing::error!(error = %e, "could not record an access.denied audit event");
         }
     }
 
-    async fn blocking<T: Send + 'static>(
+    /// Awaits a storage call, counts its failure, and rebuilds derived
+    /// state if the store reopened meanwhile.
+    async fn storage<T>(
         &self,
-        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, ServiceError> {
-        let result = tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| ServiceError::Task(e.to_string()))?;
-        self.reconcile();
+        let result = call.await;
+        self.reconcile().await;
         if result.is_err() {
             self.metrics.storage_errors.inc();
         }
@@ -208,13 +273,13 @@ impl Signet {
     /// After the store reopened itself (see `Store::recover`), rebuilds what
     /// is derived from it: a write that failed may or may not have reached
     /// the disk.
-    fn reconcile(&self) {
+    async fn reconcile(&self) {
         use std::sync::atomic::Ordering;
         let generation = self.store.generation();
         if self.seen_generation.swap(generation, Ordering::SeqCst) == generation {
             return;
         }
-        match self.store.all_keys() {
+        match self.store.all_keys().await {
             Ok(records) => {
                 self.jwks.reset(&records);
                 self.verifier.forget_all();
@@ -233,23 +298,27 @@ impl Signet {
     }
 }
 
-/// The store as the verifier's key source.
-pub struct StoreSource(pub Arc<Store>);
+/// The published keys as the verifier's key source: verification reads
+/// memory only, never storage, so it keeps working while storage is down.
+struct PublishedKeys(Arc<Jwks>);
 
-impl KeySource for StoreSource {
+impl KeySource for PublishedKeys {
     fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String> {
-        Ok(self
-            .0
-            .get_key(id)
-            .map_err(|e| e.to_string())?
-            .map(|r| KeyMaterial {
-                org: Some(r.org),
-                algorithm: r.spec.algorithm(),
-                spki_der: r.spki_der,
-            }))
+        let Some((org, jwk)) = self.0.key(id) else {
+            return Ok(None);
+        };
+        let (_, algorithm, spki_der) = serde_json::from_slice::<Jwk>(&jwk)
+            .map_err(|e| e.to_string())
+            .and_then(|jwk| jwk.to_parts().map_err(|e| e.to_string()))
+            .map_err(|e| format!("published key {id} does not parse: {e}"))?;
+        Ok(Some(KeyMaterial {
+            org: Some(org),
+            algorithm,
+            spki_der,
+        }))
     }
 
     fn contains(&self, id: KeyId) -> Result<bool, String> {
-        self.0.contains_key(id).map_err(|e| e.to_string())
+        Ok(self.0.contains(id))
     }
 }

@@ -1,5 +1,5 @@
 //! The OpenAPI document served at `/openapi.yaml` names every route and
-//! every error code of the SPEC. There is no YAML parser among the
+//! every error code of docs/api.md. There is no YAML parser among the
 //! dependencies, so these are plain text checks on the document's layout.
 
 const DOC: &str = include_str!("../openapi.yaml");
@@ -21,7 +21,7 @@ const PATHS: [&str; 13] = [
     "/openapi.yaml",
 ];
 
-/// The error codes of SPEC §3.
+/// The error codes of docs/api.md.
 const ERROR_CODES: [&str; 10] = [
     "invalid_request",
     "invalid_id",
@@ -35,8 +35,8 @@ const ERROR_CODES: [&str; 10] = [
     "internal",
 ];
 
-/// The verification error codes of SPEC §5.
-const VERIFY_CODES: [&str; 9] = [
+/// The verification error codes of docs/api.md.
+const VERIFY_CODES: [&str; 10] = [
     "malformed",
     "unsupported_algorithm",
     "unknown_key",
@@ -46,6 +46,7 @@ const VERIFY_CODES: [&str; 9] = [
     "wrong_audience",
     "wrong_issuer",
     "missing_claim",
+    "wrong_organisation",
 ];
 
 /// The lines of the top-level `paths:` block, up to the next top-level key.

@@ -1,4 +1,4 @@
-//! Building responses: JSON bodies, the SPEC's error shape, and the mapping
+//! Building responses: JSON bodies, the error shape of docs/api.md, and the mapping
 //! from each module's typed errors to a status and code.
 
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -33,7 +33,7 @@ pub fn empty(status: StatusCode) -> Reply {
     r
 }
 
-/// An error as the SPEC shapes it: `{"code", "message", "cause"?}`.
+/// An error as docs/api.md shapes it: `{"code", "message", "cause"?}`.
 #[derive(Debug, Serialize)]
 pub struct ApiError {
     #[serde(skip)]
@@ -129,7 +129,7 @@ impl From<AuthError> for ApiError {
                 a.www_authenticate = Some("Bearer realm=\"signet\"");
                 a
             }
-            AuthError::Invalid(_) => {
+            AuthError::Invalid { .. } => {
                 let mut a = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
                 a.www_authenticate = Some("Bearer realm=\"signet\", error=\"invalid_token\"");
                 a

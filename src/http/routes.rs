@@ -103,14 +103,14 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> (&'s
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let result = match (route, req.method().clone()) {
         (Route::OrgKeys(org), Method::POST) => cx.create(org, req).await,
-        (Route::OrgKeys(org), _) if get => cx.list(org, req.headers()),
+        (Route::OrgKeys(org), _) if get => cx.list(org, req.headers()).await,
         (Route::OrgKey(org, id), Method::DELETE) => cx.delete(org, id, req.headers()).await,
-        (Route::Key(id), _) if get => cx.get_key(id, req.headers()),
+        (Route::Key(id), _) if get => cx.get_key(id, req.headers()).await,
         (Route::OrgJwks(org), _) if get => cx.org_jwks(org, req.headers()),
-        (Route::Jwks, _) if get => Ok(cx.jwks_reply(&app.signet.jwks.all(), req.headers())),
+        (Route::Jwks, _) if get => Ok(cx.jwks_reply(&app.signet.jwks_all(), req.headers())),
         (Route::Verify, Method::POST) => cx.verify(req).await,
         (Route::Auth, _) if get => Ok(cx.auth(req.uri().query(), req.headers())),
-        (Route::Audit(org), _) if get => cx.audit(org, req.uri().query(), req.headers()),
+        (Route::Audit(org), _) if get => cx.audit(org, req.uri().query(), req.headers()).await,
         (Route::Compat(org), Method::POST) => {
             return (
                 route.label(),
@@ -123,7 +123,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> (&'s
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),
         )),
-        (Route::Readyz, _) if get => Ok(cx.readyz()),
+        (Route::Readyz, _) if get => Ok(cx.readyz().await),
         (Route::Metrics, _) if get => Ok(reply::with_type(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -182,34 +182,48 @@ impl Cx<'_> {
         }
     }
 
-    /// Authenticates and authorises; a refusal is also an audit event.
-    fn allow(&self, headers: &HeaderMap, org: &OrgId, need: Need) -> Result<Principal, ApiError> {
+    /// Authenticates and authorises. A valid credential without the right
+    /// is an audit event (signet's words only); a missing or invalid one is
+    /// counted and sampled, never written (see `refusals`).
+    async fn allow(
+        &self,
+        headers: &HeaderMap,
+        org: &OrgId,
+        need: Need,
+    ) -> Result<Principal, ApiError> {
         let gate = Gate {
             operator: &self.app.operator,
-            verifier: &self.app.signet.verifier,
+            verifier: self.app.signet.verifier(),
             audience: &self.app.config.auth.audience,
         };
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let authenticated = gate.authenticate(authorization);
-        let refusal = match &authenticated {
-            Ok(principal) => match authorize(principal, org, need) {
-                Ok(()) => return Ok(principal.clone()),
-                Err(e) => (e, principal.actor()),
-            },
-            Err(e) => (e.clone(), Actor::Anonymous),
+        let principal = match gate.authenticate(authorization) {
+            Ok(principal) => principal,
+            Err(e) => {
+                let refusals = &self.app.signet.refusals;
+                refusals.unauthenticated(org, self.peer.ip(), e.reason());
+                return Err(ApiError::from(e));
+            }
         };
-        let (error, actor) = refusal;
+        let Err(e) = authorize(&principal, org, need) else {
+            return Ok(principal);
+        };
+        let outcome = match e {
+            AuthError::Forbidden(why) => why,
+            ref other => other.reason(),
+        };
         self.app
             .signet
-            .record_denied(org, &self.caller(actor), error.to_string());
-        Err(ApiError::from(error))
+            .record_denied(org, &self.caller(principal.actor()), outcome)
+            .await;
+        Err(ApiError::from(e))
     }
 
     async fn create(&self, org: &str, req: Request<Incoming>) -> Handled {
         let org = parse_org(org)?;
-        let principal = self.allow(req.headers(), &org, Need::Manage)?;
+        let principal = self.allow(req.headers(), &org, Need::Manage).await?;
         let pem = accepts_pem(req.headers());
         let body: CreateBody = self.read_json(req).await?;
         let new = NewKey {
@@ -255,7 +269,7 @@ impl Cx<'_> {
 
     async fn compat(&self, org: &str, headers: &HeaderMap) -> Handled {
         let org = parse_org(org)?;
-        let principal = self.allow(headers, &org, Need::Manage)?;
+        let principal = self.allow(headers, &org, Need::Manage).await?;
         let new = NewKey {
             name: KeyName::parse("Organization key").expect("a valid literal name"),
             spec: KeySpec::default(),
@@ -282,10 +296,10 @@ impl Cx<'_> {
         Ok(r)
     }
 
-    fn list(&self, org: &str, headers: &HeaderMap) -> Handled {
+    async fn list(&self, org: &str, headers: &HeaderMap) -> Handled {
         let org = parse_org(org)?;
-        self.allow(headers, &org, Need::Member)?;
-        let records = self.app.signet.list(&org)?;
+        self.allow(headers, &org, Need::Member).await?;
+        let records = self.app.signet.list(&org).await?;
         let keys: Vec<KeyView> = records.iter().map(KeyView::new).collect();
         Ok(reply::json(
             StatusCode::OK,
@@ -296,7 +310,7 @@ impl Cx<'_> {
     async fn delete(&self, org: &str, id: &str, headers: &HeaderMap) -> Handled {
         let org = parse_org(org)?;
         let id = parse_id(id)?;
-        let principal = self.allow(headers, &org, Need::Manage)?;
+        let principal = self.allow(headers, &org, Need::Manage).await?;
         self.app
             .signet
             .delete(org, id, &self.caller(principal.actor()))
@@ -304,8 +318,8 @@ impl Cx<'_> {
         Ok(reply::empty(StatusCode::NO_CONTENT))
     }
 
-    fn get_key(&self, id: &str, headers: &HeaderMap) -> Handled {
-        let record = self.app.signet.get(parse_id(id)?)?;
+    async fn get_key(&self, id: &str, headers: &HeaderMap) -> Handled {
+        let record = self.app.signet.get(parse_id(id)?).await?;
         if accepts_pem(headers) {
             return Ok(reply::with_type(
                 StatusCode::OK,
@@ -318,7 +332,7 @@ impl Cx<'_> {
 
     fn org_jwks(&self, org: &str, headers: &HeaderMap) -> Handled {
         let org = parse_org(org)?;
-        Ok(self.jwks_reply(&self.app.signet.jwks.of(&org), headers))
+        Ok(self.jwks_reply(&self.app.signet.jwks_of(&org), headers))
     }
 
     fn jwks_reply(&self, doc: &crate::jwks::Document, headers: &HeaderMap) -> Reply {
@@ -346,7 +360,7 @@ impl Cx<'_> {
             audience: body.audience.as_deref(),
             issuer: body.issuer.as_deref(),
         };
-        let result = self.app.signet.verifier.verify(&body.token, expect);
+        let result = self.app.signet.verify(&body.token, expect);
         self.count(&result);
         if let Err(VerifyError::Unavailable(cause)) = result {
             return Err(ApiError::internal(cause));
@@ -374,7 +388,7 @@ impl Cx<'_> {
             Ok(token) => token,
             Err(e) => return ApiError::from(e).into_reply(),
         };
-        let result = self.app.signet.verifier.verify(
+        let result = self.app.signet.verify(
             token,
             Expect {
                 audience: audience.as_deref(),
@@ -398,15 +412,14 @@ impl Cx<'_> {
                 r
             }
             Err(VerifyError::Unavailable(cause)) => ApiError::internal(cause).into_reply(),
-            Err(e) => {
-                ApiError::from(AuthError::Invalid(format!("{e} ({})", e.code()))).into_reply()
-            }
+            Err(e) => ApiError::from(AuthError::invalid(e.code(), format!("{e} ({})", e.code())))
+                .into_reply(),
         }
     }
 
-    fn audit(&self, org: &str, query: Option<&str>, headers: &HeaderMap) -> Handled {
+    async fn audit(&self, org: &str, query: Option<&str>, headers: &HeaderMap) -> Handled {
         let org = parse_org(org)?;
-        self.allow(headers, &org, Need::Manage)?;
+        self.allow(headers, &org, Need::Manage).await?;
         let (mut limit, mut before) = (100usize, None);
         for (k, v) in query_pairs(query) {
             match k {
@@ -423,20 +436,15 @@ impl Cx<'_> {
                 _ => {}
             }
         }
-        let events = self
-            .app
-            .signet
-            .store
-            .audit_page(&org, limit, before)
-            .map_err(ApiError::internal)?;
+        let events = self.app.signet.audit_page(&org, limit, before).await?;
         Ok(reply::json(
             StatusCode::OK,
             &serde_json::json!({ "events": events }),
         ))
     }
 
-    fn readyz(&self) -> Reply {
-        if self.app.signet.store.is_usable() {
+    async fn readyz(&self) -> Reply {
+        if self.app.signet.is_ready().await {
             reply::json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
         } else {
             ApiError::new(

@@ -4,7 +4,9 @@
 //! What it refuses to do: accept `none`, HMAC or any algorithm other than the
 //! one recorded for the key named by `kid`; use a key carried or pointed to
 //! by the token (`jwk`, `jku`, `x5u`, `x5c`); honour a `crit` extension;
-//! decode anything of a token over the size limit.
+//! decode anything of a token over the size limit; let a key of one
+//! organisation speak for another (an `org` claim, when present, must name
+//! the key's organisation, on every route).
 //!
 //! Keys are cached parsed (aws-lc-rs `ParsedPublicKey`), so a hot
 //! verification reads no storage and decodes no key. Forgetting a key is
@@ -24,7 +26,7 @@ use crate::keys::{Algorithm, KeyId, OrgId};
 
 pub use token::{decode_object, ClaimRules};
 
-/// Why a token is not valid. The code of each variant is the SPEC's.
+/// Why a token is not valid. The code of each variant is listed in docs/api.md.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {
@@ -55,13 +57,16 @@ pub enum VerifyError {
     /// A required claim is absent.
     #[error("{0}")]
     MissingClaim(String),
+    /// The `org` claim names another organisation than the signing key's.
+    #[error("{0}")]
+    WrongOrganisation(String),
     /// The key source could not be read, so no verdict can be given.
     #[error("keys could not be read: {0}")]
     Unavailable(String),
 }
 
 impl VerifyError {
-    /// The SPEC's error code.
+    /// The error code (docs/api.md).
     pub fn code(&self) -> &'static str {
         match self {
             VerifyError::Malformed(_) => "malformed",
@@ -73,6 +78,7 @@ impl VerifyError {
             VerifyError::WrongAudience(_) => "wrong_audience",
             VerifyError::WrongIssuer(_) => "wrong_issuer",
             VerifyError::MissingClaim(_) => "missing_claim",
+            VerifyError::WrongOrganisation(_) => "wrong_organisation",
             VerifyError::Unavailable(_) => "unavailable",
         }
     }
@@ -100,6 +106,9 @@ pub struct Policy {
     pub require_exp: bool,
     pub max_token_bytes: usize,
     pub cache_capacity: u64,
+    /// Longest lifetime accepted (`exp - iat`, or `exp - now` without
+    /// `iat`); `None` accepts any.
+    pub max_token_lifetime: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -109,6 +118,7 @@ impl Default for Policy {
             require_exp: true,
             max_token_bytes: 16 * 1024,
             cache_capacity: 10_000,
+            max_token_lifetime: None,
         }
     }
 }
@@ -232,6 +242,8 @@ impl Verifier {
                 require_exp: self.policy.require_exp,
                 audience: expect.audience,
                 issuer: expect.issuer,
+                key_org: key.org.as_ref().map(OrgId::as_str),
+                max_lifetime: self.policy.max_token_lifetime,
             },
         )?;
         Ok(Verified {

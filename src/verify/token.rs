@@ -134,14 +134,37 @@ pub struct ClaimRules<'a> {
     pub require_exp: bool,
     pub audience: Option<&'a str>,
     pub issuer: Option<&'a str>,
+    /// The signing key's organisation, when the key source knows it.
+    pub key_org: Option<&'a str>,
+    /// The longest lifetime accepted, if capped.
+    pub max_lifetime: Option<std::time::Duration>,
 }
 
 pub fn check_claims(claims: &Map<String, Value>, rules: ClaimRules<'_>) -> Result<(), VerifyError> {
+    if let Some(key_org) = rules.key_org {
+        match claims.get("org") {
+            None => {}
+            Some(Value::String(org)) if org == key_org => {}
+            Some(Value::String(_)) => {
+                return Err(VerifyError::WrongOrganisation(format!(
+                    "the token's org claim names another organisation than {key_org:?}, whose key signed it"
+                )))
+            }
+            Some(_) => return Err(VerifyError::Malformed("claim org must be a string".into())),
+        }
+    }
     let now = rules.now as f64;
     let leeway = rules.leeway as f64;
-    match numeric(claims, "exp")? {
+    let exp = numeric(claims, "exp")?;
+    match exp {
         None if rules.require_exp => {
             return Err(VerifyError::MissingClaim("token has no exp claim".into()))
+        }
+        // A token without exp would outlive any cap.
+        None if rules.max_lifetime.is_some() => {
+            return Err(VerifyError::MissingClaim(
+                "token has no exp claim, and verify.max_token_lifetime needs one".into(),
+            ))
         }
         Some(exp) if exp + leeway <= now => {
             return Err(VerifyError::Expired(format!(
@@ -159,7 +182,27 @@ pub fn check_claims(claims: &Map<String, Value>, rules: ClaimRules<'_>) -> Resul
             )));
         }
     }
-    numeric(claims, "iat")?;
+    let iat = numeric(claims, "iat")?;
+    if let Some(iat) = iat {
+        if iat - leeway > now {
+            return Err(VerifyError::NotYetValid(format!(
+                "token claims to be issued at {}, in the future (leeway {}s)",
+                iat as u64, rules.leeway
+            )));
+        }
+    }
+    if let (Some(cap), Some(exp)) = (rules.max_lifetime, exp) {
+        // With `iat`, the lifetime the issuer granted; without it, the time
+        // left, so that leaving `iat` out cannot escape the cap. Floats
+        // throughout: `exp: 1e300` is simply a very long lifetime.
+        let lifetime = exp - iat.unwrap_or(now);
+        if lifetime > cap.as_secs_f64() {
+            return Err(VerifyError::Expired(format!(
+                "token lives longer than the limit of {}s (verify.max_token_lifetime)",
+                cap.as_secs()
+            )));
+        }
+    }
     if let Some(expected) = rules.audience {
         let ok = match claims.get("aud") {
             None => return Err(VerifyError::MissingClaim("token has no aud claim".into())),

@@ -243,10 +243,12 @@ async fn a_data_dir_of_schema_version_1_opens_and_serves_every_key() {
     let version = db.open_tree("meta").unwrap().get("schema_version").unwrap();
     assert_eq!(version.unwrap().as_ref(), 2u32.to_be_bytes(), "restamped");
     drop(db);
-    let sealer = signet::seal::Sealer::load_or_create(dir.path(), Some(&seal_key)).unwrap();
-    let store = signet::store::Store::open(dir.path(), sealer).unwrap();
-    assert_eq!(store.all_keys().unwrap().len(), 3);
-    let audit = store.verify_audit().unwrap();
+    let mut config = signet::config::Config::default();
+    config.storage.data_dir = dir.path().to_owned();
+    config.storage.seal_key = Some(signet::config::Secret::new(seal_key));
+    let store = signet::store::Store::open_existing(&config).await.unwrap();
+    assert_eq!(store.all_keys().await.unwrap().len(), 3);
+    let audit = store.verify_audit().await.unwrap();
     assert!(
         audit.as_ref().is_ok_and(|n| *n >= 5),
         "the old audit chain continues intact: {audit:?}"

@@ -1,4 +1,4 @@
-//! Hostile and malformed requests: each gets the SPEC's status and code,
+//! Hostile and malformed requests: each gets its documented status and code,
 //! changes nothing, and the server keeps answering.
 
 use hyper::Method;

@@ -475,7 +475,7 @@ async fn no_private_key_material_reaches_the_data_dir() {
     }
     // Records are sealed, so look inside them too: open the store with its
     // seal key and scan what it decrypts.
-    let store = signet::store::Store::open(
+    let store = signet::store::sled::SledStore::open(
         dir.path(),
         signet::seal::Sealer::load_or_create(dir.path(), None).unwrap(),
     )

@@ -3,13 +3,18 @@
 
 mod access;
 mod algorithms;
+mod anonymous;
 mod bad_input;
 mod cli;
+mod cli_messages;
 mod durability;
 mod keys_api;
+mod no_data;
 mod operations;
 mod sealing;
 mod support;
 mod tidy;
 mod tokens;
+mod verdicts;
 mod verify_api;
+mod walkthrough;

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::json;
 use signet::keys::{KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use signet::seal::Sealer;
-use signet::store::Store;
+use signet::store::sled::SledStore as Store;
 
 use crate::support::*;
 

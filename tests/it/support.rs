@@ -58,7 +58,7 @@ impl Resp {
             .map(|v| v.to_str().expect("ascii header"))
     }
 
-    /// Asserts the SPEC's error shape and code.
+    /// Asserts the error shape of docs/api.md and its code.
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(
             self.status.as_u16(),

@@ -1,4 +1,6 @@
 //! The verifier's verdicts as data: `fixtures/tokens.json` through one loop.
+//! Every fixture key belongs to organisation `acme`; a case with
+//! `max_token_lifetime` is checked under that lifetime cap.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -205,7 +207,8 @@ fn every_fixture_token_gets_its_verdict() {
             .map(|k| (KeyId::parse(&k.kid).unwrap(), (k.alg, k.spki_der.clone())))
             .collect(),
     );
-    let verifier = Verifier::new(Arc::new(source), Policy::default());
+    let source = Arc::new(source);
+    let verifier = Verifier::new(source.clone(), Policy::default());
     let cases = doc["cases"].as_array().unwrap();
     assert!(cases.len() >= 50, "the attack matrix stays broad");
     let mut failures = Vec::new();
@@ -216,6 +219,22 @@ fn every_fixture_token_gets_its_verdict() {
         let expect = Expect {
             audience: case["audience"].as_str(),
             issuer: case["issuer"].as_str(),
+        };
+        // A case may set `max_token_lifetime` (a humantime string, as in
+        // the config); it gets a verifier of its own with that cap.
+        let capped;
+        let verifier = match case.get("max_token_lifetime") {
+            Some(cap) => {
+                let policy = Policy {
+                    max_token_lifetime: Some(
+                        humantime::parse_duration(cap.as_str().unwrap()).unwrap(),
+                    ),
+                    ..Policy::default()
+                };
+                capped = Verifier::new(source.clone(), policy);
+                &capped
+            }
+            None => &verifier,
         };
         // Twice: a cold and a cached key must give the same verdict.
         for round in ["cold", "cached"] {

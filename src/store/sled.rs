@@ -1,4 +1,4 @@
-//! The only module that knows sled. It keeps public-key records, the
+//! The sled backend, and the only module that knows sled. It keeps public-key records, the
 //! per-organisation index and key counts, tombstones of deleted keys, the
 //! audit chains and the schema version, and makes every acknowledged change
 //! durable with a real `fdatasync` (sled's own `flush` only issues
@@ -25,12 +25,10 @@ use sled::Transactional;
 use crate::audit::{self, AuditEvent, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
-
-/// The schema this build writes and reads. Version 2 added EC and Ed25519
-/// keys; a version-1 record (always RSA) reads unchanged as a version-2 one
-/// (see `PublicKeyRecord`), so upgrading only restamps the version, which
-/// keeps an older signet, which cannot read EC keys, from opening the data.
-pub const SCHEMA_VERSION: u32 = 2;
+use crate::store::{
+    blocking, open_record, reseal_value, seal_record, Insert, Inserted, Storage, StoreError,
+    SCHEMA_VERSION,
+};
 
 /// sled's page cache. Nothing hot reads through it: the verifier and the
 /// JWK Sets hold every live key decoded, so sled serves only writes (whose
@@ -40,60 +38,10 @@ pub const SCHEMA_VERSION: u32 = 2;
 /// (256 shards) processes accesses in batches of 64 per shard, so up to
 /// about 16,000 recently touched pages stay resident beyond it. With
 /// 16 MiB, RSS still rose after 10 minutes of churn; with 2 MiB it holds
-/// from about minute 15 on (README, "Memory").
+/// from about minute 15 on (docs/performance.md, "Memory").
 const SLED_CACHE_BYTES: u64 = 2 * 1024 * 1024;
 
-/// Why the store could not do what was asked.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// Another process (usually a running `signet serve`) holds the database.
-    #[error("the database in {0} is locked by another process (is `signet serve` running? stop it, or use --server)")]
-    Locked(PathBuf),
-    /// The database could not be opened or created.
-    #[error("cannot open the database in {path}: {source}")]
-    Open { path: PathBuf, source: sled::Error },
-    /// The data directory was written by a newer signet.
-    #[error("the database in {path} has schema version {found}, but this signet understands only up to {SCHEMA_VERSION}; upgrade signet")]
-    NewerSchema { path: PathBuf, found: u32 },
-    /// A stored value does not decode: the database is damaged or was edited.
-    #[error("stored data is damaged: {0}")]
-    Corrupt(String),
-    /// Reading, writing or syncing failed.
-    #[error("storage I/O failed: {0}")]
-    Io(#[from] sled::Error),
-    /// `fdatasync` of the database file failed.
-    #[error("could not sync the database to disk: {0}")]
-    Sync(#[from] std::io::Error),
-    /// The database failed earlier and is not open again yet.
-    #[error("storage is unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl StoreError {
-    /// Whether this is the storage itself failing (disk full, read-only,
-    /// I/O error), as opposed to damaged data or a refused open.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Io(_)
-                | StoreError::Sync(_)
-                | StoreError::Unavailable(_)
-                | StoreError::Locked(_)
-                | StoreError::Open { .. }
-        )
-    }
-}
-
-/// The outcome of an insert that respects the organisation's quota.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Inserted {
-    Yes,
-    /// The organisation already holds this many keys.
-    QuotaExceeded(u32),
-}
-
-pub struct Store {
+pub struct SledStore {
     path: PathBuf,
     /// The open database; replaced wholesale when recovering from an I/O
     /// failure, which sled never recovers from on its own.
@@ -125,11 +73,11 @@ struct Handles {
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
-impl Store {
+impl SledStore {
     /// Opens (or creates) the database under `dir`; records are sealed and
     /// opened with `sealer`.
-    pub fn open(dir: &Path, sealer: Sealer) -> Result<Store, StoreError> {
-        let store = Store {
+    pub fn open(dir: &Path, sealer: Sealer) -> Result<SledStore, StoreError> {
+        let store = SledStore {
             path: dir.to_owned(),
             handles: RwLock::new(Some(Arc::new(Handles::open(dir)?))),
             failed: AtomicBool::new(false),
@@ -335,7 +283,7 @@ impl Store {
         Ok(value.and_then(|v| self.open_record(id, &v)))
     }
 
-    /// Whether `id` is a live key. Cheaper than [`Store::get_key`]: no decode.
+    /// Whether `id` is a live key. Cheaper than [`SledStore::get_key`]: no decode.
     pub fn contains_key(&self, id: KeyId) -> Result<bool, StoreError> {
         let h = self.handles()?;
         Ok(h.keys.contains_key(id.to_bytes())?)
@@ -382,14 +330,7 @@ impl Store {
             for entry in tree.iter() {
                 let (k, v) = entry?;
                 let id = raw_id(&k)?;
-                let (org, plain) = self.sealer.open(id, &v).map_err(|e| {
-                    StoreError::Corrupt(format!(
-                        "record {id} does not open ({e}); nothing was re-sealed"
-                    ))
-                })?;
-                let org = OrgId::parse(&org)
-                    .map_err(|e| StoreError::Corrupt(format!("record {id}: {e}")))?;
-                resealed.push((live, id, self.sealer.seal(id, &org, &plain)));
+                resealed.push((live, id, reseal_value(&self.sealer, id, &v)?));
             }
         }
         self.write(|_| {
@@ -406,34 +347,11 @@ impl Store {
     }
 
     fn seal(&self, record: &PublicKeyRecord) -> Vec<u8> {
-        let plain = serde_json::to_vec(record).expect("a record always serialises");
-        self.sealer.seal(record.id, &record.org, &plain)
+        seal_record(&self.sealer, record)
     }
 
-    /// Opens a stored record; `None` (and an error in the log) if it was
-    /// forged, edited, moved, or does not parse.
     fn open_record(&self, id: KeyId, value: &[u8]) -> Option<PublicKeyRecord> {
-        let opened = self
-            .sealer
-            .open(id, value)
-            .map_err(|e| e.to_string())
-            .and_then(|(org, plain)| {
-                let record: PublicKeyRecord = serde_json::from_slice(&plain)
-                    .map_err(|e| format!("record does not parse: {e}"))?;
-                if record.id != id || record.org.as_str() != org {
-                    return Err(
-                        "record's id or organisation differs from where it is stored".into(),
-                    );
-                }
-                Ok(record)
-            });
-        match opened {
-            Ok(record) => Some(record),
-            Err(reason) => {
-                tracing::error!(key_id = %id, %reason, "ignoring a stored key record that does not open");
-                None
-            }
-        }
+        open_record(&self.sealer, id, value)
     }
 
     /// An organisation's audit events, newest first: at most `limit`, all
@@ -529,7 +447,7 @@ impl Store {
         let mut gen = self.writer.lock().expect("writer lock poisoned");
         self.check(tx(&IdGen(RefCell::new(&mut gen))).map_err(|e| match e {
             TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Io(e),
+            TransactionError::Storage(e) => StoreError::from(e),
         }))
     }
 }
@@ -554,8 +472,8 @@ impl Handles {
                 StoreError::Locked(dir.to_owned())
             }
             _ => StoreError::Open {
-                path: dir.to_owned(),
-                source,
+                location: dir.display().to_string(),
+                source: Box::new(source),
             },
         };
         let db = sled::Config::new()
@@ -577,7 +495,7 @@ impl Handles {
                     })?);
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::NewerSchema {
-                        path: dir.to_owned(),
+                        location: dir.display().to_string(),
                         found,
                     });
                 }
@@ -714,4 +632,102 @@ fn append_event(
     audit.insert(index_key(org, id), stored.as_slice())?;
     heads.insert(org_key, &audit::link(&stored))?;
     Ok(())
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> StoreError {
+        StoreError::Io(Box::new(e))
+    }
+}
+
+impl SledStore {
+    /// Whether `dir` holds a sled database of signet's.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("db").is_file() && dir.join("conf").is_file()
+    }
+}
+
+/// The sled calls block (and `fdatasync`), so each runs on tokio's
+/// blocking pool.
+impl Storage for Arc<SledStore> {
+    fn new_id(&self) -> KeyId {
+        SledStore::new_id(self)
+    }
+
+    fn generation(&self) -> u64 {
+        SledStore::generation(self)
+    }
+
+    async fn insert_key(&self, insert: Insert) -> Result<Inserted, StoreError> {
+        let db = self.clone();
+        let Insert {
+            record,
+            quota,
+            created,
+            refused,
+        } = insert;
+        blocking(move || SledStore::insert_key(&db, &record, quota, created, refused)).await
+    }
+
+    async fn delete_key(&self, org: OrgId, id: KeyId, event: NewEvent) -> Result<bool, StoreError> {
+        let db = self.clone();
+        blocking(move || SledStore::delete_key(&db, &org, id, event)).await
+    }
+
+    async fn record_event(&self, org: OrgId, event: NewEvent) -> Result<(), StoreError> {
+        let db = self.clone();
+        blocking(move || SledStore::record_event(&db, &org, event)).await
+    }
+
+    async fn key_count(&self, org: OrgId) -> Result<u32, StoreError> {
+        let db = self.clone();
+        blocking(move || SledStore::key_count(&db, &org)).await
+    }
+
+    async fn get_key(&self, id: KeyId) -> Result<Option<PublicKeyRecord>, StoreError> {
+        let db = self.clone();
+        blocking(move || SledStore::get_key(&db, id)).await
+    }
+
+    async fn list_org(&self, org: OrgId) -> Result<Vec<PublicKeyRecord>, StoreError> {
+        let db = self.clone();
+        blocking(move || SledStore::list_org(&db, &org)).await
+    }
+
+    async fn all_keys(&self) -> Result<Vec<PublicKeyRecord>, StoreError> {
+        let db = self.clone();
+        blocking(move || SledStore::all_keys(&db)).await
+    }
+
+    async fn audit_page(
+        &self,
+        org: OrgId,
+        limit: usize,
+        before: Option<KeyId>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let db = self.clone();
+        blocking(move || SledStore::audit_page(&db, &org, limit, before)).await
+    }
+
+    async fn verify_audit(&self) -> Result<Result<usize, audit::BrokenLink>, StoreError> {
+        let db = self.clone();
+        blocking(move || SledStore::verify_audit(&db)).await
+    }
+
+    async fn reseal_all(&self) -> Result<usize, StoreError> {
+        let db = self.clone();
+        blocking(move || SledStore::reseal_all(&db)).await
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        let db = self.clone();
+        blocking(move || SledStore::sync(&db)).await
+    }
+
+    async fn is_usable(&self) -> bool {
+        let db = self.clone();
+        blocking(move || Ok(SledStore::is_usable(&db)))
+            .await
+            .unwrap_or(false)
+    }
 }

@@ -1,0 +1,421 @@
+//! What signet needs from storage, and the backends that provide it.
+//!
+//! [`Storage`] is the seam: atomic create under the quota with its audit
+//! event, delete with a tombstone and an audit event, reads, audit pages,
+//! audit-chain verification and re-sealing. Every acknowledged change is
+//! durable when its future resolves. [`Store`] is the configured backend:
+//! `sled` (embedded, one process; the only module that knows sled) or
+//! `postgres` (shared by several instances; the only module that knows
+//! PostgreSQL).
+//!
+//! The trait is async: PostgreSQL's client is, and sled's blocking calls
+//! run on tokio's blocking pool inside the sled backend. Dispatch goes
+//! through the [`Store`] enum, not `dyn`, so the trait uses native
+//! `async fn`-style methods without boxing.
+//!
+//! Shared by both backends and kept here: how a record is sealed and opened
+//! ([`seal_record`], [`open_record`]), and how an audit event is chained
+//! (`crate::audit`).
+
+pub mod sled;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::audit::{AuditEvent, BrokenLink, NewEvent};
+use crate::config::Config;
+use crate::keys::{KeyId, OrgId, PublicKeyRecord};
+use crate::seal::{SealError, Sealer};
+
+use self::sled::SledStore;
+
+/// The schema this build writes and reads. Version 2 added EC and Ed25519
+/// keys; a version-1 record (always RSA) reads unchanged as a version-2 one
+/// (see `PublicKeyRecord`), so upgrading only restamps the version, which
+/// keeps an older signet, which cannot read EC keys, from opening the data.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// A backend's own error, carried without naming its type.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process (usually a running `signet serve`) holds the database.
+    #[error("the database in {0} is locked by another process (is `signet serve` running? stop it first)")]
+    Locked(PathBuf),
+    /// The database could not be opened or created.
+    #[error("cannot open the database in {location}: {source}")]
+    Open {
+        location: String,
+        source: BackendError,
+    },
+    /// A read-only command was pointed at a directory without signet data.
+    #[error("no signet data in {} (pass --data-dir, or run `signet serve` once)", .0.display())]
+    NoData(PathBuf),
+    /// The database was written by a newer signet.
+    #[error("the database in {location} has schema version {found}, but this signet understands only up to {SCHEMA_VERSION}; upgrade signet")]
+    NewerSchema { location: String, found: u32 },
+    /// A stored value does not decode: the database is damaged or was edited.
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    /// Reading, writing or syncing failed.
+    #[error("storage I/O failed: {0}")]
+    Io(BackendError),
+    /// `fdatasync` of the database file failed.
+    #[error("could not sync the database to disk: {0}")]
+    Sync(#[from] std::io::Error),
+    /// The database failed earlier and is not open again yet.
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
+    /// The seal key could not be loaded.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// A blocking storage task died.
+    #[error("a storage task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    /// Whether this is the storage itself failing (disk full, read-only,
+    /// I/O error, database unreachable), as opposed to damaged data or a
+    /// refused open.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io(_)
+                | StoreError::Sync(_)
+                | StoreError::Unavailable(_)
+                | StoreError::Locked(_)
+                | StoreError::Open { .. }
+        )
+    }
+}
+
+/// The outcome of an insert that respects the organisation's quota.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inserted {
+    Yes,
+    /// The organisation already holds this many keys.
+    QuotaExceeded(u32),
+}
+
+/// A key to insert under its organisation's quota.
+#[derive(Debug, Clone)]
+pub struct Insert {
+    pub record: PublicKeyRecord,
+    /// The most keys the organisation may hold.
+    pub quota: u32,
+    /// Recorded with the key.
+    pub created: NewEvent,
+    /// Recorded instead when the organisation is full.
+    pub refused: NewEvent,
+}
+
+/// What signet needs from a store. Every method that changes data is
+/// durable (committed, synced) when its future resolves.
+pub trait Storage: Send + Sync {
+    /// A fresh, monotonic ULID for a new key.
+    fn new_id(&self) -> KeyId;
+
+    /// Bumped whenever the backend reopened after a failure and may hold
+    /// other keys than what was derived from it; see `Signet::reconcile`.
+    fn generation(&self) -> u64;
+
+    /// Inserts the record if its organisation holds fewer than the quota,
+    /// and records its event (or the refusal) in the same transaction.
+    fn insert_key(
+        &self,
+        insert: Insert,
+    ) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
+
+    /// Deletes the key `id` of `org`, leaving a tombstone and `event`.
+    /// Returns whether `org` had such a key.
+    fn delete_key(
+        &self,
+        org: OrgId,
+        id: KeyId,
+        event: NewEvent,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Appends one audit event on its own (a refused access).
+    fn record_event(
+        &self,
+        org: OrgId,
+        event: NewEvent,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// How many live keys `org` holds (the quota counter).
+    fn key_count(&self, org: OrgId) -> impl Future<Output = Result<u32, StoreError>> + Send;
+
+    /// One live key whose record opens under the seal key.
+    fn get_key(
+        &self,
+        id: KeyId,
+    ) -> impl Future<Output = Result<Option<PublicKeyRecord>, StoreError>> + Send;
+
+    /// An organisation's live keys, oldest first.
+    fn list_org(
+        &self,
+        org: OrgId,
+    ) -> impl Future<Output = Result<Vec<PublicKeyRecord>, StoreError>> + Send;
+
+    /// Every live key that opens, in id (creation) order.
+    fn all_keys(&self) -> impl Future<Output = Result<Vec<PublicKeyRecord>, StoreError>> + Send;
+
+    /// An organisation's audit events, newest first: at most `limit`, all
+    /// strictly older than `before` if given.
+    fn audit_page(
+        &self,
+        org: OrgId,
+        limit: usize,
+        before: Option<KeyId>,
+    ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
+
+    /// Walks every organisation's audit chain: the number of events
+    /// checked, or the first broken link.
+    fn verify_audit(
+        &self,
+    ) -> impl Future<Output = Result<Result<usize, BrokenLink>, StoreError>> + Send;
+
+    /// Re-seals every record (live and deleted) with the sealer's first key,
+    /// all or nothing.
+    fn reseal_all(&self) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Makes everything written so far durable.
+    fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the database answers a read: the readiness probe.
+    fn is_usable(&self) -> impl Future<Output = bool> + Send;
+}
+
+/// The configured backend.
+#[derive(Clone)]
+pub enum Store {
+    Sled(Arc<SledStore>),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Sled($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating if needed) the configured store.
+    pub async fn open(config: &Config) -> Result<Store, StoreError> {
+        let dir = &config.storage.data_dir;
+        create_private_dir(dir).map_err(|source| StoreError::Open {
+            location: dir.display().to_string(),
+            source: Box::new(source),
+        })?;
+        open_with(&config.storage.data_dir, config.sealer()?).await
+    }
+
+    /// Opens the configured store only if it already holds signet data;
+    /// creates nothing otherwise (for read-only commands).
+    pub async fn open_existing(config: &Config) -> Result<Store, StoreError> {
+        let dir = &config.storage.data_dir;
+        if !SledStore::exists(dir) {
+            return Err(StoreError::NoData(dir.clone()));
+        }
+        Store::open(config).await
+    }
+
+    pub fn new_id(&self) -> KeyId {
+        dispatch!(self, s => s.new_id())
+    }
+
+    pub fn generation(&self) -> u64 {
+        dispatch!(self, s => s.generation())
+    }
+
+    pub async fn insert_key(&self, insert: Insert) -> Result<Inserted, StoreError> {
+        dispatch!(self, s => s.insert_key(insert).await)
+    }
+
+    pub async fn delete_key(
+        &self,
+        org: OrgId,
+        id: KeyId,
+        event: NewEvent,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_key(org, id, event).await)
+    }
+
+    pub async fn record_event(&self, org: OrgId, event: NewEvent) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_event(org, event).await)
+    }
+
+    pub async fn key_count(&self, org: OrgId) -> Result<u32, StoreError> {
+        dispatch!(self, s => s.key_count(org).await)
+    }
+
+    pub async fn get_key(&self, id: KeyId) -> Result<Option<PublicKeyRecord>, StoreError> {
+        dispatch!(self, s => s.get_key(id).await)
+    }
+
+    pub async fn list_org(&self, org: OrgId) -> Result<Vec<PublicKeyRecord>, StoreError> {
+        dispatch!(self, s => s.list_org(org).await)
+    }
+
+    pub async fn all_keys(&self) -> Result<Vec<PublicKeyRecord>, StoreError> {
+        dispatch!(self, s => s.all_keys().await)
+    }
+
+    pub async fn audit_page(
+        &self,
+        org: OrgId,
+        limit: usize,
+        before: Option<KeyId>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        dispatch!(self, s => s.audit_page(org, limit, before).await)
+    }
+
+    pub async fn verify_audit(&self) -> Result<Result<usize, BrokenLink>, StoreError> {
+        dispatch!(self, s => s.verify_audit().await)
+    }
+
+    pub async fn reseal_all(&self) -> Result<usize, StoreError> {
+        dispatch!(self, s => s.reseal_all().await)
+    }
+
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.sync().await)
+    }
+
+    pub async fn is_usable(&self) -> bool {
+        dispatch!(self, s => s.is_usable().await)
+    }
+}
+
+/// Creates `path` and its parents, readable by the owner only.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
+/// Runs a blocking storage call on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// A record as stored: its JSON, sealed to its id and organisation. Every
+/// backend writes records through this one function.
+pub fn seal_record(sealer: &Sealer, record: &PublicKeyRecord) -> Vec<u8> {
+    let plain = serde_json::to_vec(record).expect("a record always serialises");
+    sealer.seal(record.id, &record.org, &plain)
+}
+
+/// Opens a stored record; `None` (and an error in the log) if it was
+/// forged, edited, moved, or does not parse. Every backend reads records
+/// through this one function.
+pub fn open_record(sealer: &Sealer, id: KeyId, value: &[u8]) -> Option<PublicKeyRecord> {
+    let opened = sealer
+        .open(id, value)
+        .map_err(|e| e.to_string())
+        .and_then(|(org, plain)| {
+            let record: PublicKeyRecord = serde_json::from_slice(&plain)
+                .map_err(|e| format!("record does not parse: {e}"))?;
+            if record.id != id || record.org.as_str() != org {
+                return Err("record's id or organisation differs from where it is stored".into());
+            }
+            Ok(record)
+        });
+    match opened {
+        Ok(record) => Some(record),
+        Err(reason) => {
+            tracing::error!(key_id = %id, %reason, "ignoring a stored key record that does not open");
+            None
+        }
+    }
+}
+
+/// A stored record (live or a tombstone) sealed again with the sealer's
+/// first key; refuses a record that does not open.
+pub fn reseal_value(sealer: &Sealer, id: KeyId, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let (org, plain) = sealer.open(id, value).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "record {id} does not open ({e}); nothing was re-sealed"
+        ))
+    })?;
+    let org = OrgId::parse(&org).map_err(|e| StoreError::Corrupt(format!("record {id}: {e}")))?;
+    Ok(sealer.seal(id, &org, &plain))
+}
+
+/// What `signet seal rotate` did.
+#[derive(Debug)]
+pub enum Rotated {
+    /// Re-sealed under a key given from outside; nothing was written to files.
+    External { records: usize },
+    /// Re-sealed under a new key file, now in place at `key_file`.
+    KeyFile { records: usize, key_file: PathBuf },
+}
+
+/// Why a seal rotation did not finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The current key comes from the environment but the new one was not given.
+    #[error(
+        "SIGNET_SEAL_KEY is set, so give the new key in SIGNET_NEW_SEAL_KEY (64 hex characters)"
+    )]
+    NoNewKey,
+    #[error("cannot move {} into place: {source}", .path.display())]
+    Rename {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Re-seals every record under a new seal key. With the current key from
+/// the configuration, the new one is `new_key` (hex) and no file is
+/// written. Otherwise a new key file is written beside the current one,
+/// accepted alongside it until it is renamed into place, so a crash at
+/// any point leaves every record readable; rerunning finishes the rotation.
+pub async fn rotate_seal(config: &Config, new_key: Option<&str>) -> Result<Rotated, RotateError> {
+    let dir = &config.storage.data_dir;
+    if !SledStore::exists(dir) {
+        return Err(StoreError::NoData(dir.clone()).into());
+    }
+    if let Some(current) = &config.storage.seal_key {
+        let both = Sealer::rotating(new_key.ok_or(RotateError::NoNewKey)?, current.expose())?;
+        let records = open_with(dir, both).await?.reseal_all().await?;
+        return Ok(Rotated::External { records });
+    }
+    let next_path = crate::seal::next_path(dir);
+    if !next_path.exists() {
+        crate::seal::write_key_file(&next_path, &crate::seal::random_key())?;
+    }
+    let store = open_with(dir, config.sealer()?).await?;
+    let records = store.reseal_all().await?;
+    drop(store);
+    let key_file = crate::seal::key_path(dir);
+    std::fs::rename(&next_path, &key_file).map_err(|source| RotateError::Rename {
+        path: next_path.clone(),
+        source,
+    })?;
+    crate::seal::sync_dir(&next_path).map_err(StoreError::Sync)?;
+    Ok(Rotated::KeyFile { records, key_file })
+}
+
+async fn open_with(dir: &Path, sealer: Sealer) -> Result<Store, StoreError> {
+    let dir = dir.to_owned();
+    let store = blocking(move || SledStore::open(&dir, sealer)).await?;
+    Ok(Store::Sled(Arc::new(store)))
+}
