@@ -54,6 +54,19 @@ pub struct Server {
     pub max_connections: usize,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace_secs: u64,
+    /// Time a keep-alive connection may sit with no request in flight.
+    pub idle_timeout_secs: u64,
+    /// Time a client has to send a whole request body.
+    pub body_read_timeout_secs: u64,
+    /// Longest wait for the next piece of a request body.
+    pub body_progress_timeout_secs: u64,
+    /// Longest a response write may make no progress (a client that
+    /// does not read).
+    pub write_timeout_secs: u64,
+    /// Interval of HTTP/2 keep-alive pings.
+    pub http2_keepalive_interval_secs: u64,
+    /// Time an HTTP/2 client has to answer a ping.
+    pub http2_keepalive_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -132,6 +145,12 @@ impl Default for Server {
             header_read_timeout_secs: 10,
             max_connections: 10_000,
             shutdown_grace_secs: 10,
+            idle_timeout_secs: 60,
+            body_read_timeout_secs: 30,
+            body_progress_timeout_secs: 10,
+            write_timeout_secs: 10,
+            http2_keepalive_interval_secs: 30,
+            http2_keepalive_timeout_secs: 10,
         }
     }
 }
@@ -329,6 +348,22 @@ impl Config {
         if self.server.max_connections == 0 {
             return invalid("server.max_connections", "must be at least 1");
         }
+        if [
+            self.server.header_read_timeout_secs,
+            self.server.idle_timeout_secs,
+            self.server.body_read_timeout_secs,
+            self.server.body_progress_timeout_secs,
+            self.server.write_timeout_secs,
+            self.server.http2_keepalive_interval_secs,
+            self.server.http2_keepalive_timeout_secs,
+        ]
+        .contains(&0)
+        {
+            return invalid(
+                "server.*_timeout_secs / *_interval_secs",
+                "must be at least 1",
+            );
+        }
         Ok(())
     }
 
@@ -408,6 +443,7 @@ mod tests {
             ("", &[("SIGNET_LISTEN", "localhost")], "SIGNET_LISTEN"),
             ("", &[("SIGNET_ADMIN_TOKEN", "short")], "SIGNET_ADMIN_TOKEN"),
             ("[log]\nformat = \"xml\"\n", &[], "format"),
+            ("[server]\nidle_timeout_secs = 0\n", &[], "timeout_secs"),
         ];
         for (toml, env, needle) in cases {
             let err = load(toml, env).expect_err(toml).to_string();

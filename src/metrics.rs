@@ -32,6 +32,11 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -40,6 +45,8 @@ pub struct Metrics {
     pub keys: Gauge,
     pub storage_errors: Counter,
     pool_depth: Family<BitsLabel, Gauge>,
+    /// Connections closed for hitting a deadline, by which one.
+    pub connections_closed: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -95,6 +102,12 @@ impl Metrics {
             "Pre-generated key pairs ready, by modulus size",
             pool_depth.clone(),
         );
+        let connections_closed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections closed for hitting a deadline, by reason",
+            connections_closed.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -103,6 +116,7 @@ impl Metrics {
             keys,
             storage_errors,
             pool_depth,
+            connections_closed,
         }
     }
 

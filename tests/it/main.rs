@@ -4,6 +4,7 @@
 mod access;
 mod bad_input;
 mod cli;
+mod deadlines;
 mod durability;
 mod keys_api;
 mod operations;
