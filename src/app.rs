@@ -39,6 +39,9 @@ pub enum StartupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The TLS certificate pair cannot be used.
+    #[error(transparent)]
+    Tls(#[from] http::tls::TlsError),
     /// The listen address could not be bound.
     #[error(
         "cannot listen on {addr}: {source} (set server.listen or SIGNET_LISTEN to a free address)"
@@ -83,6 +86,10 @@ impl Application {
             config.keys.pool_4096,
         ];
         let signet = Signet::new(store, policy, config.keys.max_per_org, pool)?;
+        let tls = match &config.server.tls {
+            Some(files) => Some(http::tls::Tls::load(files, &signet.metrics)?),
+            None => None,
+        };
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -90,7 +97,11 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
-        let app = Arc::new(App::new(signet, config, operator));
+        let mut app = App::new(signet, config, operator);
+        if let Some(tls) = tls {
+            app = app.with_tls(tls);
+        }
+        let app = Arc::new(app);
         Ok(Application {
             listener,
             app,

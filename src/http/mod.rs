@@ -7,6 +7,7 @@ pub mod client;
 mod deadline;
 mod reply;
 mod routes;
+pub mod tls;
 
 #[doc(hidden)]
 pub use routes::fuzz_parsers;
@@ -37,6 +38,7 @@ pub struct App {
     pub config: Config,
     pub operator: OperatorToken,
     jwks_cache_control: HeaderValue,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl App {
@@ -49,7 +51,14 @@ impl App {
             config,
             operator,
             jwks_cache_control,
+            tls: None,
         }
+    }
+
+    /// Serve TLS with this pair instead of plain HTTP.
+    pub fn with_tls(mut self, tls: tls::Tls) -> App {
+        self.tls = Some(Arc::new(tls));
+        self
     }
 }
 
@@ -72,6 +81,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     let limits = deadline::Limits::from_config(&app.config);
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(server.max_connections));
+    let reloaders = app.tls.as_ref().map(|t| t.spawn_reloaders());
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -109,8 +119,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             // Detection, handshakes and the first headers are bounded by the
             // socket wrapper; so are idle keep-alive and stalled writes.
             let io = deadline::Guarded::new(stream, activity.clone(), limits);
-            let conn = builder.serve_connection(TokioIo::new(io), service);
-            let result = watcher.watch(conn).await;
+            let result = match &app.tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(io), service);
+                    watcher.watch(conn).await
+                }
+                Some(tls) => match tls.acceptor().accept(io).await {
+                    Ok(io) => {
+                        let conn = builder.serve_connection(TokioIo::new(io), service);
+                        watcher.watch(conn).await
+                    }
+                    Err(e) => Err(e.into()),
+                },
+            };
             let reason = activity.closed_for().or_else(|| {
                 let e = result.as_ref().err()?;
                 deadline::hyper_reason(e.as_ref())
@@ -126,6 +147,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             }
             drop(permit);
         });
+    }
+    for task in reloaders.into_iter().flatten() {
+        task.abort();
     }
     drop(listener);
     tracing::info!("shutting down: no new connections, draining in-flight requests");

@@ -11,5 +11,6 @@ mod operations;
 mod sealing;
 mod support;
 mod tidy;
+mod tls;
 mod tokens;
 mod verify_api;
