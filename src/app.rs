@@ -116,7 +116,11 @@ impl Application {
 
     /// Serves until `shutdown` resolves, drains, then syncs storage.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
-        tracing::info!(addr = %self.addr, "signet is listening");
+        tracing::info!(
+            addr = %self.addr,
+            tls = self.app.config.server.tls.is_some(),
+            "signet is listening"
+        );
         http::serve(self.listener, self.app.clone(), shutdown).await;
         self.app.signet.store.sync()?;
         tracing::info!("storage synced; bye");
