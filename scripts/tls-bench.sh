@@ -16,7 +16,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
 source "$ROOT/scripts/lib/common.sh"
-LOG_TAG=tls-bench
+LOG_TAG="tls-bench"
 DURATION="${DURATION:-5}"
 CONNECTIONS="${CONNECTIONS:-32}"
 

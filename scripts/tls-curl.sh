@@ -15,7 +15,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
 source "$ROOT/scripts/lib/common.sh"
-LOG_TAG=tls-curl
+LOG_TAG="tls-curl"
 
 install_missing curl openssl
 BIN="$(signet_bin release)"
