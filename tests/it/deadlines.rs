@@ -218,6 +218,17 @@ async fn closed_count(app: &TestApp, reason: &str) -> u64 {
         .map_or(0, |n| n.trim().parse().unwrap())
 }
 
+/// Polls the count of `reason` until it reaches `want` or `until` passes.
+async fn counted_within(app: &TestApp, reason: &str, want: u64, until: Instant) -> u64 {
+    loop {
+        let counted = closed_count(app, reason).await;
+        if counted >= want || Instant::now() >= until {
+            return counted;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_stalled_connection_is_closed_within_its_deadline() {
     for shape in shapes() {
@@ -258,14 +269,7 @@ async fn every_stalled_connection_is_closed_within_its_deadline() {
         // Counted without reading first: reading would let a stalled write
         // go on. The count follows the close by a moment.
         let limit = shape.deadline + MARGIN;
-        let mut counted = 0;
-        while opened.elapsed() < limit {
-            counted = closed_count(&app, shape.reason).await;
-            if counted >= HELD as u64 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let counted = counted_within(&app, shape.reason, HELD as u64, opened + limit).await;
         assert_eq!(
             counted, HELD as u64,
             "{name}: {HELD} closures counted as {} within {limit:?}",
@@ -295,4 +299,47 @@ async fn every_stalled_connection_is_closed_within_its_deadline() {
         }
         app.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_http2_connection_that_answers_pings_is_closed_as_idle() {
+    use http_body_util::Empty;
+    let app = spawn_with(|c| {
+        c.server.idle_timeout_secs = 2;
+        c.server.http2_keepalive_interval_secs = 1;
+        c.server.http2_keepalive_timeout_secs = 5;
+    })
+    .await;
+    let tcp = TcpStream::connect(app.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    // hyper's client answers the server's pings while it drives `conn`.
+    let conn = tokio::spawn(conn);
+    let res = h2
+        .send_request(
+            hyper::Request::get(app.url("/healthz"))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let idle_from = Instant::now();
+    tokio::time::timeout(Duration::from_secs(2) + MARGIN, conn)
+        .await
+        .expect("the server closes the idle connection")
+        .unwrap()
+        .ok();
+    assert!(
+        idle_from.elapsed() >= Duration::from_millis(1500),
+        "not before the idle timeout: {:?}",
+        idle_from.elapsed()
+    );
+    let counted = counted_within(&app, "idle", 1, Instant::now() + MARGIN).await;
+    assert_eq!(counted, 1, "closed as idle, not for a missed ping");
+    assert_eq!(closed_count(&app, "keepalive").await, 0);
 }
