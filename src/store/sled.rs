@@ -26,8 +26,8 @@ use crate::audit::{self, AuditEvent, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    blocking, open_record, reseal_value, seal_record, Insert, Inserted, Storage, StoreError,
-    SCHEMA_VERSION,
+    blocking, open_record, reseal_value, seal_record, AuditPage, Insert, Inserted, Storage,
+    StoreError, SCHEMA_VERSION,
 };
 
 /// sled's page cache. Nothing hot reads through it: the verifier and the
@@ -695,14 +695,9 @@ impl Storage for Arc<SledStore> {
         blocking(move || SledStore::all_keys(&db)).await
     }
 
-    async fn audit_page(
-        &self,
-        org: OrgId,
-        limit: usize,
-        before: Option<KeyId>,
-    ) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn audit_page(&self, page: AuditPage) -> Result<Vec<AuditEvent>, StoreError> {
         let db = self.clone();
-        blocking(move || SledStore::audit_page(&db, &org, limit, before)).await
+        blocking(move || SledStore::audit_page(&db, &page.org, page.limit, page.before)).await
     }
 
     async fn verify_audit(&self) -> Result<Result<usize, audit::BrokenLink>, StoreError> {
