@@ -79,7 +79,7 @@ impl SledStore {
     pub fn open(dir: &Path, sealer: Sealer) -> Result<SledStore, StoreError> {
         let store = SledStore {
             path: dir.to_owned(),
-            handles: RwLock::new(Some(Arc::new(Handles::open(dir)?))),
+            handles: RwLock::new(Some(Arc::new(Handles::open_waiting(dir)?))),
             failed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             last_probe: Mutex::new(None),
@@ -141,7 +141,7 @@ impl SledStore {
         // sled releases its file lock once the last handle (ours, and those
         // of requests still in flight) is dropped.
         *slot = None;
-        let handles = Handles::open(&self.path)?;
+        let handles = Handles::open_waiting(&self.path)?;
         handles.sync()?;
         *slot = Some(Arc::new(handles));
         self.failed.store(false, Ordering::SeqCst);
@@ -459,6 +459,23 @@ impl Handles {
         self.db.flush()?;
         self.db_file.sync_data()?;
         Ok(())
+    }
+
+    /// [`Handles::open`], waiting up to a second for the lock: sled's
+    /// background I/O threads can hold the file a moment after the last
+    /// handle of a closed database is dropped.
+    fn open_waiting(dir: &Path) -> Result<Handles, StoreError> {
+        let started = std::time::Instant::now();
+        loop {
+            match Handles::open(dir) {
+                Err(StoreError::Locked(_))
+                    if started.elapsed() < std::time::Duration::from_secs(1) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened,
+            }
+        }
     }
 
     fn open(dir: &Path) -> Result<Handles, StoreError> {
