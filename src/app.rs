@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::auth::OperatorToken;
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::http::{self, App};
 use crate::service::Signet;
 use crate::store::{create_private_dir, Store, StoreError};
@@ -45,6 +45,9 @@ pub enum StartupError {
     /// The TLS certificate pair cannot be used.
     #[error(transparent)]
     Tls(#[from] http::tls::TlsError),
+    /// Instances sharing a database need one configured operator token.
+    #[error("on PostgreSQL the operator token must be configured (auth.admin_token_sha256 or SIGNET_ADMIN_TOKEN): a generated one would lock the other instances out")]
+    NoOperatorToken,
     /// The listen address could not be bound.
     #[error(
         "cannot listen on {addr}: {source} (set server.listen or SIGNET_LISTEN to a free address)"
@@ -70,10 +73,16 @@ impl Application {
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let data_dir = config.storage.data_dir.clone();
-        create_private_dir(&data_dir).map_err(|source| StartupError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
+        if config.storage.backend == Backend::Postgres {
+            if config.auth.admin_token.is_none() && config.auth.admin_token_sha256.is_none() {
+                return Err(StartupError::NoOperatorToken);
+            }
+        } else {
+            create_private_dir(&data_dir).map_err(|source| StartupError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+        }
         let store = Store::open(&config).await?;
         let (operator, generated) =
             OperatorToken::load_or_create(&config).map_err(|source| StartupError::AdminToken {

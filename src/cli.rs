@@ -114,6 +114,16 @@ struct DataArgs {
     /// Data directory [default: the config's storage.data_dir].
     #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// Use this PostgreSQL database instead of a data directory.
+    #[arg(
+        long,
+        value_name = "URL",
+        global = true,
+        env = "SIGNET_DATABASE_URL",
+        hide_env_values = true,
+        conflicts_with = "data_dir"
+    )]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -313,6 +323,9 @@ fn data_config(data: &DataArgs) -> anyhow::Result<Config> {
     let mut config = Config::load(data.config.as_deref())?;
     if let Some(dir) = &data.data_dir {
         config.storage.data_dir = dir.clone();
+    }
+    if let Some(url) = &data.database_url {
+        config.use_database(url)?;
     }
     Ok(config)
 }

@@ -12,7 +12,7 @@ use crate::keys::{GeneratedKey, Jwk, KeyId, KeyName, KeySpec, OrgId, PublicKeyRe
 use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::refusals::Refusals;
-use crate::store::{Insert, Inserted, Store, StoreError};
+use crate::store::{AuditPage, Insert, Inserted, Store, StoreError};
 use crate::verify::{Expect, KeyMaterial, KeySource, Policy, Verified, Verifier, VerifyError};
 
 /// Why a key operation did not happen.
@@ -198,8 +198,12 @@ impl Signet {
         limit: usize,
         before: Option<KeyId>,
     ) -> Result<Vec<AuditEvent>, ServiceError> {
-        self.storage(self.store.audit_page(org.clone(), limit, before))
-            .await
+        self.storage(self.store.audit_page(AuditPage {
+            org: org.clone(),
+            limit,
+            before,
+        }))
+        .await
     }
 
     /// Walks every organisation's audit chain: the number of events

@@ -26,8 +26,8 @@ use crate::audit::{self, AuditEvent, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    blocking, open_record, reseal_value, seal_record, Insert, Inserted, Storage, StoreError,
-    SCHEMA_VERSION,
+    blocking, open_record, reseal_value, seal_record, AuditPage, Insert, Inserted, Storage,
+    StoreError, SCHEMA_VERSION,
 };
 
 /// sled's page cache. Nothing hot reads through it: the verifier and the
@@ -79,7 +79,7 @@ impl SledStore {
     pub fn open(dir: &Path, sealer: Sealer) -> Result<SledStore, StoreError> {
         let store = SledStore {
             path: dir.to_owned(),
-            handles: RwLock::new(Some(Arc::new(Handles::open(dir)?))),
+            handles: RwLock::new(Some(Arc::new(Handles::open_waiting(dir)?))),
             failed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             last_probe: Mutex::new(None),
@@ -141,7 +141,7 @@ impl SledStore {
         // sled releases its file lock once the last handle (ours, and those
         // of requests still in flight) is dropped.
         *slot = None;
-        let handles = Handles::open(&self.path)?;
+        let handles = Handles::open_waiting(&self.path)?;
         handles.sync()?;
         *slot = Some(Arc::new(handles));
         self.failed.store(false, Ordering::SeqCst);
@@ -461,6 +461,23 @@ impl Handles {
         Ok(())
     }
 
+    /// [`Handles::open`], waiting up to a second for the lock: sled's
+    /// background I/O threads can hold the file a moment after the last
+    /// handle of a closed database is dropped.
+    fn open_waiting(dir: &Path) -> Result<Handles, StoreError> {
+        let started = std::time::Instant::now();
+        loop {
+            match Handles::open(dir) {
+                Err(StoreError::Locked(_))
+                    if started.elapsed() < std::time::Duration::from_secs(1) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     fn open(dir: &Path) -> Result<Handles, StoreError> {
         let open_err = |source: sled::Error| match &source {
             // sled reports a held lock as an I/O error of kind WouldBlock,
@@ -699,14 +716,9 @@ impl Storage for Arc<SledStore> {
         blocking(move || SledStore::all_keys(&db)).await
     }
 
-    async fn audit_page(
-        &self,
-        org: OrgId,
-        limit: usize,
-        before: Option<KeyId>,
-    ) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn audit_page(&self, page: AuditPage) -> Result<Vec<AuditEvent>, StoreError> {
         let db = self.clone();
-        blocking(move || SledStore::audit_page(&db, &org, limit, before)).await
+        blocking(move || SledStore::audit_page(&db, &page.org, page.limit, page.before)).await
     }
 
     async fn verify_audit(&self) -> Result<Result<usize, audit::BrokenLink>, StoreError> {

@@ -1,6 +1,8 @@
 //! signet's integration tests: the real server on port 0 with a temp data
 //! dir, spoken to over HTTP; the real binary for the CLI and crash tests.
 
+#[macro_use]
+mod backends;
 mod access;
 mod algorithms;
 mod anonymous;
@@ -12,6 +14,8 @@ mod durability;
 mod keys_api;
 mod no_data;
 mod operations;
+mod pg;
+mod postgres;
 mod sealing;
 mod support;
 mod tidy;
