@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::OperatorToken;
 use crate::config::Config;
-use crate::http::{self, App};
+use crate::http::{self, ServerState};
 use crate::service::Signet;
 use crate::store::{create_private_dir, Store, StoreError};
 use crate::verify::Policy;
@@ -54,7 +54,7 @@ pub enum StartupError {
 
 pub struct Application {
     listener: TcpListener,
-    app: Arc<App>,
+    app: Arc<ServerState>,
     addr: SocketAddr,
 }
 
@@ -96,7 +96,7 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
-        let app = Arc::new(App::new(signet, config, operator));
+        let app = Arc::new(ServerState::new(signet, config, operator));
         Ok(Application {
             listener,
             app,

@@ -43,7 +43,7 @@ pub struct ApiError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
     #[serde(skip)]
-    allow: Option<&'static str>,
+    allow: Option<String>,
     #[serde(skip)]
     www_authenticate: Option<&'static str>,
 }
@@ -86,7 +86,7 @@ impl ApiError {
         .cause(cause)
     }
 
-    pub fn method_not_allowed(allow: &'static str) -> ApiError {
+    pub fn method_not_allowed(allow: String) -> ApiError {
         let mut e = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -108,9 +108,9 @@ impl ApiError {
     }
 
     fn with_headers(&self, mut r: Reply) -> Reply {
-        if let Some(allow) = self.allow {
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
+        if let Some(allow) = &self.allow {
+            let allow = HeaderValue::try_from(allow).expect("method names are valid header values");
+            r.headers_mut().insert(ALLOW, allow);
         }
         if let Some(challenge) = self.www_authenticate {
             r.headers_mut()
