@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, StatusCode};
 
-use super::reply::{ApiError, Reply, JSON, PEM};
+use super::reply::{ApiError, ErrorCode, Reply, JSON, PEM};
 use super::ServerState;
 use crate::audit::Actor;
 use crate::auth::{authorize, AuthError, Gate, Need, Principal};
@@ -125,7 +125,7 @@ impl Call<'_> {
         if !is_json {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "this route takes a JSON body: send Content-Type: application/json",
             ));
         }
@@ -133,7 +133,7 @@ impl Call<'_> {
         let too_large = || {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!("the request body is over the limit of {limit} bytes"),
             )
         };

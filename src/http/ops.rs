@@ -5,7 +5,7 @@ use hyper::StatusCode;
 
 use super::body::Body;
 use super::call::{Call, Outcome};
-use super::reply::{self, ApiError};
+use super::reply::{self, ApiError, ErrorCode};
 
 pub async fn healthz(_: Call<'_>) -> Outcome {
     Ok(reply::json(
@@ -23,7 +23,7 @@ pub async fn readyz(call: Call<'_>) -> Outcome {
     } else {
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "internal",
+            ErrorCode::Internal,
             "the database is not usable",
         ))
     }
