@@ -16,7 +16,7 @@ use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 
-use signet::cli::jwt_alg;
+use signet::keys::jwt_alg;
 use signet::keys::{generate, Algorithm, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use signet::verify::{decode_object, Expect, KeyMaterial, KeySource, Policy, Verifier};
 

@@ -13,6 +13,7 @@
 //! ordered with cache fills by one lock: once [`Verifier::forget`] returns,
 //! no token of that key verifies, not even from a fill that raced with it.
 
+mod jwk_set;
 mod token;
 
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use serde_json::{Map, Value};
 
 use crate::keys::{Algorithm, KeyId, OrgId};
 
+pub use jwk_set::{JwkSetError, JwkSetSource};
 pub use token::{decode_object, ClaimRules};
 
 /// Why a token is not valid. The code of each variant is listed in docs/api.md.
