@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::audit::{Action, Actor, AuditEvent, BrokenLink, NewEvent};
+use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::jwks::{Document, Jwks};
 use crate::keys::{GeneratedKey, Jwk, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use crate::metrics::Metrics;
@@ -196,7 +196,7 @@ impl Signet {
         &self,
         org: &OrgId,
         limit: usize,
-        before: Option<KeyId>,
+        before: Option<EventId>,
     ) -> Result<Vec<AuditEvent>, ServiceError> {
         self.storage(self.store.audit_page(org.clone(), limit, before))
             .await

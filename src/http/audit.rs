@@ -2,8 +2,9 @@
 
 use hyper::StatusCode;
 
-use super::call::{parse_id, Call, Outcome};
+use super::call::{Call, Outcome};
 use super::reply::{self, ApiError};
+use crate::audit::EventId;
 use crate::auth::Need;
 
 pub async fn page(call: Call<'_>) -> Outcome {
@@ -21,7 +22,10 @@ pub async fn page(call: Call<'_>) -> Outcome {
                         ApiError::invalid_request("limit must be an integer from 1 to 1000")
                     })?
             }
-            "before" => before = Some(parse_id(&v)?),
+            "before" => {
+                let id = EventId::parse(&v).map_err(|e| ApiError::invalid_id(e.to_string()))?;
+                before = Some(id);
+            }
             _ => {}
         }
     }

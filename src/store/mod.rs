@@ -23,7 +23,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::audit::{AuditEvent, BrokenLink, NewEvent};
+use crate::audit::{AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::config::Config;
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::{SealError, Sealer};
@@ -171,7 +171,7 @@ pub trait Storage: Send + Sync {
         &self,
         org: OrgId,
         limit: usize,
-        before: Option<KeyId>,
+        before: Option<EventId>,
     ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
 
     /// Walks every organisation's audit chain: the number of events
@@ -271,7 +271,7 @@ impl Store {
         &self,
         org: OrgId,
         limit: usize,
-        before: Option<KeyId>,
+        before: Option<EventId>,
     ) -> Result<Vec<AuditEvent>, StoreError> {
         dispatch!(self, s => s.audit_page(org, limit, before).await)
     }

@@ -4,6 +4,7 @@
 mod access;
 mod algorithms;
 mod anonymous;
+mod audit_cursor;
 mod bad_input;
 mod cli;
 mod cli_messages;
