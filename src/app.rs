@@ -6,7 +6,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -80,13 +79,7 @@ impl Application {
         if let Some(path) = generated {
             tracing::info!(path = %path.display(), "generated an operator token (mode 0600); read it from this file");
         }
-        let policy = Policy {
-            leeway: Duration::from_secs(config.verify.leeway_secs),
-            require_exp: config.verify.require_exp,
-            max_token_bytes: config.verify.max_token_bytes,
-            cache_capacity: config.verify.cache_capacity,
-            max_token_lifetime: config.verify.max_token_lifetime,
-        };
+        let policy = Policy::from(&config.verify);
         let pool = [
             config.keys.pool_2048,
             config.keys.pool_3072,

@@ -69,13 +69,12 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
         audience: args.audience.as_deref(),
         issuer: args.issuer.as_deref(),
     };
-    let policy = Policy {
-        leeway: Duration::from_secs(args.leeway.unwrap_or(config.verify.leeway_secs)),
-        require_exp: config.verify.require_exp,
-        max_token_bytes: config.verify.max_token_bytes,
-        cache_capacity: 16,
-        max_token_lifetime: config.verify.max_token_lifetime,
-    };
+    let mut policy = Policy::from(&config.verify);
+    if let Some(leeway) = args.leeway {
+        policy.leeway = Duration::from_secs(leeway);
+    }
+    // One token: a large cache would only cost memory.
+    policy.cache_capacity = 16;
     let judged = |result: Result<verify::Verified, VerifyError>| -> anyhow::Result<Value> {
         if let Err(VerifyError::Unavailable(cause)) = &result {
             bail!("could not read keys: {cause}");

@@ -429,13 +429,13 @@ impl SledStore {
     }
 
     /// Direct access to the raw audit tree, for tests that tamper with it.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_audit_tree(&self) -> sled::Tree {
         self.handles().expect("database open").audit.clone()
     }
 
     /// Direct access to the raw key tree, for tests that plant records.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_keys_tree(&self) -> sled::Tree {
         self.handles().expect("database open").keys.clone()
     }

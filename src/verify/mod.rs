@@ -14,6 +14,7 @@
 //! no token of that key verifies, not even from a fill that raced with it.
 
 mod jwk_set;
+mod policy;
 mod token;
 
 use std::sync::{Arc, Mutex};
