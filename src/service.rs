@@ -13,7 +13,9 @@ use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::refusals::Refusals;
 use crate::store::{Insert, Inserted, Store, StoreError};
-use crate::verify::{Expect, KeyMaterial, KeySource, Policy, Verified, Verifier, VerifyError};
+use crate::verify::{
+    Expect, KeyMaterial, KeySource, KeySourceError, Policy, Verified, Verifier, VerifyError,
+};
 
 /// Why a key operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -303,14 +305,14 @@ impl Signet {
 struct PublishedKeys(Arc<Jwks>);
 
 impl KeySource for PublishedKeys {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String> {
+    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError> {
         let Some((org, jwk)) = self.0.key(id) else {
             return Ok(None);
         };
         let (_, algorithm, spki_der) = serde_json::from_slice::<Jwk>(&jwk)
             .map_err(|e| e.to_string())
             .and_then(|jwk| jwk.to_parts().map_err(|e| e.to_string()))
-            .map_err(|e| format!("published key {id} does not parse: {e}"))?;
+            .map_err(|cause| KeySourceError::Unparsable { id, cause })?;
         Ok(Some(KeyMaterial {
             org: Some(org),
             algorithm,
@@ -318,7 +320,7 @@ impl KeySource for PublishedKeys {
         }))
     }
 
-    fn contains(&self, id: KeyId) -> Result<bool, String> {
+    fn contains(&self, id: KeyId) -> Result<bool, KeySourceError> {
         Ok(self.0.contains(id))
     }
 }

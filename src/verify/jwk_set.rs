@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::{KeyMaterial, KeySource};
+use super::{KeyMaterial, KeySource, KeySourceError};
 use crate::keys::{Algorithm, Jwk, KeyId};
 
 /// A JWK Set that is not `{"keys": [...]}`.
@@ -39,14 +39,14 @@ impl JwkSetSource {
 }
 
 impl KeySource for JwkSetSource {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String> {
+    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError> {
         Ok(self.0.get(&id).map(|(algorithm, der)| KeyMaterial {
             org: None,
             algorithm: *algorithm,
             spki_der: der.clone(),
         }))
     }
-    fn contains(&self, id: KeyId) -> Result<bool, String> {
+    fn contains(&self, id: KeyId) -> Result<bool, KeySourceError> {
         Ok(self.0.contains_key(&id))
     }
 }

@@ -95,11 +95,19 @@ pub struct KeyMaterial {
     pub spki_der: Vec<u8>,
 }
 
+/// Why a key source could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySourceError {
+    /// A published key that does not parse as a key signet can verify with.
+    #[error("published key {id} does not parse: {cause}")]
+    Unparsable { id: KeyId, cause: String },
+}
+
 /// Where a verifier finds keys it has not cached: the store, or a JWK Set.
 pub trait KeySource: Send + Sync {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String>;
+    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError>;
     /// Whether `id` is still live; called under the fill lock, so cheap.
-    fn contains(&self, id: KeyId) -> Result<bool, String>;
+    fn contains(&self, id: KeyId) -> Result<bool, KeySourceError>;
 }
 
 /// Verification settings that do not change per request.
@@ -280,7 +288,7 @@ impl Verifier {
         let material = self
             .source
             .lookup(id)
-            .map_err(VerifyError::Unavailable)?
+            .map_err(|e| VerifyError::Unavailable(e.to_string()))?
             .ok_or_else(|| {
                 self.stats.unknown.inc();
                 unknown()
@@ -297,7 +305,11 @@ impl Verifier {
         let _fill = self.fill.lock().expect("fill lock poisoned");
         // A delete may have completed since the lookup; it has already
         // called `forget`, so filling now would resurrect the key.
-        if !self.source.contains(id).map_err(VerifyError::Unavailable)? {
+        if !self
+            .source
+            .contains(id)
+            .map_err(|e| VerifyError::Unavailable(e.to_string()))?
+        {
             return Err(unknown());
         }
         self.cache.insert(id, key.clone());
