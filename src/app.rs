@@ -6,13 +6,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::auth::OperatorToken;
 use crate::config::{Backend, Config};
-use crate::http::{self, App};
+use crate::http::{self, ServerState};
 use crate::service::Signet;
 use crate::store::{create_private_dir, Store, StoreError};
 use crate::verify::Policy;
@@ -60,7 +59,7 @@ pub enum StartupError {
 
 pub struct Application {
     listener: TcpListener,
-    app: Arc<App>,
+    app: Arc<ServerState>,
     addr: SocketAddr,
 }
 
@@ -92,13 +91,7 @@ impl Application {
         if let Some(path) = generated {
             tracing::info!(path = %path.display(), "generated an operator token (mode 0600); read it from this file");
         }
-        let policy = Policy {
-            leeway: Duration::from_secs(config.verify.leeway_secs),
-            require_exp: config.verify.require_exp,
-            max_token_bytes: config.verify.max_token_bytes,
-            cache_capacity: config.verify.cache_capacity,
-            max_token_lifetime: config.verify.max_token_lifetime,
-        };
+        let policy = Policy::from(&config.verify);
         let pool = [
             config.keys.pool_2048,
             config.keys.pool_3072,
@@ -112,7 +105,7 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
-        let mut app = App::new(signet, config, operator);
+        let mut app = ServerState::new(signet, config, operator);
         if let Some(tls) = tls {
             app = app.with_tls(tls);
         }

@@ -6,14 +6,16 @@
 
 use std::sync::Arc;
 
-use crate::audit::{Action, Actor, AuditEvent, BrokenLink, NewEvent};
+use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::jwks::{Document, Jwks};
 use crate::keys::{GeneratedKey, Jwk, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::refusals::Refusals;
 use crate::store::{AuditPage, Insert, Inserted, Store, StoreError};
-use crate::verify::{Expect, KeyMaterial, KeySource, Policy, Verified, Verifier, VerifyError};
+use crate::verify::{
+    Expect, KeyMaterial, KeySource, KeySourceError, Policy, Verified, Verifier, VerifyError,
+};
 
 /// Why a key operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +198,7 @@ impl Signet {
         &self,
         org: &OrgId,
         limit: usize,
-        before: Option<KeyId>,
+        before: Option<EventId>,
     ) -> Result<Vec<AuditEvent>, ServiceError> {
         self.storage(self.store.audit_page(AuditPage {
             org: org.clone(),
@@ -307,14 +309,14 @@ impl Signet {
 struct PublishedKeys(Arc<Jwks>);
 
 impl KeySource for PublishedKeys {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String> {
+    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError> {
         let Some((org, jwk)) = self.0.key(id) else {
             return Ok(None);
         };
         let (_, algorithm, spki_der) = serde_json::from_slice::<Jwk>(&jwk)
             .map_err(|e| e.to_string())
             .and_then(|jwk| jwk.to_parts().map_err(|e| e.to_string()))
-            .map_err(|e| format!("published key {id} does not parse: {e}"))?;
+            .map_err(|cause| KeySourceError::Unparsable { id, cause })?;
         Ok(Some(KeyMaterial {
             org: Some(org),
             algorithm,
@@ -322,7 +324,7 @@ impl KeySource for PublishedKeys {
         }))
     }
 
-    fn contains(&self, id: KeyId) -> Result<bool, String> {
+    fn contains(&self, id: KeyId) -> Result<bool, KeySourceError> {
         Ok(self.0.contains(id))
     }
 }

@@ -24,7 +24,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::audit::{AuditEvent, BrokenLink, NewEvent};
+use crate::audit::{AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::config::{Backend, Config, Secret};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::{SealError, Sealer};
@@ -124,7 +124,7 @@ pub struct Insert {
 pub struct AuditPage {
     pub org: OrgId,
     pub limit: usize,
-    pub before: Option<KeyId>,
+    pub before: Option<EventId>,
 }
 
 /// What signet needs from a store. Every method that changes data is

@@ -22,7 +22,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::Host;
 use tokio_postgres::{NoTls, Transaction};
 
-use crate::audit::{self, AuditEvent, BrokenLink, NewEvent};
+use crate::audit::{self, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
@@ -294,7 +294,7 @@ impl PgStore {
                 .ok_or_else(|| StoreError::Corrupt("audit event ids are exhausted".into()))?,
             _ => fresh,
         };
-        let id = KeyId::new(id);
+        let id = EventId::new(id);
         let stored = serde_json::to_vec(&AuditEvent::new(id, org.clone(), event, row.head))
             .expect("an event always serialises");
         let id_bytes = id.to_bytes();

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
-use crate::audit::{self, AuditEvent, NewEvent};
+use crate::audit::{self, AuditEvent, EventId, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
@@ -360,12 +360,12 @@ impl SledStore {
         &self,
         org: &OrgId,
         limit: usize,
-        before: Option<KeyId>,
+        before: Option<EventId>,
     ) -> Result<Vec<AuditEvent>, StoreError> {
         let h = self.handles()?;
         let prefix = index_key_prefix(org);
         let end = match before {
-            Some(id) => index_key(org, id),
+            Some(id) => index_key(org, KeyId::from_bytes(id.to_bytes())),
             None => prefix_end(&prefix),
         };
         h.audit
@@ -429,13 +429,13 @@ impl SledStore {
     }
 
     /// Direct access to the raw audit tree, for tests that tamper with it.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_audit_tree(&self) -> sled::Tree {
         self.handles().expect("database open").audit.clone()
     }
 
     /// Direct access to the raw key tree, for tests that plant records.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_keys_tree(&self) -> sled::Tree {
         self.handles().expect("database open").keys.clone()
     }
@@ -644,8 +644,8 @@ fn append_event(
             .map_err(|_| abort(StoreError::Corrupt("audit head is not 32 bytes".into())))?,
     };
     let id = gen.next();
-    let stored = serde_json::to_vec(&AuditEvent::new(id, org.clone(), event, prev))
-        .expect("an event always serialises");
+    let event = AuditEvent::new(EventId::from_bytes(id.to_bytes()), org.clone(), event, prev);
+    let stored = serde_json::to_vec(&event).expect("an event always serialises");
     audit.insert(index_key(org, id), stored.as_slice())?;
     heads.insert(org_key, &audit::link(&stored))?;
     Ok(())

@@ -13,6 +13,8 @@
 //! ordered with cache fills by one lock: once [`Verifier::forget`] returns,
 //! no token of that key verifies, not even from a fill that raced with it.
 
+mod jwk_set;
+mod policy;
 mod token;
 
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::keys::{Algorithm, KeyId, OrgId};
 
+pub use jwk_set::{JwkSetError, JwkSetSource};
 pub use token::{decode_object, ClaimRules};
 
 /// Why a token is not valid. The code of each variant is listed in docs/api.md.
@@ -92,11 +95,19 @@ pub struct KeyMaterial {
     pub spki_der: Vec<u8>,
 }
 
+/// Why a key source could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySourceError {
+    /// A published key that does not parse as a key signet can verify with.
+    #[error("published key {id} does not parse: {cause}")]
+    Unparsable { id: KeyId, cause: String },
+}
+
 /// Where a verifier finds keys it has not cached: the store, or a JWK Set.
 pub trait KeySource: Send + Sync {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String>;
+    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError>;
     /// Whether `id` is still live; called under the fill lock, so cheap.
-    fn contains(&self, id: KeyId) -> Result<bool, String>;
+    fn contains(&self, id: KeyId) -> Result<bool, KeySourceError>;
 }
 
 /// Verification settings that do not change per request.
@@ -277,7 +288,7 @@ impl Verifier {
         let material = self
             .source
             .lookup(id)
-            .map_err(VerifyError::Unavailable)?
+            .map_err(|e| VerifyError::Unavailable(e.to_string()))?
             .ok_or_else(|| {
                 self.stats.unknown.inc();
                 unknown()
@@ -294,7 +305,11 @@ impl Verifier {
         let _fill = self.fill.lock().expect("fill lock poisoned");
         // A delete may have completed since the lookup; it has already
         // called `forget`, so filling now would resurrect the key.
-        if !self.source.contains(id).map_err(VerifyError::Unavailable)? {
+        if !self
+            .source
+            .contains(id)
+            .map_err(|e| VerifyError::Unavailable(e.to_string()))?
+        {
             return Err(unknown());
         }
         self.cache.insert(id, key.clone());

@@ -6,6 +6,7 @@ mod backends;
 mod access;
 mod algorithms;
 mod anonymous;
+mod audit_cursor;
 mod bad_input;
 mod cli;
 mod cli_messages;
