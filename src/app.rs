@@ -86,6 +86,8 @@ impl Application {
             max_token_bytes: config.verify.max_token_bytes,
             cache_capacity: config.verify.cache_capacity,
             max_token_lifetime: config.verify.max_token_lifetime,
+            token_cache_entries: config.verify.token_cache_entries,
+            token_cache_bytes: config.verify.token_cache_bytes,
         };
         let pool = [
             config.keys.pool_2048,

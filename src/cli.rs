@@ -576,6 +576,9 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
         max_token_bytes: config.verify.max_token_bytes,
         cache_capacity: 16,
         max_token_lifetime: config.verify.max_token_lifetime,
+        // One token, verified once.
+        token_cache_entries: 0,
+        token_cache_bytes: 0,
     };
     let judged = |result: Result<verify::Verified, VerifyError>| -> anyhow::Result<Value> {
         if let Err(VerifyError::Unavailable(cause)) = &result {

@@ -14,6 +14,7 @@ mod operations;
 mod sealing;
 mod support;
 mod tidy;
+mod token_cache;
 mod tokens;
 mod verdicts;
 mod verify_api;
