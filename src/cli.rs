@@ -267,11 +267,16 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             if log_json {
                 config.log.format = LogFormat::Json;
             }
-            crate::logging::init(&config)?;
-            runtime.block_on(async {
+            let log = crate::logging::init(&config)?;
+            let served = runtime.block_on(async {
                 let app = Application::build(config).await?;
                 app.run_until(app::shutdown_signal()).await
-            })?;
+            });
+            // Whatever the runtime logs while it stops is still written;
+            // then the guard flushes every queued line.
+            drop(runtime);
+            drop(log);
+            served?;
             Ok(Outcome::Success)
         }
         Command::Verify(args) => runtime.block_on(verify_cmd(args)),

@@ -11,6 +11,7 @@ mod durability;
 mod keys_api;
 mod no_data;
 mod operations;
+mod request_log;
 mod sealing;
 mod support;
 mod tidy;
