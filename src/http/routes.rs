@@ -41,8 +41,14 @@ pub enum Route<'a> {
 impl<'a> Route<'a> {
     pub fn parse(path: &'a str) -> Option<Route<'a>> {
         let rest = path.strip_prefix('/')?;
-        let segments: Vec<&str> = rest.split('/').collect();
-        Some(match segments.as_slice() {
+        // No route has more than five segments; no allocation per request.
+        let mut segments = [""; 5];
+        let mut n = 0;
+        for segment in rest.split('/') {
+            *segments.get_mut(n)? = segment;
+            n += 1;
+        }
+        Some(match &segments[..n] {
             ["v1", "organisations", org, "keys"] => Route::OrgKeys(org),
             ["v1", "organisations", org, "keys", id] => Route::OrgKey(org, id),
             ["v1", "organisations", org, "jwks.json"] => Route::OrgJwks(org),

@@ -141,8 +141,9 @@ impl Default for Policy {
 pub struct Verified {
     pub key_id: KeyId,
     pub org: Option<OrgId>,
-    pub header: Map<String, Value>,
-    pub claims: Map<String, Value>,
+    /// Shared with the token cache, so a cached verdict is not copied.
+    pub header: Arc<Map<String, Value>>,
+    pub claims: Arc<Map<String, Value>>,
 }
 
 /// The `POST /v1/verify` result document, also printed by
@@ -153,8 +154,8 @@ pub fn result_json(result: &Result<Verified, VerifyError>) -> Value {
             "valid": true,
             "keyId": v.key_id,
             "organisationId": v.org,
-            "header": v.header,
-            "claims": v.claims,
+            "header": &*v.header,
+            "claims": &*v.claims,
         }),
         Err(e) => serde_json::json!({
             "valid": false,
@@ -334,8 +335,8 @@ impl Verifier {
         let verified = Verified {
             key_id: parsed.kid,
             org: key.org.clone(),
-            header: parsed.header,
-            claims,
+            header: Arc::new(parsed.header),
+            claims: Arc::new(claims),
         };
         Ok((verified, key.generation))
     }

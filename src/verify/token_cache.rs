@@ -44,8 +44,8 @@ pub struct Verdict {
     /// The key-cache fill that checked the signature.
     pub generation: u64,
     pub org: Option<OrgId>,
-    pub header: Map<String, Value>,
-    pub claims: Map<String, Value>,
+    pub header: Arc<Map<String, Value>>,
+    pub claims: Arc<Map<String, Value>>,
 }
 
 impl Verdict {
@@ -237,8 +237,8 @@ mod tests {
             kid: KeyId::parse("01J0000000000000000000000A").unwrap(),
             generation: n,
             org: None,
-            header: obj(header),
-            claims: obj(claims),
+            header: Arc::new(obj(header)),
+            claims: Arc::new(obj(claims)),
         })
     }
 
