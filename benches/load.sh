@@ -93,8 +93,11 @@ ADMIN="$(random_token 36)"
 log "starting signet on 127.0.0.1:$SIGNET_PORT"
 # The token cache holds fewer tokens than the fresh-token run cycles
 # through, so that run measures misses; one repeated token always hits.
-sed 's/^token_cache_entries = [0-9]*/token_cache_entries = 500/' "$REPO/config.toml" >"$WORK/config.toml"
-grep -q '^token_cache_entries = 500' "$WORK/config.toml" || die "config.toml has no token_cache_entries"
+# (wrk's threads start half the list apart, so a token comes round again
+# only after far more than the cache holds.)
+CACHE_ENTRIES=$((FRESH_TOKENS / 8))
+sed "s/^token_cache_entries = [0-9]*/token_cache_entries = $CACHE_ENTRIES/" "$REPO/config.toml" >"$WORK/config.toml"
+grep -q "^token_cache_entries = $CACHE_ENTRIES\$" "$WORK/config.toml" || die "config.toml has no token_cache_entries"
 start_signet "$WORK/data" "$SIGNET_PORT" "$WORK/signet.log" ORGKEYS_MAX=100 -- \
     "$SIGNET" serve --config "$WORK/config.toml"
 wait_ready "$BASE" 10 || {
