@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# HTTP load figures for signet, next to nginx serving the same JWKS bytes
-# from a file: the ceiling for "a prepared document per request".
+# HTTP load figures for signet, next to anchors measured in the same run:
+# nginx serving the same JWKS bytes from a file, a bare hyper server
+# returning those bytes (examples/bare_jwks.rs: the ceiling for signet's
+# stack), a Node.js server doing what teams write themselves to check a
+# token (benches/node/auth.mjs: jose's jwtVerify over the same JWK Set), and
+# `openssl speed rsa2048` for the raw RSA verify rate of one core.
 #
 #   benches/load.sh            # from anywhere; builds target/release/signet
+#                              # and the bare server, npm-installs jose into
+#                              # target/node-anchor
 #
 # Measures, all on 127.0.0.1 with bounded durations:
-#   - GET /.well-known/jwks.json (5 keys), signet vs nginx, wrk -t2 -c64
-#     -d10s, alternating three runs each: median requests/s and p99;
-#   - GET /v1/auth with a valid organisation token (RS256), three runs;
+#   - GET /.well-known/jwks.json (5 keys), signet vs nginx vs the bare hyper
+#     server, wrk -t2 -c64 -d10s, alternating three runs each: median
+#     requests/s and p99;
+#   - GET /v1/auth with one valid organisation token (RS256) repeated, signet
+#     vs the Node.js server, alternating three runs each;
+#   - GET /v1/auth with a different token on every request (wrk cycles
+#     through FRESH_TOKENS tokens; signet runs with a token cache smaller
+#     than that, so every ask misses it: the /metrics counters are reported);
 #   - sequential key creates (POST /v1/organisations/{org}/keys) and
 #     deletes: p50/p99 of curl's time_total.
 # Prints one Markdown table. Every process it starts is stopped on exit.
 #
 # Environment knobs (optional): WRK_DURATION (default 10s), WRK_CONNECTIONS
-# (64), WRK_THREADS (2), ROUNDS (3), CREATES (40).
+# (64), WRK_THREADS (2), ROUNDS (3), CREATES (40), FRESH_TOKENS (2000),
+# NGINX_WORKERS (1).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +36,8 @@ WRK_CONNECTIONS="${WRK_CONNECTIONS:-64}"
 WRK_THREADS="${WRK_THREADS:-2}"
 ROUNDS="${ROUNDS:-3}"
 CREATES="${CREATES:-40}"
+FRESH_TOKENS="${FRESH_TOKENS:-2000}"
+NGINX_WORKERS="${NGINX_WORKERS:-1}"
 ORG="load-bench"
 CREATE_ORG="load-create"
 
@@ -35,20 +49,39 @@ die() {
 }
 
 # --- tools ---------------------------------------------------------------
-install_missing nginx wrk curl python3
+install_missing nginx wrk curl python3 openssl
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    die "the Node.js anchor needs node (20 or later) and npm on PATH"
+fi
 
 log "building target/release/signet"
 SIGNET="$(build_signet release)" # this bench always builds; it ignores SIGNET_BIN
+log "building the bare hyper server (examples/bare_jwks.rs)"
+(cd "$REPO" && timeout 1800 cargo build --quiet --release --example bare_jwks) ||
+    die "cargo build --example bare_jwks failed"
+BARE="$(dirname "$SIGNET")/examples/bare_jwks"
+NODE_DIR="$(dirname "$(dirname "$SIGNET")")/node-anchor"
+log "installing the Node.js anchor's jose into $NODE_DIR"
+mkdir -p "$NODE_DIR"
+cp "$REPO/benches/node/package.json" "$REPO/benches/node/auth.mjs" "$NODE_DIR/"
+(cd "$NODE_DIR" && npm install --no-audit --no-fund --silent) || die "npm install failed"
 
 # --- scratch space and cleanup -------------------------------------------
 WORK="$(make_workdir load)"
 # nginx workers may run as another user: let them traverse to www/ only.
 chmod 711 "$WORK"
 NGINX_PID=""
+BARE_PID=""
+NODE_PID=""
 # On exit: stop nginx, then (cleanup_on_exit) signet, 5 s grace each.
 # shellcheck disable=SC2317 # called by the EXIT trap
-on_exit() { stop_signet "$NGINX_PID" 5 || true; }
+on_exit() {
+    local pid
+    for pid in "$NGINX_PID" "$BARE_PID" "$NODE_PID"; do
+        stop_signet "$pid" 5 || true
+    done
+}
 cleanup_on_exit "$WORK" remove 5
 
 # --- signet ----------------------------------------------------------------
@@ -58,8 +91,15 @@ mkdir -p "$WORK/data"
 chmod 700 "$WORK/data"
 ADMIN="$(random_token 36)"
 log "starting signet on 127.0.0.1:$SIGNET_PORT"
+# The token cache holds fewer tokens than the fresh-token run cycles
+# through, so that run measures misses; one repeated token always hits.
+# (wrk's threads start half the list apart, so a token comes round again
+# only after far more than the cache holds.)
+CACHE_ENTRIES=$((FRESH_TOKENS / 8))
+sed "s/^token_cache_entries = [0-9]*/token_cache_entries = $CACHE_ENTRIES/" "$REPO/config.toml" >"$WORK/config.toml"
+grep -q "^token_cache_entries = $CACHE_ENTRIES\$" "$WORK/config.toml" || die "config.toml has no token_cache_entries"
 start_signet "$WORK/data" "$SIGNET_PORT" "$WORK/signet.log" ORGKEYS_MAX=100 -- \
-    "$SIGNET" serve --config "$REPO/config.toml"
+    "$SIGNET" serve --config "$WORK/config.toml"
 wait_ready "$BASE" 10 || {
     cat "$WORK/signet.log" >&2
     die "signet did not become ready"
@@ -105,6 +145,10 @@ JWKS_BYTES="$(wc -c <"$WORK/www/.well-known/jwks.json")"
     "$WORK/www/.well-known/jwks.json")" == 5 ]] || die "the JWKS does not hold 5 keys"
 
 TOKEN="$("$SIGNET" token --key "$WORK/private.pem" --kid "$KID" --org "$ORG" --ttl 1h)"
+log "minting $FRESH_TOKENS distinct tokens"
+for i in $(seq "$FRESH_TOKENS"); do
+    "$SIGNET" token --key "$WORK/private.pem" --kid "$KID" --org "$ORG" --ttl 1h --claim "jti=$i"
+done >"$WORK/tokens.txt"
 rm -f "$WORK/private.pem"
 auth_status="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 \
     -H "Authorization: Bearer $TOKEN" "$BASE/v1/auth")"
@@ -114,7 +158,7 @@ auth_status="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 \
 NGINX_PORT="$(free_port)"
 mkdir -p "$WORK/nginx/tmp"
 cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 2;
+worker_processes $NGINX_WORKERS;
 daemon off;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
@@ -149,6 +193,34 @@ wait_http "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json" 10 "$NGINX_PID" |
 ctype="$(curl -sS -o /dev/null -w '%{content_type}' "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json")"
 [[ "$ctype" == application/json* ]] || die "nginx serves Content-Type $ctype"
 
+# --- the bare hyper server and the Node.js server ----------------------------
+BARE_PORT="$(free_port)"
+"$BARE" "$WORK/www/.well-known/jwks.json" "127.0.0.1:$BARE_PORT" 2>"$WORK/bare.log" &
+BARE_PID=$!
+NODE_PORT="$(free_port)"
+node "$NODE_DIR/auth.mjs" "$WORK/www/.well-known/jwks.json" "$NODE_PORT" signet 2>"$WORK/node.log" &
+NODE_PID=$!
+wait_http "http://127.0.0.1:$BARE_PORT/.well-known/jwks.json" 10 "$BARE_PID" || {
+    cat "$WORK/bare.log" >&2
+    die "the bare hyper server did not come up"
+}
+cmp -s <(curl -fsS "http://127.0.0.1:$BARE_PORT/.well-known/jwks.json") "$WORK/www/.well-known/jwks.json" ||
+    die "the bare hyper server serves other bytes"
+node_status=000
+for _ in $(seq 50); do
+    node_status="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 1 \
+        -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$NODE_PORT/" 2>/dev/null || true)"
+    [[ "$node_status" == 200 ]] && break
+    alive "$NODE_PID" || break
+    sleep 0.2
+done
+[[ "$node_status" == 200 ]] || {
+    cat "$WORK/node.log" >&2
+    die "the Node.js server answered $node_status to the token"
+}
+[[ "$(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN}x" \
+    "http://127.0.0.1:$NODE_PORT/")" == 401 ]] || die "the Node.js server accepts a bad signature"
+
 # --- wrk -------------------------------------------------------------------
 # run_wrk NAME URL [wrk args...] -> appends "rps p99_ms non2xx" to $WORK/NAME.txt
 run_wrk() {
@@ -170,15 +242,50 @@ print(rps, p99, int(bad.group(1)) if bad else 0, "errors" if errs else "-")
     log "$name: $(tail -n1 "$WORK/$name.txt")"
 }
 
-log "JWKS: signet vs nginx, $ROUNDS rounds of $WRK_DURATION each"
+# token_cache_counts -> "hits misses" from signet's /metrics
+token_cache_counts() {
+    curl -fsS --max-time 5 "$BASE/metrics" | awk '
+        $1 == "signet_verify_token_cache_hits_total" { h = $2 }
+        $1 == "signet_verify_token_cache_misses_total" { m = $2 }
+        END { print h + 0, m + 0 }'
+}
+
+log "JWKS: signet vs nginx vs bare hyper, $ROUNDS rounds of $WRK_DURATION each"
 for _ in $(seq "$ROUNDS"); do
     run_wrk signet_jwks "$BASE/.well-known/jwks.json"
     run_wrk nginx_jwks "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json"
+    run_wrk bare_jwks "http://127.0.0.1:$BARE_PORT/.well-known/jwks.json"
 done
-log "/v1/auth with a valid token, $ROUNDS rounds"
+log "/v1/auth with one token repeated: signet vs Node.js, $ROUNDS rounds"
 for _ in $(seq "$ROUNDS"); do
     run_wrk signet_auth "$BASE/v1/auth" -H "Authorization: Bearer $TOKEN"
+    run_wrk node_auth "http://127.0.0.1:$NODE_PORT/" -H "Authorization: Bearer $TOKEN"
 done
+log "/v1/auth with a fresh token per request, $ROUNDS rounds"
+cat >"$WORK/fresh.lua" <<LUA
+local counter = 0
+function setup(thread)
+    thread:set("id", counter)
+    counter = counter + 1
+end
+function init(args)
+    tokens = {}
+    for line in io.lines("$WORK/tokens.txt") do tokens[#tokens + 1] = line end
+    i = math.floor(id * #tokens / $WRK_THREADS)
+end
+function request()
+    i = i % #tokens + 1
+    return wrk.format("GET", "/v1/auth", { ["Authorization"] = "Bearer " .. tokens[i] })
+end
+LUA
+read -r hits0 misses0 < <(token_cache_counts)
+for _ in $(seq "$ROUNDS"); do
+    run_wrk signet_fresh "$BASE/v1/auth" -s "$WORK/fresh.lua"
+done
+read -r hits1 misses1 < <(token_cache_counts)
+echo "$((hits1 - hits0)) $((misses1 - misses0))" >"$WORK/fresh_cache.txt"
+log "openssl speed rsa2048 (one core, 3 s per operation)"
+openssl speed -elapsed -seconds 3 rsa2048 2>/dev/null >"$WORK/openssl.txt"
 
 # --- sequential creates and deletes ------------------------------------------
 log "$CREATES sequential creates, then as many deletes"
@@ -208,9 +315,11 @@ done <"$WORK/create_ids.txt"
 # --- report ------------------------------------------------------------------
 CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)"
 python3 - "$WORK" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(nproc)" "${CPU:-unknown CPU}" \
-    "$JWKS_BYTES" "$WRK_THREADS" "$WRK_CONNECTIONS" "$WRK_DURATION" "$ROUNDS" "$CREATES" <<'EOF'
-import math, statistics, sys
-work, date, nproc, cpu, jwks_bytes, threads, conns, dur, rounds, creates = sys.argv[1:]
+    "$JWKS_BYTES" "$WRK_THREADS" "$WRK_CONNECTIONS" "$WRK_DURATION" "$ROUNDS" "$CREATES" \
+    "$NGINX_WORKERS" "$FRESH_TOKENS" <<'EOF'
+import math, re, statistics, sys
+(work, date, nproc, cpu, jwks_bytes, threads, conns, dur, rounds, creates,
+ nginx_workers, fresh_tokens) = sys.argv[1:]
 
 def runs(name):
     rows = [l.split() for l in open(f"{work}/{name}.txt") if l.strip()]
@@ -227,6 +336,14 @@ def times(name):
 s_rps, s_p99, s_bad, s_err = runs("signet_jwks")
 n_rps, n_p99, n_bad, n_err = runs("nginx_jwks")
 a_rps, a_p99, a_bad, a_err = runs("signet_auth")
+b_rps, b_p99, b_bad, b_err = runs("bare_jwks")
+j_rps, j_p99, j_bad, j_err = runs("node_auth")
+f_rps, f_p99, f_bad, f_err = runs("signet_fresh")
+f_hits, f_misses = map(int, open(f"{work}/fresh_cache.txt").read().split())
+# "rsa 2048 bits 0.000600s 0.000017s 1666.0 58000.0": sign/s, verify/s
+ossl = re.search(r"^rsa\s+2048 bits.*\s([\d.]+)\s*$", open(f"{work}/openssl.txt").read(), re.M)
+ossl_verify = float(ossl.group(1))
+med = statistics.median
 fmt_runs = lambda xs: ", ".join(f"{x:,.0f}" for x in xs)
 note = lambda bad, err: (f"; {bad} non-2xx" if bad else "") + ("; socket errors" if err else "")
 c, d = times("create_times"), times("delete_times")
@@ -240,14 +357,30 @@ print("| --- | ---: | ---: | --- |")
 print(f"| signet `GET /.well-known/jwks.json` (5 keys, {jwks_bytes} B) | "
       f"{statistics.median(s_rps):,.0f} req/s | {statistics.median(s_p99):.2f} ms | "
       f"{fmt_runs(s_rps)}{note(s_bad, s_err)} |")
-print(f"| nginx, same bytes from a file (2 workers, access_log off) | "
+print(f"| nginx, same bytes from a file ({nginx_workers} worker(s), access_log off) | "
       f"{statistics.median(n_rps):,.0f} req/s | {statistics.median(n_p99):.2f} ms | "
       f"{fmt_runs(n_rps)}{note(n_bad, n_err)} |")
 print(f"| signet / nginx | {statistics.median(s_rps) / statistics.median(n_rps):.2f} × | "
       f"{statistics.median(s_p99) / statistics.median(n_p99):.2f} × | ratio of medians |")
-print(f"| signet `GET /v1/auth`, valid RS256 token | "
+print(f"| bare hyper server, same bytes (examples/bare_jwks.rs) | "
+      f"{med(b_rps):,.0f} req/s | {med(b_p99):.2f} ms | {fmt_runs(b_rps)}{note(b_bad, b_err)} |")
+print(f"| signet / bare hyper | {med(s_rps) / med(b_rps):.2f} × | "
+      f"{med(s_p99) / med(b_p99):.2f} × | ratio of medians |")
+print(f"| signet `GET /v1/auth`, one RS256 token repeated | "
       f"{statistics.median(a_rps):,.0f} req/s | {statistics.median(a_p99):.2f} ms | "
       f"{fmt_runs(a_rps)}{note(a_bad, a_err)} |")
+print(f"| signet auth (one token) / signet JWKS | {med(a_rps) / med(s_rps):.2f} × | | ratio of medians |")
+print(f"| Node.js, jose `jwtVerify` + `createLocalJWKSet`, one token repeated | "
+      f"{med(j_rps):,.0f} req/s | {med(j_p99):.2f} ms | {fmt_runs(j_rps)}{note(j_bad, j_err)} |")
+print(f"| signet auth (one token) / Node.js | {med(a_rps) / med(j_rps):.2f} × | "
+      f"{med(a_p99) / med(j_p99):.2f} × | ratio of medians |")
+print(f"| signet `GET /v1/auth`, a fresh token per request ({fresh_tokens} cycled) | "
+      f"{med(f_rps):,.0f} req/s | {med(f_p99):.2f} ms | {fmt_runs(f_rps)}{note(f_bad, f_err)}; "
+      f"token cache {f_hits} hits, {f_misses} misses |")
+print(f"| `openssl speed rsa2048`, verify, one core | {ossl_verify:,.0f} /s | | |")
+print(f"| signet fresh-token auth / OpenSSL | {med(f_rps) / ossl_verify:.2f} × "
+      f"({med(f_rps) / int(nproc) / ossl_verify:.2f} × per core of {nproc}) | | "
+      f"signet's rate includes HTTP and shares the cores with wrk |")
 print(f"| key create, RSA-2048, sequential (curl time_total) | "
       f"p50 {pct(c, 50):.1f} ms | {pct(c, 99):.1f} ms | "
       f"n={len(c)}, min {min(c):.1f}, p90 {pct(c, 90):.1f}, max {max(c):.1f}, "

@@ -153,6 +153,11 @@ pub struct Verify {
     /// `iat`), as a humantime string such as `"24h"`; unset accepts any.
     #[serde(deserialize_with = "humantime_opt")]
     pub max_token_lifetime: Option<Duration>,
+    /// Most verified tokens remembered by `/v1/auth`, `/v1/verify` and
+    /// organisation-token checks (0 disables the token cache).
+    pub token_cache_entries: usize,
+    /// Most memory the remembered tokens may take, in bytes (0 disables).
+    pub token_cache_bytes: usize,
 }
 
 /// An optional humantime duration (`"90s"`, `"24h"`, `"7d"`).
@@ -247,6 +252,8 @@ impl Default for Verify {
             max_token_bytes: 16 * 1024,
             cache_capacity: 10_000,
             max_token_lifetime: None,
+            token_cache_entries: 100_000,
+            token_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -1,6 +1,10 @@
 //! Log set-up for `signet serve`: the filter from `log.filter` or
 //! `SIGNET_LOG`, checked before anything starts, text or JSON lines on
 //! stderr, and ANSI colours only when stderr is a terminal.
+//!
+//! Lines are written by a dedicated thread (`tracing_appender`), so a
+//! request never waits for stderr; the queue blocks rather than drop a line
+//! when full, and the [`LogGuard`] flushes it on a clean shutdown.
 
 use std::io::IsTerminal;
 
@@ -40,19 +44,29 @@ pub fn filter(value: &str) -> Result<EnvFilter, LogFilterError> {
     EnvFilter::try_new(value).map_err(|e| error(e.to_string()))
 }
 
+/// Keeps the log writer thread alive; dropping it writes every queued
+/// line before it returns. Hold it until the process is about to exit.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
 /// Installs the global subscriber for `config`.
-pub fn init(config: &Config) -> Result<(), LogFilterError> {
+pub fn init(config: &Config) -> Result<LogGuard, LogFilterError> {
     let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let filter = filter(&config.log.filter)?;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("signet-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(&config.log.filter)?)
+        .with_env_filter(filter)
         .with_ansi(colours)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // A second init (tests building several servers) keeps the first.
     let _ = match config.log.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-    Ok(())
+    Ok(LogGuard(guard))
 }
 
 #[cfg(test)]

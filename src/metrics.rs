@@ -109,6 +109,16 @@ impl Metrics {
             "Lookups of key ids that do not exist",
             cache.unknown.clone(),
         );
+        registry.register(
+            "verify_token_cache_hits",
+            "Tokens accepted from the verified-token cache, without a signature check",
+            cache.token_hits.clone(),
+        );
+        registry.register(
+            "verify_token_cache_misses",
+            "Verified-token cache lookups that found no live entry",
+            cache.token_misses.clone(),
+        );
         let pool_depth = Family::<BitsLabel, Gauge>::default();
         registry.register(
             "keypool_depth",

@@ -150,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Serve { config, log_json } => serve::run(config, log_json, &runtime),
+        Command::Serve { config, log_json } => serve::run(config, log_json, runtime),
         Command::Verify(args) => runtime.block_on(verify::run(args)),
         Command::Keys { command, data } => runtime.block_on(keys::run(command, data)),
         Command::Token(args) => token::run(args),

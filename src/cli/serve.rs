@@ -9,16 +9,21 @@ use crate::config::{Config, LogFormat};
 pub(super) fn run(
     config: Option<PathBuf>,
     log_json: bool,
-    runtime: &tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
 ) -> anyhow::Result<Outcome> {
     let mut config = Config::load(config.as_deref())?;
     if log_json {
         config.log.format = LogFormat::Json;
     }
-    crate::logging::init(&config)?;
-    runtime.block_on(async {
+    let log = crate::logging::init(&config)?;
+    let served = runtime.block_on(async {
         let app = Application::build(config).await?;
         app.run_until(app::shutdown_signal()).await
-    })?;
+    });
+    // Whatever the runtime logs while it stops is still written; then the
+    // guard flushes every queued line.
+    drop(runtime);
+    drop(log);
+    served?;
     Ok(Outcome::Success)
 }

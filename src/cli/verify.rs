@@ -78,6 +78,9 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
     }
     // One token: a large cache would only cost memory.
     policy.cache_capacity = 16;
+    // One token, verified once.
+    policy.token_cache_entries = 0;
+    policy.token_cache_bytes = 0;
     let judged = |result: Result<verify::Verified, VerifyError>| -> anyhow::Result<Value> {
         if let Err(VerifyError::Unavailable(cause)) = &result {
             bail!("could not read keys: {cause}");

@@ -193,7 +193,8 @@ async fn handle_request(
             HeaderValue::try_from(ulid::Ulid::new().to_string()).expect("a ULID is a valid header")
         });
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Only a request log line needs its own copy of the path.
+    let path = tracing::enabled!(tracing::Level::INFO).then(|| req.uri().path().to_owned());
     let (route, mut reply) = routes::dispatch(app, req, peer).await;
     let elapsed = started.elapsed();
     let status = reply.status().as_u16();
@@ -210,7 +211,7 @@ async fn handle_request(
     tracing::info!(
         request_id = request_id.to_str().unwrap_or("-"),
         %method,
-        path = %path,
+        path = %path.as_deref().unwrap_or_default(),
         status,
         micros = elapsed.as_micros() as u64,
         client = %peer.ip(),

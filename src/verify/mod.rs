@@ -12,11 +12,18 @@
 //! verification reads no storage and decodes no key. Forgetting a key is
 //! ordered with cache fills by one lock: once [`Verifier::forget`] returns,
 //! no token of that key verifies, not even from a fill that raced with it.
+//!
+//! Tokens that verified are remembered (see `token_cache`) with the
+//! generation of the key-cache entry that checked them; a remembered token
+//! is accepted only while that very entry is still in the key cache, so
+//! forgetting a key ends its cached verdicts too.
 
 mod jwk_set;
 mod policy;
 mod token;
+mod token_cache;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -120,6 +127,10 @@ pub struct Policy {
     /// Longest lifetime accepted (`exp - iat`, or `exp - now` without
     /// `iat`); `None` accepts any.
     pub max_token_lifetime: Option<Duration>,
+    /// Most verified tokens remembered (0 disables the token cache).
+    pub token_cache_entries: usize,
+    /// Most bytes the remembered tokens may take, as accounted by the cache.
+    pub token_cache_bytes: usize,
 }
 
 impl Default for Policy {
@@ -130,6 +141,8 @@ impl Default for Policy {
             max_token_bytes: 16 * 1024,
             cache_capacity: 10_000,
             max_token_lifetime: None,
+            token_cache_entries: 0,
+            token_cache_bytes: 0,
         }
     }
 }
@@ -139,8 +152,9 @@ impl Default for Policy {
 pub struct Verified {
     pub key_id: KeyId,
     pub org: Option<OrgId>,
-    pub header: Map<String, Value>,
-    pub claims: Map<String, Value>,
+    /// Shared with the token cache, so a cached verdict is not copied.
+    pub header: Arc<Map<String, Value>>,
+    pub claims: Arc<Map<String, Value>>,
 }
 
 /// The `POST /v1/verify` result document, also printed by
@@ -151,8 +165,8 @@ pub fn result_json(result: &Result<Verified, VerifyError>) -> Value {
             "valid": true,
             "keyId": v.key_id,
             "organisationId": v.org,
-            "header": v.header,
-            "claims": v.claims,
+            "header": &*v.header,
+            "claims": &*v.claims,
         }),
         Err(e) => serde_json::json!({
             "valid": false,
@@ -172,6 +186,8 @@ struct CachedKey {
     org: Option<OrgId>,
     algorithm: Algorithm,
     key: ParsedPublicKey,
+    /// Unique per fill: a token cached under another generation is stale.
+    generation: u64,
 }
 
 /// Cache counters, registered by `metrics`.
@@ -182,6 +198,10 @@ pub struct CacheStats {
     pub unknown: Counter,
     /// Keys dropped to respect the capacity (not deletions).
     pub evictions: Counter,
+    /// Tokens accepted from the token cache, without a signature check.
+    pub token_hits: Counter,
+    /// Token-cache lookups that found nothing usable.
+    pub token_misses: Counter,
 }
 
 pub struct Verifier {
@@ -191,6 +211,8 @@ pub struct Verifier {
     /// Orders cache fills with [`Verifier::forget`].
     fill: Mutex<()>,
     stats: CacheStats,
+    tokens: Option<token_cache::TokenCache>,
+    generations: AtomicU64,
 }
 
 impl Verifier {
@@ -210,6 +232,11 @@ impl Verifier {
                 .build(),
             fill: Mutex::new(()),
             stats,
+            tokens: token_cache::TokenCache::new(token_cache::Bounds {
+                entries: policy.token_cache_entries,
+                bytes: policy.token_cache_bytes,
+            }),
+            generations: AtomicU64::new(0),
         }
     }
 
@@ -233,6 +260,76 @@ impl Verifier {
         expect: Expect<'_>,
         now: u64,
     ) -> Result<Verified, VerifyError> {
+        let Some(tokens) = &self.tokens else {
+            return self.verify_uncached(token, expect, now).map(|(v, _)| v);
+        };
+        if token.len() > self.policy.max_token_bytes {
+            return self.verify_uncached(token, expect, now).map(|(v, _)| v);
+        }
+        let hash = token_cache::hash(token);
+        if let Some(hit) = tokens.get(&hash) {
+            // Live means: the key cache holds the very fill that checked
+            // the signature (`key` applies every check a miss would).
+            // A key that is gone falls through: the full check says why.
+            if self
+                .key(hit.kid)
+                .is_ok_and(|key| key.generation == hit.generation)
+            {
+                self.stats.token_hits.inc();
+                self.check(&hit.claims, hit.org.as_ref(), expect, now)?;
+                return Ok(Verified {
+                    key_id: hit.kid,
+                    org: hit.org.clone(),
+                    header: hit.header.clone(),
+                    claims: hit.claims.clone(),
+                });
+            }
+            tokens.remove_if(&hash, &hit);
+        }
+        self.stats.token_misses.inc();
+        let (verified, generation) = self.verify_uncached(token, expect, now)?;
+        tokens.insert(
+            hash,
+            Arc::new(token_cache::Verdict {
+                kid: verified.key_id,
+                generation,
+                org: verified.org.clone(),
+                header: verified.header.clone(),
+                claims: verified.claims.clone(),
+            }),
+        );
+        Ok(verified)
+    }
+
+    /// The claim checks, on a fresh or a cached verdict.
+    fn check(
+        &self,
+        claims: &Map<String, Value>,
+        key_org: Option<&OrgId>,
+        expect: Expect<'_>,
+        now: u64,
+    ) -> Result<(), VerifyError> {
+        token::check_claims(
+            claims,
+            ClaimRules {
+                now,
+                leeway: self.policy.leeway.as_secs(),
+                require_exp: self.policy.require_exp,
+                audience: expect.audience,
+                issuer: expect.issuer,
+                key_org: key_org.map(OrgId::as_str),
+                max_lifetime: self.policy.max_token_lifetime,
+            },
+        )
+    }
+
+    /// The full check; also returns the generation of the key that passed it.
+    fn verify_uncached(
+        &self,
+        token: &str,
+        expect: Expect<'_>,
+        now: u64,
+    ) -> Result<(Verified, u64), VerifyError> {
         let parsed = token::parse(token, self.policy.max_token_bytes)?;
         let key = self.key(parsed.kid)?;
         if key.algorithm != parsed.alg {
@@ -245,24 +342,14 @@ impl Verifier {
             .verify_sig(parsed.signing_input.as_bytes(), &parsed.signature)
             .map_err(|_| VerifyError::BadSignature(parsed.kid))?;
         let claims = token::decode_object(parsed.payload_b64, "payload")?;
-        token::check_claims(
-            &claims,
-            ClaimRules {
-                now,
-                leeway: self.policy.leeway.as_secs(),
-                require_exp: self.policy.require_exp,
-                audience: expect.audience,
-                issuer: expect.issuer,
-                key_org: key.org.as_ref().map(OrgId::as_str),
-                max_lifetime: self.policy.max_token_lifetime,
-            },
-        )?;
-        Ok(Verified {
+        self.check(&claims, key.org.as_ref(), expect, now)?;
+        let verified = Verified {
             key_id: parsed.kid,
             org: key.org.clone(),
-            header: parsed.header,
-            claims,
-        })
+            header: Arc::new(parsed.header),
+            claims: Arc::new(claims),
+        };
+        Ok((verified, key.generation))
     }
 
     /// Drops `id` from the cache. Call after the key is gone from the source:
@@ -301,6 +388,7 @@ impl Verifier {
             org: material.org,
             algorithm: material.algorithm,
             key,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
         });
         let _fill = self.fill.lock().expect("fill lock poisoned");
         // A delete may have completed since the lookup; it has already

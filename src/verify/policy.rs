@@ -13,6 +13,8 @@ impl From<&Verify> for Policy {
             max_token_bytes: verify.max_token_bytes,
             cache_capacity: verify.cache_capacity,
             max_token_lifetime: verify.max_token_lifetime,
+            token_cache_entries: verify.token_cache_entries,
+            token_cache_bytes: verify.token_cache_bytes,
         }
     }
 }

@@ -1,0 +1,344 @@
+//! A bounded cache of tokens whose signature verified, so that a proxy
+//! asking about the same bearer token on every request pays the signature
+//! check once.
+//!
+//! An entry is keyed by the SHA-256 of the whole token, so no other token
+//! can hit it, and it records which key-cache entry (the key's id and fill
+//! generation) checked the signature. The verifier serves a hit only while
+//! that same key-cache entry is live, and re-checks every claim against the
+//! request and the clock; the cache itself only remembers "this exact token
+//! was signed by that exact key".
+//!
+//! Bounded twice: in entries and in accounted bytes (an estimate of each
+//! entry's heap, including the decoded header and claims). Eviction is
+//! CLOCK (second chance) per shard: a token hit since the hand last passed
+//! survives one more round, so a hot session token outlives a stream of
+//! one-off tokens.
+
+use std::collections::{HashMap, VecDeque};
+use std::mem::size_of;
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::digest;
+use serde_json::{Map, Value};
+
+use crate::keys::{KeyId, OrgId};
+
+/// Independent shards, each with its own lock and its share of the bounds.
+const SHARDS: usize = 16;
+
+/// The SHA-256 of a whole token.
+pub type TokenHash = [u8; 32];
+
+pub fn hash(token: &str) -> TokenHash {
+    let d = digest::digest(&digest::SHA256, token.as_bytes());
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// What a verified token proved, independent of any request.
+#[derive(Debug)]
+pub struct Verdict {
+    pub kid: KeyId,
+    /// The key-cache fill that checked the signature.
+    pub generation: u64,
+    pub org: Option<OrgId>,
+    pub header: Arc<Map<String, Value>>,
+    pub claims: Arc<Map<String, Value>>,
+}
+
+impl Verdict {
+    /// The bytes this entry is accounted for: its fixed parts (map slot,
+    /// clock slot, allocation) and an estimate of the decoded JSON's heap.
+    pub fn weight(&self) -> usize {
+        ENTRY_OVERHEAD + object_heap(&self.header) + object_heap(&self.claims)
+    }
+}
+
+/// Per entry, beyond the JSON: the hash-map slot (hash, `Arc`, flag), the
+/// clock slot, and the `Arc` allocation of the verdict.
+const ENTRY_OVERHEAD: usize = 2 * size_of::<TokenHash>()
+    + size_of::<Slot>()
+    + size_of::<Verdict>()
+    + 2 * size_of::<usize>()
+    + 16;
+
+/// A generous estimate of a JSON object's heap: each member's key and value
+/// slots plus B-tree node overhead, and each string's bytes.
+fn object_heap(map: &Map<String, Value>) -> usize {
+    map.iter()
+        .map(|(k, v)| size_of::<String>() + k.len() + 16 + value_heap(v))
+        .sum()
+}
+
+fn value_heap(v: &Value) -> usize {
+    size_of::<Value>()
+        + match v {
+            Value::String(s) => s.len(),
+            Value::Array(a) => a.iter().map(value_heap).sum(),
+            Value::Object(o) => object_heap(o),
+            _ => 0,
+        }
+}
+
+struct Slot {
+    verdict: Arc<Verdict>,
+    weight: usize,
+    /// Hit since the clock hand last passed.
+    referenced: bool,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<TokenHash, Slot>,
+    /// The clock: every key in `map`, exactly once.
+    clock: VecDeque<TokenHash>,
+    bytes: usize,
+}
+
+/// The bounds of one cache; zero in either disables it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub entries: usize,
+    pub bytes: usize,
+}
+
+pub struct TokenCache {
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: Bounds,
+}
+
+impl TokenCache {
+    /// `None` when either bound is zero: the cache is off.
+    pub fn new(bounds: Bounds) -> Option<TokenCache> {
+        if bounds.entries == 0 || bounds.bytes == 0 {
+            return None;
+        }
+        // Small caches use fewer shards, so that each holds at least one entry.
+        let shards = SHARDS.min(bounds.entries);
+        Some(TokenCache {
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            per_shard: Bounds {
+                entries: bounds.entries / shards,
+                bytes: bounds.bytes / shards,
+            },
+        })
+    }
+
+    fn shard(&self, key: &TokenHash) -> &Mutex<Shard> {
+        &self.shards[key[0] as usize % self.shards.len()]
+    }
+
+    pub fn get(&self, key: &TokenHash) -> Option<Arc<Verdict>> {
+        let mut shard = self.shard(key).lock().expect("token cache lock poisoned");
+        let slot = shard.map.get_mut(key)?;
+        slot.referenced = true;
+        Some(slot.verdict.clone())
+    }
+
+    /// Stores `verdict` under `key`, evicting as needed; returns how many
+    /// entries were evicted. A verdict heavier than a shard's byte share is
+    /// not stored.
+    pub fn insert(&self, key: TokenHash, verdict: Arc<Verdict>) -> usize {
+        let weight = verdict.weight();
+        if weight > self.per_shard.bytes {
+            return 0;
+        }
+        let mut shard = self.shard(&key).lock().expect("token cache lock poisoned");
+        let shard = &mut *shard;
+        if let Some(old) = shard.map.insert(
+            key,
+            Slot {
+                verdict,
+                weight,
+                referenced: false,
+            },
+        ) {
+            shard.bytes -= old.weight;
+        } else {
+            shard.clock.push_back(key);
+        }
+        shard.bytes += weight;
+        let mut evicted = 0;
+        while shard.map.len() > self.per_shard.entries || shard.bytes > self.per_shard.bytes {
+            let Some(candidate) = shard.clock.pop_front() else {
+                break;
+            };
+            // The new entry sits at the back, so it is reached last.
+            let slot = shard
+                .map
+                .get_mut(&candidate)
+                .expect("the clock lists only present keys");
+            if slot.referenced && candidate != key {
+                slot.referenced = false;
+                shard.clock.push_back(candidate);
+                continue;
+            }
+            let gone = shard.map.remove(&candidate).expect("present");
+            shard.bytes -= gone.weight;
+            evicted += 1;
+        }
+        evicted
+    }
+
+    /// Drops `key` if it still maps to `stale` (a newer fill is kept).
+    pub fn remove_if(&self, key: &TokenHash, stale: &Arc<Verdict>) {
+        let mut shard = self.shard(key).lock().expect("token cache lock poisoned");
+        let shard = &mut *shard;
+        if shard
+            .map
+            .get(key)
+            .is_some_and(|s| Arc::ptr_eq(&s.verdict, stale))
+        {
+            let gone = shard.map.remove(key).expect("present");
+            shard.bytes -= gone.weight;
+            shard.clock.retain(|k| k != key);
+        }
+    }
+
+    /// Entries and accounted bytes held now.
+    #[cfg(test)]
+    pub fn usage(&self) -> Bounds {
+        self.shards.iter().fold(
+            Bounds {
+                entries: 0,
+                bytes: 0,
+            },
+            |acc, s| {
+                let s = s.lock().expect("token cache lock poisoned");
+                Bounds {
+                    entries: acc.entries + s.map.len(),
+                    bytes: acc.bytes + s.bytes,
+                }
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(n: u64) -> Arc<Verdict> {
+        let claims = serde_json::json!({
+            "sub": format!("user-{n}"),
+            "org": "acme",
+            "role": "reader",
+            "aud": "signet",
+            "exp": 2_000_000_000u64,
+        });
+        let header = serde_json::json!({ "alg": "RS256", "kid": "01J0000000000000000000000A" });
+        let obj = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        Arc::new(Verdict {
+            kid: KeyId::parse("01J0000000000000000000000A").unwrap(),
+            generation: n,
+            org: None,
+            header: Arc::new(obj(header)),
+            claims: Arc::new(obj(claims)),
+        })
+    }
+
+    #[test]
+    fn a_zero_bound_disables() {
+        for (entries, bytes) in [(0, 1 << 20), (100, 0)] {
+            assert!(TokenCache::new(Bounds { entries, bytes }).is_none());
+        }
+    }
+
+    #[test]
+    fn only_the_same_token_hits() {
+        let cache = TokenCache::new(Bounds {
+            entries: 100,
+            bytes: 1 << 20,
+        })
+        .unwrap();
+        cache.insert(hash("a.b.c"), verdict(1));
+        assert_eq!(cache.get(&hash("a.b.c")).unwrap().generation, 1);
+        for other in ["a.b.d", "a.b.c ", "A.b.c", ""] {
+            assert!(cache.get(&hash(other)).is_none(), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn remove_if_spares_a_newer_fill() {
+        let cache = TokenCache::new(Bounds {
+            entries: 100,
+            bytes: 1 << 20,
+        })
+        .unwrap();
+        let key = hash("t");
+        let (old, new) = (verdict(1), verdict(2));
+        cache.insert(key, old.clone());
+        cache.insert(key, new.clone());
+        cache.remove_if(&key, &old);
+        assert_eq!(cache.get(&key).unwrap().generation, 2);
+        cache.remove_if(&key, &new);
+        assert!(cache.get(&key).is_none());
+        assert_eq!(
+            cache.usage(),
+            Bounds {
+                entries: 0,
+                bytes: 0
+            }
+        );
+    }
+
+    /// A million distinct tokens through small bounds: the accounted bytes
+    /// and entries never exceed them, and eviction is what keeps them there.
+    #[test]
+    fn a_million_tokens_stay_within_both_bounds() {
+        let one = verdict(0).weight();
+        for bounds in [
+            // The entry bound binds first.
+            Bounds {
+                entries: 1_000,
+                bytes: 1 << 30,
+            },
+            // The byte bound binds first.
+            Bounds {
+                entries: 1_000_000,
+                bytes: 200 * one,
+            },
+        ] {
+            let cache = TokenCache::new(bounds).unwrap();
+            let v = verdict(0);
+            let mut evicted = 0;
+            for n in 0..1_000_000u32 {
+                let mut key = [0u8; 32];
+                key[..4].copy_from_slice(&n.to_le_bytes());
+                key[4] = (n % 251) as u8;
+                evicted += cache.insert(key, v.clone());
+                if n % 50_000 == 0 {
+                    let used = cache.usage();
+                    assert!(used.entries <= bounds.entries, "{used:?} over {bounds:?}");
+                    assert!(used.bytes <= bounds.bytes, "{used:?} over {bounds:?}");
+                }
+            }
+            let used = cache.usage();
+            assert!(used.entries <= bounds.entries && used.bytes <= bounds.bytes);
+            assert!(used.entries > 0);
+            assert_eq!(evicted + used.entries, 1_000_000, "{bounds:?}");
+            // Accounted bytes are exactly the entries' weights.
+            assert_eq!(used.bytes, used.entries * one);
+        }
+    }
+
+    #[test]
+    fn a_hot_token_survives_a_stream_of_one_off_tokens() {
+        let cache = TokenCache::new(Bounds {
+            entries: 16 * 8,
+            bytes: 1 << 30,
+        })
+        .unwrap();
+        let hot = hash("hot");
+        cache.insert(hot, verdict(7));
+        for n in 0..10_000u32 {
+            assert!(cache.get(&hot).is_some(), "evicted after {n} inserts");
+            cache.insert(hash(&n.to_string()), verdict(0));
+        }
+    }
+}
