@@ -43,12 +43,17 @@ fn config(storage: impl FnOnce(&mut Config)) -> Config {
 
 fn insert(store: &Store, spki: &[u8], org: &str, name: &str) -> Insert {
     let id = store.new_id();
-    let event = |action, outcome: &str| NewEvent {
-        action,
+    let created = NewEvent {
+        action: Action::KeyCreated,
         key_id: Some(id),
         actor: Actor::Cli,
         client: None,
-        outcome: outcome.into(),
+        outcome: "created".into(),
+    };
+    let refused = NewEvent {
+        action: Action::QuotaExceeded,
+        outcome: "refused".into(),
+        ..created.clone()
     };
     Insert {
         record: PublicKeyRecord {
@@ -61,8 +66,8 @@ fn insert(store: &Store, spki: &[u8], org: &str, name: &str) -> Insert {
             created_at_ms: id.timestamp_ms(),
         },
         quota: KEYS_PER_ORG as u32,
-        created: event(Action::KeyCreated, "created"),
-        refused: event(Action::QuotaExceeded, "refused"),
+        created,
+        refused,
     }
 }
 
