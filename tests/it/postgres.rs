@@ -124,6 +124,16 @@ async fn a_database_outage_refuses_writes_keeps_reads_and_recovers() {
         .await
         .assert_error(503, "internal");
     assert_eq!(app.get("/readyz").await.status.as_u16(), 503);
+    // Reads that need the database fail as unavailable too, the audit log
+    // included.
+    for path in [
+        "/v1/organisations/acme/audit",
+        "/v1/organisations/acme/keys",
+    ] {
+        app.request_as(hyper::Method::GET, path, ADMIN)
+            .await
+            .assert_error(503, "internal");
+    }
     // What is served from memory keeps working.
     assert_eq!(app.verify(&token).await["valid"], true);
     assert_eq!(app.jwks_kids().await, vec![kid.clone()]);
