@@ -13,12 +13,16 @@
 # Prints one Markdown table. Every process it starts is stopped on exit.
 #
 # Environment knobs (optional): WRK_DURATION (default 10s), WRK_CONNECTIONS
-# (64), WRK_THREADS (2), ROUNDS (3), CREATES (40).
+# (64), WRK_THREADS (2), ROUNDS (3), CREATES (40); SIGNET_BACKEND=postgres
+# runs signet on a private PostgreSQL (scripts/lib/postgres.sh) instead of
+# sled.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
 source "$REPO/scripts/lib/common.sh"
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/postgres.sh
+source "$REPO/scripts/lib/postgres.sh"
 WRK_DURATION="${WRK_DURATION:-10s}"
 WRK_CONNECTIONS="${WRK_CONNECTIONS:-64}"
 WRK_THREADS="${WRK_THREADS:-2}"
@@ -48,7 +52,11 @@ chmod 711 "$WORK"
 NGINX_PID=""
 # On exit: stop nginx, then (cleanup_on_exit) signet, 5 s grace each.
 # shellcheck disable=SC2317 # called by the EXIT trap
-on_exit() { stop_signet "$NGINX_PID" 5 || true; }
+on_exit() {
+    stop_signet "$NGINX_PID" 5 || true
+    stop_signet "$SERVER_PID" 5 || true
+    pg_stop
+}
 cleanup_on_exit "$WORK" remove 5
 
 # --- signet ----------------------------------------------------------------
@@ -57,9 +65,22 @@ BASE="http://127.0.0.1:$SIGNET_PORT"
 mkdir -p "$WORK/data"
 chmod 700 "$WORK/data"
 ADMIN="$(random_token 36)"
-log "starting signet on 127.0.0.1:$SIGNET_PORT"
+CONFIG="$REPO/config.toml"
+BACKEND="${SIGNET_BACKEND:-sled}"
+case "$BACKEND" in
+    sled) ;;
+    postgres)
+        pg_start "$WORK/pg"
+        random_token 32 >"$WORK/seal.key"
+        CONFIG="$WORK/config.toml"
+        sed "s|^backend = \"sled\".*|backend = \"postgres\"\nurl = \"$(pg_database load)\"\nseal_key_file = \"$WORK/seal.key\"|" \
+            "$REPO/config.toml" >"$CONFIG"
+        ;;
+    *) die "SIGNET_BACKEND must be sled or postgres, not '$BACKEND'" ;;
+esac
+log "starting signet ($BACKEND) on 127.0.0.1:$SIGNET_PORT"
 start_signet "$WORK/data" "$SIGNET_PORT" "$WORK/signet.log" ORGKEYS_MAX=100 -- \
-    "$SIGNET" serve --config "$REPO/config.toml"
+    "$SIGNET" serve --config "$CONFIG"
 wait_ready "$BASE" 10 || {
     cat "$WORK/signet.log" >&2
     die "signet did not become ready"
@@ -208,9 +229,10 @@ done <"$WORK/create_ids.txt"
 # --- report ------------------------------------------------------------------
 CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)"
 python3 - "$WORK" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(nproc)" "${CPU:-unknown CPU}" \
-    "$JWKS_BYTES" "$WRK_THREADS" "$WRK_CONNECTIONS" "$WRK_DURATION" "$ROUNDS" "$CREATES" <<'EOF'
+    "$JWKS_BYTES" "$WRK_THREADS" "$WRK_CONNECTIONS" "$WRK_DURATION" "$ROUNDS" "$CREATES" \
+    "$BACKEND" <<'EOF'
 import math, statistics, sys
-work, date, nproc, cpu, jwks_bytes, threads, conns, dur, rounds, creates = sys.argv[1:]
+work, date, nproc, cpu, jwks_bytes, threads, conns, dur, rounds, creates, backend = sys.argv[1:]
 
 def runs(name):
     rows = [l.split() for l in open(f"{work}/{name}.txt") if l.strip()]
@@ -231,7 +253,7 @@ fmt_runs = lambda xs: ", ".join(f"{x:,.0f}" for x in xs)
 note = lambda bad, err: (f"; {bad} non-2xx" if bad else "") + ("; socket errors" if err else "")
 c, d = times("create_times"), times("delete_times")
 
-print(f"signet load test, {date}; {nproc} × {cpu}; "
+print(f"signet load test ({backend}), {date}; {nproc} × {cpu}; "
       f"wrk -t{threads} -c{conns} -d{dur} --latency, {rounds} alternating runs each "
       f"(client and servers share the same cores)")
 print()
