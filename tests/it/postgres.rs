@@ -312,3 +312,35 @@ async fn the_offline_cli_works_against_postgres() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edited_audit_row_breaks_the_chain() {
+    run_on(Backend::Postgres, async {
+        let app = spawn_app().await;
+        for i in 0..3 {
+            app.create_key("acme", json!({"name": format!("k{i}")}))
+                .await;
+        }
+        let dir = app.stop().await;
+        let storage = crate::backends::storage_args(dir.path());
+        let mut args = vec!["audit", "verify"];
+        args.extend(storage.iter().map(String::as_str));
+        let intact = signet(&args, &[]);
+        assert_eq!(intact.status.code(), Some(0), "{}", stderr(&intact));
+        // An edit that still parses, of the second event: only the chain can tell.
+        pg::shared().unwrap().sql(
+            &Database::of(dir.path()).url,
+            r#"UPDATE audit SET event = convert_to(replace(convert_from(event, 'UTF8'),
+                 '"outcome":"created"', '"outcome":"Created"'), 'UTF8')
+               WHERE id = (SELECT id FROM audit ORDER BY id OFFSET 1 LIMIT 1)"#,
+        );
+        let broken = signet(&args, &[]);
+        assert_eq!(broken.status.code(), Some(1), "{}", stderr(&broken));
+        let report = String::from_utf8_lossy(&broken.stdout);
+        assert!(
+            report.contains("organisation acme") && report.contains("event #2"),
+            "{report}"
+        );
+    })
+    .await
+}
