@@ -305,10 +305,34 @@ async fn the_offline_cli_works_against_postgres() {
         assert_eq!(list(&new).len(), 1, "the new key opens the record");
         assert!(list(&old).is_empty(), "the old key opens nothing any more");
 
-        let id = created["id"].as_str().unwrap();
-        let o = run(&["keys", "delete", "--org", "acme", id], &with(&new));
+        // With the key in storage.seal_key_file, rotation replaces the file.
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("seal.key");
+        std::fs::write(&key_file, &new).unwrap();
+        let config = dir.path().join("signet.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[storage]\nbackend = \"postgres\"\nurl = {url:?}\nseal_key_file = {key_file:?}\n"
+            ),
+        )
+        .unwrap();
+        let config = config.to_str().unwrap();
+        let o = run(&["seal", "rotate", "--config", config], &[]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        assert!(list(&new).is_empty());
+        let newest = std::fs::read_to_string(&key_file).unwrap();
+        assert_ne!(newest, new, "the key file holds a new key");
+        assert!(!dir.path().join("seal.key.next").exists());
+        assert_eq!(list(&newest).len(), 1, "the newest key opens the record");
+        assert!(
+            list(&new).is_empty(),
+            "the replaced key opens nothing any more"
+        );
+
+        let id = created["id"].as_str().unwrap();
+        let o = run(&["keys", "delete", "--org", "acme", id], &with(&newest));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(list(&newest).is_empty());
     })
     .await
 }
