@@ -59,6 +59,9 @@ pub enum AuthError {
     /// A valid credential without the right.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// No verdict can be given now (the keys may be behind the store).
+    #[error("organisation tokens cannot be checked now: {0}")]
+    Unavailable(String),
 }
 
 /// The operator token, held only as its SHA-256.
@@ -153,7 +156,10 @@ impl Gate<'_> {
                     issuer: None,
                 },
             )
-            .map_err(|e| AuthError::Invalid(format!("{} ({})", e, e.code())))?;
+            .map_err(|e| match e {
+                crate::verify::VerifyError::Unavailable(why) => AuthError::Unavailable(why),
+                e => AuthError::Invalid(format!("{} ({})", e, e.code())),
+            })?;
         let claim = |name: &str| match verified.claims.get(name) {
             Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
             _ => Err(AuthError::Invalid(format!(

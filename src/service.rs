@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::audit::{Action, Actor, AuditEvent, BrokenLink, NewEvent};
+use crate::cluster::{Follower, Freshness};
 use crate::jwks::{Document, Jwks};
 use crate::keys::{Algorithm, Bits, GeneratedKey, Jwk, KeyId, KeyName, OrgId, PublicKeyRecord};
 use crate::metrics::Metrics;
@@ -52,7 +53,11 @@ pub struct NewKey {
 pub struct Signet {
     store: Store,
     jwks: Arc<Jwks>,
-    verifier: Verifier,
+    verifier: Arc<Verifier>,
+    /// How current this instance is with changes made by others.
+    fresh: Arc<Freshness>,
+    /// The task that applies changes made by other instances, if any.
+    follower: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// Counters only: callers count into it, nothing reaches storage.
     pub metrics: Metrics,
     quota: u32,
@@ -70,9 +75,13 @@ impl Signet {
         quota: u32,
         pool: [usize; 3],
     ) -> Result<Signet, StoreError> {
+        let at = std::time::Instant::now();
+        let version = store.version().await?;
         let records = store.all_keys().await?;
         let jwks = Arc::new(Jwks::new(&records));
-        let verifier = Verifier::new(Arc::new(PublishedKeys(jwks.clone())), policy);
+        let fresh = Arc::new(Freshness::new(version, at));
+        let published = PublishedKeys(jwks.clone(), fresh.clone());
+        let verifier = Arc::new(Verifier::new(Arc::new(published), policy));
         let metrics = Metrics::new(verifier.stats());
         let pool = KeyPool::start(pool, metrics.pool_depth());
         metrics.keys.set(records.len() as i64);
@@ -80,11 +89,28 @@ impl Signet {
             jwks,
             store,
             verifier,
+            fresh,
+            follower: Default::default(),
             metrics,
             quota,
             pool,
             seen_generation: Default::default(),
         })
+    }
+
+    /// Starts applying the key changes other instances make to the shared
+    /// store (nothing on sled). While more than `max_staleness` behind,
+    /// verification is refused, unless `serve_stale`.
+    pub fn follow(&self, max_staleness: std::time::Duration, serve_stale: bool) {
+        let follower = Follower {
+            store: self.store.clone(),
+            jwks: self.jwks.clone(),
+            verifier: self.verifier.clone(),
+            keys: self.metrics.keys.clone(),
+            fresh: self.fresh.clone(),
+        };
+        let task = follower.start(max_staleness, serve_stale);
+        *self.follower.lock().expect("follower lock poisoned") = task;
     }
 
     /// Generates a key pair, stores its public half under the quota, and
@@ -140,8 +166,9 @@ impl Signet {
             .await?;
         match inserted {
             Inserted::Yes => {
-                self.jwks.added(&record);
-                self.metrics.keys.inc();
+                if self.jwks.added(&record) {
+                    self.metrics.keys.inc();
+                }
                 Ok((record, generated))
             }
             Inserted::QuotaExceeded(_) => Err(ServiceError::QuotaExceeded(self.quota)),
@@ -166,9 +193,10 @@ impl Signet {
         }
         // Unpublished first: the verifier fills its cache from the
         // published keys, so once it forgets, nothing brings the key back.
-        self.jwks.removed(&org, id);
+        if self.jwks.removed(&org, id) {
+            self.metrics.keys.dec();
+        }
         self.verifier.forget(id);
-        self.metrics.keys.dec();
         Ok(())
     }
 
@@ -211,7 +239,7 @@ impl Signet {
 
     /// Whether storage answers a read: the readiness probe.
     pub async fn is_ready(&self) -> bool {
-        self.store.is_usable().await
+        self.fresh.vouch().is_ok() && self.store.is_usable().await
     }
 
     /// Makes everything written so far durable (at shutdown).
@@ -298,9 +326,18 @@ impl Signet {
     }
 }
 
+impl Drop for Signet {
+    fn drop(&mut self) {
+        if let Some(task) = self.follower.lock().expect("follower lock poisoned").take() {
+            task.abort();
+        }
+    }
+}
+
 /// The published keys as the verifier's key source: verification reads
-/// memory only, never storage, so it keeps working while storage is down.
-struct PublishedKeys(Arc<Jwks>);
+/// memory only, never storage, so it keeps working while storage is down
+/// (for as long as this instance may vouch that it has seen every change).
+struct PublishedKeys(Arc<Jwks>, Arc<Freshness>);
 
 impl KeySource for PublishedKeys {
     fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String> {
@@ -320,5 +357,9 @@ impl KeySource for PublishedKeys {
 
     fn contains(&self, id: KeyId) -> Result<bool, String> {
         Ok(self.0.contains(id))
+    }
+
+    fn vouch(&self) -> Result<(), String> {
+        self.1.vouch()
     }
 }

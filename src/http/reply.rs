@@ -120,6 +120,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 503 `unavailable`: no verdict can be given now.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
         let message = e.to_string();
@@ -135,6 +142,7 @@ impl From<AuthError> for ApiError {
                 a
             }
             AuthError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
+            AuthError::Unavailable(_) => ApiError::unavailable(message),
         }
     }
 }

@@ -353,7 +353,7 @@ impl Cx<'_> {
         let result = self.app.signet.verify(&body.token, expect);
         self.count(&result);
         if let Err(VerifyError::Unavailable(cause)) = result {
-            return Err(ApiError::internal(cause));
+            return Err(ApiError::unavailable(cause));
         }
         Ok(reply::json(StatusCode::OK, &verify::result_json(&result)))
     }
@@ -401,7 +401,7 @@ impl Cx<'_> {
                 h.insert("x-signet-key-id", header_value(v.key_id.to_string()));
                 r
             }
-            Err(VerifyError::Unavailable(cause)) => ApiError::internal(cause).into_reply(),
+            Err(VerifyError::Unavailable(cause)) => ApiError::unavailable(cause).into_reply(),
             Err(e) => {
                 ApiError::from(AuthError::Invalid(format!("{e} ({})", e.code()))).into_reply()
             }

@@ -196,6 +196,31 @@ pub trait Storage: Send + Sync {
 
     /// Whether the database answers a read: the readiness probe.
     fn is_usable(&self) -> impl Future<Output = bool> + Send;
+
+    /// The version of the newest committed key change (0 on sled).
+    fn version(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The key changes committed after version `applied`, by any instance.
+    fn changes_since(
+        &self,
+        applied: u64,
+    ) -> impl Future<Output = Result<Changes, StoreError>> + Send;
+
+    /// A signal that other instances may have changed keys (it changes on
+    /// every announced change and on every reconnect of the listener), or
+    /// `None` when no other process can write (sled).
+    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
+}
+
+/// Key changes after a version, up to the newest committed one.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Every change up to this version is in here or was before.
+    pub upto: u64,
+    /// Keys created since.
+    pub live: Vec<PublicKeyRecord>,
+    /// Keys deleted since.
+    pub gone: Vec<(OrgId, KeyId)>,
 }
 
 /// The configured backend.
@@ -310,6 +335,18 @@ impl Store {
 
     pub async fn is_usable(&self) -> bool {
         dispatch!(self, s => s.is_usable().await)
+    }
+
+    pub async fn version(&self) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.version().await)
+    }
+
+    pub async fn changes_since(&self, applied: u64) -> Result<Changes, StoreError> {
+        dispatch!(self, s => s.changes_since(applied).await)
+    }
+
+    pub fn announcements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        dispatch!(self, s => s.announcements())
     }
 }
 

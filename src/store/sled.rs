@@ -26,8 +26,8 @@ use crate::audit::{self, AuditEvent, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    blocking, open_record, reseal_value, seal_record, AuditPage, Insert, Inserted, Storage,
-    StoreError, SCHEMA_VERSION,
+    blocking, open_record, reseal_value, seal_record, AuditPage, Changes, Insert, Inserted,
+    Storage, StoreError, SCHEMA_VERSION,
 };
 
 /// sled's page cache. Nothing hot reads through it: the verifier and the
@@ -737,5 +737,21 @@ impl Storage for Arc<SledStore> {
         blocking(move || Ok(SledStore::is_usable(&db)))
             .await
             .unwrap_or(false)
+    }
+
+    async fn version(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// One process holds the database: there are no changes of others.
+    async fn changes_since(&self, applied: u64) -> Result<Changes, StoreError> {
+        Ok(Changes {
+            upto: applied,
+            ..Changes::default()
+        })
+    }
+
+    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 }

@@ -91,6 +91,11 @@ pub trait KeySource: Send + Sync {
     fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String>;
     /// Whether `id` is still live; called under the fill lock, so cheap.
     fn contains(&self, id: KeyId) -> Result<bool, String>;
+    /// `Err(why)` when the source cannot vouch that a key it lacks is
+    /// revoked (it may be behind the store): no verdict is given then.
+    fn vouch(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Verification settings that do not change per request.
@@ -213,6 +218,7 @@ impl Verifier {
         now: u64,
     ) -> Result<Verified, VerifyError> {
         let parsed = token::parse(token, self.policy.max_token_bytes)?;
+        self.source.vouch().map_err(VerifyError::Unavailable)?;
         let key = self.key(parsed.kid)?;
         if key.algorithm != parsed.alg {
             return Err(VerifyError::UnsupportedAlgorithm(format!(

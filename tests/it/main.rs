@@ -6,6 +6,7 @@ mod backends;
 mod access;
 mod bad_input;
 mod cli;
+mod cluster;
 mod durability;
 mod keys_api;
 mod no_data;

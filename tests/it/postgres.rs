@@ -106,12 +106,13 @@ async fn a_database_outage_refuses_writes_keeps_reads_and_recovers() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let database = Database {
-        url: cluster.create_database(),
-        seal_key_file: dir.path().join("seal.key"),
-    };
-    signet::seal::write_key_file(&database.seal_key_file, &signet::seal::random_key()).unwrap();
-    let app = spawn_with(|c| database.configure(c)).await;
+    let database = Database::on(&cluster, dir.path());
+    let app = spawn_with(|c| {
+        database.configure(c);
+        // Verification from memory for as long as the outage lasts.
+        c.cluster.stale_verification = signet::config::StaleVerification::Serve;
+    })
+    .await;
     let created = app.create_key("acme", json!({"name": "before"})).await;
     let (kid, signer) = key_of(&created);
     let token = signer.org_token(&kid, claims("acme", "OWNER"));

@@ -1,0 +1,142 @@
+//! Keeping this instance in step with the others on a shared database.
+//!
+//! Every key change carries a version; the store commits versions in order.
+//! A follower task re-reads the changes after the version it has applied
+//! (`Store::changes_since`) whenever the store announces one, after every
+//! reconnect of its listener, and at least four times per
+//! `cluster.max_staleness`, and applies them to the JWK Sets and the
+//! verifier's cache. "Fresh as of" is the moment the last successful
+//! re-read was *sent*; while it is older than `max_staleness`, the instance
+//! refuses to verify (unless `stale_verification = "serve"`).
+//!
+//! On sled no other process writes, so nothing follows and verification is
+//! never refused for staleness.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::jwks::Jwks;
+use crate::store::Store;
+use crate::verify::Verifier;
+
+/// Whether this instance can vouch for revocations made elsewhere.
+#[derive(Default)]
+pub struct Freshness {
+    following: AtomicBool,
+    serve_stale: AtomicBool,
+    max_staleness_ms: AtomicU64,
+    /// The version through which every change has been applied.
+    applied: AtomicU64,
+    fresh_as_of: Mutex<Option<Instant>>,
+}
+
+impl Freshness {
+    /// Every change through `applied` is applied, as of `at` (when the
+    /// read of `applied` was sent).
+    pub fn new(applied: u64, at: Instant) -> Freshness {
+        let fresh = Freshness::default();
+        fresh.applied.store(applied, Ordering::SeqCst);
+        *fresh.fresh_as_of.lock().expect("freshness lock poisoned") = Some(at);
+        fresh
+    }
+
+    /// `Err(why)` while this instance follows others, has not confirmed
+    /// within `max_staleness` that it has seen every change, and must not
+    /// serve stale verdicts.
+    pub fn vouch(&self) -> Result<(), String> {
+        if !self.following.load(Ordering::SeqCst) || self.serve_stale.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let max = Duration::from_millis(self.max_staleness_ms.load(Ordering::SeqCst));
+        match *self.fresh_as_of.lock().expect("freshness lock poisoned") {
+            Some(at) if at.elapsed() <= max => Ok(()),
+            _ => Err(format!(
+                "this instance has not confirmed within {} ms that it has seen every key change (is the database reachable?)",
+                max.as_millis()
+            )),
+        }
+    }
+
+    /// The version through which every change has been applied.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+}
+
+/// What the follower updates.
+pub(crate) struct Follower {
+    pub store: Store,
+    pub jwks: Arc<Jwks>,
+    pub verifier: Arc<Verifier>,
+    pub keys: Gauge,
+    pub fresh: Arc<Freshness>,
+}
+
+impl Follower {
+    /// Starts following the store's announcements; the task runs until
+    /// aborted. `None` when the store has no other writers.
+    pub fn start(
+        self,
+        max_staleness: Duration,
+        serve_stale: bool,
+    ) -> Option<tokio::task::AbortHandle> {
+        let events = self.store.announcements()?;
+        self.fresh
+            .max_staleness_ms
+            .store(max_staleness.as_millis() as u64, Ordering::SeqCst);
+        self.fresh.serve_stale.store(serve_stale, Ordering::SeqCst);
+        self.fresh.following.store(true, Ordering::SeqCst);
+        Some(tokio::spawn(self.run(events, max_staleness / 4)).abort_handle())
+    }
+
+    async fn run(self, mut events: tokio::sync::watch::Receiver<u64>, every: Duration) {
+        loop {
+            self.catch_up().await;
+            tokio::select! {
+                changed = events.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(every).await;
+                    }
+                }
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// One re-read of the changes after `applied`, applied in order.
+    async fn catch_up(&self) {
+        let sent = Instant::now();
+        let changes = match self.store.changes_since(self.fresh.applied()).await {
+            Ok(changes) => changes,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read key changes of other instances");
+                return;
+            }
+        };
+        for record in &changes.live {
+            if self.jwks.added(record) {
+                self.keys.inc();
+            }
+        }
+        for (org, id) in &changes.gone {
+            // Unpublished first: the verifier fills its cache from the
+            // published keys, so once it forgets, nothing brings the key back.
+            if self.jwks.removed(org, *id) {
+                self.keys.dec();
+            }
+            self.verifier.forget(*id);
+        }
+        self.fresh.applied.fetch_max(changes.upto, Ordering::SeqCst);
+        let mut fresh = self
+            .fresh
+            .fresh_as_of
+            .lock()
+            .expect("freshness lock poisoned");
+        if fresh.is_none_or(|at| at < sent) {
+            *fresh = Some(sent);
+        }
+    }
+}

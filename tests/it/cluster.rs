@@ -1,0 +1,122 @@
+//! Several instances on one PostgreSQL: changes made through one reach the
+//! others; an instance that cannot confirm it is current stops verifying.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use signet::config::{Backend, StaleVerification};
+
+use crate::backends::{run_on, Database};
+use crate::pg;
+use crate::support::*;
+
+/// Polls `check` every 20 ms until it holds; panics after `limit`.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_made_through_one_instance_reach_the_other() {
+    run_on(Backend::Postgres, async {
+        let dir = tempfile::tempdir().unwrap();
+        let a = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
+        let b = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
+        let created = a.create_key("acme", json!({"name": "shared"})).await;
+        let (kid, signer) = key_of(&created);
+        let token = signer.org_token(&kid, claims("acme", "OWNER"));
+        let limit = Duration::from_secs(10);
+        eventually("B publishes A's key", limit, || async {
+            b.jwks_kids().await.contains(&kid)
+        })
+        .await;
+        assert_eq!(b.verify(&token).await["valid"], true);
+        assert_eq!(b.delete_key("acme", &kid, ADMIN).await.status.as_u16(), 204);
+        eventually("A forgets the key B deleted", limit, || async {
+            a.verify(&token).await["valid"] == false
+        })
+        .await;
+        assert!(a.jwks_kids().await.is_empty());
+        assert_eq!(a.verify(&token).await["error"]["code"], "unknown_key");
+    })
+    .await
+}
+
+/// `POST /v1/verify` of `token`, whatever the answer.
+async fn verify_raw(app: &TestApp, token: &str) -> Resp {
+    let body = serde_json::to_vec(&json!({ "token": token })).unwrap();
+    app.request(
+        hyper::Method::POST,
+        "/v1/verify",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_cut_off_from_the_database_stops_verifying_until_it_is_back() {
+    let Some(cluster) = pg::private() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let database = Database::on(&cluster, dir.path());
+    let database = &database;
+    let spawn = |mode| {
+        spawn_with(move |c| {
+            database.configure(c);
+            c.cluster.max_staleness_ms = 300;
+            c.cluster.stale_verification = mode;
+        })
+    };
+    let (refusing, serving) = (
+        spawn(StaleVerification::Refuse).await,
+        spawn(StaleVerification::Serve).await,
+    );
+    let created = refusing.create_key("acme", json!({"name": "k"})).await;
+    let (kid, signer) = key_of(&created);
+    let token = signer.org_token(&kid, claims("acme", "OWNER"));
+    let limit = Duration::from_secs(10);
+    eventually("the other instance has the key", limit, || async {
+        serving.verify(&token).await["valid"] == true
+    })
+    .await;
+
+    cluster.stop_server();
+    eventually("verification is refused once stale", limit, || async {
+        verify_raw(&refusing, &token).await.status.as_u16() == 503
+    })
+    .await;
+    verify_raw(&refusing, &token)
+        .await
+        .assert_error(503, "unavailable");
+    assert_eq!(refusing.get("/readyz").await.status.as_u16(), 503);
+    assert_eq!(
+        refusing.jwks_kids().await,
+        vec![kid.clone()],
+        "JWK Sets from memory"
+    );
+    assert_eq!(
+        serving.verify(&token).await["valid"],
+        true,
+        "serve keeps verifying"
+    );
+
+    cluster.start_server();
+    eventually("verification resumes once current again", limit, || async {
+        let r = verify_raw(&refusing, &token).await;
+        r.status.as_u16() == 200 && r.json()["valid"] == true
+    })
+    .await;
+    assert_eq!(refusing.get("/readyz").await.status.as_u16(), 200);
+    refusing.stop().await;
+    serving.stop().await;
+    cluster.destroy();
+}
