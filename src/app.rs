@@ -95,10 +95,12 @@ impl Application {
             config.keys.pool_4096,
         ];
         let signet = Signet::new(store, policy, config.keys.max_per_org, pool).await?;
-        signet.follow(
-            Duration::from_millis(config.cluster.max_staleness_ms),
-            config.cluster.stale_verification == crate::config::StaleVerification::Serve,
-        );
+        signet
+            .follow(
+                Duration::from_millis(config.cluster.max_staleness_ms),
+                config.cluster.stale_verification == crate::config::StaleVerification::Serve,
+            )
+            .await;
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)
             .await

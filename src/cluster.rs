@@ -5,9 +5,20 @@
 //! (`Store::changes_since`) whenever the store announces one, after every
 //! reconnect of its listener, and at least four times per
 //! `cluster.max_staleness`, and applies them to the JWK Sets and the
-//! verifier's cache. "Fresh as of" is the moment the last successful
-//! re-read was *sent*; while it is older than `max_staleness`, the instance
-//! refuses to verify (unless `stale_verification = "serve"`).
+//! verifier's cache, then records in the store that it is alive and how
+//! far it has applied (a heartbeat, by the database's clock). "Fresh as of"
+//! is the moment the last re-read that was followed by a successful
+//! heartbeat was *sent*; while it is older than `max_staleness`, the
+//! instance refuses to verify (unless `stale_verification = "serve"`).
+//!
+//! A delete waits, after it has committed at version v, until every other
+//! live instance (a heartbeat within `max_staleness`) has applied v, or
+//! until `max_staleness` plus a margin has passed: by then an instance that
+//! has not applied v has stopped vouching on its own, because its last
+//! confirmation predates the commit (or it would have seen v), and one
+//! that is not live has not confirmed within `max_staleness` either.
+//! Every timing is measured on this instance's monotonic clock; liveness
+//! is judged by the database's clock alone.
 //!
 //! On sled no other process writes, so nothing follows and verification is
 //! never refused for staleness.
@@ -31,16 +42,22 @@ pub struct Freshness {
     /// The version through which every change has been applied.
     applied: AtomicU64,
     fresh_as_of: Mutex<Option<Instant>>,
+    /// This instance's id in the store's list of instances.
+    instance: String,
 }
 
 impl Freshness {
-    /// Every change through `applied` is applied, as of `at` (when the
-    /// read of `applied` was sent).
-    pub fn new(applied: u64, at: Instant) -> Freshness {
-        let fresh = Freshness::default();
+    pub fn new(applied: u64) -> Freshness {
+        let fresh = Freshness {
+            instance: ulid::Ulid::new().to_string(),
+            ..Freshness::default()
+        };
         fresh.applied.store(applied, Ordering::SeqCst);
-        *fresh.fresh_as_of.lock().expect("freshness lock poisoned") = Some(at);
         fresh
+    }
+
+    fn max_staleness(&self) -> Duration {
+        Duration::from_millis(self.max_staleness_ms.load(Ordering::SeqCst))
     }
 
     /// `Err(why)` while this instance follows others, has not confirmed
@@ -50,7 +67,7 @@ impl Freshness {
         if !self.following.load(Ordering::SeqCst) || self.serve_stale.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let max = Duration::from_millis(self.max_staleness_ms.load(Ordering::SeqCst));
+        let max = self.max_staleness();
         match *self.fresh_as_of.lock().expect("freshness lock poisoned") {
             Some(at) if at.elapsed() <= max => Ok(()),
             _ => Err(format!(
@@ -76,9 +93,9 @@ pub(crate) struct Follower {
 }
 
 impl Follower {
-    /// Starts following the store's announcements; the task runs until
-    /// aborted. `None` when the store has no other writers.
-    pub fn start(
+    /// Catches up once, then follows the store's announcements in a task
+    /// that runs until aborted. `None` when the store has no other writers.
+    pub async fn start(
         self,
         max_staleness: Duration,
         serve_stale: bool,
@@ -89,6 +106,7 @@ impl Follower {
             .store(max_staleness.as_millis() as u64, Ordering::SeqCst);
         self.fresh.serve_stale.store(serve_stale, Ordering::SeqCst);
         self.fresh.following.store(true, Ordering::SeqCst);
+        self.catch_up().await;
         Some(tokio::spawn(self.run(events, max_staleness / 4)).abort_handle())
     }
 
@@ -129,7 +147,17 @@ impl Follower {
             }
             self.verifier.forget(*id);
         }
-        self.fresh.applied.fetch_max(changes.upto, Ordering::SeqCst);
+        let applied = self
+            .fresh
+            .applied
+            .fetch_max(changes.upto, Ordering::SeqCst)
+            .max(changes.upto);
+        // Fresh only once the store knows: an instance that is not live
+        // must not be vouching.
+        if let Err(e) = self.store.heartbeat(&self.fresh.instance, applied).await {
+            tracing::warn!(error = %e, "could not record this instance's heartbeat");
+            return;
+        }
         let mut fresh = self
             .fresh
             .fresh_as_of
@@ -138,5 +166,41 @@ impl Follower {
         if fresh.is_none_or(|at| at < sent) {
             *fresh = Some(sent);
         }
+    }
+}
+
+/// How much longer than `max_staleness` a delete waits for an instance
+/// that has not applied it: covers monotonic clocks running at slightly
+/// different rates.
+const MARGIN: Duration = Duration::from_millis(100);
+
+/// Waits until every other live instance has applied `version`, or until
+/// `max_staleness` plus a margin has passed since `committed`, by when an
+/// instance that has not applied it refuses to verify. Returns at once
+/// when this instance follows no others.
+pub(crate) async fn applied_everywhere(
+    store: &Store,
+    fresh: &Freshness,
+    version: u64,
+    committed: Instant,
+) {
+    if !fresh.following.load(Ordering::SeqCst) {
+        return;
+    }
+    let max = fresh.max_staleness();
+    loop {
+        // Not live: no heartbeat within max_staleness plus the margin, so its
+        // last confirmation is too old for it to vouch any more.
+        if let Ok(0) = store.lagging(version, &fresh.instance, max + MARGIN).await {
+            return;
+        }
+        if committed.elapsed() >= max + MARGIN {
+            tracing::warn!(
+                version,
+                "a delete answered after waiting the longest for instances that have not applied it"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

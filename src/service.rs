@@ -12,7 +12,7 @@ use crate::jwks::{Document, Jwks};
 use crate::keys::{Algorithm, Bits, GeneratedKey, Jwk, KeyId, KeyName, OrgId, PublicKeyRecord};
 use crate::metrics::Metrics;
 use crate::pool::KeyPool;
-use crate::store::{AuditPage, Insert, Inserted, Store, StoreError};
+use crate::store::{AuditPage, Delete, Insert, Inserted, Store, StoreError};
 use crate::verify::{Expect, KeyMaterial, KeySource, Policy, Verified, Verifier, VerifyError};
 
 /// Why a key operation did not happen.
@@ -75,11 +75,10 @@ impl Signet {
         quota: u32,
         pool: [usize; 3],
     ) -> Result<Signet, StoreError> {
-        let at = std::time::Instant::now();
         let version = store.version().await?;
         let records = store.all_keys().await?;
         let jwks = Arc::new(Jwks::new(&records));
-        let fresh = Arc::new(Freshness::new(version, at));
+        let fresh = Arc::new(Freshness::new(version));
         let published = PublishedKeys(jwks.clone(), fresh.clone());
         let verifier = Arc::new(Verifier::new(Arc::new(published), policy));
         let metrics = Metrics::new(verifier.stats());
@@ -101,7 +100,7 @@ impl Signet {
     /// Starts applying the key changes other instances make to the shared
     /// store (nothing on sled). While more than `max_staleness` behind,
     /// verification is refused, unless `serve_stale`.
-    pub fn follow(&self, max_staleness: std::time::Duration, serve_stale: bool) {
+    pub async fn follow(&self, max_staleness: std::time::Duration, serve_stale: bool) {
         let follower = Follower {
             store: self.store.clone(),
             jwks: self.jwks.clone(),
@@ -109,7 +108,7 @@ impl Signet {
             keys: self.metrics.keys.clone(),
             fresh: self.fresh.clone(),
         };
-        let task = follower.start(max_staleness, serve_stale);
+        let task = follower.start(max_staleness, serve_stale).await;
         *self.follower.lock().expect("follower lock poisoned") = task;
     }
 
@@ -186,17 +185,24 @@ impl Signet {
             outcome: "deleted".into(),
         };
         let deleted = self
-            .storage(self.store.delete_key(org.clone(), id, event))
+            .storage(self.store.delete_key(Delete {
+                org: org.clone(),
+                id,
+                event,
+            }))
             .await?;
-        if !deleted {
+        let committed = std::time::Instant::now();
+        let Some(version) = deleted else {
             return Err(ServiceError::NotFound(id));
-        }
+        };
         // Unpublished first: the verifier fills its cache from the
         // published keys, so once it forgets, nothing brings the key back.
         if self.jwks.removed(&org, id) {
             self.metrics.keys.dec();
         }
         self.verifier.forget(id);
+        // In force on every other instance too before the caller hears back.
+        crate::cluster::applied_everywhere(&self.store, &self.fresh, version, committed).await;
         Ok(())
     }
 

@@ -115,6 +115,14 @@ pub struct Insert {
     pub refused: NewEvent,
 }
 
+/// A key to delete, with its audit event.
+#[derive(Debug, Clone)]
+pub struct Delete {
+    pub org: OrgId,
+    pub id: KeyId,
+    pub event: NewEvent,
+}
+
 /// Which audit events to read: at most `limit` of `org`'s, all strictly
 /// older than `before` if given.
 #[derive(Debug, Clone)]
@@ -141,14 +149,12 @@ pub trait Storage: Send + Sync {
         insert: Insert,
     ) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
 
-    /// Deletes the key `id` of `org`, leaving a tombstone and `event`.
-    /// Returns whether `org` had such a key.
+    /// Deletes the key, leaving a tombstone and the event. Returns the
+    /// change's version, or `None` if the organisation had no such key.
     fn delete_key(
         &self,
-        org: OrgId,
-        id: KeyId,
-        event: NewEvent,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+        delete: Delete,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 
     /// Appends one audit event on its own (a refused access).
     fn record_event(
@@ -205,6 +211,23 @@ pub trait Storage: Send + Sync {
         &self,
         applied: u64,
     ) -> impl Future<Output = Result<Changes, StoreError>> + Send;
+
+    /// Records that instance `instance` is alive and has applied every
+    /// change through `applied` (nothing on sled).
+    fn heartbeat(
+        &self,
+        instance: &str,
+        applied: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// How many live instances other than `me` (a heartbeat within `live`,
+    /// by the database's clock) have not applied `version` yet (0 on sled).
+    fn lagging(
+        &self,
+        version: u64,
+        me: &str,
+        live: std::time::Duration,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// A signal that other instances may have changed keys (it changes on
     /// every announced change and on every reconnect of the listener), or
@@ -288,13 +311,21 @@ impl Store {
         dispatch!(self, s => s.insert_key(insert).await)
     }
 
-    pub async fn delete_key(
+    pub async fn delete_key(&self, delete: Delete) -> Result<Option<u64>, StoreError> {
+        dispatch!(self, s => s.delete_key(delete).await)
+    }
+
+    pub async fn heartbeat(&self, instance: &str, applied: u64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.heartbeat(instance, applied).await)
+    }
+
+    pub async fn lagging(
         &self,
-        org: OrgId,
-        id: KeyId,
-        event: NewEvent,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.delete_key(org, id, event).await)
+        version: u64,
+        me: &str,
+        live: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.lagging(version, me, live).await)
     }
 
     pub async fn record_event(&self, org: OrgId, event: NewEvent) -> Result<(), StoreError> {

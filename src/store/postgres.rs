@@ -11,6 +11,8 @@
 //! - `keys`: key id → org, sealed record
 //! - `tombstones`: key id → org, sealed record of a deleted key
 //! - `audit`: (org, event id) → event (JSON), chained by hash
+//! - `instances`: instance id → the version it has applied, its last
+//!   heartbeat (by the database's clock, so one clock orders them all)
 //! - `change_counter`: one row, the version of the newest key change; a
 //!   change takes the next version as its transaction's last step (its row
 //!   lock is held until commit, so versions commit in order: an instance
@@ -32,7 +34,7 @@ use crate::audit::{self, AuditEvent, BrokenLink, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    open_record, reseal_value, seal_record, AuditPage, Changes, Insert, Inserted, Storage,
+    open_record, reseal_value, seal_record, AuditPage, Changes, Delete, Insert, Inserted, Storage,
     StoreError, SCHEMA_VERSION,
 };
 
@@ -74,6 +76,13 @@ ALTER TABLE keys ADD COLUMN version bigint NOT NULL DEFAULT 0;
 ALTER TABLE tombstones ADD COLUMN version bigint NOT NULL DEFAULT 0;
 CREATE INDEX keys_by_version ON keys (version);
 CREATE INDEX tombstones_by_version ON tombstones (version);
+"#,
+    r#"
+CREATE TABLE instances (
+    id text PRIMARY KEY,
+    applied bigint NOT NULL,
+    heartbeat_at timestamptz NOT NULL
+);
 "#,
 ];
 
@@ -450,7 +459,8 @@ impl Storage for PgStore {
         Ok(Inserted::Yes)
     }
 
-    async fn delete_key(&self, org: OrgId, id: KeyId, event: NewEvent) -> Result<bool, StoreError> {
+    async fn delete_key(&self, delete: Delete) -> Result<Option<u64>, StoreError> {
+        let Delete { org, id, event } = delete;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let row = self.lock_org(&tx, &org).await?;
@@ -464,7 +474,7 @@ impl Storage for PgStore {
         let Some(removed) = removed else {
             // Nothing changed; the org row (if just created) goes too.
             tx.rollback().await.map_err(db)?;
-            return Ok(false);
+            return Ok(None);
         };
         let record: Vec<u8> = removed.get(0);
         tx.execute(
@@ -483,7 +493,7 @@ impl Storage for PgStore {
         .map_err(db)?;
         announce(&tx, version).await?;
         tx.commit().await.map_err(db)?;
-        Ok(true)
+        Ok(Some(version as u64))
     }
 
     async fn record_event(&self, org: OrgId, event: NewEvent) -> Result<(), StoreError> {
@@ -674,6 +684,32 @@ impl Storage for PgStore {
             changes.gone.push((org, key_id(row.get(0))?));
         }
         Ok(changes)
+    }
+
+    async fn heartbeat(&self, instance: &str, applied: u64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO instances (id, applied, heartbeat_at) VALUES ($1, $2, now())
+                 ON CONFLICT (id) DO UPDATE SET applied = $2, heartbeat_at = now()",
+                &[&instance, &(applied as i64)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn lagging(&self, version: u64, me: &str, live: Duration) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM instances WHERE id <> $1 AND applied < $2
+                   AND heartbeat_at > now() - make_interval(secs => $3)",
+                &[&me, &(version as i64), &live.as_secs_f64()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get::<_, i64>(0) as u64)
     }
 
     fn announcements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

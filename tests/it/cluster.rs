@@ -120,3 +120,95 @@ async fn an_instance_cut_off_from_the_database_stops_verifying_until_it_is_back(
     serving.stop().await;
     cluster.destroy();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_is_in_force_on_every_instance_when_it_answers() {
+    run_on(Backend::Postgres, async {
+        let dir = tempfile::tempdir().unwrap();
+        let on_dir = |c: &mut signet::config::Config| c.storage.data_dir = dir.path().to_owned();
+        let (a, b) = (spawn_with(on_dir).await, spawn_with(on_dir).await);
+        let c = spawn_with(on_dir).await;
+        for round in 0..20 {
+            let created = a
+                .create_key("acme", json!({"name": format!("r{round}")}))
+                .await;
+            let (kid, signer) = key_of(&created);
+            let token = signer.org_token(&kid, claims("acme", "OWNER"));
+            eventually("C has the new key", Duration::from_secs(10), || async {
+                c.verify(&token).await["valid"] == true
+            })
+            .await;
+            assert_eq!(b.delete_key("acme", &kid, ADMIN).await.status.as_u16(), 204);
+            // No waiting: in force everywhere once the DELETE answered.
+            for app in [&a, &c] {
+                let r = verify_raw(app, &token).await;
+                assert!(
+                    r.status.as_u16() == 503 || r.json()["valid"] == false,
+                    "round {round}: {}",
+                    r.text()
+                );
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_instance_delays_a_delete_by_at_most_max_staleness_and_never_accepts_it() {
+    run_on(Backend::Postgres, async {
+        let dir = tempfile::tempdir().unwrap();
+        // Both at the default max_staleness (2 s): a shared setting.
+        let a = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
+        let mut stopped = BinServer::start(dir.path(), &[], "warn", false);
+        stopped.wait_ready().await;
+        let url = format!("{}/v1/verify", stopped.base());
+        let created = a.create_key("acme", json!({"name": "k"})).await;
+        let (kid, signer) = key_of(&created);
+        let token = signer.org_token(&kid, claims("acme", "OWNER"));
+        let verify_on_c = || {
+            let body = serde_json::to_vec(&json!({ "token": token })).unwrap();
+            send(
+                hyper::Method::POST,
+                &url,
+                &[("content-type", "application/json")],
+                body.into(),
+            )
+        };
+        eventually(
+            "the process has the key",
+            Duration::from_secs(10),
+            || async {
+                let r = verify_on_c().await;
+                r.status.as_u16() == 200 && r.json()["valid"] == true
+            },
+        )
+        .await;
+        let pid = stopped.child.id().to_string();
+        let signal = |sig: &str| {
+            assert!(std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success())
+        };
+        signal("-STOP");
+        let started = Instant::now();
+        assert_eq!(a.delete_key("acme", &kid, ADMIN).await.status.as_u16(), 204);
+        let took = started.elapsed();
+        signal("-CONT");
+        // A waits for the stopped process at most max_staleness plus a
+        // margin (bounded generously here).
+        assert!(took < Duration::from_secs(6), "the delete took {took:?}");
+        for _ in 0..50 {
+            let r = verify_on_c().await;
+            assert!(
+                r.status.as_u16() == 503 || r.json()["valid"] == false,
+                "the stopped process accepted a deleted key: {}",
+                r.text()
+            );
+        }
+        stopped.child.kill().unwrap();
+        stopped.child.wait().unwrap();
+    })
+    .await
+}
