@@ -540,7 +540,7 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
             other => other?,
         };
         let signet = Signet::new(store, policy, config.keys.max_per_org, [0; 3]).await?;
-        judged(signet.verify(token, expect))?
+        judged(signet.verify(token, expect).await)?
     } else {
         let base = args
             .server

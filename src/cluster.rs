@@ -204,3 +204,52 @@ pub(crate) async fn applied_everywhere(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// Store look-ups of key ids this instance does not know: a key created
+/// through another instance a moment ago verifies at once. Bounded against
+/// floods of made-up ids: ids found absent are remembered briefly, and at
+/// most `LOOKUPS_PER_WINDOW` look-ups run per `LOOKUP_WINDOW`.
+pub(crate) struct UnknownKeys {
+    absent: moka::sync::Cache<crate::keys::KeyId, ()>,
+    window: Mutex<(Instant, u32)>,
+}
+
+const LOOKUP_WINDOW: Duration = Duration::from_millis(100);
+const LOOKUPS_PER_WINDOW: u32 = 20;
+
+impl UnknownKeys {
+    pub fn new() -> UnknownKeys {
+        UnknownKeys {
+            absent: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_millis(250))
+                .build(),
+            window: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// Whether `id` may be looked up in the store now.
+    pub fn may_look_up(&self, id: crate::keys::KeyId) -> bool {
+        if self.absent.contains_key(&id) {
+            return false;
+        }
+        let mut window = self.window.lock().expect("window lock poisoned");
+        if window.0.elapsed() >= LOOKUP_WINDOW {
+            *window = (Instant::now(), 0);
+        }
+        window.1 += 1;
+        window.1 <= LOOKUPS_PER_WINDOW
+    }
+
+    /// `id` was looked up and is not in the store.
+    pub fn absent(&self, id: crate::keys::KeyId) {
+        self.absent.insert(id, ());
+    }
+}
+
+impl Freshness {
+    /// Whether this instance follows others on a shared store.
+    pub fn following(&self) -> bool {
+        self.following.load(Ordering::SeqCst)
+    }
+}

@@ -56,6 +56,8 @@ pub struct Signet {
     verifier: Arc<Verifier>,
     /// How current this instance is with changes made by others.
     fresh: Arc<Freshness>,
+    /// Look-ups of keys created elsewhere and not applied here yet.
+    unknown: crate::cluster::UnknownKeys,
     /// The task that applies changes made by other instances, if any.
     follower: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// Counters only: callers count into it, nothing reaches storage.
@@ -89,6 +91,7 @@ impl Signet {
             store,
             verifier,
             fresh,
+            unknown: crate::cluster::UnknownKeys::new(),
             follower: Default::default(),
             metrics,
             quota,
@@ -253,9 +256,37 @@ impl Signet {
         self.storage(self.store.sync()).await
     }
 
-    /// Verifies a token against the published keys.
-    pub fn verify(&self, token: &str, expect: Expect<'_>) -> Result<Verified, VerifyError> {
-        self.verifier.verify(token, expect)
+    /// Verifies a token against the published keys; with other instances
+    /// on the store, a key id unknown here is looked up there first (a key
+    /// created elsewhere a moment ago).
+    pub async fn verify(&self, token: &str, expect: Expect<'_>) -> Result<Verified, VerifyError> {
+        let result = self.verifier.verify(token, expect);
+        if !matches!(result, Err(VerifyError::UnknownKey(_))) || !self.fresh.following() {
+            return result;
+        }
+        let kid = token
+            .split('.')
+            .next()
+            .and_then(|header| crate::verify::decode_object(header, "header").ok())
+            .and_then(|header| header.get("kid")?.as_str().map(str::to_owned))
+            .and_then(|kid| KeyId::parse(&kid).ok());
+        let Some(kid) = kid.filter(|&kid| self.unknown.may_look_up(kid)) else {
+            return result;
+        };
+        match self.store.get_key(kid).await {
+            Ok(Some(record)) => {
+                // Not if it was deleted meanwhile: removed keys stay removed.
+                if self.jwks.added(&record) {
+                    self.metrics.keys.inc();
+                }
+                self.verifier.verify(token, expect)
+            }
+            Ok(None) => {
+                self.unknown.absent(kid);
+                result
+            }
+            Err(_) => result,
+        }
     }
 
     /// The verifier, for authenticating callers.

@@ -109,7 +109,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> (&'s
         (Route::OrgJwks(org), _) if get => cx.org_jwks(org, req.headers()),
         (Route::Jwks, _) if get => Ok(cx.jwks_reply(&app.signet.jwks_all(), req.headers())),
         (Route::Verify, Method::POST) => cx.verify(req).await,
-        (Route::Auth, _) if get => Ok(cx.auth(req.uri().query(), req.headers())),
+        (Route::Auth, _) if get => Ok(cx.auth(req.uri().query(), req.headers()).await),
         (Route::Audit(org), _) if get => cx.audit(org, req.uri().query(), req.headers()).await,
         (Route::Compat(org), Method::POST) => {
             return (
@@ -350,7 +350,7 @@ impl Cx<'_> {
             audience: body.audience.as_deref(),
             issuer: body.issuer.as_deref(),
         };
-        let result = self.app.signet.verify(&body.token, expect);
+        let result = self.app.signet.verify(&body.token, expect).await;
         self.count(&result);
         if let Err(VerifyError::Unavailable(cause)) = result {
             return Err(ApiError::unavailable(cause));
@@ -359,7 +359,7 @@ impl Cx<'_> {
     }
 
     /// The reverse proxy's sub-request: 200 with identity headers, or 401.
-    fn auth(&self, query: Option<&str>, headers: &HeaderMap) -> Reply {
+    async fn auth(&self, query: Option<&str>, headers: &HeaderMap) -> Reply {
         let (mut audience, mut issuer) = (None, None);
         for (k, v) in query_pairs(query) {
             match k {
@@ -378,13 +378,17 @@ impl Cx<'_> {
             Ok(token) => token,
             Err(e) => return ApiError::from(e).into_reply(),
         };
-        let result = self.app.signet.verify(
-            token,
-            Expect {
-                audience: audience.as_deref(),
-                issuer: issuer.as_deref(),
-            },
-        );
+        let result = self
+            .app
+            .signet
+            .verify(
+                token,
+                Expect {
+                    audience: audience.as_deref(),
+                    issuer: issuer.as_deref(),
+                },
+            )
+            .await;
         self.count(&result);
         match result {
             Ok(v) => {

@@ -212,3 +212,30 @@ async fn a_stopped_instance_delays_a_delete_by_at_most_max_staleness_and_never_a
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_created_elsewhere_verifies_at_once() {
+    run_on(Backend::Postgres, async {
+        let dir = tempfile::tempdir().unwrap();
+        let on_dir = |c: &mut signet::config::Config| c.storage.data_dir = dir.path().to_owned();
+        let (a, b) = (spawn_with(on_dir).await, spawn_with(on_dir).await);
+        for round in 0..20 {
+            let org = format!("fresh{round}");
+            let created = a.create_key(&org, json!({"name": "new"})).await;
+            let (kid, signer) = key_of(&created);
+            let token = signer.org_token(&kid, claims(&org, "OWNER"));
+            let verdict = b.verify(&token).await;
+            assert_eq!(verdict["valid"], true, "round {round}: {verdict}");
+        }
+        // A made-up key id is unknown, and stays so under a flood.
+        let (_, signer) = key_of(&a.create_key("acme", json!({"name": "x"})).await);
+        for _ in 0..200 {
+            let made_up = signet::keys::KeyId::new(ulid::Ulid::new()).to_string();
+            let verdict = b
+                .verify(&signer.org_token(&made_up, claims("acme", "OWNER")))
+                .await;
+            assert_eq!(verdict["error"]["code"], "unknown_key");
+        }
+    })
+    .await
+}
