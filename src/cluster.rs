@@ -28,6 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::ClusterMetrics;
 
 use crate::jwks::Jwks;
 use crate::store::Store;
@@ -89,6 +92,7 @@ pub(crate) struct Follower {
     pub jwks: Arc<Jwks>,
     pub verifier: Arc<Verifier>,
     pub keys: Gauge,
+    pub metrics: ClusterMetrics,
     pub fresh: Arc<Freshness>,
 }
 
@@ -113,6 +117,7 @@ impl Follower {
     async fn run(self, mut events: tokio::sync::watch::Receiver<u64>, every: Duration) {
         loop {
             self.catch_up().await;
+            self.observe().await;
             tokio::select! {
                 changed = events.changed() => {
                     if changed.is_err() {
@@ -121,6 +126,29 @@ impl Follower {
                 }
                 () = tokio::time::sleep(every) => {}
             }
+        }
+    }
+
+    /// Updates the gauges of how current this instance is.
+    async fn observe(&self) {
+        let fresh_as_of = *self
+            .fresh
+            .fresh_as_of
+            .lock()
+            .expect("freshness lock poisoned");
+        let age = fresh_as_of.map_or(f64::INFINITY, |at| at.elapsed().as_secs_f64());
+        self.metrics.fresh_age_seconds.set(age);
+        self.metrics
+            .applied_version
+            .set(self.fresh.applied() as i64);
+        // Every live instance but this one has applied less than this.
+        let live = self.fresh.max_staleness() + MARGIN;
+        if let Ok(others) = self
+            .store
+            .lagging(i64::MAX as u64, &self.fresh.instance, live)
+            .await
+        {
+            self.metrics.live_instances.set(others as i64 + 1);
         }
     }
 
@@ -134,6 +162,8 @@ impl Follower {
                 return;
             }
         };
+        let behind = changes.upto.saturating_sub(self.fresh.applied());
+        self.metrics.lag_versions.set(behind as i64);
         for record in &changes.live {
             if self.jwks.added(record) {
                 self.keys.inc();
@@ -183,10 +213,17 @@ pub(crate) async fn applied_everywhere(
     fresh: &Freshness,
     version: u64,
     committed: Instant,
+    waited: &Histogram,
 ) {
     if !fresh.following.load(Ordering::SeqCst) {
         return;
     }
+    let started = Instant::now();
+    applied_or_fenced(store, fresh, version, committed).await;
+    waited.observe(started.elapsed().as_secs_f64());
+}
+
+async fn applied_or_fenced(store: &Store, fresh: &Freshness, version: u64, committed: Instant) {
     let max = fresh.max_staleness();
     loop {
         // Not live: no heartbeat within max_staleness plus the margin, so its

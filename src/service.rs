@@ -109,6 +109,7 @@ impl Signet {
             jwks: self.jwks.clone(),
             verifier: self.verifier.clone(),
             keys: self.metrics.keys.clone(),
+            metrics: self.metrics.cluster.clone(),
             fresh: self.fresh.clone(),
         };
         let task = follower.start(max_staleness, serve_stale).await;
@@ -205,7 +206,14 @@ impl Signet {
         }
         self.verifier.forget(id);
         // In force on every other instance too before the caller hears back.
-        crate::cluster::applied_everywhere(&self.store, &self.fresh, version, committed).await;
+        crate::cluster::applied_everywhere(
+            &self.store,
+            &self.fresh,
+            version,
+            committed,
+            &self.metrics.cluster.delete_wait_seconds,
+        )
+        .await;
         Ok(())
     }
 

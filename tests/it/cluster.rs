@@ -45,6 +45,27 @@ async fn changes_made_through_one_instance_reach_the_other() {
         .await;
         assert!(a.jwks_kids().await.is_empty());
         assert_eq!(a.verify(&token).await["error"]["code"], "unknown_key");
+        // What /metrics shows of it.
+        let metric = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} not in /metrics"))
+        };
+        let b_metrics = b.get("/metrics").await.text();
+        assert_eq!(
+            metric(&b_metrics, "signet_cluster_delete_wait_seconds_count"),
+            1.0
+        );
+        eventually("both instances count each other", limit, || async {
+            metric(
+                &a.get("/metrics").await.text(),
+                "signet_cluster_live_instances",
+            ) == 2.0
+        })
+        .await;
+        let a_metrics = a.get("/metrics").await.text();
+        assert!(metric(&a_metrics, "signet_cluster_applied_version") >= 2.0);
+        assert!(metric(&a_metrics, "signet_cluster_fresh_age_seconds") < 60.0);
     })
     .await
 }
