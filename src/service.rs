@@ -269,31 +269,44 @@ impl Signet {
     /// created elsewhere a moment ago).
     pub async fn verify(&self, token: &str, expect: Expect<'_>) -> Result<Verified, VerifyError> {
         let result = self.verifier.verify(token, expect);
-        if !matches!(result, Err(VerifyError::UnknownKey(_))) || !self.fresh.following() {
-            return result;
+        if matches!(result, Err(VerifyError::UnknownKey(_))) && self.learn_key_of(token).await {
+            return self.verifier.verify(token, expect);
+        }
+        result
+    }
+
+    /// With other instances on the store, publishes the key that `token`
+    /// (a JWT) names if it is unknown here but in the store: created
+    /// elsewhere a moment ago. Whether it did. Call before authenticating
+    /// an organisation token.
+    pub async fn learn_key_of(&self, token: &str) -> bool {
+        if !self.fresh.following() {
+            return false;
         }
         let kid = token
             .split('.')
             .next()
             .and_then(|header| crate::verify::decode_object(header, "header").ok())
             .and_then(|header| header.get("kid")?.as_str().map(str::to_owned))
-            .and_then(|kid| KeyId::parse(&kid).ok());
+            .and_then(|kid| KeyId::parse(&kid).ok())
+            .filter(|&kid| !self.jwks.contains(kid));
         let Some(kid) = kid.filter(|&kid| self.unknown.may_look_up(kid)) else {
-            return result;
+            return false;
         };
         match self.store.get_key(kid).await {
+            // Not if it was deleted meanwhile: removed keys stay removed.
             Ok(Some(record)) => {
-                // Not if it was deleted meanwhile: removed keys stay removed.
-                if self.jwks.added(&record) {
+                let learned = self.jwks.added(&record);
+                if learned {
                     self.metrics.keys.inc();
                 }
-                self.verifier.verify(token, expect)
+                learned
             }
             Ok(None) => {
                 self.unknown.absent(kid);
-                result
+                false
             }
-            Err(_) => result,
+            Err(_) => false,
         }
     }
 

@@ -196,6 +196,9 @@ impl Cx<'_> {
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
+        if let Some(token) = authorization.and_then(|a| auth::bearer(a).ok()) {
+            self.app.signet.learn_key_of(token).await;
+        }
         let authenticated = gate.authenticate(authorization);
         let refusal = match &authenticated {
             Ok(principal) => match authorize(principal, org, need) {

@@ -70,6 +70,13 @@ async fn changes_made_through_one_instance_reach_the_other() {
     .await
 }
 
+impl TestApp {
+    async fn list_keys_as(&self, org: &str, credential: &str) -> Resp {
+        let path = format!("/v1/organisations/{org}/keys");
+        self.request_as(hyper::Method::GET, &path, credential).await
+    }
+}
+
 /// `POST /v1/verify` of `token`, whatever the answer.
 async fn verify_raw(app: &TestApp, token: &str) -> Resp {
     let body = serde_json::to_vec(&json!({ "token": token })).unwrap();
@@ -245,6 +252,14 @@ async fn a_key_created_elsewhere_verifies_at_once() {
             let created = a.create_key(&org, json!({"name": "new"})).await;
             let (kid, signer) = key_of(&created);
             let token = signer.org_token(&kid, claims(&org, "OWNER"));
+            // As an organisation token, then as a token to verify.
+            let listed = b.list_keys_as(&org, &token).await;
+            assert_eq!(
+                listed.status.as_u16(),
+                200,
+                "round {round}: {}",
+                listed.text()
+            );
             let verdict = b.verify(&token).await;
             assert_eq!(verdict["valid"], true, "round {round}: {verdict}");
         }
