@@ -125,6 +125,7 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
         tracing::info!(addr = %self.addr, "signet is listening");
         http::serve(self.listener, self.app.clone(), shutdown).await;
+        self.app.signet.leave().await;
         self.app.signet.sync().await?;
         tracing::info!("storage synced; bye");
         Ok(())

@@ -117,14 +117,15 @@ impl Follower {
     async fn run(self, mut events: tokio::sync::watch::Receiver<u64>, every: Duration) {
         loop {
             self.catch_up().await;
-            self.observe().await;
             tokio::select! {
                 changed = events.changed() => {
                     if changed.is_err() {
                         tokio::time::sleep(every).await;
                     }
                 }
-                () = tokio::time::sleep(every) => {}
+                // The gauges on the timer only: not one more round trip
+                // per change.
+                () = tokio::time::sleep(every) => self.observe().await,
             }
         }
     }
@@ -138,9 +139,6 @@ impl Follower {
             .expect("freshness lock poisoned");
         let age = fresh_as_of.map_or(f64::INFINITY, |at| at.elapsed().as_secs_f64());
         self.metrics.fresh_age_seconds.set(age);
-        self.metrics
-            .applied_version
-            .set(self.fresh.applied() as i64);
         // Every live instance but this one has applied less than this.
         let live = self.fresh.max_staleness() + MARGIN;
         if let Ok(others) = self
@@ -182,6 +180,7 @@ impl Follower {
             .applied
             .fetch_max(changes.upto, Ordering::SeqCst)
             .max(changes.upto);
+        self.metrics.applied_version.set(applied as i64);
         // Fresh only once the store knows: an instance that is not live
         // must not be vouching.
         if let Err(e) = self.store.heartbeat(&self.fresh.instance, applied).await {
@@ -285,6 +284,11 @@ impl UnknownKeys {
 }
 
 impl Freshness {
+    /// This instance's id among the store's instances.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// Whether this instance follows others on a shared store.
     pub fn following(&self) -> bool {
         self.following.load(Ordering::SeqCst)

@@ -264,6 +264,19 @@ impl Signet {
         self.storage(self.store.sync()).await
     }
 
+    /// Stops following other instances and leaves their list, so that no
+    /// delete waits for this instance any more (at shutdown).
+    pub async fn leave(&self) {
+        if let Some(task) = self.follower.lock().expect("follower lock poisoned").take() {
+            task.abort();
+        }
+        if self.fresh.following() {
+            if let Err(e) = self.store.leave(self.fresh.instance()).await {
+                tracing::warn!(error = %e, "could not leave the list of instances");
+            }
+        }
+    }
+
     /// Verifies a token against the published keys; with other instances
     /// on the store, a key id unknown here is looked up there first (a key
     /// created elsewhere a moment ago).

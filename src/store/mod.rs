@@ -220,6 +220,10 @@ pub trait Storage: Send + Sync {
         applied: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Removes instance `instance` from the live ones (it is stopping), so
+    /// that no delete waits for it.
+    fn leave(&self, instance: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// How many live instances other than `me` (a heartbeat within `live`,
     /// by the database's clock) have not applied `version` yet (0 on sled).
     fn lagging(
@@ -317,6 +321,10 @@ impl Store {
 
     pub async fn heartbeat(&self, instance: &str, applied: u64) -> Result<(), StoreError> {
         dispatch!(self, s => s.heartbeat(instance, applied).await)
+    }
+
+    pub async fn leave(&self, instance: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.leave(instance).await)
     }
 
     pub async fn lagging(

@@ -129,7 +129,7 @@ impl PgStore {
             config.clone(),
             NoTls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
+                recycling_method: RecyclingMethod::Fast,
             },
         );
         let pool = Pool::builder(manager)
@@ -643,46 +643,46 @@ impl Storage for PgStore {
     }
 
     async fn changes_since(&self, applied: u64) -> Result<Changes, StoreError> {
-        let mut client = self.client().await?;
-        // One snapshot: every version up to the counter's has committed.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(db)?;
-        let upto: i64 = tx
-            .query_one("SELECT version FROM change_counter", &[])
-            .await
-            .map_err(db)?
-            .get(0);
-        let after = applied as i64;
-        let live = tx
+        let client = self.client().await?;
+        // One statement, one snapshot: every version up to the counter's
+        // has committed. The counter's row comes first, then one row per
+        // change (live keys with their record, deleted ones without).
+        let rows = client
             .query(
-                "SELECT id, record FROM keys WHERE version > $1 AND version <= $2 ORDER BY id",
-                &[&after, &upto],
+                "WITH c AS (SELECT version FROM change_counter)
+                 SELECT 0 AS kind, version, NULL::bytea, NULL::text, NULL::bytea FROM c
+                 UNION ALL
+                 SELECT 1, 0, k.id, k.org, k.record FROM keys k, c
+                  WHERE k.version > $1 AND k.version <= c.version
+                 UNION ALL
+                 SELECT 2, 0, t.id, t.org, NULL FROM tombstones t, c
+                  WHERE t.version > $1 AND t.version <= c.version
+                 ORDER BY kind",
+                &[&(applied as i64)],
             )
             .await
             .map_err(db)?;
-        let gone = tx
-            .query(
-                "SELECT id, org FROM tombstones WHERE version > $1 AND version <= $2",
-                &[&after, &upto],
-            )
-            .await
-            .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        let mut rows = rows.into_iter();
+        let upto: i64 = rows
+            .next()
+            .ok_or_else(|| StoreError::Corrupt("change_counter has no row".into()))?
+            .get(1);
         let mut changes = Changes {
             upto: upto as u64,
-            live: self.records(live)?,
-            gone: Vec::with_capacity(gone.len()),
+            ..Changes::default()
         };
-        for row in gone {
-            let org = OrgId::parse(row.get(1))
-                .map_err(|e| StoreError::Corrupt(format!("tombstone organisation: {e}")))?;
-            changes.gone.push((org, key_id(row.get(0))?));
+        for row in rows {
+            let id = key_id(row.get(2))?;
+            match row.get::<_, Option<&[u8]>>(4) {
+                Some(record) => changes.live.extend(open_record(&self.sealer, id, record)),
+                None => {
+                    let org = OrgId::parse(row.get(3))
+                        .map_err(|e| StoreError::Corrupt(format!("tombstone organisation: {e}")))?;
+                    changes.gone.push((org, id));
+                }
+            }
         }
+        changes.live.sort_by_key(|r| r.id);
         Ok(changes)
     }
 
@@ -694,6 +694,15 @@ impl Storage for PgStore {
                  ON CONFLICT (id) DO UPDATE SET applied = $2, heartbeat_at = now()",
                 &[&instance, &(applied as i64)],
             )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn leave(&self, instance: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM instances WHERE id = $1", &[&instance])
             .await
             .map_err(db)?;
         Ok(())

@@ -761,6 +761,10 @@ impl Storage for Arc<SledStore> {
         Ok(())
     }
 
+    async fn leave(&self, _instance: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn lagging(
         &self,
         _version: u64,
