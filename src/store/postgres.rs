@@ -690,7 +690,11 @@ impl Storage for PgStore {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO instances (id, applied, heartbeat_at) VALUES ($1, $2, now())
+                // Instances killed a day ago are forgotten on the way.
+                "WITH forgotten AS (
+                     DELETE FROM instances WHERE heartbeat_at < now() - interval '1 day'
+                 )
+                 INSERT INTO instances (id, applied, heartbeat_at) VALUES ($1, $2, now())
                  ON CONFLICT (id) DO UPDATE SET applied = $2, heartbeat_at = now()",
                 &[&instance, &(applied as i64)],
             )
