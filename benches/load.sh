@@ -25,12 +25,15 @@
 #
 # Environment knobs (optional): WRK_DURATION (default 10s), WRK_CONNECTIONS
 # (64), WRK_THREADS (2), ROUNDS (3), CREATES (40), FRESH_TOKENS (2000),
-# NGINX_WORKERS (1).
+# NGINX_WORKERS (1); SIGNET_BACKEND=postgres runs signet on a private
+# PostgreSQL (scripts/lib/postgres.sh) instead of sled.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
 source "$REPO/scripts/lib/common.sh"
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/postgres.sh
+source "$REPO/scripts/lib/postgres.sh"
 WRK_DURATION="${WRK_DURATION:-10s}"
 WRK_CONNECTIONS="${WRK_CONNECTIONS:-64}"
 WRK_THREADS="${WRK_THREADS:-2}"
@@ -81,6 +84,7 @@ on_exit() {
     for pid in "$NGINX_PID" "$BARE_PID" "$NODE_PID"; do
         stop_signet "$pid" 5 || true
     done
+    pg_stop
 }
 cleanup_on_exit "$WORK" remove 5
 
@@ -90,16 +94,29 @@ BASE="http://127.0.0.1:$SIGNET_PORT"
 mkdir -p "$WORK/data"
 chmod 700 "$WORK/data"
 ADMIN="$(random_token 36)"
-log "starting signet on 127.0.0.1:$SIGNET_PORT"
+CONFIG="$REPO/config.toml"
+BACKEND="${SIGNET_BACKEND:-sled}"
+case "$BACKEND" in
+    sled) ;;
+    postgres)
+        pg_start "$WORK/pg"
+        random_token 32 >"$WORK/seal.key"
+        CONFIG="$WORK/config.toml"
+        sed "s|^backend = \"sled\".*|backend = \"postgres\"\nurl = \"$(pg_database load)\"\nseal_key_file = \"$WORK/seal.key\"|" \
+            "$REPO/config.toml" >"$CONFIG"
+        ;;
+    *) die "SIGNET_BACKEND must be sled or postgres, not '$BACKEND'" ;;
+esac
+log "starting signet ($BACKEND) on 127.0.0.1:$SIGNET_PORT"
 # The token cache holds fewer tokens than the fresh-token run cycles
 # through, so that run measures misses; one repeated token always hits.
 # (wrk's threads start half the list apart, so a token comes round again
 # only after far more than the cache holds.)
 CACHE_ENTRIES=$((FRESH_TOKENS / 8))
-sed "s/^token_cache_entries = [0-9]*/token_cache_entries = $CACHE_ENTRIES/" "$REPO/config.toml" >"$WORK/config.toml"
-grep -q "^token_cache_entries = $CACHE_ENTRIES\$" "$WORK/config.toml" || die "config.toml has no token_cache_entries"
+sed "s/^token_cache_entries = [0-9]*/token_cache_entries = $CACHE_ENTRIES/" "$CONFIG" >"$WORK/config.cached.toml"
+grep -q "^token_cache_entries = $CACHE_ENTRIES\$" "$WORK/config.cached.toml" || die "config.toml has no token_cache_entries"
 start_signet "$WORK/data" "$SIGNET_PORT" "$WORK/signet.log" ORGKEYS_MAX=100 -- \
-    "$SIGNET" serve --config "$WORK/config.toml"
+    "$SIGNET" serve --config "$WORK/config.cached.toml"
 wait_ready "$BASE" 10 || {
     cat "$WORK/signet.log" >&2
     die "signet did not become ready"
@@ -316,10 +333,10 @@ done <"$WORK/create_ids.txt"
 CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)"
 python3 - "$WORK" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(nproc)" "${CPU:-unknown CPU}" \
     "$JWKS_BYTES" "$WRK_THREADS" "$WRK_CONNECTIONS" "$WRK_DURATION" "$ROUNDS" "$CREATES" \
-    "$NGINX_WORKERS" "$FRESH_TOKENS" <<'EOF'
+    "$NGINX_WORKERS" "$FRESH_TOKENS" "$BACKEND" <<'EOF'
 import math, re, statistics, sys
 (work, date, nproc, cpu, jwks_bytes, threads, conns, dur, rounds, creates,
- nginx_workers, fresh_tokens) = sys.argv[1:]
+ nginx_workers, fresh_tokens, backend) = sys.argv[1:]
 
 def runs(name):
     rows = [l.split() for l in open(f"{work}/{name}.txt") if l.strip()]
@@ -348,7 +365,7 @@ fmt_runs = lambda xs: ", ".join(f"{x:,.0f}" for x in xs)
 note = lambda bad, err: (f"; {bad} non-2xx" if bad else "") + ("; socket errors" if err else "")
 c, d = times("create_times"), times("delete_times")
 
-print(f"signet load test, {date}; {nproc} × {cpu}; "
+print(f"signet load test ({backend}), {date}; {nproc} × {cpu}; "
       f"wrk -t{threads} -c{conns} -d{dur} --latency, {rounds} alternating runs each "
       f"(client and servers share the same cores)")
 print()

@@ -8,7 +8,9 @@
 //!
 //! The database must be empty (a fresh one); it is filled with
 //! STORAGE_KEYS (default 50,000) keys in organisations of 5. Without the
-//! variable only sled is measured. One RSA key's SPKI is reused under
+//! variable only sled is measured. Then the latency of a delete through
+//! one of 1 and of 3 instances following each other on that database
+//! (each delete answers once every other instance has applied it). One RSA key's SPKI is reused under
 //! distinct ids, as in the `scale` bench. Knobs: STORAGE_INSERTS (default
 //! 300 sequential inserts per backend), STORAGE_SEED_TASKS (16).
 
@@ -18,7 +20,9 @@ use signet::app::Application;
 use signet::audit::{Action, Actor, NewEvent};
 use signet::config::{Backend, Config, Secret};
 use signet::keys::{generate, KeyName, KeySpec, OrgId, PublicKeyRecord};
+use signet::service::{Caller, Signet};
 use signet::store::{Insert, Inserted, Store};
+use signet::verify::Policy;
 
 const KEYS_PER_ORG: usize = 5;
 const SEAL_KEY_HEX: &str = "0707070707070707070707070707070707070707070707070707070707070707";
@@ -43,12 +47,17 @@ fn config(storage: impl FnOnce(&mut Config)) -> Config {
 
 fn insert(store: &Store, spki: &[u8], org: &str, name: &str) -> Insert {
     let id = store.new_id();
-    let event = |action, outcome: &str| NewEvent {
-        action,
+    let created = NewEvent {
+        action: Action::KeyCreated,
         key_id: Some(id),
         actor: Actor::Cli,
         client: None,
-        outcome: outcome.into(),
+        outcome: "created".into(),
+    };
+    let refused = NewEvent {
+        action: Action::QuotaExceeded,
+        outcome: "refused".into(),
+        ..created.clone()
     };
     Insert {
         record: PublicKeyRecord {
@@ -60,8 +69,8 @@ fn insert(store: &Store, spki: &[u8], org: &str, name: &str) -> Insert {
             created_at_ms: id.timestamp_ms(),
         },
         quota: KEYS_PER_ORG as u32,
-        created: event(Action::KeyCreated, "created"),
-        refused: event(Action::QuotaExceeded, "refused"),
+        created,
+        refused,
     }
 }
 
@@ -165,5 +174,52 @@ fn main() {
             pct(&startups, 50.0),
             keys + inserts
         );
+        let deletes = env_usize("STORAGE_DELETES", 100);
+        println!();
+        println!("| instances on one database | delete p50 | p99 |");
+        println!("| --- | --- | --- |");
+        for instances in [1, 3] {
+            let lat = delete_latencies(&pg, &spki, instances, deletes).await;
+            println!(
+                "| {instances} | {:.2} ms | {:.2} ms |",
+                pct(&lat, 50.0),
+                pct(&lat, 99.0)
+            );
+        }
     });
+}
+
+/// `n` sequential deletes through the first of `instances` services that
+/// follow each other (each delete waits until the others applied it).
+async fn delete_latencies(pg: &Config, spki: &[u8], instances: usize, n: usize) -> Vec<Duration> {
+    let mut signets = Vec::new();
+    for _ in 0..instances {
+        let store = Store::open(pg).await.expect("open PostgreSQL");
+        let signet = Signet::new(store, Policy::default(), KEYS_PER_ORG as u32, [0; 3])
+            .await
+            .expect("Signet::new");
+        signet.follow(Duration::from_secs(2), false).await;
+        signets.push(signet);
+    }
+    let store = Store::open(pg).await.expect("open PostgreSQL");
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let insert = insert(&store, spki, &format!("delete-{instances}-{i:05}"), "gone");
+        ids.push((insert.record.org.clone(), insert.record.id));
+        store.insert_key(insert).await.expect("insert_key");
+    }
+    let caller = Caller {
+        actor: Actor::Cli,
+        client: None,
+    };
+    let mut out = Vec::with_capacity(n);
+    for (org, id) in ids {
+        let started = Instant::now();
+        signets[0].delete(org, id, &caller).await.expect("delete");
+        out.push(started.elapsed());
+    }
+    for signet in &signets {
+        signet.leave().await;
+    }
+    out
 }

@@ -16,11 +16,19 @@
 #   fsync check: N/N creates were preceded by a sync
 # and exits 1 if any response had no such sync (2 on a setup error).
 # FSYNC_TRACE_KEEP=FILE keeps a copy of the raw trace.
+#
+# SIGNET_BACKEND=postgres checks the same on a private PostgreSQL
+# (scripts/lib/postgres.sh): each 201/204 must be preceded, after its
+# request was read, by a COMMIT sent to PostgreSQL and its "COMMIT"
+# completion read back. Durability of the commit itself is then the
+# server's (synchronous_commit, fsync).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
 source "$ROOT/scripts/lib/common.sh"
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/postgres.sh
+source "$ROOT/scripts/lib/postgres.sh"
 cd "$ROOT"
 CREATES_PER_ORG=5
 ORGS=(acme beta)
@@ -33,6 +41,7 @@ on_exit() {
     stop_signet "$SERVER_PID" || true
     SERVER_PID=""
     stop_signet "$STRACE_PID" || true
+    pg_stop
 }
 cleanup_on_exit "$TMP" remove
 
@@ -53,11 +62,24 @@ BASE="http://$ADDR"
 ADMIN="$(random_token)"
 DATA="$TMP/data"
 TRACE="$TMP/trace"
+BACKEND="${SIGNET_BACKEND:-sled}"
+SERVE=("$BIN" serve)
+case "$BACKEND" in
+    sled) ;;
+    postgres)
+        pg_start "$TMP/pg"
+        random_token 32 >"$TMP/seal.key"
+        printf '[storage]\nbackend = "postgres"\nurl = "%s"\nseal_key_file = "%s"\n' \
+            "$(pg_database fsync)" "$TMP/seal.key" >"$TMP/postgres.toml"
+        SERVE+=(--config "$TMP/postgres.toml")
+        ;;
+    *) die "SIGNET_BACKEND must be sled or postgres, not '$BACKEND'" ;;
+esac
 
 start_signet "$DATA" "$PORT" "$TMP/server.log" -- \
     strace -f -tt -T -yy -s 64 \
     -e trace=fsync,fdatasync,sync_file_range,write,writev,pwrite64,pwritev,pwritev2,sendto,sendmsg,read,recvfrom \
-    -o "$TRACE" "$BIN" serve
+    -o "$TRACE" "${SERVE[@]}"
 STRACE_PID=$SERVER_PID # start_signet ran strace; the server is its child
 SERVER_PID=""
 for _ in $(seq 100); do
@@ -107,11 +129,12 @@ SERVER_PID=""
 [[ -n "${FSYNC_TRACE_KEEP:-}" ]] && cp "$TRACE" "$FSYNC_TRACE_KEEP"
 echo "# trace: $(wc -l <"$TRACE") lines"
 
-python3 - "$TRACE" "$DATA" "$CREATED" "$DELETED" <<'PY'
+python3 - "$TRACE" "$DATA" "$CREATED" "$DELETED" "$BACKEND" "${PG_PORT:-0}" <<'PY'
 import re
 import sys
 
 trace, data_dir, want_creates, want_deletes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+backend, pg_port = sys.argv[5], sys.argv[6]
 db_path = data_dir.rstrip("/") + "/db"
 
 LINE = re.compile(r"^(\d+)\s+(\d\d:\d\d:\d\d\.\d+)\s+(.*)$")
@@ -168,6 +191,17 @@ reads = [e for e in events if e["sock"] and e["name"] in ("read", "recvfrom", "r
 responses = [e for e in events if e["sock"] and e["name"] in ("write", "writev", "sendto", "sendmsg")
              and e["buf"].startswith("HTTP/1.1 ")]
 
+# PostgreSQL: the connections to the private server, the COMMITs sent on
+# them and the COMMIT completions read back.
+pg = [e for e in events if e["sock"] and e["path"].endswith(f":{pg_port}]")] if backend == "postgres" else []
+commits_sent = [e for e in pg if e["name"] in ("write", "writev", "sendto", "sendmsg") and "COMMIT" in e["buf"]]
+commits_done = [e for e in pg if e["name"] in ("read", "recvfrom", "recvmsg") and "COMMIT" in e["buf"]]
+if backend == "postgres":
+    print(f"# PostgreSQL on port {pg_port}: {len(commits_sent)} COMMITs sent, "
+          f"{len(commits_done)} completions read")
+    reads = [r for r in reads if r not in pg]
+    responses = [r for r in responses if r not in pg]
+
 counts = {"201": [0, 0], "204": [0, 0]}  # status -> [responses, covered]
 used = set()
 windows = []
@@ -189,6 +223,18 @@ for resp in responses:
     req_line = req_text.split("\r\n", 1)[0].replace(" HTTP/1.1", "")
     m = re.search(r'"id":"([0-9A-Z]{26})"', resp["text"].replace('\\"', '"'))
     what = f"{status} {req_line}" + (f" -> {m.group(1)}" if m else "")
+    if backend == "postgres":
+        done = [c for c in commits_done if c["entry"] > req["exit"] and c["exit"] < resp["entry"]]
+        sent = [c for c in commits_sent if done and req["exit"] < c["exit"] < done[-1]["entry"]]
+        if not (done and sent):
+            print(f"FAIL {what}: no COMMIT sent and completed between request and response "
+                  f"(request at {req['ts']}, response at {resp['ts']})")
+            continue
+        counts[status][1] += 1
+        print(f"PASS {what}: request read {req['ts']}, COMMIT sent at {sent[0]['ts']}, "
+              f"completion read at {done[-1]['ts']} by thread {done[-1]['pid']}, "
+              f"before the {status} was written at {resp['ts']}")
+        continue
     writes = [w for w in db_writes if req["exit"] < w["exit"] < resp["entry"]]
     last_write = max((w["exit"] for w in writes), default=req["exit"])
     ok = [s for s in syncs if s["entry"] > last_write and s["exit"] < resp["entry"]]
@@ -229,7 +275,8 @@ if n != want_creates:
 if n2 != want_deletes:
     print(f"FAIL the trace shows {n2} 204 responses, the script made {want_deletes} deletes")
     bad = True
-print(f"fsync check: {k2}/{n2} deletes were preceded by a sync")
-print(f"fsync check: {k}/{n} creates were preceded by a sync")
+done_by = "a committed transaction" if backend == "postgres" else "a sync"
+print(f"fsync check: {k2}/{n2} deletes were preceded by {done_by}")
+print(f"fsync check: {k}/{n} creates were preceded by {done_by}")
 sys.exit(1 if bad or k != n or k2 != n2 or n == 0 else 0)
 PY

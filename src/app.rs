@@ -106,6 +106,12 @@ impl Application {
             Some(files) => Some(http::tls::Tls::load(files, &signet.metrics)?),
             None => None,
         };
+        signet
+            .follow(
+                std::time::Duration::from_millis(config.cluster.max_staleness_ms),
+                config.cluster.stale_verification == crate::config::StaleVerification::Serve,
+            )
+            .await;
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
@@ -134,6 +140,7 @@ impl Application {
             "signet is listening"
         );
         http::serve(self.listener, self.app.clone(), shutdown).await;
+        self.app.signet.leave().await;
         self.app.signet.sync().await?;
         tracing::info!("storage synced; bye");
         Ok(())

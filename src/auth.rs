@@ -94,6 +94,9 @@ pub enum AuthError {
     /// A valid credential without the right.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// No verdict can be given now (the keys may be behind the store).
+    #[error("organisation tokens cannot be checked now: {0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
@@ -111,6 +114,7 @@ impl AuthError {
             AuthError::Missing => "missing",
             AuthError::Invalid { reason, .. } => reason,
             AuthError::Forbidden(_) => "forbidden",
+            AuthError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -200,15 +204,16 @@ impl Gate<'_> {
                     issuer: None,
                 },
             )
-            .map_err(|e| {
-                AuthError::invalid(
+            .map_err(|e| match e {
+                crate::verify::VerifyError::Unavailable(why) => AuthError::Unavailable(why),
+                e => AuthError::invalid(
                     e.code(),
                     format!(
                         "it is not the operator token, and not a valid organisation token: {} ({})",
                         e,
                         e.code()
                     ),
-                )
+                ),
             })?;
         let claim = |name: &str| match verified.claims.get(name) {
             Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),

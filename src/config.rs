@@ -39,6 +39,35 @@ pub struct Config {
     pub verify: Verify,
     pub jwks: Jwks,
     pub log: Log,
+    pub cluster: Cluster,
+}
+
+/// Several instances on one PostgreSQL.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// How far behind the store's key changes an instance may be, in
+    /// milliseconds, before it refuses to verify.
+    pub max_staleness_ms: u64,
+    /// `refuse` (503 while stale) or `serve` (keep verifying from memory).
+    pub stale_verification: StaleVerification,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StaleVerification {
+    #[default]
+    Refuse,
+    Serve,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            max_staleness_ms: 2000,
+            stale_verification: StaleVerification::Refuse,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

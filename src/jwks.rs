@@ -50,6 +50,9 @@ struct State {
     all: BTreeMap<KeyId, (OrgId, Box<[u8]>)>,
     /// Which keys each organisation has, in id order.
     by_org: HashMap<OrgId, BTreeMap<KeyId, ()>>,
+    /// Keys removed since start: never published again, so that a stale
+    /// view of the store (read before the delete) cannot bring one back.
+    removed: std::collections::HashSet<KeyId>,
 }
 
 /// The prepared documents. Reads take a read lock just long enough to clone
@@ -120,15 +123,26 @@ impl Jwks {
         state.all.contains_key(&id)
     }
 
-    pub fn added(&self, record: &PublicKeyRecord) {
+    /// Publishes `record`; whether it was not published yet. A removed
+    /// key is not published again.
+    pub fn added(&self, record: &PublicKeyRecord) -> bool {
         let mut state = self.state.write().expect("jwks lock poisoned");
+        if state.removed.contains(&record.id) {
+            return false;
+        }
+        let new = !state.all.contains_key(&record.id);
         state.insert(record);
         self.publish(&state, &record.org);
+        new
     }
 
-    pub fn removed(&self, org: &OrgId, id: KeyId) {
+    /// Unpublishes key `id` of `org` for good; whether it was published.
+    pub fn removed(&self, org: &OrgId, id: KeyId) -> bool {
         let mut state = self.state.write().expect("jwks lock poisoned");
-        state.all.remove(&id);
+        state.removed.insert(id);
+        if state.all.remove(&id).is_none() {
+            return false;
+        }
         if let Some(keys) = state.by_org.get_mut(org) {
             keys.remove(&id);
             if keys.is_empty() {
@@ -136,6 +150,7 @@ impl Jwks {
             }
         }
         self.publish(&state, org);
+        true
     }
 
     /// Republishes the documents `org`'s change touched; called with the

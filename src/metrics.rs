@@ -55,11 +55,27 @@ pub struct Metrics {
     /// The served TLS certificate's notAfter, in Unix seconds.
     pub tls_not_after: Gauge,
     tls_reloads: Family<ResultLabel, Counter>,
+    pub cluster: ClusterMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
+}
+
+/// How this instance keeps up with others on a shared store.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// The change version applied through.
+    pub applied_version: Gauge,
+    /// Versions behind the store when last checked.
+    pub lag_versions: Gauge,
+    /// Seconds since this instance last confirmed it was current.
+    pub fresh_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Live instances on the store, this one included.
+    pub live_instances: Gauge,
+    /// Time deletes waited for other instances to apply them.
+    pub delete_wait_seconds: Histogram,
 }
 
 impl Metrics {
@@ -149,7 +165,40 @@ impl Metrics {
             "TLS certificate reloads by result (success, failure)",
             tls_reloads.clone(),
         );
+        let cluster = ClusterMetrics {
+            applied_version: Gauge::default(),
+            lag_versions: Gauge::default(),
+            fresh_age_seconds: Gauge::default(),
+            live_instances: Gauge::default(),
+            delete_wait_seconds: Histogram::new(exponential_buckets(0.000_1, 2.5, 14)),
+        };
+        registry.register(
+            "cluster_applied_version",
+            "The key change version this instance has applied through",
+            cluster.applied_version.clone(),
+        );
+        registry.register(
+            "cluster_lag_versions",
+            "Key changes this instance was behind the store when it last checked",
+            cluster.lag_versions.clone(),
+        );
+        registry.register(
+            "cluster_fresh_age_seconds",
+            "Time since this instance last confirmed it had applied every key change",
+            cluster.fresh_age_seconds.clone(),
+        );
+        registry.register(
+            "cluster_live_instances",
+            "Instances with a recent heartbeat on the shared store, this one included",
+            cluster.live_instances.clone(),
+        );
+        registry.register(
+            "cluster_delete_wait_seconds",
+            "Time deletes waited for every other live instance to apply them",
+            cluster.delete_wait_seconds.clone(),
+        );
         Metrics {
+            cluster,
             registry,
             requests,
             latency,

@@ -7,12 +7,13 @@
 use std::sync::Arc;
 
 use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
+use crate::cluster::{Follower, Freshness};
 use crate::jwks::{Document, Jwks};
 use crate::keys::{GeneratedKey, Jwk, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::refusals::Refusals;
-use crate::store::{AuditPage, Insert, Inserted, Store, StoreError};
+use crate::store::{AuditPage, Delete, Insert, Inserted, Store, StoreError};
 use crate::verify::{
     Expect, KeyMaterial, KeySource, KeySourceError, Policy, Verified, Verifier, VerifyError,
 };
@@ -54,7 +55,13 @@ pub struct NewKey {
 pub struct Signet {
     store: Store,
     jwks: Arc<Jwks>,
-    verifier: Verifier,
+    verifier: Arc<Verifier>,
+    /// How current this instance is with changes made by others.
+    fresh: Arc<Freshness>,
+    /// Look-ups of keys created elsewhere and not applied here yet.
+    unknown: crate::cluster::UnknownKeys,
+    /// The task that applies changes made by other instances, if any.
+    follower: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// Counters only: callers count into it, nothing reaches storage.
     pub metrics: Metrics,
     /// Requests refused for want of a valid credential: counted, not audited.
@@ -74,9 +81,12 @@ impl Signet {
         quota: u32,
         pool: [usize; 3],
     ) -> Result<Signet, StoreError> {
+        let version = store.version().await?;
         let records = store.all_keys().await?;
         let jwks = Arc::new(Jwks::new(&records));
-        let verifier = Verifier::new(Arc::new(PublishedKeys(jwks.clone())), policy);
+        let fresh = Arc::new(Freshness::new(version));
+        let published = PublishedKeys(jwks.clone(), fresh.clone());
+        let verifier = Arc::new(Verifier::new(Arc::new(published), policy));
         let metrics = Metrics::new(verifier.stats());
         let pool = KeyPool::start(pool, metrics.pool_depth());
         metrics.keys.set(records.len() as i64);
@@ -85,12 +95,31 @@ impl Signet {
             jwks,
             store,
             verifier,
+            fresh,
+            unknown: crate::cluster::UnknownKeys::new(),
+            follower: Default::default(),
             metrics,
             refusals,
             quota,
             pool,
             seen_generation: Default::default(),
         })
+    }
+
+    /// Starts applying the key changes other instances make to the shared
+    /// store (nothing on sled). While more than `max_staleness` behind,
+    /// verification is refused, unless `serve_stale`.
+    pub async fn follow(&self, max_staleness: std::time::Duration, serve_stale: bool) {
+        let follower = Follower {
+            store: self.store.clone(),
+            jwks: self.jwks.clone(),
+            verifier: self.verifier.clone(),
+            keys: self.metrics.keys.clone(),
+            metrics: self.metrics.cluster.clone(),
+            fresh: self.fresh.clone(),
+        };
+        let task = follower.start(max_staleness, serve_stale).await;
+        *self.follower.lock().expect("follower lock poisoned") = task;
     }
 
     /// Generates a key pair, stores its public half under the quota, and
@@ -145,8 +174,9 @@ impl Signet {
             .await?;
         match inserted {
             Inserted::Yes => {
-                self.jwks.added(&record);
-                self.metrics.keys.inc();
+                if self.jwks.added(&record) {
+                    self.metrics.keys.inc();
+                }
                 Ok((record, generated))
             }
             Inserted::QuotaExceeded(_) => Err(ServiceError::QuotaExceeded(self.quota)),
@@ -164,16 +194,31 @@ impl Signet {
             outcome: "deleted".into(),
         };
         let deleted = self
-            .storage(self.store.delete_key(org.clone(), id, event))
+            .storage(self.store.delete_key(Delete {
+                org: org.clone(),
+                id,
+                event,
+            }))
             .await?;
-        if !deleted {
+        let committed = std::time::Instant::now();
+        let Some(version) = deleted else {
             return Err(ServiceError::NotFound(id));
-        }
+        };
         // Unpublished first: the verifier fills its cache from the
         // published keys, so once it forgets, nothing brings the key back.
-        self.jwks.removed(&org, id);
+        if self.jwks.removed(&org, id) {
+            self.metrics.keys.dec();
+        }
         self.verifier.forget(id);
-        self.metrics.keys.dec();
+        // In force on every other instance too before the caller hears back.
+        crate::cluster::applied_everywhere(
+            &self.store,
+            &self.fresh,
+            version,
+            committed,
+            &self.metrics.cluster.delete_wait_seconds,
+        )
+        .await;
         Ok(())
     }
 
@@ -216,7 +261,7 @@ impl Signet {
 
     /// Whether storage answers a read: the readiness probe.
     pub async fn is_ready(&self) -> bool {
-        self.store.is_usable().await
+        self.fresh.vouch().is_ok() && self.store.is_usable().await
     }
 
     /// Makes everything written so far durable (at shutdown).
@@ -224,9 +269,63 @@ impl Signet {
         self.storage(self.store.sync()).await
     }
 
-    /// Verifies a token against the published keys.
-    pub fn verify(&self, token: &str, expect: Expect<'_>) -> Result<Verified, VerifyError> {
-        self.verifier.verify(token, expect)
+    /// Stops following other instances and leaves their list, so that no
+    /// delete waits for this instance any more (at shutdown).
+    pub async fn leave(&self) {
+        if let Some(task) = self.follower.lock().expect("follower lock poisoned").take() {
+            task.abort();
+        }
+        if self.fresh.following() {
+            if let Err(e) = self.store.leave(self.fresh.instance()).await {
+                tracing::warn!(error = %e, "could not leave the list of instances");
+            }
+        }
+    }
+
+    /// Verifies a token against the published keys; with other instances
+    /// on the store, a key id unknown here is looked up there first (a key
+    /// created elsewhere a moment ago).
+    pub async fn verify(&self, token: &str, expect: Expect<'_>) -> Result<Verified, VerifyError> {
+        let result = self.verifier.verify(token, expect);
+        if matches!(result, Err(VerifyError::UnknownKey(_))) && self.learn_key_of(token).await {
+            return self.verifier.verify(token, expect);
+        }
+        result
+    }
+
+    /// With other instances on the store, publishes the key that `token`
+    /// (a JWT) names if it is unknown here but in the store: created
+    /// elsewhere a moment ago. Whether it did. Call before authenticating
+    /// an organisation token.
+    pub async fn learn_key_of(&self, token: &str) -> bool {
+        if !self.fresh.following() {
+            return false;
+        }
+        let kid = token
+            .split('.')
+            .next()
+            .and_then(|header| crate::verify::decode_object(header, "header").ok())
+            .and_then(|header| header.get("kid")?.as_str().map(str::to_owned))
+            .and_then(|kid| KeyId::parse(&kid).ok())
+            .filter(|&kid| !self.jwks.contains(kid));
+        let Some(kid) = kid.filter(|&kid| self.unknown.may_look_up(kid)) else {
+            return false;
+        };
+        match self.store.get_key(kid).await {
+            // Not if it was deleted meanwhile: removed keys stay removed.
+            Ok(Some(record)) => {
+                let learned = self.jwks.added(&record);
+                if learned {
+                    self.metrics.keys.inc();
+                }
+                learned
+            }
+            Ok(None) => {
+                self.unknown.absent(kid);
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// The verifier, for authenticating callers.
@@ -304,9 +403,18 @@ impl Signet {
     }
 }
 
+impl Drop for Signet {
+    fn drop(&mut self) {
+        if let Some(task) = self.follower.lock().expect("follower lock poisoned").take() {
+            task.abort();
+        }
+    }
+}
+
 /// The published keys as the verifier's key source: verification reads
-/// memory only, never storage, so it keeps working while storage is down.
-struct PublishedKeys(Arc<Jwks>);
+/// memory only, never storage, so it keeps working while storage is down
+/// (for as long as this instance may vouch that it has seen every change).
+struct PublishedKeys(Arc<Jwks>, Arc<Freshness>);
 
 impl KeySource for PublishedKeys {
     fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError> {
@@ -326,5 +434,9 @@ impl KeySource for PublishedKeys {
 
     fn contains(&self, id: KeyId) -> Result<bool, KeySourceError> {
         Ok(self.0.contains(id))
+    }
+
+    fn vouch(&self) -> Result<(), String> {
+        self.1.vouch()
     }
 }

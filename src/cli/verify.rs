@@ -114,7 +114,7 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
             other => other?,
         };
         let signet = Signet::new(store, policy, config.keys.max_per_org, [0; 3]).await?;
-        judged(signet.verify(token, expect))?
+        judged(signet.verify(token, expect).await)?
     } else {
         let base = args.server.clone().unwrap_or_else(|| own_server(&config));
         let url = format!("{}/v1/verify", base.trim_end_matches('/'));

@@ -90,6 +90,11 @@ impl Call<'_> {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
+        // A key created through another instance a moment ago is learned
+        // from the store before its token is judged.
+        if let Some(token) = authorization.and_then(|a| crate::auth::bearer(a).ok()) {
+            state.signet.learn_key_of(token).await;
+        }
         let principal = match gate.authenticate(authorization) {
             Ok(principal) => principal,
             Err(e) => {

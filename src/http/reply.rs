@@ -138,6 +138,17 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 503 `unavailable`: no verdict can be given now.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        )
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
         let message = e.to_string();
@@ -157,6 +168,7 @@ impl From<AuthError> for ApiError {
             AuthError::Forbidden(_) => {
                 ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
             }
+            AuthError::Unavailable(_) => ApiError::unavailable(message),
         }
     }
 }

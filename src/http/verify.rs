@@ -29,10 +29,10 @@ pub async fn verify(call: Call<'_>) -> Outcome {
         audience: body.audience.as_deref(),
         issuer: body.issuer.as_deref(),
     };
-    let result = state.signet.verify(&body.token, expect);
+    let result = state.signet.verify(&body.token, expect).await;
     count(state, &result);
     if let Err(VerifyError::Unavailable(cause)) = result {
-        return Err(ApiError::internal(cause));
+        return Err(ApiError::unavailable(cause));
     }
     Ok(reply::json(StatusCode::OK, &verify::result_json(&result)))
 }
@@ -54,13 +54,17 @@ pub async fn auth(call: Call<'_>) -> Outcome {
     let token = authorization
         .ok_or(AuthError::Missing)
         .and_then(auth::bearer)?;
-    let result = call.state.signet.verify(
-        token,
-        Expect {
-            audience: audience.as_deref(),
-            issuer: issuer.as_deref(),
-        },
-    );
+    let result = call
+        .state
+        .signet
+        .verify(
+            token,
+            Expect {
+                audience: audience.as_deref(),
+                issuer: issuer.as_deref(),
+            },
+        )
+        .await;
     count(call.state, &result);
     match result {
         Ok(v) => {
@@ -77,7 +81,7 @@ pub async fn auth(call: Call<'_>) -> Outcome {
             h.insert("x-signet-key-id", header_value(v.key_id.to_string()));
             Ok(r)
         }
-        Err(VerifyError::Unavailable(cause)) => Err(ApiError::internal(cause)),
+        Err(VerifyError::Unavailable(cause)) => Err(ApiError::unavailable(cause)),
         Err(e) => Err(ApiError::from(AuthError::invalid(
             e.code(),
             format!("{e} ({})", e.code()),

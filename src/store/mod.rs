@@ -118,6 +118,14 @@ pub struct Insert {
     pub refused: NewEvent,
 }
 
+/// A key to delete, with its audit event.
+#[derive(Debug, Clone)]
+pub struct Delete {
+    pub org: OrgId,
+    pub id: KeyId,
+    pub event: NewEvent,
+}
+
 /// Which audit events to read: at most `limit` of `org`'s, all strictly
 /// older than `before` if given.
 #[derive(Debug, Clone)]
@@ -144,14 +152,12 @@ pub trait Storage: Send + Sync {
         insert: Insert,
     ) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
 
-    /// Deletes the key `id` of `org`, leaving a tombstone and `event`.
-    /// Returns whether `org` had such a key.
+    /// Deletes the key, leaving a tombstone and the event. Returns the
+    /// change's version, or `None` if the organisation had no such key.
     fn delete_key(
         &self,
-        org: OrgId,
-        id: KeyId,
-        event: NewEvent,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+        delete: Delete,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 
     /// Appends one audit event on its own (a refused access).
     fn record_event(
@@ -199,6 +205,52 @@ pub trait Storage: Send + Sync {
 
     /// Whether the database answers a read: the readiness probe.
     fn is_usable(&self) -> impl Future<Output = bool> + Send;
+
+    /// The version of the newest committed key change (0 on sled).
+    fn version(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The key changes committed after version `applied`, by any instance.
+    fn changes_since(
+        &self,
+        applied: u64,
+    ) -> impl Future<Output = Result<Changes, StoreError>> + Send;
+
+    /// Records that instance `instance` is alive and has applied every
+    /// change through `applied` (nothing on sled).
+    fn heartbeat(
+        &self,
+        instance: &str,
+        applied: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes instance `instance` from the live ones (it is stopping), so
+    /// that no delete waits for it.
+    fn leave(&self, instance: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// How many live instances other than `me` (a heartbeat within `live`,
+    /// by the database's clock) have not applied `version` yet (0 on sled).
+    fn lagging(
+        &self,
+        version: u64,
+        me: &str,
+        live: std::time::Duration,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// A signal that other instances may have changed keys (it changes on
+    /// every announced change and on every reconnect of the listener), or
+    /// `None` when no other process can write (sled).
+    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
+}
+
+/// Key changes after a version, up to the newest committed one.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Every change up to this version is in here or was before.
+    pub upto: u64,
+    /// Keys created since.
+    pub live: Vec<PublicKeyRecord>,
+    /// Keys deleted since.
+    pub gone: Vec<(OrgId, KeyId)>,
 }
 
 /// The configured backend.
@@ -266,13 +318,25 @@ impl Store {
         dispatch!(self, s => s.insert_key(insert).await)
     }
 
-    pub async fn delete_key(
+    pub async fn delete_key(&self, delete: Delete) -> Result<Option<u64>, StoreError> {
+        dispatch!(self, s => s.delete_key(delete).await)
+    }
+
+    pub async fn heartbeat(&self, instance: &str, applied: u64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.heartbeat(instance, applied).await)
+    }
+
+    pub async fn leave(&self, instance: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.leave(instance).await)
+    }
+
+    pub async fn lagging(
         &self,
-        org: OrgId,
-        id: KeyId,
-        event: NewEvent,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.delete_key(org, id, event).await)
+        version: u64,
+        me: &str,
+        live: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.lagging(version, me, live).await)
     }
 
     pub async fn record_event(&self, org: OrgId, event: NewEvent) -> Result<(), StoreError> {
@@ -313,6 +377,18 @@ impl Store {
 
     pub async fn is_usable(&self) -> bool {
         dispatch!(self, s => s.is_usable().await)
+    }
+
+    pub async fn version(&self) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.version().await)
+    }
+
+    pub async fn changes_since(&self, applied: u64) -> Result<Changes, StoreError> {
+        dispatch!(self, s => s.changes_since(applied).await)
+    }
+
+    pub fn announcements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        dispatch!(self, s => s.announcements())
     }
 }
 

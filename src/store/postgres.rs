@@ -11,6 +11,14 @@
 //! - `keys`: key id → org, sealed record
 //! - `tombstones`: key id → org, sealed record of a deleted key
 //! - `audit`: (org, event id) → event (JSON), chained by hash
+//! - `instances`: instance id → the version it has applied, its last
+//!   heartbeat (by the database's clock, so one clock orders them all)
+//! - `change_counter`: one row, the version of the newest key change; a
+//!   change takes the next version as its transaction's last step (its row
+//!   lock is held until commit, so versions commit in order: an instance
+//!   that has read every change up to version v has missed none below it)
+//!   and stamps it on the `keys` or `tombstones` row it wrote, then
+//!   announces it with `pg_notify` (delivered at commit)
 //!
 //! Every change commits before it is acknowledged; how durable a commit is
 //! depends on the server (`synchronous_commit`, `fsync`).
@@ -26,12 +34,13 @@ use crate::audit::{self, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    open_record, reseal_value, seal_record, AuditPage, Insert, Inserted, Storage, StoreError,
-    SCHEMA_VERSION,
+    open_record, reseal_value, seal_record, AuditPage, Changes, Delete, Insert, Inserted, Storage,
+    StoreError, SCHEMA_VERSION,
 };
 
 /// The schema migrations, in order; the schema version is how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE orgs (
     org text COLLATE "C" PRIMARY KEY,
     key_count integer NOT NULL DEFAULT 0,
@@ -56,7 +65,29 @@ CREATE TABLE audit (
     event bytea NOT NULL,
     PRIMARY KEY (org, id)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE change_counter (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    version bigint NOT NULL
+);
+INSERT INTO change_counter (version) VALUES (0);
+ALTER TABLE keys ADD COLUMN version bigint NOT NULL DEFAULT 0;
+ALTER TABLE tombstones ADD COLUMN version bigint NOT NULL DEFAULT 0;
+CREATE INDEX keys_by_version ON keys (version);
+CREATE INDEX tombstones_by_version ON tombstones (version);
+"#,
+    r#"
+CREATE TABLE instances (
+    id text PRIMARY KEY,
+    applied bigint NOT NULL,
+    heartbeat_at timestamptz NOT NULL
+);
+"#,
+];
+
+/// The channel every key change is announced on, with its version.
+const CHANNEL: &str = "signet_keys";
 
 /// The advisory lock that serialises migrations of instances starting at
 /// once ("signet" in ASCII).
@@ -68,6 +99,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PgStore {
     pool: Pool,
+    /// For the listening connection, which is not pooled.
+    pg_config: tokio_postgres::Config,
+    /// The listener task, started by the first `announcements`.
+    listener: Mutex<Option<(tokio::sync::watch::Sender<u64>, tokio::task::AbortHandle)>>,
     /// The URL without its password, for messages.
     location: String,
     sealer: Sealer,
@@ -91,10 +126,10 @@ impl PgStore {
         }
         let location = describe(&config);
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
+                recycling_method: RecyclingMethod::Fast,
             },
         );
         let pool = Pool::builder(manager)
@@ -110,6 +145,8 @@ impl PgStore {
             })?;
         let store = PgStore {
             pool,
+            pg_config: config,
+            listener: Mutex::new(None),
             location,
             sealer,
             ids: Mutex::new(ulid::Generator::new()),
@@ -327,6 +364,49 @@ impl PgStore {
     }
 }
 
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.listener.lock().expect("listener lock poisoned").take() {
+            task.abort();
+        }
+    }
+}
+
+/// Keeps one connection listening on the change channel, reconnecting
+/// after a second when it is lost; bumps `events` on every notification
+/// and every (re)connect (after which the listener may have missed some).
+async fn listen(config: tokio_postgres::Config, events: tokio::sync::watch::Sender<u64>) {
+    let bump = || events.send_modify(|n| *n = n.wrapping_add(1));
+    loop {
+        if let Ok((client, mut connection)) = config.connect(NoTls).await {
+            let sql = format!("LISTEN {CHANNEL}");
+            let listen = client.batch_execute(&sql);
+            let mut listen = std::pin::pin!(listen);
+            let mut listening = false;
+            loop {
+                tokio::select! {
+                    done = &mut listen, if !listening => {
+                        if done.is_err() {
+                            break;
+                        }
+                        listening = true;
+                        bump();
+                    }
+                    message = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
+                        match message {
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => bump(),
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => break,
+                        }
+                    }
+                }
+            }
+            tracing::warn!("lost the connection listening for key changes; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 struct OrgRow {
     count: u32,
     head: [u8; 32],
@@ -355,16 +435,6 @@ impl Storage for PgStore {
             return Ok(Inserted::QuotaExceeded(org.count));
         }
         tx.execute(
-            "INSERT INTO keys (id, org, record) VALUES ($1, $2, $3)",
-            &[
-                &record.id.to_bytes().as_slice(),
-                &record.org.as_str(),
-                &value,
-            ],
-        )
-        .await
-        .map_err(db)?;
-        tx.execute(
             "UPDATE orgs SET key_count = key_count + 1 WHERE org = $1",
             &[&record.org.as_str()],
         )
@@ -372,11 +442,25 @@ impl Storage for PgStore {
         .map_err(db)?;
         self.append_event(&tx, &record.org, &org, insert.created)
             .await?;
+        let version = next_version(&tx).await?;
+        tx.execute(
+            "INSERT INTO keys (id, org, record, version) VALUES ($1, $2, $3, $4)",
+            &[
+                &record.id.to_bytes().as_slice(),
+                &record.org.as_str(),
+                &value,
+                &version,
+            ],
+        )
+        .await
+        .map_err(db)?;
+        announce(&tx, version).await?;
         tx.commit().await.map_err(db)?;
         Ok(Inserted::Yes)
     }
 
-    async fn delete_key(&self, org: OrgId, id: KeyId, event: NewEvent) -> Result<bool, StoreError> {
+    async fn delete_key(&self, delete: Delete) -> Result<Option<u64>, StoreError> {
+        let Delete { org, id, event } = delete;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let row = self.lock_org(&tx, &org).await?;
@@ -390,15 +474,9 @@ impl Storage for PgStore {
         let Some(removed) = removed else {
             // Nothing changed; the org row (if just created) goes too.
             tx.rollback().await.map_err(db)?;
-            return Ok(false);
+            return Ok(None);
         };
         let record: Vec<u8> = removed.get(0);
-        tx.execute(
-            "INSERT INTO tombstones (id, org, record) VALUES ($1, $2, $3)",
-            &[&id.to_bytes().as_slice(), &org.as_str(), &record],
-        )
-        .await
-        .map_err(db)?;
         tx.execute(
             "UPDATE orgs SET key_count = greatest(key_count - 1, 0) WHERE org = $1",
             &[&org.as_str()],
@@ -406,8 +484,16 @@ impl Storage for PgStore {
         .await
         .map_err(db)?;
         self.append_event(&tx, &org, &row, event).await?;
+        let version = next_version(&tx).await?;
+        tx.execute(
+            "INSERT INTO tombstones (id, org, record, version) VALUES ($1, $2, $3, $4)",
+            &[&id.to_bytes().as_slice(), &org.as_str(), &record, &version],
+        )
+        .await
+        .map_err(db)?;
+        announce(&tx, version).await?;
         tx.commit().await.map_err(db)?;
-        Ok(true)
+        Ok(Some(version as u64))
     }
 
     async fn record_event(&self, org: OrgId, event: NewEvent) -> Result<(), StoreError> {
@@ -546,6 +632,133 @@ impl Storage for PgStore {
             Err(_) => false,
         }
     }
+
+    async fn version(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT version FROM change_counter", &[])
+            .await
+            .map_err(db)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn changes_since(&self, applied: u64) -> Result<Changes, StoreError> {
+        let client = self.client().await?;
+        // One statement, one snapshot: every version up to the counter's
+        // has committed. The counter's row comes first, then one row per
+        // change (live keys with their record, deleted ones without).
+        let rows = client
+            .query(
+                "WITH c AS (SELECT version FROM change_counter)
+                 SELECT 0 AS kind, version, NULL::bytea, NULL::text, NULL::bytea FROM c
+                 UNION ALL
+                 SELECT 1, 0, k.id, k.org, k.record FROM keys k, c
+                  WHERE k.version > $1 AND k.version <= c.version
+                 UNION ALL
+                 SELECT 2, 0, t.id, t.org, NULL FROM tombstones t, c
+                  WHERE t.version > $1 AND t.version <= c.version
+                 ORDER BY kind",
+                &[&(applied as i64)],
+            )
+            .await
+            .map_err(db)?;
+        let mut rows = rows.into_iter();
+        let upto: i64 = rows
+            .next()
+            .ok_or_else(|| StoreError::Corrupt("change_counter has no row".into()))?
+            .get(1);
+        let mut changes = Changes {
+            upto: upto as u64,
+            ..Changes::default()
+        };
+        for row in rows {
+            let id = key_id(row.get(2))?;
+            match row.get::<_, Option<&[u8]>>(4) {
+                Some(record) => changes.live.extend(open_record(&self.sealer, id, record)),
+                None => {
+                    let org = OrgId::parse(row.get(3))
+                        .map_err(|e| StoreError::Corrupt(format!("tombstone organisation: {e}")))?;
+                    changes.gone.push((org, id));
+                }
+            }
+        }
+        changes.live.sort_by_key(|r| r.id);
+        Ok(changes)
+    }
+
+    async fn heartbeat(&self, instance: &str, applied: u64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                // Instances killed a day ago are forgotten on the way.
+                "WITH forgotten AS (
+                     DELETE FROM instances WHERE heartbeat_at < now() - interval '1 day'
+                 )
+                 INSERT INTO instances (id, applied, heartbeat_at) VALUES ($1, $2, now())
+                 ON CONFLICT (id) DO UPDATE SET applied = $2, heartbeat_at = now()",
+                &[&instance, &(applied as i64)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn leave(&self, instance: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM instances WHERE id = $1", &[&instance])
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn lagging(&self, version: u64, me: &str, live: Duration) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM instances WHERE id <> $1 AND applied < $2
+                   AND heartbeat_at > now() - make_interval(secs => $3)",
+                &[&me, &(version as i64), &live.as_secs_f64()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let mut listener = self.listener.lock().expect("listener lock poisoned");
+        let (events, receiver) = match &*listener {
+            Some((events, _)) => return Some(events.subscribe()),
+            None => tokio::sync::watch::channel(0),
+        };
+        let task = tokio::spawn(listen(self.pg_config.clone(), events.clone()));
+        *listener = Some((events, task.abort_handle()));
+        Some(receiver)
+    }
+}
+
+/// The next change version. Taken last in a transaction: the counter's row
+/// stays locked until commit, so versions commit in order.
+async fn next_version(tx: &Transaction<'_>) -> Result<i64, StoreError> {
+    let row = tx
+        .query_one(
+            "UPDATE change_counter SET version = version + 1 RETURNING version",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    Ok(row.get(0))
+}
+
+/// Tells every listening instance, at commit, that `version` exists.
+async fn announce(tx: &Transaction<'_>, version: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANNEL, &version.to_string()],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 /// A database error: the storage failing, as far as a caller can tell.

@@ -26,8 +26,8 @@ use crate::audit::{self, AuditEvent, EventId, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    blocking, open_record, reseal_value, seal_record, AuditPage, Insert, Inserted, Storage,
-    StoreError, SCHEMA_VERSION,
+    blocking, open_record, reseal_value, seal_record, AuditPage, Changes, Delete, Insert, Inserted,
+    Storage, StoreError, SCHEMA_VERSION,
 };
 
 /// sled's page cache. Nothing hot reads through it: the verifier and the
@@ -686,9 +686,11 @@ impl Storage for Arc<SledStore> {
         blocking(move || SledStore::insert_key(&db, &record, quota, created, refused)).await
     }
 
-    async fn delete_key(&self, org: OrgId, id: KeyId, event: NewEvent) -> Result<bool, StoreError> {
+    async fn delete_key(&self, delete: Delete) -> Result<Option<u64>, StoreError> {
         let db = self.clone();
-        blocking(move || SledStore::delete_key(&db, &org, id, event)).await
+        let Delete { org, id, event } = delete;
+        let deleted = blocking(move || SledStore::delete_key(&db, &org, id, event)).await?;
+        Ok(deleted.then_some(0))
     }
 
     async fn record_event(&self, org: OrgId, event: NewEvent) -> Result<(), StoreError> {
@@ -741,5 +743,38 @@ impl Storage for Arc<SledStore> {
         blocking(move || Ok(SledStore::is_usable(&db)))
             .await
             .unwrap_or(false)
+    }
+
+    async fn version(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// One process holds the database: there are no changes of others.
+    async fn changes_since(&self, applied: u64) -> Result<Changes, StoreError> {
+        Ok(Changes {
+            upto: applied,
+            ..Changes::default()
+        })
+    }
+
+    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
+    async fn heartbeat(&self, _instance: &str, _applied: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn leave(&self, _instance: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn lagging(
+        &self,
+        _version: u64,
+        _me: &str,
+        _live: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        Ok(0)
     }
 }

@@ -115,6 +115,11 @@ pub trait KeySource: Send + Sync {
     fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError>;
     /// Whether `id` is still live; called under the fill lock, so cheap.
     fn contains(&self, id: KeyId) -> Result<bool, KeySourceError>;
+    /// `Err(why)` when the source cannot vouch that a key it lacks is
+    /// revoked (it may be behind the store): no verdict is given then.
+    fn vouch(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Verification settings that do not change per request.
@@ -260,6 +265,9 @@ impl Verifier {
         expect: Expect<'_>,
         now: u64,
     ) -> Result<Verified, VerifyError> {
+        // A source that cannot vouch for revocations gives no verdict, from
+        // the cache of verdicts either.
+        self.source.vouch().map_err(VerifyError::Unavailable)?;
         let Some(tokens) = &self.tokens else {
             return self.verify_uncached(token, expect, now).map(|(v, _)| v);
         };

@@ -7,7 +7,7 @@ use crate::support::*;
 
 const MISSING_ID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(access_matrix);
 async fn access_matrix() {
     let app = spawn_with(|c| c.keys.max_per_org = 50).await;
     let (acme_kid, acme) = key_of(&app.create_key("acme", json!({"name": "acme signer"})).await);

@@ -71,6 +71,16 @@ impl Database {
         Database { url, seal_key_file }
     }
 
+    /// A fresh database on `cluster`, with a new seal key file in `dir`.
+    pub fn on(cluster: &pg::Cluster, dir: &Path) -> Database {
+        let seal_key_file = dir.join("seal.key");
+        signet::seal::write_key_file(&seal_key_file, &signet::seal::random_key()).unwrap();
+        Database {
+            url: cluster.create_database(),
+            seal_key_file,
+        }
+    }
+
     /// Points `config` at this database.
     pub fn configure(&self, config: &mut Config) {
         config.storage.backend = Backend::Postgres;

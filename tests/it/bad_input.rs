@@ -93,7 +93,7 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(every_bad_request_gets_its_error_and_changes_nothing);
 async fn every_bad_request_gets_its_error_and_changes_nothing() {
     let app = spawn_app().await;
     let existing = app.create_key("acme", json!({"name": "keep"})).await;

@@ -106,12 +106,13 @@ async fn a_database_outage_refuses_writes_keeps_reads_and_recovers() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let database = Database {
-        url: cluster.create_database(),
-        seal_key_file: dir.path().join("seal.key"),
-    };
-    signet::seal::write_key_file(&database.seal_key_file, &signet::seal::random_key()).unwrap();
-    let app = spawn_with(|c| database.configure(c)).await;
+    let database = Database::on(&cluster, dir.path());
+    let app = spawn_with(|c| {
+        database.configure(c);
+        // Verification from memory for as long as the outage lasts.
+        c.cluster.stale_verification = signet::config::StaleVerification::Serve;
+    })
+    .await;
     let created = app.create_key("acme", json!({"name": "before"})).await;
     let (kid, signer) = key_of(&created);
     let token = signer.org_token(&kid, claims("acme", "OWNER"));
@@ -124,6 +125,16 @@ async fn a_database_outage_refuses_writes_keeps_reads_and_recovers() {
         .await
         .assert_error(503, "unavailable");
     assert_eq!(app.get("/readyz").await.status.as_u16(), 503);
+    // Reads that need the database fail as unavailable too, the audit log
+    // included.
+    for path in [
+        "/v1/organisations/acme/audit",
+        "/v1/organisations/acme/keys",
+    ] {
+        app.request_as(hyper::Method::GET, path, ADMIN)
+            .await
+            .assert_error(503, "unavailable");
+    }
     // What is served from memory keeps working.
     assert_eq!(app.verify(&token).await["valid"], true);
     assert_eq!(app.jwks_kids().await, vec![kid.clone()]);
@@ -295,10 +306,66 @@ async fn the_offline_cli_works_against_postgres() {
         assert_eq!(list(&new).len(), 1, "the new key opens the record");
         assert!(list(&old).is_empty(), "the old key opens nothing any more");
 
-        let id = created["id"].as_str().unwrap();
-        let o = run(&["keys", "delete", "--org", "acme", id], &with(&new));
+        // With the key in storage.seal_key_file, rotation replaces the file.
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("seal.key");
+        std::fs::write(&key_file, &new).unwrap();
+        let config = dir.path().join("signet.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[storage]\nbackend = \"postgres\"\nurl = {url:?}\nseal_key_file = {key_file:?}\n"
+            ),
+        )
+        .unwrap();
+        let config = config.to_str().unwrap();
+        let o = run(&["seal", "rotate", "--config", config], &[]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        assert!(list(&new).is_empty());
+        let newest = std::fs::read_to_string(&key_file).unwrap();
+        assert_ne!(newest, new, "the key file holds a new key");
+        assert!(!dir.path().join("seal.key.next").exists());
+        assert_eq!(list(&newest).len(), 1, "the newest key opens the record");
+        assert!(
+            list(&new).is_empty(),
+            "the replaced key opens nothing any more"
+        );
+
+        let id = created["id"].as_str().unwrap();
+        let o = run(&["keys", "delete", "--org", "acme", id], &with(&newest));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(list(&newest).is_empty());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edited_audit_row_breaks_the_chain() {
+    run_on(Backend::Postgres, async {
+        let app = spawn_app().await;
+        for i in 0..3 {
+            app.create_key("acme", json!({"name": format!("k{i}")}))
+                .await;
+        }
+        let dir = app.stop().await;
+        let storage = crate::backends::storage_args(dir.path());
+        let mut args = vec!["audit", "verify"];
+        args.extend(storage.iter().map(String::as_str));
+        let intact = signet(&args, &[]);
+        assert_eq!(intact.status.code(), Some(0), "{}", stderr(&intact));
+        // An edit that still parses, of the second event: only the chain can tell.
+        pg::shared().unwrap().sql(
+            &Database::of(dir.path()).url,
+            r#"UPDATE audit SET event = convert_to(replace(convert_from(event, 'UTF8'),
+                 '"outcome":"created"', '"outcome":"Created"'), 'UTF8')
+               WHERE id = (SELECT id FROM audit ORDER BY id OFFSET 1 LIMIT 1)"#,
+        );
+        let broken = signet(&args, &[]);
+        assert_eq!(broken.status.code(), Some(1), "{}", stderr(&broken));
+        let report = String::from_utf8_lossy(&broken.stdout);
+        assert!(
+            report.contains("organisation acme") && report.contains("event #2"),
+            "{report}"
+        );
     })
     .await
 }

@@ -12,7 +12,7 @@ use signet::verify::{Expect, KeyMaterial, KeySource, KeySourceError, Policy, Ver
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(verify_answers_the_result_shape);
 async fn verify_answers_the_result_shape() {
     let app = spawn_app().await;
     let set = app.create_key("acme", json!({"name": "v"})).await;
@@ -103,7 +103,7 @@ async fn auth_endpoint_answers_a_reverse_proxy() {
     assert!(r.header("x-signet-org").is_none());
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(a_deleted_keys_tokens_fail_at_once_even_under_concurrent_verification);
 async fn a_deleted_keys_tokens_fail_at_once_even_under_concurrent_verification() {
     let app = Arc::new(spawn_with(|c| c.keys.max_per_org = 3).await);
     let current: Arc<std::sync::Mutex<Option<(u64, String)>>> = Arc::default();

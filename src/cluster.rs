@@ -1,0 +1,296 @@
+//! Keeping this instance in step with the others on a shared database.
+//!
+//! Every key change carries a version; the store commits versions in order.
+//! A follower task re-reads the changes after the version it has applied
+//! (`Store::changes_since`) whenever the store announces one, after every
+//! reconnect of its listener, and at least four times per
+//! `cluster.max_staleness`, and applies them to the JWK Sets and the
+//! verifier's cache, then records in the store that it is alive and how
+//! far it has applied (a heartbeat, by the database's clock). "Fresh as of"
+//! is the moment the last re-read that was followed by a successful
+//! heartbeat was *sent*; while it is older than `max_staleness`, the
+//! instance refuses to verify (unless `stale_verification = "serve"`).
+//!
+//! A delete waits, after it has committed at version v, until every other
+//! live instance (a heartbeat within `max_staleness`) has applied v, or
+//! until `max_staleness` plus a margin has passed: by then an instance that
+//! has not applied v has stopped vouching on its own, because its last
+//! confirmation predates the commit (or it would have seen v), and one
+//! that is not live has not confirmed within `max_staleness` either.
+//! Every timing is measured on this instance's monotonic clock; liveness
+//! is judged by the database's clock alone.
+//!
+//! On sled no other process writes, so nothing follows and verification is
+//! never refused for staleness.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::ClusterMetrics;
+
+use crate::jwks::Jwks;
+use crate::store::Store;
+use crate::verify::Verifier;
+
+/// Whether this instance can vouch for revocations made elsewhere.
+#[derive(Default)]
+pub struct Freshness {
+    following: AtomicBool,
+    serve_stale: AtomicBool,
+    max_staleness_ms: AtomicU64,
+    /// The version through which every change has been applied.
+    applied: AtomicU64,
+    fresh_as_of: Mutex<Option<Instant>>,
+    /// This instance's id in the store's list of instances.
+    instance: String,
+}
+
+impl Freshness {
+    pub fn new(applied: u64) -> Freshness {
+        let fresh = Freshness {
+            instance: ulid::Ulid::new().to_string(),
+            ..Freshness::default()
+        };
+        fresh.applied.store(applied, Ordering::SeqCst);
+        fresh
+    }
+
+    fn max_staleness(&self) -> Duration {
+        Duration::from_millis(self.max_staleness_ms.load(Ordering::SeqCst))
+    }
+
+    /// `Err(why)` while this instance follows others, has not confirmed
+    /// within `max_staleness` that it has seen every change, and must not
+    /// serve stale verdicts.
+    pub fn vouch(&self) -> Result<(), String> {
+        if !self.following.load(Ordering::SeqCst) || self.serve_stale.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let max = self.max_staleness();
+        match *self.fresh_as_of.lock().expect("freshness lock poisoned") {
+            Some(at) if at.elapsed() <= max => Ok(()),
+            _ => Err(format!(
+                "this instance has not confirmed within {} ms that it has seen every key change (is the database reachable?)",
+                max.as_millis()
+            )),
+        }
+    }
+
+    /// The version through which every change has been applied.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+}
+
+/// What the follower updates.
+pub(crate) struct Follower {
+    pub store: Store,
+    pub jwks: Arc<Jwks>,
+    pub verifier: Arc<Verifier>,
+    pub keys: Gauge,
+    pub metrics: ClusterMetrics,
+    pub fresh: Arc<Freshness>,
+}
+
+impl Follower {
+    /// Catches up once, then follows the store's announcements in a task
+    /// that runs until aborted. `None` when the store has no other writers.
+    pub async fn start(
+        self,
+        max_staleness: Duration,
+        serve_stale: bool,
+    ) -> Option<tokio::task::AbortHandle> {
+        let events = self.store.announcements()?;
+        self.fresh
+            .max_staleness_ms
+            .store(max_staleness.as_millis() as u64, Ordering::SeqCst);
+        self.fresh.serve_stale.store(serve_stale, Ordering::SeqCst);
+        self.fresh.following.store(true, Ordering::SeqCst);
+        self.catch_up().await;
+        Some(tokio::spawn(self.run(events, max_staleness / 4)).abort_handle())
+    }
+
+    async fn run(self, mut events: tokio::sync::watch::Receiver<u64>, every: Duration) {
+        loop {
+            self.catch_up().await;
+            tokio::select! {
+                changed = events.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(every).await;
+                    }
+                }
+                // The gauges on the timer only: not one more round trip
+                // per change.
+                () = tokio::time::sleep(every) => self.observe().await,
+            }
+        }
+    }
+
+    /// Updates the gauges of how current this instance is.
+    async fn observe(&self) {
+        let fresh_as_of = *self
+            .fresh
+            .fresh_as_of
+            .lock()
+            .expect("freshness lock poisoned");
+        let age = fresh_as_of.map_or(f64::INFINITY, |at| at.elapsed().as_secs_f64());
+        self.metrics.fresh_age_seconds.set(age);
+        // Every live instance but this one has applied less than this.
+        let live = self.fresh.max_staleness() + MARGIN;
+        if let Ok(others) = self
+            .store
+            .lagging(i64::MAX as u64, &self.fresh.instance, live)
+            .await
+        {
+            self.metrics.live_instances.set(others as i64 + 1);
+        }
+    }
+
+    /// One re-read of the changes after `applied`, applied in order.
+    async fn catch_up(&self) {
+        let sent = Instant::now();
+        let changes = match self.store.changes_since(self.fresh.applied()).await {
+            Ok(changes) => changes,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read key changes of other instances");
+                return;
+            }
+        };
+        let behind = changes.upto.saturating_sub(self.fresh.applied());
+        self.metrics.lag_versions.set(behind as i64);
+        for record in &changes.live {
+            if self.jwks.added(record) {
+                self.keys.inc();
+            }
+        }
+        for (org, id) in &changes.gone {
+            // Unpublished first: the verifier fills its cache from the
+            // published keys, so once it forgets, nothing brings the key back.
+            if self.jwks.removed(org, *id) {
+                self.keys.dec();
+            }
+            self.verifier.forget(*id);
+        }
+        let applied = self
+            .fresh
+            .applied
+            .fetch_max(changes.upto, Ordering::SeqCst)
+            .max(changes.upto);
+        self.metrics.applied_version.set(applied as i64);
+        // Fresh only once the store knows: an instance that is not live
+        // must not be vouching.
+        if let Err(e) = self.store.heartbeat(&self.fresh.instance, applied).await {
+            tracing::warn!(error = %e, "could not record this instance's heartbeat");
+            return;
+        }
+        let mut fresh = self
+            .fresh
+            .fresh_as_of
+            .lock()
+            .expect("freshness lock poisoned");
+        if fresh.is_none_or(|at| at < sent) {
+            *fresh = Some(sent);
+        }
+    }
+}
+
+/// How much longer than `max_staleness` a delete waits for an instance
+/// that has not applied it: covers monotonic clocks running at slightly
+/// different rates.
+const MARGIN: Duration = Duration::from_millis(100);
+
+/// Waits until every other live instance has applied `version`, or until
+/// `max_staleness` plus a margin has passed since `committed`, by when an
+/// instance that has not applied it refuses to verify. Returns at once
+/// when this instance follows no others.
+pub(crate) async fn applied_everywhere(
+    store: &Store,
+    fresh: &Freshness,
+    version: u64,
+    committed: Instant,
+    waited: &Histogram,
+) {
+    if !fresh.following.load(Ordering::SeqCst) {
+        return;
+    }
+    let started = Instant::now();
+    applied_or_fenced(store, fresh, version, committed).await;
+    waited.observe(started.elapsed().as_secs_f64());
+}
+
+async fn applied_or_fenced(store: &Store, fresh: &Freshness, version: u64, committed: Instant) {
+    let max = fresh.max_staleness();
+    loop {
+        // Not live: no heartbeat within max_staleness plus the margin, so its
+        // last confirmation is too old for it to vouch any more.
+        if let Ok(0) = store.lagging(version, &fresh.instance, max + MARGIN).await {
+            return;
+        }
+        if committed.elapsed() >= max + MARGIN {
+            tracing::warn!(
+                version,
+                "a delete answered after waiting the longest for instances that have not applied it"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Store look-ups of key ids this instance does not know: a key created
+/// through another instance a moment ago verifies at once. Bounded against
+/// floods of made-up ids: ids found absent are remembered briefly, and at
+/// most `LOOKUPS_PER_WINDOW` look-ups run per `LOOKUP_WINDOW`.
+pub(crate) struct UnknownKeys {
+    absent: moka::sync::Cache<crate::keys::KeyId, ()>,
+    window: Mutex<(Instant, u32)>,
+}
+
+const LOOKUP_WINDOW: Duration = Duration::from_millis(100);
+const LOOKUPS_PER_WINDOW: u32 = 20;
+
+impl UnknownKeys {
+    pub fn new() -> UnknownKeys {
+        UnknownKeys {
+            absent: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_millis(250))
+                .build(),
+            window: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// Whether `id` may be looked up in the store now.
+    pub fn may_look_up(&self, id: crate::keys::KeyId) -> bool {
+        if self.absent.contains_key(&id) {
+            return false;
+        }
+        let mut window = self.window.lock().expect("window lock poisoned");
+        if window.0.elapsed() >= LOOKUP_WINDOW {
+            *window = (Instant::now(), 0);
+        }
+        window.1 += 1;
+        window.1 <= LOOKUPS_PER_WINDOW
+    }
+
+    /// `id` was looked up and is not in the store.
+    pub fn absent(&self, id: crate::keys::KeyId) {
+        self.absent.insert(id, ());
+    }
+}
+
+impl Freshness {
+    /// This instance's id among the store's instances.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Whether this instance follows others on a shared store.
+    pub fn following(&self) -> bool {
+        self.following.load(Ordering::SeqCst)
+    }
+}

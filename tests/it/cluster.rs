@@ -1,0 +1,277 @@
+//! Several instances on one PostgreSQL: changes made through one reach the
+//! others; an instance that cannot confirm it is current stops verifying.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use signet::config::{Backend, StaleVerification};
+
+use crate::backends::{run_on, Database};
+use crate::pg;
+use crate::support::*;
+
+/// Polls `check` every 20 ms until it holds; panics after `limit`.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_made_through_one_instance_reach_the_other() {
+    run_on(Backend::Postgres, async {
+        let dir = tempfile::tempdir().unwrap();
+        let a = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
+        let b = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
+        let created = a.create_key("acme", json!({"name": "shared"})).await;
+        let (kid, signer) = key_of(&created);
+        let token = signer.org_token(&kid, claims("acme", "OWNER"));
+        let limit = Duration::from_secs(10);
+        eventually("B publishes A's key", limit, || async {
+            b.jwks_kids().await.contains(&kid)
+        })
+        .await;
+        assert_eq!(b.verify(&token).await["valid"], true);
+        assert_eq!(b.delete_key("acme", &kid, ADMIN).await.status.as_u16(), 204);
+        eventually("A forgets the key B deleted", limit, || async {
+            a.verify(&token).await["valid"] == false
+        })
+        .await;
+        assert!(a.jwks_kids().await.is_empty());
+        assert_eq!(a.verify(&token).await["error"]["code"], "unknown_key");
+        // What /metrics shows of it.
+        let metric = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} not in /metrics"))
+        };
+        let b_metrics = b.get("/metrics").await.text();
+        assert_eq!(
+            metric(&b_metrics, "signet_cluster_delete_wait_seconds_count"),
+            1.0
+        );
+        eventually("both instances count each other", limit, || async {
+            metric(
+                &a.get("/metrics").await.text(),
+                "signet_cluster_live_instances",
+            ) == 2.0
+        })
+        .await;
+        let a_metrics = a.get("/metrics").await.text();
+        assert!(metric(&a_metrics, "signet_cluster_applied_version") >= 2.0);
+        assert!(metric(&a_metrics, "signet_cluster_fresh_age_seconds") < 60.0);
+    })
+    .await
+}
+
+impl TestApp {
+    async fn list_keys_as(&self, org: &str, credential: &str) -> Resp {
+        let path = format!("/v1/organisations/{org}/keys");
+        self.request_as(hyper::Method::GET, &path, credential).await
+    }
+}
+
+/// `POST /v1/verify` of `token`, whatever the answer.
+async fn verify_raw(app: &TestApp, token: &str) -> Resp {
+    let body = serde_json::to_vec(&json!({ "token": token })).unwrap();
+    app.request(
+        hyper::Method::POST,
+        "/v1/verify",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_cut_off_from_the_database_stops_verifying_until_it_is_back() {
+    let Some(cluster) = pg::private() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let database = Database::on(&cluster, dir.path());
+    let database = &database;
+    let spawn = |mode| {
+        spawn_with(move |c| {
+            database.configure(c);
+            c.cluster.max_staleness_ms = 300;
+            c.cluster.stale_verification = mode;
+        })
+    };
+    let (refusing, serving) = (
+        spawn(StaleVerification::Refuse).await,
+        spawn(StaleVerification::Serve).await,
+    );
+    let created = refusing.create_key("acme", json!({"name": "k"})).await;
+    let (kid, signer) = key_of(&created);
+    let token = signer.org_token(&kid, claims("acme", "OWNER"));
+    let limit = Duration::from_secs(10);
+    eventually("the other instance has the key", limit, || async {
+        serving.verify(&token).await["valid"] == true
+    })
+    .await;
+
+    cluster.stop_server();
+    eventually("verification is refused once stale", limit, || async {
+        verify_raw(&refusing, &token).await.status.as_u16() == 503
+    })
+    .await;
+    verify_raw(&refusing, &token)
+        .await
+        .assert_error(503, "unavailable");
+    assert_eq!(refusing.get("/readyz").await.status.as_u16(), 503);
+    assert_eq!(
+        refusing.jwks_kids().await,
+        vec![kid.clone()],
+        "JWK Sets from memory"
+    );
+    assert_eq!(
+        serving.verify(&token).await["valid"],
+        true,
+        "serve keeps verifying"
+    );
+
+    cluster.start_server();
+    eventually("verification resumes once current again", limit, || async {
+        let r = verify_raw(&refusing, &token).await;
+        r.status.as_u16() == 200 && r.json()["valid"] == true
+    })
+    .await;
+    assert_eq!(refusing.get("/readyz").await.status.as_u16(), 200);
+    refusing.stop().await;
+    serving.stop().await;
+    cluster.destroy();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_is_in_force_on_every_instance_when_it_answers() {
+    run_on(Backend::Postgres, async {
+        let dir = tempfile::tempdir().unwrap();
+        let on_dir = |c: &mut signet::config::Config| c.storage.data_dir = dir.path().to_owned();
+        let (a, b) = (spawn_with(on_dir).await, spawn_with(on_dir).await);
+        let c = spawn_with(on_dir).await;
+        for round in 0..20 {
+            let created = a
+                .create_key("acme", json!({"name": format!("r{round}")}))
+                .await;
+            let (kid, signer) = key_of(&created);
+            let token = signer.org_token(&kid, claims("acme", "OWNER"));
+            eventually("C has the new key", Duration::from_secs(10), || async {
+                c.verify(&token).await["valid"] == true
+            })
+            .await;
+            assert_eq!(b.delete_key("acme", &kid, ADMIN).await.status.as_u16(), 204);
+            // No waiting: in force everywhere once the DELETE answered.
+            for app in [&a, &c] {
+                let r = verify_raw(app, &token).await;
+                assert!(
+                    r.status.as_u16() == 503 || r.json()["valid"] == false,
+                    "round {round}: {}",
+                    r.text()
+                );
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_instance_delays_a_delete_by_at_most_max_staleness_and_never_accepts_it() {
+    run_on(Backend::Postgres, async {
+        let dir = tempfile::tempdir().unwrap();
+        // Both at the default max_staleness (2 s): a shared setting.
+        let a = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
+        let mut stopped = BinServer::start(dir.path(), &[], "warn", false);
+        stopped.wait_ready().await;
+        let url = format!("{}/v1/verify", stopped.base());
+        let created = a.create_key("acme", json!({"name": "k"})).await;
+        let (kid, signer) = key_of(&created);
+        let token = signer.org_token(&kid, claims("acme", "OWNER"));
+        let verify_on_c = || {
+            let body = serde_json::to_vec(&json!({ "token": token })).unwrap();
+            send(
+                hyper::Method::POST,
+                &url,
+                &[("content-type", "application/json")],
+                body.into(),
+            )
+        };
+        eventually(
+            "the process has the key",
+            Duration::from_secs(10),
+            || async {
+                let r = verify_on_c().await;
+                r.status.as_u16() == 200 && r.json()["valid"] == true
+            },
+        )
+        .await;
+        let pid = stopped.child.id().to_string();
+        let signal = |sig: &str| {
+            assert!(std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success())
+        };
+        signal("-STOP");
+        let started = Instant::now();
+        assert_eq!(a.delete_key("acme", &kid, ADMIN).await.status.as_u16(), 204);
+        let took = started.elapsed();
+        signal("-CONT");
+        // A waits for the stopped process at most max_staleness plus a
+        // margin (bounded generously here).
+        assert!(took < Duration::from_secs(6), "the delete took {took:?}");
+        for _ in 0..50 {
+            let r = verify_on_c().await;
+            assert!(
+                r.status.as_u16() == 503 || r.json()["valid"] == false,
+                "the stopped process accepted a deleted key: {}",
+                r.text()
+            );
+        }
+        stopped.child.kill().unwrap();
+        stopped.child.wait().unwrap();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_created_elsewhere_verifies_at_once() {
+    run_on(Backend::Postgres, async {
+        let dir = tempfile::tempdir().unwrap();
+        let on_dir = |c: &mut signet::config::Config| c.storage.data_dir = dir.path().to_owned();
+        let (a, b) = (spawn_with(on_dir).await, spawn_with(on_dir).await);
+        for round in 0..20 {
+            let org = format!("fresh{round}");
+            let created = a.create_key(&org, json!({"name": "new"})).await;
+            let (kid, signer) = key_of(&created);
+            let token = signer.org_token(&kid, claims(&org, "OWNER"));
+            // As an organisation token, then as a token to verify.
+            let listed = b.list_keys_as(&org, &token).await;
+            assert_eq!(
+                listed.status.as_u16(),
+                200,
+                "round {round}: {}",
+                listed.text()
+            );
+            let verdict = b.verify(&token).await;
+            assert_eq!(verdict["valid"], true, "round {round}: {verdict}");
+        }
+        // A made-up key id is unknown, and stays so under a flood.
+        let (_, signer) = key_of(&a.create_key("acme", json!({"name": "x"})).await);
+        for _ in 0..200 {
+            let made_up = signet::keys::KeyId::new(ulid::Ulid::new()).to_string();
+            let verdict = b
+                .verify(&signer.org_token(&made_up, claims("acme", "OWNER")))
+                .await;
+            assert_eq!(verdict["error"]["code"], "unknown_key");
+        }
+    })
+    .await
+}
