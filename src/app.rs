@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::auth::OperatorToken;
 use crate::config::Config;
 use crate::http::{self, App};
-use crate::service::Signet;
+use crate::service::{Lifetimes, Signet};
 use crate::store::{create_private_dir, Store, StoreError};
 use crate::verify::Policy;
 
@@ -92,7 +92,11 @@ impl Application {
             config.keys.pool_3072,
             config.keys.pool_4096,
         ];
-        let signet = Signet::new(store, policy, config.keys.max_per_org, pool).await?;
+        let mut signet = Signet::new(store, policy, config.keys.max_per_org, pool).await?;
+        signet.set_lifetimes(Lifetimes {
+            max: config.keys.max_lifetime,
+            default: config.keys.default_lifetime,
+        });
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;

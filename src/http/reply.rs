@@ -146,6 +146,10 @@ impl From<ServiceError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "quota_exceeded", e.to_string())
             }
             ServiceError::NotFound(_) => ApiError::not_found(e.to_string()),
+            ServiceError::Duplicate(_) | ServiceError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            ServiceError::Lifetime(_) => ApiError::invalid_request(e.to_string()),
             ServiceError::Store(ref store) if store.is_unavailable() => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "internal",
