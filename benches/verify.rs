@@ -1,9 +1,10 @@
 //! The cost of one JWT verification, side by side: signet's cached verifier
 //! (hot path), jsonwebtoken's `decode`, and the bare aws-lc-rs signature
-//! check that both of them end in.
+//! check that both of them end in; for RS256 and PS256 (RSA-2048), ES256,
+//! ES384 and EdDSA (Ed25519).
 //!
-//! One RSA-2048 key is generated once; tokens carry `kid`, a future `exp`
-//! and `aud: "signet"`, as organisation tokens do.
+//! One key of each type is generated once; tokens carry `kid`, a future
+//! `exp` and `aud: "signet"`, as organisation tokens do.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -38,7 +39,12 @@ impl KeySource for MemorySource {
 }
 
 fn sign(private_pem: &[u8], alg: Algorithm, kid: KeyId, org: &OrgId) -> String {
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(private_pem).expect("PKCS#8 RSA key");
+    let key = match alg {
+        Algorithm::ES256 | Algorithm::ES384 => jsonwebtoken::EncodingKey::from_ec_pem(private_pem),
+        Algorithm::EdDSA => jsonwebtoken::EncodingKey::from_ed_pem(private_pem),
+        _ => jsonwebtoken::EncodingKey::from_rsa_pem(private_pem),
+    }
+    .expect("a PKCS#8 key of the algorithm");
     let mut header = jsonwebtoken::Header::new(jwt_alg(alg));
     header.kid = Some(kid.to_string());
     let now = signet::verify::unix_now();
@@ -137,6 +143,8 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
+    bench_curves(c, &org, expect);
+
     // What the verifier does besides the signature check: decoding the
     // header and payload JSON (the parse also base64-decodes the signature).
     let mut group = c.benchmark_group("verify_overhead");
@@ -152,6 +160,44 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
+    group.finish();
+}
+
+/// ES256, ES384 and EdDSA: signet's verifier against the bare aws-lc-rs
+/// check it ends in, one fresh key each.
+fn bench_curves(c: &mut Criterion, org: &OrgId, expect: Expect<'_>) {
+    let mut group = c.benchmark_group("verify_ec_ed25519");
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(1));
+    for alg in [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
+        let spec = KeySpec::new(alg, None).unwrap();
+        let generated = generate(spec);
+        let id = KeyId::new(ulid::Ulid::new());
+        let spki = generated.spki_der().to_vec();
+        let keys = HashMap::from([(id, (org.clone(), alg, spki.clone()))]);
+        let verifier = Verifier::new(Arc::new(MemorySource(keys)), Policy::default());
+        let token = sign(generated.pkcs8_pem().as_bytes(), alg, id, org);
+        verifier.verify(&token, expect).expect("the token verifies");
+        let parsed = ParsedPublicKey::new(alg.verification(), &spki).unwrap();
+        let (signing_input, sig_b64) = token.rsplit_once('.').unwrap();
+        let signature = URL_SAFE_NO_PAD.decode(sig_b64).unwrap();
+        parsed
+            .verify_sig(signing_input.as_bytes(), &signature)
+            .expect("raw signature verifies");
+        group.bench_function(format!("signet_verifier_{alg}"), |b| {
+            b.iter(|| verifier.verify(black_box(&token), expect).unwrap())
+        });
+        group.bench_function(format!("aws_lc_rs_verify_sig_{alg}"), |b| {
+            b.iter(|| {
+                parsed
+                    .verify_sig(black_box(signing_input.as_bytes()), black_box(&signature))
+                    .unwrap()
+            })
+        });
+    }
     group.finish();
 }
 

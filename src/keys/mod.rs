@@ -43,6 +43,9 @@ pub enum ParseError {
     /// An expiry that is not an RFC 3339 time.
     #[error("expiresAt must be an RFC 3339 time such as 2027-01-31T12:00:00Z")]
     ExpiresAt,
+    /// A public key that is not of the type and size its algorithm needs.
+    #[error("the public key is not a valid key for {0}: RS* and PS* need RSA of 2048, 3072 or 4096 bits, ES256 P-256, ES384 P-384, EdDSA Ed25519")]
+    PublicKey(Algorithm),
 }
 
 /// An organisation id: 1–64 characters of `[A-Za-z0-9._-]`.

@@ -91,6 +91,28 @@ impl KeySpec {
             _ => None,
         }
     }
+
+    /// The spec of a public key given for `alg` (SPKI DER; for EC and
+    /// Ed25519 also the bare point or key), and its canonical SPKI DER: the
+    /// form signet stores and the JWK encoding expects. Refuses a key of
+    /// another type, curve or size than `alg` calls for.
+    pub fn of_public_key(alg: Algorithm, der: &[u8]) -> Result<(KeySpec, Vec<u8>), ParseError> {
+        use aws_lc_rs::encoding::AsDer;
+        use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+        use rsa::traits::PublicKeyParts;
+        let refused = || ParseError::PublicKey(alg);
+        if alg.is_rsa() {
+            let key = rsa::RsaPublicKey::from_public_key_der(der).map_err(|_| refused())?;
+            let bits = Bits::from_u64(key.n().bits() as u64).map_err(|_| refused())?;
+            let der = key.to_public_key_der().map_err(|_| refused())?;
+            return Ok((KeySpec::Rsa { alg, bits }, der.into_vec()));
+        }
+        let parsed = aws_lc_rs::signature::ParsedPublicKey::new(alg.verification(), der)
+            .map_err(|_| refused())?;
+        let der = parsed.as_der().map_err(|_| refused())?;
+        let spec = KeySpec::new(alg, None).map_err(|_| refused())?;
+        Ok((spec, der.as_ref().to_vec()))
+    }
 }
 
 /// The JSON form, flattened into the stored record and the API's key
@@ -165,6 +187,52 @@ mod tests {
             if let Ok(spec) = spec {
                 assert_eq!(spec.algorithm().as_str(), *alg);
             }
+        }
+    }
+
+    #[test]
+    fn public_keys_must_fit_their_algorithm() {
+        use crate::keys::generate;
+        let spki = |alg| {
+            let spec = KeySpec::new(alg, None).unwrap();
+            (spec, generate(spec).spki_der().to_vec())
+        };
+        let [rsa, p256, p384, ed] = [
+            Algorithm::PS256,
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+        ]
+        .map(spki);
+        for (spec, der) in [&rsa, &p256, &p384, &ed] {
+            let got = KeySpec::of_public_key(spec.algorithm(), der);
+            assert_eq!(got, Ok((*spec, der.clone())), "{spec:?}");
+        }
+        // A bare EC point comes back as its SPKI.
+        let point = &p256.1[p256.1.len() - 65..];
+        assert_eq!(
+            KeySpec::of_public_key(Algorithm::ES256, point),
+            Ok(p256.clone())
+        );
+        let small = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024)
+            .unwrap()
+            .to_public_key();
+        let small = rsa::pkcs8::EncodePublicKey::to_public_key_der(&small).unwrap();
+        let mismatches: [(Algorithm, &[u8]); 7] = [
+            (Algorithm::RS256, small.as_bytes()),
+            (Algorithm::RS256, &p256.1),
+            (Algorithm::ES256, &p384.1),
+            (Algorithm::ES384, &p256.1),
+            (Algorithm::ES256, &rsa.1),
+            (Algorithm::EdDSA, &p256.1),
+            (Algorithm::ES256, &ed.1),
+        ];
+        for (alg, der) in mismatches {
+            assert_eq!(
+                KeySpec::of_public_key(alg, der),
+                Err(ParseError::PublicKey(alg)),
+                "{alg}"
+            );
         }
     }
 
