@@ -5,9 +5,10 @@
 const DOC: &str = include_str!("../openapi.yaml");
 
 /// Every path the server routes (`Route::parse`).
-const PATHS: [&str; 13] = [
+const PATHS: [&str; 14] = [
     "/v1/organisations/{org}/keys",
     "/v1/organisations/{org}/keys/{id}",
+    "/v1/organisations/{org}/keys/{id}/rotate",
     "/v1/keys/{id}",
     "/v1/organisations/{org}/jwks.json",
     "/.well-known/jwks.json",
@@ -22,7 +23,7 @@ const PATHS: [&str; 13] = [
 ];
 
 /// The error codes of docs/api.md.
-const ERROR_CODES: [&str; 10] = [
+const ERROR_CODES: [&str; 11] = [
     "invalid_request",
     "invalid_id",
     "unauthorized",
@@ -30,13 +31,14 @@ const ERROR_CODES: [&str; 10] = [
     "not_found",
     "method_not_allowed",
     "quota_exceeded",
+    "conflict",
     "payload_too_large",
     "unsupported_media_type",
     "internal",
 ];
 
 /// The verification error codes of docs/api.md.
-const VERIFY_CODES: [&str; 10] = [
+const VERIFY_CODES: [&str; 12] = [
     "malformed",
     "unsupported_algorithm",
     "unknown_key",
@@ -47,6 +49,8 @@ const VERIFY_CODES: [&str; 10] = [
     "wrong_issuer",
     "missing_claim",
     "wrong_organisation",
+    "key_disabled",
+    "key_expired",
 ];
 
 /// The lines of the top-level `paths:` block, up to the next top-level key.

@@ -562,6 +562,43 @@ mod tests {
     }
 
     #[test]
+    fn records_without_lifecycle_fields_read_as_active_generated_and_unexpiring() {
+        // A record as schema 2 wrote it.
+        let old = r#"{"id":"01JDBJ3Z4N8Q7XJ6V9W2F5K0AB","org":"acme","name":"k","algorithm":"ES256","bits":null,"spki_der":"AAEC","created_at_ms":5}"#;
+        let record: PublicKeyRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.life, Lifecycle::default());
+        assert_eq!(record.state_at(u64::MAX), KeyState::Active);
+        assert_eq!(record.life.origin, Origin::Generated);
+        // And the new fields round-trip.
+        let mut new = record.clone();
+        new.life = Lifecycle {
+            disabled: true,
+            expires_at_secs: Some(100),
+            origin: Origin::Uploaded,
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<PublicKeyRecord>(&json).unwrap(), new);
+        let states = [(99, KeyState::Disabled), (100, KeyState::Expired)];
+        for (now, state) in states {
+            assert_eq!(new.state_at(now), state, "at {now}");
+        }
+    }
+
+    #[test]
+    fn times_parse_to_whole_seconds() {
+        assert_eq!(parse_time("1970-01-01T00:00:10.999Z"), Ok(10));
+        assert_eq!(parse_time("1970-01-01T01:00:10+01:00"), Ok(10));
+        for bad in [
+            "",
+            "tomorrow",
+            "1969-12-31T23:59:59Z",
+            "2027-01-31 12:00:00",
+        ] {
+            assert_eq!(parse_time(bad), Err(ParseError::ExpiresAt), "{bad}");
+        }
+    }
+
+    #[test]
     fn rfc3339_is_utc_seconds() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000_999), "2023-11-14T22:13:20Z");
