@@ -4,6 +4,7 @@
 
 mod body;
 pub mod client;
+mod lifecycle;
 mod reply;
 mod routes;
 

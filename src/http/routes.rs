@@ -12,11 +12,12 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::body::Body;
+use super::lifecycle::{self, CreateBody, Creation, PatchBody, RotateBody, MERGE_PATCH};
 use super::reply::{self, ApiError, Reply, JSON, PEM};
 use super::App;
 use crate::audit::Actor;
 use crate::auth::{self, authorize, AuthError, Gate, Need, Principal};
-use crate::keys::{Algorithm, Bits, KeyId, KeyName, KeySpec, KeyView, OrgId};
+use crate::keys::{KeyId, KeyName, KeySpec, KeyView, OrgId};
 use crate::service::{Caller, NewKey};
 use crate::verify::{self, Expect, VerifyError};
 
@@ -25,6 +26,7 @@ use crate::verify::{self, Expect, VerifyError};
 pub enum Route<'a> {
     OrgKeys(&'a str),
     OrgKey(&'a str, &'a str),
+    Rotate(&'a str, &'a str),
     Key(&'a str),
     OrgJwks(&'a str),
     Jwks,
@@ -45,6 +47,7 @@ impl<'a> Route<'a> {
         Some(match segments.as_slice() {
             ["v1", "organisations", org, "keys"] => Route::OrgKeys(org),
             ["v1", "organisations", org, "keys", id] => Route::OrgKey(org, id),
+            ["v1", "organisations", org, "keys", id, "rotate"] => Route::Rotate(org, id),
             ["v1", "organisations", org, "jwks.json"] => Route::OrgJwks(org),
             ["v1", "organisations", org, "audit"] => Route::Audit(org),
             ["v1", "keys", id] => Route::Key(id),
@@ -64,8 +67,8 @@ impl<'a> Route<'a> {
     pub fn allow(self) -> &'static str {
         match self {
             Route::OrgKeys(_) => "GET, HEAD, POST",
-            Route::OrgKey(..) => "DELETE",
-            Route::Verify | Route::Compat(_) => "POST",
+            Route::OrgKey(..) => "DELETE, PATCH",
+            Route::Verify | Route::Compat(_) | Route::Rotate(..) => "POST",
             _ => "GET, HEAD",
         }
     }
@@ -75,6 +78,7 @@ impl<'a> Route<'a> {
         match self {
             Route::OrgKeys(_) => "/v1/organisations/{org}/keys",
             Route::OrgKey(..) => "/v1/organisations/{org}/keys/{id}",
+            Route::Rotate(..) => "/v1/organisations/{org}/keys/{id}/rotate",
             Route::Key(_) => "/v1/keys/{id}",
             Route::OrgJwks(_) => "/v1/organisations/{org}/jwks.json",
             Route::Jwks => "/.well-known/jwks.json",
@@ -105,6 +109,8 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> (&'s
         (Route::OrgKeys(org), Method::POST) => cx.create(org, req).await,
         (Route::OrgKeys(org), _) if get => cx.list(org, req.headers()).await,
         (Route::OrgKey(org, id), Method::DELETE) => cx.delete(org, id, req.headers()).await,
+        (Route::OrgKey(org, id), Method::PATCH) => cx.patch(org, id, req).await,
+        (Route::Rotate(org, id), Method::POST) => cx.rotate(org, id, req).await,
         (Route::Key(id), _) if get => cx.get_key(id, req.headers()).await,
         (Route::OrgJwks(org), _) if get => cx.org_jwks(org, req.headers()),
         (Route::Jwks, _) if get => Ok(cx.jwks_reply(&app.signet.jwks_all(), req.headers())),
@@ -149,19 +155,6 @@ type Handled = Result<Reply, ApiError>;
 struct Cx<'a> {
     app: &'a App,
     peer: SocketAddr,
-}
-
-/// The create body. Unknown fields are refused so that a typo is not
-/// silently ignored.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    name: KeyName,
-    #[serde(default)]
-    algorithm: Algorithm,
-    /// Only for RSA; `null` is the same as absent.
-    #[serde(default)]
-    bits: Option<Bits>,
 }
 
 #[derive(Deserialize)]
@@ -226,45 +219,55 @@ impl Cx<'_> {
         let principal = self.allow(req.headers(), &org, Need::Manage).await?;
         let pem = accepts_pem(req.headers());
         let body: CreateBody = self.read_json(req).await?;
-        let new = NewKey {
-            name: body.name,
-            spec: KeySpec::new(body.algorithm, body.bits)
-                .map_err(|e| ApiError::invalid_request(e.to_string()))?,
-        };
-        let (record, key) = self
+        let caller = self.caller(principal.actor());
+        let signet = &self.app.signet;
+        match body.parse()? {
+            (Creation::Generate(new), expires_at) => {
+                let (record, key) = signet
+                    .create_expiring(org, new, expires_at, &caller)
+                    .await?;
+                Ok(lifecycle::issued(&record, &key, pem))
+            }
+            (Creation::Upload(name, upload), expires_at) => {
+                let record = signet
+                    .upload(org, name, upload, expires_at, &caller)
+                    .await?;
+                Ok(lifecycle::uploaded(&record))
+            }
+        }
+    }
+
+    async fn patch(&self, org: &str, id: &str, req: Request<Incoming>) -> Handled {
+        let (org, id) = (parse_org(org)?, parse_id(id)?);
+        let principal = self.allow(req.headers(), &org, Need::Manage).await?;
+        let body: PatchBody = self
+            .read_json_as(req, &[JSON, MERGE_PATCH], false)
+            .await?
+            .expect("an empty body is refused");
+        let caller = self.caller(principal.actor());
+        let record = self
             .app
             .signet
-            .create(org, new, &self.caller(principal.actor()))
+            .change(org, id, body.parse()?, &caller)
             .await?;
-        let location = format!("/v1/keys/{}", record.id);
-        let mut reply = if pem {
-            let pem = key.pkcs8_pem();
-            let mut r = reply::with_type(
-                StatusCode::CREATED,
-                PEM,
-                Body::secret(Zeroizing::new(pem.as_bytes().to_vec())),
-            );
-            let disposition = format!("attachment; filename=\"{}.pem\"", record.id);
-            r.headers_mut()
-                .insert(header::CONTENT_DISPOSITION, header_value(disposition));
-            r
-        } else {
-            let private = key.pkcs8_pem();
-            let mut view = KeyView::new(&record);
-            view.private_key = Some(private.as_str());
-            // Reserve up front so the buffer never reallocates, leaving no
-            // unzeroized copy of the private key behind.
-            let mut buf = Zeroizing::new(Vec::with_capacity(2 * private.len() + 4096));
-            serde_json::to_writer(&mut *buf, &view).expect("a key view always serialises");
-            reply::with_type(StatusCode::CREATED, JSON, Body::secret(buf))
-        };
-        reply
-            .headers_mut()
-            .insert(header::LOCATION, header_value(location));
-        reply
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        Ok(reply)
+        Ok(reply::json(StatusCode::OK, &KeyView::new(&record)))
+    }
+
+    async fn rotate(&self, org: &str, id: &str, req: Request<Incoming>) -> Handled {
+        let (org, id) = (parse_org(org)?, parse_id(id)?);
+        let principal = self.allow(req.headers(), &org, Need::Manage).await?;
+        let pem = accepts_pem(req.headers());
+        let body: RotateBody = self
+            .read_json_as(req, &[JSON], true)
+            .await?
+            .unwrap_or_default();
+        let caller = self.caller(principal.actor());
+        let (record, key, _) = self
+            .app
+            .signet
+            .rotate(org, id, body.grace(), &caller)
+            .await?;
+        Ok(lifecycle::issued(&record, &key, pem))
     }
 
     async fn compat(&self, org: &str, headers: &HeaderMap) -> Handled {
@@ -350,7 +353,9 @@ impl Cx<'_> {
         };
         let h = r.headers_mut();
         h.insert(header::ETAG, header_value(doc.etag.clone()));
-        h.insert(header::CACHE_CONTROL, self.app.jwks_cache_control.clone());
+        let configured = self.app.config.jwks.max_age_secs;
+        let cc = lifecycle::jwks_cache_control(doc, configured, &self.app.jwks_cache_control);
+        h.insert(header::CACHE_CONTROL, cc);
         r
     }
 
@@ -474,19 +479,37 @@ impl Cx<'_> {
         &self,
         req: Request<Incoming>,
     ) -> Result<T, ApiError> {
+        let read = self.read_json_as(req, &[JSON], false).await?;
+        Ok(read.expect("an empty body is refused"))
+    }
+
+    /// Reads a JSON body sent as one of `media`, within the size limit.
+    /// With `empty_ok`, an empty body (of any or no content type) is `None`.
+    async fn read_json_as<T: serde::de::DeserializeOwned>(
+        &self,
+        req: Request<Incoming>,
+        media: &[&str],
+        empty_ok: bool,
+    ) -> Result<Option<T>, ApiError> {
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
         let is_json = content_type
             .and_then(|ct| ct.split(';').next())
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case(JSON));
-        if !is_json {
-            return Err(ApiError::new(
+            .is_some_and(|mime| media.iter().any(|m| mime.trim().eq_ignore_ascii_case(m)));
+        let unsupported = || {
+            ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                "this route takes a JSON body: send Content-Type: application/json",
-            ));
+                format!(
+                    "this route takes a JSON body: send Content-Type: {}",
+                    media.join(" or ")
+                ),
+            )
+        };
+        if !is_json && !empty_ok {
+            return Err(unsupported());
         }
         let limit = self.app.config.server.max_body_bytes;
         let too_large = || {
@@ -513,8 +536,20 @@ impl Cx<'_> {
                 )
             }
         };
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::invalid_request("the request body is not valid for this route").cause(e)
+        match (bytes.is_empty() && empty_ok, is_json) {
+            (true, _) => return Ok(None),
+            (false, false) => return Err(unsupported()),
+            (false, true) => {}
+        }
+        // serde reads a struct from an array too; every body is an object.
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ApiError::invalid_request(
+                "the request body must be a JSON object",
+            ));
+        }
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            ApiError::invalid_request("the request body is not valid for this route")
+                .cause(lifecycle::redacted(&e))
         })
     }
 }
@@ -598,7 +633,9 @@ pub fn fuzz_parsers(path: &str, query: &str, body: &[u8], header: &str) {
     for (k, v) in query_pairs(Some(query)) {
         let _ = (k.len(), v.len());
     }
-    let _ = serde_json::from_slice::<CreateBody>(body);
+    let _ = serde_json::from_slice::<CreateBody>(body).map(CreateBody::parse);
+    let _ = serde_json::from_slice::<PatchBody>(body).map(PatchBody::parse);
+    let _ = serde_json::from_slice::<RotateBody>(body);
     let _ = serde_json::from_slice::<VerifyBody>(body);
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(header) {
