@@ -466,7 +466,6 @@ impl Signet {
         match self.store.all_keys().await {
             Ok(records) => {
                 self.published.reset(&records, &self.verifier);
-                self.verifier.forget_all();
                 self.metrics.keys.set(records.len() as i64);
                 tracing::warn!(
                     keys = records.len(),
