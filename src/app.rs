@@ -42,6 +42,9 @@ pub enum StartupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The TLS certificate pair cannot be used.
+    #[error(transparent)]
+    Tls(#[from] http::tls::TlsError),
     /// The listen address could not be bound.
     #[error(
         "cannot listen on {addr}: {source} (set server.listen or SIGNET_LISTEN to a free address)"
@@ -97,10 +100,18 @@ impl Application {
             max: config.keys.max_lifetime,
             default: config.keys.default_lifetime,
         });
+        let tls = match &config.server.tls {
+            Some(files) => Some(http::tls::Tls::load(files, &signet.metrics)?),
+            None => None,
+        };
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
-        let app = Arc::new(App::new(signet, config, operator));
+        let mut app = App::new(signet, config, operator);
+        if let Some(tls) = tls {
+            app = app.with_tls(tls);
+        }
+        let app = Arc::new(app);
         Ok(Application {
             listener,
             app,
@@ -115,7 +126,11 @@ impl Application {
 
     /// Serves until `shutdown` resolves, drains, then syncs storage.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
-        tracing::info!(addr = %self.addr, "signet is listening");
+        tracing::info!(
+            addr = %self.addr,
+            tls = self.app.config.server.tls.is_some(),
+            "signet is listening"
+        );
         http::serve(self.listener, self.app.clone(), shutdown).await;
         self.app.signet.sync().await?;
         tracing::info!("storage synced; bye");

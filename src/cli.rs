@@ -166,9 +166,12 @@ struct VerifyArgs {
     /// Ask this signet server (e.g. http://127.0.0.1:8081).
     #[arg(long, value_name = "URL", conflicts_with_all = ["jwks", "data_dir"])]
     server: Option<String>,
-    /// Use the keys of this JWK Set (an http:// URL or a file).
+    /// Use the keys of this JWK Set (an http:// or https:// URL, or a file).
     #[arg(long, value_name = "URL_OR_FILE", conflicts_with = "data_dir")]
     jwks: Option<String>,
+    /// Trust this PEM CA certificate for https:// besides the system's roots.
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
     /// Read keys from this data directory (the server must be stopped).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -587,7 +590,7 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
         |source: Arc<dyn KeySource>| judged(Verifier::new(source, policy).verify(token, expect));
     let result = if let Some(source) = &args.jwks {
         let bytes = if source.starts_with("http://") || source.starts_with("https://") {
-            let answer = crate::http::client::get(source).await?;
+            let answer = crate::http::client::get(source, args.cacert.as_deref()).await?;
             if !answer.ok {
                 bail!("{source} answered {}", answer.status);
             }
@@ -622,9 +625,16 @@ async fn verify_cmd(args: VerifyArgs) -> anyhow::Result<Outcome> {
         if let Some(i) = &args.issuer {
             body["issuer"] = json!(i);
         }
-        let answer = crate::http::client::post_json(&url, serde_json::to_vec(&body)?)
-            .await
-            .map_err(|e| anyhow!("{e}; is `signet serve` running? or use --jwks or --data-dir"))?;
+        let answer = crate::http::client::post_json(
+            &url,
+            serde_json::to_vec(&body)?,
+            args.cacert.as_deref(),
+        )
+        .await
+        .map_err(|e| match e.is_certificate() {
+            true => anyhow!("{e}"),
+            false => anyhow!("{e}; is `signet serve` running? or use --jwks or --data-dir"),
+        })?;
         if !answer.ok {
             bail!(
                 "{url} answered {}: {}",

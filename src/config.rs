@@ -1,6 +1,6 @@
 //! Configuration: `config.toml` defaults, then environment overrides
 //! (`SIGNET_LISTEN`, `SIGNET_DATA_DIR`, `SIGNET_ADMIN_TOKEN`, `SIGNET_LOG`,
-//! `ORGKEYS_MAX`, and `SIGNET_SEAL_KEY`). Unknown keys and bad values are errors that name the key
+//! `ORGKEYS_MAX`, `SIGNET_SEAL_KEY`, `SIGNET_TLS_CERT` and `SIGNET_TLS_KEY`). Unknown keys and bad values are errors that name the key
 //! and the file.
 
 use std::net::SocketAddr;
@@ -55,6 +55,40 @@ pub struct Server {
     pub max_connections: usize,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace_secs: u64,
+    /// Time a keep-alive connection may sit with no request in flight.
+    pub idle_timeout_secs: u64,
+    /// Time a client has to send a whole request body.
+    pub body_read_timeout_secs: u64,
+    /// Longest wait for the next piece of a request body.
+    pub body_progress_timeout_secs: u64,
+    /// Longest a response write may make no progress (a client that
+    /// does not read).
+    pub write_timeout_secs: u64,
+    /// Interval of HTTP/2 keep-alive pings.
+    pub http2_keepalive_interval_secs: u64,
+    /// Time an HTTP/2 client has to answer a ping.
+    pub http2_keepalive_timeout_secs: u64,
+    /// Serve TLS with this certificate pair (`[server.tls]`).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate (chain) and its private key.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// `SIGNET_TLS_CERT`.
+    pub cert_file: PathBuf,
+    /// `SIGNET_TLS_KEY`.
+    pub key_file: PathBuf,
+    /// How often to look for changed files, in seconds (0: SIGHUP only).
+    #[serde(default = "TlsFiles::default_poll")]
+    pub reload_poll_secs: u64,
+}
+
+impl TlsFiles {
+    fn default_poll() -> u64 {
+        2
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -153,6 +187,13 @@ impl Default for Server {
             header_read_timeout_secs: 10,
             max_connections: 10_000,
             shutdown_grace_secs: 10,
+            idle_timeout_secs: 60,
+            body_read_timeout_secs: 30,
+            body_progress_timeout_secs: 10,
+            write_timeout_secs: 10,
+            http2_keepalive_interval_secs: 30,
+            http2_keepalive_timeout_secs: 10,
+            tls: None,
         }
     }
 }
@@ -346,6 +387,19 @@ impl Config {
         if let Some(v) = env("SIGNET_LOG") {
             self.log.filter = v;
         }
+        for (name, cert) in [("SIGNET_TLS_CERT", true), ("SIGNET_TLS_KEY", false)] {
+            if let Some(v) = env(name) {
+                let tls = self.server.tls.get_or_insert_with(|| TlsFiles {
+                    reload_poll_secs: TlsFiles::default_poll(),
+                    ..TlsFiles::default()
+                });
+                *(if cert {
+                    &mut tls.cert_file
+                } else {
+                    &mut tls.key_file
+                }) = PathBuf::from(v);
+            }
+        }
         if let Some(v) = env("ORGKEYS_MAX") {
             self.keys.max_per_org = parse("ORGKEYS_MAX", v)?;
         }
@@ -392,6 +446,14 @@ impl Config {
         {
             return invalid("keys.pool_*", "must be at most 1024");
         }
+        if let Some(tls) = &self.server.tls {
+            if tls.cert_file.as_os_str().is_empty() {
+                return invalid("server.tls.cert_file (SIGNET_TLS_CERT)", "must be set");
+            }
+            if tls.key_file.as_os_str().is_empty() {
+                return invalid("server.tls.key_file (SIGNET_TLS_KEY)", "must be set");
+            }
+        }
         if self.server.max_connections == 0 {
             return invalid("server.max_connections", "must be at least 1");
         }
@@ -415,6 +477,22 @@ impl Config {
             return invalid(
                 "verify.max_token_lifetime",
                 "must be longer than zero (leave it unset for no limit)",
+            );
+        }
+        if [
+            self.server.header_read_timeout_secs,
+            self.server.idle_timeout_secs,
+            self.server.body_read_timeout_secs,
+            self.server.body_progress_timeout_secs,
+            self.server.write_timeout_secs,
+            self.server.http2_keepalive_interval_secs,
+            self.server.http2_keepalive_timeout_secs,
+        ]
+        .contains(&0)
+        {
+            return invalid(
+                "server.*_timeout_secs / *_interval_secs",
+                "must be at least 1",
             );
         }
         Ok(())
@@ -524,6 +602,9 @@ mod tests {
                 &[],
                 "must not be longer than keys.max_lifetime",
             ),
+            ("[server]\nidle_timeout_secs = 0\n", &[], "timeout_secs"),
+            ("", &[("SIGNET_TLS_CERT", "c.pem")], "SIGNET_TLS_KEY"),
+            ("[server.tls]\ncert_file = \"c.pem\"\n", &[], "key_file"),
         ];
         for (toml, env, needle) in cases {
             let err = load(toml, env).expect_err(toml).to_string();

@@ -48,6 +48,16 @@ pub struct Metrics {
     pub storage_errors: Counter,
     pool_depth: Family<BitsLabel, Gauge>,
     pub unauthenticated: Family<ReasonLabel, Counter>,
+    /// Connections closed for hitting a deadline, by which one.
+    pub connections_closed: Family<ReasonLabel, Counter>,
+    /// The served TLS certificate's notAfter, in Unix seconds.
+    pub tls_not_after: Gauge,
+    tls_reloads: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
 }
 
 impl Metrics {
@@ -109,6 +119,24 @@ impl Metrics {
             "Management requests refused for a missing or invalid credential (401), by reason; these are not audited",
             unauthenticated.clone(),
         );
+        let connections_closed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections closed for hitting a deadline, by reason",
+            connections_closed.clone(),
+        );
+        let tls_not_after = Gauge::default();
+        registry.register(
+            "tls_certificate_not_after_seconds",
+            "The served TLS certificate's notAfter (Unix seconds)",
+            tls_not_after.clone(),
+        );
+        let tls_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "TLS certificate reloads by result (success, failure)",
+            tls_reloads.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -118,7 +146,17 @@ impl Metrics {
             storage_errors,
             pool_depth,
             unauthenticated,
+            connections_closed,
+            tls_not_after,
+            tls_reloads,
         }
+    }
+
+    /// The TLS reload counter for `result`.
+    pub fn tls_reloads(&self, result: &'static str) -> Counter {
+        self.tls_reloads
+            .get_or_create(&ResultLabel { result })
+            .clone()
     }
 
     /// The key pool's depth gauges, one per modulus size in `Bits::ALL` order.

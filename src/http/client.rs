@@ -1,22 +1,42 @@
 //! A minimal HTTP/1.1 client for the command line (`signet verify --server`
-//! and `--jwks URL`). Plain `http://` only: signet itself serves plain HTTP
-//! behind whatever terminates TLS.
+//! and `--jwks URL`), over `http://` or `https://`. TLS trusts the system's
+//! roots (the operating system's store, through rustls-native-certs, so that
+//! a CA an operator installed there counts) plus an optional `--cacert`.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::TlsConnector;
 
 /// Why a request to a server did not produce a response.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The URL is not an `http://` URL.
-    #[error("{0:?} is not an http:// URL (signet's client does not speak TLS; use a file or a local address)")]
+    /// The URL is not an `http://` or `https://` URL.
+    #[error("{0:?} is not an http:// or https:// URL")]
     BadUrl(String),
+    /// The server's certificate is not trusted or not valid for it.
+    #[error(
+        "the TLS certificate of {url} was refused: {problem} (trusting the system's roots{extra})"
+    )]
+    Certificate {
+        url: String,
+        problem: String,
+        extra: String,
+    },
+    /// The `--cacert` file cannot be used.
+    #[error("cannot use the CA certificate file {path}: {reason}")]
+    CaCert { path: PathBuf, reason: String },
     /// Connecting or talking to the server failed.
     #[error("could not reach {url}: {cause}")]
     Unreachable { url: String, cause: String },
@@ -32,23 +52,50 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-/// `GET url`.
-pub async fn get(url: &str) -> Result<Answer, ClientError> {
-    send(Method::GET, url, None).await
+impl ClientError {
+    /// Whether the server was reached but its certificate refused.
+    pub fn is_certificate(&self) -> bool {
+        matches!(self, ClientError::Certificate { .. })
+    }
+}
+
+/// `GET url`; `cacert` is trusted besides the system's roots.
+pub async fn get(url: &str, cacert: Option<&Path>) -> Result<Answer, ClientError> {
+    send(Method::GET, url, None, cacert).await
 }
 
 /// `POST url` with a JSON body.
-pub async fn post_json(url: &str, json: Vec<u8>) -> Result<Answer, ClientError> {
-    send(Method::POST, url, Some(json)).await
+pub async fn post_json(
+    url: &str,
+    json: Vec<u8>,
+    cacert: Option<&Path>,
+) -> Result<Answer, ClientError> {
+    send(Method::POST, url, Some(json), cacert).await
 }
 
-async fn send(method: Method, url: &str, json: Option<Vec<u8>>) -> Result<Answer, ClientError> {
+async fn send(
+    method: Method,
+    url: &str,
+    json: Option<Vec<u8>>,
+    cacert: Option<&Path>,
+) -> Result<Answer, ClientError> {
     let uri: hyper::Uri = url.parse().map_err(|_| ClientError::BadUrl(url.into()))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(ClientError::BadUrl(url.into()));
-    }
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = Request::builder().method(method).uri(uri);
+    let https = match uri.scheme_str() {
+        Some("http") => None,
+        Some("https") => Some(tls_config(cacert)?),
+        _ => return Err(ClientError::BadUrl(url.into())),
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| ClientError::BadUrl(url.into()))?;
+    let mut req = Request::builder().method(method);
+    req = match https {
+        None => req.uri(uri.clone()),
+        Some(_) => req
+            .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(hyper::header::HOST, authority.as_str()),
+    };
     if json.is_some() {
         req = req.header(hyper::header::CONTENT_TYPE, "application/json");
     }
@@ -60,10 +107,24 @@ async fn send(method: Method, url: &str, json: Option<Vec<u8>>) -> Result<Answer
         cause,
     };
     let exchange = async {
-        let res = client
-            .request(req)
-            .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
+        let res = match https {
+            None => Client::builder(TokioExecutor::new())
+                .build_http::<Full<Bytes>>()
+                .request(req)
+                .await
+                .map_err(|e| unreachable(error_chain(&e)))?,
+            Some(config) => {
+                let tls = connect_tls(url, &authority, config, cacert).await?;
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| unreachable(error_chain(&e)))?;
+                tokio::spawn(conn);
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| unreachable(error_chain(&e)))?
+            }
+        };
         let status: StatusCode = res.status();
         let body = res
             .into_body()
@@ -79,6 +140,72 @@ async fn send(method: Method, url: &str, json: Option<Vec<u8>>) -> Result<Answer
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| ClientError::Timeout(url.into()))?
+}
+
+/// The system's roots plus `cacert`, HTTP/1.1 by ALPN.
+fn tls_config(cacert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable entries of the system store are skipped, as curl does.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = cacert {
+        let bad = |reason: String| ClientError::CaCert {
+            path: path.to_owned(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("it holds no PEM certificate".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+async fn connect_tls(
+    url: &str,
+    authority: &hyper::http::uri::Authority,
+    config: Arc<rustls::ClientConfig>,
+    cacert: Option<&Path>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+    let unreachable = |cause: String| ClientError::Unreachable {
+        url: url.into(),
+        cause,
+    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name =
+        ServerName::try_from(host.to_owned()).map_err(|_| ClientError::BadUrl(url.into()))?;
+    let tcp = TcpStream::connect((host, authority.port_u16().unwrap_or(443)))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(
+            |e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(rustls::Error::InvalidCertificate(problem)) => ClientError::Certificate {
+                    url: url.into(),
+                    problem: problem.to_string(),
+                    extra: cacert.map_or_else(String::new, |p| format!(" and {}", p.display())),
+                },
+                _ => unreachable(error_chain(&e)),
+            },
+        )
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

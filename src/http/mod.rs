@@ -4,9 +4,11 @@
 
 mod body;
 pub mod client;
+mod deadline;
 mod lifecycle;
 mod reply;
 mod routes;
+pub mod tls;
 
 #[doc(hidden)]
 pub use routes::fuzz_parsers;
@@ -28,7 +30,7 @@ use tokio::time::timeout;
 
 use crate::auth::OperatorToken;
 use crate::config::Config;
-use crate::metrics::{RequestLabels, RouteLabel};
+use crate::metrics::{ReasonLabel, RequestLabels, RouteLabel};
 use crate::service::Signet;
 
 /// What every request can reach.
@@ -37,6 +39,7 @@ pub struct App {
     pub config: Config,
     pub operator: OperatorToken,
     jwks_cache_control: HeaderValue,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl App {
@@ -49,23 +52,40 @@ impl App {
             config,
             operator,
             jwks_cache_control,
+            tls: None,
         }
+    }
+
+    /// Serve TLS with this pair instead of plain HTTP.
+    pub fn with_tls(mut self, tls: tls::Tls) -> App {
+        self.tls = Some(Arc::new(tls));
+        self
     }
 }
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and
 /// gives in-flight requests up to the configured grace period.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let server = &app.config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(app.config.header_read_timeout());
-    builder.http2().timer(TokioTimer::new());
+        // The socket wrapper keeps the header clock (deadline.rs).
+        .header_read_timeout(None);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(server.http2_keepalive_interval_secs))
+        .keep_alive_timeout(Duration::from_secs(server.http2_keepalive_timeout_secs));
     let builder = Arc::new(builder);
-    let first_bytes = app.config.header_read_timeout();
+    let limits = deadline::Limits::from_config(&app.config);
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(app.config.server.max_connections));
+    let connections = Arc::new(Semaphore::new(server.max_connections));
+    let reloaders = match &app.tls {
+        Some(tls) => tls.spawn_reloaders(),
+        None => tls::ignore_sighup(),
+    };
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -85,29 +105,55 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(answer(&app, req, peer).await) }
-        });
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let activity = deadline::Activity::new();
+        let service = {
+            let (app, activity) = (app.clone(), activity.clone());
+            service_fn(move |req| {
+                let app = app.clone();
+                let in_flight = activity.begin(req.version());
+                async move {
+                    let reply = answer(&app, req, peer).await;
+                    drop(in_flight);
+                    Ok::<_, Infallible>(reply)
+                }
+            })
+        };
+        let (builder, watcher, app) = (builder.clone(), graceful.watcher(), app.clone());
         tokio::spawn(async move {
-            // auto::Builder waits for a client's first bytes (to tell HTTP/1
-            // from HTTP/2) with no timer of its own: a connection that never
-            // speaks would hold its permit forever.
-            // (`readable()` may report ready before any byte arrives; a peek
-            // does not.)
-            let mut first = [0u8; 1];
-            if !matches!(
-                timeout(first_bytes, stream.peek(&mut first)).await,
-                Ok(Ok(1))
-            ) {
-                return;
+            // Detection, handshakes and the first headers are bounded by the
+            // socket wrapper; so are idle keep-alive and stalled writes.
+            let io = deadline::Guarded::new(stream, activity.clone(), limits);
+            let result = match &app.tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(io), service);
+                    watcher.watch(conn).await
+                }
+                Some(tls) => match tls.acceptor().accept(io).await {
+                    Ok(io) => {
+                        let conn = builder.serve_connection(TokioIo::new(io), service);
+                        watcher.watch(conn).await
+                    }
+                    Err(e) => Err(e.into()),
+                },
+            };
+            let reason = activity.closed_for().or_else(|| {
+                let e = result.as_ref().err()?;
+                deadline::hyper_reason(e.as_ref())
+            });
+            if let Some(reason) = reason {
+                app.signet
+                    .metrics
+                    .connections_closed
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.label(),
+                    })
+                    .inc();
             }
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = watcher.watch(conn).await;
             drop(permit);
         });
+    }
+    for task in reloaders {
+        task.abort();
     }
     drop(listener);
     tracing::info!("shutting down: no new connections, draining in-flight requests");

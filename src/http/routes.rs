@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use http_body_util::{BodyExt, Limited};
+use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
@@ -527,9 +527,13 @@ impl Cx<'_> {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
-        let bytes = match Limited::new(req.into_body(), limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
+        let body = Limited::new(req.into_body(), limit);
+        let bytes = match super::deadline::read_body(body, &self.app.config).await {
+            Ok(bytes) => bytes,
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+            Err(e) if e.is::<super::deadline::BodyTimeout>() => {
+                return Err(super::deadline::body_timed_out(self.app, e))
+            }
             Err(e) => {
                 return Err(
                     ApiError::invalid_request("the request body could not be read").cause(e),
