@@ -17,23 +17,25 @@ use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 
-use signet::cli::jwt_alg;
+use signet::keys::jwt_alg;
 use signet::keys::{generate, Algorithm, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
-use signet::verify::{decode_object, Expect, KeyMaterial, KeySource, Policy, Verifier};
+use signet::verify::{
+    decode_object, Expect, KeyMaterial, KeySource, KeySourceError, Policy, Verifier,
+};
 
 /// A key source that is a map in memory: after the first fill the verifier
 /// never asks it again.
 struct MemorySource(HashMap<KeyId, (OrgId, Algorithm, Vec<u8>)>);
 
 impl KeySource for MemorySource {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String> {
+    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError> {
         Ok(self.0.get(&id).map(|(org, algorithm, der)| KeyMaterial {
             org: Some(org.clone()),
             algorithm: *algorithm,
             spki_der: der.clone(),
         }))
     }
-    fn contains(&self, id: KeyId) -> Result<bool, String> {
+    fn contains(&self, id: KeyId) -> Result<bool, KeySourceError> {
         Ok(self.0.contains_key(&id))
     }
 }

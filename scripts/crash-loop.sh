@@ -19,7 +19,9 @@
 # what was acknowledged.
 #
 # Env: SIGNET_BIN (default: build and use target/release/signet),
-# CRASH_THREADS (6), CRASH_ORGKEYS_MAX (20), KEEP=1 keeps the work dir.
+# CRASH_THREADS (6), CRASH_ORGKEYS_MAX (20), KEEP=1 keeps the work dir,
+# SIGNET_BACKEND=postgres runs signet on a private PostgreSQL started in the
+# work dir (scripts/lib/postgres.sh) instead of sled.
 # Exit 0 only if nothing was lost, resurrected or otherwise wrong.
 set -euo pipefail
 
@@ -31,6 +33,8 @@ CYCLES="${1:-50}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
 source "$ROOT/scripts/lib/common.sh"
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/postgres.sh
+source "$ROOT/scripts/lib/postgres.sh"
 cd "$ROOT"
 DRIVER="$ROOT/scripts/lib/driver.py"
 THREADS="${CRASH_THREADS:-6}"
@@ -46,17 +50,38 @@ DRIVER_PID=""
 ADMIN="$(random_token)"
 START=$SECONDS
 
-# On exit: SIGKILL the driver, then (grace 0) the server; keep the work dir
-# on failure.
+# On exit: SIGKILL the driver, then (grace 0) the server, stop PostgreSQL;
+# keep the work dir on failure.
 # shellcheck disable=SC2317 # called by the EXIT trap
-on_exit() { stop_signet "$DRIVER_PID" 0; }
+on_exit() {
+    stop_signet "$DRIVER_PID" 0
+    stop_signet "$SERVER_PID" 0
+    pg_stop
+}
 cleanup_on_exit "$WORK" keep-failed 0
+
+# Where signet keeps its data: the flags for serve and the offline commands.
+BACKEND="${SIGNET_BACKEND:-sled}"
+case "$BACKEND" in
+    sled) STORAGE=(--data-dir "$DATA") ;;
+    postgres)
+        pg_start "$WORK/pg"
+        random_token 32 >"$WORK/seal.key"
+        chmod 600 "$WORK/seal.key"
+        printf '[storage]\nbackend = "postgres"\nurl = "%s"\nseal_key_file = "%s"\n' \
+            "$(pg_database crash)" "$WORK/seal.key" >"$WORK/postgres.toml"
+        STORAGE=(--config "$WORK/postgres.toml")
+        ;;
+    *) die "SIGNET_BACKEND must be sled or postgres, not '$BACKEND'" ;;
+esac
+SERVE=("$BIN" serve)
+if [[ "$BACKEND" == postgres ]]; then SERVE+=("${STORAGE[@]}"); fi
 
 PORT=""
 start_server() {
     local log="$1" rc=0
     PORT="$(free_port)"
-    start_signet "$DATA" "$PORT" "$log" ORGKEYS_MAX="$QUOTA"
+    start_signet "$DATA" "$PORT" "$log" ORGKEYS_MAX="$QUOTA" -- "${SERVE[@]}"
     wait_ready "http://127.0.0.1:$PORT" 30 || rc=$?
     case $rc in
         0) return 0 ;;
@@ -78,13 +103,13 @@ drive() { # SECONDS SUBCOMMAND ARGS…: the driver, bounded in time
 
 audit_offline() {
     local out
-    if ! out="$("$BIN" audit verify --data-dir "$DATA" 2>&1)"; then
+    if ! out="$("$BIN" audit verify "${STORAGE[@]}" 2>&1)"; then
         echo "AUDIT: signet audit verify failed after cycle $1: $out" >&2
         return 1
     fi
 }
 
-echo "crash loop: $CYCLES cycles, data dir $DATA, $THREADS load threads, ORGKEYS_MAX=$QUOTA"
+echo "crash loop: $CYCLES cycles, $BACKEND (${STORAGE[*]}), $THREADS load threads, ORGKEYS_MAX=$QUOTA"
 AUDIT_FAILURES=0
 for cycle in $(seq 1 "$CYCLES"); do
     start_server "$WORK/server-$cycle.log"
@@ -113,8 +138,8 @@ if ! stop_signet "$SERVER_PID" 15; then
 fi
 SERVER_PID=""
 
-"$BIN" keys list --data-dir "$DATA" >"$WORK/keys.json"
-if "$BIN" audit verify --data-dir "$DATA" >"$WORK/audit-verify.txt" 2>&1; then
+"$BIN" keys list "${STORAGE[@]}" >"$WORK/keys.json"
+if "$BIN" audit verify "${STORAGE[@]}" >"$WORK/audit-verify.txt" 2>&1; then
     echo "offline: $(cat "$WORK/audit-verify.txt")"
 else
     echo "AUDIT: signet audit verify failed at the end: $(cat "$WORK/audit-verify.txt")" >&2

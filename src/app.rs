@@ -6,13 +6,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::auth::OperatorToken;
-use crate::config::Config;
-use crate::http::{self, App};
+use crate::config::{Backend, Config};
+use crate::http::{self, ServerState};
 use crate::service::{Lifetimes, Signet};
 use crate::store::{create_private_dir, Store, StoreError};
 use crate::verify::Policy;
@@ -45,6 +44,9 @@ pub enum StartupError {
     /// The TLS certificate pair cannot be used.
     #[error(transparent)]
     Tls(#[from] http::tls::TlsError),
+    /// Instances sharing a database need one configured operator token.
+    #[error("on PostgreSQL the operator token must be configured (auth.admin_token_sha256 or SIGNET_ADMIN_TOKEN): a generated one would lock the other instances out")]
+    NoOperatorToken,
     /// The listen address could not be bound.
     #[error(
         "cannot listen on {addr}: {source} (set server.listen or SIGNET_LISTEN to a free address)"
@@ -57,7 +59,7 @@ pub enum StartupError {
 
 pub struct Application {
     listener: TcpListener,
-    app: Arc<App>,
+    app: Arc<ServerState>,
     addr: SocketAddr,
 }
 
@@ -70,10 +72,16 @@ impl Application {
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let data_dir = config.storage.data_dir.clone();
-        create_private_dir(&data_dir).map_err(|source| StartupError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
+        if config.storage.backend == Backend::Postgres {
+            if config.auth.admin_token.is_none() && config.auth.admin_token_sha256.is_none() {
+                return Err(StartupError::NoOperatorToken);
+            }
+        } else {
+            create_private_dir(&data_dir).map_err(|source| StartupError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+        }
         let store = Store::open(&config).await?;
         let (operator, generated) =
             OperatorToken::load_or_create(&config).map_err(|source| StartupError::AdminToken {
@@ -83,13 +91,7 @@ impl Application {
         if let Some(path) = generated {
             tracing::info!(path = %path.display(), "generated an operator token (mode 0600); read it from this file");
         }
-        let policy = Policy {
-            leeway: Duration::from_secs(config.verify.leeway_secs),
-            require_exp: config.verify.require_exp,
-            max_token_bytes: config.verify.max_token_bytes,
-            cache_capacity: config.verify.cache_capacity,
-            max_token_lifetime: config.verify.max_token_lifetime,
-        };
+        let policy = Policy::from(&config.verify);
         let pool = [
             config.keys.pool_2048,
             config.keys.pool_3072,
@@ -107,7 +109,7 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
-        let mut app = App::new(signet, config, operator);
+        let mut app = ServerState::new(signet, config, operator);
         if let Some(tls) = tls {
             app = app.with_tls(tls);
         }

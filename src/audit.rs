@@ -19,8 +19,46 @@ use sha2::{Digest, Sha256};
 
 use crate::keys::{KeyId, OrgId};
 
-/// An event id: a ULID, ordered by time within an organisation.
-pub type EventId = KeyId;
+/// An event id: a ULID, ordered by time within an organisation. Spelled
+/// like a key id, but never one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(KeyId);
+
+/// An audit cursor that is not an event id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an audit cursor (before) must be the id of an audit event: a 26-character ULID")]
+pub struct EventIdError;
+
+impl EventId {
+    pub fn new(ulid: ulid::Ulid) -> EventId {
+        EventId(KeyId::new(ulid))
+    }
+
+    /// Parses the canonical 26-character form (Crockford base32, any case).
+    pub fn parse(raw: &str) -> Result<EventId, EventIdError> {
+        KeyId::parse(raw).map(EventId).map_err(|_| EventIdError)
+    }
+
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_bytes()
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> EventId {
+        EventId(KeyId::from_bytes(bytes))
+    }
+
+    /// Milliseconds since the Unix epoch at which the id was minted.
+    pub fn timestamp_ms(self) -> u64 {
+        self.0.timestamp_ms()
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,7 +230,7 @@ mod tests {
         let mut prev = GENESIS;
         (0..n)
             .map(|i| {
-                let id = KeyId::new(ulid::Ulid::from_parts(1_700_000_000_000 + i as u64, 7));
+                let id = EventId::new(ulid::Ulid::from_parts(1_700_000_000_000 + i as u64, 7));
                 let e = AuditEvent::new(
                     id,
                     org.clone(),
@@ -240,7 +278,8 @@ mod tests {
     #[test]
     fn request_derived_text_is_clamped_on_character_boundaries() {
         let org = OrgId::parse("acme").unwrap();
-        let id = KeyId::new(ulid::Ulid::from_parts(1_700_000_000_000, 7));
+        let id = EventId::new(ulid::Ulid::from_parts(1_700_000_000_000, 7));
+        let key_id = KeyId::new(ulid::Ulid::from_parts(1_700_000_000_000, 7));
         let long = |unit: &str| unit.repeat(10_000);
         // One-, two-, three- and four-byte characters, and ones JSON escapes
         // to six bytes each: every cut lands on a boundary.
@@ -250,10 +289,10 @@ mod tests {
                 org.clone(),
                 NewEvent {
                     action: Action::AccessDenied,
-                    key_id: Some(id),
+                    key_id: Some(key_id),
                     actor: Actor::Token {
                         sub: long(unit),
-                        key_id: id,
+                        key_id,
                     },
                     client: Some(long(unit)),
                     outcome: long(unit),

@@ -21,13 +21,45 @@ pub enum Need {
     Member,
 }
 
+/// The `role` claim of an organisation token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Role {
+    /// May manage the organisation's keys and read its audit log.
+    Owner,
+    /// The same rights as OWNER.
+    Administrator,
+    /// May list the organisation's keys.
+    Member,
+    /// Any other role (they are case-sensitive): the rights of MEMBER.
+    #[value(skip)]
+    Other,
+}
+
+impl Role {
+    /// The role a `role` claim names.
+    pub fn from_claim(claim: &str) -> Role {
+        match claim {
+            "OWNER" => Role::Owner,
+            "ADMINISTRATOR" => Role::Administrator,
+            "MEMBER" => Role::Member,
+            _ => Role::Other,
+        }
+    }
+
+    /// Whether the role may create and delete keys and read the audit log.
+    pub fn may_manage(self) -> bool {
+        matches!(self, Role::Owner | Role::Administrator)
+    }
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Operator,
     Org {
         org: OrgId,
-        role: String,
+        role: Role,
         sub: String,
         key_id: KeyId,
     },
@@ -197,7 +229,7 @@ impl Gate<'_> {
         }
         Ok(Principal::Org {
             org,
-            role: claim("role")?,
+            role: Role::from_claim(&claim("role")?),
             sub: claim("sub")?,
             key_id: verified.key_id,
         })
@@ -216,7 +248,7 @@ pub fn authorize(principal: &Principal, org: &OrgId, need: Need) -> Result<(), A
             }
             match need {
                 Need::Member => Ok(()),
-                Need::Manage if matches!(role.as_str(), "OWNER" | "ADMINISTRATOR") => Ok(()),
+                Need::Manage if role.may_manage() => Ok(()),
                 Need::Manage => Err(AuthError::Forbidden(
                     "managing keys needs the OWNER or ADMINISTRATOR role",
                 )),
@@ -274,7 +306,7 @@ mod tests {
         let other = OrgId::parse("other").unwrap();
         let who = |role: &str| Principal::Org {
             org: acme.clone(),
-            role: role.into(),
+            role: Role::from_claim(role),
             sub: "u".into(),
             key_id: KeyId::new(ulid::Ulid::nil()),
         };

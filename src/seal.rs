@@ -40,6 +40,9 @@ pub enum SealError {
     /// `SIGNET_SEAL_KEY` or a seal key file is not 32 bytes of hex.
     #[error("seal key from {0} must be 64 hexadecimal characters")]
     BadKey(String),
+    /// The configured seal key file does not exist.
+    #[error("the seal key file {0} does not exist")]
+    Missing(PathBuf),
     /// The seal key file could not be read or written.
     #[error("cannot read or write seal key {path}: {source}")]
     Io {
@@ -105,6 +108,16 @@ impl Sealer {
             }
         };
         match read_key_file(&next_path(data_dir))? {
+            Some(next) => Ok(Sealer::from_keys(&[next, current])),
+            None => Ok(Sealer::from_keys(&[current])),
+        }
+    }
+
+    /// The seal key in `path`, which must exist; a `{path}.next` left by an
+    /// interrupted rotation is accepted for opening too, and seals.
+    pub fn load_file(path: &Path) -> Result<Sealer, SealError> {
+        let current = read_key_file(path)?.ok_or_else(|| SealError::Missing(path.to_owned()))?;
+        match read_key_file(&next_of(path))? {
             Some(next) => Ok(Sealer::from_keys(&[next, current])),
             None => Ok(Sealer::from_keys(&[current])),
         }
@@ -183,7 +196,14 @@ pub fn key_path(data_dir: &Path) -> PathBuf {
 
 /// Where a rotation writes the next seal key before moving it into place.
 pub fn next_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("seal.key.next")
+    next_of(&key_path(data_dir))
+}
+
+/// Where a rotation of the key file `path` writes the next key.
+pub fn next_of(path: &Path) -> PathBuf {
+    let mut next = path.as_os_str().to_owned();
+    next.push(".next");
+    PathBuf::from(next)
 }
 
 /// 32 fresh random bytes.

@@ -13,7 +13,7 @@ use std::time::Duration;
 pub use lifecycle::Lifetimes;
 use lifecycle::Published;
 
-use crate::audit::{Action, Actor, AuditEvent, BrokenLink, NewEvent};
+use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::jwks::{Document, Jwks};
 use crate::keys::upload::Upload;
 use crate::keys::{
@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::refusals::Refusals;
 use crate::store::{
-    Changed, Insert, Inserted, KeyChange, KeyRotation, Rotation, Store, StoreError,
+    AuditPage, Changed, Insert, Inserted, KeyChange, KeyRotation, Rotation, Store, StoreError,
 };
 use crate::verify::{Expect, Policy, Verified, Verifier, VerifyError};
 
@@ -386,10 +386,14 @@ impl Signet {
         &self,
         org: &OrgId,
         limit: usize,
-        before: Option<KeyId>,
+        before: Option<EventId>,
     ) -> Result<Vec<AuditEvent>, ServiceError> {
-        self.storage(self.store.audit_page(org.clone(), limit, before))
-            .await
+        self.storage(self.store.audit_page(AuditPage {
+            org: org.clone(),
+            limit,
+            before,
+        }))
+        .await
     }
 
     /// Walks every organisation's audit chain: the number of events

@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock};
 
 use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
 use signet::keys::{Algorithm, KeyId};
-use signet::verify::{KeyMaterial, KeySource, Policy, Verifier};
+use signet::verify::{KeyMaterial, KeySource, KeySourceError, Policy, Verifier};
 
 pub const KID: &str = "01JA000000000000000000000A";
 pub const KEY_PEM: &str = include_str!("../../fixtures/keys/a.pem");
@@ -17,7 +17,7 @@ struct OneKey {
 }
 
 impl KeySource for OneKey {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String> {
+    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError> {
         Ok((id == self.id).then(|| KeyMaterial {
             org: None,
             algorithm: Algorithm::RS256,
@@ -25,7 +25,7 @@ impl KeySource for OneKey {
         }))
     }
 
-    fn contains(&self, id: KeyId) -> Result<bool, String> {
+    fn contains(&self, id: KeyId) -> Result<bool, KeySourceError> {
         Ok(id == self.id)
     }
 }

@@ -368,7 +368,7 @@ where
 
 /// The answer to a body that timed out: 408, and the closure counted (the
 /// unread rest of the body means HTTP/1 cannot reuse the connection).
-pub fn body_timed_out(app: &super::App, e: impl ToString) -> super::reply::ApiError {
+pub fn body_timed_out(app: &super::ServerState, e: impl ToString) -> super::reply::ApiError {
     app.signet
         .metrics
         .connections_closed
@@ -378,7 +378,7 @@ pub fn body_timed_out(app: &super::App, e: impl ToString) -> super::reply::ApiEr
         .inc();
     super::reply::ApiError::new(
         hyper::StatusCode::REQUEST_TIMEOUT,
-        "request_timeout",
+        super::reply::ErrorCode::RequestTimeout,
         "the request body did not arrive in time",
     )
     .cause(e)

@@ -1,22 +1,19 @@
-//! The bodies and answers of the key lifecycle: the create body (a key
-//! pair, or an uploaded public key, with an optional expiry), `PATCH`
-//! (disable, enable, rename) and rotate, and the reply that hands out a
-//! private key once. See docs/api.md, "Key lifecycle".
+//! The key lifecycle routes: `PATCH` (disable, enable, rename) and
+//! rotate, the create body (a key pair, or an uploaded public key, with an
+//! optional expiry) and the JWK Sets' expiry-bound `max-age`. See
+//! docs/api.md, "Key lifecycle".
 
 use std::time::Duration;
 
-use hyper::header::{self, HeaderValue};
+use hyper::header::HeaderValue;
 use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
-use zeroize::Zeroizing;
 
-use super::body::Body;
-use super::reply::{self, ApiError, Reply, JSON, PEM};
+use super::call::{accepts_pem, header_value, Call, Outcome};
+use super::reply::{self, ApiError, JSON};
 use crate::keys::upload::{self, Upload};
-use crate::keys::{
-    self, Algorithm, Bits, GeneratedKey, KeyName, KeySpec, KeyView, PublicKeyRecord,
-};
+use crate::keys::{self, Algorithm, Bits, KeyName, KeySpec, KeyView};
 use crate::service::{NewKey, Patch};
 
 /// The media type of a JSON merge patch (RFC 7396), which `PATCH` takes
@@ -153,54 +150,34 @@ impl RotateBody {
     }
 }
 
-/// 201 with a new key pair: the `SigningKeySet`, or with `pem` the private
-/// key PEM alone as an attachment. The private key's buffers are zeroized
-/// when the body is dropped; `Location` points at the key and no cache may
-/// keep the answer.
-pub fn issued(record: &PublicKeyRecord, key: &GeneratedKey, pem: bool) -> Reply {
-    let private = key.pkcs8_pem();
-    let mut reply = if pem {
-        let mut r = reply::with_type(
-            StatusCode::CREATED,
-            PEM,
-            Body::secret(Zeroizing::new(private.as_bytes().to_vec())),
-        );
-        let disposition = format!("attachment; filename=\"{}.pem\"", record.id);
-        r.headers_mut()
-            .insert(header::CONTENT_DISPOSITION, header_value(disposition));
-        r
-    } else {
-        let mut view = KeyView::new(record);
-        view.private_key = Some(private.as_str());
-        // Reserve up front so the buffer never reallocates, leaving no
-        // unzeroized copy of the private key behind.
-        let mut buf = Zeroizing::new(Vec::with_capacity(2 * private.len() + 4096));
-        serde_json::to_writer(&mut *buf, &view).expect("a key view always serialises");
-        reply::with_type(StatusCode::CREATED, JSON, Body::secret(buf))
-    };
-    located(&mut reply, record);
-    reply
+/// `PATCH /v1/organisations/{org}/keys/{id}`: disable, enable, rename.
+pub async fn patch(call: Call<'_>) -> Outcome {
+    let id = call.key_id()?;
+    let (org, caller) = call.manage().await?;
+    let state = call.state;
+    let body: PatchBody = call
+        .read_json_as(&[JSON, MERGE_PATCH], false)
+        .await?
+        .expect("an empty body is refused");
+    let record = state.signet.change(org, id, body.parse()?, &caller).await?;
+    Ok(reply::json(StatusCode::OK, &KeyView::new(&record)))
 }
 
-/// 201 with an uploaded key's `PublicKey`.
-pub fn uploaded(record: &PublicKeyRecord) -> Reply {
-    let mut reply = reply::json(StatusCode::CREATED, &KeyView::new(record));
-    located(&mut reply, record);
-    reply
+/// `POST /v1/organisations/{org}/keys/{id}/rotate`: the successor, and
+/// the old key retired after the grace period.
+pub async fn rotate(call: Call<'_>) -> Outcome {
+    let id = call.key_id()?;
+    let (org, caller) = call.manage().await?;
+    let state = call.state;
+    let pem = accepts_pem(call.headers());
+    let body: RotateBody = call.read_json_as(&[JSON], true).await?.unwrap_or_default();
+    let rotated = state.signet.rotate(org, id, body.grace(), &caller).await?;
+    let (record, key, _) = rotated;
+    super::keys::issued(&record, &key, pem)
 }
 
-/// `Location` of a new key, and `Cache-Control: no-store`.
-pub fn located(reply: &mut Reply, record: &PublicKeyRecord) {
-    let h = reply.headers_mut();
-    h.insert(
-        header::LOCATION,
-        header_value(format!("/v1/keys/{}", record.id)),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-}
-
-/// `Cache-Control` of a JWK Set document at `now_ms`: the configured
-/// max-age, or less if a listed key expires sooner.
+/// `Cache-Control` of a JWK Set document now: the configured max-age, or
+/// less if a listed key expires sooner.
 pub fn jwks_cache_control(
     doc: &crate::jwks::Document,
     configured: u64,
@@ -213,22 +190,11 @@ pub fn jwks_cache_control(
     header_value(format!("public, max-age={max_age}"))
 }
 
-fn header_value(s: String) -> HeaderValue {
-    HeaderValue::try_from(s).expect("ids and numbers are valid header values")
-}
-
-/// A JSON parse error's message with the content of every quoted string
-/// left out: serde repeats a wrongly typed string value, which may be a
-/// private key sent in the wrong field.
-pub fn redacted(e: &serde_json::Error) -> String {
-    let mut out = String::new();
-    for (i, part) in e.to_string().split('"').enumerate() {
-        match i % 2 {
-            0 => out.push_str(part),
-            _ => out.push_str("\"…\""),
-        }
-    }
-    out
+#[cfg(feature = "test-hooks")]
+pub fn fuzz_body(body: &[u8]) {
+    let _ = serde_json::from_slice::<CreateBody>(body).map(CreateBody::parse);
+    let _ = serde_json::from_slice::<PatchBody>(body).map(PatchBody::parse);
+    let _ = serde_json::from_slice::<RotateBody>(body);
 }
 
 #[cfg(test)]
@@ -242,7 +208,7 @@ mod tests {
         )
         .err()
         .unwrap();
-        let message = redacted(&e);
+        let message = super::super::call::redacted(&e);
         assert!(!message.contains("PRIVATE"), "{message}");
         assert!(message.contains("invalid type"), "{message}");
     }

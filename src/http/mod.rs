@@ -2,16 +2,23 @@
 //! shutdown, the route table, and the mapping of every outcome to a
 //! response. Also the small HTTP client `signet verify --server` uses.
 
+mod audit;
 mod body;
+mod call;
 pub mod client;
 mod deadline;
+mod jwks;
+mod keys;
 mod lifecycle;
+mod ops;
 mod reply;
 mod routes;
 pub mod tls;
+mod verify;
 
-#[doc(hidden)]
+#[cfg(feature = "test-hooks")]
 pub use routes::fuzz_parsers;
+pub use routes::paths;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,8 +40,9 @@ use crate::config::Config;
 use crate::metrics::{ReasonLabel, RequestLabels, RouteLabel};
 use crate::service::Signet;
 
-/// What every request can reach.
-pub struct App {
+/// What every request can reach: the service, the configuration, the
+/// operator token and prepared header values.
+pub struct ServerState {
     pub signet: Signet,
     pub config: Config,
     pub operator: OperatorToken,
@@ -42,12 +50,12 @@ pub struct App {
     tls: Option<Arc<tls::Tls>>,
 }
 
-impl App {
-    pub fn new(signet: Signet, config: Config, operator: OperatorToken) -> App {
+impl ServerState {
+    pub fn new(signet: Signet, config: Config, operator: OperatorToken) -> ServerState {
         let jwks_cache_control =
             HeaderValue::try_from(format!("public, max-age={}", config.jwks.max_age_secs))
                 .expect("a number is a valid header value");
-        App {
+        ServerState {
             signet,
             config,
             operator,
@@ -57,7 +65,7 @@ impl App {
     }
 
     /// Serve TLS with this pair instead of plain HTTP.
-    pub fn with_tls(mut self, tls: tls::Tls) -> App {
+    pub fn with_tls(mut self, tls: tls::Tls) -> ServerState {
         self.tls = Some(Arc::new(tls));
         self
     }
@@ -65,7 +73,11 @@ impl App {
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and
 /// gives in-flight requests up to the configured grace period.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<ServerState>,
+    shutdown: impl Future<Output = ()>,
+) {
     let server = &app.config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -112,7 +124,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 let app = app.clone();
                 let in_flight = activity.begin(req.version());
                 async move {
-                    let reply = answer(&app, req, peer).await;
+                    let reply = handle_request(&app, req, peer).await;
                     drop(in_flight);
                     Ok::<_, Infallible>(reply)
                 }
@@ -167,8 +179,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 }
 
 /// Routes one request and logs and counts it.
-async fn answer(
-    app: &App,
+async fn handle_request(
+    app: &ServerState,
     req: hyper::Request<hyper::body::Incoming>,
     peer: SocketAddr,
 ) -> reply::Reply {
@@ -183,7 +195,7 @@ async fn answer(
         });
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let (route, mut reply) = routes::handle(app, req, peer).await;
+    let (route, mut reply) = routes::dispatch(app, req, peer).await;
     let elapsed = started.elapsed();
     let status = reply.status().as_u16();
     app.signet

@@ -33,23 +33,42 @@ pub fn empty(status: StatusCode) -> Reply {
     r
 }
 
+/// The error codes of docs/api.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidId,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    QuotaExceeded,
+    Conflict,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    RequestTimeout,
+    Unavailable,
+    Internal,
+}
+
 /// An error as docs/api.md shapes it: `{"code", "message", "cause"?}`.
 #[derive(Debug, Serialize)]
 pub struct ApiError {
     #[serde(skip)]
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
     #[serde(skip)]
-    allow: Option<&'static str>,
+    allow: Option<String>,
     #[serde(skip)]
     www_authenticate: Option<&'static str>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -66,30 +85,30 @@ impl ApiError {
     }
 
     pub fn invalid_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message)
     }
 
     pub fn invalid_id(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", message)
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidId, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     pub fn internal(cause: impl ToString) -> ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "the server could not complete the request",
         )
         .cause(cause)
     }
 
-    pub fn method_not_allowed(allow: &'static str) -> ApiError {
+    pub fn method_not_allowed(allow: String) -> ApiError {
         let mut e = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             format!("this route answers only {allow}"),
         );
         e.allow = Some(allow);
@@ -108,9 +127,9 @@ impl ApiError {
     }
 
     fn with_headers(&self, mut r: Reply) -> Reply {
-        if let Some(allow) = self.allow {
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
+        if let Some(allow) = &self.allow {
+            let allow = HeaderValue::try_from(allow).expect("method names are valid header values");
+            r.headers_mut().insert(ALLOW, allow);
         }
         if let Some(challenge) = self.www_authenticate {
             r.headers_mut()
@@ -125,16 +144,20 @@ impl From<AuthError> for ApiError {
         let message = e.to_string();
         match e {
             AuthError::Missing => {
-                let mut a = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+                let mut a =
+                    ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message);
                 a.www_authenticate = Some("Bearer realm=\"signet\"");
                 a
             }
             AuthError::Invalid { .. } => {
-                let mut a = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+                let mut a =
+                    ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message);
                 a.www_authenticate = Some("Bearer realm=\"signet\", error=\"invalid_token\"");
                 a
             }
-            AuthError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
+            AuthError::Forbidden(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+            }
         }
     }
 }
@@ -143,16 +166,16 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> ApiError {
         match e {
             ServiceError::QuotaExceeded(_) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "quota_exceeded", e.to_string())
+                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::QuotaExceeded, e.to_string())
             }
             ServiceError::NotFound(_) => ApiError::not_found(e.to_string()),
             ServiceError::Duplicate(_) | ServiceError::Conflict(_) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
             }
             ServiceError::Lifetime(_) => ApiError::invalid_request(e.to_string()),
             ServiceError::Store(ref store) if store.is_unavailable() => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "internal",
+                ErrorCode::Unavailable,
                 "storage is unavailable (is the disk full or read-only?); the request was not acknowledged, retry later",
             )
             .cause(store),
@@ -160,6 +183,33 @@ impl From<ServiceError> for ApiError {
                 tracing::error!(error = %e, "request failed");
                 ApiError::internal(e)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_read_as_docs_api_spells_them() {
+        let cases = [
+            (ErrorCode::InvalidRequest, "invalid_request"),
+            (ErrorCode::InvalidId, "invalid_id"),
+            (ErrorCode::Unauthorized, "unauthorized"),
+            (ErrorCode::Forbidden, "forbidden"),
+            (ErrorCode::NotFound, "not_found"),
+            (ErrorCode::MethodNotAllowed, "method_not_allowed"),
+            (ErrorCode::QuotaExceeded, "quota_exceeded"),
+            (ErrorCode::Conflict, "conflict"),
+            (ErrorCode::PayloadTooLarge, "payload_too_large"),
+            (ErrorCode::UnsupportedMediaType, "unsupported_media_type"),
+            (ErrorCode::RequestTimeout, "request_timeout"),
+            (ErrorCode::Unavailable, "unavailable"),
+            (ErrorCode::Internal, "internal"),
+        ];
+        for (code, text) in cases {
+            assert_eq!(serde_json::to_value(code).unwrap(), text);
         }
     }
 }

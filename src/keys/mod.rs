@@ -4,6 +4,7 @@
 
 mod generate;
 mod jwk;
+mod jwt;
 mod spec;
 pub mod upload;
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use generate::{generate, generate_with_rsa_crate, GeneratedKey};
 pub use jwk::{Jwk, JwkError};
+pub use jwt::jwt_alg;
 pub use spec::{Curve, KeySpec};
 
 /// Why a piece of client input is not a valid identifier, name or parameter.

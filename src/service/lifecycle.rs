@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use super::ServiceError;
 use crate::jwks::Jwks;
 use crate::keys::{now_secs, rfc3339, Jwk, KeyId, KeyState, OrgId, PublicKeyRecord};
-use crate::verify::{KeyMaterial, KeySource, Verifier, Withheld};
+use crate::verify::{KeyMaterial, KeySource, KeySourceError, Verifier, Withheld};
 
 /// The longest the expiry timer sleeps without looking at the clock again.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -228,14 +228,14 @@ pub(super) async fn expire_forever(published: Arc<Published>, verifier: Arc<Veri
 /// The published keys as the verifier's key source: verification reads
 /// memory only, never storage, so it keeps working while storage is down.
 impl KeySource for Published {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String> {
+    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError> {
         let Some((org, jwk)) = self.jwks.key(id) else {
             return Ok(None);
         };
         let (_, algorithm, spki_der) = serde_json::from_slice::<Jwk>(&jwk)
             .map_err(|e| e.to_string())
             .and_then(|jwk| jwk.to_parts().map_err(|e| e.to_string()))
-            .map_err(|e| format!("published key {id} does not parse: {e}"))?;
+            .map_err(|cause| KeySourceError::Unparsable { id, cause })?;
         Ok(Some(KeyMaterial {
             org: Some(org),
             algorithm,
@@ -243,7 +243,7 @@ impl KeySource for Published {
         }))
     }
 
-    fn contains(&self, id: KeyId) -> Result<bool, String> {
+    fn contains(&self, id: KeyId) -> Result<bool, KeySourceError> {
         Ok(self.jwks.contains(id))
     }
 

@@ -17,18 +17,19 @@
 //! ([`seal_record`], [`open_record`]), and how an audit event is chained
 //! (`crate::audit`).
 
+pub mod postgres;
 pub mod sled;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::audit::Action;
-use crate::audit::{AuditEvent, BrokenLink, NewEvent};
-use crate::config::Config;
+use crate::audit::{Action, AuditEvent, BrokenLink, EventId, NewEvent};
+use crate::config::{Backend, Config, Secret};
 use crate::keys::{KeyId, KeyName, OrgId, PublicKeyRecord};
 use crate::seal::{SealError, Sealer};
 
+use self::postgres::PgStore;
 use self::sled::SledStore;
 
 /// The schema this build writes and reads. Version 2 added EC and Ed25519
@@ -58,8 +59,10 @@ pub enum StoreError {
         source: BackendError,
     },
     /// A read-only command was pointed at a directory without signet data.
-    #[error("no signet data in {} (pass --data-dir, or run `signet serve` once)", .0.display())]
-    NoData(PathBuf),
+    #[error(
+        "no signet data in {0} (pass --data-dir or --database-url, or run `signet serve` once)"
+    )]
+    NoData(String),
     /// The database was written by a newer signet.
     #[error("the database in {location} has schema version {found}, but this signet understands only up to {SCHEMA_VERSION}; upgrade signet")]
     NewerSchema { location: String, found: u32 },
@@ -228,6 +231,15 @@ pub struct Insert {
     pub refused: NewEvent,
 }
 
+/// Which audit events to read: at most `limit` of `org`'s, all strictly
+/// older than `before` if given.
+#[derive(Debug, Clone)]
+pub struct AuditPage {
+    pub org: OrgId,
+    pub limit: usize,
+    pub before: Option<EventId>,
+}
+
 /// What signet needs from a store. Every method that changes data is
 /// durable (committed, synced) when its future resolves.
 pub trait Storage: Send + Sync {
@@ -292,13 +304,10 @@ pub trait Storage: Send + Sync {
     /// Every live key that opens, in id (creation) order.
     fn all_keys(&self) -> impl Future<Output = Result<Vec<PublicKeyRecord>, StoreError>> + Send;
 
-    /// An organisation's audit events, newest first: at most `limit`, all
-    /// strictly older than `before` if given.
+    /// One page of an organisation's audit events, newest first.
     fn audit_page(
         &self,
-        org: OrgId,
-        limit: usize,
-        before: Option<KeyId>,
+        page: AuditPage,
     ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
 
     /// Walks every organisation's audit chain: the number of events
@@ -322,12 +331,14 @@ pub trait Storage: Send + Sync {
 #[derive(Clone)]
 pub enum Store {
     Sled(Arc<SledStore>),
+    Postgres(Arc<PgStore>),
 }
 
 macro_rules! dispatch {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
             Store::Sled($s) => $e,
+            Store::Postgres($s) => $e,
         }
     };
 }
@@ -335,22 +346,38 @@ macro_rules! dispatch {
 impl Store {
     /// Opens (creating if needed) the configured store.
     pub async fn open(config: &Config) -> Result<Store, StoreError> {
-        let dir = &config.storage.data_dir;
-        create_private_dir(dir).map_err(|source| StoreError::Open {
-            location: dir.display().to_string(),
-            source: Box::new(source),
-        })?;
-        open_with(&config.storage.data_dir, config.sealer()?).await
+        if config.storage.backend == Backend::Sled {
+            let dir = &config.storage.data_dir;
+            create_private_dir(dir).map_err(|source| StoreError::Open {
+                location: dir.display().to_string(),
+                source: Box::new(source),
+            })?;
+        }
+        Store::open_with(config, config.sealer()?, true).await
     }
 
     /// Opens the configured store only if it already holds signet data;
     /// creates nothing otherwise (for read-only commands).
     pub async fn open_existing(config: &Config) -> Result<Store, StoreError> {
-        let dir = &config.storage.data_dir;
-        if !SledStore::exists(dir) {
-            return Err(StoreError::NoData(dir.clone()));
+        if config.storage.backend == Backend::Sled {
+            no_sled_data(config)?;
         }
-        Store::open(config).await
+        Store::open_with(config, config.sealer()?, false).await
+    }
+
+    async fn open_with(config: &Config, sealer: Sealer, create: bool) -> Result<Store, StoreError> {
+        match config.storage.backend {
+            Backend::Sled => {
+                let dir = config.storage.data_dir.clone();
+                let store = blocking(move || SledStore::open(&dir, sealer)).await?;
+                Ok(Store::Sled(Arc::new(store)))
+            }
+            Backend::Postgres => {
+                let url = config.storage.url.as_ref().map_or("", Secret::expose);
+                let store = PgStore::open(url, sealer, create).await?;
+                Ok(Store::Postgres(Arc::new(store)))
+            }
+        }
     }
 
     pub fn new_id(&self) -> KeyId {
@@ -402,13 +429,8 @@ impl Store {
         dispatch!(self, s => s.all_keys().await)
     }
 
-    pub async fn audit_page(
-        &self,
-        org: OrgId,
-        limit: usize,
-        before: Option<KeyId>,
-    ) -> Result<Vec<AuditEvent>, StoreError> {
-        dispatch!(self, s => s.audit_page(org, limit, before).await)
+    pub async fn audit_page(&self, page: AuditPage) -> Result<Vec<AuditEvent>, StoreError> {
+        dispatch!(self, s => s.audit_page(page).await)
     }
 
     pub async fn verify_audit(&self) -> Result<Result<usize, BrokenLink>, StoreError> {
@@ -524,23 +546,27 @@ pub enum RotateError {
 /// accepted alongside it until it is renamed into place, so a crash at
 /// any point leaves every record readable; rerunning finishes the rotation.
 pub async fn rotate_seal(config: &Config, new_key: Option<&str>) -> Result<Rotated, RotateError> {
-    let dir = &config.storage.data_dir;
-    if !SledStore::exists(dir) {
-        return Err(StoreError::NoData(dir.clone()).into());
+    if config.storage.backend == Backend::Sled {
+        no_sled_data(config)?;
     }
-    if let Some(current) = &config.storage.seal_key {
-        let both = Sealer::rotating(new_key.ok_or(RotateError::NoNewKey)?, current.expose())?;
-        let records = open_with(dir, both).await?.reseal_all().await?;
+    let Some(key_file) = config.seal_key_file() else {
+        let current = config.storage.seal_key.as_ref().map_or("", Secret::expose);
+        let both = Sealer::rotating(new_key.ok_or(RotateError::NoNewKey)?, current)?;
+        let store = Store::open_with(config, both, false).await?;
+        let records = store.reseal_all().await?;
         return Ok(Rotated::External { records });
+    };
+    if config.storage.backend == Backend::Postgres {
+        // Checked before a new key file is written.
+        drop(Store::open_existing(config).await?);
     }
-    let next_path = crate::seal::next_path(dir);
+    let next_path = crate::seal::next_of(&key_file);
     if !next_path.exists() {
         crate::seal::write_key_file(&next_path, &crate::seal::random_key())?;
     }
-    let store = open_with(dir, config.sealer()?).await?;
+    let store = Store::open_with(config, config.sealer()?, false).await?;
     let records = store.reseal_all().await?;
     drop(store);
-    let key_file = crate::seal::key_path(dir);
     std::fs::rename(&next_path, &key_file).map_err(|source| RotateError::Rename {
         path: next_path.clone(),
         source,
@@ -549,8 +575,11 @@ pub async fn rotate_seal(config: &Config, new_key: Option<&str>) -> Result<Rotat
     Ok(Rotated::KeyFile { records, key_file })
 }
 
-async fn open_with(dir: &Path, sealer: Sealer) -> Result<Store, StoreError> {
-    let dir = dir.to_owned();
-    let store = blocking(move || SledStore::open(&dir, sealer)).await?;
-    Ok(Store::Sled(Arc::new(store)))
+/// Refuses a data directory without a sled database in it.
+fn no_sled_data(config: &Config) -> Result<(), StoreError> {
+    let dir = &config.storage.data_dir;
+    match SledStore::exists(dir) {
+        true => Ok(()),
+        false => Err(StoreError::NoData(dir.display().to_string())),
+    }
 }

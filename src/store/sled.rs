@@ -24,12 +24,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
-use crate::audit::{self, AuditEvent, NewEvent};
+use crate::audit::{self, AuditEvent, EventId, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    blocking, open_record, reseal_value, seal_record, Changed, Insert, Inserted, KeyChange,
-    KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
+    blocking, open_record, reseal_value, seal_record, AuditPage, Changed, Insert, Inserted,
+    KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
 };
 
 /// sled's page cache. Nothing hot reads through it: the verifier and the
@@ -82,7 +82,7 @@ impl SledStore {
     /// Opens (or creates) the database under `dir`; records are sealed and
     /// opened with `sealer`.
     pub fn open(dir: &Path, sealer: Sealer) -> Result<SledStore, StoreError> {
-        let handles = Handles::open(dir)?;
+        let handles = Handles::open_waiting(dir)?;
         let store = SledStore {
             path: dir.to_owned(),
             handles: RwLock::new(None),
@@ -178,7 +178,7 @@ impl SledStore {
         // sled releases its file lock once the last handle (ours, and those
         // of requests still in flight) is dropped.
         *slot = None;
-        let handles = Handles::open(&self.path)?;
+        let handles = Handles::open_waiting(&self.path)?;
         handles.sync()?;
         *slot = Some(Arc::new(handles));
         self.failed.store(false, Ordering::SeqCst);
@@ -481,12 +481,12 @@ impl SledStore {
         &self,
         org: &OrgId,
         limit: usize,
-        before: Option<KeyId>,
+        before: Option<EventId>,
     ) -> Result<Vec<AuditEvent>, StoreError> {
         let h = self.handles()?;
         let prefix = index_key_prefix(org);
         let end = match before {
-            Some(id) => index_key(org, id),
+            Some(id) => index_key(org, KeyId::from_bytes(id.to_bytes())),
             None => prefix_end(&prefix),
         };
         h.audit
@@ -550,13 +550,13 @@ impl SledStore {
     }
 
     /// Direct access to the raw audit tree, for tests that tamper with it.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_audit_tree(&self) -> sled::Tree {
         self.handles().expect("database open").audit.clone()
     }
 
     /// Direct access to the raw key tree, for tests that plant records.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn raw_keys_tree(&self) -> sled::Tree {
         self.handles().expect("database open").keys.clone()
     }
@@ -641,6 +641,23 @@ impl Handles {
         self.db.flush()?;
         self.db_file.sync_data()?;
         Ok(())
+    }
+
+    /// [`Handles::open`], waiting up to a second for the lock: sled's
+    /// background I/O threads can hold the file a moment after the last
+    /// handle of a closed database is dropped.
+    fn open_waiting(dir: &Path) -> Result<Handles, StoreError> {
+        let started = std::time::Instant::now();
+        loop {
+            match Handles::open(dir) {
+                Err(StoreError::Locked(_))
+                    if started.elapsed() < std::time::Duration::from_secs(1) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened,
+            }
+        }
     }
 
     fn open(dir: &Path) -> Result<Handles, StoreError> {
@@ -817,8 +834,8 @@ fn append_event(
             .map_err(|_| abort(StoreError::Corrupt("audit head is not 32 bytes".into())))?,
     };
     let id = gen.next();
-    let stored = serde_json::to_vec(&AuditEvent::new(id, org.clone(), event, prev))
-        .expect("an event always serialises");
+    let event = AuditEvent::new(EventId::from_bytes(id.to_bytes()), org.clone(), event, prev);
+    let stored = serde_json::to_vec(&event).expect("an event always serialises");
     audit.insert(index_key(org, id), stored.as_slice())?;
     heads.insert(org_key, &audit::link(&stored))?;
     Ok(())
@@ -899,14 +916,9 @@ impl Storage for Arc<SledStore> {
         blocking(move || SledStore::all_keys(&db)).await
     }
 
-    async fn audit_page(
-        &self,
-        org: OrgId,
-        limit: usize,
-        before: Option<KeyId>,
-    ) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn audit_page(&self, page: AuditPage) -> Result<Vec<AuditEvent>, StoreError> {
         let db = self.clone();
-        blocking(move || SledStore::audit_page(&db, &org, limit, before)).await
+        blocking(move || SledStore::audit_page(&db, &page.org, page.limit, page.before)).await
     }
 
     async fn verify_audit(&self) -> Result<Result<usize, audit::BrokenLink>, StoreError> {

@@ -14,6 +14,8 @@
 //! ordered with cache fills by one lock: once [`Verifier::forget`] returns,
 //! no token of that key verifies, not even from a fill that raced with it.
 
+mod jwk_set;
+mod policy;
 mod token;
 
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::keys::{Algorithm, KeyId, OrgId};
 
+pub use jwk_set::{JwkSetError, JwkSetSource};
 pub use token::{decode_object, ClaimRules};
 
 /// Why a token is not valid. The code of each variant is listed in docs/api.md.
@@ -108,11 +111,19 @@ pub enum Withheld {
     Expired,
 }
 
+/// Why a key source could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySourceError {
+    /// A published key that does not parse as a key signet can verify with.
+    #[error("published key {id} does not parse: {cause}")]
+    Unparsable { id: KeyId, cause: String },
+}
+
 /// Where a verifier finds keys it has not cached: the store, or a JWK Set.
 pub trait KeySource: Send + Sync {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String>;
+    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError>;
     /// Whether `id` is still live; called under the fill lock, so cheap.
-    fn contains(&self, id: KeyId) -> Result<bool, String>;
+    fn contains(&self, id: KeyId) -> Result<bool, KeySourceError>;
     /// Why `id`, which `lookup` does not return, exists but may not
     /// verify; `None` for a key never seen or deleted. Called under the
     /// fill lock, so cheap.
@@ -314,7 +325,7 @@ impl Verifier {
         let material = self
             .source
             .lookup(id)
-            .map_err(VerifyError::Unavailable)?
+            .map_err(|e| VerifyError::Unavailable(e.to_string()))?
             .ok_or_else(|| {
                 let absent = absent();
                 if let VerifyError::UnknownKey(_) = absent {
@@ -330,7 +341,11 @@ impl Verifier {
         // A delete, disable or rotation may have completed since the
         // lookup; it has already called `forget`, so filling now with what
         // the lookup saw would resurrect the key or its old expiry.
-        if !self.source.contains(id).map_err(VerifyError::Unavailable)? {
+        if !self
+            .source
+            .contains(id)
+            .map_err(|e| VerifyError::Unavailable(e.to_string()))?
+        {
             return Err(absent());
         }
         let key = Arc::new(CachedKey {

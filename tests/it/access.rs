@@ -153,7 +153,7 @@ async fn audit(app: &TestApp, org: &str, query: &str) -> Vec<Value> {
     r.json()["events"].as_array().unwrap().clone()
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(audit_log_records_changes_refusals_and_pages_exactly);
 async fn audit_log_records_changes_refusals_and_pages_exactly() {
     let app = spawn_with(|c| c.keys.max_per_org = 2).await;
     let a = app.create_key("acme", json!({"name": "a"})).await;

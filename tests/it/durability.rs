@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(kill_9_loses_no_acknowledged_write);
 async fn kill_9_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut acknowledged: Vec<(String, String)> = Vec::new(); // (org, id)
@@ -94,8 +94,8 @@ async fn kill_9_loses_no_acknowledged_write() {
     }
     // Finally the offline view agrees, and nothing is half-written.
     let out = Command::new(env!("CARGO_BIN_EXE_signet"))
-        .args(["keys", "list", "--data-dir"])
-        .arg(dir.path())
+        .args(["keys", "list"])
+        .args(crate::backends::storage_args(dir.path()))
         .output()
         .unwrap();
     assert!(
@@ -120,8 +120,8 @@ async fn kill_9_loses_no_acknowledged_write() {
         .unwrap()
         .starts_with("-----BEGIN PUBLIC KEY-----")));
     let audit = Command::new(env!("CARGO_BIN_EXE_signet"))
-        .args(["audit", "verify", "--data-dir"])
-        .arg(dir.path())
+        .args(["audit", "verify"])
+        .args(crate::backends::storage_args(dir.path()))
         .output()
         .unwrap();
     assert_eq!(

@@ -3,13 +3,13 @@
 use hyper::{Method, StatusCode};
 use rsa::pkcs1::DecodeRsaPrivateKey;
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde_json::{json, Value};
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(create_returns_the_private_key_once_and_keeps_the_public_key);
 async fn create_returns_the_private_key_once_and_keeps_the_public_key() {
     let app = spawn_app().await;
     let r = app
@@ -129,7 +129,7 @@ async fn every_algorithm_and_size_is_issued_as_asked() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(list_is_oldest_first_and_delete_removes_everywhere);
 async fn list_is_oldest_first_and_delete_removes_everywhere() {
     let app = spawn_app().await;
     let mut ids = Vec::new();
@@ -177,7 +177,7 @@ async fn list_is_oldest_first_and_delete_removes_everywhere() {
     assert!(!kids.contains(&ids[1]));
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(quota_is_atomic_under_concurrency);
 async fn quota_is_atomic_under_concurrency() {
     let app = std::sync::Arc::new(spawn_app().await);
     let creates = (0..20).map(|i| {
@@ -224,7 +224,7 @@ async fn futures_join<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T
     out
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(quota_follows_the_configured_maximum);
 async fn quota_follows_the_configured_maximum() {
     let app = spawn_with(|c| c.keys.max_per_org = 2).await;
     app.create_key("small", json!({"name": "a"})).await;
@@ -417,16 +417,7 @@ async fn probes_metrics_and_openapi_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_private_key_material_reaches_the_data_dir() {
     let app = spawn_app().await;
-    let mut privates = Vec::new();
-    for (alg, bits) in [("RS256", 2048), ("PS256", 3072)] {
-        let set = app
-            .create_key(
-                "acme",
-                json!({"name": "secret", "algorithm": alg, "bits": bits}),
-            )
-            .await;
-        privates.push(set["privateKey"].as_str().unwrap().to_owned());
-    }
+    let privates = create_secret_keys(&app).await;
     let pkcs1 = app
         .request_as(Method::POST, "/organization/acme/key", ADMIN)
         .await
@@ -438,33 +429,12 @@ async fn no_private_key_material_reaches_the_data_dir() {
         "the database is there: {:?}",
         files.keys()
     );
-    let mut needles: Vec<(String, Vec<u8>)> = Vec::new();
-    let keys = privates
+    let pems: Vec<&str> = privates
         .iter()
-        .map(|p| RsaPrivateKey::from_pkcs8_pem(p).unwrap())
-        .chain([RsaPrivateKey::from_pkcs1_pem(&pkcs1).unwrap()]);
-    for (i, key) in keys.enumerate() {
-        needles.push((format!("d of key {i}"), key.d().to_bytes_be()));
-        for (j, p) in key.primes().iter().enumerate() {
-            needles.push((format!("prime {j} of key {i}"), p.to_bytes_be()));
-        }
-        needles.push((
-            format!("d of key {i}, little-endian"),
-            key.d().to_bytes_le(),
-        ));
-    }
-    for pem in privates.iter().chain([&pkcs1]) {
-        // 48-byte runs from the private tail of the PEM body and of its DER
-        // (the head holds the public modulus, which is rightly stored).
-        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        let tail = body.len() - 200;
-        needles.push(("PEM body".into(), body.as_bytes()[tail..tail + 48].to_vec()));
-        use base64::Engine;
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(&body)
-            .unwrap();
-        needles.push(("DER".into(), der[der.len() - 100..der.len() - 52].to_vec()));
-    }
+        .map(String::as_str)
+        .chain([pkcs1.as_str()])
+        .collect();
+    let needles = secret_needles(&pems);
     for (file, bytes) in &files {
         for (what, needle) in &needles {
             assert!(

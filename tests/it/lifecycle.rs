@@ -162,7 +162,7 @@ fn in_secs(secs: u64) -> (u64, String) {
     (at, signet::keys::rfc3339(at * 1000))
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(disable_is_as_strong_as_a_delete_and_enable_republishes);
 async fn disable_is_as_strong_as_a_delete_and_enable_republishes() {
     let app = spawn_app().await;
     let created = app
@@ -343,7 +343,7 @@ async fn a_key_that_expired_while_signet_was_stopped_is_expired_at_start() {
     assert_eq!(app.listed("acme", &id).await["state"], "expired");
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(rotation_with_grace_zero_retires_the_old_key_before_it_answers);
 async fn rotation_with_grace_zero_retires_the_old_key_before_it_answers() {
     let app = spawn_app().await;
     let old = app
@@ -399,7 +399,7 @@ async fn rotation_with_grace_zero_retires_the_old_key_before_it_answers() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(rotation_with_grace_keeps_both_keys_until_the_old_one_retires);
 async fn rotation_with_grace_keeps_both_keys_until_the_old_one_retires() {
     const GRACE: u64 = 2;
     let app = spawn_with(|c| c.keys.max_per_org = 3).await;
@@ -654,7 +654,7 @@ async fn patch_and_rotate_input_is_checked() {
     assert_eq!(app.listed("other", other_id).await["state"], "active");
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(every_change_is_one_audit_event);
 async fn every_change_is_one_audit_event() {
     let app = spawn_app().await;
     let created = app
@@ -682,4 +682,117 @@ async fn every_change_is_one_audit_event() {
     ];
     assert_eq!(app.audit_actions("acme").await, expected);
     assert_eq!(app.listed("acme", &new_id).await["name"], "k2");
+}
+
+#[test]
+fn the_cli_disables_enables_uploads_and_rotates_offline() {
+    use crate::cli::{signet, stderr};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let pem = dir.path().join("k.pem");
+    let keys = |args: &[&str]| {
+        let mut all = vec!["keys", "--data-dir", data];
+        all.extend_from_slice(args);
+        signet(&all, &[])
+    };
+    let created = keys(&[
+        "create",
+        "--org",
+        "acme",
+        "--name",
+        "k",
+        "--algorithm",
+        "EdDSA",
+    ]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let created: Value = serde_json::from_slice(&created.stdout).unwrap();
+    let id = created["id"].as_str().unwrap();
+    let state = |o: &std::process::Output| -> Value {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["state"].clone()
+    };
+    assert_eq!(state(&keys(&["disable", "--org", "acme", id])), "disabled");
+    assert_eq!(state(&keys(&["enable", "--org", "acme", id])), "active");
+    // Uploading the same public key again is refused (exit 1), and a
+    // private key never is accepted, nor repeated.
+    let public = dir.path().join("k.pub");
+    std::fs::write(&public, created["publicKey"].as_str().unwrap()).unwrap();
+    let again = keys(&[
+        "upload",
+        "--org",
+        "acme",
+        "--name",
+        "u",
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    assert!(stderr(&again).contains("already key"), "{}", stderr(&again));
+    let private = dir.path().join("private.pem");
+    std::fs::write(&private, created["privateKey"].as_str().unwrap()).unwrap();
+    let refused = keys(&[
+        "upload",
+        "--org",
+        "other",
+        "--name",
+        "u",
+        "--public-key",
+        private.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    let body = created["privateKey"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap();
+    assert!(
+        !stderr(&refused).contains(body)
+            && !String::from_utf8_lossy(&refused.stdout).contains(body)
+    );
+    let uploaded = keys(&[
+        "upload",
+        "--org",
+        "other",
+        "--name",
+        "u",
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
+    assert!(uploaded.status.success(), "{}", stderr(&uploaded));
+    let uploaded: Value = serde_json::from_slice(&uploaded.stdout).unwrap();
+    assert_eq!(uploaded["origin"], "uploaded");
+    // Rotation at once: the successor's private key goes to --out.
+    let out = pem.to_str().unwrap();
+    let rotated = keys(&[
+        "rotate",
+        "--org",
+        "acme",
+        id,
+        "--grace-seconds",
+        "0",
+        "--out",
+        out,
+    ]);
+    assert_eq!(state(&rotated), "active");
+    assert!(std::fs::read_to_string(&pem)
+        .unwrap()
+        .starts_with("-----BEGIN PRIVATE KEY-----"));
+    let enable = keys(&["enable", "--org", "acme", id]);
+    assert_eq!(enable.status.code(), Some(1));
+    assert!(
+        stderr(&enable).contains("cannot be enabled"),
+        "{}",
+        stderr(&enable)
+    );
+    let listed = keys(&["list", "--org", "acme"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let states: Vec<&str> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["expired", "active"]);
 }

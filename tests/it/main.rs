@@ -1,9 +1,12 @@
 //! signet's integration tests: the real server on port 0 with a temp data
 //! dir, spoken to over HTTP; the real binary for the CLI and crash tests.
 
+#[macro_use]
+mod backends;
 mod access;
 mod algorithms;
 mod anonymous;
+mod audit_cursor;
 mod bad_input;
 mod cli;
 mod cli_messages;
@@ -13,6 +16,8 @@ mod keys_api;
 mod lifecycle;
 mod no_data;
 mod operations;
+mod pg;
+mod postgres;
 mod sealing;
 mod support;
 mod tidy;

@@ -171,7 +171,7 @@ async fn a_full_disk_refuses_writes_with_503_keeps_reads_and_recovers() {
         }
     }
     let refused = refused.expect("a full disk refuses writes");
-    refused.assert_error(503, "internal");
+    refused.assert_error(503, "unavailable");
     assert!(refused.json()["message"].as_str().unwrap().contains("disk"));
     // Reads keep working.
     assert_eq!(
@@ -183,7 +183,7 @@ async fn a_full_disk_refuses_writes_with_503_keeps_reads_and_recovers() {
     let refused_again = app
         .create_key_raw("acme", &json!({"name": "still"}), ADMIN)
         .await;
-    refused_again.assert_error(503, "internal");
+    refused_again.assert_error(503, "unavailable");
 
     // Space returns; so do writes (recovery probes the disk at most once a second).
     std::fs::remove_file(&junk).unwrap();
@@ -196,7 +196,7 @@ async fn a_full_disk_refuses_writes_with_503_keeps_reads_and_recovers() {
             created = Some(r.json());
             break;
         }
-        r.assert_error(503, "internal");
+        r.assert_error(503, "unavailable");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let after = created.expect("writes work again once space returns");

@@ -91,6 +91,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     adjust(&mut config);
+    crate::backends::prepare(&mut config);
     let app = Application::build(config).await.expect("server starts");
     let addr = app.local_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -341,6 +342,56 @@ pub fn key_of(created: &Value) -> (String, Signer) {
     )
 }
 
+/// Creates two keys in `acme` (RS256 2048, PS256 3072); their private PEMs.
+pub async fn create_secret_keys(app: &TestApp) -> Vec<String> {
+    let mut privates = Vec::new();
+    for (alg, bits) in [("RS256", 2048), ("PS256", 3072)] {
+        let set = app
+            .create_key(
+                "acme",
+                json!({"name": "secret", "algorithm": alg, "bits": bits}),
+            )
+            .await;
+        privates.push(set["privateKey"].as_str().unwrap().to_owned());
+    }
+    privates
+}
+
+/// Byte runs that only the private keys `pems` (PKCS#8 or PKCS#1) hold,
+/// named, for scanning storage for them.
+pub fn secret_needles(pems: &[&str]) -> Vec<(String, Vec<u8>)> {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::traits::PrivateKeyParts;
+    let mut needles: Vec<(String, Vec<u8>)> = Vec::new();
+    let keys = pems.iter().map(|p| {
+        rsa::RsaPrivateKey::from_pkcs8_pem(p)
+            .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(p))
+            .unwrap()
+    });
+    for (i, key) in keys.enumerate() {
+        needles.push((format!("d of key {i}"), key.d().to_bytes_be()));
+        for (j, p) in key.primes().iter().enumerate() {
+            needles.push((format!("prime {j} of key {i}"), p.to_bytes_be()));
+        }
+        needles.push((
+            format!("d of key {i}, little-endian"),
+            key.d().to_bytes_le(),
+        ));
+    }
+    for pem in pems {
+        // 48-byte runs from the private tail of the PEM body and of its DER
+        // (the head holds the public modulus, which is rightly stored).
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let tail = body.len() - 200;
+        needles.push(("PEM body".into(), body.as_bytes()[tail..tail + 48].to_vec()));
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(&body)
+            .unwrap();
+        needles.push(("DER".into(), der[der.len() - 100..der.len() - 52].to_vec()));
+    }
+    needles
+}
+
 /// Reads every file under `dir`, recursively.
 pub fn all_bytes(dir: &Path) -> HashMap<String, Vec<u8>> {
     let mut out = HashMap::new();
@@ -372,8 +423,13 @@ impl BinServer {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
+        let storage = match crate::backends::current() {
+            signet::config::Backend::Sled => Vec::new(),
+            signet::config::Backend::Postgres => crate::backends::storage_args(dir),
+        };
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
             .arg("serve")
+            .args(storage)
             .args(args)
             .env("SIGNET_DATA_DIR", dir)
             .env("SIGNET_LISTEN", &addr)

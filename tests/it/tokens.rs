@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
 use signet::keys::{Algorithm, Jwk, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
-use signet::verify::{Expect, KeyMaterial, KeySource, Policy, Verifier};
+use signet::verify::{Expect, KeyMaterial, KeySource, KeySourceError, Policy, Verifier};
 
 use crate::support::Signer;
 
@@ -27,14 +27,14 @@ struct FixtureKey {
 struct Source(HashMap<KeyId, (Algorithm, Vec<u8>)>);
 
 impl KeySource for Source {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String> {
+    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError> {
         Ok(self.0.get(&id).map(|(algorithm, der)| KeyMaterial {
             org: Some(OrgId::parse("acme").unwrap()),
             algorithm: *algorithm,
             spki_der: der.clone(),
         }))
     }
-    fn contains(&self, id: KeyId) -> Result<bool, String> {
+    fn contains(&self, id: KeyId) -> Result<bool, KeySourceError> {
         Ok(self.0.contains_key(&id))
     }
 }

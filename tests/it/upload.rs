@@ -116,7 +116,7 @@ impl Donor {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(hostile_uploads_are_refused_and_store_nothing);
 async fn hostile_uploads_are_refused_and_store_nothing() {
     let app = spawn_with(|c| c.keys.max_per_org = 10).await;
     let rsa = Donor::new(&app, "RS256").await;
@@ -438,7 +438,7 @@ async fn hostile_uploads_are_refused_and_store_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(uploaded_keys_verify_exactly_like_generated_ones);
 async fn uploaded_keys_verify_exactly_like_generated_ones() {
     let app = spawn_with(|c| c.keys.max_per_org = 5).await;
     let donors = [

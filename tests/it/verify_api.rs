@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use signet::keys::{Algorithm, KeyId};
-use signet::verify::{Expect, KeyMaterial, KeySource, Policy, Verifier};
+use signet::verify::{Expect, KeyMaterial, KeySource, KeySourceError, Policy, Verifier};
 
 use crate::support::*;
 
@@ -190,7 +190,7 @@ struct Counting {
 }
 
 impl KeySource for Counting {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, String> {
+    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         Ok((id == self.key.0).then(|| KeyMaterial {
             org: None,
@@ -198,7 +198,7 @@ impl KeySource for Counting {
             spki_der: self.key.1.clone(),
         }))
     }
-    fn contains(&self, id: KeyId) -> Result<bool, String> {
+    fn contains(&self, id: KeyId) -> Result<bool, KeySourceError> {
         Ok(id == self.key.0)
     }
 }

@@ -1,0 +1,9 @@
+//! `signet completions`: print a shell completion script.
+
+use super::{Cli, Outcome};
+
+pub(super) fn run(shell: clap_complete::Shell) -> anyhow::Result<Outcome> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "signet", &mut std::io::stdout());
+    Ok(Outcome::Success)
+}

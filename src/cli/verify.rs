@@ -1,0 +1,213 @@
+//! `signet verify`: check a token against a server, a JWK Set or a data
+//! directory.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::{json, Value};
+
+use super::Outcome;
+use crate::config::Config;
+use crate::service::Signet;
+use crate::store::{Store, StoreError};
+use crate::verify::{self, Expect, JwkSetSource, KeySource, Policy, Verifier, VerifyError};
+
+#[derive(clap::Args)]
+pub(super) struct VerifyArgs {
+    /// The token; `-` or absent reads it from stdin.
+    token: Option<String>,
+    /// Ask this signet server (e.g. http://127.0.0.1:8081).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["jwks", "data_dir"])]
+    server: Option<String>,
+    /// Use the keys of this JWK Set (an http:// or https:// URL, or a file).
+    #[arg(long, value_name = "URL_OR_FILE", conflicts_with = "data_dir")]
+    jwks: Option<String>,
+    /// Trust this PEM CA certificate for https:// besides the system's roots.
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// Read keys from this data directory (the server must be stopped).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Require this audience in the token's `aud` claim.
+    #[arg(long)]
+    audience: Option<String>,
+    /// Require this issuer in the token's `iss` claim.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Clock leeway in seconds [default: the config's, 30].
+    #[arg(long, value_name = "SECONDS")]
+    leeway: Option<u64>,
+    /// Print the /v1/verify result JSON.
+    #[arg(long)]
+    json: bool,
+    /// Configuration file (for the default server address and leeway).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
+    let token = match args.token.as_deref() {
+        Some(t) if t != "-" => t.to_owned(),
+        _ => {
+            if std::io::stdin().is_terminal() {
+                bail!("no token given: pass it as an argument or on stdin");
+            }
+            let mut t = String::new();
+            std::io::stdin()
+                .take(1 << 20)
+                .read_to_string(&mut t)
+                .context("cannot read the token from stdin")?;
+            t
+        }
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("no token given: pass it as an argument or on stdin");
+    }
+    let config = Config::load(args.config.as_deref())?;
+    let expect = Expect {
+        audience: args.audience.as_deref(),
+        issuer: args.issuer.as_deref(),
+    };
+    let mut policy = Policy::from(&config.verify);
+    if let Some(leeway) = args.leeway {
+        policy.leeway = Duration::from_secs(leeway);
+    }
+    // One token: a large cache would only cost memory.
+    policy.cache_capacity = 16;
+    let judged = |result: Result<verify::Verified, VerifyError>| -> anyhow::Result<Value> {
+        if let Err(VerifyError::Unavailable(cause)) = &result {
+            bail!("could not read keys: {cause}");
+        }
+        Ok(verify::result_json(&result))
+    };
+    let local =
+        |source: Arc<dyn KeySource>| judged(Verifier::new(source, policy).verify(token, expect));
+    let result = if let Some(source) = &args.jwks {
+        let bytes = if source.starts_with("http://") || source.starts_with("https://") {
+            let answer = crate::http::client::get(source, args.cacert.as_deref()).await?;
+            if !answer.ok {
+                bail!("{source} answered {}", answer.status);
+            }
+            answer.body.to_vec()
+        } else {
+            std::fs::read(source).with_context(|| format!("cannot read {source}"))?
+        };
+        local(Arc::new(JwkSetSource::parse(&bytes)?))?
+    } else if let Some(dir) = &args.data_dir {
+        let mut config = config.clone();
+        config.storage.data_dir = dir.clone();
+        let store = match Store::open_existing(&config).await {
+            Err(StoreError::Locked(_)) => bail!(
+                "the database in {} is locked by a running server; ask it instead with --server http://{}",
+                dir.display(),
+                config.server.listen
+            ),
+            other => other?,
+        };
+        let signet = Signet::new(store, policy, config.keys.max_per_org, [0; 3]).await?;
+        judged(signet.verify(token, expect))?
+    } else {
+        let base = args
+            .server
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.server.listen));
+        let url = format!("{}/v1/verify", base.trim_end_matches('/'));
+        let mut body = json!({"token": token});
+        if let Some(a) = &args.audience {
+            body["audience"] = json!(a);
+        }
+        if let Some(i) = &args.issuer {
+            body["issuer"] = json!(i);
+        }
+        let answer = crate::http::client::post_json(
+            &url,
+            serde_json::to_vec(&body)?,
+            args.cacert.as_deref(),
+        )
+        .await
+        .map_err(|e| match e.is_certificate() {
+            true => anyhow!("{e}"),
+            false => anyhow!("{e}; is `signet serve` running? or use --jwks or --data-dir"),
+        })?;
+        if !answer.ok {
+            bail!(
+                "{url} answered {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
+        }
+        serde_json::from_slice(&answer.body)
+            .with_context(|| format!("{url} did not answer a verification result"))?
+    };
+    let valid = result["valid"] == Value::Bool(true);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", describe(&result, token));
+    }
+    Ok(if valid {
+        Outcome::Success
+    } else {
+        Outcome::Refused
+    })
+}
+
+/// The human report of a verification result. For an invalid token the
+/// fields shown are decoded but unverified, and say so.
+fn describe(result: &Value, token: &str) -> String {
+    let valid = result["valid"] == Value::Bool(true);
+    let (header, claims, note) = if valid {
+        (result["header"].clone(), result["claims"].clone(), "")
+    } else {
+        let part = |i: usize| {
+            token
+                .split('.')
+                .nth(i)
+                .and_then(|p| verify::decode_object(p, "part").ok())
+                .map_or(Value::Null, Value::Object)
+        };
+        (part(0), part(1), " (unverified)")
+    };
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let mut out = if valid {
+        "valid: yes\n".to_owned()
+    } else {
+        let code = result["error"]["code"].as_str().unwrap_or("unknown");
+        let message = result["error"]["message"].as_str().unwrap_or("");
+        format!("valid: no ({code}: {message})\n")
+    };
+    let key_id = text(&result["keyId"]).or_else(|| text(&header["kid"]));
+    let org = text(&result["organisationId"]).or_else(|| text(&claims["org"]));
+    let mut line = |label: &str, value: Option<String>| {
+        out.push_str(&format!(
+            "{label:<14}{}{note}\n",
+            value.unwrap_or_else(|| "-".into())
+        ));
+    };
+    line("key id:", key_id);
+    line("organisation:", org);
+    line("subject:", text(&claims["sub"]));
+    line("expires:", claims["exp"].as_i64().map(format_time));
+    if !claims.is_null() {
+        let pretty = serde_json::to_string_pretty(&claims).unwrap_or_default();
+        out.push_str(&format!("claims{note}:\n{pretty}\n"));
+    }
+    out
+}
+
+/// `2026-11-22T16:25:23Z (2026-11-22 17:25:23 +01:00 local)`.
+fn format_time(secs: i64) -> String {
+    match chrono::DateTime::from_timestamp(secs, 0) {
+        Some(utc) => format!(
+            "{} ({} local)",
+            utc.format("%Y-%m-%dT%H:%M:%SZ"),
+            utc.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S %:z")
+        ),
+        None => format!("{secs} (out of range)"),
+    }
+}

@@ -1,0 +1,48 @@
+//! The JWK Set routes: one organisation's, and all of them, with ETags.
+
+use hyper::header::{self, HeaderMap};
+use hyper::StatusCode;
+
+use super::call::{header_value, Call, Outcome};
+use super::reply::{self, Reply, JSON};
+use super::ServerState;
+use crate::jwks::Document;
+
+pub async fn of_org(call: Call<'_>) -> Outcome {
+    let org = call.org()?;
+    Ok(reply(
+        call.state,
+        &call.state.signet.jwks_of(&org),
+        call.headers(),
+    ))
+}
+
+pub async fn all(call: Call<'_>) -> Outcome {
+    Ok(reply(
+        call.state,
+        &call.state.signet.jwks_all(),
+        call.headers(),
+    ))
+}
+
+/// The document, or 304 if the client's `If-None-Match` names it.
+fn reply(state: &ServerState, doc: &Document, headers: &HeaderMap) -> Reply {
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag == doc.etag || tag.strip_prefix("W/") == Some(&doc.etag));
+    let mut r = if matches {
+        reply::empty(StatusCode::NOT_MODIFIED)
+    } else {
+        reply::with_type(StatusCode::OK, JSON, doc.body.clone().into())
+    };
+    let h = r.headers_mut();
+    h.insert(header::ETAG, header_value(doc.etag.clone()));
+    let configured = state.config.jwks.max_age_secs;
+    let cc = super::lifecycle::jwks_cache_control(doc, configured, &state.jwks_cache_control);
+    h.insert(header::CACHE_CONTROL, cc);
+    r
+}

@@ -1,0 +1,46 @@
+//! The operations routes: liveness, readiness, metrics and the OpenAPI
+//! document.
+
+use hyper::StatusCode;
+
+use super::body::Body;
+use super::call::{Call, Outcome};
+use super::reply::{self, ApiError, ErrorCode};
+
+pub async fn healthz(_: Call<'_>) -> Outcome {
+    Ok(reply::json(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ok"}),
+    ))
+}
+
+pub async fn readyz(call: Call<'_>) -> Outcome {
+    if call.state.signet.is_ready().await {
+        Ok(reply::json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready"}),
+        ))
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "the database is not usable",
+        ))
+    }
+}
+
+pub async fn metrics(call: Call<'_>) -> Outcome {
+    Ok(reply::with_type(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        call.state.signet.metrics.render().into(),
+    ))
+}
+
+pub async fn openapi(_: Call<'_>) -> Outcome {
+    Ok(reply::with_type(
+        StatusCode::OK,
+        "application/yaml",
+        Body::from(&include_bytes!("../../openapi.yaml")[..]),
+    ))
+}

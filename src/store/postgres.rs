@@ -1,0 +1,729 @@
+//! The PostgreSQL backend, and the only module that knows PostgreSQL
+//! (tokio-postgres, pooled by deadpool-postgres). Several signet instances
+//! may share one database.
+//!
+//! Tables (created by the migrations below):
+//! - `signet_schema`: one row, the schema and record versions
+//! - `orgs`: org → live key count, audit chain head, newest event id; its
+//!   row is locked (`SELECT … FOR UPDATE`) by every change of the org, which
+//!   makes the quota atomic across connections and instances and keeps the
+//!   audit chain from forking
+//! - `keys`: key id → org, sealed record, and the SHA-256 of its SPKI,
+//!   unique per organisation (the same public key is refused twice)
+//! - `tombstones`: key id → org, sealed record of a deleted key
+//! - `audit`: (org, event id) → event (JSON), chained by hash
+//!
+//! Every change commits before it is acknowledged; how durable a commit is
+//! depends on the server (`synchronous_commit`, `fsync`).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::config::Host;
+use tokio_postgres::{NoTls, Transaction};
+
+use crate::audit::{self, AuditEvent, BrokenLink, EventId, NewEvent};
+use crate::keys::{KeyId, OrgId, PublicKeyRecord};
+use crate::seal::Sealer;
+use crate::store::{
+    open_record, reseal_value, seal_record, AuditPage, Changed, Insert, Inserted, KeyChange,
+    KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
+};
+
+/// The schema migrations, in order; the schema version is how many ran.
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE orgs (
+    org text COLLATE "C" PRIMARY KEY,
+    key_count integer NOT NULL DEFAULT 0,
+    audit_head bytea,
+    last_event bytea
+);
+CREATE TABLE keys (
+    id bytea PRIMARY KEY,
+    org text COLLATE "C" NOT NULL REFERENCES orgs (org),
+    record bytea NOT NULL
+);
+CREATE INDEX keys_by_org ON keys (org, id);
+CREATE TABLE tombstones (
+    id bytea PRIMARY KEY,
+    org text COLLATE "C" NOT NULL,
+    record bytea NOT NULL,
+    deleted_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE audit (
+    org text COLLATE "C" NOT NULL REFERENCES orgs (org),
+    id bytea NOT NULL,
+    event bytea NOT NULL,
+    PRIMARY KEY (org, id)
+);
+"#,
+    r#"
+ALTER TABLE keys ADD COLUMN fingerprint bytea;
+CREATE UNIQUE INDEX keys_fingerprint ON keys (org, fingerprint);
+"#,
+];
+
+/// The migration after which every key's fingerprint is filled in (from
+/// its sealed record, which SQL cannot open).
+const FINGERPRINTS: usize = 2;
+
+/// The advisory lock that serialises migrations of instances starting at
+/// once ("signet" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7369_676e_6574;
+
+/// How long a connection attempt, or a wait for a pooled connection, may
+/// take before the operation fails as unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct PgStore {
+    pool: Pool,
+    /// The URL without its password, for messages.
+    location: String,
+    sealer: Sealer,
+    ids: Mutex<ulid::Generator>,
+}
+
+impl PgStore {
+    /// Connects to `url`, then migrates the schema to this build's (with
+    /// `create`) or checks that signet data is there (without: creates
+    /// nothing).
+    pub async fn open(url: &str, sealer: Sealer, create: bool) -> Result<PgStore, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
+            location: "storage.url".into(),
+            source: Box::new(e),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("signet");
+        }
+        let location = describe(&config);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Open {
+                location: location.clone(),
+                source: Box::new(e),
+            })?;
+        let store = PgStore {
+            pool,
+            location,
+            sealer,
+            ids: Mutex::new(ulid::Generator::new()),
+        };
+        let opened = match create {
+            true => store.migrate().await,
+            false => store.check_existing().await,
+        };
+        opened.map_err(|e| match e {
+            StoreError::Io(source) | StoreError::Open { source, .. } => StoreError::Open {
+                location: store.location.clone(),
+                source,
+            },
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    /// Where the database is, without the password.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot reach the database at {}: {e}",
+                self.location
+            ))
+        })
+    }
+
+    /// A connection at start-up, where failing to get one is failing to open.
+    async fn connect(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError::Open {
+            location: self.location.clone(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Applies the migrations this database lacks, in one transaction under
+    /// an advisory lock, and refuses a schema newer than this build's.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.connect().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db)?;
+        // "already exists, skipping" notices are not news.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")
+            .await
+            .map_err(db)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS signet_schema (
+                one boolean PRIMARY KEY DEFAULT true CHECK (one),
+                version integer NOT NULL,
+                record_version integer NOT NULL
+            )",
+        )
+        .await
+        .map_err(db)?;
+        let row = tx
+            .query_opt("SELECT version, record_version FROM signet_schema", &[])
+            .await
+            .map_err(db)?;
+        let (version, records) = match row {
+            Some(row) => (row.get::<_, i32>(0), row.get::<_, i32>(1)),
+            None => (0, 0),
+        };
+        let known = MIGRATIONS.len() as i32;
+        if version > known || records > SCHEMA_VERSION as i32 {
+            return Err(StoreError::NewerSchema {
+                location: self.location.clone(),
+                found: (version.max(records)) as u32,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(sql).await.map_err(db)?;
+            if i + 1 == FINGERPRINTS {
+                self.fill_fingerprints(&tx).await?;
+            }
+            tracing::info!(version = i + 1, "applied a database schema migration");
+        }
+        tx.execute(
+            "INSERT INTO signet_schema (version, record_version) VALUES ($1, $2)
+             ON CONFLICT (one) DO UPDATE SET version = $1, record_version = $2",
+            &[&known, &(SCHEMA_VERSION as i32)],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// Sets the fingerprint of every key that has none.
+    async fn fill_fingerprints(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        let rows = tx
+            .query(
+                "SELECT id, record FROM keys WHERE fingerprint IS NULL FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        for record in self.records(rows)? {
+            tx.execute(
+                "UPDATE keys SET fingerprint = $2 WHERE id = $1",
+                &[
+                    &record.id.to_bytes().as_slice(),
+                    &record.fingerprint().as_slice(),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// The live record `id` of `org`, read in `tx` (whose org row is locked).
+    async fn live_record(
+        &self,
+        tx: &Transaction<'_>,
+        org: &OrgId,
+        id: KeyId,
+    ) -> Result<Option<PublicKeyRecord>, StoreError> {
+        let row = tx
+            .query_opt(
+                "SELECT record FROM keys WHERE id = $1 AND org = $2",
+                &[&id.to_bytes().as_slice(), &org.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        open_record(&self.sealer, id, row.get(0))
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("the record of key {id} does not open")))
+    }
+
+    /// Writes a changed record of a live key.
+    async fn update_record(
+        &self,
+        tx: &Transaction<'_>,
+        record: &PublicKeyRecord,
+    ) -> Result<(), StoreError> {
+        tx.execute(
+            "UPDATE keys SET record = $2 WHERE id = $1",
+            &[
+                &record.id.to_bytes().as_slice(),
+                &seal_record(&self.sealer, record),
+            ],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Inserts a new live key and counts it (its org row locked).
+    async fn add_key(
+        &self,
+        tx: &Transaction<'_>,
+        record: &PublicKeyRecord,
+    ) -> Result<(), StoreError> {
+        let value = seal_record(&self.sealer, record);
+        tx.execute(
+            "INSERT INTO keys (id, org, record, fingerprint) VALUES ($1, $2, $3, $4)",
+            &[
+                &record.id.to_bytes().as_slice(),
+                &record.org.as_str(),
+                &value,
+                &record.fingerprint().as_slice(),
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE orgs SET key_count = key_count + 1 WHERE org = $1",
+            &[&record.org.as_str()],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Refuses a database without signet's tables, or with newer ones.
+    async fn check_existing(&self) -> Result<(), StoreError> {
+        let client = self.connect().await?;
+        let exists: bool = client
+            .query_one("SELECT to_regclass('signet_schema') IS NOT NULL", &[])
+            .await
+            .map_err(db)?
+            .get(0);
+        if !exists {
+            return Err(StoreError::NoData(self.location.clone()));
+        }
+        let row = client
+            .query_one("SELECT version, record_version FROM signet_schema", &[])
+            .await
+            .map_err(db)?;
+        let (version, records): (i32, i32) = (row.get(0), row.get(1));
+        if version > MIGRATIONS.len() as i32 || records > SCHEMA_VERSION as i32 {
+            return Err(StoreError::NewerSchema {
+                location: self.location.clone(),
+                found: version.max(records) as u32,
+            });
+        }
+        if version < MIGRATIONS.len() as i32 {
+            return Err(StoreError::Unavailable(format!(
+                "the database at {} has an older schema; start `signet serve` once to migrate it",
+                self.location
+            )));
+        }
+        Ok(())
+    }
+
+    fn next_id(&self) -> ulid::Ulid {
+        let mut ids = self.ids.lock().expect("id lock poisoned");
+        loop {
+            match ids.generate() {
+                Ok(id) => return id,
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// Locks `org`'s row (creating it), for a change of the org.
+    async fn lock_org(&self, tx: &Transaction<'_>, org: &OrgId) -> Result<OrgRow, StoreError> {
+        tx.execute(
+            "INSERT INTO orgs (org) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&org.as_str()],
+        )
+        .await
+        .map_err(db)?;
+        let row = tx
+            .query_one(
+                "SELECT key_count, audit_head, last_event FROM orgs WHERE org = $1 FOR UPDATE",
+                &[&org.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        let head: Option<Vec<u8>> = row.get(1);
+        let last: Option<Vec<u8>> = row.get(2);
+        Ok(OrgRow {
+            count: u32::try_from(row.get::<_, i32>(0))
+                .map_err(|_| StoreError::Corrupt("key count is negative".into()))?,
+            head: match head {
+                None => audit::GENESIS,
+                Some(h) => h
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("audit head is not 32 bytes".into()))?,
+            },
+            last: last
+                .map(|l| {
+                    <[u8; 16]>::try_from(l)
+                        .map(ulid::Ulid::from_bytes)
+                        .map_err(|_| StoreError::Corrupt("last event id is not 16 bytes".into()))
+                })
+                .transpose()?,
+        })
+    }
+
+    /// Appends `event` to `org`'s chain; the org's row must be locked.
+    async fn append_event(
+        &self,
+        tx: &Transaction<'_>,
+        org: &OrgId,
+        row: &OrgRow,
+        event: NewEvent,
+    ) -> Result<(), StoreError> {
+        // Event ids increase along the chain even when instances' clocks
+        // disagree: an id not after the newest is replaced by its successor.
+        let fresh = self.next_id();
+        let id = match row.last {
+            Some(last) if last >= fresh => last
+                .increment()
+                .ok_or_else(|| StoreError::Corrupt("audit event ids are exhausted".into()))?,
+            _ => fresh,
+        };
+        let id = EventId::new(id);
+        let stored = serde_json::to_vec(&AuditEvent::new(id, org.clone(), event, row.head))
+            .expect("an event always serialises");
+        let id_bytes = id.to_bytes();
+        tx.execute(
+            "INSERT INTO audit (org, id, event) VALUES ($1, $2, $3)",
+            &[&org.as_str(), &id_bytes.as_slice(), &stored],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE orgs SET audit_head = $2, last_event = $3 WHERE org = $1",
+            &[
+                &org.as_str(),
+                &audit::link(&stored).as_slice(),
+                &id_bytes.as_slice(),
+            ],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn records(&self, rows: Vec<tokio_postgres::Row>) -> Result<Vec<PublicKeyRecord>, StoreError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = key_id(row.get(0))?;
+            out.extend(open_record(&self.sealer, id, row.get(1)));
+        }
+        Ok(out)
+    }
+}
+
+struct OrgRow {
+    count: u32,
+    head: [u8; 32],
+    last: Option<ulid::Ulid>,
+}
+
+impl Storage for PgStore {
+    fn new_id(&self) -> KeyId {
+        KeyId::new(self.next_id())
+    }
+
+    fn generation(&self) -> u64 {
+        0
+    }
+
+    async fn insert_key(&self, insert: Insert) -> Result<Inserted, StoreError> {
+        let record = &insert.record;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let org = self.lock_org(&tx, &record.org).await?;
+        let same = tx
+            .query_opt(
+                "SELECT id FROM keys WHERE org = $1 AND fingerprint = $2",
+                &[&record.org.as_str(), &record.fingerprint().as_slice()],
+            )
+            .await
+            .map_err(db)?;
+        if let Some(same) = same {
+            tx.rollback().await.map_err(db)?;
+            return Ok(Inserted::Duplicate(key_id(same.get(0))?));
+        }
+        if org.count >= insert.quota {
+            self.append_event(&tx, &record.org, &org, insert.refused)
+                .await?;
+            tx.commit().await.map_err(db)?;
+            return Ok(Inserted::QuotaExceeded(org.count));
+        }
+        self.add_key(&tx, record).await?;
+        self.append_event(&tx, &record.org, &org, insert.created)
+            .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Inserted::Yes)
+    }
+
+    async fn change_key(&self, change: KeyChange) -> Result<Changed, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        self.lock_org(&tx, &change.org).await?;
+        let Some(record) = self.live_record(&tx, &change.org, change.id).await? else {
+            tx.rollback().await.map_err(db)?;
+            return Ok(Changed::NotFound);
+        };
+        let (next, events) = match change.apply(&record) {
+            Ok(applied) => applied,
+            Err(why) => return Ok(Changed::Conflict(why)),
+        };
+        if events.is_empty() {
+            return Ok(Changed::Yes(record));
+        }
+        self.update_record(&tx, &next).await?;
+        for event in events {
+            // Each event moves the chain head; read it again.
+            let row = self.lock_org(&tx, &change.org).await?;
+            self.append_event(&tx, &change.org, &row, event).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(Changed::Yes(next))
+    }
+
+    async fn rotate_key(&self, rotation: KeyRotation) -> Result<Rotation, StoreError> {
+        let org = &rotation.org;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let row = self.lock_org(&tx, org).await?;
+        let Some(old) = self.live_record(&tx, org, rotation.old).await? else {
+            tx.rollback().await.map_err(db)?;
+            return Ok(Rotation::NotFound);
+        };
+        if row.count >= rotation.quota {
+            self.append_event(&tx, org, &row, rotation.refused).await?;
+            tx.commit().await.map_err(db)?;
+            return Ok(Rotation::QuotaExceeded(row.count));
+        }
+        let retired = rotation.retire(&old);
+        self.update_record(&tx, &retired).await?;
+        self.add_key(&tx, &rotation.successor).await?;
+        self.append_event(&tx, org, &row, rotation.rotated).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Rotation::Yes(retired))
+    }
+
+    async fn delete_key(&self, org: OrgId, id: KeyId, event: NewEvent) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let row = self.lock_org(&tx, &org).await?;
+        let removed = tx
+            .query_opt(
+                "DELETE FROM keys WHERE id = $1 AND org = $2 RETURNING record",
+                &[&id.to_bytes().as_slice(), &org.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        let Some(removed) = removed else {
+            // Nothing changed; the org row (if just created) goes too.
+            tx.rollback().await.map_err(db)?;
+            return Ok(false);
+        };
+        let record: Vec<u8> = removed.get(0);
+        tx.execute(
+            "INSERT INTO tombstones (id, org, record) VALUES ($1, $2, $3)",
+            &[&id.to_bytes().as_slice(), &org.as_str(), &record],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE orgs SET key_count = greatest(key_count - 1, 0) WHERE org = $1",
+            &[&org.as_str()],
+        )
+        .await
+        .map_err(db)?;
+        self.append_event(&tx, &org, &row, event).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    async fn record_event(&self, org: OrgId, event: NewEvent) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let row = self.lock_org(&tx, &org).await?;
+        self.append_event(&tx, &org, &row, event).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn key_count(&self, org: OrgId) -> Result<u32, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT key_count FROM orgs WHERE org = $1",
+                &[&org.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map_or(0, |r| r.get::<_, i32>(0).max(0) as u32))
+    }
+
+    async fn get_key(&self, id: KeyId) -> Result<Option<PublicKeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT record FROM keys WHERE id = $1",
+                &[&id.to_bytes().as_slice()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.and_then(|r| open_record(&self.sealer, id, r.get(0))))
+    }
+
+    async fn list_org(&self, org: OrgId) -> Result<Vec<PublicKeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, record FROM keys WHERE org = $1 ORDER BY id",
+                &[&org.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        self.records(rows)
+    }
+
+    async fn all_keys(&self) -> Result<Vec<PublicKeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT id, record FROM keys ORDER BY id", &[])
+            .await
+            .map_err(db)?;
+        self.records(rows)
+    }
+
+    async fn audit_page(&self, page: AuditPage) -> Result<Vec<AuditEvent>, StoreError> {
+        let AuditPage { org, limit, before } = page;
+        let client = self.client().await?;
+        // An id above every ULID: no bound.
+        let before = before.map_or([0xff; 17].to_vec(), |id| id.to_bytes().to_vec());
+        let rows = client
+            .query(
+                "SELECT event FROM audit WHERE org = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                &[&org.as_str(), &before, &(limit as i64)],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                serde_json::from_slice(row.get(0))
+                    .map_err(|e| StoreError::Corrupt(format!("audit event does not parse: {e}")))
+            })
+            .collect()
+    }
+
+    async fn verify_audit(&self) -> Result<Result<usize, BrokenLink>, StoreError> {
+        let client = self.client().await?;
+        let orgs = client
+            .query("SELECT org FROM orgs ORDER BY org", &[])
+            .await
+            .map_err(db)?;
+        let mut total = 0;
+        for org in orgs {
+            let org: String = org.get(0);
+            let rows = client
+                .query(
+                    "SELECT id, event FROM audit WHERE org = $1 ORDER BY id",
+                    &[&org],
+                )
+                .await
+                .map_err(db)?;
+            let mut chain = Vec::with_capacity(rows.len());
+            for row in &rows {
+                chain.push((key_id(row.get(0))?.to_string(), row.get::<_, &[u8]>(1)));
+            }
+            match audit::check_chain(&org, chain) {
+                Ok(n) => total += n,
+                Err(broken) => return Ok(Err(broken)),
+            }
+        }
+        Ok(Ok(total))
+    }
+
+    async fn reseal_all(&self) -> Result<usize, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let mut count = 0;
+        for table in ["keys", "tombstones"] {
+            let rows = tx
+                .query(&format!("SELECT id, record FROM {table} FOR UPDATE"), &[])
+                .await
+                .map_err(db)?;
+            let update = tx
+                .prepare(&format!("UPDATE {table} SET record = $2 WHERE id = $1"))
+                .await
+                .map_err(db)?;
+            for row in rows {
+                let raw: &[u8] = row.get(0);
+                let value = reseal_value(&self.sealer, key_id(raw)?, row.get(1))?;
+                tx.execute(&update, &[&raw, &value]).await.map_err(db)?;
+                count += 1;
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(count)
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        // Every change committed before it was acknowledged.
+        Ok(())
+    }
+
+    async fn is_usable(&self) -> bool {
+        match self.client().await {
+            Ok(client) => client.query_one("SELECT 1", &[]).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// A database error: the storage failing, as far as a caller can tell.
+fn db(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Io(Box::new(e))
+}
+
+fn key_id(raw: &[u8]) -> Result<KeyId, StoreError> {
+    raw.try_into()
+        .map(KeyId::from_bytes)
+        .map_err(|_| StoreError::Corrupt("a stored id is not 16 bytes".into()))
+}
+
+/// `postgres://user@host:port/db`, never with the password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(dir) => format!("{}:{port}", dir.display()),
+            }
+        })
+        .collect();
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let dbname = config.get_dbname().unwrap_or("");
+    format!("postgres://{user}{}/{dbname}", hosts.join(","))
+}
