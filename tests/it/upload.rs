@@ -548,3 +548,33 @@ async fn a_large_uploaded_rsa_key_is_kept_and_published() {
         assert!(app.is_public("acme", id).await, "{bits}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_database_of_schema_1_gets_its_fingerprints_filled() {
+    use crate::backends::{run_on, Database};
+    use signet::config::Backend;
+    run_on(Backend::Postgres, async {
+        let app = spawn_with(|_| {}).await;
+        let created = app
+            .create_key("acme", json!({"name": "old", "algorithm": "EdDSA"}))
+            .await;
+        let dir = app.stop().await;
+        // Take the database back to the first schema, as an older signet
+        // left it: no fingerprint column.
+        let db = Database::of(dir.path());
+        let cluster = crate::pg::shared().expect("PostgreSQL is there");
+        for sql in [
+            "ALTER TABLE keys DROP COLUMN fingerprint",
+            "UPDATE signet_schema SET version = 1, record_version = 2",
+        ] {
+            cluster.sql(&db.url, sql);
+        }
+        let app = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
+        let again = json!({"name": "again", "publicKey": created["publicKey"]});
+        app.create_key_raw("acme", &again, ADMIN)
+            .await
+            .assert_error(409, "conflict");
+        drop(dir);
+    })
+    .await
+}
