@@ -98,7 +98,7 @@ SERVER_PID=""
 stop_signet "$STRACE_PID" || true
 STRACE_PID=""
 
-grep -o '^[0-9]* [a-z_0-9]*(' "$WORK/trace" | awk '{ print $2 }' | tr -d '(' | sort -u >"$WORK/used"
+grep -oE '^[0-9]+ +[a-z_0-9]+\(' "$WORK/trace" | awk '{ print $2 }' | tr -d '(' | sort -u >"$WORK/used"
 [[ $(wc -l <"$WORK/used") -gt 20 ]] || die "the trace holds no system calls"
 refused="$(comm -23 "$WORK/used" "$WORK/allowed"; comm -12 "$WORK/used" "$WORK/denied")"
 if [[ -n "$refused" ]]; then
