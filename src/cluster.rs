@@ -162,8 +162,14 @@ impl Follower {
         };
         let behind = changes.upto.saturating_sub(self.fresh.applied());
         self.metrics.lag_versions.set(behind as i64);
+        let now = crate::keys::now_secs();
         for record in &changes.live {
-            if self.jwks.added(record) {
+            // Only an active key is published here; a disable or expiry
+            // made elsewhere is not followed yet (docs/postgres.md).
+            if record.state_at(now) != crate::keys::KeyState::Active {
+                continue;
+            }
+            if self.jwks.learned(record) {
                 self.keys.inc();
             }
         }

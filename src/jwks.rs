@@ -19,10 +19,22 @@ pub struct Document {
     pub body: Bytes,
     /// A strong validator: quoted, a digest of the body.
     pub etag: String,
+    /// The earliest expiry (seconds since the epoch) among the keys listed.
+    pub expires: Option<u64>,
 }
 
 impl Document {
-    fn build<'a>(jwks: impl Iterator<Item = &'a [u8]> + Clone) -> Document {
+    /// The `Cache-Control: max-age` to send at `now_ms`: the configured
+    /// one, but never past the earliest expiry listed, so that no cache
+    /// keeps a key after it expired.
+    pub fn max_age(&self, configured: u64, now_ms: u64) -> u64 {
+        match self.expires {
+            Some(at) => configured.min(at.saturating_mul(1000).saturating_sub(now_ms) / 1000),
+            None => configured,
+        }
+    }
+
+    fn build<'a>(jwks: impl Iterator<Item = &'a [u8]> + Clone, expires: Option<u64>) -> Document {
         // Sized exactly: at 50,000 keys the global document is ~22 MB, and a
         // doubling Vec would hold up to twice that.
         let len = jwks.clone().map(|j| j.len() + 1).sum::<usize>() + 12;
@@ -40,19 +52,30 @@ impl Document {
         Document {
             body: body.into(),
             etag,
+            expires,
         }
     }
 }
 
+struct Published {
+    org: OrgId,
+    jwk: Box<[u8]>,
+    expires: Option<u64>,
+}
+
 #[derive(Default)]
 struct State {
-    /// Every key's serialised JWK, in id (creation) order.
-    all: BTreeMap<KeyId, (OrgId, Box<[u8]>)>,
+    /// Every key's serialised JWK and expiry, in id (creation) order.
+    all: BTreeMap<KeyId, Published>,
     /// Which keys each organisation has, in id order.
     by_org: HashMap<OrgId, BTreeMap<KeyId, ()>>,
     /// Keys removed since start: never published again, so that a stale
     /// view of the store (read before the delete) cannot bring one back.
     removed: std::collections::HashSet<KeyId>,
+    /// Keys withdrawn here (disabled, expired) and not added back here: a
+    /// stale read of the store, by the cluster follower or an unknown-key
+    /// look-up, must not publish one again (see `learned`).
+    withdrawn: std::collections::HashSet<KeyId>,
 }
 
 /// The prepared documents. Reads take a read lock just long enough to clone
@@ -80,7 +103,7 @@ impl Jwks {
             state: RwLock::new(state),
             all: RwLock::new(Arc::new(all)),
             orgs: RwLock::new(orgs),
-            empty: Arc::new(Document::build(std::iter::empty())),
+            empty: Arc::new(Document::build(std::iter::empty(), None)),
         }
     }
 
@@ -102,9 +125,19 @@ impl Jwks {
     /// Replaces every document with those of `records` (after storage
     /// recovered and may hold other keys than the documents say).
     pub fn reset(&self, records: &[PublicKeyRecord]) {
-        let fresh = Jwks::new(records);
         let mut state = self.state.write().expect("jwks lock poisoned");
-        *state = fresh.state.into_inner().expect("fresh lock");
+        // Keys removed or withdrawn here stay so: `records` may be a read
+        // that predates those changes.
+        let kept: Vec<PublicKeyRecord> = records
+            .iter()
+            .filter(|r| !state.removed.contains(&r.id) && !state.withdrawn.contains(&r.id))
+            .cloned()
+            .collect();
+        let fresh = Jwks::new(&kept);
+        let mut next = fresh.state.into_inner().expect("fresh lock");
+        next.removed = std::mem::take(&mut state.removed);
+        next.withdrawn = std::mem::take(&mut state.withdrawn);
+        *state = next;
         *self.all.write().expect("jwks lock poisoned") =
             fresh.all.into_inner().expect("fresh lock");
         *self.orgs.write().expect("jwks lock poisoned") =
@@ -114,7 +147,13 @@ impl Jwks {
     /// One published key: its organisation and serialised JWK.
     pub fn key(&self, id: KeyId) -> Option<(OrgId, Box<[u8]>)> {
         let state = self.state.read().expect("jwks lock poisoned");
-        state.all.get(&id).cloned()
+        state.all.get(&id).map(|p| (p.org.clone(), p.jwk.clone()))
+    }
+
+    /// When a published key expires (seconds since the epoch).
+    pub fn expiry(&self, id: KeyId) -> Option<u64> {
+        let state = self.state.read().expect("jwks lock poisoned");
+        state.all.get(&id).and_then(|p| p.expires)
     }
 
     /// Whether `id` is published.
@@ -123,11 +162,28 @@ impl Jwks {
         state.all.contains_key(&id)
     }
 
-    /// Publishes `record`; whether it was not published yet. A removed
-    /// key is not published again.
+    /// Publishes `record` (again, if it was: its expiry may have changed);
+    /// whether it was not published yet. A removed key is not published
+    /// again.
     pub fn added(&self, record: &PublicKeyRecord) -> bool {
         let mut state = self.state.write().expect("jwks lock poisoned");
         if state.removed.contains(&record.id) {
+            return false;
+        }
+        state.withdrawn.remove(&record.id);
+        let new = !state.all.contains_key(&record.id);
+        state.insert(record);
+        self.publish(&state, &record.org);
+        new
+    }
+
+    /// Publishes an active `record` read from the store by something other
+    /// than this instance's own change (the cluster follower, an unknown-key
+    /// look-up); whether it was not published yet. A key removed or
+    /// withdrawn here is not published: that read may predate the change.
+    pub fn learned(&self, record: &PublicKeyRecord) -> bool {
+        let mut state = self.state.write().expect("jwks lock poisoned");
+        if state.removed.contains(&record.id) || state.withdrawn.contains(&record.id) {
             return false;
         }
         let new = !state.all.contains_key(&record.id);
@@ -138,8 +194,22 @@ impl Jwks {
 
     /// Unpublishes key `id` of `org` for good; whether it was published.
     pub fn removed(&self, org: &OrgId, id: KeyId) -> bool {
+        self.unpublish(org, id, true)
+    }
+
+    /// Unpublishes key `id` of `org` until it is added again (a disabled or
+    /// expired key); whether it was published.
+    pub fn withdrawn(&self, org: &OrgId, id: KeyId) -> bool {
+        self.unpublish(org, id, false)
+    }
+
+    fn unpublish(&self, org: &OrgId, id: KeyId, for_good: bool) -> bool {
         let mut state = self.state.write().expect("jwks lock poisoned");
-        state.removed.insert(id);
+        if for_good {
+            state.removed.insert(id);
+        } else {
+            state.withdrawn.insert(id);
+        }
         if state.all.remove(&id).is_none() {
             return false;
         }
@@ -172,7 +242,12 @@ impl State {
         let jwk = serde_json::to_vec(&Jwk::from_record(r))
             .expect("a JWK always serialises")
             .into_boxed_slice();
-        self.all.insert(r.id, (r.org.clone(), jwk));
+        let published = Published {
+            org: r.org.clone(),
+            jwk,
+            expires: r.life.expires_at_secs,
+        };
+        self.all.insert(r.id, published);
         self.by_org
             .entry(r.org.clone())
             .or_default()
@@ -180,11 +255,14 @@ impl State {
     }
 
     fn document_all(&self) -> Document {
-        Document::build(self.all.values().map(|(_, jwk)| &jwk[..]))
+        let expires = self.all.values().filter_map(|p| p.expires).min();
+        Document::build(self.all.values().map(|p| &p.jwk[..]), expires)
     }
 
     fn document_of(&self, org: &OrgId) -> Document {
         let ids = self.by_org.get(org).into_iter().flat_map(|m| m.keys());
-        Document::build(ids.map(|id| &self.all[id].1[..]))
+        let keys = ids.map(|id| &self.all[id]);
+        let expires = keys.clone().filter_map(|p| p.expires).min();
+        Document::build(keys.map(|p| &p.jwk[..]), expires)
     }
 }
