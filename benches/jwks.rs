@@ -25,6 +25,7 @@ fn record(spki: &[u8], org: usize, serial: u64) -> PublicKeyRecord {
         spec: KeySpec::default(),
         spki_der: spki.to_vec(),
         created_at_ms: 1_700_000_000_000 + serial,
+        life: Default::default(),
     }
 }
 

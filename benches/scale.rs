@@ -161,6 +161,7 @@ fn seed(dir: &Path, spki: &[u8], orgs: usize, threads: usize) {
                             spec: KeySpec::default(),
                             spki_der: spki.to_vec(),
                             created_at_ms: id.timestamp_ms(),
+                            life: Default::default(),
                         };
                         let event = |action, outcome: &str| NewEvent {
                             action,

@@ -58,6 +58,7 @@ fn insert(store: &Store, spki: &[u8], org: &str, name: &str) -> Insert {
             spec: KeySpec::default(),
             spki_der: spki.to_vec(),
             created_at_ms: id.timestamp_ms(),
+            life: Default::default(),
         },
         quota: KEYS_PER_ORG as u32,
         created: event(Action::KeyCreated, "created"),

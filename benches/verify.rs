@@ -96,6 +96,7 @@ fn bench(c: &mut Criterion) {
         spec: KeySpec::default(),
         spki_der: spki.clone(),
         created_at_ms: 0,
+        life: Default::default(),
     };
     let decoding_key =
         jsonwebtoken::DecodingKey::from_rsa_pem(record.public_key_pem().as_bytes()).unwrap();

@@ -18,7 +18,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 export RUSTC_BOOTSTRAP=1
 
-ALL_TARGETS=(token claims request jwk pem config)
+ALL_TARGETS=(token claims request jwk pem config upload)
 seconds="${FUZZ_SECONDS:-60}"
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${ALL_TARGETS[@]}")

@@ -5,8 +5,9 @@
 # Interoperability check: real JOSE libraries (PyJWT and jwcrypto from PyPI,
 # panva/jose from npm) verify signet-minted tokens of every key type (RS256,
 # PS256, ES256, ES384, EdDSA) against a running signet's JWKS endpoints, stop
-# verifying a deleted key's token once their cache is fresh, and the JWKS
-# responses carry the caching headers docs/api.md promises.
+# verifying a deleted, a disabled and an expired key's token once their cache
+# is fresh, and the JWKS responses carry the caching headers docs/api.md
+# promises (max-age bounded by the earliest expiry listed).
 #
 # Installs its tools under target/jose/ (reused on later runs), builds the
 # debug binary, starts a server on 127.0.0.1 with a temporary data dir, and
@@ -260,6 +261,60 @@ done
 
 cases "after delete, fresh client" no_key >"$TMP/cases-after.json"
 run_libs_checked "$TMP/cases-after.json" 30
+
+# --- disable one key, let another expire ------------------------------------------
+# cases_for PHASE TOKEN=ALG=EXPECT... -> JSON cases for both URLs
+cases_for() {
+    python3 - "$1" "$GLOBAL_URL" "$ORG_URL" "${@:2}" <<'PY'
+import json, sys
+phase, gurl, ourl = sys.argv[1:4]
+out = []
+for label, url in (("global JWKS", gurl), ("org JWKS", ourl)):
+    for spec in sys.argv[4:]:
+        token, alg, expect = spec.rsplit("=", 2)
+        word = "fails" if expect == "no_key" else "verifies"
+        out.append(dict(name=f"{phase}: {label} {word} {alg} token", url=url, token=token, alg=alg, expect=expect))
+print(json.dumps(out))
+PY
+}
+# verdict TOKEN -> signet's own /v1/verify code ("valid" or the error code)
+verdict() {
+    "${CURL[@]}" -X POST "$BASE/v1/verify" -H 'Content-Type: application/json' \
+        -d "{\"token\":\"$1\"}" | python3 -c 'import json,sys; v=json.load(sys.stdin); print("valid" if v["valid"] else v["error"]["code"])'
+}
+
+HORIZON=10
+EXPIRES_AT="$(python3 -c "import datetime, time; print(datetime.datetime.fromtimestamp(int(time.time()) + $HORIZON, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))")"
+out="$(create_key exp "{\"name\":\"short-lived\",\"algorithm\":\"ES256\",\"expiresAt\":\"$EXPIRES_AT\"}")"
+read -r EXP_KID _ <<<"$out"
+EXP_TOKEN="$(timeout 30 "$BIN" token --key "$TMP/exp.pem" --kid "$EXP_KID" --org "$ORG" --aud signet)"
+log "key $EXP_KID (ES256) expires at $EXPIRES_AT"
+for url in "$GLOBAL_URL" "$ORG_URL"; do
+    "${CURL[@]}" -D "$TMP/h5" -o /dev/null "$url"
+    cc="$(header "$TMP/h5" cache-control)"
+    check "$url: max-age is at most the $HORIZON s left before $EXP_KID expires (got '$cc')" \
+        bash -c '[[ "$1" =~ ^public,\ max-age=([0-9]+)$ ]] && (( BASH_REMATCH[1] <= $2 ))' _ "$cc" "$HORIZON"
+done
+cases_for "before disable and expiry" "$PS_TOKEN=PS256=ok" "$EXP_TOKEN=ES256=ok" >"$TMP/cases-live.json"
+run_libs_checked "$TMP/cases-live.json" 12
+
+code="$("${CURL[@]}" -o "$TMP/patch" -w '%{http_code}' -X PATCH "$BASE/v1/organisations/$ORG/keys/$PS_KID" \
+    -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/merge-patch+json' -d '{"state":"disabled"}')"
+check "PATCH state=disabled of PS256 key $PS_KID answers 200 (got $code)" test "$code" = 200
+got="$(verdict "$PS_TOKEN")"
+check "signet refuses the disabled key's token as key_disabled (got $got)" test "$got" = key_disabled
+python3 -c "import datetime, time
+at = datetime.datetime.strptime('$EXPIRES_AT', '%Y-%m-%dT%H:%M:%SZ').replace(tzinfo=datetime.timezone.utc).timestamp()
+time.sleep(max(0.0, at - time.time()) + 0.2)"
+got="$(verdict "$EXP_TOKEN")"
+check "signet refuses the expired key's token as key_expired (got $got)" test "$got" = key_expired
+for label in "global JWKS" "org JWKS"; do
+    url="$GLOBAL_URL"; [[ "$label" == "org JWKS" ]] && url="$ORG_URL"
+    "${CURL[@]}" -o "$TMP/b6" "$url"
+    jwks_contents "after disable and expiry: $label holds neither key" "$TMP/b6" "${CURVE_WANT[@]}"
+done
+cases_for "after disable and expiry, fresh client" "$PS_TOKEN=PS256=no_key" "$EXP_TOKEN=ES256=no_key" >"$TMP/cases-gone.json"
+run_libs_checked "$TMP/cases-gone.json" 12
 
 if ! alive "$SERVER_PID"; then
     fail "signet server still running at the end"

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use crate::auth::OperatorToken;
 use crate::config::{Backend, Config};
 use crate::http::{self, ServerState};
-use crate::service::Signet;
+use crate::service::{Lifetimes, Signet};
 use crate::store::{create_private_dir, Store, StoreError};
 use crate::verify::Policy;
 
@@ -97,7 +97,11 @@ impl Application {
             config.keys.pool_3072,
             config.keys.pool_4096,
         ];
-        let signet = Signet::new(store, policy, config.keys.max_per_org, pool).await?;
+        let mut signet = Signet::new(store, policy, config.keys.max_per_org, pool).await?;
+        signet.set_lifetimes(Lifetimes {
+            max: config.keys.max_lifetime,
+            default: config.keys.default_lifetime,
+        });
         let tls = match &config.server.tls {
             Some(files) => Some(http::tls::Tls::load(files, &signet.metrics)?),
             None => None,

@@ -71,6 +71,16 @@ pub enum Action {
     AccessDenied,
     #[serde(rename = "quota.exceeded")]
     QuotaExceeded,
+    #[serde(rename = "key.uploaded")]
+    KeyUploaded,
+    #[serde(rename = "key.disabled")]
+    KeyDisabled,
+    #[serde(rename = "key.enabled")]
+    KeyEnabled,
+    #[serde(rename = "key.renamed")]
+    KeyRenamed,
+    #[serde(rename = "key.rotated")]
+    KeyRotated,
 }
 
 /// Who asked.

@@ -128,6 +128,14 @@ pub struct Keys {
     pub pool_3072: usize,
     /// Pre-generated 4096-bit key pairs kept in memory.
     pub pool_4096: usize,
+    /// Latest `expiresAt` a create may ask for, from now (`"90d"`); keys
+    /// created without one expire at this cap. Unset: no cap.
+    #[serde(deserialize_with = "humantime_opt")]
+    pub max_lifetime: Option<Duration>,
+    /// The lifetime of keys created without `expiresAt`. Unset: they do
+    /// not expire (unless `max_lifetime` is set).
+    #[serde(deserialize_with = "humantime_opt")]
+    pub default_lifetime: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -225,6 +233,8 @@ impl Default for Keys {
             pool_2048: 8,
             pool_3072: 0,
             pool_4096: 0,
+            max_lifetime: None,
+            default_lifetime: None,
         }
     }
 }
@@ -469,6 +479,22 @@ impl Config {
         if self.server.max_connections == 0 {
             return invalid("server.max_connections", "must be at least 1");
         }
+        for (key, life) in [
+            ("keys.max_lifetime", self.keys.max_lifetime),
+            ("keys.default_lifetime", self.keys.default_lifetime),
+        ] {
+            if life.is_some_and(|l| l < Duration::from_secs(1)) {
+                return invalid(key, "must be at least one second (leave it unset for none)");
+            }
+        }
+        if let (Some(max), Some(default)) = (self.keys.max_lifetime, self.keys.default_lifetime) {
+            if default > max {
+                return invalid(
+                    "keys.default_lifetime",
+                    "must not be longer than keys.max_lifetime",
+                );
+            }
+        }
         if self.verify.max_token_lifetime == Some(Duration::ZERO) {
             return invalid(
                 "verify.max_token_lifetime",
@@ -624,6 +650,17 @@ mod tests {
                 &[],
                 "max_token_lifetime",
             ),
+            ("[keys]\nmax_lifetime = \"soon\"\n", &[], "max_lifetime"),
+            (
+                "[keys]\ndefault_lifetime = \"0s\"\n",
+                &[],
+                "default_lifetime",
+            ),
+            (
+                "[keys]\nmax_lifetime = \"1d\"\ndefault_lifetime = \"2d\"\n",
+                &[],
+                "must not be longer than keys.max_lifetime",
+            ),
             ("[server]\nidle_timeout_secs = 0\n", &[], "timeout_secs"),
             ("", &[("SIGNET_TLS_CERT", "c.pem")], "SIGNET_TLS_KEY"),
             ("[server.tls]\ncert_file = \"c.pem\"\n", &[], "key_file"),
@@ -650,6 +687,19 @@ mod tests {
             c.verify.max_token_lifetime,
             Some(Duration::from_secs(90 * 60))
         );
+    }
+
+    #[test]
+    fn key_lifetimes_are_humantime_durations() {
+        assert_eq!(Config::default().keys.max_lifetime, None);
+        let c = load(
+            "[keys]\nmax_lifetime = \"90d\"\ndefault_lifetime = \"30d\"\n",
+            &[],
+        )
+        .unwrap();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(c.keys.max_lifetime, Some(day * 90));
+        assert_eq!(c.keys.default_lifetime, Some(day * 30));
     }
 
     #[test]

@@ -19,10 +19,22 @@ pub struct Document {
     pub body: Bytes,
     /// A strong validator: quoted, a digest of the body.
     pub etag: String,
+    /// The earliest expiry (seconds since the epoch) among the keys listed.
+    pub expires: Option<u64>,
 }
 
 impl Document {
-    fn build<'a>(jwks: impl Iterator<Item = &'a [u8]> + Clone) -> Document {
+    /// The `Cache-Control: max-age` to send at `now_ms`: the configured
+    /// one, but never past the earliest expiry listed, so that no cache
+    /// keeps a key after it expired.
+    pub fn max_age(&self, configured: u64, now_ms: u64) -> u64 {
+        match self.expires {
+            Some(at) => configured.min(at.saturating_mul(1000).saturating_sub(now_ms) / 1000),
+            None => configured,
+        }
+    }
+
+    fn build<'a>(jwks: impl Iterator<Item = &'a [u8]> + Clone, expires: Option<u64>) -> Document {
         // Sized exactly: at 50,000 keys the global document is ~22 MB, and a
         // doubling Vec would hold up to twice that.
         let len = jwks.clone().map(|j| j.len() + 1).sum::<usize>() + 12;
@@ -40,14 +52,21 @@ impl Document {
         Document {
             body: body.into(),
             etag,
+            expires,
         }
     }
 }
 
+struct Published {
+    org: OrgId,
+    jwk: Box<[u8]>,
+    expires: Option<u64>,
+}
+
 #[derive(Default)]
 struct State {
-    /// Every key's serialised JWK, in id (creation) order.
-    all: BTreeMap<KeyId, (OrgId, Box<[u8]>)>,
+    /// Every key's serialised JWK and expiry, in id (creation) order.
+    all: BTreeMap<KeyId, Published>,
     /// Which keys each organisation has, in id order.
     by_org: HashMap<OrgId, BTreeMap<KeyId, ()>>,
 }
@@ -77,7 +96,7 @@ impl Jwks {
             state: RwLock::new(state),
             all: RwLock::new(Arc::new(all)),
             orgs: RwLock::new(orgs),
-            empty: Arc::new(Document::build(std::iter::empty())),
+            empty: Arc::new(Document::build(std::iter::empty(), None)),
         }
     }
 
@@ -111,7 +130,13 @@ impl Jwks {
     /// One published key: its organisation and serialised JWK.
     pub fn key(&self, id: KeyId) -> Option<(OrgId, Box<[u8]>)> {
         let state = self.state.read().expect("jwks lock poisoned");
-        state.all.get(&id).cloned()
+        state.all.get(&id).map(|p| (p.org.clone(), p.jwk.clone()))
+    }
+
+    /// When a published key expires (seconds since the epoch).
+    pub fn expiry(&self, id: KeyId) -> Option<u64> {
+        let state = self.state.read().expect("jwks lock poisoned");
+        state.all.get(&id).and_then(|p| p.expires)
     }
 
     /// Whether `id` is published.
@@ -120,6 +145,7 @@ impl Jwks {
         state.all.contains_key(&id)
     }
 
+    /// Publishes `record` (again, if it was: its expiry may have changed).
     pub fn added(&self, record: &PublicKeyRecord) {
         let mut state = self.state.write().expect("jwks lock poisoned");
         state.insert(record);
@@ -157,7 +183,12 @@ impl State {
         let jwk = serde_json::to_vec(&Jwk::from_record(r))
             .expect("a JWK always serialises")
             .into_boxed_slice();
-        self.all.insert(r.id, (r.org.clone(), jwk));
+        let published = Published {
+            org: r.org.clone(),
+            jwk,
+            expires: r.life.expires_at_secs,
+        };
+        self.all.insert(r.id, published);
         self.by_org
             .entry(r.org.clone())
             .or_default()
@@ -165,11 +196,14 @@ impl State {
     }
 
     fn document_all(&self) -> Document {
-        Document::build(self.all.values().map(|(_, jwk)| &jwk[..]))
+        let expires = self.all.values().filter_map(|p| p.expires).min();
+        Document::build(self.all.values().map(|p| &p.jwk[..]), expires)
     }
 
     fn document_of(&self, org: &OrgId) -> Document {
         let ids = self.by_org.get(org).into_iter().flat_map(|m| m.keys());
-        Document::build(ids.map(|id| &self.all[id].1[..]))
+        let keys = ids.map(|id| &self.all[id]);
+        let expires = keys.clone().filter_map(|p| p.expires).min();
+        Document::build(keys.map(|p| &p.jwk[..]), expires)
     }
 }

@@ -49,12 +49,9 @@ pub struct KeyPool {
     inner: Arc<Inner>,
 }
 
-fn slot(bits: Bits) -> usize {
-    match bits {
-        Bits::B2048 => 0,
-        Bits::B3072 => 1,
-        Bits::B4096 => 2,
-    }
+/// The queue of a size signet generates; `None` for any other.
+fn slot(bits: Bits) -> Option<usize> {
+    Bits::ALL.iter().position(|b| *b == bits)
 }
 
 impl KeyPool {
@@ -85,7 +82,11 @@ impl KeyPool {
         let KeySpec::Rsa { bits, .. } = spec else {
             return keys::generate(spec);
         };
-        let i = slot(bits);
+        let Some(i) = slot(bits) else {
+            return tokio::task::spawn_blocking(move || keys::generate(spec))
+                .await
+                .expect("key generation does not panic");
+        };
         if let Some(key) = self.take(i) {
             return key;
         }

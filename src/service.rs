@@ -1,21 +1,32 @@
-//! The key lifecycle: create, list, get, delete. It ties the store, the
-//! published JWK Sets and the verifier's cache together so that each change
-//! reaches all three in the right order: durable in the store first, then
-//! published, then (for a delete) forgotten by the verifier before the
-//! caller hears back.
+//! The key lifecycle: create, upload, list, get, change (disable, enable,
+//! rename), rotate, delete, and expiry. It ties the store, the published
+//! JWK Sets and the verifier's cache together so that each change reaches
+//! all three in the right order: durable in the store first, then
+//! published or withdrawn, then forgotten by the verifier before the caller
+//! hears back. One timer task withdraws each key at the second it expires.
+
+mod lifecycle;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+pub use lifecycle::Lifetimes;
+use lifecycle::Published;
 
 use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::jwks::{Document, Jwks};
-use crate::keys::{GeneratedKey, Jwk, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
+use crate::keys::upload::Upload;
+use crate::keys::{
+    now_secs, GeneratedKey, KeyId, KeyName, KeySpec, KeyState, Lifecycle, OrgId, Origin,
+    PublicKeyRecord,
+};
 use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::refusals::Refusals;
-use crate::store::{AuditPage, Insert, Inserted, Store, StoreError};
-use crate::verify::{
-    Expect, KeyMaterial, KeySource, KeySourceError, Policy, Verified, Verifier, VerifyError,
+use crate::store::{
+    AuditPage, Changed, Insert, Inserted, KeyChange, KeyRotation, Rotation, Store, StoreError,
 };
+use crate::verify::{Expect, Policy, Verified, Verifier, VerifyError};
 
 /// Why a key operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +38,15 @@ pub enum ServiceError {
     /// No such key in this organisation.
     #[error("key {0} does not exist")]
     NotFound(KeyId),
+    /// The organisation already holds this public key.
+    #[error("this public key is already key {0} of the organisation")]
+    Duplicate(KeyId),
+    /// The change is refused in the key's current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A requested expiry is in the past or beyond the configured cap.
+    #[error("{0}")]
+    Lifetime(String),
     /// Storage failed; nothing was acknowledged.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -49,12 +69,25 @@ pub struct NewKey {
     pub spec: KeySpec,
 }
 
+/// What `PATCH` asks to change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Patch {
+    /// `Some(true)` disables, `Some(false)` enables.
+    pub disable: Option<bool>,
+    pub name: Option<KeyName>,
+}
+
 /// The one door to keys, JWK Sets, verification and the audit log: the
 /// HTTP routes, the CLI and start-up go through it, never to the store.
 pub struct Signet {
     store: Store,
     jwks: Arc<Jwks>,
-    verifier: Verifier,
+    /// What is published, withheld (disabled, expired) and when keys expire.
+    published: Arc<Published>,
+    verifier: Arc<Verifier>,
+    lifetimes: Lifetimes,
+    /// The expiry timer; stopped when the service is dropped.
+    timer: tokio::task::JoinHandle<()>,
     /// Counters only: callers count into it, nothing reaches storage.
     pub metrics: Metrics,
     /// Requests refused for want of a valid credential: counted, not audited.
@@ -75,14 +108,23 @@ impl Signet {
         pool: [usize; 3],
     ) -> Result<Signet, StoreError> {
         let records = store.all_keys().await?;
-        let jwks = Arc::new(Jwks::new(&records));
-        let verifier = Verifier::new(Arc::new(PublishedKeys(jwks.clone())), policy);
+        let jwks = Arc::new(Jwks::new(&[]));
+        let published = Arc::new(Published::new(jwks.clone()));
+        let verifier = Arc::new(Verifier::new(published.clone(), policy));
+        published.reset(&records, &verifier);
+        let timer = tokio::spawn(lifecycle::expire_forever(
+            published.clone(),
+            verifier.clone(),
+        ));
         let metrics = Metrics::new(verifier.stats());
         let pool = KeyPool::start(pool, metrics.pool_depth());
         metrics.keys.set(records.len() as i64);
         let refusals = Refusals::new(metrics.unauthenticated.clone());
         Ok(Signet {
             jwks,
+            published,
+            lifetimes: Lifetimes::default(),
+            timer,
             store,
             verifier,
             metrics,
@@ -93,6 +135,11 @@ impl Signet {
         })
     }
 
+    /// How long keys live when a create names no expiry, and at most.
+    pub fn set_lifetimes(&mut self, lifetimes: Lifetimes) {
+        self.lifetimes = lifetimes;
+    }
+
     /// Generates a key pair, stores its public half under the quota, and
     /// returns both halves. The store has synced before this returns.
     pub async fn create(
@@ -101,68 +148,207 @@ impl Signet {
         new: NewKey,
         caller: &Caller,
     ) -> Result<(PublicKeyRecord, GeneratedKey), ServiceError> {
-        // A full organisation is refused before a key pair is spent on it;
-        // the transaction below re-checks atomically.
-        if self.storage(self.store.key_count(org.clone())).await? >= self.quota {
-            let refused = NewEvent {
-                action: Action::QuotaExceeded,
-                key_id: None,
-                actor: caller.actor.clone(),
-                client: caller.client.clone(),
-                outcome: "refused".into(),
-            };
-            self.storage(self.store.record_event(org, refused)).await?;
-            return Err(ServiceError::QuotaExceeded(self.quota));
-        }
+        self.create_expiring(org, new, None, caller).await
+    }
+
+    /// [`Signet::create`] with an expiry (seconds since the epoch), held to
+    /// the configured lifetimes.
+    pub async fn create_expiring(
+        &self,
+        org: OrgId,
+        new: NewKey,
+        expires_at: Option<u64>,
+        caller: &Caller,
+    ) -> Result<(PublicKeyRecord, GeneratedKey), ServiceError> {
+        let expires_at = self.lifetimes.expiry(expires_at, now_secs())?;
+        self.refuse_if_full(&org, caller).await?;
         let generated = self.pool.get(new.spec).await;
+        let life = Lifecycle {
+            expires_at_secs: expires_at,
+            ..Lifecycle::default()
+        };
+        let record = self.new_record(org, new, generated.spki_der().to_vec(), life);
+        self.insert(&record, Action::KeyCreated, "created", caller)
+            .await?;
+        Ok((record, generated))
+    }
+
+    /// Stores a public key the organisation made itself, under the quota.
+    pub async fn upload(
+        &self,
+        org: OrgId,
+        name: KeyName,
+        upload: Upload,
+        expires_at: Option<u64>,
+        caller: &Caller,
+    ) -> Result<PublicKeyRecord, ServiceError> {
+        let expires_at = self.lifetimes.expiry(expires_at, now_secs())?;
+        self.refuse_if_full(&org, caller).await?;
+        let new = NewKey {
+            name,
+            spec: upload.spec,
+        };
+        let life = Lifecycle {
+            expires_at_secs: expires_at,
+            origin: Origin::Uploaded,
+            ..Lifecycle::default()
+        };
+        let record = self.new_record(org, new, upload.spki_der, life);
+        self.insert(&record, Action::KeyUploaded, "uploaded", caller)
+            .await?;
+        Ok(record)
+    }
+
+    /// A full organisation is refused before a key pair is spent on it;
+    /// the store's transaction re-checks atomically.
+    async fn refuse_if_full(&self, org: &OrgId, caller: &Caller) -> Result<(), ServiceError> {
+        if self.storage(self.store.key_count(org.clone())).await? < self.quota {
+            return Ok(());
+        }
+        let refused = event(Action::QuotaExceeded, None, caller, "refused");
+        self.storage(self.store.record_event(org.clone(), refused))
+            .await?;
+        Err(ServiceError::QuotaExceeded(self.quota))
+    }
+
+    fn new_record(
+        &self,
+        org: OrgId,
+        new: NewKey,
+        spki_der: Vec<u8>,
+        life: Lifecycle,
+    ) -> PublicKeyRecord {
         let id = self.store.new_id();
-        let record = PublicKeyRecord {
+        PublicKeyRecord {
             id,
             org,
             name: new.name,
             spec: new.spec,
-            spki_der: generated.spki_der().to_vec(),
+            spki_der,
             created_at_ms: id.timestamp_ms(),
-        };
-        let event = |action, outcome: &str| NewEvent {
-            action,
-            key_id: Some(record.id),
-            actor: caller.actor.clone(),
-            client: caller.client.clone(),
-            outcome: outcome.into(),
-        };
-        let (created, refused) = (
-            event(Action::KeyCreated, "created"),
-            event(Action::QuotaExceeded, "refused"),
-        );
+            life,
+        }
+    }
+
+    /// Inserts a new key under the quota and publishes it.
+    async fn insert(
+        &self,
+        record: &PublicKeyRecord,
+        action: Action,
+        outcome: &str,
+        caller: &Caller,
+    ) -> Result<(), ServiceError> {
         let inserted = self
             .storage(self.store.insert_key(Insert {
                 record: record.clone(),
                 quota: self.quota,
-                created,
-                refused,
+                created: event(action, Some(record.id), caller, outcome),
+                refused: event(Action::QuotaExceeded, Some(record.id), caller, "refused"),
             }))
             .await?;
         match inserted {
             Inserted::Yes => {
-                self.jwks.added(&record);
+                self.published.publish(record, &self.verifier);
                 self.metrics.keys.inc();
-                Ok((record, generated))
+                Ok(())
             }
             Inserted::QuotaExceeded(_) => Err(ServiceError::QuotaExceeded(self.quota)),
+            Inserted::Duplicate(other) => Err(ServiceError::Duplicate(other)),
+        }
+    }
+
+    /// Disables, enables or renames a key. A disable is durable, out of
+    /// the JWK Sets and refused by the verifier when this returns.
+    pub async fn change(
+        &self,
+        org: OrgId,
+        id: KeyId,
+        patch: Patch,
+        caller: &Caller,
+    ) -> Result<PublicKeyRecord, ServiceError> {
+        let change = KeyChange {
+            org,
+            id,
+            disable: patch.disable,
+            name: patch.name,
+            now: now_secs(),
+            event: event(Action::KeyRenamed, Some(id), caller, ""),
+        };
+        match self.storage(self.store.change_key(change)).await? {
+            Changed::Yes(record) => {
+                self.published.publish(&record, &self.verifier);
+                Ok(record)
+            }
+            Changed::NotFound => Err(ServiceError::NotFound(id)),
+            Changed::Conflict(why) => Err(ServiceError::Conflict(why)),
+        }
+    }
+
+    /// Makes a successor of key `id` (same name and key type) and retires
+    /// the old key `grace` from now (at once for zero), in one change.
+    /// Returns the successor, its private key, and the old key as it now
+    /// stands.
+    pub async fn rotate(
+        &self,
+        org: OrgId,
+        id: KeyId,
+        grace: Duration,
+        caller: &Caller,
+    ) -> Result<(PublicKeyRecord, GeneratedKey, PublicKeyRecord), ServiceError> {
+        let old = self
+            .storage(self.store.get_key(id))
+            .await?
+            .filter(|r| r.org == org)
+            .ok_or(ServiceError::NotFound(id))?;
+        if old.life.origin == Origin::Uploaded {
+            return Err(ServiceError::Conflict(format!(
+                "key {id} was uploaded, so signet cannot make its successor: upload the new public key, then disable or delete this one"
+            )));
+        }
+        let now = now_secs();
+        let expires_at = self.lifetimes.expiry(None, now)?;
+        self.refuse_if_full(&org, caller).await?;
+        let generated = self.pool.get(old.spec).await;
+        let life = Lifecycle {
+            expires_at_secs: expires_at,
+            ..Lifecycle::default()
+        };
+        let new = NewKey {
+            name: old.name.clone(),
+            spec: old.spec,
+        };
+        let successor = self.new_record(org.clone(), new, generated.spki_der().to_vec(), life);
+        let retire_at = now.saturating_add(grace.as_secs());
+        let outcome = format!(
+            "rotated to {}; retires {}",
+            successor.id,
+            crate::keys::rfc3339(retire_at.saturating_mul(1000))
+        );
+        let rotation = KeyRotation {
+            org,
+            old: id,
+            successor: successor.clone(),
+            retire_at,
+            quota: self.quota,
+            rotated: event(Action::KeyRotated, Some(id), caller, &outcome),
+            refused: event(Action::QuotaExceeded, Some(successor.id), caller, "refused"),
+        };
+        match self.storage(self.store.rotate_key(rotation)).await? {
+            Rotation::Yes(retired) => {
+                self.published.publish(&successor, &self.verifier);
+                self.published.publish(&retired, &self.verifier);
+                self.metrics.keys.inc();
+                Ok((successor, generated, retired))
+            }
+            Rotation::NotFound => Err(ServiceError::NotFound(id)),
+            Rotation::QuotaExceeded(_) => Err(ServiceError::QuotaExceeded(self.quota)),
         }
     }
 
     /// Deletes a key. Once this returns, the key is gone from the store
     /// (durably), from the JWK Sets and from the verifier's cache.
     pub async fn delete(&self, org: OrgId, id: KeyId, caller: &Caller) -> Result<(), ServiceError> {
-        let event = NewEvent {
-            action: Action::KeyDeleted,
-            key_id: Some(id),
-            actor: caller.actor.clone(),
-            client: caller.client.clone(),
-            outcome: "deleted".into(),
-        };
+        let event = event(Action::KeyDeleted, Some(id), caller, "deleted");
         let deleted = self
             .storage(self.store.delete_key(org.clone(), id, event))
             .await?;
@@ -171,15 +357,17 @@ impl Signet {
         }
         // Unpublished first: the verifier fills its cache from the
         // published keys, so once it forgets, nothing brings the key back.
-        self.jwks.removed(&org, id);
-        self.verifier.forget(id);
+        self.published.remove(&org, id, &self.verifier);
         self.metrics.keys.dec();
         Ok(())
     }
 
+    /// An active key: a disabled or expired one is not found here (the
+    /// public routes show only active keys).
     pub async fn get(&self, id: KeyId) -> Result<PublicKeyRecord, ServiceError> {
         self.storage(self.store.get_key(id))
             .await?
+            .filter(|r| r.state_at(now_secs()) == KeyState::Active)
             .ok_or(ServiceError::NotFound(id))
     }
 
@@ -247,13 +435,7 @@ impl Signet {
     /// Records in the organisation's audit log that an authenticated
     /// caller was refused (403), in signet's own words.
     pub async fn record_denied(&self, org: &OrgId, caller: &Caller, outcome: &'static str) {
-        let event = NewEvent {
-            action: Action::AccessDenied,
-            key_id: None,
-            actor: caller.actor.clone(),
-            client: caller.client.clone(),
-            outcome: outcome.into(),
-        };
+        let event = event(Action::AccessDenied, None, caller, outcome);
         if let Err(e) = self.store.record_event(org.clone(), event).await {
             self.metrics.storage_errors.inc();
             tracing::error!(error = %e, "could not record an access.denied audit event");
@@ -287,8 +469,7 @@ impl Signet {
         }
         match self.store.all_keys().await {
             Ok(records) => {
-                self.jwks.reset(&records);
-                self.verifier.forget_all();
+                self.published.reset(&records, &self.verifier);
                 self.metrics.keys.set(records.len() as i64);
                 tracing::warn!(
                     keys = records.len(),
@@ -304,27 +485,19 @@ impl Signet {
     }
 }
 
-/// The published keys as the verifier's key source: verification reads
-/// memory only, never storage, so it keeps working while storage is down.
-struct PublishedKeys(Arc<Jwks>);
-
-impl KeySource for PublishedKeys {
-    fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError> {
-        let Some((org, jwk)) = self.0.key(id) else {
-            return Ok(None);
-        };
-        let (_, algorithm, spki_der) = serde_json::from_slice::<Jwk>(&jwk)
-            .map_err(|e| e.to_string())
-            .and_then(|jwk| jwk.to_parts().map_err(|e| e.to_string()))
-            .map_err(|cause| KeySourceError::Unparsable { id, cause })?;
-        Ok(Some(KeyMaterial {
-            org: Some(org),
-            algorithm,
-            spki_der,
-        }))
+impl Drop for Signet {
+    fn drop(&mut self) {
+        self.timer.abort();
     }
+}
 
-    fn contains(&self, id: KeyId) -> Result<bool, KeySourceError> {
-        Ok(self.0.contains(id))
+/// An audit event of `caller`'s.
+fn event(action: Action, key_id: Option<KeyId>, caller: &Caller, outcome: &str) -> NewEvent {
+    NewEvent {
+        action,
+        key_id,
+        actor: caller.actor.clone(),
+        client: caller.client.clone(),
+        outcome: outcome.into(),
     }
 }

@@ -27,7 +27,7 @@ const ERROR_CODES: [&str; 13] = [
 ];
 
 /// The verification error codes of docs/api.md.
-const VERIFY_CODES: [&str; 10] = [
+const VERIFY_CODES: [&str; 12] = [
     "malformed",
     "unsupported_algorithm",
     "unknown_key",
@@ -38,6 +38,8 @@ const VERIFY_CODES: [&str; 10] = [
     "wrong_issuer",
     "missing_claim",
     "wrong_organisation",
+    "key_disabled",
+    "key_expired",
 ];
 
 /// The lines of the top-level `paths:` block, up to the next top-level key.

@@ -1,5 +1,5 @@
 //! `signet keys`: create, list or delete keys directly in the data
-//! directory (server stopped).
+//! directory (server stopped); the lifecycle commands are in `lifecycle`.
 
 use std::path::PathBuf;
 
@@ -7,10 +7,11 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
+use super::lifecycle::LifecycleCommand;
 use super::{data_config, open_existing, DataArgs, Outcome, ALGORITHMS};
 use crate::audit::Actor;
-use crate::keys::{self, Bits, KeyId, KeyName, KeySpec, OrgId};
-use crate::service::{Caller, NewKey, Signet};
+use crate::keys::{self, Bits, GeneratedKey, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
+use crate::service::{Caller, Lifetimes, NewKey, Signet};
 use crate::store::Store;
 use crate::verify::Policy;
 
@@ -33,6 +34,10 @@ pub(super) enum KeysCommand {
         /// Write the private key PEM to this file (mode 0600) instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// When the key expires (RFC 3339, e.g. 2027-01-31T12:00:00Z)
+        /// [default: keys.default_lifetime or keys.max_lifetime, if set].
+        #[arg(long, value_name = "TIME")]
+        expires_at: Option<String>,
     },
     /// List keys as JSON, of one organisation or of all.
     List {
@@ -49,6 +54,8 @@ pub(super) enum KeysCommand {
         #[arg(value_name = "ID")]
         id: String,
     },
+    #[command(flatten)]
+    Lifecycle(LifecycleCommand),
 }
 
 pub(super) async fn run(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcome> {
@@ -57,7 +64,13 @@ pub(super) async fn run(command: KeysCommand, data: DataArgs) -> anyhow::Result<
         open_existing(&config).await?
     } else {
         let store = Store::open(&config).await?;
-        Signet::new(store, Policy::default(), config.keys.max_per_org, [0; 3]).await?
+        let mut signet =
+            Signet::new(store, Policy::default(), config.keys.max_per_org, [0; 3]).await?;
+        signet.set_lifetimes(Lifetimes {
+            max: config.keys.max_lifetime,
+            default: config.keys.default_lifetime,
+        });
+        signet
     };
     let caller = Caller {
         actor: Actor::Cli,
@@ -70,33 +83,32 @@ pub(super) async fn run(command: KeysCommand, data: DataArgs) -> anyhow::Result<
             algorithm,
             bits,
             out,
+            expires_at,
         } => {
             let new = NewKey {
                 name: KeyName::parse(&name)?,
                 spec: KeySpec::new(algorithm.parse()?, bits.map(Bits::from_u64).transpose()?)?,
             };
             let org = OrgId::parse(&org)?;
-            let (record, key) = match signet.create(org, new, &caller).await {
+            let expires_at = expires_at.as_deref().map(keys::parse_time).transpose()?;
+            let created = signet.create_expiring(org, new, expires_at, &caller).await;
+            let (record, key) = match created {
                 Err(crate::service::ServiceError::QuotaExceeded(n)) => {
                     eprintln!("signet: Maximum number of organisation keys ({n}) has been reached. Delete existing keys before creating new ones.");
                     return Ok(Outcome::Refused);
                 }
+                Err(e @ crate::service::ServiceError::Lifetime(_)) => {
+                    eprintln!("signet: {e}");
+                    return Ok(Outcome::Refused);
+                }
                 other => other?,
             };
-            let mut view = public_view(&record);
-            match out {
-                Some(path) => {
-                    crate::secret_file::write_secret_file(&path, key.pkcs8_pem().as_bytes())
-                        .with_context(|| {
-                            format!("cannot create {} (it must not exist yet)", path.display())
-                        })?;
-                    eprintln!("private key written to {}", path.display());
-                }
-                None => {
-                    view["privateKey"] = Value::String(key.pkcs8_pem().to_string());
-                }
-            }
-            println!("{}", serde_json::to_string_pretty(&view)?);
+            print_issued(&record, &key, out)?;
+        }
+        KeysCommand::Lifecycle(command) => {
+            let outcome = super::lifecycle::run(command, &signet, &caller).await?;
+            signet.sync().await?;
+            return Ok(outcome);
         }
         KeysCommand::List { org } => {
             let records = match org {
@@ -125,6 +137,29 @@ pub(super) async fn run(command: KeysCommand, data: DataArgs) -> anyhow::Result<
     Ok(Outcome::Success)
 }
 
-fn public_view(r: &keys::PublicKeyRecord) -> Value {
+/// Prints a new key's SigningKeySet JSON, or writes its private key to
+/// `out` (mode 0600) and prints the rest.
+pub(super) fn print_issued(
+    record: &PublicKeyRecord,
+    key: &GeneratedKey,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut view = public_view(record);
+    match out {
+        Some(path) => {
+            crate::secret_file::write_secret_file(&path, key.pkcs8_pem().as_bytes()).with_context(
+                || format!("cannot create {} (it must not exist yet)", path.display()),
+            )?;
+            eprintln!("private key written to {}", path.display());
+        }
+        None => {
+            view["privateKey"] = Value::String(key.pkcs8_pem().to_string());
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&view)?);
+    Ok(())
+}
+
+pub(super) fn public_view(r: &keys::PublicKeyRecord) -> Value {
     serde_json::to_value(keys::KeyView::new(r)).expect("a key view always serialises")
 }

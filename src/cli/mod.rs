@@ -5,6 +5,7 @@
 mod audit;
 mod completions;
 mod keys;
+mod lifecycle;
 mod seal;
 mod serve;
 mod token;

@@ -76,6 +76,13 @@ impl Call<'_> {
         }
     }
 
+    /// The `{org}` path parameter, and the caller if it may manage it.
+    pub async fn manage(&self) -> Result<(OrgId, Caller), ApiError> {
+        let org = self.org()?;
+        let principal = self.authorize(&org, Need::Manage).await?;
+        Ok((org, self.caller(principal.actor())))
+    }
+
     /// Authenticates and authorises. A valid credential without the right
     /// is an audit event (signet's words only); a missing or invalid one is
     /// counted and sampled, never written (see `refusals`).
@@ -114,6 +121,17 @@ impl Call<'_> {
 
     /// Reads a JSON body: `application/json` only, within the size limit.
     pub async fn read_json<T: serde::de::DeserializeOwned>(self) -> Result<T, ApiError> {
+        let read = self.read_json_as(&[JSON], false).await?;
+        Ok(read.expect("an empty body is refused"))
+    }
+
+    /// Reads a JSON object sent as one of `media`, within the size limit.
+    /// With `empty_ok`, an empty body (of any or no content type) is `None`.
+    pub async fn read_json_as<T: serde::de::DeserializeOwned>(
+        self,
+        media: &[&str],
+        empty_ok: bool,
+    ) -> Result<Option<T>, ApiError> {
         let req = self.req;
         let content_type = req
             .headers()
@@ -121,13 +139,19 @@ impl Call<'_> {
             .and_then(|v| v.to_str().ok());
         let is_json = content_type
             .and_then(|ct| ct.split(';').next())
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case(JSON));
-        if !is_json {
-            return Err(ApiError::new(
+            .is_some_and(|mime| media.iter().any(|m| mime.trim().eq_ignore_ascii_case(m)));
+        let unsupported = || {
+            ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedMediaType,
-                "this route takes a JSON body: send Content-Type: application/json",
-            ));
+                format!(
+                    "this route takes a JSON body: send Content-Type: {}",
+                    media.join(" or ")
+                ),
+            )
+        };
+        if !is_json && !empty_ok {
+            return Err(unsupported());
         }
         let limit = self.state.config.server.max_body_bytes;
         let too_large = || {
@@ -158,10 +182,36 @@ impl Call<'_> {
                 )
             }
         };
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::invalid_request("the request body is not valid for this route").cause(e)
+        match (bytes.is_empty() && empty_ok, is_json) {
+            (true, _) => return Ok(None),
+            (false, false) => return Err(unsupported()),
+            (false, true) => {}
+        }
+        // serde reads a struct from an array too; every body is an object.
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ApiError::invalid_request(
+                "the request body must be a JSON object",
+            ));
+        }
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            ApiError::invalid_request("the request body is not valid for this route")
+                .cause(redacted(&e))
         })
     }
+}
+
+/// A JSON parse error's message with the content of every quoted string
+/// left out: serde repeats a wrongly typed string value, which may be a
+/// private key sent in the wrong field.
+pub fn redacted(e: &serde_json::Error) -> String {
+    let mut out = String::new();
+    for (i, part) in e.to_string().split('"').enumerate() {
+        match i % 2 {
+            0 => out.push_str(part),
+            _ => out.push_str("\"…\""),
+        }
+    }
+    out
 }
 
 pub fn parse_org(raw: &str) -> Result<OrgId, ApiError> {

@@ -41,6 +41,8 @@ fn reply(state: &ServerState, doc: &Document, headers: &HeaderMap) -> Reply {
     };
     let h = r.headers_mut();
     h.insert(header::ETAG, header_value(doc.etag.clone()));
-    h.insert(header::CACHE_CONTROL, state.jwks_cache_control.clone());
+    let configured = state.config.jwks.max_age_secs;
+    let cc = super::lifecycle::jwks_cache_control(doc, configured, &state.jwks_cache_control);
+    h.insert(header::CACHE_CONTROL, cc);
     r
 }

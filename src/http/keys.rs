@@ -2,41 +2,15 @@
 
 use hyper::header::{self, HeaderValue};
 use hyper::StatusCode;
-use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::body::Body;
 use super::call::{accepts_pem, header_value, Call, Outcome};
-use super::reply::{self, ApiError, Reply, JSON, PEM};
+use super::lifecycle::{CreateBody, Creation};
+use super::reply::{self, Reply, JSON, PEM};
 use crate::auth::Need;
-use crate::keys::{Algorithm, Bits, GeneratedKey, KeyName, KeySpec, KeyView, PublicKeyRecord};
+use crate::keys::{GeneratedKey, KeyName, KeySpec, KeyView, PublicKeyRecord};
 use crate::service::NewKey;
-
-/// The create body. Unknown fields are refused so that a typo is not
-/// silently ignored.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    name: KeyName,
-    #[serde(default)]
-    algorithm: Algorithm,
-    /// Only for RSA; `null` is the same as absent.
-    #[serde(default)]
-    bits: Option<Bits>,
-}
-
-/// Authorises a create on the `{org}` of `call`, then reads the key to make
-/// from `new` and makes it.
-async fn make(
-    call: Call<'_>,
-    new: impl AsyncFnOnce(Call<'_>) -> Result<NewKey, ApiError>,
-) -> Result<(PublicKeyRecord, GeneratedKey), ApiError> {
-    let org = call.org()?;
-    let principal = call.authorize(&org, Need::Manage).await?;
-    let (state, caller) = (call.state, call.caller(principal.actor()));
-    let new = new(call).await?;
-    Ok(state.signet.create(org, new, &caller).await?)
-}
 
 /// A private key as PEM: its buffer is zeroized when the body is dropped.
 fn pem_reply(status: StatusCode, pem: &str) -> Reply {
@@ -58,17 +32,33 @@ fn created(mut reply: Reply, record: &PublicKeyRecord) -> Outcome {
     Ok(reply)
 }
 
+/// Creates a key pair, or stores an uploaded public key (docs/api.md,
+/// "Key lifecycle").
 pub async fn create(call: Call<'_>) -> Outcome {
     let pem = accepts_pem(call.headers());
-    let (record, key) = make(call, async |call| {
-        let body: CreateBody = call.read_json().await?;
-        Ok(NewKey {
-            name: body.name,
-            spec: KeySpec::new(body.algorithm, body.bits)
-                .map_err(|e| ApiError::invalid_request(e.to_string()))?,
-        })
-    })
-    .await?;
+    let (org, caller) = call.manage().await?;
+    let state = call.state;
+    let body: CreateBody = call.read_json().await?;
+    match body.parse()? {
+        (Creation::Generate(new), expires_at) => {
+            let created = state.signet.create_expiring(org, new, expires_at, &caller);
+            let (record, key) = created.await?;
+            issued(&record, &key, pem)
+        }
+        (Creation::Upload(name, upload), expires_at) => {
+            let uploaded = state.signet.upload(org, name, upload, expires_at, &caller);
+            let record = uploaded.await?;
+            created(
+                reply::json(StatusCode::CREATED, &KeyView::new(&record)),
+                &record,
+            )
+        }
+    }
+}
+
+/// 201 with a new key pair: the `SigningKeySet`, or with `pem` the private
+/// key PEM alone as an attachment.
+pub fn issued(record: &PublicKeyRecord, key: &GeneratedKey, pem: bool) -> Outcome {
     let reply = if pem {
         let mut r = pem_reply(StatusCode::CREATED, &key.pkcs8_pem());
         let disposition = format!("attachment; filename=\"{}.pem\"", record.id);
@@ -77,7 +67,7 @@ pub async fn create(call: Call<'_>) -> Outcome {
         r
     } else {
         let private = key.pkcs8_pem();
-        let mut view = KeyView::new(&record);
+        let mut view = KeyView::new(record);
         view.private_key = Some(private.as_str());
         // Reserve up front so the buffer never reallocates, leaving no
         // unzeroized copy of the private key behind.
@@ -85,18 +75,17 @@ pub async fn create(call: Call<'_>) -> Outcome {
         serde_json::to_writer(&mut *buf, &view).expect("a key view always serialises");
         reply::with_type(StatusCode::CREATED, JSON, Body::secret(buf))
     };
-    created(reply, &record)
+    created(reply, record)
 }
 
 /// The compatibility route: a default RSA key, its private key as PKCS#1 PEM.
 pub async fn create_compat(call: Call<'_>) -> Outcome {
-    let (record, key) = make(call, async |_| {
-        Ok(NewKey {
-            name: KeyName::parse("Organization key").expect("a valid literal name"),
-            spec: KeySpec::default(),
-        })
-    })
-    .await?;
+    let (org, caller) = call.manage().await?;
+    let new = NewKey {
+        name: KeyName::parse("Organization key").expect("a valid literal name"),
+        spec: KeySpec::default(),
+    };
+    let (record, key) = call.state.signet.create(org, new, &caller).await?;
     let pem = key
         .pkcs1_pem()
         .expect("the compatibility route makes RSA keys");
@@ -139,5 +128,5 @@ pub async fn get(call: Call<'_>) -> Outcome {
 
 #[cfg(feature = "test-hooks")]
 pub fn fuzz_body(body: &[u8]) {
-    let _ = serde_json::from_slice::<CreateBody>(body);
+    super::lifecycle::fuzz_body(body);
 }

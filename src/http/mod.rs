@@ -9,6 +9,7 @@ pub mod client;
 mod deadline;
 mod jwks;
 mod keys;
+mod lifecycle;
 mod ops;
 mod reply;
 mod routes;

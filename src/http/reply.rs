@@ -44,6 +44,7 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     QuotaExceeded,
+    Conflict,
     PayloadTooLarge,
     UnsupportedMediaType,
     RequestTimeout,
@@ -168,6 +169,10 @@ impl From<ServiceError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::QuotaExceeded, e.to_string())
             }
             ServiceError::NotFound(_) => ApiError::not_found(e.to_string()),
+            ServiceError::Duplicate(_) | ServiceError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
+            }
+            ServiceError::Lifetime(_) => ApiError::invalid_request(e.to_string()),
             ServiceError::Store(ref store) if store.is_unavailable() => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Unavailable,
@@ -196,6 +201,7 @@ mod tests {
             (ErrorCode::NotFound, "not_found"),
             (ErrorCode::MethodNotAllowed, "method_not_allowed"),
             (ErrorCode::QuotaExceeded, "quota_exceeded"),
+            (ErrorCode::Conflict, "conflict"),
             (ErrorCode::PayloadTooLarge, "payload_too_large"),
             (ErrorCode::UnsupportedMediaType, "unsupported_media_type"),
             (ErrorCode::RequestTimeout, "request_timeout"),

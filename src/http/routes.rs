@@ -13,7 +13,7 @@ use hyper::{Method, Request};
 
 use super::call::{Call, Outcome, Params};
 use super::reply::{ApiError, Reply};
-use super::{audit, jwks, keys, ops, verify, ServerState};
+use super::{audit, jwks, keys, lifecycle, ops, verify, ServerState};
 
 /// A handler's future, boxed so that every handler fits one table.
 type Pending<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
@@ -55,11 +55,13 @@ macro_rules! route {
 
 /// Every route the server answers, in matching order. Rows sharing a path
 /// are listed together; their order is the order of the `Allow` header.
-static ROUTES: LazyLock<[Route; 14]> = LazyLock::new(|| {
+static ROUTES: LazyLock<[Route; 16]> = LazyLock::new(|| {
     [
         route!(GET "/v1/organisations/{org}/keys" => keys::list),
         route!(POST "/v1/organisations/{org}/keys" => keys::create),
         route!(DELETE "/v1/organisations/{org}/keys/{id}" => keys::delete),
+        route!(PATCH "/v1/organisations/{org}/keys/{id}" => lifecycle::patch),
+        route!(POST "/v1/organisations/{org}/keys/{id}/rotate" => lifecycle::rotate),
         route!(GET "/v1/keys/{id}" => keys::get),
         route!(GET "/v1/organisations/{org}/jwks.json" => jwks::of_org),
         route!(GET "/.well-known/jwks.json" => jwks::all),
@@ -223,6 +225,13 @@ mod tests {
             ),
             ("/v1/keys/", Some(("/v1/keys/{id}", &[("id", "")]))),
             ("/v1/keys", None),
+            (
+                "/v1/organisations/acme/keys/01H/rotate",
+                Some((
+                    "/v1/organisations/{org}/keys/{id}/rotate",
+                    &[("org", "acme"), ("id", "01H")],
+                )),
+            ),
             ("/v1/organisations/acme/keys/a/b", None),
             ("//healthz", None),
             ("healthz", None),
@@ -241,7 +250,8 @@ mod tests {
     fn allow_lists_the_methods_of_a_path() {
         let cases = [
             ("/v1/organisations/{org}/keys", "GET, HEAD, POST"),
-            ("/v1/organisations/{org}/keys/{id}", "DELETE"),
+            ("/v1/organisations/{org}/keys/{id}", "DELETE, PATCH"),
+            ("/v1/organisations/{org}/keys/{id}/rotate", "POST"),
             ("/v1/verify", "POST"),
             ("/organization/{org}/key", "POST"),
             ("/v1/keys/{id}", "GET, HEAD"),

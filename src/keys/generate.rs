@@ -78,6 +78,9 @@ fn generate_rsa(bits: Bits) -> GeneratedKey {
         Bits::B2048 => aws_lc_rs::rsa::KeySize::Rsa2048,
         Bits::B3072 => aws_lc_rs::rsa::KeySize::Rsa3072,
         Bits::B4096 => aws_lc_rs::rsa::KeySize::Rsa4096,
+        // Only uploaded keys have other sizes, and signet does not make
+        // keys like them (docs/api.md, "Key lifecycle").
+        other => return generate_with_rsa_crate(other),
     };
     let pair = aws_lc_rs::rsa::KeyPair::generate(size)
         .expect("RSA generation of a supported size cannot fail");

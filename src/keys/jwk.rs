@@ -8,8 +8,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
-use rsa::traits::PublicKeyParts;
+use rsa::pkcs8::EncodePublicKey;
 use rsa::{BigUint, RsaPublicKey};
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +25,7 @@ const P384_SPKI_PREFIX: &[u8] = &[
     0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00,
 ];
 /// SPKI of an Ed25519 key up to its 32 bytes: id-Ed25519, BIT STRING.
-const ED25519_SPKI_PREFIX: &[u8] = &[
+pub(super) const ED25519_SPKI_PREFIX: &[u8] = &[
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 const ED25519_KEY_LEN: usize = 32;
@@ -96,11 +95,17 @@ impl Jwk {
         let spki = record.spki_der.as_slice();
         match record.spec {
             KeySpec::Rsa { .. } => {
-                let public = RsaPublicKey::from_public_key_der(spki)
+                // Read without the `rsa` crate's 4096-bit cap: uploaded
+                // keys go up to 8192 bits.
+                use pkcs8::der::Decode;
+                let public = pkcs8::spki::SubjectPublicKeyInfoRef::from_der(spki)
+                    .ok()
+                    .and_then(|info| info.subject_public_key.as_bytes())
+                    .and_then(|key| rsa::pkcs1::RsaPublicKey::from_der(key).ok())
                     .expect("a stored RSA SPKI is always a valid RSA public key");
                 jwk.kty = "RSA".into();
-                jwk.n = b64(&public.n().to_bytes_be());
-                jwk.e = b64(&public.e().to_bytes_be());
+                jwk.n = b64(public.modulus.as_bytes());
+                jwk.e = b64(public.public_exponent.as_bytes());
             }
             KeySpec::Ec { curve } => {
                 let point = spki
@@ -178,8 +183,9 @@ impl Jwk {
                 .map(|b| BigUint::from_bytes_be(&b))
                 .map_err(|_| JwkError::Encoding(name))
         };
-        let public = RsaPublicKey::new(decode("n", &self.n)?, decode("e", &self.e)?)
-            .map_err(|e| JwkError::InvalidKey(e.to_string()))?;
+        let public =
+            RsaPublicKey::new_with_max_size(decode("n", &self.n)?, decode("e", &self.e)?, 8192)
+                .map_err(|e| JwkError::InvalidKey(e.to_string()))?;
         let der = public
             .to_public_key_der()
             .map_err(|e| JwkError::InvalidKey(e.to_string()))?;
@@ -197,7 +203,7 @@ fn member(name: &'static str, v: Option<&str>, len: usize) -> Result<Vec<u8>, Jw
         .ok_or(JwkError::Encoding(name))
 }
 
-fn ec_prefix(curve: Curve) -> &'static [u8] {
+pub(super) fn ec_prefix(curve: Curve) -> &'static [u8] {
     match curve {
         Curve::P256 => P256_SPKI_PREFIX,
         Curve::P384 => P384_SPKI_PREFIX,
@@ -217,6 +223,7 @@ mod tests {
             spec,
             spki_der: generate(spec).spki_der().to_vec(),
             created_at_ms: 0,
+            life: Default::default(),
         }
     }
 

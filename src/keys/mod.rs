@@ -6,6 +6,7 @@ mod generate;
 mod jwk;
 mod jwt;
 mod spec;
+pub mod upload;
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,6 +42,9 @@ pub enum ParseError {
     /// `bits` given for an algorithm whose key size is fixed by its curve.
     #[error("bits applies only to RSA algorithms; leave it out for {0}")]
     BitsNotRsa(Algorithm),
+    /// An expiry that is not an RFC 3339 time.
+    #[error("expiresAt must be an RFC 3339 time such as 2027-01-31T12:00:00Z")]
+    ExpiresAt,
     /// A public key that is not of the type and size its algorithm needs.
     #[error("the public key is not a valid key for {0}: RS* and PS* need RSA of 2048, 3072 or 4096 bits, ES256 P-256, ES384 P-384, EdDSA Ed25519")]
     PublicKey(Algorithm),
@@ -259,31 +263,45 @@ impl<'de> Deserialize<'de> for Algorithm {
     }
 }
 
-/// RSA modulus size in bits: 2048, 3072 or 4096.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Bits {
-    #[default]
-    B2048,
-    B3072,
-    B4096,
+/// RSA modulus size in bits. Generated keys are 2048, 3072 or 4096 bits
+/// ([`Bits::from_u64`]); an uploaded key may be any size from 2048 to 8192
+/// ([`Bits::uploaded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Bits(u16);
+
+impl Default for Bits {
+    fn default() -> Self {
+        Bits::B2048
+    }
 }
 
 impl Bits {
+    pub const B2048: Bits = Bits(2048);
+    pub const B3072: Bits = Bits(3072);
+    pub const B4096: Bits = Bits(4096);
+    /// The sizes signet generates.
     pub const ALL: [Bits; 3] = [Bits::B2048, Bits::B3072, Bits::B4096];
+    /// The smallest and largest modulus an uploaded key may have.
+    pub const UPLOAD_RANGE: std::ops::RangeInclusive<u16> = 2048..=8192;
 
     pub fn get(self) -> u16 {
-        match self {
-            Bits::B2048 => 2048,
-            Bits::B3072 => 3072,
-            Bits::B4096 => 4096,
-        }
+        self.0
     }
 
+    /// A size signet generates: 2048, 3072 or 4096.
     pub fn from_u64(bits: u64) -> Result<Self, ParseError> {
         Bits::ALL
             .into_iter()
             .find(|b| u64::from(b.get()) == bits)
             .ok_or(ParseError::Bits)
+    }
+
+    /// The size of an uploaded modulus: 2048 to 8192 bits.
+    pub fn uploaded(bits: usize) -> Option<Self> {
+        u16::try_from(bits)
+            .ok()
+            .filter(|b| Bits::UPLOAD_RANGE.contains(b))
+            .map(Bits)
     }
 }
 
@@ -294,10 +312,62 @@ impl Serialize for Bits {
 }
 
 impl<'de> Deserialize<'de> for Bits {
+    /// Strict: only the sizes a create may ask for.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = u64::deserialize(d)?;
         Bits::from_u64(raw).map_err(serde::de::Error::custom)
     }
+}
+
+/// Where a key pair was made: by signet, or by the organisation, which
+/// uploaded only its public half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    #[default]
+    Generated,
+    Uploaded,
+}
+
+/// A key's state as the API shows it. `disabled` is stored; `expired` is
+/// derived from `expiresAt` and the clock, and wins over `disabled`, since
+/// it is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    Active,
+    Disabled,
+    Expired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Disabled => "disabled",
+            KeyState::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a key's life holds beyond its material. Every field has a default,
+/// so a record written before keys could expire, be disabled or be uploaded
+/// reads as an active, generated key that never expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Lifecycle {
+    #[serde(default)]
+    pub disabled: bool,
+    /// Seconds since the Unix epoch; from that second on the key is expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_secs: Option<u64>,
+    #[serde(default)]
+    pub origin: Origin,
 }
 
 /// Everything signet keeps of a key pair. There is no private half here, by
@@ -305,9 +375,10 @@ impl<'de> Deserialize<'de> for Bits {
 ///
 /// The key spec is stored as `algorithm` and `bits` (null for EC and
 /// Ed25519 keys), so a record written before EC and Ed25519 keys existed
-/// (always RSA, always with `bits`) reads unchanged. Unknown fields are not
-/// refused here (serde cannot combine that with the flattened spec); the
-/// record is sealed, so only signet itself writes it.
+/// (always RSA, always with `bits`) reads unchanged; likewise the
+/// [`Lifecycle`] fields. Unknown fields are not refused here (serde cannot
+/// combine that with flattened fields); the record is sealed, so only
+/// signet itself writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKeyRecord {
     pub id: KeyId,
@@ -320,6 +391,8 @@ pub struct PublicKeyRecord {
     pub spki_der: Vec<u8>,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    #[serde(flatten)]
+    pub life: Lifecycle,
 }
 
 impl PublicKeyRecord {
@@ -334,6 +407,46 @@ impl PublicKeyRecord {
     pub fn created_at(&self) -> String {
         rfc3339(self.created_at_ms)
     }
+
+    /// The state at `now` (seconds since the epoch).
+    pub fn state_at(&self, now: u64) -> KeyState {
+        match self.life {
+            Lifecycle {
+                expires_at_secs: Some(at),
+                ..
+            } if now >= at => KeyState::Expired,
+            Lifecycle { disabled: true, .. } => KeyState::Disabled,
+            _ => KeyState::Active,
+        }
+    }
+
+    /// SHA-256 of the SPKI DER: the same public key has the same
+    /// fingerprint whatever its algorithm or encoding on upload.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(&self.spki_der).into()
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Parses an RFC 3339 time (any offset) into whole seconds since the epoch,
+/// rounded down, so a key never outlives the instant it was given.
+pub fn parse_time(raw: &str) -> Result<u64, ParseError> {
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .and_then(|t| u64::try_from(t.timestamp()).ok())
+        .ok_or(ParseError::ExpiresAt)
 }
 
 /// The API's `PublicKey` document, and with `private_key` set, its
@@ -350,9 +463,13 @@ pub struct KeyView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub private_key: Option<&'a str>,
     created_at: String,
+    expires_at: Option<String>,
+    state: KeyState,
+    origin: Origin,
 }
 
 impl<'a> KeyView<'a> {
+    /// The key as it stands now.
     pub fn new(r: &'a PublicKeyRecord) -> KeyView<'a> {
         KeyView {
             id: r.id,
@@ -362,6 +479,12 @@ impl<'a> KeyView<'a> {
             public_key: r.public_key_pem(),
             private_key: None,
             created_at: r.created_at(),
+            expires_at: r
+                .life
+                .expires_at_secs
+                .map(|s| rfc3339(s.saturating_mul(1000))),
+            state: r.state_at(now_secs()),
+            origin: r.life.origin,
         }
     }
 }
@@ -438,6 +561,43 @@ mod tests {
             assert_eq!(Bits::from_u64(b.get().into()), Ok(b));
         }
         assert_eq!(Bits::from_u64(1024), Err(ParseError::Bits));
+    }
+
+    #[test]
+    fn records_without_lifecycle_fields_read_as_active_generated_and_unexpiring() {
+        // A record as schema 2 wrote it.
+        let old = r#"{"id":"01JDBJ3Z4N8Q7XJ6V9W2F5K0AB","org":"acme","name":"k","algorithm":"ES256","bits":null,"spki_der":"AAEC","created_at_ms":5}"#;
+        let record: PublicKeyRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.life, Lifecycle::default());
+        assert_eq!(record.state_at(u64::MAX), KeyState::Active);
+        assert_eq!(record.life.origin, Origin::Generated);
+        // And the new fields round-trip.
+        let mut new = record.clone();
+        new.life = Lifecycle {
+            disabled: true,
+            expires_at_secs: Some(100),
+            origin: Origin::Uploaded,
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<PublicKeyRecord>(&json).unwrap(), new);
+        let states = [(99, KeyState::Disabled), (100, KeyState::Expired)];
+        for (now, state) in states {
+            assert_eq!(new.state_at(now), state, "at {now}");
+        }
+    }
+
+    #[test]
+    fn times_parse_to_whole_seconds() {
+        assert_eq!(parse_time("1970-01-01T00:00:10.999Z"), Ok(10));
+        assert_eq!(parse_time("1970-01-01T01:00:10+01:00"), Ok(10));
+        for bad in [
+            "",
+            "tomorrow",
+            "1969-12-31T23:59:59Z",
+            "2027-01-31 12:00:00",
+        ] {
+            assert_eq!(parse_time(bad), Err(ParseError::ExpiresAt), "{bad}");
+        }
     }
 
     #[test]

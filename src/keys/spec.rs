@@ -121,27 +121,32 @@ impl KeySpec {
 struct Fields {
     algorithm: Algorithm,
     #[serde(default)]
-    bits: Option<Bits>,
+    bits: Option<u16>,
 }
 
 impl Serialize for KeySpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         Fields {
             algorithm: self.algorithm(),
-            bits: self.bits(),
+            bits: self.bits().map(Bits::get),
         }
         .serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for KeySpec {
-    /// Strict: an RSA spec must name its size, others must not.
+    /// Strict: an RSA spec must name its size (2048 to 8192 bits, as an
+    /// uploaded key may have), others must not.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let f = Fields::deserialize(d)?;
-        if f.algorithm.is_rsa() && f.bits.is_none() {
-            return Err(serde::de::Error::custom(ParseError::Bits));
+        let bits = match (f.algorithm.is_rsa(), f.bits) {
+            (true, Some(b)) => Some(Bits::uploaded(b.into()).ok_or(ParseError::Bits)),
+            (true, None) => Some(Err(ParseError::Bits)),
+            (false, b) => b.map(|_| Err(ParseError::BitsNotRsa(f.algorithm))),
         }
-        KeySpec::new(f.algorithm, f.bits).map_err(serde::de::Error::custom)
+        .transpose()
+        .map_err(serde::de::Error::custom)?;
+        KeySpec::new(f.algorithm, bits).map_err(serde::de::Error::custom)
     }
 }
 
@@ -245,8 +250,13 @@ mod tests {
             r#"{"algorithm":"RS256","bits":null}"#,
             r#"{"algorithm":"ES256","bits":2048}"#,
             r#"{"algorithm":"HS256","bits":null}"#,
+            r#"{"algorithm":"RS256","bits":1024}"#,
+            r#"{"algorithm":"RS256","bits":8200}"#,
         ] {
             assert!(serde_json::from_str::<KeySpec>(bad).is_err(), "{bad}");
         }
+        // An uploaded key's size reads back as stored.
+        let odd: KeySpec = serde_json::from_str(r#"{"algorithm":"PS256","bits":2560}"#).unwrap();
+        assert_eq!(odd.bits().map(Bits::get), Some(2560));
     }
 }

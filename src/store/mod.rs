@@ -24,9 +24,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::audit::{AuditEvent, BrokenLink, EventId, NewEvent};
+use crate::audit::{Action, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::config::{Backend, Config, Secret};
-use crate::keys::{KeyId, OrgId, PublicKeyRecord};
+use crate::keys::{KeyId, KeyName, OrgId, PublicKeyRecord};
 use crate::seal::{SealError, Sealer};
 
 use self::postgres::PgStore;
@@ -36,7 +36,11 @@ use self::sled::SledStore;
 /// keys; a version-1 record (always RSA) reads unchanged as a version-2 one
 /// (see `PublicKeyRecord`), so upgrading only restamps the version, which
 /// keeps an older signet, which cannot read EC keys, from opening the data.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version 3 added disabled, expiring and uploaded keys (older records read
+/// as active, generated and never expiring) and the per-organisation index
+/// of public-key fingerprints, filled on upgrade; an older signet would
+/// publish a disabled key, so it must not open the data.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// A backend's own error, carried without naming its type.
 pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
@@ -104,6 +108,115 @@ pub enum Inserted {
     Yes,
     /// The organisation already holds this many keys.
     QuotaExceeded(u32),
+    /// The organisation already holds this public key, under this id.
+    Duplicate(KeyId),
+}
+
+/// A change of a key's stored state or name (`PATCH`). Each backend reads
+/// the record inside its transaction, applies [`KeyChange::apply`], writes
+/// the record back and appends the events it returns, all in one
+/// transaction (SQL: `SELECT … FOR UPDATE`, `UPDATE keys`, `INSERT INTO
+/// audit`).
+#[derive(Debug, Clone)]
+pub struct KeyChange {
+    pub org: OrgId,
+    pub id: KeyId,
+    /// `Some(true)` disables, `Some(false)` enables.
+    pub disable: Option<bool>,
+    pub name: Option<KeyName>,
+    /// Seconds since the epoch: an expired key cannot be enabled.
+    pub now: u64,
+    /// Who asked; its action and outcome are set per change.
+    pub event: NewEvent,
+}
+
+/// What a [`KeyChange`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// The record as it now stands (unchanged if nothing differed).
+    Yes(PublicKeyRecord),
+    NotFound,
+    /// The change is refused in the key's current state.
+    Conflict(String),
+}
+
+impl KeyChange {
+    /// The record after the change and one event per field that changed
+    /// (none if nothing did), or why the change is refused.
+    pub fn apply(
+        &self,
+        record: &PublicKeyRecord,
+    ) -> Result<(PublicKeyRecord, Vec<NewEvent>), String> {
+        let mut next = record.clone();
+        let mut events = Vec::new();
+        let mut event = |action, outcome: &str| {
+            events.push(NewEvent {
+                action,
+                outcome: outcome.into(),
+                key_id: Some(self.id),
+                ..self.event.clone()
+            })
+        };
+        match self.disable {
+            Some(false) if record.state_at(self.now) == crate::keys::KeyState::Expired => {
+                let at = record.life.expires_at_secs.unwrap_or_default();
+                return Err(format!(
+                    "key {} expired at {}; an expired key cannot be enabled (rotate it or create a new key)",
+                    self.id,
+                    crate::keys::rfc3339(at.saturating_mul(1000))
+                ));
+            }
+            Some(disable) if disable != record.life.disabled => {
+                next.life.disabled = disable;
+                match disable {
+                    true => event(Action::KeyDisabled, "disabled"),
+                    false => event(Action::KeyEnabled, "enabled"),
+                }
+            }
+            _ => {}
+        }
+        if let Some(name) = self.name.as_ref().filter(|n| **n != record.name) {
+            next.name = name.clone();
+            event(Action::KeyRenamed, "renamed");
+        }
+        Ok((next, events))
+    }
+}
+
+/// A rotation: the successor is inserted under the quota and the old key's
+/// expiry becomes the earlier of its own and `retire_at`, with one
+/// `key.rotated` event, in one transaction.
+#[derive(Debug, Clone)]
+pub struct KeyRotation {
+    pub org: OrgId,
+    pub old: KeyId,
+    pub successor: PublicKeyRecord,
+    /// Seconds since the epoch.
+    pub retire_at: u64,
+    pub quota: u32,
+    pub rotated: NewEvent,
+    /// Recorded instead when the organisation is full.
+    pub refused: NewEvent,
+}
+
+impl KeyRotation {
+    /// The old key's record after the rotation.
+    pub fn retire(&self, old: &PublicKeyRecord) -> PublicKeyRecord {
+        let mut next = old.clone();
+        let own = old.life.expires_at_secs.unwrap_or(u64::MAX);
+        next.life.expires_at_secs = Some(own.min(self.retire_at));
+        next
+    }
+}
+
+/// What a [`KeyRotation`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// The old key's record as it now stands.
+    Yes(PublicKeyRecord),
+    NotFound,
+    /// The organisation already holds this many keys.
+    QuotaExceeded(u32),
 }
 
 /// A key to insert under its organisation's quota.
@@ -137,8 +250,9 @@ pub trait Storage: Send + Sync {
     /// other keys than what was derived from it; see `Signet::reconcile`.
     fn generation(&self) -> u64;
 
-    /// Inserts the record if its organisation holds fewer than the quota,
-    /// and records its event (or the refusal) in the same transaction.
+    /// Inserts the record if its organisation holds fewer than the quota
+    /// and not the same public key (by [`PublicKeyRecord::fingerprint`]),
+    /// and records its event (or the quota refusal) in the same transaction.
     fn insert_key(
         &self,
         insert: Insert,
@@ -152,6 +266,18 @@ pub trait Storage: Send + Sync {
         id: KeyId,
         event: NewEvent,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Applies `change` to the key's record with its events; see [`KeyChange`].
+    fn change_key(
+        &self,
+        change: KeyChange,
+    ) -> impl Future<Output = Result<Changed, StoreError>> + Send;
+
+    /// Rotates a key; see [`KeyRotation`].
+    fn rotate_key(
+        &self,
+        rotation: KeyRotation,
+    ) -> impl Future<Output = Result<Rotation, StoreError>> + Send;
 
     /// Appends one audit event on its own (a refused access).
     fn record_event(
@@ -273,6 +399,14 @@ impl Store {
         event: NewEvent,
     ) -> Result<bool, StoreError> {
         dispatch!(self, s => s.delete_key(org, id, event).await)
+    }
+
+    pub async fn change_key(&self, change: KeyChange) -> Result<Changed, StoreError> {
+        dispatch!(self, s => s.change_key(change).await)
+    }
+
+    pub async fn rotate_key(&self, rotation: KeyRotation) -> Result<Rotation, StoreError> {
+        dispatch!(self, s => s.rotate_key(rotation).await)
     }
 
     pub async fn record_event(&self, org: OrgId, event: NewEvent) -> Result<(), StoreError> {

@@ -8,7 +8,8 @@
 //!   row is locked (`SELECT … FOR UPDATE`) by every change of the org, which
 //!   makes the quota atomic across connections and instances and keeps the
 //!   audit chain from forking
-//! - `keys`: key id → org, sealed record
+//! - `keys`: key id → org, sealed record, and the SHA-256 of its SPKI,
+//!   unique per organisation (the same public key is refused twice)
 //! - `tombstones`: key id → org, sealed record of a deleted key
 //! - `audit`: (org, event id) → event (JSON), chained by hash
 //!
@@ -26,12 +27,13 @@ use crate::audit::{self, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    open_record, reseal_value, seal_record, AuditPage, Insert, Inserted, Storage, StoreError,
-    SCHEMA_VERSION,
+    open_record, reseal_value, seal_record, AuditPage, Changed, Insert, Inserted, KeyChange,
+    KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
 };
 
 /// The schema migrations, in order; the schema version is how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE orgs (
     org text COLLATE "C" PRIMARY KEY,
     key_count integer NOT NULL DEFAULT 0,
@@ -56,7 +58,16 @@ CREATE TABLE audit (
     event bytea NOT NULL,
     PRIMARY KEY (org, id)
 );
-"#];
+"#,
+    r#"
+ALTER TABLE keys ADD COLUMN fingerprint bytea;
+CREATE UNIQUE INDEX keys_fingerprint ON keys (org, fingerprint);
+"#,
+];
+
+/// The migration after which every key's fingerprint is filled in (from
+/// its sealed record, which SQL cannot open).
+const FINGERPRINTS: usize = 2;
 
 /// The advisory lock that serialises migrations of instances starting at
 /// once ("signet" in ASCII).
@@ -188,6 +199,9 @@ impl PgStore {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.batch_execute(sql).await.map_err(db)?;
+            if i + 1 == FINGERPRINTS {
+                self.fill_fingerprints(&tx).await?;
+            }
             tracing::info!(version = i + 1, "applied a database schema migration");
         }
         tx.execute(
@@ -198,6 +212,96 @@ impl PgStore {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)
+    }
+
+    /// Sets the fingerprint of every key that has none.
+    async fn fill_fingerprints(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        let rows = tx
+            .query(
+                "SELECT id, record FROM keys WHERE fingerprint IS NULL FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        for record in self.records(rows)? {
+            tx.execute(
+                "UPDATE keys SET fingerprint = $2 WHERE id = $1",
+                &[
+                    &record.id.to_bytes().as_slice(),
+                    &record.fingerprint().as_slice(),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// The live record `id` of `org`, read in `tx` (whose org row is locked).
+    async fn live_record(
+        &self,
+        tx: &Transaction<'_>,
+        org: &OrgId,
+        id: KeyId,
+    ) -> Result<Option<PublicKeyRecord>, StoreError> {
+        let row = tx
+            .query_opt(
+                "SELECT record FROM keys WHERE id = $1 AND org = $2",
+                &[&id.to_bytes().as_slice(), &org.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        open_record(&self.sealer, id, row.get(0))
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("the record of key {id} does not open")))
+    }
+
+    /// Writes a changed record of a live key.
+    async fn update_record(
+        &self,
+        tx: &Transaction<'_>,
+        record: &PublicKeyRecord,
+    ) -> Result<(), StoreError> {
+        tx.execute(
+            "UPDATE keys SET record = $2 WHERE id = $1",
+            &[
+                &record.id.to_bytes().as_slice(),
+                &seal_record(&self.sealer, record),
+            ],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Inserts a new live key and counts it (its org row locked).
+    async fn add_key(
+        &self,
+        tx: &Transaction<'_>,
+        record: &PublicKeyRecord,
+    ) -> Result<(), StoreError> {
+        let value = seal_record(&self.sealer, record);
+        tx.execute(
+            "INSERT INTO keys (id, org, record, fingerprint) VALUES ($1, $2, $3, $4)",
+            &[
+                &record.id.to_bytes().as_slice(),
+                &record.org.as_str(),
+                &value,
+                &record.fingerprint().as_slice(),
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE orgs SET key_count = key_count + 1 WHERE org = $1",
+            &[&record.org.as_str()],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
     }
 
     /// Refuses a database without signet's tables, or with newer ones.
@@ -344,36 +448,78 @@ impl Storage for PgStore {
 
     async fn insert_key(&self, insert: Insert) -> Result<Inserted, StoreError> {
         let record = &insert.record;
-        let value = seal_record(&self.sealer, record);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let org = self.lock_org(&tx, &record.org).await?;
+        let same = tx
+            .query_opt(
+                "SELECT id FROM keys WHERE org = $1 AND fingerprint = $2",
+                &[&record.org.as_str(), &record.fingerprint().as_slice()],
+            )
+            .await
+            .map_err(db)?;
+        if let Some(same) = same {
+            tx.rollback().await.map_err(db)?;
+            return Ok(Inserted::Duplicate(key_id(same.get(0))?));
+        }
         if org.count >= insert.quota {
             self.append_event(&tx, &record.org, &org, insert.refused)
                 .await?;
             tx.commit().await.map_err(db)?;
             return Ok(Inserted::QuotaExceeded(org.count));
         }
-        tx.execute(
-            "INSERT INTO keys (id, org, record) VALUES ($1, $2, $3)",
-            &[
-                &record.id.to_bytes().as_slice(),
-                &record.org.as_str(),
-                &value,
-            ],
-        )
-        .await
-        .map_err(db)?;
-        tx.execute(
-            "UPDATE orgs SET key_count = key_count + 1 WHERE org = $1",
-            &[&record.org.as_str()],
-        )
-        .await
-        .map_err(db)?;
+        self.add_key(&tx, record).await?;
         self.append_event(&tx, &record.org, &org, insert.created)
             .await?;
         tx.commit().await.map_err(db)?;
         Ok(Inserted::Yes)
+    }
+
+    async fn change_key(&self, change: KeyChange) -> Result<Changed, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        self.lock_org(&tx, &change.org).await?;
+        let Some(record) = self.live_record(&tx, &change.org, change.id).await? else {
+            tx.rollback().await.map_err(db)?;
+            return Ok(Changed::NotFound);
+        };
+        let (next, events) = match change.apply(&record) {
+            Ok(applied) => applied,
+            Err(why) => return Ok(Changed::Conflict(why)),
+        };
+        if events.is_empty() {
+            return Ok(Changed::Yes(record));
+        }
+        self.update_record(&tx, &next).await?;
+        for event in events {
+            // Each event moves the chain head; read it again.
+            let row = self.lock_org(&tx, &change.org).await?;
+            self.append_event(&tx, &change.org, &row, event).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(Changed::Yes(next))
+    }
+
+    async fn rotate_key(&self, rotation: KeyRotation) -> Result<Rotation, StoreError> {
+        let org = &rotation.org;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let row = self.lock_org(&tx, org).await?;
+        let Some(old) = self.live_record(&tx, org, rotation.old).await? else {
+            tx.rollback().await.map_err(db)?;
+            return Ok(Rotation::NotFound);
+        };
+        if row.count >= rotation.quota {
+            self.append_event(&tx, org, &row, rotation.refused).await?;
+            tx.commit().await.map_err(db)?;
+            return Ok(Rotation::QuotaExceeded(row.count));
+        }
+        let retired = rotation.retire(&old);
+        self.update_record(&tx, &retired).await?;
+        self.add_key(&tx, &rotation.successor).await?;
+        self.append_event(&tx, org, &row, rotation.rotated).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Rotation::Yes(retired))
     }
 
     async fn delete_key(&self, org: OrgId, id: KeyId, event: NewEvent) -> Result<bool, StoreError> {

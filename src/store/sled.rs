@@ -8,6 +8,8 @@
 //! - `keys`: key id (16 bytes) → record (JSON, sealed: see `seal`)
 //! - `org_keys`: org ‖ 0x00 ‖ key id → empty; ULID order is creation order
 //! - `org_counts`: org → u32 big-endian, the quota counter
+//! - `org_fingerprints`: org ‖ 0x00 ‖ SHA-256 of the SPKI → key id, so the
+//!   same public key is refused twice in one organisation
 //! - `tombstones`: key id → sealed record of a deleted key
 //! - `audit`: org ‖ 0x00 ‖ event id → event (JSON), chained by hash
 //! - `audit_heads`: org → SHA-256 of the org's newest stored event
@@ -26,8 +28,8 @@ use crate::audit::{self, AuditEvent, EventId, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    blocking, open_record, reseal_value, seal_record, AuditPage, Insert, Inserted, Storage,
-    StoreError, SCHEMA_VERSION,
+    blocking, open_record, reseal_value, seal_record, AuditPage, Changed, Insert, Inserted,
+    KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
 };
 
 /// sled's page cache. Nothing hot reads through it: the verifier and the
@@ -63,9 +65,12 @@ struct Handles {
     keys: sled::Tree,
     org_keys: sled::Tree,
     org_counts: sled::Tree,
+    org_fingerprints: sled::Tree,
     tombstones: sled::Tree,
     audit: sled::Tree,
     audit_heads: sled::Tree,
+    /// The schema version the database had when opened, before upgrading.
+    found_version: u32,
     /// The file sled writes its log to; `fdatasync` on any descriptor of it
     /// makes sled's written pages durable.
     db_file: File,
@@ -77,17 +82,49 @@ impl SledStore {
     /// Opens (or creates) the database under `dir`; records are sealed and
     /// opened with `sealer`.
     pub fn open(dir: &Path, sealer: Sealer) -> Result<SledStore, StoreError> {
+        let handles = Handles::open_waiting(dir)?;
         let store = SledStore {
             path: dir.to_owned(),
-            handles: RwLock::new(Some(Arc::new(Handles::open_waiting(dir)?))),
+            handles: RwLock::new(None),
             failed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             last_probe: Mutex::new(None),
             writer: Mutex::new(ulid::Generator::new()),
             sealer,
         };
+        store.upgrade(&handles)?;
+        *store.handles.write().expect("handles lock poisoned") = Some(Arc::new(handles));
         store.sync()?;
         Ok(store)
+    }
+
+    /// Brings a database of an older schema up to this build's, then
+    /// restamps its version; rerun from the start if interrupted. Version
+    /// 3 added the fingerprint index, filled here from the live keys.
+    fn upgrade(&self, h: &Handles) -> Result<(), StoreError> {
+        if h.found_version >= SCHEMA_VERSION {
+            return Ok(());
+        }
+        let mut indexed = 0;
+        for entry in h.keys.iter() {
+            let (k, v) = entry?;
+            if let Some(record) = self.open_record(raw_id(&k)?, &v) {
+                let fp = fingerprint_key(&record.org, &record.fingerprint());
+                h.org_fingerprints.insert(fp, &record.id.to_bytes())?;
+                indexed += 1;
+            }
+        }
+        h.sync()?;
+        let meta = h.db.open_tree("meta")?;
+        meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+        h.sync()?;
+        tracing::info!(
+            from = h.found_version,
+            to = SCHEMA_VERSION,
+            keys = indexed,
+            "upgraded the database schema"
+        );
+        Ok(())
     }
 
     /// How many times the database was reopened after a failure.
@@ -187,30 +224,26 @@ impl SledStore {
         refused: NewEvent,
     ) -> Result<Inserted, StoreError> {
         let h = self.writable()?;
-        let value = self.seal(record);
-        let org = record.org.as_bytes_key();
-        let index = index_key(&record.org, record.id);
+        let rows = NewRows::of(record, self.seal(record));
         let outcome = self.write(|gen| {
-            (
-                &h.keys,
-                &h.org_keys,
-                &h.org_counts,
-                &h.audit,
-                &h.audit_heads,
-            )
-                .transaction(|(keys, org_keys, counts, audit, heads)| {
-                    let count = read_count(counts, &org)?;
+            h.key_trees()
+                .transaction(|(keys, org_keys, counts, fps, audit, heads)| {
+                    if let Some(other) = fps.get(rows.fingerprint.as_slice())? {
+                        return Ok(Inserted::Duplicate(raw_id(&other).map_err(abort)?));
+                    }
+                    let count = read_count(counts, &rows.org)?;
                     if count >= max {
                         append_event(audit, heads, gen, &record.org, refused.clone())?;
                         return Ok(Inserted::QuotaExceeded(count));
                     }
-                    keys.insert(&record.id.to_bytes(), value.as_slice())?;
-                    org_keys.insert(index.as_slice(), &[])?;
-                    counts.insert(org.as_slice(), &(count + 1).to_be_bytes())?;
+                    rows.insert(keys, org_keys, counts, fps, count)?;
                     append_event(audit, heads, gen, &record.org, event.clone())?;
                     Ok(Inserted::Yes)
                 })
         })?;
+        if let Inserted::Duplicate(_) = outcome {
+            return Ok(outcome);
+        }
         self.sync()?;
         Ok(outcome)
     }
@@ -226,31 +259,119 @@ impl SledStore {
                 &h.keys,
                 &h.org_keys,
                 &h.org_counts,
+                &h.org_fingerprints,
                 &h.tombstones,
                 &h.audit,
                 &h.audit_heads,
             )
-                .transaction(|(keys, org_keys, counts, tombstones, audit, heads)| {
+                .transaction(
+                    |(keys, org_keys, counts, fps, tombstones, audit, heads)| {
+                        if org_keys.get(index.as_slice())?.is_none() {
+                            return Ok(false);
+                        }
+                        let Some(value) = keys.remove(&id.to_bytes())? else {
+                            return Err(abort(StoreError::Corrupt(format!(
+                                "index names key {id} but there is no record"
+                            ))));
+                        };
+                        org_keys.remove(index.as_slice())?;
+                        if let Some(record) = self.open_record(id, &value) {
+                            fps.remove(fingerprint_key(org, &record.fingerprint()))?;
+                        }
+                        let count = read_count(counts, &org_key)?;
+                        counts
+                            .insert(org_key.as_slice(), &count.saturating_sub(1).to_be_bytes())?;
+                        tombstones.insert(&id.to_bytes(), value)?;
+                        append_event(audit, heads, gen, org, event.clone())?;
+                        Ok(true)
+                    },
+                )
+        })?;
+        self.sync_if(deleted)?;
+        Ok(deleted)
+    }
+
+    /// Syncs only if something was written: a refusal acknowledges nothing.
+    fn sync_if(&self, wrote: bool) -> Result<(), StoreError> {
+        match wrote {
+            true => self.sync(),
+            false => Ok(()),
+        }
+    }
+
+    /// Applies `change` to the key's record, with one event per changed
+    /// field, in one transaction. Durable on return.
+    pub fn change_key(&self, change: &KeyChange) -> Result<Changed, StoreError> {
+        let h = self.writable()?;
+        let index = index_key(&change.org, change.id);
+        let (outcome, wrote) = self.write(|gen| {
+            (&h.keys, &h.org_keys, &h.audit, &h.audit_heads).transaction(
+                |(keys, org_keys, audit, heads)| {
                     if org_keys.get(index.as_slice())?.is_none() {
-                        return Ok(false);
+                        return Ok((Changed::NotFound, false));
                     }
-                    let Some(value) = keys.remove(&id.to_bytes())? else {
-                        return Err(abort(StoreError::Corrupt(format!(
-                            "index names key {id} but there is no record"
-                        ))));
+                    let record = self.live_record(keys, change.id)?;
+                    let (next, events) = match change.apply(&record) {
+                        Ok(applied) => applied,
+                        Err(why) => return Ok((Changed::Conflict(why), false)),
                     };
-                    org_keys.remove(index.as_slice())?;
-                    let count = read_count(counts, &org_key)?;
-                    counts.insert(org_key.as_slice(), &count.saturating_sub(1).to_be_bytes())?;
-                    tombstones.insert(&id.to_bytes(), value)?;
-                    append_event(audit, heads, gen, org, event.clone())?;
-                    Ok(true)
+                    if events.is_empty() {
+                        return Ok((Changed::Yes(record), false));
+                    }
+                    keys.insert(&change.id.to_bytes(), self.seal(&next))?;
+                    for event in events {
+                        append_event(audit, heads, gen, &change.org, event)?;
+                    }
+                    Ok((Changed::Yes(next), true))
+                },
+            )
+        })?;
+        self.sync_if(wrote)?;
+        Ok(outcome)
+    }
+
+    /// Inserts the successor under the quota and retires the old key, with
+    /// one event, in one transaction. Durable on return.
+    pub fn rotate_key(&self, rotation: &KeyRotation) -> Result<Rotation, StoreError> {
+        let h = self.writable()?;
+        let org = &rotation.org;
+        let old_index = index_key(org, rotation.old);
+        let rows = NewRows::of(&rotation.successor, self.seal(&rotation.successor));
+        let outcome = self.write(|gen| {
+            h.key_trees()
+                .transaction(|(keys, org_keys, counts, fps, audit, heads)| {
+                    if org_keys.get(old_index.as_slice())?.is_none() {
+                        return Ok(Rotation::NotFound);
+                    }
+                    let count = read_count(counts, &rows.org)?;
+                    if count >= rotation.quota {
+                        append_event(audit, heads, gen, org, rotation.refused.clone())?;
+                        return Ok(Rotation::QuotaExceeded(count));
+                    }
+                    let retired = rotation.retire(&self.live_record(keys, rotation.old)?);
+                    keys.insert(&rotation.old.to_bytes(), self.seal(&retired))?;
+                    rows.insert(keys, org_keys, counts, fps, count)?;
+                    append_event(audit, heads, gen, org, rotation.rotated.clone())?;
+                    Ok(Rotation::Yes(retired))
                 })
         })?;
-        if deleted {
-            self.sync()?;
-        }
-        Ok(deleted)
+        self.sync()?;
+        Ok(outcome)
+    }
+
+    /// The live record `id` inside a transaction; a missing or unopenable
+    /// record aborts it as damage (the index named it).
+    fn live_record(&self, keys: &TransactionalTree, id: KeyId) -> TxResult<PublicKeyRecord> {
+        let value = keys.get(id.to_bytes())?.ok_or_else(|| {
+            abort(StoreError::Corrupt(format!(
+                "index names key {id} but there is no record"
+            )))
+        })?;
+        self.open_record(id, &value).ok_or_else(|| {
+            abort(StoreError::Corrupt(format!(
+                "the record of key {id} does not open"
+            )))
+        })
     }
 
     /// Appends one audit event on its own (a refused access). Not synced:
@@ -452,7 +573,68 @@ impl SledStore {
     }
 }
 
+/// The rows a new live key adds, prepared outside the transaction.
+struct NewRows {
+    id: [u8; 16],
+    /// The organisation's counter key.
+    org: Vec<u8>,
+    index: Vec<u8>,
+    fingerprint: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+impl NewRows {
+    fn of(record: &PublicKeyRecord, sealed: Vec<u8>) -> NewRows {
+        NewRows {
+            id: record.id.to_bytes(),
+            org: record.org.as_bytes_key(),
+            index: index_key(&record.org, record.id),
+            fingerprint: fingerprint_key(&record.org, &record.fingerprint()),
+            sealed,
+        }
+    }
+
+    /// Writes the record, its index and fingerprint entries and the
+    /// organisation's new count (`count` is the current one).
+    fn insert(
+        &self,
+        keys: &TransactionalTree,
+        org_keys: &TransactionalTree,
+        counts: &TransactionalTree,
+        fps: &TransactionalTree,
+        count: u32,
+    ) -> TxResult<()> {
+        keys.insert(&self.id, self.sealed.as_slice())?;
+        org_keys.insert(self.index.as_slice(), &[])?;
+        counts.insert(self.org.as_slice(), &(count + 1).to_be_bytes())?;
+        fps.insert(self.fingerprint.as_slice(), &self.id)?;
+        Ok(())
+    }
+}
+
+type KeyTrees<'a> = (
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+);
+
 impl Handles {
+    /// The trees a new key touches, in the order transactions take them:
+    /// keys, org_keys, org_counts, org_fingerprints, audit, audit_heads.
+    fn key_trees(&self) -> KeyTrees<'_> {
+        (
+            &self.keys,
+            &self.org_keys,
+            &self.org_counts,
+            &self.org_fingerprints,
+            &self.audit,
+            &self.audit_heads,
+        )
+    }
+
     /// `flush` (which sled 0.34 ends with `sync_file_range` only), then
     /// `fdatasync` of the log file: what makes a change durable.
     fn sync(&self) -> Result<(), StoreError> {
@@ -500,10 +682,13 @@ impl Handles {
             .map_err(open_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
         let meta = tree("meta")?;
-        match meta.get("schema_version").map_err(open_err)? {
+        // An older version is restamped by `SledStore::upgrade`, once the
+        // data is upgraded.
+        let found_version = match meta.get("schema_version").map_err(open_err)? {
             None => {
                 meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
                     .map_err(open_err)?;
+                SCHEMA_VERSION
             }
             Some(v) => {
                 let found =
@@ -516,12 +701,9 @@ impl Handles {
                         found,
                     });
                 }
-                if found < SCHEMA_VERSION {
-                    meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
-                        .map_err(open_err)?;
-                }
+                found
             }
-        }
+        };
         let db_file = File::open(dir.join("db")).map_err(StoreError::Sync)?;
         // Make the directory entries of a freshly created database durable.
         File::open(dir)
@@ -531,9 +713,11 @@ impl Handles {
             keys: tree("keys")?,
             org_keys: tree("org_keys")?,
             org_counts: tree("org_counts")?,
+            org_fingerprints: tree("org_fingerprints")?,
             tombstones: tree("tombstones")?,
             audit: tree("audit")?,
             audit_heads: tree("audit_heads")?,
+            found_version,
             db,
             db_file,
         })
@@ -559,6 +743,12 @@ fn index_key_prefix(org: &OrgId) -> Vec<u8> {
 fn index_key(org: &OrgId, id: KeyId) -> Vec<u8> {
     let mut k = index_key_prefix(org);
     k.extend_from_slice(&id.to_bytes());
+    k
+}
+
+fn fingerprint_key(org: &OrgId, fingerprint: &[u8; 32]) -> Vec<u8> {
+    let mut k = index_key_prefix(org);
+    k.extend_from_slice(fingerprint);
     k
 }
 
@@ -689,6 +879,16 @@ impl Storage for Arc<SledStore> {
     async fn delete_key(&self, org: OrgId, id: KeyId, event: NewEvent) -> Result<bool, StoreError> {
         let db = self.clone();
         blocking(move || SledStore::delete_key(&db, &org, id, event)).await
+    }
+
+    async fn change_key(&self, change: KeyChange) -> Result<Changed, StoreError> {
+        let db = self.clone();
+        blocking(move || SledStore::change_key(&db, &change)).await
+    }
+
+    async fn rotate_key(&self, rotation: KeyRotation) -> Result<Rotation, StoreError> {
+        let db = self.clone();
+        blocking(move || SledStore::rotate_key(&db, &rotation)).await
     }
 
     async fn record_event(&self, org: OrgId, event: NewEvent) -> Result<(), StoreError> {

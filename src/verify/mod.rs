@@ -6,7 +6,8 @@
 //! by the token (`jwk`, `jku`, `x5u`, `x5c`); honour a `crit` extension;
 //! decode anything of a token over the size limit; let a key of one
 //! organisation speak for another (an `org` claim, when present, must name
-//! the key's organisation, on every route).
+//! the key's organisation, on every route); accept a token of a disabled
+//! key, or of a key past its expiry (checked at every verification).
 //!
 //! Keys are cached parsed (aws-lc-rs `ParsedPublicKey`), so a hot
 //! verification reads no storage and decodes no key. Forgetting a key is
@@ -63,6 +64,12 @@ pub enum VerifyError {
     /// The `org` claim names another organisation than the signing key's.
     #[error("{0}")]
     WrongOrganisation(String),
+    /// `kid` names a key that is disabled.
+    #[error("key {0} is disabled")]
+    KeyDisabled(KeyId),
+    /// `kid` names a key past its expiry.
+    #[error("key {0} has expired")]
+    KeyExpired(KeyId),
     /// The key source could not be read, so no verdict can be given.
     #[error("keys could not be read: {0}")]
     Unavailable(String),
@@ -82,6 +89,8 @@ impl VerifyError {
             VerifyError::WrongIssuer(_) => "wrong_issuer",
             VerifyError::MissingClaim(_) => "missing_claim",
             VerifyError::WrongOrganisation(_) => "wrong_organisation",
+            VerifyError::KeyDisabled(_) => "key_disabled",
+            VerifyError::KeyExpired(_) => "key_expired",
             VerifyError::Unavailable(_) => "unavailable",
         }
     }
@@ -93,6 +102,13 @@ pub struct KeyMaterial {
     pub org: Option<OrgId>,
     pub algorithm: Algorithm,
     pub spki_der: Vec<u8>,
+}
+
+/// Why a key that exists may not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withheld {
+    Disabled,
+    Expired,
 }
 
 /// Why a key source could not answer.
@@ -108,6 +124,17 @@ pub trait KeySource: Send + Sync {
     fn lookup(&self, id: KeyId) -> Result<Option<KeyMaterial>, KeySourceError>;
     /// Whether `id` is still live; called under the fill lock, so cheap.
     fn contains(&self, id: KeyId) -> Result<bool, KeySourceError>;
+    /// Why `id`, which `lookup` does not return, exists but may not
+    /// verify; `None` for a key never seen or deleted. Called under the
+    /// fill lock, so cheap.
+    fn withheld(&self, _id: KeyId) -> Option<Withheld> {
+        None
+    }
+    /// When a key `lookup` returns expires (seconds since the epoch).
+    /// Called under the fill lock, so cheap.
+    fn expires_at(&self, _id: KeyId) -> Option<u64> {
+        None
+    }
 }
 
 /// Verification settings that do not change per request.
@@ -172,6 +199,9 @@ struct CachedKey {
     org: Option<OrgId>,
     algorithm: Algorithm,
     key: ParsedPublicKey,
+    /// Checked at every verification, so an expiry takes effect at its
+    /// second whatever else is late.
+    expires_at: Option<u64>,
 }
 
 /// Cache counters, registered by `metrics`.
@@ -235,6 +265,9 @@ impl Verifier {
     ) -> Result<Verified, VerifyError> {
         let parsed = token::parse(token, self.policy.max_token_bytes)?;
         let key = self.key(parsed.kid)?;
+        if key.expires_at.is_some_and(|at| now >= at) {
+            return Err(VerifyError::KeyExpired(parsed.kid));
+        }
         if key.algorithm != parsed.alg {
             return Err(VerifyError::UnsupportedAlgorithm(format!(
                 "key {} signs with {}, but the token says {}",
@@ -284,34 +317,43 @@ impl Verifier {
             return Ok(key);
         }
         self.stats.misses.inc();
-        let unknown = || VerifyError::UnknownKey(format!("no key {id}"));
+        let absent = || match self.source.withheld(id) {
+            Some(Withheld::Disabled) => VerifyError::KeyDisabled(id),
+            Some(Withheld::Expired) => VerifyError::KeyExpired(id),
+            None => VerifyError::UnknownKey(format!("no key {id}")),
+        };
         let material = self
             .source
             .lookup(id)
             .map_err(|e| VerifyError::Unavailable(e.to_string()))?
             .ok_or_else(|| {
-                self.stats.unknown.inc();
-                unknown()
+                let absent = absent();
+                if let VerifyError::UnknownKey(_) = absent {
+                    self.stats.unknown.inc();
+                }
+                absent
             })?;
         let key = ParsedPublicKey::new(material.algorithm.verification(), &material.spki_der)
             .map_err(|e| {
                 VerifyError::Unavailable(format!("stored key {id} does not parse: {e}"))
             })?;
-        let key = Arc::new(CachedKey {
-            org: material.org,
-            algorithm: material.algorithm,
-            key,
-        });
         let _fill = self.fill.lock().expect("fill lock poisoned");
-        // A delete may have completed since the lookup; it has already
-        // called `forget`, so filling now would resurrect the key.
+        // A delete, disable or rotation may have completed since the
+        // lookup; it has already called `forget`, so filling now with what
+        // the lookup saw would resurrect the key or its old expiry.
         if !self
             .source
             .contains(id)
             .map_err(|e| VerifyError::Unavailable(e.to_string()))?
         {
-            return Err(unknown());
+            return Err(absent());
         }
+        let key = Arc::new(CachedKey {
+            org: material.org,
+            algorithm: material.algorithm,
+            key,
+            expires_at: self.source.expires_at(id),
+        });
         self.cache.insert(id, key.clone());
         Ok(key)
     }

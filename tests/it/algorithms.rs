@@ -241,7 +241,11 @@ async fn a_data_dir_of_schema_version_1_opens_and_serves_every_key() {
 
     let db = sled::open(dir.path()).unwrap();
     let version = db.open_tree("meta").unwrap().get("schema_version").unwrap();
-    assert_eq!(version.unwrap().as_ref(), 2u32.to_be_bytes(), "restamped");
+    assert_eq!(
+        version.unwrap().as_ref(),
+        signet::store::SCHEMA_VERSION.to_be_bytes(),
+        "restamped"
+    );
     drop(db);
     let mut config = signet::config::Config::default();
     config.storage.data_dir = dir.path().to_owned();

@@ -30,6 +30,7 @@ fn attacker_record(id: KeyId) -> (PublicKeyRecord, Signer) {
         spec: KeySpec::default(),
         spki_der: spki.into_vec(),
         created_at_ms: 0,
+        life: Default::default(),
     };
     (record, Signer::from_pem(&pem))
 }

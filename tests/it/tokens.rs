@@ -79,6 +79,7 @@ fn resolve(value: &Value, keys: &HashMap<String, FixtureKey>, doc: &Value, now: 
                 spec: KeySpec::new(k.alg, None).unwrap(),
                 spki_der: k.spki_der.clone(),
                 created_at_ms: 0,
+                life: Default::default(),
             };
             serde_json::to_value(Jwk::from_record(&record)).unwrap()
         }
