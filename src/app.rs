@@ -71,6 +71,10 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        // Likewise a certificate pair that cannot serve.
+        if let Some(files) = &config.server.tls {
+            http::tls::Tls::check(files)?;
+        }
         let data_dir = config.storage.data_dir.clone();
         if config.storage.backend == Backend::Postgres {
             if config.auth.admin_token.is_none() && config.auth.admin_token_sha256.is_none() {

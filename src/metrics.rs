@@ -1,5 +1,7 @@
 //! Prometheus metrics: requests by route and status, latency, verification
-//! outcomes, cache counters and the number of stored keys.
+//! outcomes, cache counters, the number of stored keys, refusals of
+//! unauthenticated requests, connections closed by deadline, and the TLS
+//! certificate's expiry and reloads.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -100,21 +100,20 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
     } else if let Some(dir) = &args.data_dir {
         let mut config = config.clone();
         config.storage.data_dir = dir.clone();
+        // --data-dir names a sled directory, whatever the config's backend.
+        config.storage.backend = crate::config::Backend::Sled;
         let store = match Store::open_existing(&config).await {
             Err(StoreError::Locked(_)) => bail!(
-                "the database in {} is locked by a running server; ask it instead with --server http://{}",
+                "the database in {} is locked by a running server; ask it instead with --server {}",
                 dir.display(),
-                config.server.listen
+                own_server(&config)
             ),
             other => other?,
         };
         let signet = Signet::new(store, policy, config.keys.max_per_org, [0; 3]).await?;
         judged(signet.verify(token, expect))?
     } else {
-        let base = args
-            .server
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", config.server.listen));
+        let base = args.server.clone().unwrap_or_else(|| own_server(&config));
         let url = format!("{}/v1/verify", base.trim_end_matches('/'));
         let mut body = json!({"token": token});
         if let Some(a) = &args.audience {
@@ -210,4 +209,13 @@ fn format_time(secs: i64) -> String {
         ),
         None => format!("{secs} (out of range)"),
     }
+}
+
+/// The server the config describes: https when it serves TLS.
+fn own_server(config: &Config) -> String {
+    let scheme = match config.server.tls {
+        Some(_) => "https",
+        None => "http",
+    };
+    format!("{scheme}://{}", config.server.listen)
 }

@@ -83,6 +83,12 @@ pub struct Tls {
 
 impl Tls {
     /// Loads the configured pair; any problem is a start-up error.
+    /// Checks that the pair loads, without serving it: start-up calls this
+    /// before it writes anything, so a bad pair leaves no files behind.
+    pub fn check(files: &TlsFiles) -> Result<(), TlsError> {
+        load_pair(files, &Arc::new(aws_lc_rs::default_provider())).map(drop)
+    }
+
     pub fn load(files: &TlsFiles, metrics: &Metrics) -> Result<Tls, TlsError> {
         let provider = Arc::new(aws_lc_rs::default_provider());
         let (pair, seen) = load_pair(files, &provider)?;

@@ -550,6 +550,10 @@ fn unusable_pairs_stop_start_up_with_a_sentence_naming_the_file() {
         assert_eq!(out.status.code(), Some(2), "{cert} {key}: {err}");
         let line = err.trim().lines().last().unwrap_or_default();
         assert!(line.contains(names) && line.contains(says), "{line}");
+        assert!(
+            !dir.path().join("data").exists(),
+            "a pair that cannot serve stops start-up before anything is written"
+        );
     }
 }
 
