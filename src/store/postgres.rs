@@ -59,15 +59,16 @@ CREATE TABLE audit (
     PRIMARY KEY (org, id)
 );
 "#,
-    r#"
-ALTER TABLE keys ADD COLUMN fingerprint bytea;
-CREATE UNIQUE INDEX keys_fingerprint ON keys (org, fingerprint);
-"#,
+    FINGERPRINTS,
 ];
 
-/// The migration after which every key's fingerprint is filled in (from
-/// its sealed record, which SQL cannot open).
-const FINGERPRINTS: usize = 2;
+/// The migration that adds each key's fingerprint, unique per organisation;
+/// once it ran, every key's fingerprint is filled in from its sealed record
+/// (which SQL cannot open).
+const FINGERPRINTS: &str = r#"
+ALTER TABLE keys ADD COLUMN fingerprint bytea;
+CREATE UNIQUE INDEX keys_fingerprint ON keys (org, fingerprint);
+"#;
 
 /// The advisory lock that serialises migrations of instances starting at
 /// once ("signet" in ASCII).
@@ -199,7 +200,7 @@ impl PgStore {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.batch_execute(sql).await.map_err(db)?;
-            if i + 1 == FINGERPRINTS {
+            if *sql == FINGERPRINTS {
                 self.fill_fingerprints(&tx).await?;
             }
             tracing::info!(version = i + 1, "applied a database schema migration");
