@@ -85,18 +85,19 @@ CREATE TABLE instances (
     heartbeat_at timestamptz NOT NULL
 );
 "#,
-    r#"
-ALTER TABLE keys ADD COLUMN fingerprint bytea;
-CREATE UNIQUE INDEX keys_fingerprint ON keys (org, fingerprint);
-"#,
+    FINGERPRINTS,
 ];
 
 /// The channel every key change is announced on, with its version.
 const CHANNEL: &str = "signet_keys";
 
-/// The migration after which every key's fingerprint is filled in (from
-/// its sealed record, which SQL cannot open).
-const FINGERPRINTS: usize = 4;
+/// The migration that adds each key's fingerprint, unique per organisation;
+/// once it ran, every key's fingerprint is filled in from its sealed record
+/// (which SQL cannot open).
+const FINGERPRINTS: &str = r#"
+ALTER TABLE keys ADD COLUMN fingerprint bytea;
+CREATE UNIQUE INDEX keys_fingerprint ON keys (org, fingerprint);
+"#;
 
 /// The advisory lock that serialises migrations of instances starting at
 /// once ("signet" in ASCII).
@@ -234,7 +235,7 @@ impl PgStore {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.batch_execute(sql).await.map_err(db)?;
-            if i + 1 == FINGERPRINTS {
+            if *sql == FINGERPRINTS {
                 self.fill_fingerprints(&tx).await?;
             }
             tracing::info!(version = i + 1, "applied a database schema migration");

@@ -211,7 +211,7 @@ async fn disable_is_as_strong_as_a_delete_and_enable_republishes() {
     drop(dir);
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(no_token_of_a_disabled_key_verifies_after_the_patch_answered);
 async fn no_token_of_a_disabled_key_verifies_after_the_patch_answered() {
     const ROUNDS: usize = 100;
     const VERIFIERS: usize = 4;
@@ -327,7 +327,7 @@ async fn a_key_expires_at_its_second_everywhere() {
     assert_eq!(app.key_count("acme").await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_backends!(a_key_that_expired_while_signet_was_stopped_is_expired_at_start);
 async fn a_key_that_expired_while_signet_was_stopped_is_expired_at_start() {
     let app = spawn_app().await;
     let (at, expires_at) = in_secs(2);
@@ -688,15 +688,15 @@ async fn every_change_is_one_audit_event() {
     assert_eq!(app.listed("acme", &new_id).await["name"], "k2");
 }
 
-#[test]
-fn the_cli_disables_enables_uploads_and_rotates_offline() {
+on_both_backends!(the_cli_disables_enables_uploads_and_rotates_offline);
+async fn the_cli_disables_enables_uploads_and_rotates_offline() {
     use crate::cli::{signet, stderr};
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
+    let storage = crate::backends::storage_args(&dir.path().join("data"));
     let pem = dir.path().join("k.pem");
     let keys = |args: &[&str]| {
-        let mut all = vec!["keys", "--data-dir", data];
+        let mut all = vec!["keys"];
+        all.extend(storage.iter().map(String::as_str));
         all.extend_from_slice(args);
         signet(&all, &[])
     };

@@ -15,6 +15,7 @@ mod deadlines;
 mod durability;
 mod keys_api;
 mod lifecycle;
+mod lifecycle_races;
 mod no_data;
 mod operations;
 mod pg;

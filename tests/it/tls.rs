@@ -157,6 +157,9 @@ impl H1 {
             .header("host", "127.0.0.1")
             .body(Empty::new())
             .unwrap();
+        // The connection takes the next request only once it has finished
+        // the previous one, which may be just after its body was read.
+        self.sender.ready().await.unwrap();
         let res = self.sender.send_request(req).await.unwrap();
         let status = res.status().as_u16();
         (status, res.into_body().collect().await.unwrap().to_bytes())
