@@ -56,9 +56,6 @@ echo "# $(strace -V | head -1)"
 # SIGNET_BIN=PATH tests an already built binary instead of building one.
 BIN="$(signet_bin debug)"
 
-PORT="$(free_port)"
-ADDR="127.0.0.1:$PORT"
-BASE="http://$ADDR"
 ADMIN="$(random_token)"
 DATA="$TMP/data"
 TRACE="$TMP/trace"
@@ -75,6 +72,10 @@ case "$BACKEND" in
         ;;
     *) die "SIGNET_BACKEND must be sled or postgres, not '$BACKEND'" ;;
 esac
+# Chosen after PostgreSQL took its port, so that the two cannot collide.
+PORT="$(free_port)"
+ADDR="127.0.0.1:$PORT"
+BASE="http://$ADDR"
 
 start_signet "$DATA" "$PORT" "$TMP/server.log" -- \
     strace -f -tt -T -yy -s 64 \
