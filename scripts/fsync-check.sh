@@ -81,16 +81,7 @@ start_signet "$DATA" "$PORT" "$TMP/server.log" -- \
     strace -f -tt -T -yy -s 64 \
     -e trace=fsync,fdatasync,sync_file_range,write,writev,pwrite64,pwritev,pwritev2,sendto,sendmsg,read,recvfrom \
     -o "$TRACE" "${SERVE[@]}"
-STRACE_PID=$SERVER_PID # start_signet ran strace; the server is its child
-SERVER_PID=""
-for _ in $(seq 100); do
-    # no child yet makes ps fail: not an error here (pipefail, set -e)
-    SERVER_PID="$(ps -o pid= --ppid "$STRACE_PID" | tr -d ' ' | head -1)" || true
-    [[ -n "$SERVER_PID" ]] && break
-    alive "$STRACE_PID" || break
-    sleep 0.1
-done
-[[ -n "$SERVER_PID" ]] || { cat "$TMP/server.log" >&2; die "strace did not start signet serve"; }
+follow_strace "$TMP/server.log"
 ready_or_die "$BASE" 20 "$TMP/server.log"
 echo "# signet (pid $SERVER_PID) serving on $ADDR under strace (pid $STRACE_PID)"
 

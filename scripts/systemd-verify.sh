@@ -72,15 +72,7 @@ PORT="$(free_port)"
 BASE="http://127.0.0.1:$PORT"
 ADMIN="$(random_token)"
 start_signet "$WORK/data" "$PORT" "$WORK/server.log" -- strace -f -qq -o "$WORK/trace" "$BIN" serve
-STRACE_PID=$SERVER_PID # the server is strace's child
-SERVER_PID=""
-for _ in $(seq 100); do
-    SERVER_PID="$(ps -o pid= --ppid "$STRACE_PID" | tr -d ' ' | head -1)" || true
-    [[ -n "$SERVER_PID" ]] && break
-    alive "$STRACE_PID" || break
-    sleep 0.1
-done
-[[ -n "$SERVER_PID" ]] || { cat "$WORK/server.log" >&2; die "strace did not start signet serve"; }
+follow_strace "$WORK/server.log"
 ready_or_die "$BASE" 30 "$WORK/server.log"
 
 AUTH="Authorization: Bearer $ADMIN"

@@ -122,6 +122,22 @@ start_signet() {
     SERVER_PID=$!
 }
 
+# follow_strace LOGFILE: after start_signet ran `strace … signet serve`,
+# sets STRACE_PID to strace and SERVER_PID to the server, its child; dies
+# with LOGFILE on stderr if strace never started it.
+follow_strace() {
+    STRACE_PID=$SERVER_PID
+    SERVER_PID=""
+    for _ in $(seq 100); do
+        # no child yet makes ps fail: not an error here (pipefail, set -e)
+        SERVER_PID="$(ps -o pid= --ppid "$STRACE_PID" | tr -d ' ' | head -1)" || true
+        [[ -n "$SERVER_PID" ]] && break
+        alive "$STRACE_PID" || break
+        sleep 0.1
+    done
+    [[ -n "$SERVER_PID" ]] || { cat "$1" >&2; die "strace did not start signet serve"; }
+}
+
 # wait_http URL [SECONDS=30] [PID]: poll URL every 0.1 s (1 s per try)
 # until it answers 2xx: 0 once it does, 1 as soon as PID (if given) has
 # exited, 2 after about SECONDS. Prints nothing.
