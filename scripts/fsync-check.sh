@@ -43,7 +43,7 @@ on_exit() {
     stop_signet "$STRACE_PID" || true
     pg_stop
 }
-cleanup_on_exit "$TMP" remove
+cleanup_on_exit "$TMP" keep-failed
 
 if ! command -v strace >/dev/null; then
     echo "# installing strace"
@@ -82,7 +82,14 @@ start_signet "$DATA" "$PORT" "$TMP/server.log" -- \
     -e trace=fsync,fdatasync,sync_file_range,write,writev,pwrite64,pwritev,pwritev2,sendto,sendmsg,read,recvfrom \
     -o "$TRACE" "${SERVE[@]}"
 follow_strace "$TMP/server.log"
-ready_or_die "$BASE" 20 "$TMP/server.log"
+# Watched through strace, which lives exactly as long as its tracee; a
+# first start on a fresh PostgreSQL under load can take many seconds.
+ready=0
+wait_http "$BASE/readyz" 60 "$STRACE_PID" || ready=$?
+if [[ $ready -ne 0 ]]; then
+    cat "$TMP/server.log" >&2
+    die "signet serve did not become ready under strace (wait_http: $ready)"
+fi
 echo "# signet (pid $SERVER_PID) serving on $ADDR under strace (pid $STRACE_PID)"
 
 CREATED=0
