@@ -13,7 +13,9 @@ use super::Outcome;
 use crate::config::Config;
 use crate::service::Signet;
 use crate::store::{Store, StoreError};
-use crate::verify::{self, Expect, JwkSetSource, KeySource, Policy, Verifier, VerifyError};
+use crate::verify::{
+    self, Expect, InvalidReport, JwkSetSource, KeySource, Policy, Report, Verifier, VerifyError,
+};
 
 #[derive(clap::Args)]
 pub(super) struct VerifyArgs {
@@ -81,11 +83,11 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
     // One token, verified once.
     policy.token_cache_entries = 0;
     policy.token_cache_bytes = 0;
-    let judged = |result: Result<verify::Verified, VerifyError>| -> anyhow::Result<Value> {
+    let judged = |result: Result<verify::Verified, VerifyError>| -> anyhow::Result<Report> {
         if let Err(VerifyError::Unavailable(cause)) = &result {
             bail!("could not read keys: {cause}");
         }
-        Ok(verify::result_json(&result))
+        Ok(Report::of(&result))
     };
     let local =
         |source: Arc<dyn KeySource>| judged(Verifier::new(source, policy).verify(token, expect));
@@ -142,10 +144,10 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
                 String::from_utf8_lossy(&answer.body)
             );
         }
-        serde_json::from_slice(&answer.body)
+        serde_json::from_slice::<Report>(&answer.body)
             .with_context(|| format!("{url} did not answer a verification result"))?
     };
-    let valid = result["valid"] == Value::Bool(true);
+    let valid = result.is_valid();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
@@ -160,30 +162,37 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
 
 /// The human report of a verification result. For an invalid token the
 /// fields shown are decoded but unverified, and say so.
-fn describe(result: &Value, token: &str) -> String {
-    let valid = result["valid"] == Value::Bool(true);
-    let (header, claims, note) = if valid {
-        (result["header"].clone(), result["claims"].clone(), "")
-    } else {
-        let part = |i: usize| {
-            token
-                .split('.')
-                .nth(i)
-                .and_then(|p| verify::decode_object(p, "part").ok())
-                .map_or(Value::Null, Value::Object)
-        };
-        (part(0), part(1), " (unverified)")
+fn describe(result: &Report, token: &str) -> String {
+    let unverified = |i: usize| {
+        token
+            .split('.')
+            .nth(i)
+            .and_then(|p| verify::decode_object(p, "part").ok())
+            .map_or(Value::Null, Value::Object)
+    };
+    let (header, claims, note) = match result {
+        Report::Valid(v) => (
+            Value::Object(v.header.clone()),
+            Value::Object(v.claims.clone()),
+            "",
+        ),
+        Report::Invalid(_) => (unverified(0), unverified(1), " (unverified)"),
     };
     let text = |v: &Value| v.as_str().map(str::to_owned);
-    let mut out = if valid {
-        "valid: yes\n".to_owned()
-    } else {
-        let code = result["error"]["code"].as_str().unwrap_or("unknown");
-        let message = result["error"]["message"].as_str().unwrap_or("");
-        format!("valid: no ({code}: {message})\n")
+    let (mut out, key_id, org) = match result {
+        Report::Valid(v) => (
+            "valid: yes\n".to_owned(),
+            Some(v.key_id.clone()),
+            v.organisation_id.clone(),
+        ),
+        Report::Invalid(InvalidReport { error, .. }) => (
+            format!("valid: no ({}: {})\n", error.code, error.message),
+            None,
+            None,
+        ),
     };
-    let key_id = text(&result["keyId"]).or_else(|| text(&header["kid"]));
-    let org = text(&result["organisationId"]).or_else(|| text(&claims["org"]));
+    let key_id = key_id.or_else(|| text(&header["kid"]));
+    let org = org.or_else(|| text(&claims["org"]));
     let mut line = |label: &str, value: Option<String>| {
         out.push_str(&format!(
             "{label:<14}{}{note}\n",

@@ -34,7 +34,7 @@ pub async fn verify(call: Call<'_>) -> Outcome {
     if let Err(VerifyError::Unavailable(cause)) = result {
         return Err(ApiError::unavailable(cause));
     }
-    Ok(reply::json(StatusCode::OK, &verify::result_json(&result)))
+    Ok(reply::json(StatusCode::OK, &verify::Report::of(&result)))
 }
 
 /// 200 with identity headers, or 401.

@@ -189,22 +189,66 @@ pub struct Verified {
     pub claims: Arc<Map<String, Value>>,
 }
 
-/// The `POST /v1/verify` result document, also printed by
-/// `signet verify --json`.
-pub fn result_json(result: &Result<Verified, VerifyError>) -> Value {
-    match result {
-        Ok(v) => serde_json::json!({
-            "valid": true,
-            "keyId": v.key_id,
-            "organisationId": v.org,
-            "header": &*v.header,
-            "claims": &*v.claims,
-        }),
-        Err(e) => serde_json::json!({
-            "valid": false,
-            "error": { "code": e.code(), "message": e.to_string() },
-        }),
+impl Report {
+    /// The report of one verification.
+    pub fn of(result: &Result<Verified, VerifyError>) -> Report {
+        match result {
+            Ok(v) => Report::Valid(ValidReport {
+                valid: true,
+                key_id: v.key_id.to_string(),
+                organisation_id: v.org.as_ref().map(|o| o.as_str().to_owned()),
+                header: (*v.header).clone(),
+                claims: (*v.claims).clone(),
+            }),
+            Err(e) => Report::Invalid(InvalidReport {
+                valid: false,
+                error: ReportError {
+                    code: e.code().to_owned(),
+                    message: e.to_string(),
+                },
+            }),
+        }
     }
+
+    pub fn is_valid(&self) -> bool {
+        matches!(self, Report::Valid(_))
+    }
+}
+
+/// The verdict `POST /v1/verify` answers and `signet verify --json`
+/// prints (docs/api.md): one type for the server, the CLI's local checks
+/// and the CLI reading a server's answer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Report {
+    Valid(ValidReport),
+    Invalid(InvalidReport),
+}
+
+/// A token that verified: its key, that key's organisation, and what it says.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidReport {
+    pub valid: bool,
+    pub key_id: String,
+    /// `null` for a key of no organisation (a JWK Set's).
+    pub organisation_id: Option<String>,
+    pub header: Map<String, Value>,
+    pub claims: Map<String, Value>,
+}
+
+/// A token that did not verify, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InvalidReport {
+    pub valid: bool,
+    pub error: ReportError,
+}
+
+/// One of the verdict codes of docs/api.md, and a sentence.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReportError {
+    pub code: String,
+    pub message: String,
 }
 
 /// What a request expects beyond the policy.
@@ -460,4 +504,39 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+
+    /// The shape docs/api.md gives, both ways: what the server writes is
+    /// what `signet verify --server` reads back.
+    #[test]
+    fn reports_keep_their_documented_shape_and_read_back() {
+        let verified = Verified {
+            key_id: KeyId::parse("01HZY3V5W8N4Q2ZP7J9K6M3T1A").unwrap(),
+            org: None,
+            header: Arc::new(Map::new()),
+            claims: Arc::new(serde_json::json!({"sub": "u"}).as_object().unwrap().clone()),
+        };
+        let cases = [
+            (
+                Ok(verified),
+                serde_json::json!({"valid": true, "keyId": "01HZY3V5W8N4Q2ZP7J9K6M3T1A",
+                    "organisationId": null, "header": {}, "claims": {"sub": "u"}}),
+            ),
+            (
+                Err(VerifyError::Malformed("not three parts".into())),
+                serde_json::json!({"valid": false, "error": {"code": "malformed",
+                    "message": VerifyError::Malformed("not three parts".into()).to_string()}}),
+            ),
+        ];
+        for (result, expected) in cases {
+            let report = Report::of(&result);
+            assert_eq!(serde_json::to_value(&report).unwrap(), expected);
+            assert_eq!(serde_json::from_value::<Report>(expected).unwrap(), report);
+            assert_eq!(report.is_valid(), result.is_ok());
+        }
+    }
 }
