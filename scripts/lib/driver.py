@@ -174,40 +174,19 @@ def finding(st: dict, kind: str, msg: str) -> None:
 def crash_check(a) -> int:
     st = load_state(a.state)
     cycle = st["cycles"] + 1  # the cycle this check opens
-    c = Conn(a.base, a.admin)
+    # every instance is checked; the first resolves deletes in doubt
+    conns = [Conn(b, a.admin) for b in bases(a)]
     keys = st["keys"]
     checked = 0
     for kid, k in sorted(keys.items()):
-        status, _, body = c.request("GET", f"/v1/keys/{kid}")
         checked += 1
-        if k["state"] == LIVE:
-            if status != 200:
-                finding(st, "lost", f"cycle {cycle} check: acknowledged key {kid} (org {k['org']}, created in cycle {k['created_cycle']}) answers GET {status}")
-        elif k["state"] in (DELETED, GONE):
-            if status != 404:
-                finding(st, "resurrected", f"cycle {cycle} check: key {kid} deleted ({k['state']}) in cycle {k.get('deleted_cycle')} answers GET {status}")
-        elif k["state"] == PENDING:
-            if status == 200:
-                k["state"] = LIVE  # the delete never became durable: allowed
-            elif status == 404:
-                k["state"] = GONE
-            else:
-                finding(st, "errors", f"cycle {cycle} check: GET {kid} answered {status}: {body[:200]!r}")
-        # tokens: live ones verify, deleted ones fail with unknown_key
-        tok = k.get("token")
-        if tok and k["state"] in (LIVE, DELETED, GONE):
-            status, _, body = c.request("POST", "/v1/verify", {"token": tok})
-            res = jbody(body) or {}
-            if status != 200:
-                finding(st, "errors", f"cycle {cycle} check: verify of {kid}'s token answered {status}: {body[:200]!r}")
-            elif k["state"] == LIVE and res.get("valid") is not True:
-                finding(st, "errors", f"cycle {cycle} check: token of live key {kid} refused: {res}")
-            elif k["state"] != LIVE and (res.get("valid") is not False
-                                         or (res.get("error") or {}).get("code") != "unknown_key"):
-                finding(st, "resurrected", f"cycle {cycle} check: token of deleted key {kid} gives {res}")
+        for n, c in enumerate(conns):
+            on = f" on instance {n + 1}" if len(conns) > 1 else ""
+            check_key(st, c, cycle, kid, k, on)
     # the per-organisation index agrees: live keys listed, deleted ones not;
     # keys nobody acknowledged (a create in flight at the kill that did
     # commit) are allowed: delete them so they do not eat the quota.
+    c = conns[0]
     orgs = sorted({k["org"] for k in keys.values()} | set(a.orgs.split(",")))
     for org in orgs:
         status, _, body = c.request("GET", f"/v1/organisations/{org}/keys", auth=True)
@@ -231,12 +210,49 @@ def crash_check(a) -> int:
                 st["acked_deletes"] += 1
             else:
                 finding(st, "errors", f"cycle {cycle} check: delete of orphan {kid} answered {status}: {body[:200]!r}")
-    c.close()
+    for c in conns:
+        c.close()
     save_state(a.state, st)
     live = sum(1 for k in keys.values() if k["state"] == LIVE)
     print(f"cycle {cycle} check: checked {checked} keys ({live} live), "
           f"lost {len(st['lost'])}, resurrected {len(st['resurrected'])}, errors {len(st['errors'])}")
     return 0
+
+
+def check_key(st: dict, c: Conn, cycle: int, kid: str, k: dict, on: str) -> None:
+    """One instance's view of one key: GET and its token agree with what
+    was acknowledged (a delete in doubt is resolved by the first look)."""
+    status, _, body = c.request("GET", f"/v1/keys/{kid}")
+    if k["state"] == LIVE:
+        if status != 200:
+            finding(st, "lost", f"cycle {cycle} check: acknowledged key {kid} (org {k['org']}, created in cycle {k['created_cycle']}) answers GET {status}{on}")
+    elif k["state"] in (DELETED, GONE):
+        if status != 404:
+            finding(st, "resurrected", f"cycle {cycle} check: key {kid} deleted ({k['state']}) in cycle {k.get('deleted_cycle')} answers GET {status}{on}")
+    elif k["state"] == PENDING:
+        if status == 200:
+            k["state"] = LIVE  # the delete never became durable: allowed
+        elif status == 404:
+            k["state"] = GONE
+        else:
+            finding(st, "errors", f"cycle {cycle} check: GET {kid} answered {status}{on}: {body[:200]!r}")
+    # tokens: live ones verify, deleted ones fail with unknown_key
+    tok = k.get("token")
+    if tok and k["state"] in (LIVE, DELETED, GONE):
+        status, _, body = c.request("POST", "/v1/verify", {"token": tok})
+        res = jbody(body) or {}
+        if status != 200:
+            finding(st, "errors", f"cycle {cycle} check: verify of {kid}'s token answered {status}{on}: {body[:200]!r}")
+        elif k["state"] == LIVE and res.get("valid") is not True:
+            finding(st, "errors", f"cycle {cycle} check: token of live key {kid} refused{on}: {res}")
+        elif k["state"] != LIVE and (res.get("valid") is not False
+                                     or (res.get("error") or {}).get("code") != "unknown_key"):
+            finding(st, "resurrected", f"cycle {cycle} check: token of deleted key {kid} gives {res}{on}")
+
+
+def bases(a) -> list[str]:
+    """The instances to talk to: --bases if given, else --base."""
+    return a.bases.split(",") if getattr(a, "bases", None) else [a.base]
 
 
 class CrashLoad:
@@ -252,24 +268,40 @@ class CrashLoad:
         self.busy: set[str] = set()  # keys with a delete in flight
         self.ops = {"create": 0, "delete": 0, "verify": 0}
         self.server_gone = False
+        self.bases = bases(a)
+        self.dead: set[str] = set()  # instances that stopped answering
+        self.stopping: threading.Timer | None = None
 
     def live_keys(self, org=None):
         return [kid for kid, k in self.st["keys"].items()
                 if k["state"] == LIVE and kid not in self.busy and (org is None or k["org"] == org)]
 
-    def gone(self, e: BaseException) -> None:
-        # No complete response: the server is dying or dead. Stop everyone.
-        self.server_gone = True
-        self.stop.set()
+    def gone(self, base: str) -> None:
+        # No complete response: that instance is dying or dead. With one,
+        # stop everyone; with several, go on with the others for
+        # --after-kill seconds (deletes meanwhile wait for its heartbeat to
+        # lapse).
+        with self.lock:
+            self.server_gone = True
+            self.dead.add(base)
+            if len(self.dead) == len(self.bases):
+                self.stop.set()
+            elif self.stopping is None:
+                self.stopping = threading.Timer(self.a.after_kill, self.stop.set)
+                self.stopping.daemon = True
+                self.stopping.start()
 
     def worker(self, n: int) -> None:
         rng = random.Random(os.urandom(8))
-        c = Conn(self.a.base, self.a.admin, timeout=10)
+        conns = {b: Conn(b, self.a.admin, timeout=10) for b in self.bases}
         deadline = time.monotonic() + self.a.max_seconds
         ops = 0
         while not self.stop.is_set() and time.monotonic() < deadline and ops < self.a.max_ops:
             ops += 1
             r = rng.random()
+            with self.lock:
+                base = rng.choice([b for b in self.bases if b not in self.dead] or self.bases)
+            c = conns[base]
             try:
                 if n % 3 == 2:  # every third thread only verifies
                     self.verify(c, rng)
@@ -277,9 +309,10 @@ class CrashLoad:
                     self.create(c, rng)
                 else:
                     self.delete(c, rng)
-            except (OSError, http.client.HTTPException) as e:
-                self.gone(e)
-        c.close()
+            except (OSError, http.client.HTTPException):
+                self.gone(base)
+        for c in conns.values():
+            c.close()
 
     def create(self, c: Conn, rng) -> None:
         org = rng.choice(self.orgs)
@@ -365,7 +398,10 @@ class CrashLoad:
         with self.lock:
             self.st["verifies"] += 1
             now = self.st["keys"][kid]["state"]
-            if status != 200:
+            if status == 503 and len(self.bases) > 1 and (res.get("code") == "unavailable"):
+                # an instance that cannot vouch refuses: counted, allowed
+                self.st["unavailable"] = self.st.get("unavailable", 0) + 1
+            elif status != 200:
                 finding(self.st, "errors", f"cycle {self.cycle}: verify answered {status}: {body[:200]!r}")
             elif state_before == DELETED:
                 if res.get("valid") is not False or (res.get("error") or {}).get("code") != "unknown_key":
@@ -460,7 +496,8 @@ def crash_summary(a) -> int:
             print(f"{kind}: {m}")
     print(f"  (in doubt at a kill: {st['in_doubt_creates']} creates, {st['in_doubt_deletes']} deletes; "
           f"{st['orphans']} unacknowledged creates found committed and removed; "
-          f"{st['quota_refusals']} quota refusals; {st['verifies']} verifies under load; "
+          f"{st['quota_refusals']} quota refusals; {st['verifies']} verifies under load"
+          f"{' (%d answered 503 unavailable)' % st['unavailable'] if st.get('unavailable') else ''}; "
           f"{len(st['errors'])} other errors)")
     print(f"crash loop: {st['cycles']} cycles, {st['acked_creates']} acknowledged creates, "
           f"{st['acked_deletes']} acknowledged deletes, lost {len(st['lost'])}, "
@@ -759,6 +796,10 @@ def main() -> int:
         sp.add_argument("--max-ops", type=int, default=5000)
         sp.add_argument("--keep-live", type=int, default=3,
                         help="deletes only touch orgs with more live keys than this")
+        sp.add_argument("--bases", help="several instances, comma-separated: requests are "
+                        "spread over them, checks ask each")
+        sp.add_argument("--after-kill", type=float, default=2.5,
+                        help="with several instances, seconds of load on the others after one died")
     sp = sub.add_parser("crash-audit")
     common(sp)
     sp.add_argument("--orgs", default="crash-a,crash-b,crash-c")

@@ -7,6 +7,7 @@
 #   pg_start "$WORK/pg"            # initdb + pg_ctl start on a free port
 #   url="$(pg_database NAME)"      # CREATE DATABASE NAME; prints its URL
 #   pg_stop                        # pg_ctl stop -m immediate (idempotent)
+#   pg_resume                      # start it again on the same port
 #
 # As root, initdb and postgres run as the `postgres` user (they refuse
 # root), DIR chowned to it and its parent made traversable (o+x). Binaries: $SIGNET_PG_BIN, else the
@@ -63,6 +64,12 @@ pg_start() {
     PG_PORT="$(free_port)"
     pg_as_server "$PG_BIN/initdb" -D "$PG_DIR/data" --auth=trust -U postgres -E UTF8 \
         --no-sync >"$PG_DIR/initdb.log" 2>&1 || { cat "$PG_DIR/initdb.log" >&2; die "initdb failed"; }
+    pg_resume
+}
+
+# pg_resume: start the cluster pg_start made again, on the same port (after
+# pg_stop); dies if that fails.
+pg_resume() {
     pg_as_server "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 60 \
         -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1" start >/dev/null ||
         { cat "$PG_DIR/log" >&2; die "PostgreSQL did not start"; }
