@@ -153,8 +153,7 @@ kill_one() {
     fi
     local victim="${NAMES[RANDOM % INSTANCES]}"
     echo "  kill -9 instance $victim"
-    kill -9 "${INSTANCE_PID[$victim]}"
-    reap_instance "$victim"
+    kill_instance "$victim"
 }
 # stop_all: SIGTERM and 15 s to stop for each; one that died on its own or
 # outlived that fails the run.

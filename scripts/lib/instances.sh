@@ -6,7 +6,7 @@
 #   instance_config "$WORK/a.toml" "$url" "$WORK/seal.key" [refuse|serve] [MAX_STALENESS_MS]
 #   start_instance a "$WORK/a.toml" "$WORK/a.log" ORGKEYS_MAX=5   # port: INSTANCE_PORT[a]
 #   ready_instance a 30                  # or die, with its log
-#   kill -9 "${INSTANCE_PID[a]}"; reap_instance a; start_instance a …   # same port
+#   kill_instance a; start_instance a …  # kill -9, then again on the same port
 #   stop_instances 10                    # every one still running
 #
 # Reads BIN and ADMIN (as start_signet does). Sets INSTANCE_PID[NAME],
@@ -53,9 +53,13 @@ ready_instance() {
     die "instance $name did not become ready on ${INSTANCE_URL[$name]#http://}"
 }
 
-# reap_instance NAME: after it was killed, wait for it and forget its PID.
-reap_instance() {
-    { wait "${INSTANCE_PID[$1]}" || true; } 2>/dev/null
+# kill_instance NAME: kill -9 it, wait for it and forget its PID (quietly:
+# bash reports a job killed by a signal on stderr).
+kill_instance() {
+    {
+        kill -9 "${INSTANCE_PID[$1]}"
+        wait "${INSTANCE_PID[$1]}" || true
+    } 2>/dev/null
     INSTANCE_PID[$1]=""
 }
 
