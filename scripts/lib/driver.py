@@ -331,7 +331,8 @@ class CrashLoad:
             with self.lock:
                 self.st["acked_creates"] += 1
                 self.st["keys"][kid] = {"org": org, "state": LIVE, "token": None,
-                                        "created_cycle": self.cycle, "deleted_cycle": None}
+                                        "created_cycle": self.cycle, "deleted_cycle": None,
+                                        "via": c.port, "created_at": time.time()}
                 if res.get("organisationId") != org or h.get("location") != f"/v1/keys/{kid}":
                     finding(self.st, "errors", f"cycle {self.cycle}: create answered {res.get('organisationId')!r}, Location {h.get('location')!r}")
             tok = mint(self.a.signet, pem, kid, org) if pem else None
@@ -407,7 +408,10 @@ class CrashLoad:
                 if res.get("valid") is not False or (res.get("error") or {}).get("code") != "unknown_key":
                     finding(self.st, "resurrected", f"cycle {self.cycle}: token of deleted key {kid} gives {res}")
             elif now == LIVE and kid not in self.busy and res.get("valid") is not True:
-                finding(self.st, "errors", f"cycle {self.cycle}: token of live key {kid} refused: {res}")
+                k = self.st["keys"][kid]
+                where = (f" by port {c.port} (created through port {k.get('via')} "
+                         f"{time.time() - k.get('created_at', 0):.3f} s earlier)") if len(self.bases) > 1 else ""
+                finding(self.st, "errors", f"cycle {self.cycle}: token of live key {kid} refused{where}: {res}")
 
     def run(self) -> None:
         threads = [threading.Thread(target=self.worker, args=(i,), daemon=True)
