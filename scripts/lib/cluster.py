@@ -210,7 +210,7 @@ def revoke(a) -> int:
             took.append(dt)
             for name, c in (("A", ca), ("C", cc)):
                 status, accepted, code = verify(c, token)
-                key = "503" if status == 503 else str(code)
+                key = "ACCEPTED" if accepted else "503" if status == 503 else str(code)
                 immediate[name][key] = immediate[name].get(key, 0) + 1
                 why = refused(status, accepted, code, expected)
                 if why:
