@@ -43,7 +43,7 @@ on_exit() {
     stop_instances 5
     pg_stop
 }
-cleanup_on_exit "$WORK" keep 5
+cleanup_on_exit "$WORK" keep-failed 5
 
 pg_start "$WORK/pg"
 random_token 32 >"$WORK/seal.key"
