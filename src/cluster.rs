@@ -11,7 +11,8 @@
 //! heartbeat was *sent*; while it is older than `max_staleness`, the
 //! instance refuses to verify (unless `stale_verification = "serve"`).
 //!
-//! A delete waits, after it has committed at version v, until every other
+//! A revocation (a delete, a disable, a rotation that retires the old key
+//! at once) waits, after it has committed at version v, until every other
 //! live instance (a heartbeat within `max_staleness`) has applied v, or
 //! until `max_staleness` plus a margin has passed: by then an instance that
 //! has not applied v has stopped vouching on its own, because its last
@@ -32,7 +33,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::metrics::ClusterMetrics;
 
-use crate::jwks::Jwks;
+use crate::service::Published;
 use crate::store::Store;
 use crate::verify::Verifier;
 
@@ -89,7 +90,7 @@ impl Freshness {
 /// What the follower updates.
 pub(crate) struct Follower {
     pub store: Store,
-    pub jwks: Arc<Jwks>,
+    pub published: Arc<Published>,
     pub verifier: Arc<Verifier>,
     pub keys: Gauge,
     pub metrics: ClusterMetrics,
@@ -115,10 +116,17 @@ impl Follower {
     }
 
     async fn run(self, mut events: tokio::sync::watch::Receiver<u64>, every: Duration) {
+        // When the store last announced changes not applied yet.
+        let mut announced: Option<Instant> = None;
         loop {
             self.catch_up().await;
+            let lag = announced
+                .take()
+                .map_or(0.0, |at| at.elapsed().as_secs_f64());
+            self.metrics.lag_seconds.set(lag);
             tokio::select! {
                 changed = events.changed() => {
+                    announced = Some(Instant::now());
                     if changed.is_err() {
                         tokio::time::sleep(every).await;
                     }
@@ -162,24 +170,18 @@ impl Follower {
         };
         let behind = changes.upto.saturating_sub(self.fresh.applied());
         self.metrics.lag_versions.set(behind as i64);
-        let now = crate::keys::now_secs();
-        for record in &changes.live {
-            // Only an active key is published here; a disable or expiry
-            // made elsewhere is not followed yet (docs/postgres.md).
-            if record.state_at(now) != crate::keys::KeyState::Active {
-                continue;
-            }
-            if self.jwks.learned(record) {
+        // Each key as its latest change left it: published or withheld
+        // (disabled, expired, or retired by a rotation), unless a newer
+        // change of it was applied here meanwhile.
+        for (version, record) in &changes.live {
+            if self.published.publish(record, *version, &self.verifier) {
                 self.keys.inc();
             }
         }
         for (org, id) in &changes.gone {
-            // Unpublished first: the verifier fills its cache from the
-            // published keys, so once it forgets, nothing brings the key back.
-            if self.jwks.removed(org, *id) {
+            if self.published.remove(org, *id, &self.verifier) {
                 self.keys.dec();
             }
-            self.verifier.forget(*id);
         }
         let applied = self
             .fresh
@@ -239,7 +241,7 @@ async fn applied_or_fenced(store: &Store, fresh: &Freshness, version: u64, commi
         if committed.elapsed() >= max + MARGIN {
             tracing::warn!(
                 version,
-                "a delete answered after waiting the longest for instances that have not applied it"
+                "a revocation answered after waiting the longest for instances that have not applied it"
             );
             return;
         }

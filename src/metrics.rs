@@ -74,8 +74,12 @@ pub struct ClusterMetrics {
     pub fresh_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Live instances on the store, this one included.
     pub live_instances: Gauge,
-    /// Time deletes waited for other instances to apply them.
-    pub delete_wait_seconds: Histogram,
+    /// Seconds from an announcement of changes to this instance having
+    /// applied them (0 when current).
+    pub lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Time revocations (deletes, disables, rotations that retire the old
+    /// key at once) waited for other instances to apply them.
+    pub revocation_wait_seconds: Histogram,
 }
 
 impl Metrics {
@@ -170,7 +174,8 @@ impl Metrics {
             lag_versions: Gauge::default(),
             fresh_age_seconds: Gauge::default(),
             live_instances: Gauge::default(),
-            delete_wait_seconds: Histogram::new(exponential_buckets(0.000_1, 2.5, 14)),
+            lag_seconds: Gauge::default(),
+            revocation_wait_seconds: Histogram::new(exponential_buckets(0.000_1, 2.5, 14)),
         };
         registry.register(
             "cluster_applied_version",
@@ -193,9 +198,14 @@ impl Metrics {
             cluster.live_instances.clone(),
         );
         registry.register(
-            "cluster_delete_wait_seconds",
-            "Time deletes waited for every other live instance to apply them",
-            cluster.delete_wait_seconds.clone(),
+            "cluster_lag_seconds",
+            "Time from an announcement of key changes to this instance having applied them (0 when current)",
+            cluster.lag_seconds.clone(),
+        );
+        registry.register(
+            "cluster_revocation_wait_seconds",
+            "Time deletes, disables and immediate rotations waited for every other live instance to apply them",
+            cluster.revocation_wait_seconds.clone(),
         );
         Metrics {
             cluster,

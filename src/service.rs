@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use lifecycle::Lifetimes;
-use lifecycle::Published;
+pub(crate) use lifecycle::Published;
 
 use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::cluster::{Follower, Freshness};
@@ -154,7 +154,7 @@ impl Signet {
     pub async fn follow(&self, max_staleness: std::time::Duration, serve_stale: bool) {
         let follower = Follower {
             store: self.store.clone(),
-            jwks: self.jwks.clone(),
+            published: self.published.clone(),
             verifier: self.verifier.clone(),
             keys: self.metrics.keys.clone(),
             metrics: self.metrics.cluster.clone(),
@@ -277,7 +277,7 @@ impl Signet {
             .await?;
         match inserted {
             Inserted::Yes => {
-                self.published.publish(record, &self.verifier);
+                self.published.publish(record, 0, &self.verifier);
                 self.metrics.keys.inc();
                 Ok(())
             }
@@ -287,7 +287,8 @@ impl Signet {
     }
 
     /// Disables, enables or renames a key. A disable is durable, out of
-    /// the JWK Sets and refused by the verifier when this returns.
+    /// the JWK Sets and refused by the verifier when this returns, here
+    /// and on every other live instance.
     pub async fn change(
         &self,
         org: OrgId,
@@ -303,9 +304,14 @@ impl Signet {
             now: now_secs(),
             event: event(Action::KeyRenamed, Some(id), caller, ""),
         };
+        let disable = change.disable == Some(true);
         match self.storage(self.store.change_key(change)).await? {
-            Changed::Yes(record) => {
-                self.published.publish(&record, &self.verifier);
+            Changed::Yes(record, version) => {
+                let committed = std::time::Instant::now();
+                self.published.publish(&record, version, &self.verifier);
+                if disable && version > 0 {
+                    self.applied_everywhere(version, committed).await;
+                }
                 Ok(record)
             }
             Changed::NotFound => Err(ServiceError::NotFound(id)),
@@ -363,10 +369,15 @@ impl Signet {
             refused: event(Action::QuotaExceeded, Some(successor.id), caller, "refused"),
         };
         match self.storage(self.store.rotate_key(rotation)).await? {
-            Rotation::Yes(retired) => {
-                self.published.publish(&successor, &self.verifier);
-                self.published.publish(&retired, &self.verifier);
+            Rotation::Yes(retired, version) => {
+                let committed = std::time::Instant::now();
+                self.published.publish(&successor, version, &self.verifier);
+                self.published.publish(&retired, version, &self.verifier);
                 self.metrics.keys.inc();
+                // Retired at once: a revocation, like a delete.
+                if retired.state_at(now_secs()) != KeyState::Active {
+                    self.applied_everywhere(version, committed).await;
+                }
                 Ok((successor, generated, retired))
             }
             Rotation::NotFound => Err(ServiceError::NotFound(id)),
@@ -393,16 +404,23 @@ impl Signet {
         // published keys, so once it forgets, nothing brings the key back.
         self.published.remove(&org, id, &self.verifier);
         self.metrics.keys.dec();
-        // In force on every other instance too before the caller hears back.
+        self.applied_everywhere(version, committed).await;
+        Ok(())
+    }
+
+    /// Waits until a revocation (a delete, a disable, a rotation that
+    /// retires the old key at once) committed at `version` is in force on
+    /// every other live instance too, or until those that have not applied
+    /// it have stopped verifying on their own.
+    async fn applied_everywhere(&self, version: u64, committed: std::time::Instant) {
         crate::cluster::applied_everywhere(
             &self.store,
             &self.fresh,
             version,
             committed,
-            &self.metrics.cluster.delete_wait_seconds,
+            &self.metrics.cluster.revocation_wait_seconds,
         )
         .await;
-        Ok(())
     }
 
     /// An active key: a disabled or expired one is not found here (the
@@ -498,12 +516,10 @@ impl Signet {
             return false;
         };
         match self.store.get_key(kid).await {
-            // Not if it was deleted meanwhile: removed keys stay removed.
             Ok(Some(record)) => {
-                // Only an active key, and never one withdrawn here: this
-                // read may predate a disable this instance already applied.
-                let active = record.state_at(now_secs()) == KeyState::Active;
-                let learned = active && self.jwks.learned(&record);
+                // Only an active key, and only if nothing about it was
+                // applied here meanwhile: this read may predate that change.
+                let learned = self.published.learn(&record);
                 if learned {
                     self.metrics.keys.inc();
                 }

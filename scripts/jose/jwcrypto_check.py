@@ -9,11 +9,12 @@ hold the token's kid, so jwcrypto must fail with JWTMissingKey). Every case
 fetches the JWK Set afresh. Prints one "PASS ..." or "FAIL ..." line per case.
 """
 import json
-import sys
 import urllib.request
 from importlib.metadata import version
 
 from jwcrypto import jwk, jwt
+
+import cases
 
 VERSION = version("jwcrypto")
 
@@ -46,16 +47,5 @@ def check(case):
     return True, f"verified, alg={header['alg']} sub={claims.get('sub')!r} org={claims.get('org')!r}"
 
 
-def main():
-    with open(sys.argv[1]) as f:
-        cases = json.load(f)
-    failed = 0
-    for case in cases:
-        ok, detail = check(case)
-        failed += not ok
-        print(f"{'PASS' if ok else 'FAIL'} jwcrypto {VERSION}: {case['name']} -- {detail}", flush=True)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    cases.run(f"jwcrypto {VERSION}", check)

@@ -9,10 +9,10 @@ hold the token's kid, so the lookup must fail with PyJWT's "no matching key"
 error). Every case uses a fresh jwt.PyJWKClient, so nothing is cached between
 cases. Prints one "PASS ..." or "FAIL ..." line per case.
 """
-import json
-import sys
 
 import jwt
+
+import cases
 
 
 def check(case):
@@ -40,16 +40,5 @@ def check(case):
     return True, f"verified, sub={claims.get('sub')!r} org={claims.get('org')!r}"
 
 
-def main():
-    with open(sys.argv[1]) as f:
-        cases = json.load(f)
-    failed = 0
-    for case in cases:
-        ok, detail = check(case)
-        failed += not ok
-        print(f"{'PASS' if ok else 'FAIL'} pyjwt {jwt.__version__}: {case['name']} -- {detail}", flush=True)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    cases.run(f"pyjwt {jwt.__version__}", check)

@@ -72,7 +72,13 @@ fn whole_units(d: Duration) -> String {
 }
 
 /// The keys' derived state; also the verifier's key source.
-pub(super) struct Published {
+///
+/// On a shared store each change carries a version, and changes reach this
+/// instance by two paths: its own writes, and the cluster follower's reads
+/// of what others wrote. A read may be overtaken by a later change applied
+/// meanwhile, so every key changed since start remembers the version of
+/// the change applied last, and an older one is skipped.
+pub(crate) struct Published {
     jwks: Arc<Jwks>,
     /// Whether this instance may vouch that it has seen every change.
     fresh: Arc<crate::cluster::Freshness>,
@@ -89,10 +95,17 @@ struct Inner {
     /// stale (the key was deleted, or its expiry moved earlier, never
     /// later); the timer skips those.
     schedule: BTreeSet<(u64, KeyId, OrgId)>,
+    /// The version of the change applied last to each key changed here
+    /// since start with a known version ([`DELETED`] once deleted). Empty
+    /// on sled, where every version is 0 and nothing else writes.
+    versions: HashMap<KeyId, u64>,
 }
 
+/// The version a deleted key is remembered at: no change comes after it.
+const DELETED: u64 = u64::MAX;
+
 impl Published {
-    pub(super) fn new(jwks: Arc<Jwks>, fresh: Arc<crate::cluster::Freshness>) -> Published {
+    pub(crate) fn new(jwks: Arc<Jwks>, fresh: Arc<crate::cluster::Freshness>) -> Published {
         Published {
             jwks,
             fresh,
@@ -105,7 +118,12 @@ impl Published {
     /// recovered): a key that expired meanwhile is expired now.
     pub(super) fn reset(&self, records: &[PublicKeyRecord], verifier: &Verifier) {
         let mut inner = self.lock();
-        *inner = Inner::default();
+        // What was applied here stays newer than this read may be.
+        let versions = std::mem::take(&mut inner.versions);
+        *inner = Inner {
+            versions,
+            ..Inner::default()
+        };
         let now = now_secs();
         let mut active = Vec::new();
         for r in records {
@@ -127,10 +145,22 @@ impl Published {
         self.wake.notify_one();
     }
 
-    /// Publishes or withholds `record` as its state is now, then makes the
-    /// verifier forget what it cached of it (its expiry may have moved).
-    pub(super) fn publish(&self, record: &PublicKeyRecord, verifier: &Verifier) {
+    /// Publishes or withholds `record` as its state is now, the state the
+    /// change of `version` left it in (0: a create, whose version nothing
+    /// can precede, or any change on sled), then makes the verifier forget
+    /// what it cached of it (its expiry may have moved). A change older
+    /// than one applied already is skipped. Whether the key is new here.
+    pub(crate) fn publish(
+        &self,
+        record: &PublicKeyRecord,
+        version: u64,
+        verifier: &Verifier,
+    ) -> bool {
         let mut inner = self.lock();
+        if !inner.is_newer(record.id, version) {
+            return false;
+        }
+        let new = !self.jwks.contains(record.id) && !inner.withheld.contains_key(&record.id);
         let state = record.state_at(now_secs());
         match state {
             // Published before it stops being withheld, so that a
@@ -157,15 +187,35 @@ impl Published {
         if earlier {
             self.wake.notify_one();
         }
+        new
     }
 
-    /// Forgets a deleted key everywhere.
-    pub(super) fn remove(&self, org: &OrgId, id: KeyId, verifier: &Verifier) {
+    /// Publishes an active `record` that a look-up of an unknown key id
+    /// found in the store, unless anything is known here about the key
+    /// already: the look-up may predate a change applied meanwhile. Whether
+    /// it was published.
+    pub(crate) fn learn(&self, record: &PublicKeyRecord) -> bool {
+        let inner = self.lock();
+        let known = inner.versions.contains_key(&record.id)
+            || inner.withheld.contains_key(&record.id)
+            || self.jwks.contains(record.id);
+        let active = record.state_at(now_secs()) == KeyState::Active;
+        !known && active && self.jwks.learned(record)
+    }
+
+    /// Forgets a deleted key everywhere, for good: no read of the store
+    /// made before the delete can bring it back. Whether it was known here.
+    pub(crate) fn remove(&self, org: &OrgId, id: KeyId, verifier: &Verifier) -> bool {
         let mut inner = self.lock();
-        self.jwks.removed(org, id);
-        inner.withheld.remove(&id);
+        let published = self.jwks.removed(org, id);
+        let withheld = inner.withheld.remove(&id).is_some();
+        let known = published || withheld;
+        if self.fresh.following() && inner.versions.insert(id, DELETED) == Some(DELETED) {
+            return false;
+        }
         drop(inner);
         verifier.forget(id);
+        known
     }
 
     /// Expires every key whose expiry is at or before `now`; returns the
@@ -202,6 +252,20 @@ impl Published {
 }
 
 impl Inner {
+    /// Whether a change of `id` at `version` is newer than what was applied
+    /// here (then remembered), or of unknown version and nothing newer was.
+    fn is_newer(&mut self, id: KeyId, version: u64) -> bool {
+        match self.versions.get(&id) {
+            Some(&seen) if seen >= version => false,
+            _ => {
+                if version > 0 {
+                    self.versions.insert(id, version);
+                }
+                true
+            }
+        }
+    }
+
     fn schedule_expiry(&mut self, record: &PublicKeyRecord, state: KeyState) {
         if let (Some(at), false) = (record.life.expires_at_secs, state == KeyState::Expired) {
             self.schedule.insert((at, record.id, record.org.clone()));
@@ -264,6 +328,30 @@ impl KeySource for Published {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_older_than_one_applied_is_skipped() {
+        let id = KeyId::new(ulid::Ulid::new());
+        let mut inner = Inner::default();
+        // (version offered, applied?) in order.
+        let steps = [
+            (0, true),  // a create: nothing newer was applied
+            (7, true),  // this instance's own disable
+            (5, false), // a read that predates it
+            (7, false), // the same change read back
+            (0, false), // a create's publish after a later change
+            (9, true),  // an enable made elsewhere
+            (DELETED, true),
+            (12, false), // nothing follows a delete
+        ];
+        for (i, (version, applied)) in steps.into_iter().enumerate() {
+            assert_eq!(inner.is_newer(id, version), applied, "step {i}");
+        }
+        // On sled every version is 0 and nothing is remembered.
+        let mut sled = Inner::default();
+        assert!(sled.is_newer(id, 0) && sled.is_newer(id, 0));
+        assert!(sled.versions.is_empty());
+    }
 
     #[test]
     fn lifetimes_hold_requests_to_the_cap() {

@@ -133,8 +133,9 @@ pub struct KeyChange {
 /// What a [`KeyChange`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Changed {
-    /// The record as it now stands (unchanged if nothing differed).
-    Yes(PublicKeyRecord),
+    /// The record as it now stands (unchanged if nothing differed), and
+    /// the change's version (0 if nothing changed, and always on sled).
+    Yes(PublicKeyRecord, u64),
     NotFound,
     /// The change is refused in the key's current state.
     Conflict(String),
@@ -212,8 +213,9 @@ impl KeyRotation {
 /// What a [`KeyRotation`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rotation {
-    /// The old key's record as it now stands.
-    Yes(PublicKeyRecord),
+    /// The old key's record as it now stands, and the change's version
+    /// (always 0 on sled).
+    Yes(PublicKeyRecord, u64),
     NotFound,
     /// The organisation already holds this many keys.
     QuotaExceeded(u32),
@@ -373,8 +375,9 @@ pub trait Storage: Send + Sync {
 pub struct Changes {
     /// Every change up to this version is in here or was before.
     pub upto: u64,
-    /// Keys created since.
-    pub live: Vec<PublicKeyRecord>,
+    /// Keys created or changed since, each with the version of its latest
+    /// change.
+    pub live: Vec<(u64, PublicKeyRecord)>,
     /// Keys deleted since.
     pub gone: Vec<(OrgId, KeyId)>,
 }

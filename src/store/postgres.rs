@@ -550,14 +550,7 @@ impl Storage for PgStore {
         self.add_key(&tx, record).await?;
         self.append_event(&tx, &record.org, &org, insert.created)
             .await?;
-        let version = next_version(&tx).await?;
-        tx.execute(
-            "UPDATE keys SET version = $2 WHERE id = $1",
-            &[&record.id.to_bytes().as_slice(), &version],
-        )
-        .await
-        .map_err(db)?;
-        announce(&tx, version).await?;
+        stamp(&tx, &[record.id]).await?;
         tx.commit().await.map_err(db)?;
         Ok(Inserted::Yes)
     }
@@ -575,7 +568,7 @@ impl Storage for PgStore {
             Err(why) => return Ok(Changed::Conflict(why)),
         };
         if events.is_empty() {
-            return Ok(Changed::Yes(record));
+            return Ok(Changed::Yes(record, 0));
         }
         self.update_record(&tx, &next).await?;
         for event in events {
@@ -583,8 +576,9 @@ impl Storage for PgStore {
             let row = self.lock_org(&tx, &change.org).await?;
             self.append_event(&tx, &change.org, &row, event).await?;
         }
+        let version = stamp(&tx, &[change.id]).await?;
         tx.commit().await.map_err(db)?;
-        Ok(Changed::Yes(next))
+        Ok(Changed::Yes(next, version))
     }
 
     async fn rotate_key(&self, rotation: KeyRotation) -> Result<Rotation, StoreError> {
@@ -605,17 +599,11 @@ impl Storage for PgStore {
         self.update_record(&tx, &retired).await?;
         self.add_key(&tx, &rotation.successor).await?;
         self.append_event(&tx, org, &row, rotation.rotated).await?;
-        // The successor reaches the other instances like any new key.
-        let version = next_version(&tx).await?;
-        tx.execute(
-            "UPDATE keys SET version = $2 WHERE id = $1",
-            &[&rotation.successor.id.to_bytes().as_slice(), &version],
-        )
-        .await
-        .map_err(db)?;
-        announce(&tx, version).await?;
+        // The successor and the old key's new expiry reach the other
+        // instances as one change.
+        let version = stamp(&tx, &[rotation.successor.id, rotation.old]).await?;
         tx.commit().await.map_err(db)?;
-        Ok(Rotation::Yes(retired))
+        Ok(Rotation::Yes(retired, version))
     }
 
     async fn delete_key(&self, delete: Delete) -> Result<Option<u64>, StoreError> {
@@ -811,7 +799,7 @@ impl Storage for PgStore {
                 "WITH c AS (SELECT version FROM change_counter)
                  SELECT 0 AS kind, version, NULL::bytea, NULL::text, NULL::bytea FROM c
                  UNION ALL
-                 SELECT 1, 0, k.id, k.org, k.record FROM keys k, c
+                 SELECT 1, k.version, k.id, k.org, k.record FROM keys k, c
                   WHERE k.version > $1 AND k.version <= c.version
                  UNION ALL
                  SELECT 2, 0, t.id, t.org, NULL FROM tombstones t, c
@@ -833,7 +821,11 @@ impl Storage for PgStore {
         for row in rows {
             let id = key_id(row.get(2))?;
             match row.get::<_, Option<&[u8]>>(4) {
-                Some(record) => changes.live.extend(open_record(&self.sealer, id, record)),
+                Some(record) => {
+                    let version = row.get::<_, i64>(1) as u64;
+                    let record = open_record(&self.sealer, id, record);
+                    changes.live.extend(record.map(|r| (version, r)));
+                }
                 None => {
                     let org = OrgId::parse(row.get(3))
                         .map_err(|e| StoreError::Corrupt(format!("tombstone organisation: {e}")))?;
@@ -841,7 +833,7 @@ impl Storage for PgStore {
                 }
             }
         }
-        changes.live.sort_by_key(|r| r.id);
+        changes.live.sort_by_key(|(_, r)| r.id);
         Ok(changes)
     }
 
@@ -849,11 +841,18 @@ impl Storage for PgStore {
         let client = self.client().await?;
         client
             .execute(
-                // Instances killed a day ago are forgotten on the way.
-                "WITH forgotten AS (
+                // Instances killed a day ago are forgotten on the way. A
+                // heartbeat need not wait for the disk (it is visible to
+                // other sessions at commit all the same, and one lost in a
+                // crash of PostgreSQL is replaced by the next): without
+                // that wait a revocation's wait for the others' heartbeats
+                // is not a disk flush per instance.
+                "WITH quick AS (SELECT set_config('synchronous_commit', 'off', true)),
+                 forgotten AS (
                      DELETE FROM instances WHERE heartbeat_at < now() - interval '1 day'
                  )
-                 INSERT INTO instances (id, applied, heartbeat_at) VALUES ($1, $2, now())
+                 INSERT INTO instances (id, applied, heartbeat_at)
+                 SELECT $1, $2, now() FROM quick
                  ON CONFLICT (id) DO UPDATE SET applied = $2, heartbeat_at = now()",
                 &[&instance, &(applied as i64)],
             )
@@ -894,6 +893,22 @@ impl Storage for PgStore {
         *listener = Some((events, task.abort_handle()));
         Some(receiver)
     }
+}
+
+/// Gives the keys `ids` the next change version and announces it: the
+/// last step of a transaction that created or changed them.
+async fn stamp(tx: &Transaction<'_>, ids: &[KeyId]) -> Result<u64, StoreError> {
+    let version = next_version(tx).await?;
+    let ids: Vec<[u8; 16]> = ids.iter().map(|id| id.to_bytes()).collect();
+    let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_slice()).collect();
+    tx.execute(
+        "UPDATE keys SET version = $2 WHERE id = ANY($1)",
+        &[&ids, &version],
+    )
+    .await
+    .map_err(db)?;
+    announce(tx, version).await?;
+    Ok(version as u64)
 }
 
 /// The next change version. Taken last in a transaction: the counter's row

@@ -316,13 +316,13 @@ impl SledStore {
                         Err(why) => return Ok((Changed::Conflict(why), false)),
                     };
                     if events.is_empty() {
-                        return Ok((Changed::Yes(record), false));
+                        return Ok((Changed::Yes(record, 0), false));
                     }
                     keys.insert(&change.id.to_bytes(), self.seal(&next))?;
                     for event in events {
                         append_event(audit, heads, gen, &change.org, event)?;
                     }
-                    Ok((Changed::Yes(next), true))
+                    Ok((Changed::Yes(next, 0), true))
                 },
             )
         })?;
@@ -352,7 +352,7 @@ impl SledStore {
                     keys.insert(&rotation.old.to_bytes(), self.seal(&retired))?;
                     rows.insert(keys, org_keys, counts, fps, count)?;
                     append_event(audit, heads, gen, org, rotation.rotated.clone())?;
-                    Ok(Rotation::Yes(retired))
+                    Ok(Rotation::Yes(retired, 0))
                 })
         })?;
         self.sync()?;

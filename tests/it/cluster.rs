@@ -7,6 +7,7 @@ use serde_json::json;
 use signet::config::{Backend, StaleVerification};
 
 use crate::backends::{run_on, Database};
+use crate::lifecycle::{until, verdict};
 use crate::pg;
 use crate::support::*;
 
@@ -53,7 +54,7 @@ async fn changes_made_through_one_instance_reach_the_other() {
         };
         let b_metrics = b.get("/metrics").await.text();
         assert_eq!(
-            metric(&b_metrics, "signet_cluster_delete_wait_seconds_count"),
+            metric(&b_metrics, "signet_cluster_revocation_wait_seconds_count"),
             1.0
         );
         eventually("both instances count each other", limit, || async {
@@ -271,6 +272,85 @@ async fn a_key_created_elsewhere_verifies_at_once() {
                 .verify(&signer.org_token(&made_up, claims("acme", "OWNER")))
                 .await;
             assert_eq!(verdict["error"]["code"], "unknown_key");
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disable_or_immediate_rotation_is_in_force_on_every_instance_when_it_answers() {
+    run_on(Backend::Postgres, async {
+        let dir = tempfile::tempdir().unwrap();
+        let on_dir = |c: &mut signet::config::Config| c.storage.data_dir = dir.path().to_owned();
+        let (a, b) = (spawn_with(on_dir).await, spawn_with(on_dir).await);
+        let c = spawn_with(on_dir).await;
+        let limit = Duration::from_secs(10);
+        for round in 0..5 {
+            let created = a
+                .create_key("acme", json!({"name": format!("r{round}")}))
+                .await;
+            let (kid, signer) = key_of(&created);
+            let token = signer.org_token(&kid, claims("acme", "OWNER"));
+            eventually("C has the new key", limit, || async {
+                verdict(&c, &token).await == "valid"
+            })
+            .await;
+
+            // A disable through B: refused on A and C once it answers.
+            let r = b
+                .patch_key("acme", &kid, json!({"state": "disabled"}))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            for app in [&a, &c] {
+                assert_eq!(verdict(app, &token).await, "key_disabled", "round {round}");
+                assert!(!app.is_public("acme", &kid).await);
+            }
+
+            // An enable and a rename through C reach A.
+            let body = json!({"state": "active", "name": format!("renamed{round}")});
+            assert_eq!(c.patch_key("acme", &kid, body).await.status, 200);
+            eventually("A republishes the enabled key", limit, || async {
+                verdict(&a, &token).await == "valid"
+            })
+            .await;
+            assert!(a.is_public("acme", &kid).await);
+            let shown = a.get(&format!("/v1/keys/{kid}")).await.json();
+            assert_eq!(shown["name"], format!("renamed{round}"), "{shown}");
+
+            // A rotation through A with grace 0: the old key is refused on
+            // B and C once it answers; its successor verifies there.
+            let r = a
+                .rotate_key("acme", &kid, Some(json!({"graceSeconds": 0})), &[])
+                .await;
+            assert_eq!(r.status, 201, "{}", r.text());
+            for app in [&b, &c] {
+                assert_eq!(verdict(app, &token).await, "key_expired", "round {round}");
+            }
+            let (next, next_signer) = key_of(&r.json());
+            let next_token = next_signer.org_token(&next, claims("acme", "OWNER"));
+            assert_eq!(verdict(&c, &next_token).await, "valid");
+            assert_eq!(b.delete_key("acme", &next, ADMIN).await.status, 204);
+            assert_eq!(a.delete_key("acme", &kid, ADMIN).await.status, 204);
+        }
+
+        // A rotation with grace shortens the old key's life everywhere.
+        let created = a.create_key("acme", json!({"name": "graceful"})).await;
+        let (kid, signer) = key_of(&created);
+        let token = signer.org_token(&kid, claims("acme", "OWNER"));
+        eventually("C has the key", limit, || async {
+            verdict(&c, &token).await == "valid"
+        })
+        .await;
+        let r = b
+            .rotate_key("acme", &kid, Some(json!({"graceSeconds": 2})), &[])
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let retire = a.listed("acme", &kid).await["expiresAt"].clone();
+        let retire = signet::keys::parse_time(retire.as_str().unwrap()).unwrap();
+        assert_eq!(verdict(&c, &token).await, "valid", "until it retires");
+        until(retire).await;
+        for app in [&a, &c] {
+            assert_eq!(verdict(app, &token).await, "key_expired");
         }
     })
     .await
