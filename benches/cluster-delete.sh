@@ -12,7 +12,7 @@
 #     alone, then with A, B and C running (deletes spread over the three,
 #     each waiting until the two others have applied it); p50/p90/p99/max,
 #     and the mean time a delete spent waiting for the others
-#     (signet_cluster_delete_wait_seconds);
+#     (signet_cluster_revocation_wait_seconds);
 #   - GET /v1/auth with one repeated RS256 token, wrk -t1 -c16 -d$WRK_DURATION,
 #     alternating ROUNDS (3) runs against A (PostgreSQL, B and C idle beside
 #     it) and a sled instance: median requests/s of each and their ratio.

@@ -27,11 +27,9 @@
 #             PostgreSQL started again: every instance recovers, no restart
 # (scripts/lib/cluster.py does the HTTP side of each.)
 #
-# Known shortfalls of the current build are reported as KNOWN-FAIL and do
-# not fail the run unless CLUSTER_STRICT=1: a disable made through one
-# instance is not yet refused by the others when it answers, and
-# GET /v1/keys/{id} reads the database, so it answers 503 while PostgreSQL
-# is away.
+# A known shortfall of the current build is reported as KNOWN-FAIL and does
+# not fail the run unless CLUSTER_STRICT=1: GET /v1/keys/{id} reads the
+# database, so it answers 503 while PostgreSQL is away.
 #
 # Env: SIGNET_BIN (default: build and use target/release/signet), KEEP=1
 # keeps the work dir, CLUSTER_VERIFIERS (3 verifier threads),
@@ -104,9 +102,8 @@ ABC="$(instance_urls a b c)"
 
 check revoke revoke --bases "$ABC" --org revoke --rounds "$ROUNDS" --verifiers "$VERIFIERS"
 check quota quota --bases "$ABC" --org quota --n 20 --quota 5
-# known: a disable is not yet followed by the other instances
 check disable revoke --action disable --bases "$ABC" --org disable \
-    --rounds "$DISABLE_ROUNDS" --verifiers "$VERIFIERS" --known-fail
+    --rounds "$DISABLE_ROUNDS" --verifiers "$VERIFIERS"
 check stopped stopped --bases "$(instance_urls a c)" --pid "${INSTANCE_PID[c]}" --org stopped
 check killed-prepare killed-prepare --bases "$ABC" --org killed --state "$WORK/killed.json"
 kill_instance c
