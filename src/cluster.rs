@@ -245,7 +245,14 @@ async fn applied_or_fenced(store: &Store, fresh: &Freshness, version: u64, commi
             );
             return;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Healthy instances apply a change within a millisecond or two:
+        // look again soon; for one that is stalled, less often.
+        let pause = if committed.elapsed() < Duration::from_millis(50) {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(10)
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
