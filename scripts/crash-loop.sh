@@ -49,6 +49,9 @@ QUOTA="${CRASH_ORGKEYS_MAX:-20}"
 ORGS="crash-a,crash-b,crash-c"
 INSTANCES="${SIGNET_INSTANCES:-1}"
 [[ "$INSTANCES" =~ ^[1-9]$ ]] || die "SIGNET_INSTANCES must be 1-9, not '$INSTANCES'"
+if [[ "$INSTANCES" -gt 1 && "${SIGNET_BACKEND:-sled}" != postgres ]]; then
+    die "SIGNET_INSTANCES=$INSTANCES needs SIGNET_BACKEND=postgres (sled serves one process)"
+fi
 
 BIN="$(signet_bin release)"
 
@@ -84,9 +87,6 @@ case "$BACKEND" in
         ;;
     *) die "SIGNET_BACKEND must be sled or postgres, not '$BACKEND'" ;;
 esac
-if [[ "$INSTANCES" -gt 1 && "$BACKEND" != postgres ]]; then
-    die "SIGNET_INSTANCES=$INSTANCES needs SIGNET_BACKEND=postgres (sled serves one process)"
-fi
 SERVE=("$BIN" serve)
 if [[ "$BACKEND" == postgres ]]; then SERVE+=("${STORAGE[@]}"); fi
 
