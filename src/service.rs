@@ -499,8 +499,9 @@ impl Signet {
 
     /// With other instances on the store, publishes the key that `token`
     /// (a JWT) names if it is unknown here but in the store: created
-    /// elsewhere a moment ago. Whether it did. Call before authenticating
-    /// an organisation token.
+    /// elsewhere a moment ago. Whether the key is published now (also when
+    /// the follower published it meanwhile). Call before authenticating an
+    /// organisation token.
     pub async fn learn_key_of(&self, token: &str) -> bool {
         if !self.fresh.following() {
             return false;
@@ -510,20 +511,24 @@ impl Signet {
             .next()
             .and_then(|header| crate::verify::decode_object(header, "header").ok())
             .and_then(|header| header.get("kid")?.as_str().map(str::to_owned))
-            .and_then(|kid| KeyId::parse(&kid).ok())
-            .filter(|&kid| !self.jwks.contains(kid));
-        let Some(kid) = kid.filter(|&kid| self.unknown.may_look_up(kid)) else {
+            .and_then(|kid| KeyId::parse(&kid).ok());
+        let Some(kid) = kid else {
             return false;
         };
+        if self.jwks.contains(kid) {
+            return true;
+        }
+        if !self.unknown.may_look_up(kid) {
+            return false;
+        }
         match self.store.get_key(kid).await {
             Ok(Some(record)) => {
                 // Only an active key, and only if nothing about it was
                 // applied here meanwhile: this read may predate that change.
-                let learned = self.published.learn(&record);
-                if learned {
+                if self.published.learn(&record) {
                     self.metrics.keys.inc();
                 }
-                learned
+                self.jwks.contains(kid)
             }
             Ok(None) => {
                 self.unknown.absent(kid);
