@@ -11,6 +11,16 @@
 //! heartbeat was *sent*; while it is older than `max_staleness`, the
 //! instance refuses to verify (unless `stale_verification = "serve"`).
 //!
+//! Only a re-read sent after this instance's first heartbeat of the
+//! current listening session had committed counts: a revocation whose
+//! writer did not see this instance among the live ones committed before
+//! that heartbeat, so such a re-read sees it. When the listening
+//! connection drops, the instance stops vouching at once (`fence`), and a
+//! new session starts with a new registration: heartbeats are committed
+//! without waiting for the disk, so a crash of the database may lose the
+//! latest, and an instance must not vouch on a registration the others
+//! can no longer see.
+//!
 //! A revocation (a delete, a disable, a rotation that retires the old key
 //! at once) waits, after it has committed at version v, until every other
 //! live instance (a heartbeat within `max_staleness`) has applied v, or
@@ -34,7 +44,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use crate::metrics::ClusterMetrics;
 
 use crate::service::Published;
-use crate::store::Store;
+use crate::store::{Heard, Store};
 use crate::verify::Verifier;
 
 /// Whether this instance can vouch for revocations made elsewhere.
@@ -45,9 +55,19 @@ pub struct Freshness {
     max_staleness_ms: AtomicU64,
     /// The version through which every change has been applied.
     applied: AtomicU64,
-    fresh_as_of: Mutex<Option<Instant>>,
+    confirmed: Mutex<Confirmed>,
     /// This instance's id in the store's list of instances.
     instance: String,
+}
+
+/// What this instance has confirmed with the store.
+#[derive(Default, Clone, Copy)]
+struct Confirmed {
+    /// "Fresh as of": when the last re-read that counts was sent.
+    as_of: Option<Instant>,
+    /// The listening session in which a heartbeat of this instance was
+    /// committed: only a re-read sent after that counts.
+    registered: Option<u64>,
 }
 
 impl Freshness {
@@ -72,10 +92,10 @@ impl Freshness {
             return Ok(());
         }
         let max = self.max_staleness();
-        match *self.fresh_as_of.lock().expect("freshness lock poisoned") {
+        match self.confirmed().as_of {
             Some(at) if at.elapsed() <= max => Ok(()),
             _ => Err(format!(
-                "this instance has not confirmed within {} ms that it has seen every key change (is the database reachable?)",
+                "this instance cannot vouch that it has seen every key change: it has not confirmed so within {} ms, or has stopped listening for changes since (is the database reachable?)",
                 max.as_millis()
             )),
         }
@@ -85,6 +105,37 @@ impl Freshness {
     pub fn applied(&self) -> u64 {
         self.applied.load(Ordering::SeqCst)
     }
+
+    /// Whether a confirmation within `max_staleness` stands, whatever
+    /// `stale_verification` says.
+    fn is_fresh(&self) -> bool {
+        let max = self.max_staleness();
+        self.confirmed().as_of.is_some_and(|at| at.elapsed() <= max)
+    }
+
+    /// Stops vouching until a new confirmation: the listening connection
+    /// was lost (the database may have crashed and lost this instance's
+    /// last heartbeats), or this instance left the list of instances.
+    pub fn fence(&self) {
+        *self.lock() = Confirmed::default();
+    }
+
+    fn confirmed(&self) -> Confirmed {
+        *self.lock()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Confirmed> {
+        self.confirmed.lock().expect("freshness lock poisoned")
+    }
+}
+
+/// Whether a re-read should be followed by another at once.
+#[derive(PartialEq, Eq)]
+enum Step {
+    Done,
+    /// This instance has just registered in the current session: a re-read
+    /// sent now can make it fresh.
+    Again,
 }
 
 /// What the follower updates.
@@ -111,15 +162,24 @@ impl Follower {
             .store(max_staleness.as_millis() as u64, Ordering::SeqCst);
         self.fresh.serve_stale.store(serve_stale, Ordering::SeqCst);
         self.fresh.following.store(true, Ordering::SeqCst);
-        self.catch_up().await;
-        Some(tokio::spawn(self.run(events, max_staleness / 4)).abort_handle())
+        let fresh = self.fresh.clone();
+        let fence = fence_when_deaf(fresh.clone(), events.clone());
+        let follow = self.run(events, max_staleness / 4);
+        let task = tokio::spawn(async move { tokio::join!(follow, fence) });
+        // Serve once current; with the database away, no longer than
+        // max_staleness (verification is then refused until it is back).
+        let started = Instant::now();
+        while !fresh.is_fresh() && started.elapsed() < max_staleness {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Some(task.abort_handle())
     }
 
-    async fn run(self, mut events: tokio::sync::watch::Receiver<u64>, every: Duration) {
+    async fn run(self, mut events: tokio::sync::watch::Receiver<Heard>, every: Duration) {
         // When the store last announced changes not applied yet.
         let mut announced: Option<Instant> = None;
         loop {
-            self.catch_up().await;
+            while self.catch_up(&events).await == Step::Again {}
             let lag = announced
                 .take()
                 .map_or(0.0, |at| at.elapsed().as_secs_f64());
@@ -140,11 +200,7 @@ impl Follower {
 
     /// Updates the gauges of how current this instance is.
     async fn observe(&self) {
-        let fresh_as_of = *self
-            .fresh
-            .fresh_as_of
-            .lock()
-            .expect("freshness lock poisoned");
+        let fresh_as_of = self.fresh.confirmed().as_of;
         let age = fresh_as_of.map_or(f64::INFINITY, |at| at.elapsed().as_secs_f64());
         self.metrics.fresh_age_seconds.set(age);
         // Every live instance but this one has applied less than this.
@@ -159,13 +215,14 @@ impl Follower {
     }
 
     /// One re-read of the changes after `applied`, applied in order.
-    async fn catch_up(&self) {
+    async fn catch_up(&self, events: &tokio::sync::watch::Receiver<Heard>) -> Step {
+        let heard = *events.borrow();
         let sent = Instant::now();
         let changes = match self.store.changes_since(self.fresh.applied()).await {
             Ok(changes) => changes,
             Err(e) => {
                 tracing::warn!(error = %e, "could not read key changes of other instances");
-                return;
+                return Step::Done;
             }
         };
         let behind = changes.upto.saturating_sub(self.fresh.applied());
@@ -193,15 +250,33 @@ impl Follower {
         // must not be vouching.
         if let Err(e) = self.store.heartbeat(&self.fresh.instance, applied).await {
             tracing::warn!(error = %e, "could not record this instance's heartbeat");
-            return;
+            return Step::Done;
         }
-        let mut fresh = self
-            .fresh
-            .fresh_as_of
-            .lock()
-            .expect("freshness lock poisoned");
-        if fresh.is_none_or(|at| at < sent) {
-            *fresh = Some(sent);
+        // Only a re-read sent while listening, in a session in which this
+        // instance was already registered, counts (see the module's
+        // comment); checked and set under the lock that `fence` takes.
+        let mut confirmed = self.fresh.lock();
+        let now = *events.borrow();
+        if !heard.listening || now != heard {
+            return Step::Done;
+        }
+        if confirmed.registered != Some(heard.session) {
+            confirmed.registered = Some(heard.session);
+            return Step::Again;
+        }
+        if confirmed.as_of.is_none_or(|at| at < sent) {
+            confirmed.as_of = Some(sent);
+        }
+        Step::Done
+    }
+}
+
+/// Fences `fresh` whenever the listening connection is lost.
+async fn fence_when_deaf(fresh: Arc<Freshness>, mut events: tokio::sync::watch::Receiver<Heard>) {
+    while events.changed().await.is_ok() {
+        if !events.borrow_and_update().listening {
+            fresh.fence();
+            tracing::warn!("not vouching for revocations until listening again and caught up");
         }
     }
 }

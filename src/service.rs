@@ -480,6 +480,9 @@ impl Signet {
             task.abort();
         }
         if self.fresh.following() {
+            // Not on the list any more: no revocation waits for this
+            // instance, so it must not vouch for one either.
+            self.fresh.fence();
             if let Err(e) = self.store.leave(self.fresh.instance()).await {
                 tracing::warn!(error = %e, "could not leave the list of instances");
             }
@@ -518,7 +521,9 @@ impl Signet {
         if self.jwks.contains(kid) {
             return true;
         }
-        if !self.unknown.may_look_up(kid) {
+        // A key deleted, disabled or expired here is no news; only ids
+        // this instance knows nothing of are worth the store's time.
+        if self.published.knows(kid) || !self.unknown.may_look_up(kid) {
             return false;
         }
         match self.store.get_key(kid).await {

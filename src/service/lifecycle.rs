@@ -190,6 +190,13 @@ impl Published {
         new
     }
 
+    /// Whether anything is known here about key `id` (a change applied
+    /// since start, or a withheld state), published or not.
+    pub(crate) fn knows(&self, id: KeyId) -> bool {
+        let inner = self.lock();
+        inner.versions.contains_key(&id) || inner.withheld.contains_key(&id)
+    }
+
     /// Publishes an active `record` that a look-up of an unknown key id
     /// found in the store, unless anything is known here about the key
     /// already: the look-up may predate a change applied meanwhile. Whether

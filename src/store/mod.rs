@@ -364,10 +364,21 @@ pub trait Storage: Send + Sync {
         live: std::time::Duration,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// A signal that other instances may have changed keys (it changes on
-    /// every announced change and on every reconnect of the listener), or
-    /// `None` when no other process can write (sled).
-    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
+    /// What the listener for other instances' changes has heard (it
+    /// changes on every announced change, every reconnect and every loss
+    /// of the listening connection), or `None` when no other process can
+    /// write (sled).
+    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<Heard>>;
+}
+
+/// What a store's listener for other instances' key changes has heard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Heard {
+    /// Counts the listening sessions: announcements made between two
+    /// sessions may have been missed.
+    pub session: u64,
+    /// Whether the listening connection is up.
+    pub listening: bool,
 }
 
 /// Key changes after a version, up to the newest committed one.
@@ -524,7 +535,7 @@ impl Store {
         dispatch!(self, s => s.changes_since(applied).await)
     }
 
-    pub fn announcements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+    pub fn announcements(&self) -> Option<tokio::sync::watch::Receiver<Heard>> {
         dispatch!(self, s => s.announcements())
     }
 }

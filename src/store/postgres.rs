@@ -35,8 +35,8 @@ use crate::audit::{self, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    open_record, reseal_value, seal_record, AuditPage, Changed, Changes, Delete, Insert, Inserted,
-    KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
+    open_record, reseal_value, seal_record, AuditPage, Changed, Changes, Delete, Heard, Insert,
+    Inserted, KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
 };
 
 /// The schema migrations, in order; the schema version is how many ran.
@@ -112,7 +112,7 @@ pub struct PgStore {
     /// For the listening connection, which is not pooled.
     pg_config: tokio_postgres::Config,
     /// The listener task, started by the first `announcements`.
-    listener: Mutex<Option<(tokio::sync::watch::Sender<u64>, tokio::task::AbortHandle)>>,
+    listener: Mutex<Option<(tokio::sync::watch::Sender<Heard>, tokio::task::AbortHandle)>>,
     /// The URL without its password, for messages.
     location: String,
     sealer: Sealer,
@@ -476,10 +476,12 @@ impl Drop for PgStore {
 }
 
 /// Keeps one connection listening on the change channel, reconnecting
-/// after a second when it is lost; bumps `events` on every notification
-/// and every (re)connect (after which the listener may have missed some).
-async fn listen(config: tokio_postgres::Config, events: tokio::sync::watch::Sender<u64>) {
-    let bump = || events.send_modify(|n| *n = n.wrapping_add(1));
+/// after 100 ms, then up to a second, when it is lost; marks `events`
+/// changed on every notification, and on every (re)connect and every loss,
+/// which also move `Heard`'s session and state.
+async fn listen(config: tokio_postgres::Config, events: tokio::sync::watch::Sender<Heard>) {
+    const FIRST_PAUSE: Duration = Duration::from_millis(100);
+    let mut pause = FIRST_PAUSE;
     loop {
         if let Ok((client, mut connection)) = config.connect(NoTls).await {
             let sql = format!("LISTEN {CHANNEL}");
@@ -493,20 +495,28 @@ async fn listen(config: tokio_postgres::Config, events: tokio::sync::watch::Send
                             break;
                         }
                         listening = true;
-                        bump();
+                        pause = FIRST_PAUSE;
+                        events.send_modify(|heard| {
+                            heard.session += 1;
+                            heard.listening = true;
+                        });
                     }
                     message = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
                         match message {
-                            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => bump(),
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                                events.send_modify(|_| {});
+                            }
                             Some(Ok(_)) => {}
                             Some(Err(_)) | None => break,
                         }
                     }
                 }
             }
+            events.send_modify(|heard| heard.listening = false);
             tracing::warn!("lost the connection listening for key changes; reconnecting");
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -794,8 +804,8 @@ impl Storage for PgStore {
         // One statement, one snapshot: every version up to the counter's
         // has committed. The counter's row comes first, then one row per
         // change (live keys with their record, deleted ones without).
-        let rows = client
-            .query(
+        let statement = client
+            .prepare_cached(
                 "WITH c AS (SELECT version FROM change_counter)
                  SELECT 0 AS kind, version, NULL::bytea, NULL::text, NULL::bytea FROM c
                  UNION ALL
@@ -805,8 +815,11 @@ impl Storage for PgStore {
                  SELECT 2, 0, t.id, t.org, NULL FROM tombstones t, c
                   WHERE t.version > $1 AND t.version <= c.version
                  ORDER BY kind",
-                &[&(applied as i64)],
             )
+            .await
+            .map_err(db)?;
+        let rows = client
+            .query(&statement, &[&(applied as i64)])
             .await
             .map_err(db)?;
         let mut rows = rows.into_iter();
@@ -839,8 +852,8 @@ impl Storage for PgStore {
 
     async fn heartbeat(&self, instance: &str, applied: u64) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client
-            .execute(
+        let statement = client
+            .prepare_cached(
                 // Instances killed a day ago are forgotten on the way. A
                 // heartbeat need not wait for the disk (it is visible to
                 // other sessions at commit all the same, and one lost in a
@@ -854,8 +867,11 @@ impl Storage for PgStore {
                  INSERT INTO instances (id, applied, heartbeat_at)
                  SELECT $1, $2, now() FROM quick
                  ON CONFLICT (id) DO UPDATE SET applied = $2, heartbeat_at = now()",
-                &[&instance, &(applied as i64)],
             )
+            .await
+            .map_err(db)?;
+        client
+            .execute(&statement, &[&instance, &(applied as i64)])
             .await
             .map_err(db)?;
         Ok(())
@@ -872,22 +888,27 @@ impl Storage for PgStore {
 
     async fn lagging(&self, version: u64, me: &str, live: Duration) -> Result<u64, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_one(
+        // Prepared once per pooled connection: a revocation's wait asks
+        // this every millisecond or so.
+        let statement = client
+            .prepare_cached(
                 "SELECT count(*) FROM instances WHERE id <> $1 AND applied < $2
                    AND heartbeat_at > now() - make_interval(secs => $3)",
-                &[&me, &(version as i64), &live.as_secs_f64()],
             )
+            .await
+            .map_err(db)?;
+        let row = client
+            .query_one(&statement, &[&me, &(version as i64), &live.as_secs_f64()])
             .await
             .map_err(db)?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 
-    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<Heard>> {
         let mut listener = self.listener.lock().expect("listener lock poisoned");
         let (events, receiver) = match &*listener {
             Some((events, _)) => return Some(events.subscribe()),
-            None => tokio::sync::watch::channel(0),
+            None => tokio::sync::watch::channel(Heard::default()),
         };
         let task = tokio::spawn(listen(self.pg_config.clone(), events.clone()));
         *listener = Some((events, task.abort_handle()));

@@ -957,7 +957,7 @@ impl Storage for Arc<SledStore> {
         })
     }
 
-    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<super::Heard>> {
         None
     }
 

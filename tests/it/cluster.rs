@@ -355,3 +355,66 @@ async fn a_disable_or_immediate_rotation_is_in_force_on_every_instance_when_it_a
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_stops_listening_stops_vouching_at_once() {
+    let Some(cluster) = pg::private() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let database = Database::on(&cluster, dir.path());
+    // Far longer than the test: only the lost listener can stop it.
+    let app = spawn_with(|c| {
+        database.configure(c);
+        c.cluster.max_staleness_ms = 600_000;
+    })
+    .await;
+    let created = app.create_key("acme", json!({"name": "k"})).await;
+    let (kid, signer) = key_of(&created);
+    let token = signer.org_token(&kid, claims("acme", "OWNER"));
+    assert_eq!(app.verify(&token).await["valid"], true);
+
+    // The pooled connections stay up; the listening one is cut, and no
+    // new connection (so no new LISTEN) is let in.
+    let name = database.url.rsplit('/').next().unwrap().to_owned();
+    let admin = cluster.url("postgres");
+    cluster.sql(
+        &admin,
+        &format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"),
+    );
+    cluster.sql(
+        &admin,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = '{name}' AND query LIKE 'LISTEN%'"
+        ),
+    );
+    let limit = Duration::from_secs(10);
+    eventually(
+        "verification is refused without a listener",
+        limit,
+        || async { verify_raw(&app, &token).await.status.as_u16() == 503 },
+    )
+    .await;
+    verify_raw(&app, &token)
+        .await
+        .assert_error(503, "unavailable");
+    assert_eq!(app.get("/readyz").await.status.as_u16(), 503);
+    assert_eq!(app.jwks_kids().await, vec![kid.clone()]);
+
+    cluster.sql(
+        &admin,
+        &format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"),
+    );
+    eventually(
+        "verification resumes once listening again",
+        limit,
+        || async {
+            let r = verify_raw(&app, &token).await;
+            r.status.as_u16() == 200 && r.json()["valid"] == true
+        },
+    )
+    .await;
+    app.stop().await;
+    cluster.destroy();
+}
