@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::mem::size_of;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::digest;
@@ -43,12 +44,51 @@ pub struct Verdict {
     pub kid: KeyId,
     /// The key-cache fill that checked the signature.
     pub generation: u64,
+    /// That fill's key expiry (seconds since the epoch), checked on every hit.
+    pub key_expires_at: Option<u64>,
     pub org: Option<OrgId>,
     pub header: Arc<Map<String, Value>>,
     pub claims: Arc<Map<String, Value>>,
+    /// The verifier's forget count when the fill was last seen in the key
+    /// cache (`NEVER` before that): while no key has been forgotten since,
+    /// the fill is still there and a hit need not look it up.
+    confirmed: AtomicU64,
 }
 
+/// A forget count no verifier reaches.
+const NEVER: u64 = u64::MAX;
+
 impl Verdict {
+    pub fn new(
+        kid: KeyId,
+        generation: u64,
+        key_expires_at: Option<u64>,
+        org: Option<OrgId>,
+        header: Arc<Map<String, Value>>,
+        claims: Arc<Map<String, Value>>,
+    ) -> Verdict {
+        Verdict {
+            kid,
+            generation,
+            key_expires_at,
+            org,
+            header,
+            claims,
+            confirmed: AtomicU64::new(NEVER),
+        }
+    }
+
+    /// Whether the fill was seen in the key cache at forget count `forgets`.
+    pub fn confirmed_at(&self, forgets: u64) -> bool {
+        self.confirmed.load(Ordering::SeqCst) == forgets
+    }
+
+    /// Records that the fill was seen in the key cache by a lookup begun
+    /// at forget count `forgets` (read before that lookup).
+    pub fn confirm(&self, forgets: u64) {
+        self.confirmed.store(forgets, Ordering::SeqCst);
+    }
+
     /// The bytes this entry is accounted for: its fixed parts (map slot,
     /// clock slot, allocation) and an estimate of the decoded JSON's heap.
     pub fn weight(&self) -> usize {
@@ -233,13 +273,14 @@ mod tests {
             Value::Object(m) => m,
             _ => unreachable!(),
         };
-        Arc::new(Verdict {
-            kid: KeyId::parse("01J0000000000000000000000A").unwrap(),
-            generation: n,
-            org: None,
-            header: Arc::new(obj(header)),
-            claims: Arc::new(obj(claims)),
-        })
+        Arc::new(Verdict::new(
+            KeyId::parse("01J0000000000000000000000A").unwrap(),
+            n,
+            None,
+            None,
+            Arc::new(obj(header)),
+            Arc::new(obj(claims)),
+        ))
     }
 
     #[test]
