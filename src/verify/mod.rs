@@ -362,8 +362,7 @@ impl Verifier {
         if token.len() > self.policy.max_token_bytes {
             return self.verify_uncached(token, expect, now).map(|(v, _)| v);
         }
-        let hash = token_cache::hash(token);
-        if let Some(hit) = tokens.get(&hash) {
+        if let Some(hit) = tokens.get(token) {
             // Live means: the key cache holds the very fill that checked
             // the signature (`key` applies every check a miss would). It
             // did when this verdict was last confirmed, and still does if
@@ -391,12 +390,12 @@ impl Verifier {
                     claims: hit.claims.clone(),
                 });
             }
-            tokens.remove_if(&hash, &hit);
+            tokens.remove_if(token, &hit);
         }
         self.stats.token_misses.inc();
         let (verified, key) = self.verify_uncached(token, expect, now)?;
         tokens.insert(
-            hash,
+            token,
             Arc::new(token_cache::Verdict::new(
                 verified.key_id,
                 key.generation,
