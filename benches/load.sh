@@ -114,7 +114,7 @@ log "starting signet ($BACKEND) on 127.0.0.1:$SIGNET_PORT"
 # only after far more than the cache holds.)
 CACHE_ENTRIES=$((FRESH_TOKENS / 8))
 sed "s/^token_cache_entries = [0-9]*/token_cache_entries = $CACHE_ENTRIES/" "$CONFIG" >"$WORK/config.cached.toml"
-grep -q "^token_cache_entries = $CACHE_ENTRIES\$" "$WORK/config.cached.toml" || die "config.toml has no token_cache_entries"
+grep -qE "^token_cache_entries = $CACHE_ENTRIES( |\$)" "$WORK/config.cached.toml" || die "config.toml has no token_cache_entries"
 start_signet "$WORK/data" "$SIGNET_PORT" "$WORK/signet.log" ORGKEYS_MAX=100 -- \
     "$SIGNET" serve --config "$WORK/config.cached.toml"
 wait_ready "$BASE" 10 || {

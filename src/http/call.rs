@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::ops::Range;
 
 use http_body_util::Limited;
 use hyper::body::Incoming;
@@ -21,22 +22,27 @@ use crate::service::Caller;
 /// turns into one.
 pub type Outcome = Result<Reply, ApiError>;
 
-/// The `{name}` segments of a matched path template, in order.
+/// The `{name}` segments of a matched path template, in order, as byte
+/// ranges of the request's path (so that routing copies no path).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Params<'a>(Vec<(&'static str, &'a str)>);
+pub struct Params(Vec<(&'static str, Range<usize>)>);
 
-impl<'a> Params<'a> {
-    pub fn push(&mut self, name: &'static str, value: &'a str) {
+impl Params {
+    pub fn push(&mut self, name: &'static str, value: Range<usize>) {
         self.0.push((name, value));
     }
 
-    pub fn get(&self, name: &str) -> Option<&'a str> {
-        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    /// The value of `name` in `path`, the path the parameters were matched in.
+    pub fn get<'p>(&self, name: &str, path: &'p str) -> Option<&'p str> {
+        let (_, range) = self.0.iter().find(|(n, _)| *n == name)?;
+        path.get(range.clone())
     }
 
+    /// Every parameter's name and value in `path`.
     #[cfg(test)]
-    pub fn as_slice(&self) -> &[(&'static str, &'a str)] {
-        &self.0
+    pub fn resolve<'p>(&self, path: &'p str) -> Vec<(&'static str, &'p str)> {
+        let value = |r: &Range<usize>| path.get(r.clone()).unwrap_or_default();
+        self.0.iter().map(|(n, r)| (*n, value(r))).collect()
     }
 }
 
@@ -46,7 +52,7 @@ pub struct Call<'a> {
     pub state: &'a ServerState,
     pub peer: SocketAddr,
     pub req: Request<Incoming>,
-    pub params: Params<'a>,
+    pub params: Params,
 }
 
 impl Call<'_> {
@@ -56,12 +62,20 @@ impl Call<'_> {
 
     /// The `{org}` path parameter, parsed.
     pub fn org(&self) -> Result<OrgId, ApiError> {
-        parse_org(self.params.get("org").unwrap_or_default())
+        parse_org(
+            self.params
+                .get("org", self.req.uri().path())
+                .unwrap_or_default(),
+        )
     }
 
     /// The `{id}` path parameter, parsed.
     pub fn key_id(&self) -> Result<KeyId, ApiError> {
-        parse_id(self.params.get("id").unwrap_or_default())
+        parse_id(
+            self.params
+                .get("id", self.req.uri().path())
+                .unwrap_or_default(),
+        )
     }
 
     /// The pairs of the query string, decoded.

@@ -37,7 +37,7 @@ use tokio::time::timeout;
 
 use crate::auth::OperatorToken;
 use crate::config::Config;
-use crate::metrics::{ReasonLabel, RequestLabels, RouteLabel};
+use crate::metrics::{ReasonLabel, RouteSeries};
 use crate::service::Signet;
 
 /// What every request can reach: the service, the configuration, the
@@ -48,6 +48,7 @@ pub struct ServerState {
     pub operator: OperatorToken,
     jwks_cache_control: HeaderValue,
     tls: Option<Arc<tls::Tls>>,
+    series: RouteSeries,
 }
 
 impl ServerState {
@@ -61,6 +62,7 @@ impl ServerState {
             operator,
             jwks_cache_control,
             tls: None,
+            series: RouteSeries::new(routes::rows()),
         }
     }
 
@@ -196,19 +198,12 @@ async fn handle_request(
     let method = req.method().clone();
     // Only a request log line needs its own copy of the path.
     let path = tracing::enabled!(tracing::Level::INFO).then(|| req.uri().path().to_owned());
-    let (route, mut reply) = routes::dispatch(app, req, peer).await;
+    let (route, row, mut reply) = routes::dispatch(app, req, peer).await;
     let elapsed = started.elapsed();
     let status = reply.status().as_u16();
-    app.signet
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels { route, status })
-        .inc();
-    app.signet
-        .metrics
-        .latency
-        .get_or_create(&RouteLabel { route })
-        .observe(elapsed.as_secs_f64());
+    let metrics = &app.signet.metrics;
+    app.series
+        .observe(metrics, row, route, status, elapsed.as_secs_f64());
     tracing::info!(
         request_id = request_id.to_str().unwrap_or("-"),
         %method,

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::LazyLock;
 
@@ -87,29 +88,77 @@ pub fn paths() -> Vec<&'static str> {
     paths
 }
 
-/// The path parameters of `path` if it has the shape of `template`.
-fn matches<'a>(template: &'static str, path: &'a str) -> Option<Params<'a>> {
-    let mut want = template.strip_prefix('/')?.split('/');
-    let mut got = path.strip_prefix('/')?.split('/');
-    let mut params = Params::default();
-    loop {
-        match (want.next(), got.next()) {
-            (None, None) => return Some(params),
-            (Some(w), Some(g)) => match w.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
-                Some(name) => params.push(name, g),
-                None if w == g => {}
-                None => return None,
-            },
-            _ => return None,
-        }
-    }
+/// The most segments a routed path has; a longer path matches no route.
+const MAX_SEGMENTS: usize = 8;
+
+/// One segment of a path template.
+enum Segment {
+    Literal(&'static str),
+    Param(&'static str),
 }
 
-/// The first path template of the table that `path` has the shape of.
-fn find(path: &str) -> Option<(&'static str, Params<'_>)> {
+/// Each row's template, split once: row `i` of `ROUTES` is row `i` here.
+static SHAPES: LazyLock<Vec<Vec<Segment>>> = LazyLock::new(|| {
     ROUTES
         .iter()
-        .find_map(|r| matches(r.path, path).map(|params| (r.path, params)))
+        .map(|r| {
+            r.path[1..]
+                .split('/')
+                .map(
+                    |w| match w.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
+                        Some(name) => Segment::Param(name),
+                        None => Segment::Literal(w),
+                    },
+                )
+                .collect()
+        })
+        .collect()
+});
+
+/// The byte ranges of the segments of `path` after its leading `/`;
+/// `None` without that `/` or with more than `MAX_SEGMENTS` segments.
+fn split(path: &str) -> Option<([Range<usize>; MAX_SEGMENTS], usize)> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return None;
+    }
+    let mut segments = [const { 0..0 }; MAX_SEGMENTS];
+    let mut n = 0;
+    let mut start = 1;
+    for end in 1..=bytes.len() {
+        if end == bytes.len() || bytes[end] == b'/' {
+            *segments.get_mut(n)? = start..end;
+            n += 1;
+            start = end + 1;
+        }
+    }
+    Some((segments, n))
+}
+
+/// The path parameters of `path` (split into `segments`) if it has the
+/// shape of `template`.
+fn matches(template: &[Segment], path: &str, segments: &[Range<usize>]) -> Option<Params> {
+    if template.len() != segments.len() {
+        return None;
+    }
+    let mut params = Params::default();
+    for (want, got) in template.iter().zip(segments) {
+        match want {
+            Segment::Param(name) => params.push(name, got.clone()),
+            Segment::Literal(w) if *w == &path[got.clone()] => {}
+            Segment::Literal(_) => return None,
+        }
+    }
+    Some(params)
+}
+
+/// The first row of the table whose template `path` has the shape of.
+fn find(path: &str) -> Option<(usize, Params)> {
+    let (segments, n) = split(path)?;
+    SHAPES
+        .iter()
+        .enumerate()
+        .find_map(|(i, shape)| matches(shape, path, &segments[..n]).map(|params| (i, params)))
 }
 
 fn answers(route: &Route, method: &Method) -> bool {
@@ -128,23 +177,30 @@ fn allow(template: &str) -> String {
     methods.join(", ")
 }
 
+/// How many rows the route table has.
+pub fn rows() -> usize {
+    ROUTES.len()
+}
+
 /// Answers one request; returns its metrics label (the path template, or
-/// `unmatched`) with the reply.
+/// `unmatched`) and the first table row of that template with the reply.
 pub async fn dispatch(
     state: &ServerState,
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> (&'static str, Reply) {
-    let path = req.uri().path().to_owned();
-    let Some((template, params)) = find(&path) else {
+) -> (&'static str, Option<usize>, Reply) {
+    let Some((first, params)) = find(req.uri().path()) else {
         return (
             "unmatched",
+            None,
             ApiError::not_found("no such route").into_reply(),
         );
     };
-    let rows = || ROUTES.iter().filter(|r| r.path == template);
-    let errors = rows().next().map_or(Errors::Api, |r| r.errors);
-    let outcome = match rows().find(|r| answers(r, req.method())) {
+    let template = ROUTES[first].path;
+    let errors = ROUTES[first].errors;
+    // Rows sharing a path are listed together.
+    let mut rows = ROUTES[first..].iter().take_while(|r| r.path == template);
+    let outcome = match rows.find(|r| answers(r, req.method())) {
         Some(route) => {
             let call = Call {
                 state,
@@ -160,7 +216,7 @@ pub async fn dispatch(
         Errors::Api => outcome.unwrap_or_else(ApiError::into_reply),
         Errors::Compat => outcome.unwrap_or_else(ApiError::into_compat_reply),
     };
-    (template, reply)
+    (template, Some(first), reply)
 }
 
 /// Runs every request parser of the HTTP layer on hostile input; for the
@@ -168,12 +224,12 @@ pub async fn dispatch(
 #[cfg(feature = "test-hooks")]
 pub fn fuzz_parsers(path: &str, query: &str, body: &[u8], header: &str) {
     use hyper::header::{self, HeaderMap, HeaderValue};
-    if let Some((template, params)) = find(path) {
-        let _ = allow(template);
-        if let Some(org) = params.get("org") {
+    if let Some((row, params)) = find(path) {
+        let _ = allow(ROUTES[row].path);
+        if let Some(org) = params.get("org", path) {
             let _ = super::call::parse_org(org);
         }
-        if let Some(id) = params.get("id") {
+        if let Some(id) = params.get("id", path) {
             let _ = super::call::parse_id(id);
         }
     }
@@ -238,11 +294,9 @@ mod tests {
             ("/", None),
         ];
         for (path, expected) in cases {
-            let found = find(path);
-            let found = found
-                .as_ref()
-                .map(|(template, params)| (*template, params.as_slice()));
-            assert_eq!(found, *expected, "{path}");
+            let found = find(path).map(|(row, params)| (ROUTES[row].path, params.resolve(path)));
+            let expected = (*expected).map(|(template, params)| (template, params.to_vec()));
+            assert_eq!(found, expected, "{path}");
         }
     }
 
@@ -266,7 +320,10 @@ mod tests {
     fn every_template_is_reachable() {
         for template in paths() {
             let concrete = template.replace("{org}", "acme").replace("{id}", "01H");
-            assert_eq!(find(&concrete).map(|(t, _)| t), Some(template));
+            assert_eq!(
+                find(&concrete).map(|(row, _)| ROUTES[row].path),
+                Some(template)
+            );
         }
     }
 }

@@ -17,7 +17,9 @@
 //! Tokens that verified are remembered (see `token_cache`) with the
 //! generation of the key-cache entry that checked them; a remembered token
 //! is accepted only while that very entry is still in the key cache, so
-//! forgetting a key ends its cached verdicts too.
+//! forgetting a key ends its cached verdicts too. A hit looks the entry up
+//! only when some key was forgotten since the verdict was last found live:
+//! [`Verifier::forget`] counts every forget after the key cache let go.
 
 mod jwk_set;
 mod policy;
@@ -292,20 +294,31 @@ pub struct Verifier {
     stats: CacheStats,
     tokens: Option<token_cache::TokenCache>,
     generations: AtomicU64,
+    /// Keys forgotten (or evicted) so far: a remembered token whose fill
+    /// was confirmed at the current count needs no key-cache lookup.
+    forgets: Arc<AtomicU64>,
 }
 
 impl Verifier {
     pub fn new(source: Arc<dyn KeySource>, policy: Policy) -> Verifier {
         let stats = CacheStats::default();
         let evictions = stats.evictions.clone();
+        let forgets = Arc::new(AtomicU64::new(0));
+        let evicted = forgets.clone();
         Verifier {
             source,
             policy,
             cache: moka::sync::Cache::builder()
                 .max_capacity(policy.cache_capacity)
                 .eviction_listener(move |_, _, cause| {
-                    if cause == moka::notification::RemovalCause::Size {
+                    use moka::notification::RemovalCause;
+                    if cause == RemovalCause::Size {
                         evictions.inc();
+                    }
+                    // The tokens of an evicted or replaced fill are looked
+                    // up again (`forget` counts its own removals).
+                    if cause != RemovalCause::Explicit {
+                        evicted.fetch_add(1, Ordering::SeqCst);
                     }
                 })
                 .build(),
@@ -316,6 +329,7 @@ impl Verifier {
                 bytes: policy.token_cache_bytes,
             }),
             generations: AtomicU64::new(0),
+            forgets,
         }
     }
 
@@ -348,15 +362,25 @@ impl Verifier {
         if token.len() > self.policy.max_token_bytes {
             return self.verify_uncached(token, expect, now).map(|(v, _)| v);
         }
-        let hash = token_cache::hash(token);
-        if let Some(hit) = tokens.get(&hash) {
+        if let Some(hit) = tokens.get(token) {
             // Live means: the key cache holds the very fill that checked
-            // the signature (`key` applies every check a miss would).
+            // the signature (`key` applies every check a miss would). It
+            // did when this verdict was last confirmed, and still does if
+            // no key has been forgotten since: `forget` counts only after
+            // the key cache has let go, so a lookup begun at this count
+            // saw every forget before it.
             // A key that is gone falls through: the full check says why.
             // An expired key falls through too.
-            if self.key(hit.kid).is_ok_and(|key| {
-                key.generation == hit.generation && key.expires_at.is_none_or(|at| now < at)
-            }) {
+            let forgets = self.forgets.load(Ordering::SeqCst);
+            let live = hit.confirmed_at(forgets)
+                || self.key(hit.kid).is_ok_and(|key| {
+                    let same = key.generation == hit.generation;
+                    if same {
+                        hit.confirm(forgets);
+                    }
+                    same
+                });
+            if live && hit.key_expires_at.is_none_or(|at| now < at) {
                 self.stats.token_hits.inc();
                 self.check(&hit.claims, hit.org.as_ref(), expect, now)?;
                 return Ok(Verified {
@@ -366,19 +390,20 @@ impl Verifier {
                     claims: hit.claims.clone(),
                 });
             }
-            tokens.remove_if(&hash, &hit);
+            tokens.remove_if(token, &hit);
         }
         self.stats.token_misses.inc();
-        let (verified, generation) = self.verify_uncached(token, expect, now)?;
+        let (verified, key) = self.verify_uncached(token, expect, now)?;
         tokens.insert(
-            hash,
-            Arc::new(token_cache::Verdict {
-                kid: verified.key_id,
-                generation,
-                org: verified.org.clone(),
-                header: verified.header.clone(),
-                claims: verified.claims.clone(),
-            }),
+            token,
+            Arc::new(token_cache::Verdict::new(
+                verified.key_id,
+                key.generation,
+                key.expires_at,
+                verified.org.clone(),
+                verified.header.clone(),
+                verified.claims.clone(),
+            )),
         );
         Ok(verified)
     }
@@ -405,13 +430,13 @@ impl Verifier {
         )
     }
 
-    /// The full check; also returns the generation of the key that passed it.
+    /// The full check; also returns the key-cache fill that passed it.
     fn verify_uncached(
         &self,
         token: &str,
         expect: Expect<'_>,
         now: u64,
-    ) -> Result<(Verified, u64), VerifyError> {
+    ) -> Result<(Verified, Arc<CachedKey>), VerifyError> {
         let parsed = token::parse(token, self.policy.max_token_bytes)?;
         let key = self.key(parsed.kid)?;
         if key.expires_at.is_some_and(|at| now >= at) {
@@ -434,7 +459,7 @@ impl Verifier {
             header: Arc::new(parsed.header),
             claims: Arc::new(claims),
         };
-        Ok((verified, key.generation))
+        Ok((verified, key))
     }
 
     /// Drops `id` from the cache. Call after the key is gone from the source:
@@ -442,12 +467,15 @@ impl Verifier {
     pub fn forget(&self, id: KeyId) {
         let _fill = self.fill.lock().expect("fill lock poisoned");
         self.cache.invalidate(&id);
+        // After the key cache let go: see `verify_at`.
+        self.forgets.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Drops every cached key (after the key source was replaced).
     pub fn forget_all(&self) {
         let _fill = self.fill.lock().expect("fill lock poisoned");
         self.cache.invalidate_all();
+        self.forgets.fetch_add(1, Ordering::SeqCst);
     }
 
     fn key(&self, id: KeyId) -> Result<Arc<CachedKey>, VerifyError> {

@@ -2,24 +2,27 @@
 //! asking about the same bearer token on every request pays the signature
 //! check once.
 //!
-//! An entry is keyed by the SHA-256 of the whole token, so no other token
-//! can hit it, and it records which key-cache entry (the key's id and fill
-//! generation) checked the signature. The verifier serves a hit only while
+//! An entry holds the whole token, and a lookup compares it byte for byte,
+//! so no other token can hit it; a keyed hash of the token's last bytes
+//! (for a token that verified, its signature's) only chooses the slot. The
+//! entry records which key-cache entry (the key's id and fill generation)
+//! checked the signature. The verifier serves a hit only while
 //! that same key-cache entry is live, and re-checks every claim against the
 //! request and the clock; the cache itself only remembers "this exact token
 //! was signed by that exact key".
 //!
 //! Bounded twice: in entries and in accounted bytes (an estimate of each
-//! entry's heap, including the decoded header and claims). Eviction is
+//! entry's heap, including the token and its decoded header and claims). Eviction is
 //! CLOCK (second chance) per shard: a token hit since the hand last passed
 //! survives one more round, so a hot session token outlives a stream of
 //! one-off tokens.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::mem::size_of;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use aws_lc_rs::digest;
 use serde_json::{Map, Value};
 
 use crate::keys::{KeyId, OrgId};
@@ -27,14 +30,31 @@ use crate::keys::{KeyId, OrgId};
 /// Independent shards, each with its own lock and its share of the bounds.
 const SHARDS: usize = 16;
 
-/// The SHA-256 of a whole token.
-pub type TokenHash = [u8; 32];
+/// How many of a token's last bytes choose its slot: a signature's,
+/// which differ between any two tokens that verified.
+const TAIL: usize = 32;
 
-pub fn hash(token: &str) -> TokenHash {
-    let d = digest::digest(&digest::SHA256, token.as_bytes());
-    let mut out = [0; 32];
-    out.copy_from_slice(d.as_ref());
-    out
+/// A slot: a keyed hash (SipHash, with this process's random key) of a
+/// token's length and last `TAIL` bytes. Two tokens may share one; the
+/// slot then holds at most one of them.
+type SlotKey = u64;
+
+/// Slot keys are already keyed hashes; the map takes them as they are.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// What a verified token proved, independent of any request.
@@ -43,25 +63,67 @@ pub struct Verdict {
     pub kid: KeyId,
     /// The key-cache fill that checked the signature.
     pub generation: u64,
+    /// That fill's key expiry (seconds since the epoch), checked on every hit.
+    pub key_expires_at: Option<u64>,
     pub org: Option<OrgId>,
     pub header: Arc<Map<String, Value>>,
     pub claims: Arc<Map<String, Value>>,
+    /// The verifier's forget count when the fill was last seen in the key
+    /// cache (`NEVER` before that): while no key has been forgotten since,
+    /// the fill is still there and a hit need not look it up.
+    confirmed: AtomicU64,
 }
 
+/// A forget count no verifier reaches.
+const NEVER: u64 = u64::MAX;
+
 impl Verdict {
-    /// The bytes this entry is accounted for: its fixed parts (map slot,
-    /// clock slot, allocation) and an estimate of the decoded JSON's heap.
-    pub fn weight(&self) -> usize {
-        ENTRY_OVERHEAD + object_heap(&self.header) + object_heap(&self.claims)
+    pub fn new(
+        kid: KeyId,
+        generation: u64,
+        key_expires_at: Option<u64>,
+        org: Option<OrgId>,
+        header: Arc<Map<String, Value>>,
+        claims: Arc<Map<String, Value>>,
+    ) -> Verdict {
+        Verdict {
+            kid,
+            generation,
+            key_expires_at,
+            org,
+            header,
+            claims,
+            confirmed: AtomicU64::new(NEVER),
+        }
+    }
+
+    /// Whether the fill was seen in the key cache at forget count `forgets`.
+    pub fn confirmed_at(&self, forgets: u64) -> bool {
+        self.confirmed.load(Ordering::SeqCst) == forgets
+    }
+
+    /// Records that the fill was seen in the key cache by a lookup begun
+    /// at forget count `forgets` (read before that lookup).
+    pub fn confirm(&self, forgets: u64) {
+        self.confirmed.store(forgets, Ordering::SeqCst);
+    }
+
+    /// The bytes an entry of this verdict for `token` is accounted for:
+    /// its fixed parts (map slot, clock slot, allocations), the token, and
+    /// an estimate of the decoded JSON's heap.
+    pub fn weight(&self, token: &str) -> usize {
+        ENTRY_OVERHEAD + token.len() + object_heap(&self.header) + object_heap(&self.claims)
     }
 }
 
-/// Per entry, beyond the JSON: the hash-map slot (hash, `Arc`, flag), the
-/// clock slot, and the `Arc` allocation of the verdict.
-const ENTRY_OVERHEAD: usize = 2 * size_of::<TokenHash>()
+/// Per entry, beyond the token and the JSON: the hash-map slot (key,
+/// token, `Arc`, flag), the clock slot, the `Arc` allocation of the
+/// verdict and the token's allocation.
+const ENTRY_OVERHEAD: usize = 2 * size_of::<SlotKey>()
     + size_of::<Slot>()
     + size_of::<Verdict>()
     + 2 * size_of::<usize>()
+    + 16
     + 16;
 
 /// A generous estimate of a JSON object's heap: each member's key and value
@@ -83,6 +145,7 @@ fn value_heap(v: &Value) -> usize {
 }
 
 struct Slot {
+    token: Box<str>,
     verdict: Arc<Verdict>,
     weight: usize,
     /// Hit since the clock hand last passed.
@@ -91,9 +154,9 @@ struct Slot {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<TokenHash, Slot>,
+    map: HashMap<SlotKey, Slot, BuildHasherDefault<Prehashed>>,
     /// The clock: every key in `map`, exactly once.
-    clock: VecDeque<TokenHash>,
+    clock: VecDeque<SlotKey>,
     bytes: usize,
 }
 
@@ -107,6 +170,8 @@ pub struct Bounds {
 pub struct TokenCache {
     shards: Box<[Mutex<Shard>]>,
     per_shard: Bounds,
+    /// This cache's SipHash key.
+    slots: RandomState,
 }
 
 impl TokenCache {
@@ -123,33 +188,49 @@ impl TokenCache {
                 entries: bounds.entries / shards,
                 bytes: bounds.bytes / shards,
             },
+            slots: RandomState::new(),
         })
     }
 
-    fn shard(&self, key: &TokenHash) -> &Mutex<Shard> {
-        &self.shards[key[0] as usize % self.shards.len()]
+    fn slot(&self, token: &str) -> SlotKey {
+        let bytes = token.as_bytes();
+        let mut h = self.slots.build_hasher();
+        h.write_usize(bytes.len());
+        h.write(&bytes[bytes.len().saturating_sub(TAIL)..]);
+        h.finish()
     }
 
-    pub fn get(&self, key: &TokenHash) -> Option<Arc<Verdict>> {
+    fn shard(&self, key: SlotKey) -> &Mutex<Shard> {
+        &self.shards[(key >> 32) as usize % self.shards.len()]
+    }
+
+    /// The verdict remembered for exactly `token`.
+    pub fn get(&self, token: &str) -> Option<Arc<Verdict>> {
+        let key = self.slot(token);
         let mut shard = self.shard(key).lock().expect("token cache lock poisoned");
-        let slot = shard.map.get_mut(key)?;
+        let slot = shard.map.get_mut(&key)?;
+        if *slot.token != *token {
+            return None;
+        }
         slot.referenced = true;
         Some(slot.verdict.clone())
     }
 
-    /// Stores `verdict` under `key`, evicting as needed; returns how many
-    /// entries were evicted. A verdict heavier than a shard's byte share is
-    /// not stored.
-    pub fn insert(&self, key: TokenHash, verdict: Arc<Verdict>) -> usize {
-        let weight = verdict.weight();
+    /// Remembers `verdict` for `token` (in place of any token in its slot),
+    /// evicting as needed; returns how many entries were evicted. A verdict
+    /// heavier than a shard's byte share is not stored.
+    pub fn insert(&self, token: &str, verdict: Arc<Verdict>) -> usize {
+        let weight = verdict.weight(token);
         if weight > self.per_shard.bytes {
             return 0;
         }
-        let mut shard = self.shard(&key).lock().expect("token cache lock poisoned");
+        let key = self.slot(token);
+        let mut shard = self.shard(key).lock().expect("token cache lock poisoned");
         let shard = &mut *shard;
         if let Some(old) = shard.map.insert(
             key,
             Slot {
+                token: token.into(),
                 verdict,
                 weight,
                 referenced: false,
@@ -182,18 +263,19 @@ impl TokenCache {
         evicted
     }
 
-    /// Drops `key` if it still maps to `stale` (a newer fill is kept).
-    pub fn remove_if(&self, key: &TokenHash, stale: &Arc<Verdict>) {
+    /// Drops `token`'s entry if it still holds `stale` (a newer fill is kept).
+    pub fn remove_if(&self, token: &str, stale: &Arc<Verdict>) {
+        let key = self.slot(token);
         let mut shard = self.shard(key).lock().expect("token cache lock poisoned");
         let shard = &mut *shard;
         if shard
             .map
-            .get(key)
+            .get(&key)
             .is_some_and(|s| Arc::ptr_eq(&s.verdict, stale))
         {
-            let gone = shard.map.remove(key).expect("present");
+            let gone = shard.map.remove(&key).expect("present");
             shard.bytes -= gone.weight;
-            shard.clock.retain(|k| k != key);
+            shard.clock.retain(|k| *k != key);
         }
     }
 
@@ -233,13 +315,14 @@ mod tests {
             Value::Object(m) => m,
             _ => unreachable!(),
         };
-        Arc::new(Verdict {
-            kid: KeyId::parse("01J0000000000000000000000A").unwrap(),
-            generation: n,
-            org: None,
-            header: Arc::new(obj(header)),
-            claims: Arc::new(obj(claims)),
-        })
+        Arc::new(Verdict::new(
+            KeyId::parse("01J0000000000000000000000A").unwrap(),
+            n,
+            None,
+            None,
+            Arc::new(obj(header)),
+            Arc::new(obj(claims)),
+        ))
     }
 
     #[test]
@@ -256,11 +339,32 @@ mod tests {
             bytes: 1 << 20,
         })
         .unwrap();
-        cache.insert(hash("a.b.c"), verdict(1));
-        assert_eq!(cache.get(&hash("a.b.c")).unwrap().generation, 1);
+        cache.insert("a.b.c", verdict(1));
+        assert_eq!(cache.get("a.b.c").unwrap().generation, 1);
         for other in ["a.b.d", "a.b.c ", "A.b.c", ""] {
-            assert!(cache.get(&hash(other)).is_none(), "{other:?}");
+            assert!(cache.get(other).is_none(), "{other:?}");
         }
+    }
+
+    /// Tokens of one length and the same last bytes share a slot: each
+    /// hits only its own verdict, and the later one takes the slot.
+    #[test]
+    fn tokens_sharing_a_slot_never_hit_each_other() {
+        let cache = TokenCache::new(Bounds {
+            entries: 100,
+            bytes: 1 << 20,
+        })
+        .unwrap();
+        let tail = "s".repeat(TAIL);
+        let (a, b) = (format!("a.b.{tail}"), format!("a.c.{tail}"));
+        assert_eq!(cache.slot(&a), cache.slot(&b));
+        cache.insert(&a, verdict(1));
+        assert!(cache.get(&b).is_none());
+        cache.insert(&b, verdict(2));
+        assert!(cache.get(&a).is_none());
+        assert_eq!(cache.get(&b).unwrap().generation, 2);
+        cache.remove_if(&a, &verdict(3));
+        assert_eq!(cache.usage().entries, 1);
     }
 
     #[test]
@@ -270,14 +374,14 @@ mod tests {
             bytes: 1 << 20,
         })
         .unwrap();
-        let key = hash("t");
+        let key = "t";
         let (old, new) = (verdict(1), verdict(2));
         cache.insert(key, old.clone());
         cache.insert(key, new.clone());
-        cache.remove_if(&key, &old);
-        assert_eq!(cache.get(&key).unwrap().generation, 2);
-        cache.remove_if(&key, &new);
-        assert!(cache.get(&key).is_none());
+        cache.remove_if(key, &old);
+        assert_eq!(cache.get(key).unwrap().generation, 2);
+        cache.remove_if(key, &new);
+        assert!(cache.get(key).is_none());
         assert_eq!(
             cache.usage(),
             Bounds {
@@ -291,7 +395,8 @@ mod tests {
     /// and entries never exceed them, and eviction is what keeps them there.
     #[test]
     fn a_million_tokens_stay_within_both_bounds() {
-        let one = verdict(0).weight();
+        // Ten-digit tokens, so that every entry weighs the same.
+        let one = verdict(0).weight("0000000000");
         for bounds in [
             // The entry bound binds first.
             Bounds {
@@ -308,10 +413,7 @@ mod tests {
             let v = verdict(0);
             let mut evicted = 0;
             for n in 0..1_000_000u32 {
-                let mut key = [0u8; 32];
-                key[..4].copy_from_slice(&n.to_le_bytes());
-                key[4] = (n % 251) as u8;
-                evicted += cache.insert(key, v.clone());
+                evicted += cache.insert(&format!("{n:010}"), v.clone());
                 if n % 50_000 == 0 {
                     let used = cache.usage();
                     assert!(used.entries <= bounds.entries, "{used:?} over {bounds:?}");
@@ -334,11 +436,11 @@ mod tests {
             bytes: 1 << 30,
         })
         .unwrap();
-        let hot = hash("hot");
+        let hot = "hot";
         cache.insert(hot, verdict(7));
         for n in 0..10_000u32 {
-            assert!(cache.get(&hot).is_some(), "evicted after {n} inserts");
-            cache.insert(hash(&n.to_string()), verdict(0));
+            assert!(cache.get(hot).is_some(), "evicted after {n} inserts");
+            cache.insert(&n.to_string(), verdict(0));
         }
     }
 }

@@ -26,6 +26,7 @@ mod support;
 mod tidy;
 mod tls;
 mod token_cache;
+mod token_cache_liveness;
 mod tokens;
 mod upload;
 mod verdicts;
