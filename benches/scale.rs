@@ -18,8 +18,9 @@
 //!   side by side with a server whose data dir holds 5 keys in 1 organisation
 //!   (both servers run at once; rounds alternate between them).
 //!
-//! One RSA key is generated and its SPKI reused under distinct ids: nothing
-//! measured here depends on the keys being different, and generating 50,000
+//! Five RSA keys are generated and their SPKIs reused in every organisation
+//! under distinct ids (the same key twice in one organisation is refused):
+//! nothing measured here depends on the keys being different, and generating 50,000
 //! keys would take an hour.
 //!
 //! Startup time and RSS are also measured in fresh processes (this program
@@ -58,6 +59,9 @@ const SEAL_KEY: [u8; 32] = [7u8; 32];
 const ROUNDS: usize = 4;
 const WARMUP: usize = 100;
 const STARTUP_RUNS: usize = 3;
+/// Organisations whose documents are built, then asked for again, in one
+/// start-up's parts.
+const ORG_SAMPLE: usize = 2000;
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 type Shutdown = tokio::sync::oneshot::Sender<()>;
@@ -96,6 +100,36 @@ fn trim() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
+
+/// Bytes malloc has handed out and not had back (glibc, every arena), in
+/// MiB: live data, without what fragmentation keeps resident.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_mib() -> f64 {
+    #[repr(C)]
+    struct Mallinfo2 {
+        arena: usize,
+        ordblks: usize,
+        smblks: usize,
+        hblks: usize,
+        hblkhd: usize,
+        usmblks: usize,
+        fsmblks: usize,
+        uordblks: usize,
+        fordblks: usize,
+        keepcost: usize,
+    }
+    extern "C" {
+        fn mallinfo2() -> Mallinfo2;
+    }
+    // SAFETY: mallinfo2 only reads malloc's statistics.
+    let info = unsafe { mallinfo2() };
+    (info.uordblks + info.hblkhd) as f64 / (1024.0 * 1024.0)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap_mib() -> f64 {
+    f64::NAN
+}
 
 fn proc_status_kib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
@@ -142,10 +176,11 @@ fn median(xs: &[f64]) -> f64 {
     pct(xs, 50.0)
 }
 
-/// Seeds `dir` with `orgs` organisations of `KEYS_PER_ORG` keys each, all
-/// sharing `spki`, through the production insert path (synced per insert).
-/// Several threads insert at once so that their syncs overlap.
-fn seed(dir: &Path, spki: &[u8], orgs: usize, threads: usize) {
+/// Seeds `dir` with `orgs` organisations of `KEYS_PER_ORG` keys each, the
+/// k-th of each holding `spkis[k]`, through the production insert path
+/// (synced per insert). Several threads insert at once so that their syncs
+/// overlap.
+fn seed(dir: &Path, spkis: &[Vec<u8>], orgs: usize, threads: usize) {
     let store = Store::open(dir, Sealer::from_keys(&[SEAL_KEY])).expect("open store for seeding");
     let total = orgs * KEYS_PER_ORG;
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -157,14 +192,14 @@ fn seed(dir: &Path, spki: &[u8], orgs: usize, threads: usize) {
             s.spawn(move || {
                 for org in (t..orgs).step_by(threads) {
                     let org_id = OrgId::parse(&org_name(org)).expect("valid org id");
-                    for k in 0..KEYS_PER_ORG {
+                    for (k, spki) in spkis.iter().enumerate().take(KEYS_PER_ORG) {
                         let id = store.new_id();
                         let record = PublicKeyRecord {
                             id,
                             org: org_id.clone(),
                             name: KeyName::parse(&format!("scale key {k}")).expect("valid name"),
                             spec: KeySpec::default(),
-                            spki_der: spki.to_vec(),
+                            spki_der: spki.clone(),
                             created_at_ms: id.timestamp_ms(),
                             life: Default::default(),
                         };
@@ -329,7 +364,19 @@ async fn child(mode: &str, dir: &Path) {
             let rss_trimmed = rss_mib();
             drop(store);
             trim();
-            let rss_no_store = rss_mib();
+            let (rss_no_store, heap_no_store) = (rss_mib(), heap_mib());
+            // Per-organisation documents: built on first request, then kept.
+            let orgs = keys / KEYS_PER_ORG;
+            let sample: Vec<OrgId> = (0..ORG_SAMPLE.min(orgs))
+                .map(|_| OrgId::parse(&org_name(rand::thread_rng().gen_range(0..orgs))).unwrap())
+                .collect();
+            let time_all = |sample: &[OrgId]| {
+                let t = Instant::now();
+                let bytes: usize = sample.iter().map(|org| jwks.of(org).body.len()).sum();
+                assert!(bytes > 0);
+                t.elapsed().as_secs_f64() * 1e6 / sample.len() as f64
+            };
+            let (org_build_us, org_kept_us) = (time_all(&sample), time_all(&sample));
             // The global document, built on its first request.
             let t = Instant::now();
             let global = jwks.all();
@@ -338,13 +385,15 @@ async fn child(mode: &str, dir: &Path) {
             drop(global);
             drop(jwks);
             trim();
-            let rss_nothing = rss_mib();
+            let (rss_nothing, heap_nothing) = (rss_mib(), heap_mib());
             println!(
                 "open={open:.3} read={read:.3} jwks={prep:.3} keys={keys} rss0={rss0:.1} \
                  rss_open={rss_open:.1} rss_read={rss_read:.1} rss_jwks={rss_jwks:.1} \
                  rss_dropped={rss_dropped:.1} rss_trimmed={rss_trimmed:.1} \
                  rss_no_store={rss_no_store:.1} rss_nothing={rss_nothing:.1} hwm={:.1} \
-                 global_ms={global_ms:.3} rss_global={rss_global:.1} global_doc_mb={:.3}",
+                 global_ms={global_ms:.3} rss_global={rss_global:.1} global_doc_mb={:.3} \
+                 org_build_us={org_build_us:.3} org_kept_us={org_kept_us:.3} \
+                 heap_no_store={heap_no_store:.3} heap_nothing={heap_nothing:.3}",
                 hwm_mib(),
                 global_doc as f64 / 1e6,
             );
@@ -404,8 +453,10 @@ async fn run() {
     let small_dir = tempfile::tempdir().expect("temp dir");
 
     let rss_before = rss_mib();
-    eprintln!("[scale] generating one RSA-2048 key pair");
-    let spki = generate(KeySpec::default()).spki_der().to_vec();
+    eprintln!("[scale] generating {KEYS_PER_ORG} RSA-2048 key pairs");
+    let spkis: Vec<Vec<u8>> = (0..KEYS_PER_ORG)
+        .map(|_| generate(KeySpec::default()).spki_der().to_vec())
+        .collect();
 
     let started = Instant::now();
     if let Some(marker) = seeded.as_ref().filter(|m| m.exists()) {
@@ -419,7 +470,7 @@ async fn run() {
             "[scale] seeding {total} keys in {orgs} organisations \
              ({seed_threads} threads, each insert synced)"
         );
-        seed(&big_dir, &spki, orgs, seed_threads);
+        seed(&big_dir, &spkis, orgs, seed_threads);
         if let Some(marker) = &seeded {
             std::fs::write(marker, b"").expect("mark the data dir seeded");
         }
@@ -442,7 +493,7 @@ async fn run() {
     );
 
     // The small data dir: 5 keys in 1 organisation, same insert path.
-    seed(small_dir.path(), &spki, 1, 1);
+    seed(small_dir.path(), &spkis, 1, 1);
     let (small_app, small_first_build) = build_timed(small_dir.path()).await;
 
     let (big_addr, big_stop, big_task) = serve(big_app);
@@ -606,6 +657,10 @@ async fn run() {
         per_key(part("rss_no_store") - part("rss_nothing")),
     );
     println!(
+        "| … of which live (malloc'd and not freed, with them − without) | {:.0} B | | |",
+        per_key(part("heap_no_store") - part("heap_nothing")),
+    );
+    println!(
         "| memory per key: the whole process after start-up (RSS / keys) | {:.0} B | | |",
         per_key(fresh_rss),
     );
@@ -615,6 +670,12 @@ async fn run() {
         part("global_ms"),
         part("global_doc_mb"),
         part("rss_global") - part("rss_no_store"),
+    );
+    println!(
+        "| per-org JWK Set (`Jwks::of`, fresh process, {ORG_SAMPLE} random orgs): \
+         first request (built), again (kept) | {:.1} µs, {:.1} µs | | |",
+        part("org_build_us"),
+        part("org_kept_us"),
     );
     println!(
         "| per-org JWKS p50 (n={} each, sequential, keep-alive) | {:.3} ms | {:.3} ms | |",

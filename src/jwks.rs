@@ -1,26 +1,25 @@
 //! The published keys and their JWK Sets: one document of every key and one
 //! per organisation, each with its strong `ETag`.
 //!
-//! Each published key is held once, compactly (its public parts, the
-//! organisation's name shared with its other keys); that is also what
-//! `GET /v1/keys/{id}` answers from. A document is built when it is first
-//! asked for after a change and kept until the next change that touches it,
-//! so a change costs the keys of its own organisation only, and a burst of
-//! changes costs one rebuild of the global document on its next request.
-//! Per-organisation documents are kept up to [`ORG_DOCS_BYTES`]; past that
-//! the oldest built is dropped, to be built again when asked for.
+//! Each published key is held once, compactly: its record's fields, the
+//! organisation's name shared with its other keys, and the public key as
+//! its serialised JWK (the SPKI is read back from it for `GET
+//! /v1/keys/{id}`, which answers from here too). A document is the
+//! concatenation of those JWKs, so a change costs only its own key:
+//! - an organisation's document (a few keys) is concatenated per request;
+//!   its `ETag` is computed on the first request after a change to it and
+//!   kept until the next;
+//! - the global document is built on the first request after any change and
+//!   kept until the next, so a burst of changes costs one rebuild, and no
+//!   change waits for one.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::keys::{Jwk, KeyId, KeyName, KeySpec, Lifecycle, OrgId, PublicKeyRecord};
-
-/// The most bytes of per-organisation documents kept built: with keys of
-/// ~450 bytes each, some 15,000 organisations of 5 keys.
-pub const ORG_DOCS_BYTES: usize = 32 << 20;
 
 /// A JWK Set ready to send.
 #[derive(Debug, Clone)]
@@ -31,6 +30,9 @@ pub struct Document {
     /// The earliest expiry (seconds since the epoch) among the keys listed.
     pub expires: Option<u64>,
 }
+
+/// The digest an `ETag` quotes.
+type Tag = [u8; 16];
 
 impl Document {
     /// The `Cache-Control: max-age` to send at `now_ms`: the configured
@@ -43,89 +45,107 @@ impl Document {
         }
     }
 
-    /// The document of `keys`, in the order given.
-    fn build<'a>(keys: impl ExactSizeIterator<Item = (KeyId, &'a Key)>) -> Document {
-        // An RSA-2048 JWK is ~440 bytes; the estimate only saves regrowth.
-        let mut body = Vec::with_capacity(keys.len() * 448 + 12);
+    /// The document of `keys`, in the order given; `tag` gives its digest
+    /// from its body.
+    fn build<'a>(
+        keys: impl Iterator<Item = &'a Key> + Clone,
+        tag: impl FnOnce(&[u8]) -> Tag,
+    ) -> Document {
+        // Sized exactly: at a million keys the global document is ~440 MB,
+        // and a doubling Vec would touch up to twice that.
+        let len = keys.clone().map(|k| k.jwk.len() + 1).sum::<usize>() + 11;
+        let mut body = Vec::with_capacity(len);
         body.extend_from_slice(b"{\"keys\":[");
-        let mut expires: Option<u64> = None;
-        for (i, (id, key)) in keys.enumerate() {
+        for (i, key) in keys.clone().enumerate() {
             if i > 0 {
                 body.push(b',');
             }
-            serde_json::to_writer(&mut body, &Jwk::from_record(&key.record(id)))
-                .expect("a JWK always serialises");
-            if let Some(at) = key.life.expires_at_secs {
-                expires = Some(expires.map_or(at, |e| e.min(at)));
-            }
+            body.extend_from_slice(&key.jwk);
         }
         body.extend_from_slice(b"]}");
-        body.shrink_to_fit();
-        let digest = Sha256::digest(&body);
-        let etag = format!("\"{}\"", hex::encode(&digest[..16]));
         Document {
+            etag: format!("\"{}\"", hex::encode(tag(&body))),
             body: body.into(),
-            etag,
-            expires,
+            expires: keys.filter_map(|k| k.life.expires_at_secs).min(),
         }
     }
 }
 
-/// One published key: what its record holds, the organisation's name shared.
+fn digest(body: &[u8]) -> Tag {
+    let digest = Sha256::digest(body);
+    digest[..16].try_into().expect("16 of 32 bytes")
+}
+
+/// One published key: what its record holds, the organisation's name
+/// shared, the public key as its serialised JWK.
 struct Key {
     org: Arc<str>,
     name: Box<str>,
     spec: KeySpec,
-    spki_der: Box<[u8]>,
+    jwk: Box<[u8]>,
     created_at_ms: u64,
     life: Lifecycle,
 }
 
 impl Key {
-    fn record(&self, id: KeyId) -> PublicKeyRecord {
-        PublicKeyRecord {
+    fn new(r: &PublicKeyRecord, org: Arc<str>) -> Key {
+        Key {
+            org,
+            name: r.name.as_str().into(),
+            spec: r.spec,
+            jwk: serde_json::to_vec(&Jwk::from_record(r))
+                .expect("a JWK always serialises")
+                .into_boxed_slice(),
+            created_at_ms: r.created_at_ms,
+            life: r.life,
+        }
+    }
+
+    fn org(&self) -> OrgId {
+        OrgId::parse(&self.org).expect("a published key's org id was parsed once")
+    }
+
+    /// Its record; `None` (logged) if its JWK does not read back, which
+    /// a JWK written by [`Key::new`] always does.
+    fn record(&self, id: KeyId) -> Option<PublicKeyRecord> {
+        let parts = serde_json::from_slice::<Jwk>(&self.jwk)
+            .map_err(|e| e.to_string())
+            .and_then(|jwk| jwk.to_parts().map_err(|e| e.to_string()));
+        let spki_der = match parts {
+            Ok((_, _, spki_der)) => spki_der,
+            Err(reason) => {
+                tracing::error!(key_id = %id, %reason, "a published key's JWK does not read back");
+                return None;
+            }
+        };
+        Some(PublicKeyRecord {
             id,
-            org: OrgId::parse(&self.org).expect("a published key's org id was parsed once"),
+            org: self.org(),
             name: KeyName::parse(&self.name).expect("a published key's name was parsed once"),
             spec: self.spec,
-            spki_der: self.spki_der.to_vec(),
+            spki_der,
             created_at_ms: self.created_at_ms,
             life: self.life,
-        }
+        })
     }
 }
 
-/// One organisation's published keys and, if built since its last change,
-/// its document.
+/// One organisation's published keys.
 #[derive(Default)]
 struct Org {
     /// In id (creation) order.
-    keys: Box<[KeyId]>,
-    /// The generation of this organisation's last change.
-    changed: u64,
-    doc: Option<Built>,
+    keys: Vec<KeyId>,
+    /// Its document's digest, once asked for since its last change.
+    tag: OnceLock<Tag>,
 }
 
-/// A built per-organisation document and the stamp of its building.
-struct Built {
-    doc: Arc<Document>,
-    stamp: u64,
-}
-
+#[derive(Default)]
 struct State {
     /// Every published key, in id (creation) order.
     keys: BTreeMap<KeyId, Arc<Key>>,
     orgs: HashMap<Arc<str>, Org>,
     /// Bumped by every change.
     generation: u64,
-    /// Per-organisation documents kept, oldest built first, by stamp; an
-    /// entry whose organisation holds another stamp is stale.
-    built: VecDeque<(Arc<str>, u64)>,
-    built_bytes: usize,
-    built_count: usize,
-    /// At most this many bytes of them: [`ORG_DOCS_BYTES`].
-    built_budget: usize,
-    next_stamp: u64,
     /// Keys removed since start: never published again, so that a stale
     /// view of the store (read before the delete) cannot bring one back.
     removed: HashSet<KeyId>,
@@ -135,9 +155,9 @@ struct State {
     withdrawn: HashSet<KeyId>,
 }
 
-/// The published keys and documents. Reads of a built document take a read
-/// lock just long enough to clone an `Arc`; no document is built under the
-/// write lock.
+/// The published keys and documents. Reads take a read lock for as long as
+/// an organisation's document takes to concatenate, or to snapshot the
+/// keys for the global one; changes take the write lock for their own key.
 pub struct Jwks {
     state: RwLock<State>,
     /// The global document and the generation it shows. Held while it is
@@ -148,14 +168,10 @@ pub struct Jwks {
 
 impl Jwks {
     pub fn new<'a>(records: impl IntoIterator<Item = &'a PublicKeyRecord>) -> Jwks {
-        let mut state = State::default();
-        for r in records {
-            state.insert(r);
-        }
         Jwks {
-            state: RwLock::new(state),
+            state: RwLock::new(State::default().replaced(records)),
             all: Mutex::new(None),
-            empty: Arc::new(Document::build(std::iter::empty::<(KeyId, &Key)>())),
+            empty: Arc::new(Document::build(std::iter::empty::<&Key>(), digest)),
         }
     }
 
@@ -168,77 +184,44 @@ impl Jwks {
                 return doc.clone();
             }
             // A snapshot, so that changes need not wait for the build.
-            let keys: Vec<(KeyId, Arc<Key>)> =
-                state.keys.iter().map(|(id, k)| (*id, k.clone())).collect();
+            let keys: Vec<Arc<Key>> = state.keys.values().cloned().collect();
             (state.generation, keys)
         };
-        let doc = Arc::new(Document::build(keys.iter().map(|(id, k)| (*id, &**k))));
+        let doc = Arc::new(Document::build(keys.iter().map(|k| &**k), digest));
         *all = Some((generation, doc.clone()));
         doc
     }
 
-    /// The JWK Set of one organisation (empty if it has no keys), built if
-    /// a change to it came since the last one.
+    /// The JWK Set of one organisation (empty if it has no keys).
     pub fn of(&self, org: &OrgId) -> Arc<Document> {
-        let (changed, keys) = {
-            let state = self.read();
-            let Some(o) = state.orgs.get(org.as_str()) else {
-                return self.empty.clone();
-            };
-            if let Some(built) = &o.doc {
-                return built.doc.clone();
-            }
-            let keys: Vec<(KeyId, Arc<Key>)> = o
-                .keys
-                .iter()
-                .map(|id| (*id, state.keys[id].clone()))
-                .collect();
-            (o.changed, keys)
+        let state = self.read();
+        let Some(o) = state.orgs.get(org.as_str()) else {
+            return self.empty.clone();
         };
-        let doc = Arc::new(Document::build(keys.iter().map(|(id, k)| (*id, &**k))));
-        let mut state = self.write();
-        // Kept only if nothing changed the organisation meanwhile.
-        if state.orgs.get(org.as_str()).map(|o| o.changed) == Some(changed) {
-            state.keep(org, doc.clone());
-        }
-        doc
+        let keys = o.keys.iter().map(|id| &*state.keys[id]);
+        let tag = |body: &[u8]| *o.tag.get_or_init(|| digest(body));
+        Arc::new(Document::build(keys, tag))
     }
 
     /// Replaces every key with those of `records` (after storage
     /// recovered and may hold other keys than the documents say).
     pub fn reset<'a>(&self, records: impl IntoIterator<Item = &'a PublicKeyRecord>) {
         let mut state = self.write();
-        let mut next = State {
-            generation: state.generation + 1,
-            next_stamp: state.next_stamp,
-            built_budget: state.built_budget,
-            // Keys removed or withdrawn here stay so: `records` may be a
-            // read that predates those changes.
-            removed: std::mem::take(&mut state.removed),
-            withdrawn: std::mem::take(&mut state.withdrawn),
-            ..State::default()
-        };
-        for r in records {
-            if !next.removed.contains(&r.id) && !next.withdrawn.contains(&r.id) {
-                next.insert(r);
-            }
-        }
-        *state = next;
+        *state = std::mem::take(&mut *state).replaced(records);
         drop(state);
         self.forget_all();
     }
 
     /// One published key: its organisation and serialised JWK.
     pub fn key(&self, id: KeyId) -> Option<(OrgId, Box<[u8]>)> {
-        let record = self.record(id)?;
-        let jwk = serde_json::to_vec(&Jwk::from_record(&record)).expect("a JWK always serialises");
-        Some((record.org, jwk.into_boxed_slice()))
+        let key = self.read().keys.get(&id)?.clone();
+        Some((key.org(), key.jwk.clone()))
     }
 
     /// One published key's record, as `GET /v1/keys/{id}` shows it.
     pub fn record(&self, id: KeyId) -> Option<PublicKeyRecord> {
         let key = self.read().keys.get(&id)?.clone();
-        Some(key.record(id))
+        key.record(id)
     }
 
     /// When a published key expires (seconds since the epoch).
@@ -330,48 +313,49 @@ impl Jwks {
     }
 }
 
-impl Default for State {
-    fn default() -> State {
+impl State {
+    /// This state with its keys replaced by those of `records`, except
+    /// keys removed or withdrawn here: `records` may be a read that
+    /// predates those changes.
+    fn replaced<'a>(self, records: impl IntoIterator<Item = &'a PublicKeyRecord>) -> State {
+        let mut orgs: HashMap<Arc<str>, Org> = HashMap::new();
+        // Collected in one go: a store lists keys in id order, and a
+        // B-tree built from sorted keys has full nodes.
+        let keys: BTreeMap<KeyId, Arc<Key>> = records
+            .into_iter()
+            .filter(|r| !self.removed.contains(&r.id) && !self.withdrawn.contains(&r.id))
+            .map(|r| (r.id, Arc::new(Key::new(r, org_name(&mut orgs, &r.org)))))
+            .collect();
+        for (id, key) in &keys {
+            orgs.get_mut(&*key.org)
+                .expect("listed above")
+                .keys
+                .push(*id);
+        }
+        orgs.retain(|_, org| !org.keys.is_empty());
+        for org in orgs.values_mut() {
+            org.keys.shrink_to_fit();
+        }
+        orgs.shrink_to_fit();
         State {
-            keys: BTreeMap::new(),
-            orgs: HashMap::new(),
-            generation: 0,
-            built: VecDeque::new(),
-            built_bytes: 0,
-            built_count: 0,
-            built_budget: ORG_DOCS_BYTES,
-            next_stamp: 0,
-            removed: HashSet::new(),
-            withdrawn: HashSet::new(),
+            keys,
+            orgs,
+            generation: self.generation + 1,
+            removed: self.removed,
+            withdrawn: self.withdrawn,
         }
     }
-}
 
-impl State {
     /// Publishes `r`, replacing the key of its id; the key replaced.
     fn insert(&mut self, r: &PublicKeyRecord) -> Option<Arc<Key>> {
         let old = self.remove(r.id);
         self.generation += 1;
-        let generation = self.generation;
-        let org_name = match self.orgs.get_key_value(r.org.as_str()) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(r.org.as_str()),
-        };
-        let key = Key {
-            org: org_name.clone(),
-            name: r.name.as_str().into(),
-            spec: r.spec,
-            spki_der: r.spki_der.as_slice().into(),
-            created_at_ms: r.created_at_ms,
-            life: r.life,
-        };
-        self.keys.insert(r.id, Arc::new(key));
-        let org = self.orgs.entry(org_name).or_default();
-        let mut ids = std::mem::take(&mut org.keys).into_vec();
-        let at = ids.binary_search(&r.id).unwrap_or_else(|at| at);
-        ids.insert(at, r.id);
-        org.keys = ids.into_boxed_slice();
-        self.changed(r.org.as_str(), generation);
+        let org = org_name(&mut self.orgs, &r.org);
+        self.keys.insert(r.id, Arc::new(Key::new(r, org.clone())));
+        let o = self.orgs.get_mut(&org).expect("listed by org_name");
+        let at = o.keys.binary_search(&r.id).unwrap_or_else(|at| at);
+        o.keys.insert(at, r.id);
+        o.tag = OnceLock::new();
         old
     }
 
@@ -379,82 +363,34 @@ impl State {
     fn remove(&mut self, id: KeyId) -> Option<Arc<Key>> {
         let key = self.keys.remove(&id)?;
         self.generation += 1;
-        let generation = self.generation;
-        let org = self
+        let o = self
             .orgs
             .get_mut(&*key.org)
             .expect("a published key's organisation is listed");
-        org.keys = org.keys.iter().copied().filter(|k| *k != id).collect();
-        if org.keys.is_empty() {
-            if let Some(built) = self.orgs.remove(&*key.org).and_then(|o| o.doc) {
-                self.unkeep(&built);
-            }
-        } else {
-            self.changed(&key.org, generation);
+        o.keys.retain(|k| *k != id);
+        o.tag = OnceLock::new();
+        if o.keys.is_empty() {
+            self.orgs.remove(&*key.org);
         }
         Some(key)
     }
+}
 
-    /// Marks `org` changed at `generation` and drops its document.
-    fn changed(&mut self, org: &str, generation: u64) {
-        let o = self
-            .orgs
-            .get_mut(org)
-            .expect("a changed organisation is listed");
-        o.changed = generation;
-        if let Some(built) = o.doc.take() {
-            self.unkeep(&built);
-        }
+/// `org`'s name as `orgs` holds it (listed, without keys, if it was not),
+/// so that every key of an organisation shares one.
+fn org_name(orgs: &mut HashMap<Arc<str>, Org>, org: &OrgId) -> Arc<str> {
+    if let Some((name, _)) = orgs.get_key_value(org.as_str()) {
+        return name.clone();
     }
-
-    /// Keeps `doc` as `org`'s, dropping the oldest documents kept past
-    /// [`ORG_DOCS_BYTES`].
-    fn keep(&mut self, org: &OrgId, doc: Arc<Document>) {
-        let Some((name, o)) = self.orgs.get_key_value(org.as_str()) else {
-            return;
-        };
-        if o.doc.is_some() {
-            return;
-        }
-        let name = name.clone();
-        self.next_stamp += 1;
-        let stamp = self.next_stamp;
-        self.built_bytes += doc.body.len();
-        self.built_count += 1;
-        self.built.push_back((name.clone(), stamp));
-        self.orgs.get_mut(&name).expect("just looked up").doc = Some(Built { doc, stamp });
-        while self.built_bytes > self.built_budget {
-            let Some((oldest, stamp)) = self.built.pop_front() else {
-                break;
-            };
-            let o = self.orgs.get_mut(&oldest);
-            if let Some(o) = o.filter(|o| o.doc.as_ref().is_some_and(|b| b.stamp == stamp)) {
-                let built = o.doc.take().expect("just checked");
-                self.unkeep(&built);
-            }
-        }
-        // Entries of documents dropped by a change linger; clear them out
-        // once they outnumber the documents kept.
-        if self.built.len() > 2 * self.built_count + 64 {
-            let orgs = &self.orgs;
-            self.built.retain(|(org, stamp)| {
-                let doc = orgs.get(org).and_then(|o| o.doc.as_ref());
-                doc.is_some_and(|b| b.stamp == *stamp)
-            });
-        }
-    }
-
-    /// Accounts for a kept document dropped.
-    fn unkeep(&mut self, built: &Built) {
-        self.built_bytes -= built.doc.body.len();
-        self.built_count -= 1;
-    }
+    let name: Arc<str> = org.as_str().into();
+    orgs.insert(name.clone(), Org::default());
+    name
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::generate;
+    use crate::keys::{generate, Curve};
 
     /// Ed25519: generated fast, and its JWK is as good as any here.
     fn record(org: &str, serial: u64) -> PublicKeyRecord {
@@ -509,10 +445,24 @@ mod tests {
     fn a_change_rebuilds_only_its_organisation_and_the_global_document() {
         let (a1, b1) = (record("a", 1), record("b", 2));
         let jwks = Jwks::new([&a1, &b1]);
+        // Which organisations' digests are computed and kept.
+        let tagged = |jwks: &Jwks| {
+            let state = jwks.read();
+            let mut orgs: Vec<String> = state
+                .orgs
+                .iter()
+                .filter(|(_, o)| o.tag.get().is_some())
+                .map(|(n, _)| n.to_string())
+                .collect();
+            orgs.sort();
+            orgs
+        };
+        assert!(tagged(&jwks).is_empty(), "computed on request only");
         let (a, b, all) = (jwks.of(&org("a")), jwks.of(&org("b")), jwks.all());
-        // Kept while nothing changes: the very same documents.
-        assert!(Arc::ptr_eq(&a, &jwks.of(&org("a"))));
+        assert_eq!(tagged(&jwks), ["a", "b"]);
+        // Kept while nothing changes: the very same global document.
         assert!(Arc::ptr_eq(&all, &jwks.all()));
+        assert_eq!(a.etag, jwks.of(&org("a")).etag);
 
         type Change = fn(&Jwks, &PublicKeyRecord) -> bool;
         let changes: [(&str, Change); 4] = [
@@ -525,10 +475,13 @@ mod tests {
         let a2 = record("a", 3);
         for (what, change) in changes {
             assert!(change(&jwks, &a2), "{what}");
+            assert_eq!(tagged(&jwks), ["b"], "{what}: only a's digest dropped");
+            assert!(jwks.all.lock().unwrap().is_none(), "{what}: global dropped");
             let (a_now, all_now) = (jwks.of(&org("a")), jwks.all());
             assert_ne!(a_now.etag, a.etag, "{what}: a's ETag");
             assert_ne!(all_now.etag, all.etag, "{what}: the global ETag");
-            assert!(Arc::ptr_eq(&b, &jwks.of(&org("b"))), "{what}: b untouched");
+            assert_eq!(jwks.of(&org("b")).body, b.body, "{what}: b untouched");
+            assert_eq!(jwks.of(&org("b")).etag, b.etag, "{what}: b's ETag");
             (a, all) = (a_now, all_now);
         }
         // Back to the first keys: the same bytes, so the same ETags.
@@ -548,17 +501,37 @@ mod tests {
 
     #[test]
     fn a_key_is_served_from_memory_as_it_was_published() {
+        let uploaded = Lifecycle {
+            origin: crate::keys::Origin::Uploaded,
+            ..Lifecycle::default()
+        };
+        let specs = [
+            (KeySpec::default(), Lifecycle::default()),
+            (KeySpec::Ec { curve: Curve::P256 }, uploaded),
+            (KeySpec::Ec { curve: Curve::P384 }, Lifecycle::default()),
+            (KeySpec::Ed25519, uploaded),
+        ];
+        for (serial, (spec, life)) in (1..).zip(specs) {
+            let r = PublicKeyRecord {
+                spec,
+                spki_der: generate(spec).spki_der().to_vec(),
+                life,
+                ..record("a", serial)
+            };
+            let jwks = Jwks::new([&r]);
+            // The SPKI is read back from the JWK held: the very bytes.
+            assert_eq!(jwks.record(r.id), Some(r.clone()), "{spec:?}");
+            let (org_of, jwk) = jwks.key(r.id).unwrap();
+            assert_eq!(org_of, r.org);
+            let expected = serde_json::to_vec(&Jwk::from_record(&r)).unwrap();
+            assert_eq!(&jwk[..], &expected[..], "{spec:?}");
+        }
+
         let a1 = record("a", 1);
         let jwks = Jwks::new([&a1]);
-        assert_eq!(jwks.record(a1.id), Some(a1.clone()));
-        let (org_of, jwk) = jwks.key(a1.id).unwrap();
-        assert_eq!(org_of, a1.org);
-        assert_eq!(
-            &jwk[..],
-            &serde_json::to_vec(&Jwk::from_record(&a1)).unwrap()[..]
-        );
         assert_eq!(jwks.expiry(a1.id), a1.life.expires_at_secs);
         assert!(jwks.contains(a1.id));
+        assert_eq!(jwks.record(record("a", 2).id), None);
 
         let mut renamed = a1.clone();
         renamed.name = KeyName::parse("renamed").unwrap();
@@ -581,32 +554,5 @@ mod tests {
         assert!(jwks.added(&a2), "an enable publishes a withdrawn key");
         assert_eq!(kids(&jwks.of(&org("a"))), ids(&[&a2]));
         assert_eq!(jwks.record(a1.id), None);
-    }
-
-    #[test]
-    fn documents_kept_stay_within_their_budget() {
-        let records: Vec<_> = (0..4).map(|i| record(&format!("o{i}"), i)).collect();
-        let jwks = Jwks::new(&records);
-        let one = jwks.of(&records[0].org).body.len();
-        // Room for two documents (all are the same size).
-        jwks.write().built_budget = 2 * one;
-        let docs: Vec<_> = records.iter().map(|r| jwks.of(&r.org)).collect();
-        let state = jwks.read();
-        assert_eq!((state.built_count, state.built_bytes), (2, 2 * one));
-        drop(state);
-        // The oldest built were dropped and are built again, the same
-        // (newest first: each rebuild drops the oldest kept).
-        for (i, (r, doc)) in records.iter().zip(&docs).enumerate().rev() {
-            let again = jwks.of(&r.org);
-            assert_eq!(again.etag, doc.etag);
-            assert_eq!(Arc::ptr_eq(&again, doc), i >= 2, "o{i}");
-        }
-        assert!(jwks.read().built_bytes <= 2 * one);
-        // Changes drop documents and their accounting.
-        for r in &records {
-            jwks.removed(&r.org, r.id);
-        }
-        let state = jwks.read();
-        assert_eq!((state.built_count, state.built_bytes), (0, 0));
     }
 }
