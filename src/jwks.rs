@@ -79,6 +79,7 @@ fn digest(body: &[u8]) -> Tag {
 /// One published key: what its record holds, the organisation's name
 /// shared, the public key as its serialised JWK.
 struct Key {
+    id: KeyId,
     org: Arc<str>,
     name: Box<str>,
     spec: KeySpec,
@@ -90,6 +91,7 @@ struct Key {
 impl Key {
     fn new(r: &PublicKeyRecord, org: Arc<str>) -> Key {
         Key {
+            id: r.id,
             org,
             name: r.name.as_str().into(),
             spec: r.spec,
@@ -133,8 +135,9 @@ impl Key {
 /// One organisation's published keys.
 #[derive(Default)]
 struct Org {
-    /// In id (creation) order.
-    keys: Vec<KeyId>,
+    /// In id (creation) order; the keys themselves, so that a document
+    /// needs no look-up per key.
+    keys: Vec<Arc<Key>>,
     /// Its document's digest, once asked for since its last change.
     tag: OnceLock<Tag>,
 }
@@ -198,7 +201,7 @@ impl Jwks {
         let Some(o) = state.orgs.get(org.as_str()) else {
             return self.empty.clone();
         };
-        let keys = o.keys.iter().map(|id| &*state.keys[id]);
+        let keys = o.keys.iter().map(|k| &**k);
         let tag = |body: &[u8]| *o.tag.get_or_init(|| digest(body));
         Arc::new(Document::build(keys, tag))
     }
@@ -326,11 +329,9 @@ impl State {
             .filter(|r| !self.removed.contains(&r.id) && !self.withdrawn.contains(&r.id))
             .map(|r| (r.id, Arc::new(Key::new(r, org_name(&mut orgs, &r.org)))))
             .collect();
-        for (id, key) in &keys {
-            orgs.get_mut(&*key.org)
-                .expect("listed above")
-                .keys
-                .push(*id);
+        for key in keys.values() {
+            let org = orgs.get_mut(&*key.org).expect("listed above");
+            org.keys.push(key.clone());
         }
         orgs.retain(|_, org| !org.keys.is_empty());
         for org in orgs.values_mut() {
@@ -351,10 +352,11 @@ impl State {
         let old = self.remove(r.id);
         self.generation += 1;
         let org = org_name(&mut self.orgs, &r.org);
-        self.keys.insert(r.id, Arc::new(Key::new(r, org.clone())));
+        let key = Arc::new(Key::new(r, org.clone()));
+        self.keys.insert(r.id, key.clone());
         let o = self.orgs.get_mut(&org).expect("listed by org_name");
-        let at = o.keys.binary_search(&r.id).unwrap_or_else(|at| at);
-        o.keys.insert(at, r.id);
+        let at = o.keys.partition_point(|k| k.id < r.id);
+        o.keys.insert(at, key);
         o.tag = OnceLock::new();
         old
     }
@@ -367,7 +369,7 @@ impl State {
             .orgs
             .get_mut(&*key.org)
             .expect("a published key's organisation is listed");
-        o.keys.retain(|k| *k != id);
+        o.keys.retain(|k| k.id != id);
         o.tag = OnceLock::new();
         if o.keys.is_empty() {
             self.orgs.remove(&*key.org);
