@@ -90,14 +90,16 @@ struct Key {
 
 impl Key {
     fn new(r: &PublicKeyRecord, org: Arc<str>) -> Key {
+        Key::with_jwk(r, org, jwk_of(r))
+    }
+
+    fn with_jwk(r: &PublicKeyRecord, org: Arc<str>, jwk: Box<[u8]>) -> Key {
         Key {
             id: r.id,
             org,
             name: r.name.as_str().into(),
             spec: r.spec,
-            jwk: serde_json::to_vec(&Jwk::from_record(r))
-                .expect("a JWK always serialises")
-                .into_boxed_slice(),
+            jwk,
             created_at_ms: r.created_at_ms,
             life: r.life,
         }
@@ -324,10 +326,18 @@ impl State {
         let mut orgs: HashMap<Arc<str>, Org> = HashMap::new();
         // Collected in one go: a store lists keys in id order, and a
         // B-tree built from sorted keys has full nodes.
-        let keys: BTreeMap<KeyId, Arc<Key>> = records
+        let records: Vec<&PublicKeyRecord> = records
             .into_iter()
             .filter(|r| !self.removed.contains(&r.id) && !self.withdrawn.contains(&r.id))
-            .map(|r| (r.id, Arc::new(Key::new(r, org_name(&mut orgs, &r.org)))))
+            .collect();
+        let jwks = jwks_of_all(&records);
+        let keys: BTreeMap<KeyId, Arc<Key>> = records
+            .iter()
+            .zip(jwks)
+            .map(|(r, jwk)| {
+                let org = org_name(&mut orgs, &r.org);
+                (r.id, Arc::new(Key::with_jwk(r, org, jwk)))
+            })
             .collect();
         for key in keys.values() {
             let org = orgs.get_mut(&*key.org).expect("listed above");
@@ -376,6 +386,36 @@ impl State {
         }
         Some(key)
     }
+}
+
+/// A key's serialised JWK.
+fn jwk_of(r: &PublicKeyRecord) -> Box<[u8]> {
+    serde_json::to_vec(&Jwk::from_record(r))
+        .expect("a JWK always serialises")
+        .into_boxed_slice()
+}
+
+/// Below this many keys, their JWKs are serialised on one thread.
+const PARALLEL_FROM: usize = 10_000;
+
+/// Every record's serialised JWK, in order: on every core when there are
+/// many (at start, a million take seconds on one).
+fn jwks_of_all(records: &[&PublicKeyRecord]) -> Vec<Box<[u8]>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads == 1 || records.len() < PARALLEL_FROM {
+        return records.iter().map(|r| jwk_of(r)).collect();
+    }
+    let chunk = records.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = records
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(|r| jwk_of(r)).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().expect("serialising a JWK does not panic"))
+            .collect()
+    })
 }
 
 /// `org`'s name as `orgs` holds it (listed, without keys, if it was not),
@@ -539,6 +579,25 @@ mod tests {
         renamed.name = KeyName::parse("renamed").unwrap();
         assert!(!jwks.added(&renamed), "published already");
         assert_eq!(jwks.record(a1.id), Some(renamed));
+    }
+
+    #[test]
+    fn many_keys_serialised_on_several_threads_keep_their_order() {
+        let records: Vec<_> = (0..PARALLEL_FROM as u64 + 7)
+            .map(|i| record(&format!("o{}", i % 3), i))
+            .collect();
+        let jwks = Jwks::new(records.iter().rev());
+        let mut expected = b"{\"keys\":[".to_vec();
+        for (i, r) in records.iter().enumerate() {
+            if i > 0 {
+                expected.push(b',');
+            }
+            expected.extend(serde_json::to_vec(&Jwk::from_record(r)).unwrap());
+        }
+        expected.extend(b"]}");
+        assert_eq!(&jwks.all().body[..], &expected[..]);
+        let o1: Vec<&PublicKeyRecord> = records.iter().skip(1).step_by(3).collect();
+        assert_eq!(kids(&jwks.of(&org("o1"))), ids(&o1));
     }
 
     #[test]
