@@ -9,7 +9,7 @@ use super::ServerState;
 use crate::jwks::Document;
 
 /// The answer of `/.well-known/jwks.json` under `jwks.global = false`.
-pub const GLOBAL_OFF: &str =
+const GLOBAL_OFF: &str =
     "this server does not publish a JWK Set of every key (jwks.global = false): \
      fetch your organisation's from /v1/organisations/{org}/jwks.json";
 
