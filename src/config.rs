@@ -210,6 +210,9 @@ fn humantime_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Durati
 pub struct Jwks {
     /// `Cache-Control: max-age` of the JWK Sets, in seconds.
     pub max_age_secs: u64,
+    /// Whether `/.well-known/jwks.json` serves the JWK Set of every key;
+    /// when false it answers 404 naming the per-organisation route.
+    pub global: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -299,7 +302,10 @@ impl Default for Verify {
 
 impl Default for Jwks {
     fn default() -> Self {
-        Jwks { max_age_secs: 60 }
+        Jwks {
+            max_age_secs: 60,
+            global: true,
+        }
     }
 }
 

@@ -1,17 +1,25 @@
-//! The published JWK Sets, prepared when keys change and never serialised
-//! per request: one document of every key and one per organisation, each
-//! with its strong `ETag`.
+//! The published keys and their JWK Sets: one document of every key and one
+//! per organisation, each with its strong `ETag`.
 //!
-//! Each key's JWK is serialised once, when the key is added; rebuilding a
-//! document only concatenates those bytes.
+//! Each published key is held once, compactly: its record's fields, the
+//! organisation's name shared with its other keys, and the public key as
+//! its serialised JWK (the SPKI is read back from it for `GET
+//! /v1/keys/{id}`, which answers from here too). A document is the
+//! concatenation of those JWKs, so a change costs only its own key:
+//! - an organisation's document (a few keys) is concatenated per request;
+//!   its `ETag` is computed on the first request after a change to it and
+//!   kept until the next;
+//! - the global document is built on the first request after any change and
+//!   kept until the next, so a burst of changes costs one rebuild, and no
+//!   change waits for one.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::keys::{Jwk, KeyId, OrgId, PublicKeyRecord};
+use crate::keys::{Jwk, KeyId, KeyName, KeySpec, Lifecycle, OrgId, PublicKeyRecord};
 
 /// A JWK Set ready to send.
 #[derive(Debug, Clone)]
@@ -22,6 +30,9 @@ pub struct Document {
     /// The earliest expiry (seconds since the epoch) among the keys listed.
     pub expires: Option<u64>,
 }
+
+/// The digest an `ETag` quotes.
+type Tag = [u8; 16];
 
 impl Document {
     /// The `Cache-Control: max-age` to send at `now_ms`: the configured
@@ -34,147 +45,213 @@ impl Document {
         }
     }
 
-    fn build<'a>(jwks: impl Iterator<Item = &'a [u8]> + Clone, expires: Option<u64>) -> Document {
-        // Sized exactly: at 50,000 keys the global document is ~22 MB, and a
-        // doubling Vec would hold up to twice that.
-        let len = jwks.clone().map(|j| j.len() + 1).sum::<usize>() + 12;
+    /// The document of `keys`, in the order given; `tag` gives its digest
+    /// from its body.
+    fn build<'a>(
+        keys: impl Iterator<Item = &'a Key> + Clone,
+        tag: impl FnOnce(&[u8]) -> Tag,
+    ) -> Document {
+        // Sized exactly: at a million keys the global document is ~440 MB,
+        // and a doubling Vec would touch up to twice that.
+        let len = keys.clone().map(|k| k.jwk.len() + 1).sum::<usize>() + 11;
         let mut body = Vec::with_capacity(len);
         body.extend_from_slice(b"{\"keys\":[");
-        for (i, jwk) in jwks.enumerate() {
+        for (i, key) in keys.clone().enumerate() {
             if i > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(jwk);
+            body.extend_from_slice(&key.jwk);
         }
         body.extend_from_slice(b"]}");
-        let digest = Sha256::digest(&body);
-        let etag = format!("\"{}\"", hex::encode(&digest[..16]));
         Document {
+            etag: format!("\"{}\"", hex::encode(tag(&body))),
             body: body.into(),
-            etag,
-            expires,
+            expires: keys.filter_map(|k| k.life.expires_at_secs).min(),
         }
     }
 }
 
-struct Published {
-    org: OrgId,
+fn digest(body: &[u8]) -> Tag {
+    let digest = Sha256::digest(body);
+    digest[..16].try_into().expect("16 of 32 bytes")
+}
+
+/// One published key: what its record holds, the organisation's name
+/// shared, the public key as its serialised JWK.
+struct Key {
+    id: KeyId,
+    org: Arc<str>,
+    name: Box<str>,
+    spec: KeySpec,
     jwk: Box<[u8]>,
-    expires: Option<u64>,
+    created_at_ms: u64,
+    life: Lifecycle,
+}
+
+impl Key {
+    fn new(r: &PublicKeyRecord, org: Arc<str>) -> Key {
+        Key::with_jwk(r, org, jwk_of(r))
+    }
+
+    fn with_jwk(r: &PublicKeyRecord, org: Arc<str>, jwk: Box<[u8]>) -> Key {
+        Key {
+            id: r.id,
+            org,
+            name: r.name.as_str().into(),
+            spec: r.spec,
+            jwk,
+            created_at_ms: r.created_at_ms,
+            life: r.life,
+        }
+    }
+
+    fn org(&self) -> OrgId {
+        OrgId::parse(&self.org).expect("a published key's org id was parsed once")
+    }
+
+    /// Its record; `None` (logged) if its JWK does not read back, which
+    /// a JWK written by [`Key::new`] always does.
+    fn record(&self, id: KeyId) -> Option<PublicKeyRecord> {
+        let parts = serde_json::from_slice::<Jwk>(&self.jwk)
+            .map_err(|e| e.to_string())
+            .and_then(|jwk| jwk.to_parts().map_err(|e| e.to_string()));
+        let spki_der = match parts {
+            Ok((_, _, spki_der)) => spki_der,
+            Err(reason) => {
+                tracing::error!(key_id = %id, %reason, "a published key's JWK does not read back");
+                return None;
+            }
+        };
+        Some(PublicKeyRecord {
+            id,
+            org: self.org(),
+            name: KeyName::parse(&self.name).expect("a published key's name was parsed once"),
+            spec: self.spec,
+            spki_der,
+            created_at_ms: self.created_at_ms,
+            life: self.life,
+        })
+    }
+}
+
+/// One organisation's published keys.
+#[derive(Default)]
+struct Org {
+    /// In id (creation) order; the keys themselves, so that a document
+    /// needs no look-up per key.
+    keys: Vec<Arc<Key>>,
+    /// Its document's digest, once asked for since its last change.
+    tag: OnceLock<Tag>,
 }
 
 #[derive(Default)]
 struct State {
-    /// Every key's serialised JWK and expiry, in id (creation) order.
-    all: BTreeMap<KeyId, Published>,
-    /// Which keys each organisation has, in id order.
-    by_org: HashMap<OrgId, BTreeMap<KeyId, ()>>,
+    /// Every published key, in id (creation) order.
+    keys: BTreeMap<KeyId, Arc<Key>>,
+    orgs: HashMap<Arc<str>, Org>,
+    /// Bumped by every change.
+    generation: u64,
     /// Keys removed since start: never published again, so that a stale
     /// view of the store (read before the delete) cannot bring one back.
-    removed: std::collections::HashSet<KeyId>,
+    removed: HashSet<KeyId>,
     /// Keys withdrawn here (disabled, expired) and not added back here: a
     /// stale read of the store, by the cluster follower or an unknown-key
     /// look-up, must not publish one again (see `learned`).
-    withdrawn: std::collections::HashSet<KeyId>,
+    withdrawn: HashSet<KeyId>,
 }
 
-/// The prepared documents. Reads take a read lock just long enough to clone
-/// an `Arc`.
+/// The published keys and documents. Reads take a read lock for as long as
+/// an organisation's document takes to concatenate, or to snapshot the
+/// keys for the global one; changes take the write lock for their own key.
 pub struct Jwks {
     state: RwLock<State>,
-    all: RwLock<Arc<Document>>,
-    orgs: RwLock<HashMap<OrgId, Arc<Document>>>,
+    /// The global document and the generation it shows. Held while it is
+    /// built, so that concurrent requests wait for one build.
+    all: Mutex<Option<(u64, Arc<Document>)>>,
     empty: Arc<Document>,
 }
 
 impl Jwks {
-    pub fn new(records: &[PublicKeyRecord]) -> Jwks {
-        let mut state = State::default();
-        for r in records {
-            state.insert(r);
-        }
-        let all = state.document_all();
-        let orgs = state
-            .by_org
-            .keys()
-            .map(|org| (org.clone(), Arc::new(state.document_of(org))))
-            .collect();
+    pub fn new<'a>(records: impl IntoIterator<Item = &'a PublicKeyRecord>) -> Jwks {
         Jwks {
-            state: RwLock::new(state),
-            all: RwLock::new(Arc::new(all)),
-            orgs: RwLock::new(orgs),
-            empty: Arc::new(Document::build(std::iter::empty(), None)),
+            state: RwLock::new(State::default().replaced(records)),
+            all: Mutex::new(None),
+            empty: Arc::new(Document::build(std::iter::empty::<&Key>(), digest)),
         }
     }
 
-    /// The JWK Set of every key.
+    /// The JWK Set of every key, built if a change came since the last one.
     pub fn all(&self) -> Arc<Document> {
-        self.all.read().expect("jwks lock poisoned").clone()
+        let mut all = self.all.lock().expect("jwks lock poisoned");
+        let (generation, keys) = {
+            let state = self.read();
+            if let Some((_, doc)) = all.as_ref().filter(|(g, _)| *g == state.generation) {
+                return doc.clone();
+            }
+            // A snapshot, so that changes need not wait for the build.
+            let keys: Vec<Arc<Key>> = state.keys.values().cloned().collect();
+            (state.generation, keys)
+        };
+        let doc = Arc::new(Document::build(keys.iter().map(|k| &**k), digest));
+        *all = Some((generation, doc.clone()));
+        doc
     }
 
     /// The JWK Set of one organisation (empty if it has no keys).
     pub fn of(&self, org: &OrgId) -> Arc<Document> {
-        self.orgs
-            .read()
-            .expect("jwks lock poisoned")
-            .get(org)
-            .cloned()
-            .unwrap_or_else(|| self.empty.clone())
+        let state = self.read();
+        let Some(o) = state.orgs.get(org.as_str()) else {
+            return self.empty.clone();
+        };
+        let keys = o.keys.iter().map(|k| &**k);
+        let tag = |body: &[u8]| *o.tag.get_or_init(|| digest(body));
+        Arc::new(Document::build(keys, tag))
     }
 
-    /// Replaces every document with those of `records` (after storage
+    /// Replaces every key with those of `records` (after storage
     /// recovered and may hold other keys than the documents say).
-    pub fn reset(&self, records: &[PublicKeyRecord]) {
-        let mut state = self.state.write().expect("jwks lock poisoned");
-        // Keys removed or withdrawn here stay so: `records` may be a read
-        // that predates those changes.
-        let kept: Vec<PublicKeyRecord> = records
-            .iter()
-            .filter(|r| !state.removed.contains(&r.id) && !state.withdrawn.contains(&r.id))
-            .cloned()
-            .collect();
-        let fresh = Jwks::new(&kept);
-        let mut next = fresh.state.into_inner().expect("fresh lock");
-        next.removed = std::mem::take(&mut state.removed);
-        next.withdrawn = std::mem::take(&mut state.withdrawn);
-        *state = next;
-        *self.all.write().expect("jwks lock poisoned") =
-            fresh.all.into_inner().expect("fresh lock");
-        *self.orgs.write().expect("jwks lock poisoned") =
-            fresh.orgs.into_inner().expect("fresh lock");
+    pub fn reset<'a>(&self, records: impl IntoIterator<Item = &'a PublicKeyRecord>) {
+        let mut state = self.write();
+        *state = std::mem::take(&mut *state).replaced(records);
+        drop(state);
+        self.forget_all();
     }
 
     /// One published key: its organisation and serialised JWK.
     pub fn key(&self, id: KeyId) -> Option<(OrgId, Box<[u8]>)> {
-        let state = self.state.read().expect("jwks lock poisoned");
-        state.all.get(&id).map(|p| (p.org.clone(), p.jwk.clone()))
+        let key = self.read().keys.get(&id)?.clone();
+        Some((key.org(), key.jwk.clone()))
+    }
+
+    /// One published key's record, as `GET /v1/keys/{id}` shows it.
+    pub fn record(&self, id: KeyId) -> Option<PublicKeyRecord> {
+        let key = self.read().keys.get(&id)?.clone();
+        key.record(id)
     }
 
     /// When a published key expires (seconds since the epoch).
     pub fn expiry(&self, id: KeyId) -> Option<u64> {
-        let state = self.state.read().expect("jwks lock poisoned");
-        state.all.get(&id).and_then(|p| p.expires)
+        self.read()
+            .keys
+            .get(&id)
+            .and_then(|k| k.life.expires_at_secs)
     }
 
     /// Whether `id` is published.
     pub fn contains(&self, id: KeyId) -> bool {
-        let state = self.state.read().expect("jwks lock poisoned");
-        state.all.contains_key(&id)
+        self.read().keys.contains_key(&id)
     }
 
     /// Publishes `record` (again, if it was: its expiry may have changed);
     /// whether it was not published yet. A removed key is not published
     /// again.
     pub fn added(&self, record: &PublicKeyRecord) -> bool {
-        let mut state = self.state.write().expect("jwks lock poisoned");
+        let mut state = self.write();
         if state.removed.contains(&record.id) {
             return false;
         }
         state.withdrawn.remove(&record.id);
-        let new = !state.all.contains_key(&record.id);
-        state.insert(record);
-        self.publish(&state, &record.org);
-        new
+        self.publish(state, record)
     }
 
     /// Publishes an active `record` read from the store by something other
@@ -182,14 +259,11 @@ impl Jwks {
     /// look-up); whether it was not published yet. A key removed or
     /// withdrawn here is not published: that read may predate the change.
     pub fn learned(&self, record: &PublicKeyRecord) -> bool {
-        let mut state = self.state.write().expect("jwks lock poisoned");
+        let state = self.write();
         if state.removed.contains(&record.id) || state.withdrawn.contains(&record.id) {
             return false;
         }
-        let new = !state.all.contains_key(&record.id);
-        state.insert(record);
-        self.publish(&state, &record.org);
-        new
+        self.publish(state, record)
     }
 
     /// Unpublishes key `id` of `org` for good; whether it was published.
@@ -203,66 +277,343 @@ impl Jwks {
         self.unpublish(org, id, false)
     }
 
-    fn unpublish(&self, org: &OrgId, id: KeyId, for_good: bool) -> bool {
-        let mut state = self.state.write().expect("jwks lock poisoned");
+    fn publish(&self, mut state: RwLockWriteGuard<'_, State>, record: &PublicKeyRecord) -> bool {
+        let new = state.insert(record).is_none();
+        drop(state);
+        self.forget_all();
+        new
+    }
+
+    /// `_org` is the key's organisation; the key itself says which it is.
+    fn unpublish(&self, _org: &OrgId, id: KeyId, for_good: bool) -> bool {
+        let mut state = self.write();
         if for_good {
             state.removed.insert(id);
         } else {
             state.withdrawn.insert(id);
         }
-        if state.all.remove(&id).is_none() {
+        if state.remove(id).is_none() {
             return false;
         }
-        if let Some(keys) = state.by_org.get_mut(org) {
-            keys.remove(&id);
-            if keys.is_empty() {
-                state.by_org.remove(org);
-            }
-        }
-        self.publish(&state, org);
+        drop(state);
+        self.forget_all();
         true
     }
 
-    /// Republishes the documents `org`'s change touched; called with the
-    /// state lock held so that publications happen in change order.
-    fn publish(&self, state: &State, org: &OrgId) {
-        let all = Arc::new(state.document_all());
-        *self.all.write().expect("jwks lock poisoned") = all;
-        let mut orgs = self.orgs.write().expect("jwks lock poisoned");
-        if state.by_org.contains_key(org) {
-            orgs.insert(org.clone(), Arc::new(state.document_of(org)));
-        } else {
-            orgs.remove(org);
+    /// Drops the global document if no build holds it: it is out of date.
+    /// A build under way keeps it; the next request sees its generation
+    /// is old and builds again.
+    fn forget_all(&self) {
+        if let Ok(mut all) = self.all.try_lock() {
+            *all = None;
         }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().expect("jwks lock poisoned")
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().expect("jwks lock poisoned")
     }
 }
 
 impl State {
-    fn insert(&mut self, r: &PublicKeyRecord) {
-        let jwk = serde_json::to_vec(&Jwk::from_record(r))
-            .expect("a JWK always serialises")
-            .into_boxed_slice();
-        let published = Published {
-            org: r.org.clone(),
-            jwk,
-            expires: r.life.expires_at_secs,
+    /// This state with its keys replaced by those of `records`, except
+    /// keys removed or withdrawn here: `records` may be a read that
+    /// predates those changes.
+    fn replaced<'a>(self, records: impl IntoIterator<Item = &'a PublicKeyRecord>) -> State {
+        let mut orgs: HashMap<Arc<str>, Org> = HashMap::new();
+        // Collected in one go: a store lists keys in id order, and a
+        // B-tree built from sorted keys has full nodes.
+        let records: Vec<&PublicKeyRecord> = records
+            .into_iter()
+            .filter(|r| !self.removed.contains(&r.id) && !self.withdrawn.contains(&r.id))
+            .collect();
+        let jwks = jwks_of_all(&records);
+        let keys: BTreeMap<KeyId, Arc<Key>> = records
+            .iter()
+            .zip(jwks)
+            .map(|(r, jwk)| {
+                let org = org_name(&mut orgs, &r.org);
+                (r.id, Arc::new(Key::with_jwk(r, org, jwk)))
+            })
+            .collect();
+        for key in keys.values() {
+            let org = orgs.get_mut(&*key.org).expect("listed above");
+            org.keys.push(key.clone());
+        }
+        orgs.retain(|_, org| !org.keys.is_empty());
+        for org in orgs.values_mut() {
+            org.keys.shrink_to_fit();
+        }
+        orgs.shrink_to_fit();
+        State {
+            keys,
+            orgs,
+            generation: self.generation + 1,
+            removed: self.removed,
+            withdrawn: self.withdrawn,
+        }
+    }
+
+    /// Publishes `r`, replacing the key of its id; the key replaced.
+    fn insert(&mut self, r: &PublicKeyRecord) -> Option<Arc<Key>> {
+        let old = self.remove(r.id);
+        self.generation += 1;
+        let org = org_name(&mut self.orgs, &r.org);
+        let key = Arc::new(Key::new(r, org.clone()));
+        self.keys.insert(r.id, key.clone());
+        let o = self.orgs.get_mut(&org).expect("listed by org_name");
+        let at = o.keys.partition_point(|k| k.id < r.id);
+        o.keys.insert(at, key);
+        o.tag = OnceLock::new();
+        old
+    }
+
+    /// Unpublishes key `id`; the key it was.
+    fn remove(&mut self, id: KeyId) -> Option<Arc<Key>> {
+        let key = self.keys.remove(&id)?;
+        self.generation += 1;
+        let o = self
+            .orgs
+            .get_mut(&*key.org)
+            .expect("a published key's organisation is listed");
+        o.keys.retain(|k| k.id != id);
+        o.tag = OnceLock::new();
+        if o.keys.is_empty() {
+            self.orgs.remove(&*key.org);
+        }
+        Some(key)
+    }
+}
+
+/// A key's serialised JWK.
+fn jwk_of(r: &PublicKeyRecord) -> Box<[u8]> {
+    serde_json::to_vec(&Jwk::from_record(r))
+        .expect("a JWK always serialises")
+        .into_boxed_slice()
+}
+
+/// Below this many keys, their JWKs are serialised on one thread.
+const PARALLEL_FROM: usize = 10_000;
+
+/// Every record's serialised JWK, in order: on every core when there are
+/// many (at start, a million take seconds on one).
+fn jwks_of_all(records: &[&PublicKeyRecord]) -> Vec<Box<[u8]>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads == 1 || records.len() < PARALLEL_FROM {
+        return records.iter().map(|r| jwk_of(r)).collect();
+    }
+    let chunk = records.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = records
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(|r| jwk_of(r)).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().expect("serialising a JWK does not panic"))
+            .collect()
+    })
+}
+
+/// `org`'s name as `orgs` holds it (listed, without keys, if it was not),
+/// so that every key of an organisation shares one.
+fn org_name(orgs: &mut HashMap<Arc<str>, Org>, org: &OrgId) -> Arc<str> {
+    if let Some((name, _)) = orgs.get_key_value(org.as_str()) {
+        return name.clone();
+    }
+    let name: Arc<str> = org.as_str().into();
+    orgs.insert(name.clone(), Org::default());
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{generate, Curve};
+
+    /// Ed25519: generated fast, and its JWK is as good as any here.
+    fn record(org: &str, serial: u64) -> PublicKeyRecord {
+        thread_local! {
+            static SPKI: Vec<u8> = generate(KeySpec::Ed25519).spki_der().to_vec();
+        }
+        PublicKeyRecord {
+            id: KeyId::new(ulid::Ulid::from_parts(1_700_000_000_000 + serial, 0)),
+            org: OrgId::parse(org).unwrap(),
+            name: KeyName::parse(&format!("key {serial}")).unwrap(),
+            spec: KeySpec::Ed25519,
+            spki_der: SPKI.with(Clone::clone),
+            created_at_ms: 1_700_000_000_000 + serial,
+            life: Lifecycle {
+                expires_at_secs: Some(2_000_000_000 + serial),
+                ..Lifecycle::default()
+            },
+        }
+    }
+
+    fn org(name: &str) -> OrgId {
+        OrgId::parse(name).unwrap()
+    }
+
+    fn kids(doc: &Document) -> Vec<String> {
+        let set: serde_json::Value = serde_json::from_slice(&doc.body).unwrap();
+        set["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn ids(records: &[&PublicKeyRecord]) -> Vec<String> {
+        records.iter().map(|r| r.id.to_string()).collect()
+    }
+
+    #[test]
+    fn documents_list_each_organisations_keys_in_id_order() {
+        let (a1, b1, a2) = (record("a", 1), record("b", 2), record("a", 3));
+        let jwks = Jwks::new([&a2, &b1, &a1]);
+        assert_eq!(kids(&jwks.of(&org("a"))), ids(&[&a1, &a2]));
+        assert_eq!(kids(&jwks.of(&org("b"))), ids(&[&b1]));
+        assert_eq!(kids(&jwks.all()), ids(&[&a1, &b1, &a2]));
+        assert_eq!(&jwks.of(&org("nobody")).body[..], b"{\"keys\":[]}");
+        assert_eq!(jwks.of(&org("a")).expires, Some(2_000_000_001));
+        assert_eq!(jwks.all().expires, Some(2_000_000_001));
+    }
+
+    #[test]
+    fn a_change_rebuilds_only_its_organisation_and_the_global_document() {
+        let (a1, b1) = (record("a", 1), record("b", 2));
+        let jwks = Jwks::new([&a1, &b1]);
+        // Which organisations' digests are computed and kept.
+        let tagged = |jwks: &Jwks| {
+            let state = jwks.read();
+            let mut orgs: Vec<String> = state
+                .orgs
+                .iter()
+                .filter(|(_, o)| o.tag.get().is_some())
+                .map(|(n, _)| n.to_string())
+                .collect();
+            orgs.sort();
+            orgs
         };
-        self.all.insert(r.id, published);
-        self.by_org
-            .entry(r.org.clone())
-            .or_default()
-            .insert(r.id, ());
+        assert!(tagged(&jwks).is_empty(), "computed on request only");
+        let (a, b, all) = (jwks.of(&org("a")), jwks.of(&org("b")), jwks.all());
+        assert_eq!(tagged(&jwks), ["a", "b"]);
+        // Kept while nothing changes: the very same global document.
+        assert!(Arc::ptr_eq(&all, &jwks.all()));
+        assert_eq!(a.etag, jwks.of(&org("a")).etag);
+
+        type Change = fn(&Jwks, &PublicKeyRecord) -> bool;
+        let changes: [(&str, Change); 4] = [
+            ("added", |j, r| j.added(r)),
+            ("withdrawn", |j, r| j.withdrawn(&r.org, r.id)),
+            ("added again", |j, r| j.added(r)),
+            ("removed", |j, r| j.removed(&r.org, r.id)),
+        ];
+        let (mut a, mut all) = (a, all);
+        let a2 = record("a", 3);
+        for (what, change) in changes {
+            assert!(change(&jwks, &a2), "{what}");
+            assert_eq!(tagged(&jwks), ["b"], "{what}: only a's digest dropped");
+            assert!(jwks.all.lock().unwrap().is_none(), "{what}: global dropped");
+            let (a_now, all_now) = (jwks.of(&org("a")), jwks.all());
+            assert_ne!(a_now.etag, a.etag, "{what}: a's ETag");
+            assert_ne!(all_now.etag, all.etag, "{what}: the global ETag");
+            assert_eq!(jwks.of(&org("b")).body, b.body, "{what}: b untouched");
+            assert_eq!(jwks.of(&org("b")).etag, b.etag, "{what}: b's ETag");
+            (a, all) = (a_now, all_now);
+        }
+        // Back to the first keys: the same bytes, so the same ETags.
+        assert_eq!(a.etag, Jwks::new([&a1]).of(&org("a")).etag);
     }
 
-    fn document_all(&self) -> Document {
-        let expires = self.all.values().filter_map(|p| p.expires).min();
-        Document::build(self.all.values().map(|p| &p.jwk[..]), expires)
+    #[test]
+    fn an_organisation_whose_last_key_goes_has_an_empty_set() {
+        let a1 = record("a", 1);
+        let jwks = Jwks::new([&a1]);
+        assert_eq!(kids(&jwks.of(&org("a"))).len(), 1);
+        assert!(jwks.removed(&a1.org, a1.id));
+        assert!(!jwks.removed(&a1.org, a1.id), "already gone");
+        assert_eq!(&jwks.of(&org("a")).body[..], b"{\"keys\":[]}");
+        assert_eq!(&jwks.all().body[..], b"{\"keys\":[]}");
     }
 
-    fn document_of(&self, org: &OrgId) -> Document {
-        let ids = self.by_org.get(org).into_iter().flat_map(|m| m.keys());
-        let keys = ids.map(|id| &self.all[id]);
-        let expires = keys.clone().filter_map(|p| p.expires).min();
-        Document::build(keys.map(|p| &p.jwk[..]), expires)
+    #[test]
+    fn a_key_is_served_from_memory_as_it_was_published() {
+        let uploaded = Lifecycle {
+            origin: crate::keys::Origin::Uploaded,
+            ..Lifecycle::default()
+        };
+        let specs = [
+            (KeySpec::default(), Lifecycle::default()),
+            (KeySpec::Ec { curve: Curve::P256 }, uploaded),
+            (KeySpec::Ec { curve: Curve::P384 }, Lifecycle::default()),
+            (KeySpec::Ed25519, uploaded),
+        ];
+        for (serial, (spec, life)) in (1..).zip(specs) {
+            let r = PublicKeyRecord {
+                spec,
+                spki_der: generate(spec).spki_der().to_vec(),
+                life,
+                ..record("a", serial)
+            };
+            let jwks = Jwks::new([&r]);
+            // The SPKI is read back from the JWK held: the very bytes.
+            assert_eq!(jwks.record(r.id), Some(r.clone()), "{spec:?}");
+            let (org_of, jwk) = jwks.key(r.id).unwrap();
+            assert_eq!(org_of, r.org);
+            let expected = serde_json::to_vec(&Jwk::from_record(&r)).unwrap();
+            assert_eq!(&jwk[..], &expected[..], "{spec:?}");
+        }
+
+        let a1 = record("a", 1);
+        let jwks = Jwks::new([&a1]);
+        assert_eq!(jwks.expiry(a1.id), a1.life.expires_at_secs);
+        assert!(jwks.contains(a1.id));
+        assert_eq!(jwks.record(record("a", 2).id), None);
+
+        let mut renamed = a1.clone();
+        renamed.name = KeyName::parse("renamed").unwrap();
+        assert!(!jwks.added(&renamed), "published already");
+        assert_eq!(jwks.record(a1.id), Some(renamed));
+    }
+
+    #[test]
+    fn many_keys_serialised_on_several_threads_keep_their_order() {
+        let records: Vec<_> = (0..PARALLEL_FROM as u64 + 7)
+            .map(|i| record(&format!("o{}", i % 3), i))
+            .collect();
+        let jwks = Jwks::new(records.iter().rev());
+        let mut expected = b"{\"keys\":[".to_vec();
+        for (i, r) in records.iter().enumerate() {
+            if i > 0 {
+                expected.push(b',');
+            }
+            expected.extend(serde_json::to_vec(&Jwk::from_record(r)).unwrap());
+        }
+        expected.extend(b"]}");
+        assert_eq!(&jwks.all().body[..], &expected[..]);
+        let o1: Vec<&PublicKeyRecord> = records.iter().skip(1).step_by(3).collect();
+        assert_eq!(kids(&jwks.of(&org("o1"))), ids(&o1));
+    }
+
+    #[test]
+    fn removed_and_withdrawn_keys_stay_out_of_stale_reads() {
+        let (a1, a2) = (record("a", 1), record("a", 2));
+        let jwks = Jwks::new([&a1, &a2]);
+        assert!(jwks.removed(&a1.org, a1.id));
+        assert!(jwks.withdrawn(&a2.org, a2.id));
+        for r in [&a1, &a2] {
+            assert!(!jwks.learned(r), "{}: a stale read", r.id);
+        }
+        jwks.reset([&a1, &a2]);
+        assert!(!jwks.contains(a1.id) && !jwks.contains(a2.id));
+        assert!(!jwks.added(&a1), "removed for good");
+        assert!(jwks.added(&a2), "an enable publishes a withdrawn key");
+        assert_eq!(kids(&jwks.of(&org("a"))), ids(&[&a2]));
+        assert_eq!(jwks.record(a1.id), None);
     }
 }

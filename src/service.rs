@@ -426,8 +426,13 @@ impl Signet {
     /// An active key: a disabled or expired one is not found here (the
     /// public routes show only active keys).
     pub async fn get(&self, id: KeyId) -> Result<PublicKeyRecord, ServiceError> {
-        self.storage(self.store.get_key(id))
-            .await?
+        // The published keys are the active ones, in memory; with other
+        // instances, one created elsewhere a moment ago may be stored only.
+        let record = match self.jwks.record(id) {
+            None if self.fresh.following() => self.storage(self.store.get_key(id)).await?,
+            held => held,
+        };
+        record
             .filter(|r| r.state_at(now_secs()) == KeyState::Active)
             .ok_or(ServiceError::NotFound(id))
     }

@@ -4,9 +4,14 @@ use hyper::header::{self, HeaderMap};
 use hyper::StatusCode;
 
 use super::call::{header_value, Call, Outcome};
-use super::reply::{self, Reply, JSON};
+use super::reply::{self, ApiError, Reply, JSON};
 use super::ServerState;
 use crate::jwks::Document;
+
+/// The answer of `/.well-known/jwks.json` under `jwks.global = false`.
+const GLOBAL_OFF: &str =
+    "this server does not publish a JWK Set of every key (jwks.global = false): \
+     fetch your organisation's from /v1/organisations/{org}/jwks.json";
 
 pub async fn of_org(call: Call<'_>) -> Outcome {
     let org = call.org()?;
@@ -18,6 +23,9 @@ pub async fn of_org(call: Call<'_>) -> Outcome {
 }
 
 pub async fn all(call: Call<'_>) -> Outcome {
+    if !call.state.config.jwks.global {
+        return Err(ApiError::not_found(GLOBAL_OFF));
+    }
     Ok(reply(
         call.state,
         &call.state.signet.jwks_all(),

@@ -125,11 +125,10 @@ impl Published {
             ..Inner::default()
         };
         let now = now_secs();
-        let mut active = Vec::new();
         for r in records {
             let state = r.state_at(now);
             match state {
-                KeyState::Active => active.push(r.clone()),
+                KeyState::Active => {}
                 KeyState::Disabled => {
                     inner.withheld.insert(r.id, Withheld::Disabled);
                 }
@@ -139,7 +138,10 @@ impl Published {
             }
             inner.schedule_expiry(r, state);
         }
-        self.jwks.reset(&active);
+        // Not cloned: at a million keys a copy of every record is half a
+        // gigabyte that the allocator keeps.
+        let active = |r: &&PublicKeyRecord| r.state_at(now) == KeyState::Active;
+        self.jwks.reset(records.iter().filter(active));
         drop(inner);
         verifier.forget_all();
         self.wake.notify_one();
