@@ -589,36 +589,6 @@ pub fn open_record(sealer: &Sealer, id: KeyId, value: &[u8]) -> Option<PublicKey
     }
 }
 
-/// Opens `sealed` records on every core (a million take seconds on one),
-/// keeping their order; one that does not open is logged and skipped, as
-/// by [`open_record`].
-pub fn open_records<V: AsRef<[u8]> + Sync>(
-    sealer: &Sealer,
-    sealed: &[(KeyId, V)],
-) -> Vec<PublicKeyRecord> {
-    const AT_LEAST_PER_THREAD: usize = 10_000;
-    let open = |part: &[(KeyId, V)]| -> Vec<PublicKeyRecord> {
-        part.iter()
-            .filter_map(|(id, value)| open_record(sealer, *id, value.as_ref()))
-            .collect()
-    };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = cores.min(sealed.len() / AT_LEAST_PER_THREAD);
-    if threads <= 1 {
-        return open(sealed);
-    }
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = sealed
-            .chunks(sealed.len().div_ceil(threads))
-            .map(|part| scope.spawn(move || open(part)))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|part| part.join().expect("opening records panicked"))
-            .collect()
-    })
-}
-
 /// A stored record (live or a tombstone) sealed again with the sealer's
 /// first key; refuses a record that does not open.
 pub fn reseal_value(sealer: &Sealer, id: KeyId, value: &[u8]) -> Result<Vec<u8>, StoreError> {

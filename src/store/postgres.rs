@@ -35,7 +35,7 @@ use crate::audit::{self, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    open_record, open_records, reseal_value, seal_record, AuditPage, Changed, Changes, Delete, Heard, Insert,
+    open_record, reseal_value, seal_record, AuditPage, Changed, Changes, Delete, Heard, Insert,
     Inserted, KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
 };
 
@@ -458,11 +458,12 @@ impl PgStore {
     }
 
     fn records(&self, rows: Vec<tokio_postgres::Row>) -> Result<Vec<PublicKeyRecord>, StoreError> {
-        let sealed = rows
-            .iter()
-            .map(|row| Ok((key_id(row.get(0))?, row.get::<_, &[u8]>(1))))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(open_records(&self.sealer, &sealed))
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = key_id(row.get(0))?;
+            out.extend(open_record(&self.sealer, id, row.get(1)));
+        }
+        Ok(out)
     }
 }
 

@@ -434,15 +434,12 @@ impl SledStore {
     /// Every live key that opens, in id (creation) order.
     pub fn all_keys(&self) -> Result<Vec<PublicKeyRecord>, StoreError> {
         let h = self.handles()?;
-        let sealed = h
-            .keys
-            .iter()
-            .map(|entry| {
-                let (k, v) = entry?;
-                Ok((raw_id(&k)?, v))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(super::open_records(&self.sealer, &sealed))
+        let mut out = Vec::new();
+        for entry in h.keys.iter() {
+            let (k, v) = entry?;
+            out.extend(self.open_record(raw_id(&k)?, &v));
+        }
+        Ok(out)
     }
 
     /// Re-seals every record (live and deleted) with the sealer's first key,
