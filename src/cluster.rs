@@ -149,8 +149,9 @@ pub(crate) struct Follower {
 }
 
 impl Follower {
-    /// Catches up once, then follows the store's announcements in a task
-    /// that runs until aborted. `None` when the store has no other writers.
+    /// Follows the store's announcements in a task that runs until
+    /// aborted, and returns once this instance is current (or after
+    /// `max_staleness`). `None` when the store has no other writers.
     pub async fn start(
         self,
         max_staleness: Duration,
