@@ -33,6 +33,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -126,6 +127,16 @@ def refused(status: int, accepted: bool, code, expected: str) -> str | None:
     return f"refused with {status} {code}, expected {expected}"
 
 
+def label(status: int, accepted: bool, code) -> str:
+    """One verdict as the summaries count it."""
+    return "ACCEPTED" if accepted else "503" if status == 503 else str(code)
+
+
+def tally(labels) -> str:
+    """`label`s counted, as "code: n, …" in a stable order."""
+    return ", ".join(f"{k}: {v}" for k, v in sorted(collections.Counter(labels).items()))
+
+
 def conns(bases: str, admin: str) -> list[Conn]:
     return [Conn(b, admin, timeout=30) for b in bases.split(",")]
 
@@ -185,7 +196,7 @@ def revoke(a) -> int:
     answered: dict[int, float] = {}
     took: list[float] = []
     wrong: list[str] = []
-    immediate = {"A": {}, "C": {}}
+    immediate: dict[str, list[str]] = {"A": [], "C": []}
     c_lookups = 0
     t_start = time.monotonic()
     try:
@@ -210,8 +221,7 @@ def revoke(a) -> int:
             took.append(dt)
             for name, c in (("A", ca), ("C", cc)):
                 status, accepted, code = verify(c, token)
-                key = "ACCEPTED" if accepted else "503" if status == 503 else str(code)
-                immediate[name][key] = immediate[name].get(key, 0) + 1
+                immediate[name].append(label(status, accepted, code))
                 why = refused(status, accepted, code, expected)
                 if why:
                     wrong.append(f"round {rnd}: {name} right after the {a.action} answered: {why}")
@@ -225,19 +235,15 @@ def revoke(a) -> int:
     after = [r for r in records if r[0] in answered and r[1] > answered[r[0]]]
     before = [r for r in records if r[0] in answered and r[1] <= answered[r[0]]]
     accepted_after = [r for r in after if r[3]]
-    codes: dict[str, int] = {}
-    for r in after:
-        key = "ACCEPTED" if r[3] else ("503" if r[2] == 503 else str(r[4]))
-        codes[key] = codes.get(key, 0) + 1
     for rnd, sent, status, accepted, code in accepted_after[:10]:
         wrong.append(f"round {rnd}: C accepted a request sent {ms(sent - answered[rnd])} after the {a.action} answered")
-    fmt = lambda d: ", ".join(f"{k}: {v}" for k, v in sorted(d.items()))
     print(f"  {a.rounds} rounds in {elapsed:.1f} s; {a.action} on B p50 {ms(pct(took, 50))}, "
           f"p99 {ms(pct(took, 99))}, max {ms(max(took))}")
-    print(f"  right after each answer: A {fmt(immediate['A'])}; C {fmt(immediate['C'])}")
+    print(f"  right after each answer: A {tally(immediate['A'])}; C {tally(immediate['C'])}")
     print(f"  hammer on C ({a.verifiers} threads): {len(records)} requests, "
           f"{sum(1 for r in before if r[3])} accepted before the answer; "
-          f"{len(after)} sent after the answer: {fmt(codes)}; {hammer.errors} connection errors")
+          f"{len(after)} sent after the answer: {tally(label(*r[2:]) for r in after)}; "
+          f"{hammer.errors} connection errors")
     if c_lookups:
         print(f"  (C needed more than one try to accept a new key in {c_lookups} rounds)")
     if not after:
@@ -372,18 +378,14 @@ def stopped(a) -> int:
         os.kill(a.pid, signal.SIGCONT)
     time.sleep(a.after)
     records = hammer.finish()
-    codes: dict[str, int] = {}
     for rnd, sent, status, accepted, code in records:
-        key = "ACCEPTED" if accepted else ("503" if status == 503 else str(code))
-        codes[key] = codes.get(key, 0) + 1
         why = refused(status, accepted, code, "unknown_key")
         if why and sent > answered:
             wrong.append(f"C, {ms(sent - answered)} after the delete answered: {why}")
     if not records:
         wrong.append("no request reached C after SIGCONT")
-    fmt = ", ".join(f"{k}: {v}" for k, v in sorted(codes.items()))
     print(f"  SIGSTOP C: the delete on A answered in {ms(took)} (limit {ms(limit)}); "
-          f"after SIGCONT C answered {len(records)} requests: {fmt}")
+          f"after SIGCONT C answered {len(records)} requests: {tally(label(*r[2:]) for r in records)}")
     return report(wrong)
 
 
