@@ -195,8 +195,7 @@ impl Published {
     /// Whether anything is known here about key `id` (a change applied
     /// since start, or a withheld state), published or not.
     pub(crate) fn knows(&self, id: KeyId) -> bool {
-        let inner = self.lock();
-        inner.versions.contains_key(&id) || inner.withheld.contains_key(&id)
+        self.lock().knows(id)
     }
 
     /// Publishes an active `record` that a look-up of an unknown key id
@@ -205,9 +204,7 @@ impl Published {
     /// it was published.
     pub(crate) fn learn(&self, record: &PublicKeyRecord) -> bool {
         let inner = self.lock();
-        let known = inner.versions.contains_key(&record.id)
-            || inner.withheld.contains_key(&record.id)
-            || self.jwks.contains(record.id);
+        let known = inner.knows(record.id) || self.jwks.contains(record.id);
         let active = record.state_at(now_secs()) == KeyState::Active;
         !known && active && self.jwks.learned(record)
     }
@@ -261,6 +258,12 @@ impl Published {
 }
 
 impl Inner {
+    /// Whether a change of `id` was applied here since start, or it is
+    /// withheld.
+    fn knows(&self, id: KeyId) -> bool {
+        self.versions.contains_key(&id) || self.withheld.contains_key(&id)
+    }
+
     /// Whether a change of `id` at `version` is newer than what was applied
     /// here (then remembered), or of unknown version and nothing newer was.
     fn is_newer(&mut self, id: KeyId, version: u64) -> bool {
