@@ -47,12 +47,34 @@ use crate::service::Published;
 use crate::store::{Heard, Store};
 use crate::verify::Verifier;
 
+/// How stale an instance may be: `cluster.max_staleness_ms` and
+/// `cluster.stale_verification`, given when the service is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Staleness {
+    pub max: Duration,
+    /// Keep verifying from memory while stale.
+    pub serve_stale: bool,
+}
+
+impl From<&crate::config::Cluster> for Staleness {
+    fn from(cluster: &crate::config::Cluster) -> Staleness {
+        Staleness {
+            max: Duration::from_millis(cluster.max_staleness_ms),
+            serve_stale: cluster.stale_verification == crate::config::StaleVerification::Serve,
+        }
+    }
+}
+
+impl Default for Staleness {
+    fn default() -> Staleness {
+        Staleness::from(&crate::config::Cluster::default())
+    }
+}
+
 /// Whether this instance can vouch for revocations made elsewhere.
-#[derive(Default)]
 pub struct Freshness {
     following: AtomicBool,
-    serve_stale: AtomicBool,
-    max_staleness_ms: AtomicU64,
+    staleness: Staleness,
     /// The version through which every change has been applied.
     applied: AtomicU64,
     confirmed: Mutex<Confirmed>,
@@ -71,24 +93,25 @@ struct Confirmed {
 }
 
 impl Freshness {
-    pub fn new(applied: u64) -> Freshness {
-        let fresh = Freshness {
+    pub fn new(applied: u64, staleness: Staleness) -> Freshness {
+        Freshness {
+            following: AtomicBool::new(false),
+            staleness,
+            applied: AtomicU64::new(applied),
+            confirmed: Mutex::default(),
             instance: ulid::Ulid::new().to_string(),
-            ..Freshness::default()
-        };
-        fresh.applied.store(applied, Ordering::SeqCst);
-        fresh
+        }
     }
 
     fn max_staleness(&self) -> Duration {
-        Duration::from_millis(self.max_staleness_ms.load(Ordering::SeqCst))
+        self.staleness.max
     }
 
     /// `Err(why)` while this instance follows others, has not confirmed
     /// within `max_staleness` that it has seen every change, and must not
     /// serve stale verdicts.
     pub fn vouch(&self) -> Result<(), String> {
-        if !self.following.load(Ordering::SeqCst) || self.serve_stale.load(Ordering::SeqCst) {
+        if !self.following.load(Ordering::SeqCst) || self.staleness.serve_stale {
             return Ok(());
         }
         let max = self.max_staleness();
@@ -152,16 +175,9 @@ impl Follower {
     /// Follows the store's announcements in a task that runs until
     /// aborted, and returns once this instance is current (or after
     /// `max_staleness`). `None` when the store has no other writers.
-    pub async fn start(
-        self,
-        max_staleness: Duration,
-        serve_stale: bool,
-    ) -> Option<tokio::task::AbortHandle> {
+    pub async fn start(self) -> Option<tokio::task::AbortHandle> {
         let events = self.store.announcements()?;
-        self.fresh
-            .max_staleness_ms
-            .store(max_staleness.as_millis() as u64, Ordering::SeqCst);
-        self.fresh.serve_stale.store(serve_stale, Ordering::SeqCst);
+        let max_staleness = self.fresh.max_staleness();
         self.fresh.following.store(true, Ordering::SeqCst);
         let fresh = self.fresh.clone();
         let fence = fence_when_deaf(fresh.clone(), events.clone());
@@ -289,8 +305,9 @@ const MARGIN: Duration = Duration::from_millis(100);
 
 /// Waits until every other live instance has applied `version`, or until
 /// `max_staleness` plus a margin has passed since `committed`, by when an
-/// instance that has not applied it refuses to verify. Returns at once
-/// when this instance follows no others.
+/// instance that has not applied it refuses to verify. Returns at once on
+/// a store no other process writes. A process that does not follow (the
+/// CLI on a shared database) waits all the same: its answer revokes too.
 pub(crate) async fn applied_everywhere(
     store: &Store,
     fresh: &Freshness,
@@ -298,7 +315,7 @@ pub(crate) async fn applied_everywhere(
     committed: Instant,
     waited: &Histogram,
 ) {
-    if !fresh.following.load(Ordering::SeqCst) {
+    if !store.is_shared() {
         return;
     }
     let started = Instant::now();

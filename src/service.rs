@@ -14,7 +14,7 @@ pub use lifecycle::Lifetimes;
 pub(crate) use lifecycle::Published;
 
 use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
-use crate::cluster::{Follower, Freshness};
+use crate::cluster::{Follower, Freshness, Staleness};
 use crate::jwks::{Document, Jwks};
 use crate::keys::upload::Upload;
 use crate::keys::{
@@ -106,19 +106,60 @@ pub struct Signet {
     seen_generation: std::sync::atomic::AtomicU64,
 }
 
+/// What the service is built with, all given at construction.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policy: Policy,
+    /// `ORGKEYS_MAX`: the most keys one organisation may hold.
+    pub quota: u32,
+    /// Pre-generated RSA key pairs to keep per modulus size, in
+    /// `Bits::ALL` order.
+    pub pool: [usize; 3],
+    pub lifetimes: Lifetimes,
+    pub staleness: Staleness,
+}
+
+impl Settings {
+    /// The settings `config` names.
+    pub fn of(config: &crate::config::Config) -> Settings {
+        Settings {
+            policy: Policy::from(&config.verify),
+            quota: config.keys.max_per_org,
+            pool: [
+                config.keys.pool_2048,
+                config.keys.pool_3072,
+                config.keys.pool_4096,
+            ],
+            lifetimes: Lifetimes {
+                max: config.keys.max_lifetime,
+                default: config.keys.default_lifetime,
+            },
+            staleness: Staleness::from(&config.cluster),
+        }
+    }
+
+    /// [`Settings::of`] for a command that runs once: no pool of key pairs.
+    pub fn once(config: &crate::config::Config) -> Settings {
+        Settings {
+            pool: [0; 3],
+            ..Settings::of(config)
+        }
+    }
+}
+
 impl Signet {
-    /// `pool` is the number of pre-generated RSA key pairs to keep per
-    /// modulus size, in `Bits::ALL` order.
-    pub async fn new(
-        store: Store,
-        policy: Policy,
-        quota: u32,
-        pool: [usize; 3],
-    ) -> Result<Signet, StoreError> {
+    pub async fn new(store: Store, settings: Settings) -> Result<Signet, StoreError> {
+        let Settings {
+            policy,
+            quota,
+            pool,
+            lifetimes,
+            staleness,
+        } = settings;
         let version = store.version().await?;
         let records = store.all_keys().await?;
         let jwks = Arc::new(Jwks::new(&[]));
-        let fresh = Arc::new(Freshness::new(version));
+        let fresh = Arc::new(Freshness::new(version, staleness));
         let published = Arc::new(Published::new(jwks.clone(), fresh.clone()));
         let verifier = Arc::new(Verifier::new(published.clone(), policy));
         published.reset(&records, &verifier);
@@ -133,7 +174,7 @@ impl Signet {
         Ok(Signet {
             jwks,
             published,
-            lifetimes: Lifetimes::default(),
+            lifetimes,
             timer,
             store,
             verifier,
@@ -150,8 +191,8 @@ impl Signet {
 
     /// Starts applying the key changes other instances make to the shared
     /// store (nothing on sled). While more than `max_staleness` behind,
-    /// verification is refused, unless `serve_stale`.
-    pub async fn follow(&self, max_staleness: std::time::Duration, serve_stale: bool) {
+    /// verification is refused, unless stale verification is served.
+    pub async fn follow(&self) {
         let follower = Follower {
             store: self.store.clone(),
             published: self.published.clone(),
@@ -160,13 +201,8 @@ impl Signet {
             metrics: self.metrics.cluster.clone(),
             fresh: self.fresh.clone(),
         };
-        let task = follower.start(max_staleness, serve_stale).await;
+        let task = follower.start().await;
         *self.follower.lock().expect("follower lock poisoned") = task;
-    }
-
-    /// How long keys live when a create names no expiry, and at most.
-    pub fn set_lifetimes(&mut self, lifetimes: Lifetimes) {
-        self.lifetimes = lifetimes;
     }
 
     /// Generates a key pair, stores its public half under the quota, and

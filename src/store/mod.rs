@@ -460,6 +460,11 @@ impl Store {
         }
     }
 
+    /// Whether other processes may write this store too (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
     pub fn new_id(&self) -> KeyId {
         dispatch!(self, s => s.new_id())
     }
