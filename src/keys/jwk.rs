@@ -159,8 +159,13 @@ impl Jwk {
                 der
             }
             ("OKP", Some("Ed25519")) if alg == Algorithm::EdDSA => {
+                let key = member("x", self.x.as_deref(), ED25519_KEY_LEN)?;
+                // A small-order key in someone's JWK Set would let anyone
+                // forge its tokens.
+                super::upload::check_ed25519(&key)
+                    .map_err(|e| JwkError::InvalidKey(e.to_string()))?;
                 let mut der = ED25519_SPKI_PREFIX.to_vec();
-                der.extend(member("x", self.x.as_deref(), ED25519_KEY_LEN)?);
+                der.extend(key);
                 der
             }
             ("RSA", _) | ("OKP", Some("Ed25519")) => return Err(JwkError::Alg),
