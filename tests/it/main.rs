@@ -21,6 +21,7 @@ mod no_data;
 mod operations;
 mod pg;
 mod postgres;
+mod redaction;
 mod request_log;
 mod sealing;
 mod support;

@@ -913,3 +913,33 @@ async fn signet_keys_upload_refuses_small_order_keys() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ecdsa_signatures_high_s_twin_is_accepted_as_rfc_7518_allows() {
+    // docs/api.md says so: (r, n - s) verifies like (r, s).
+    use rsa::BigUint;
+    let app = spawn_with(|_| {}).await;
+    let created = app
+        .create_key("acme", json!({"name": "ec", "algorithm": "ES256"}))
+        .await;
+    let (id, signer) = crate::support::key_of(&created);
+    let token = signer.org_token(&id, claims("acme", "OWNER"));
+    let (input, signature) = token.rsplit_once('.').unwrap();
+    let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    let n = BigUint::parse_bytes(
+        b"FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551",
+        16,
+    )
+    .unwrap();
+    let s = BigUint::from_bytes_be(&signature[32..]);
+    let twin_s = (&n - &s).to_bytes_be();
+    let mut twin = signature[..32].to_vec();
+    twin.extend(std::iter::repeat_n(0, 32 - twin_s.len()));
+    twin.extend(twin_s);
+    assert_ne!(twin, signature);
+    assert_eq!(verdict(&app, &token).await, "valid");
+    assert_eq!(
+        verdict(&app, &format!("{input}.{}", b64(&twin))).await,
+        "valid"
+    );
+}
