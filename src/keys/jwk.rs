@@ -283,6 +283,18 @@ mod tests {
                 edit(&ed, &|j| j.x = Some(format!("{}=", j.x.clone().unwrap()))),
             ),
             ("not on the curve", edit(&p256, &|j| j.y = j.x.clone())),
+            (
+                "Ed25519 identity",
+                edit(&ed, &|j| {
+                    j.x = Some(URL_SAFE_NO_PAD.encode([&[1u8][..], &[0; 31]].concat()))
+                }),
+            ),
+            (
+                "Ed25519 y = 2",
+                edit(&ed, &|j| {
+                    j.x = Some(URL_SAFE_NO_PAD.encode([&[2u8][..], &[0; 31]].concat()))
+                }),
+            ),
         ];
         for (name, result) in cases {
             assert!(result.is_err(), "{name} was accepted");
