@@ -22,6 +22,7 @@ mod no_data;
 mod operations;
 mod pg;
 mod postgres;
+mod redaction;
 mod request_log;
 mod revocation_order;
 mod sealing;
