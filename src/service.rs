@@ -398,6 +398,11 @@ impl Signet {
             .await?;
         let committed = std::time::Instant::now();
         let Some(version) = deleted else {
+            // Deleted by another request: this 404 waits for that deletion
+            // exactly as its 204 did (SPEC §9).
+            if let Some(version) = self.storage(self.store.deletion(&org, id)).await? {
+                self.applied_everywhere(version, committed).await;
+            }
             return Err(ServiceError::NotFound(id));
         };
         // Unpublished first: the verifier fills its cache from the

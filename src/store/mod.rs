@@ -87,6 +87,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether this is a database server failing or out of reach
+    /// (PostgreSQL), rather than the local disk.
+    pub fn is_database_server(&self) -> bool {
+        matches!(self, StoreError::Io(e) if e.is::<postgres::DatabaseFailed>())
+    }
+
     /// Whether this is the storage itself failing (disk full, read-only,
     /// I/O error, database unreachable), as opposed to damaged data or a
     /// refused open.
@@ -275,6 +281,16 @@ pub trait Storage: Send + Sync {
         delete: Delete,
     ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 
+    /// The version of the change that deleted key `id` of `org`, if it was
+    /// deleted (a DELETE that answers 404 waits for it like the first).
+    fn deletion(
+        &self,
+        _org: &OrgId,
+        _id: KeyId,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
     /// Applies `change` to the key's record with its events; see [`KeyChange`].
     fn change_key(
         &self,
@@ -379,6 +395,10 @@ pub struct Heard {
     pub session: u64,
     /// Whether the listening connection is up.
     pub listening: bool,
+    /// Whether the store is polled instead (`cluster.notify = "poll"`, or
+    /// notifications found not to arrive): no session to lose, so losing
+    /// one fences nothing.
+    pub polling: bool,
 }
 
 /// Key changes after a version, up to the newest committed one.
@@ -440,7 +460,8 @@ impl Store {
             }
             Backend::Postgres => {
                 let url = config.storage.url.as_ref().map_or("", Secret::expose);
-                let store = PgStore::open(url, sealer, create).await?;
+                let settings = postgres::Settings::of(&config.cluster);
+                let store = PgStore::open(url, sealer, create, settings).await?;
                 Ok(Store::Postgres(Arc::new(store)))
             }
         }
@@ -460,6 +481,10 @@ impl Store {
 
     pub async fn delete_key(&self, delete: Delete) -> Result<Option<u64>, StoreError> {
         dispatch!(self, s => s.delete_key(delete).await)
+    }
+
+    pub async fn deletion(&self, org: &OrgId, id: KeyId) -> Result<Option<u64>, StoreError> {
+        dispatch!(self, s => s.deletion(org, id).await)
     }
 
     pub async fn heartbeat(&self, instance: &str, applied: u64) -> Result<(), StoreError> {
