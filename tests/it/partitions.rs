@@ -445,3 +445,47 @@ async fn a_delete_answering_404_waits_for_the_deletion_like_its_204() {
     a.stop().await;
     Arc::into_inner(b).unwrap().stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_path_still_serves_and_a_cut_one_answers_and_fences_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((cluster, database)) = database(dir.path()) else {
+        return;
+    };
+    let proxy = FaultProxy::start(cluster.port).await;
+    let app = instance(&database, cluster, Some(&proxy), |c| {
+        c.cluster.statement_timeout_ms = 2000;
+        // Far longer than the test: only the lost listener fences it.
+        c.cluster.max_staleness_ms = 600_000;
+    })
+    .await;
+    let created = app.create_key("acme", json!({"name": "k"})).await;
+    let (kid, signer) = key_of(&created);
+    let token = signer.org_token(&kid, claims("acme", "OWNER"));
+
+    // 20 ms each way per chunk: slower, but everything answers.
+    proxy.set(Mode::Delay(Duration::from_millis(20)));
+    let (r, took) = answered(app.create_key_raw("acme", &json!({"name": "slow"}), ADMIN)).await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.text());
+    eprintln!("delay 20 ms per chunk: a create took {took:?}");
+    assert_eq!(app.verify(&token).await["valid"], true);
+
+    proxy.set(Mode::Cut);
+    let (r, took) = answered(app.create_key_raw("acme", &json!({"name": "cut"}), ADMIN)).await;
+    r.assert_error(503, "unavailable");
+    eprintln!("cut: a create answered 503 in {took:?}");
+    eventually(
+        "the lost listener fences it",
+        Duration::from_secs(10),
+        || async { verify_raw(&app, &token).await.status.as_u16() == 503 },
+    )
+    .await;
+    proxy.set(Mode::Pass);
+    eventually("verification resumes", Duration::from_secs(20), || async {
+        let r = verify_raw(&app, &token).await;
+        r.status.as_u16() == 200 && r.json()["valid"] == true
+    })
+    .await;
+    app.create_key("acme", json!({"name": "after"})).await;
+    app.stop().await;
+}
