@@ -187,8 +187,8 @@ pub struct PgStore {
     /// for the disk, since no lost session tells of a crash.
     polling: Arc<AtomicBool>,
     /// `SET LOCAL` of the server-side limits, run first in every
-    /// transaction when they are not startup options.
-    set_local: Option<String>,
+    /// transaction while polling (a pooler may not pass startup options).
+    set_local: String,
 }
 
 /// A pooled connection for one operation. Dropped before [`Conn::done`] —
@@ -280,15 +280,15 @@ impl PgStore {
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3)
             .tcp_user_timeout(timeout.max(Duration::from_secs(1)));
-        let set_local = if settings.poll {
-            // A transaction-pooling proxy refuses startup options.
-            let sets: Vec<String> = settings
-                .limits()
-                .iter()
-                .map(|(name, ms)| format!("SET LOCAL {name} = {ms}"))
-                .collect();
-            Some(sets.join("; "))
-        } else {
+        let sets: Vec<String> = settings
+            .limits()
+            .iter()
+            .map(|(name, ms)| format!("SET LOCAL {name} = {ms}"))
+            .collect();
+        let set_local = sets.join("; ");
+        // A transaction-pooling proxy refuses startup options (or ignores
+        // them): when polling, the limits are set in each transaction.
+        if !settings.poll {
             let options: Vec<String> = settings
                 .limits()
                 .iter()
@@ -299,8 +299,7 @@ impl PgStore {
                 None => options.join(" "),
             };
             config.options(options);
-            None
-        };
+        }
         let location = describe(&config);
         let open_error = |e: deadpool_postgres::BuildError| StoreError::Open {
             location: location.clone(),
@@ -342,10 +341,15 @@ impl PgStore {
     /// A connection from `pool` for one operation.
     async fn conn(&self, pool: &Pool) -> Result<Conn, StoreError> {
         let client = pool.get().await.map_err(|e| {
-            unreachable_db(format!(
-                "cannot reach the database at {}: {e}",
-                self.location
-            ))
+            let mut why = format!(
+                "cannot reach the database at {}: {}",
+                self.location,
+                causes(&e)
+            );
+            if why.contains("unsupported startup parameter") {
+                why.push_str(" (a transaction-pooling proxy such as PgBouncer refuses the `options` that carry signet's timeouts with cluster.notify = \"listen\"; set cluster.notify = \"poll\")");
+            }
+            unreachable_db(why)
         })?;
         Ok(Conn {
             client: Some(client),
@@ -375,8 +379,8 @@ impl PgStore {
         client: &'a mut deadpool_postgres::Object,
     ) -> Result<deadpool_postgres::Transaction<'a>, StoreError> {
         let tx = client.transaction().await.map_err(db)?;
-        if let Some(sets) = &self.set_local {
-            tx.batch_execute(sets).await.map_err(db)?;
+        if self.polling() {
+            tx.batch_execute(&self.set_local).await.map_err(db)?;
         }
         Ok(tx)
     }
@@ -1395,7 +1399,22 @@ async fn stamp(tx: &Transaction<'_>, ids: &[KeyId]) -> Result<u64, StoreError> {
 
 /// A database error: the storage failing, as far as a caller can tell.
 fn db(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Io(Box::new(DatabaseFailed(Box::new(e))))
+    StoreError::Io(Box::new(DatabaseFailed(causes(&e).into())))
+}
+
+/// `e` and its causes, each once: tokio-postgres says only "db error" and
+/// leaves what the server said to the source.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// The database out of reach or too slow to answer.

@@ -22,6 +22,7 @@ mod no_data;
 mod operations;
 mod partitions;
 mod pg;
+mod pgbouncer;
 mod postgres;
 mod request_log;
 mod sealing;
