@@ -21,6 +21,12 @@
 //! latest, and an instance must not vouch on a registration the others
 //! can no longer see.
 //!
+//! Notifications are only a wake-up. When the store is polled instead
+//! (`cluster.notify = "poll"`, or notifications found not to arrive), the
+//! follower re-reads every `max_staleness / 8`, there is no session to
+//! lose, and heartbeats wait for the disk, so nothing fences on a lost
+//! connection: freshness alone decides.
+//!
 //! A revocation (a delete, a disable, a rotation that retires the old key
 //! at once) waits, after it has committed at version v, until every other
 //! live instance (a heartbeat within `max_staleness`) has applied v, or
@@ -87,6 +93,12 @@ pub struct Freshness {
 struct Confirmed {
     /// "Fresh as of": when the last re-read that counts was sent.
     as_of: Option<Instant>,
+    /// The latest "fresh as of" ever, or when following started: what
+    /// `/metrics` counts its age from (a fence does not reset it).
+    latest: Option<Instant>,
+    /// Since when changes announced, or a re-read that failed, have not
+    /// been applied.
+    behind_since: Option<Instant>,
     /// The listening session in which a heartbeat of this instance was
     /// committed: only a re-read sent after that counts.
     registered: Option<u64>,
@@ -140,7 +152,42 @@ impl Freshness {
     /// was lost (the database may have crashed and lost this instance's
     /// last heartbeats), or this instance left the list of instances.
     pub fn fence(&self) {
-        *self.lock() = Confirmed::default();
+        let mut confirmed = self.lock();
+        *confirmed = Confirmed {
+            latest: confirmed.latest,
+            behind_since: confirmed.behind_since,
+            ..Confirmed::default()
+        };
+    }
+
+    /// How long ago this instance last confirmed it was current (or
+    /// started following, if it never did): grows without bound while it
+    /// cannot confirm.
+    pub fn age(&self) -> Duration {
+        self.confirmed()
+            .latest
+            .map_or(Duration::ZERO, |at| at.elapsed())
+    }
+
+    /// How long changes known to exist (announced, or not read because a
+    /// re-read failed) have waited to be applied here; zero when current.
+    pub fn lag(&self) -> Duration {
+        self.confirmed()
+            .behind_since
+            .map_or(Duration::ZERO, |at| at.elapsed())
+    }
+
+    /// Changes are known to be waiting since `at` (unless since earlier).
+    fn behind(&self, at: Instant) {
+        self.lock().behind_since.get_or_insert(at);
+    }
+
+    /// Every change up to a re-read sent at `sent` is applied.
+    fn caught_up(&self, sent: Instant) {
+        let mut confirmed = self.lock();
+        if confirmed.behind_since.is_some_and(|at| at <= sent) {
+            confirmed.behind_since = None;
+        }
     }
 
     fn confirmed(&self) -> Confirmed {
@@ -179,10 +226,25 @@ impl Follower {
         let events = self.store.announcements()?;
         let max_staleness = self.fresh.max_staleness();
         self.fresh.following.store(true, Ordering::SeqCst);
+        self.fresh.lock().latest = Some(Instant::now());
+        let fresh = self.fresh.clone();
+        self.metrics
+            .fresh_age_seconds
+            .read_with(move || fresh.age().as_secs_f64());
+        let fresh = self.fresh.clone();
+        self.metrics
+            .lag_seconds
+            .read_with(move || fresh.lag().as_secs_f64());
         let fresh = self.fresh.clone();
         let fence = fence_when_deaf(fresh.clone(), events.clone());
-        let follow = self.run(events, max_staleness / 4);
-        let task = tokio::spawn(async move { tokio::join!(follow, fence) });
+        let task = tokio::spawn(async move {
+            let follower = self;
+            tokio::join!(
+                follower.run(events, max_staleness),
+                follower.observe(max_staleness / 4),
+                fence
+            )
+        });
         // Serve once current; with the database away, no longer than
         // max_staleness (verification is then refused until it is back).
         let started = Instant::now();
@@ -192,42 +254,41 @@ impl Follower {
         Some(task.abort_handle())
     }
 
-    async fn run(self, mut events: tokio::sync::watch::Receiver<Heard>, every: Duration) {
-        // When the store last announced changes not applied yet.
-        let mut announced: Option<Instant> = None;
+    /// Re-reads on every announcement, and at least every
+    /// `max_staleness / 4` (listening) or `/ 8` (polling).
+    async fn run(&self, mut events: tokio::sync::watch::Receiver<Heard>, max_staleness: Duration) {
         loop {
             while self.catch_up(&events).await == Step::Again {}
-            let lag = announced
-                .take()
-                .map_or(0.0, |at| at.elapsed().as_secs_f64());
-            self.metrics.lag_seconds.set(lag);
+            let every = match events.borrow().polling {
+                true => max_staleness / 8,
+                false => max_staleness / 4,
+            };
             tokio::select! {
                 changed = events.changed() => {
-                    announced = Some(Instant::now());
+                    self.fresh.behind(Instant::now());
                     if changed.is_err() {
                         tokio::time::sleep(every).await;
                     }
                 }
-                // The gauges on the timer only: not one more round trip
-                // per change.
-                () = tokio::time::sleep(every) => self.observe().await,
+                () = tokio::time::sleep(every) => {}
             }
         }
     }
 
-    /// Updates the gauges of how current this instance is.
-    async fn observe(&self) {
-        let fresh_as_of = self.fresh.confirmed().as_of;
-        let age = fresh_as_of.map_or(f64::INFINITY, |at| at.elapsed().as_secs_f64());
-        self.metrics.fresh_age_seconds.set(age);
-        // Every live instance but this one has applied less than this.
-        let live = self.fresh.max_staleness() + MARGIN;
-        if let Ok(others) = self
-            .store
-            .lagging(i64::MAX as u64, &self.fresh.instance, live)
-            .await
-        {
-            self.metrics.live_instances.set(others as i64 + 1);
+    /// Updates the count of live instances every `every`, apart from the
+    /// re-reads so that a slow answer never delays one.
+    async fn observe(&self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            // Every live instance but this one has applied less than this.
+            let live = self.fresh.max_staleness() + MARGIN;
+            if let Ok(others) = self
+                .store
+                .lagging(i64::MAX as u64, &self.fresh.instance, live)
+                .await
+            {
+                self.metrics.live_instances.set(others as i64 + 1);
+            }
         }
     }
 
@@ -238,6 +299,7 @@ impl Follower {
         let changes = match self.store.changes_since(self.fresh.applied()).await {
             Ok(changes) => changes,
             Err(e) => {
+                self.fresh.behind(sent);
                 tracing::warn!(error = %e, "could not read key changes of other instances");
                 return Step::Done;
             }
@@ -263,6 +325,7 @@ impl Follower {
             .fetch_max(changes.upto, Ordering::SeqCst)
             .max(changes.upto);
         self.metrics.applied_version.set(applied as i64);
+        self.fresh.caught_up(sent);
         // Fresh only once the store knows: an instance that is not live
         // must not be vouching.
         if let Err(e) = self.store.heartbeat(&self.fresh.instance, applied).await {
@@ -283,6 +346,7 @@ impl Follower {
         }
         if confirmed.as_of.is_none_or(|at| at < sent) {
             confirmed.as_of = Some(sent);
+            confirmed.latest = Some(sent);
         }
         Step::Done
     }
@@ -291,7 +355,8 @@ impl Follower {
 /// Fences `fresh` whenever the listening connection is lost.
 async fn fence_when_deaf(fresh: Arc<Freshness>, mut events: tokio::sync::watch::Receiver<Heard>) {
     while events.changed().await.is_ok() {
-        if !events.borrow_and_update().listening {
+        let heard = *events.borrow_and_update();
+        if !heard.listening && !heard.polling {
             fresh.fence();
             tracing::warn!("not vouching for revocations until listening again and caught up");
         }

@@ -1,5 +1,5 @@
 //! The CLI's revoking commands on a shared database wait for the running
-//! instances exactly as a server's answer does (SPEC §9): once `signet keys
+//! instances exactly as a server's answer does: once `signet keys
 //! delete|disable|rotate --grace-seconds 0` has exited, no instance accepts
 //! the key's tokens, not even one that was stopped while it ran.
 
