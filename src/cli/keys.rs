@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
@@ -11,6 +10,7 @@ use super::lifecycle::LifecycleCommand;
 use super::{data_config, open_existing, DataArgs, Outcome, ALGORITHMS};
 use crate::audit::Actor;
 use crate::keys::{self, Bits, GeneratedKey, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
+use crate::secret_file::SecretFile;
 use crate::service::{Caller, Lifetimes, NewKey, Signet};
 use crate::store::Store;
 use crate::verify::Policy;
@@ -60,6 +60,17 @@ pub(super) enum KeysCommand {
 
 pub(super) async fn run(command: KeysCommand, data: DataArgs) -> anyhow::Result<Outcome> {
     let config = data_config(&data)?;
+    // Claimed before the store is even opened: a path that cannot take the
+    // private key is an error with nothing made.
+    let out = match &command {
+        KeysCommand::Create {
+            out: Some(path), ..
+        }
+        | KeysCommand::Lifecycle(LifecycleCommand::Rotate {
+            out: Some(path), ..
+        }) => Some(SecretFile::create(path)?),
+        _ => None,
+    };
     let signet = if matches!(command, KeysCommand::List { .. }) {
         open_existing(&config).await?
     } else {
@@ -82,7 +93,7 @@ pub(super) async fn run(command: KeysCommand, data: DataArgs) -> anyhow::Result<
             name,
             algorithm,
             bits,
-            out,
+            out: _,
             expires_at,
         } => {
             let new = NewKey {
@@ -106,7 +117,7 @@ pub(super) async fn run(command: KeysCommand, data: DataArgs) -> anyhow::Result<
             print_issued(&record, &key, out)?;
         }
         KeysCommand::Lifecycle(command) => {
-            let outcome = super::lifecycle::run(command, &signet, &caller).await?;
+            let outcome = super::lifecycle::run(command, &signet, &caller, out).await?;
             signet.sync().await?;
             return Ok(outcome);
         }
@@ -138,18 +149,24 @@ pub(super) async fn run(command: KeysCommand, data: DataArgs) -> anyhow::Result<
 }
 
 /// Prints a new key's SigningKeySet JSON, or writes its private key to
-/// `out` (mode 0600) and prints the rest.
+/// `out` (claimed before the key was made) and prints the rest.
 pub(super) fn print_issued(
     record: &PublicKeyRecord,
     key: &GeneratedKey,
-    out: Option<PathBuf>,
+    out: Option<SecretFile>,
 ) -> anyhow::Result<()> {
     let mut view = public_view(record);
     match out {
-        Some(path) => {
-            crate::secret_file::write_secret_file(&path, key.pkcs8_pem().as_bytes()).with_context(
-                || format!("cannot create {} (it must not exist yet)", path.display()),
-            )?;
+        Some(file) => {
+            let path = file.path().to_owned();
+            if let Err(e) = file.fill(key.pkcs8_pem().as_bytes()) {
+                anyhow::bail!(
+                    "KEY LOST: key {id} of organisation {org} was made, but its private key could not be written to {path}: {e}. Nobody holds that private key now: delete the key (signet keys delete --org {org} {id}) and make another",
+                    id = record.id,
+                    org = record.org,
+                    path = path.display(),
+                );
+            }
             eprintln!("private key written to {}", path.display());
         }
         None => {

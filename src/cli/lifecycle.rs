@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::keys::{print_issued, public_view};
 use super::{Outcome, ALGORITHMS};
 use crate::keys::{upload, KeyId, KeyName, OrgId};
+use crate::secret_file::SecretFile;
 use crate::service::{Caller, Patch, ServiceError, Signet};
 
 #[derive(Subcommand)]
@@ -84,6 +85,7 @@ pub(super) async fn run(
     command: LifecycleCommand,
     signet: &Signet,
     caller: &Caller,
+    out: Option<SecretFile>,
 ) -> anyhow::Result<Outcome> {
     let disable = matches!(command, LifecycleCommand::Disable { .. });
     let done = match command {
@@ -136,7 +138,7 @@ pub(super) async fn run(
             org,
             id,
             grace_seconds,
-            out,
+            out: _,
         } => {
             let (org, id) = (OrgId::parse(&org)?, KeyId::parse(&id)?);
             let grace = std::time::Duration::from_secs(grace_seconds.into());
