@@ -504,3 +504,79 @@ async fn hostile_arguments_are_refused_before_anything_is_sent() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--org"), "{}", stderr(&o));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_with_cacert() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let (cert, key, ca_file) = (
+        cwd.join("cert.pem"),
+        cwd.join("key.pem"),
+        cwd.join("ca.pem"),
+    );
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let tls = signet::config::TlsFiles {
+        cert_file: cert,
+        key_file: key,
+        reload_poll_secs: 0,
+    };
+    let app = spawn_with(move |c| c.server.tls = Some(tls)).await;
+    let url = format!("https://{}", app.addr);
+    let env = [("SIGNET_SERVER", url.as_str()), ("SIGNET_TOKEN", ADMIN)];
+    let out = cwd.join("k.pem");
+    let created = json_out(
+        &run(
+            cwd,
+            &[
+                "create",
+                "--org",
+                "acme",
+                "--name",
+                "tls",
+                "--algorithm",
+                "EdDSA",
+                "--out",
+                out.to_str().unwrap(),
+                "--cacert",
+                ca_file.to_str().unwrap(),
+            ],
+            &env,
+        )
+        .await,
+    );
+    let kid = created["id"].as_str().unwrap();
+    let o = run(cwd, &["list", "--org", "acme"], &env).await;
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "untrusted without --cacert: {}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("certificate"), "{}", stderr(&o));
+    let listed = json_out(
+        &run(
+            cwd,
+            &[
+                "list",
+                "--org",
+                "acme",
+                "--cacert",
+                ca_file.to_str().unwrap(),
+            ],
+            &env,
+        )
+        .await,
+    );
+    assert_eq!(listed["keys"][0]["id"], kid);
+}
