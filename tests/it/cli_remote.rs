@@ -580,3 +580,48 @@ async fn https_with_cacert() {
     );
     assert_eq!(listed["keys"][0]["id"], kid);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_arguments_are_usage_errors_as_offline() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let url = app.url("");
+    let env = [("SIGNET_SERVER", url.as_str()), ("SIGNET_TOKEN", ADMIN)];
+    for args in [
+        &["create", "--org", "acme", "--name", "bad\u{7}name"][..],
+        &[
+            "create",
+            "--org",
+            "acme",
+            "--name",
+            "n",
+            "--algorithm",
+            "ES256",
+            "--bits",
+            "2048",
+        ],
+        &[
+            "create",
+            "--org",
+            "acme",
+            "--name",
+            "n",
+            "--expires-at",
+            "tomorrow",
+        ],
+    ] {
+        let o = run(cwd, args, &env).await;
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let data = cwd.join("data");
+        let mut offline = args.to_vec();
+        offline.extend(["--data-dir", data.to_str().unwrap()]);
+        let o = run(cwd, &offline, &[]).await;
+        assert_eq!(o.status.code(), Some(2), "offline {args:?}: {}", stderr(&o));
+    }
+    let listed = app
+        .request_as(Method::GET, "/v1/organisations/acme/keys", ADMIN)
+        .await
+        .json();
+    assert_eq!(listed["keys"], json!([]), "nothing was made");
+}

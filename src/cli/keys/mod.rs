@@ -310,3 +310,24 @@ pub(super) enum UploadBody {
     Pem(String),
     Jwk(serde_json::Map<String, serde_json::Value>),
 }
+
+#[cfg(test)]
+mod tests {
+    /// The offline modules share only `output` and this module: neither
+    /// imports the other (nor `remote`), so none can grow a cycle.
+    #[test]
+    fn offline_lifecycle_and_remote_do_not_import_each_other() {
+        let sources = [
+            ("offline", include_str!("offline.rs")),
+            ("lifecycle", include_str!("lifecycle.rs")),
+            ("remote", include_str!("remote.rs")),
+        ];
+        for (name, text) in sources {
+            for (other, _) in sources.iter().filter(|(o, _)| *o != name) {
+                for import in [format!("super::{other}"), format!("keys::{other}")] {
+                    assert!(!text.contains(&import), "{name} imports {other}");
+                }
+            }
+        }
+    }
+}

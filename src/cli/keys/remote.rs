@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use super::output::{self, Style};
 use super::{data_config, DataArgs, KeysCommand, Outcome, ServerArgs, UploadBody, UploadFile};
 use crate::http::client::{self, Answer, ClientError, Verb};
-use crate::keys::{KeyId, OrgId};
+use crate::keys::{Bits, KeyId, KeyName, KeySpec, OrgId};
 use crate::secret_file::SecretFile;
 
 /// A server to manage and the credential to do it with.
@@ -68,6 +68,13 @@ impl Remote {
                 expires_at,
             } => {
                 let org = OrgId::parse(&org)?;
+                // Checked here as offline, so that a bad argument is a
+                // usage error (exit 2) whichever way the command runs.
+                KeyName::parse(&name)?;
+                KeySpec::new(algorithm.parse()?, bits.map(Bits::from_u64).transpose()?)?;
+                if let Some(at) = &expires_at {
+                    crate::keys::parse_time(at)?;
+                }
                 let mut body = json!({"name": name, "algorithm": algorithm});
                 if let Some(bits) = bits {
                     body["bits"] = json!(bits);
@@ -113,6 +120,10 @@ impl Remote {
                 expires_at,
             } => {
                 let org = OrgId::parse(&org)?;
+                KeyName::parse(&name)?;
+                if let Some(at) = &expires_at {
+                    crate::keys::parse_time(at)?;
+                }
                 let file = match (public_key, jwk) {
                     (Some(path), _) => UploadFile::Pem(path),
                     (None, Some(path)) => UploadFile::Jwk(path),
