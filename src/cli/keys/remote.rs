@@ -226,7 +226,9 @@ impl Remote {
         let answer = client::call_with_token(verb, &url, &self.token, json, self.cacert.as_deref())
             .await
             .map_err(|e| match e {
-                ClientError::Unreachable { .. } => {
+                // Only a refused or failed connection suggests starting
+                // the server; a TLS or protocol failure says its own cause.
+                ClientError::Unreachable { ref cause, .. } if cause.contains("onnect") => {
                     anyhow!("{e} (is `signet serve` running at {}?)", self.base)
                 }
                 e => anyhow!(e),
