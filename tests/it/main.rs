@@ -10,6 +10,7 @@ mod audit_cursor;
 mod bad_input;
 mod cli;
 mod cli_messages;
+mod cli_remote;
 mod cli_waits;
 mod cluster;
 mod deadlines;
