@@ -30,6 +30,7 @@ mod token_cache;
 mod token_cache_liveness;
 mod tokens;
 mod upload;
+mod usage;
 mod verdicts;
 mod verify_api;
 mod walkthrough;
