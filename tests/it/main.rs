@@ -11,6 +11,7 @@ mod bad_input;
 mod cli;
 mod cli_messages;
 mod cluster;
+mod console;
 mod deadlines;
 mod durability;
 mod jwks_global;
