@@ -182,15 +182,21 @@ async function fillOrg(org, slug, body) {
 
 function keyTable(org, slug, keys, reload) {
   const head = ["Name", "ID", "Algorithm", "State", "Created", "Expires", "Origin", "Usage", "Actions"];
+  // Explicit roles: the narrow layout shows rows as cards (CSS display),
+  // which must not cost the table its meaning to assistive technology.
   const table = el(
     "table",
-    { class: "keys" },
+    { class: "keys", role: "table" },
     el("caption", { text: `Keys of organisation ${org} (${keys.length})` }),
-    el("thead", {}, el("tr", {}, head.map((h) => el("th", { scope: "col", text: h })))),
+    el(
+      "thead",
+      { role: "rowgroup" },
+      el("tr", { role: "row" }, head.map((h) => el("th", { scope: "col", role: "columnheader", text: h }))),
+    ),
   );
-  const tbody = el("tbody");
+  const tbody = el("tbody", { role: "rowgroup" });
   if (keys.length === 0) {
-    tbody.append(el("tr", {}, el("td", { colspan: head.length, text: "No keys." })));
+    tbody.append(el("tr", { role: "row" }, el("td", { role: "cell", colspan: head.length, text: "No keys." })));
   }
   for (const key of keys) {
     tbody.append(keyRow(org, key, reload));
@@ -215,18 +221,19 @@ function keyRow(org, key, reload) {
   if (key.state === "active") actions.append(act("Disable", () => disable(org, key, reload)));
   if (key.origin === "generated") actions.append(act("Rotate", () => rotate(org, key, reload)));
   actions.append(act("Delete", () => remove(org, key, reload)));
+  const cell = (label, attrs, ...children) => el("td", { role: "cell", "data-label": label, ...attrs }, ...children);
   return el(
     "tr",
-    { "data-key": key.id },
-    el("td", { text: key.name }),
-    el("td", {}, el("code", { text: key.id })),
-    el("td", { text: key.bits ? `${key.algorithm} (${key.bits} bits)` : key.algorithm }),
-    el("td", { class: `state-${key.state}`, text: key.state }),
-    el("td", {}, when(key.createdAt)),
-    el("td", {}, key.expiresAt ? when(key.expiresAt) : el("span", { class: "muted", text: "does not expire" })),
-    el("td", { text: key.origin }),
-    el("td", {}, usage),
-    el("td", {}, actions),
+    { "data-key": key.id, role: "row" },
+    cell("Name", { class: "name-cell", text: key.name }),
+    cell("ID", {}, el("code", { text: key.id })),
+    cell("Algorithm", { text: key.bits ? `${key.algorithm} (${key.bits} bits)` : key.algorithm }),
+    cell("State", { class: `state-${key.state}`, text: key.state }),
+    cell("Created", {}, when(key.createdAt)),
+    cell("Expires", {}, key.expiresAt ? when(key.expiresAt) : el("span", { class: "muted", text: "does not expire" })),
+    cell("Origin", { text: key.origin }),
+    cell("Usage", { class: "usage-cell" }, usage),
+    cell("Actions", {}, actions),
   );
 }
 

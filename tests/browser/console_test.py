@@ -197,7 +197,7 @@ def main():
         D.get(URL + "/console")
         check("signet" in D.title, D.title)
         button("Sign in")
-        shot("sign-in.png") if SHOTS else None
+        shot("sign-in.png")
 
         step("a wrong token shows the API's message")
         labelled("Token").send_keys("not-the-token")
@@ -206,6 +206,7 @@ def main():
         check("operator token" in error_text(), error_text())
 
         sign_in(OPERATOR)
+        shot("overview.png")
         check("operator" in D.find_element(By.ID, "who").text, "who")
         acme = section("acme")
         headers = [th.text for th in acme.find_elements(By.CSS_SELECTOR, "table.keys th")]
@@ -379,14 +380,23 @@ def main():
         check(table.is_displayed(), "the key table is shown")
         wrap = section("acme").find_element(By.CSS_SELECTOR, ".table-wrap")
         check(wrap.rect["width"] <= 360, f"the table's box fits: {wrap.rect}")
-        delete = row_button("Delete", VICTIM_ID)
-        D.execute_script("arguments[0].scrollIntoView({inline: 'center'})", delete)
-        check(delete.is_displayed(), "row buttons reachable")
         if SHOTS:
             D.execute_script("window.scrollTo(0, 0)")
             shot("phone.png")
             D.execute_script("arguments[0].scrollIntoView()", table)
             shot("phone-keys.png")
+        delete = row_button("Delete", VICTIM_ID)
+        D.execute_script("arguments[0].scrollIntoView({block: 'center', inline: 'center'})", delete)
+        check(delete.is_displayed(), "row buttons reachable")
+        right = D.execute_script("return arguments[0].getBoundingClientRect().right", delete)
+        check(right <= 360, f"the Delete button is within the screen: {right}")
+        width = D.execute_script("return document.scrollingElement.scrollWidth")
+        check(width <= 360, f"page scrolls sideways after scrolling to a key: {width}")
+        delete.click()
+        d = dialog()
+        check(d.rect["width"] <= 360, f"the dialog fits: {d.rect}")
+        button("Cancel", d).click()
+        settle()
         D.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         sign_out()
 
