@@ -94,16 +94,17 @@ CREATE TABLE instances (
     USAGE,
 ];
 
-/// The migration that adds key usage, summed over instances.
+/// The migration that adds key usage, summed over instances. Idempotent,
+/// like a re-run after a schema version was set back by hand.
 const USAGE: &str = r#"
-CREATE TABLE key_usage (
+CREATE TABLE IF NOT EXISTS key_usage (
     key_id bytea NOT NULL,
     minute bigint NOT NULL,
     count bigint NOT NULL,
     PRIMARY KEY (key_id, minute)
 );
-CREATE INDEX key_usage_by_minute ON key_usage (minute);
-CREATE TABLE key_last_use (
+CREATE INDEX IF NOT EXISTS key_usage_by_minute ON key_usage (minute);
+CREATE TABLE IF NOT EXISTS key_last_use (
     key_id bytea PRIMARY KEY,
     at_ms bigint NOT NULL
 );
