@@ -131,7 +131,7 @@ impl Signet {
         ));
         let usage_task = tokio::spawn(usage::count_forever(
             verifier.usage().clone(),
-            store.clone(),
+            store.shares_usage().then(|| store.clone()),
             published.clone(),
         ));
         let metrics = Metrics::new(verifier.stats());

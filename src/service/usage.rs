@@ -20,8 +20,14 @@ const FLUSH_TICKS: u64 = 3;
 /// How often, in ticks, deleted keys are forgotten and old rows pruned.
 const PRUNE_TICKS: u64 = 600;
 
-/// Runs until aborted (when the service is dropped).
-pub(super) async fn count_forever(usage: Arc<Usage>, store: Store, published: Arc<Published>) {
+/// Runs until aborted (when the service is dropped). `shared` is the
+/// store when it sums usage over instances; on sled the task holds no
+/// store, so none outlives the service (an aborted task is dropped late).
+pub(super) async fn count_forever(
+    usage: Arc<Usage>,
+    shared: Option<Store>,
+    published: Arc<Published>,
+) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
@@ -37,7 +43,7 @@ pub(super) async fn count_forever(usage: Arc<Usage>, store: Store, published: Ar
                 published.contains(id).unwrap_or(true) || published.withheld(id).is_some()
             });
         }
-        if store.shares_usage() && ticks % FLUSH_TICKS == 0 {
+        if let Some(store) = shared.as_ref().filter(|_| ticks % FLUSH_TICKS == 0) {
             let deltas = usage.take_deltas();
             if deltas.is_empty() && !prune {
                 continue;
