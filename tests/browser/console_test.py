@@ -56,6 +56,20 @@ def api(method, path, token=OPERATOR, body=None):
         return e.code, (json.loads(raw) if raw else None)
 
 
+def eventually(cond, what, timeout=15):
+    """Polls `cond` (the API's view of an action's effect) until it holds."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if cond():
+                return
+        except AssertionError:
+            pass
+        if time.time() > deadline:
+            raise AssertionError(f"{STEP}: {what} (not within {timeout}s)")
+        time.sleep(0.2)
+
+
 def keys_of(org):
     status, body = api("GET", f"/v1/organisations/{org}/keys")
     check(status == 200, f"list {org}: {status} {body}")
@@ -230,8 +244,9 @@ def main():
         labelled("Name", acme).send_keys("console key")
         Select(labelled("Algorithm", acme)).select_by_visible_text("ES256")
         button("Create key", acme).click()
-        secret = dialog()
+        secret = wait(EC.visibility_of_element_located((By.CSS_SELECTOR, "#secret[open]")))
         check("will not be shown again" in secret.text, secret.text)
+        wait(lambda d: "BEGIN PRIVATE KEY" in D.find_element(By.ID, "secret-pem").get_attribute("value"))
         pem = D.find_element(By.ID, "secret-pem").get_attribute("value")
         check("BEGIN PRIVATE KEY" in pem, "the private key is shown")
         after = keys_of("acme")
@@ -265,7 +280,7 @@ def main():
         pub = globex["keys"][0]["publicKey"]
         D.execute_script("arguments[0].value = arguments[1]", upload_area, pub)
         button("Upload key", acme).click()
-        settle()
+        eventually(lambda: any(k["name"] == "uploaded key" for k in keys_of("acme").values()), "uploaded")
         uploaded = [k for k in keys_of("acme").values() if k["name"] == "uploaded key"]
         check(len(uploaded) == 1 and uploaded[0]["origin"] == "uploaded", f"uploaded: {uploaded}")
         result["uploaded"] = uploaded[0]["id"]
@@ -285,8 +300,8 @@ def main():
         name.clear()
         name.send_keys("renamed key")
         button("Confirm", d).click()
+        eventually(lambda: keys_of("acme")[result["uploaded"]]["name"] == "renamed key", "renamed")
         settle()
-        check(keys_of("acme")[result["uploaded"]]["name"] == "renamed key", "renamed")
 
         step("cancel in a confirmation dialog changes nothing")
         row_button("Delete", VICTIM_ID).click()
@@ -310,15 +325,15 @@ def main():
         check("Verified in the last hour" in usage, usage)
         shot("confirm-disable.png")
         button("Confirm", d).click()
+        eventually(lambda: keys_of("acme")[VICTIM_ID]["state"] == "disabled", "disabled")
         settle()
-        check(keys_of("acme")[VICTIM_ID]["state"] == "disabled", "disabled")
         refused = verify(VICTIM_TOKEN)
         check(refused["valid"] is False and refused["error"]["code"] == "key_disabled", refused)
 
         step("enable")
         row_button("Enable", VICTIM_ID).click()
+        eventually(lambda: keys_of("acme")[VICTIM_ID]["state"] == "active", "enabled")
         settle()
-        check(keys_of("acme")[VICTIM_ID]["state"] == "active", "enabled")
         check(verify(VICTIM_TOKEN)["valid"] is True, "valid again")
 
         step("rotate with a grace period")
@@ -329,7 +344,7 @@ def main():
         grace.clear()
         grace.send_keys("3600")
         button("Confirm", d).click()
-        secret = dialog()
+        secret = wait(EC.visibility_of_element_located((By.CSS_SELECTOR, "#secret[open]")))
         check("will not be shown again" in secret.text, "rotation shows the key once")
         after = keys_of("acme")
         successor = [k for k in after if k not in before]
@@ -356,8 +371,8 @@ def main():
         row_button("Delete", result["uploaded"]).click()
         d = dialog()
         button("Confirm", d).click()
+        eventually(lambda: result["uploaded"] not in keys_of("acme"), "deleted")
         settle()
-        check(result["uploaded"] not in keys_of("acme"), "deleted")
 
         step("keyboard only: Tab reaches Sign out and the dialog buttons")
         row_button("Delete", VICTIM_ID).send_keys(Keys.ENTER)
