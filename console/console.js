@@ -239,6 +239,12 @@ function keyRow(org, key, reload) {
 
 // ---- actions ----
 
+// The key as the server lists it now, for up-to-date usage in a dialog.
+async function fresh(org, key) {
+  const listed = await api.keys(org).catch(() => null);
+  return (listed && listed.keys.find((k) => k.id === key.id)) || key;
+}
+
 async function rename(org, key, reload) {
   const input = el("input", { id: "rename-name", value: key.name, required: true, maxlength: "128" });
   const ok = await confirmDialog({
@@ -255,6 +261,7 @@ async function enable(org, key, reload) {
 }
 
 async function disable(org, key, reload) {
+  key = await fresh(org, key);
   const ok = await confirmDialog({
     title: `Disable key ${key.name}?`,
     text: `Tokens signed by key ${key.id} will be refused at once, and the key leaves the JWK Sets. You can enable it again.`,
@@ -265,6 +272,7 @@ async function disable(org, key, reload) {
 }
 
 async function remove(org, key, reload) {
+  key = await fresh(org, key);
   const ok = await confirmDialog({
     title: `Delete key ${key.name}?`,
     text: `Key ${key.id} will be deleted for good: tokens it signed stop verifying at once. This cannot be undone.`,
@@ -275,6 +283,7 @@ async function remove(org, key, reload) {
 }
 
 async function rotate(org, key, reload) {
+  key = await fresh(org, key);
   const grace = el("input", { id: "rotate-grace", type: "number", min: "0", value: "86400", required: true });
   const ok = await confirmDialog({
     title: `Rotate key ${key.name}?`,

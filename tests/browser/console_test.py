@@ -323,6 +323,10 @@ def main():
         d = dialog()
         usage = d.find_element(By.ID, "confirm-usage").text
         check("Verified in the last hour" in usage, usage)
+        # The victim's token verified just now: the dialog's usage is fresh.
+        hour = d.find_elements(By.CSS_SELECTOR, "#confirm-usage dd")[0].text
+        check(hour != "0", f"verifiedLastHour in the dialog: {usage}")
+        check("never" not in usage, f"lastVerifiedAt in the dialog: {usage}")
         shot("confirm-disable.png")
         button("Confirm", d).click()
         eventually(lambda: keys_of("acme")[VICTIM_ID]["state"] == "disabled", "disabled")
