@@ -40,6 +40,21 @@ pub struct Config {
     pub jwks: Jwks,
     pub log: Log,
     pub cluster: Cluster,
+    pub console: Console,
+}
+
+/// The web console at `/console`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Console {
+    /// `false` answers 404 at `/console` and everything under it.
+    pub enabled: bool,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console { enabled: true }
+    }
 }
 
 /// Several instances on one PostgreSQL.

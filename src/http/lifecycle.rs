@@ -153,13 +153,18 @@ impl RotateBody {
 /// `PATCH /v1/organisations/{org}/keys/{id}`: disable, enable, rename.
 pub async fn patch(call: Call<'_>) -> Outcome {
     let id = call.key_id()?;
+    let window = super::keys::if_unused_for(&call)?;
     let (org, caller) = call.manage().await?;
     let state = call.state;
     let body: PatchBody = call
         .read_json_as(&[JSON, MERGE_PATCH], false)
         .await?
         .expect("an empty body is refused");
-    let record = state.signet.change(org, id, body.parse()?, &caller).await?;
+    let patch = body.parse()?;
+    if patch.disable == Some(true) {
+        super::keys::refuse_if_used(state, &org, id, window).await?;
+    }
+    let record = state.signet.change(org, id, patch, &caller).await?;
     Ok(reply::json(StatusCode::OK, &KeyView::new(&record)))
 }
 

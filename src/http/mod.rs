@@ -6,6 +6,7 @@ mod audit;
 mod body;
 mod call;
 pub mod client;
+mod console;
 mod deadline;
 mod jwks;
 mod keys;

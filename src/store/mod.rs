@@ -545,6 +545,51 @@ impl Store {
         dispatch!(self, s => s.verify_audit().await)
     }
 
+    /// Walks one organisation's audit chain.
+    pub async fn verify_org_audit(
+        &self,
+        org: OrgId,
+    ) -> Result<Result<usize, BrokenLink>, StoreError> {
+        match self {
+            Store::Sled(s) => {
+                let s = s.clone();
+                blocking(move || s.verify_org_audit(&org)).await
+            }
+            Store::Postgres(s) => s.verify_org_audit(&org).await,
+        }
+    }
+
+    /// Whether key usage is summed over several processes in the store
+    /// (PostgreSQL); on sled one process counts, in memory only.
+    pub fn shares_usage(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// Adds this process's usage counts to the store's (nothing on sled).
+    pub async fn flush_usage(
+        &self,
+        deltas: &[crate::usage::UsageDelta],
+        now_ms: u64,
+        prune: bool,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sled(_) => Ok(()),
+            Store::Postgres(s) => s.flush_usage(deltas, now_ms, prune).await,
+        }
+    }
+
+    /// The usage every process flushed for `ids` (empty on sled).
+    pub async fn usage_of(
+        &self,
+        ids: &[KeyId],
+        now_ms: u64,
+    ) -> Result<std::collections::HashMap<KeyId, crate::usage::KeyUsage>, StoreError> {
+        match self {
+            Store::Sled(_) => Ok(Default::default()),
+            Store::Postgres(s) => s.usage_of(ids, now_ms).await,
+        }
+    }
+
     pub async fn reseal_all(&self) -> Result<usize, StoreError> {
         dispatch!(self, s => s.reseal_all().await)
     }

@@ -529,6 +529,29 @@ impl SledStore {
 
     /// Walks every organisation's audit chain; returns the number of events
     /// checked, or the first broken link.
+    /// Walks one organisation's audit chain: the number of events checked,
+    /// or its first broken link.
+    pub fn verify_org_audit(
+        &self,
+        org: &OrgId,
+    ) -> Result<Result<usize, audit::BrokenLink>, StoreError> {
+        let h = self.handles()?;
+        let mut prefix = org.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut chain: Vec<(String, sled::IVec)> = Vec::new();
+        for entry in h.audit.scan_prefix(&prefix) {
+            let (k, v) = entry?;
+            let id: [u8; 16] = k[prefix.len()..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("audit key is not org ‖ 0 ‖ 16 bytes".into()))?;
+            chain.push((KeyId::from_bytes(id).to_string(), v));
+        }
+        Ok(audit::check_chain(
+            org.as_str(),
+            chain.iter().map(|(id, v)| (id.clone(), v.as_ref())),
+        ))
+    }
+
     pub fn verify_audit(&self) -> Result<Result<usize, audit::BrokenLink>, StoreError> {
         let h = self.handles()?;
         let mut total = 0;
