@@ -1,6 +1,18 @@
 // The signet HTTP API as the console uses it: same origin, bearer token
 // from memory, errors carrying the API's own message.
 
+// How many requests and renders are in flight, on <body data-busy>: the
+// browser tests wait for 0 instead of guessing with timers.
+export async function busy(work) {
+  const body = document.body;
+  body.dataset.busy = String(Number(body.dataset.busy || 0) + 1);
+  try {
+    return await work();
+  } finally {
+    body.dataset.busy = String(Number(body.dataset.busy) - 1);
+  }
+}
+
 export class ApiError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -17,6 +29,10 @@ export class Api {
   }
 
   async call(method, path, body, query) {
+    return busy(() => this.#call(method, path, body, query));
+  }
+
+  async #call(method, path, body, query) {
     const headers = { Authorization: `Bearer ${this.#token}` };
     const init = { method, headers, cache: "no-store", credentials: "omit" };
     if (body !== undefined) {

@@ -2,7 +2,7 @@
 // (never in web storage, a cookie or a URL); the private key of a create
 // or rotation is shown once, in a dialog, and dropped when it closes.
 
-import { Api, instanceStatus } from "/console/api.js";
+import { Api, busy, instanceStatus } from "/console/api.js";
 import { claimsOf, el, save, when } from "/console/view.js";
 
 const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
@@ -116,6 +116,10 @@ function showSecret(created) {
 // ---- the page ----
 
 async function refresh() {
+  return busy(render);
+}
+
+async function render() {
   if (!api) return;
   renderStatus();
   const listed = await attempt(() => api.organisations());

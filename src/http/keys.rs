@@ -4,9 +4,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::StatusCode;
 use zeroize::Zeroizing;
 
+use super::bodies::{CreateBody, Creation};
 use super::body::Body;
 use super::call::{accepts_pem, header_value, Call, Outcome};
-use super::lifecycle::{CreateBody, Creation};
 use super::reply::{self, ApiError, ErrorCode, Reply, JSON, PEM};
 use crate::auth::{Need, Principal};
 use crate::keys::{GeneratedKey, KeyId, KeyName, KeySpec, KeyView, OrgId, PublicKeyRecord};
@@ -249,5 +249,5 @@ pub async fn get(call: Call<'_>) -> Outcome {
 
 #[cfg(feature = "test-hooks")]
 pub fn fuzz_body(body: &[u8]) {
-    super::lifecycle::fuzz_body(body);
+    super::bodies::fuzz_body(body);
 }

@@ -3,6 +3,7 @@
 //! response. Also the small HTTP client `signet verify --server` uses.
 
 mod audit;
+mod bodies;
 mod body;
 mod call;
 pub mod client;

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 
 from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -103,7 +103,8 @@ D = None
 
 
 def wait(cond, timeout=15):
-    return WebDriverWait(D, timeout).until(cond)
+    # A re-render replaces elements: a stale one is looked up again.
+    return WebDriverWait(D, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(cond)
 
 
 def button(name, within=None):
@@ -143,10 +144,16 @@ def dialog():
 
 
 def settle():
-    """Waits until no fetch is in flight and the DOM has been quiet briefly."""
-    time.sleep(0.3)
-    wait(lambda d: d.execute_script("return document.readyState") == "complete")
-    time.sleep(0.4)
+    """Waits until no request or render of the page is in flight (the page
+    counts them on <body data-busy>), three looks in a row."""
+    quiet = [0]
+
+    def idle(d):
+        now = d.execute_script("return document.readyState === 'complete' && (document.body.dataset.busy || '0') === '0'")
+        quiet[0] = quiet[0] + 1 if now else 0
+        return quiet[0] >= 3
+
+    WebDriverWait(D, 15, poll_frequency=0.1).until(idle)
 
 
 def error_text():
@@ -284,6 +291,7 @@ def main():
         uploaded = [k for k in keys_of("acme").values() if k["name"] == "uploaded key"]
         check(len(uploaded) == 1 and uploaded[0]["origin"] == "uploaded", f"uploaded: {uploaded}")
         result["uploaded"] = uploaded[0]["id"]
+        settle()
 
         step("upload errors show the API's message")
         acme = section("acme")
