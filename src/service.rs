@@ -399,7 +399,7 @@ impl Signet {
         let committed = std::time::Instant::now();
         let Some(version) = deleted else {
             // Deleted by another request: this 404 waits for that deletion
-            // exactly as its 204 did (SPEC §9).
+            // exactly as its 204 did.
             if let Some(version) = self.storage(self.store.deletion(&org, id)).await? {
                 self.applied_everywhere(version, committed).await;
             }

@@ -90,7 +90,7 @@ impl StoreError {
     /// Whether this is a database server failing or out of reach
     /// (PostgreSQL), rather than the local disk.
     pub fn is_database_server(&self) -> bool {
-        matches!(self, StoreError::Io(e) if e.is::<postgres::DatabaseFailed>())
+        matches!(self, StoreError::Io(e) if e.is::<self::postgres::DatabaseFailed>())
     }
 
     /// Whether this is the storage itself failing (disk full, read-only,
@@ -460,7 +460,7 @@ impl Store {
             }
             Backend::Postgres => {
                 let url = config.storage.url.as_ref().map_or("", Secret::expose);
-                let settings = postgres::Settings::of(&config.cluster);
+                let settings = self::postgres::Settings::of(&config.cluster);
                 let store = PgStore::open(url, sealer, create, settings).await?;
                 Ok(Store::Postgres(Arc::new(store)))
             }

@@ -1,4 +1,4 @@
-//! Partitions answer; they don't hang (SPEC §9): instances talk to a
+//! Partitions answer; they don't hang: instances talk to a
 //! private PostgreSQL through a fault-injecting proxy (`faultproxy`) that
 //! silently drops packets, stalls a writer inside its transaction, or cuts
 //! an instance off just after its COMMIT. Every bound asserted is a
