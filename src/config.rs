@@ -629,13 +629,15 @@ impl Config {
     }
 
     /// The record sealer: `SIGNET_SEAL_KEY`, else `storage.seal_key_file`,
-    /// else (created if absent) `{data_dir}/seal.key`.
-    pub fn sealer(&self) -> Result<crate::seal::Sealer, crate::seal::SealError> {
+    /// else `{data_dir}/seal.key`, created if absent only with `create`
+    /// (a data dir that holds no database yet).
+    pub fn sealer(&self, create: bool) -> Result<crate::seal::Sealer, crate::seal::SealError> {
         match (&self.storage.seal_key, &self.storage.seal_key_file) {
             (None, Some(file)) => crate::seal::Sealer::load_file(file),
-            (from_env, _) => crate::seal::Sealer::load_or_create(
+            (from_env, _) => crate::seal::Sealer::for_data_dir(
                 &self.storage.data_dir,
                 from_env.as_ref().map(Secret::expose),
+                create,
             ),
         }
     }

@@ -435,15 +435,18 @@ macro_rules! dispatch {
 
 impl Store {
     /// Opens (creating if needed) the configured store.
+    /// A seal key is generated only into a data dir without a database.
     pub async fn open(config: &Config) -> Result<Store, StoreError> {
+        let mut fresh = false;
         if config.storage.backend == Backend::Sled {
             let dir = &config.storage.data_dir;
+            fresh = !SledStore::exists(dir);
             create_private_dir(dir).map_err(|source| StoreError::Open {
                 location: dir.display().to_string(),
                 source: Box::new(source),
             })?;
         }
-        Store::open_with(config, config.sealer()?, true).await
+        Store::open_with(config, config.sealer(fresh)?, true).await
     }
 
     /// Opens the configured store only if it already holds signet data;
@@ -452,7 +455,7 @@ impl Store {
         if config.storage.backend == Backend::Sled {
             no_sled_data(config)?;
         }
-        Store::open_with(config, config.sealer()?, false).await
+        Store::open_with(config, config.sealer(false)?, false).await
     }
 
     async fn open_with(config: &Config, sealer: Sealer, create: bool) -> Result<Store, StoreError> {
@@ -633,6 +636,32 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
+/// How many live records, and how many tombstones, a backend hands to
+/// [`check_seal`] when it opens.
+pub const SEAL_SAMPLE: usize = 32;
+
+/// Refuses a store none of whose sampled records (the first
+/// [`SEAL_SAMPLE`] live ones and tombstones, in id order) opens under the
+/// configured seal key: the key is not the one they were sealed with, and
+/// serving or writing with it would hide every key and seal new ones
+/// under the wrong key. One record that opens is enough, so a few planted
+/// or damaged records do not refuse the store (they are skipped when
+/// read); an empty store passes. Each backend calls this when it opens,
+/// before it upgrades the schema.
+pub fn check_seal(
+    sealer: &Sealer,
+    location: &str,
+    sample: &[(KeyId, Vec<u8>)],
+) -> Result<(), StoreError> {
+    if sample.is_empty() || sample.iter().any(|(id, v)| sealer.open(*id, v).is_ok()) {
+        return Ok(());
+    }
+    Err(StoreError::Seal(SealError::WrongKey {
+        location: location.to_owned(),
+        from: sealer.source().clone(),
+    }))
+}
+
 /// A record as stored: its JSON, sealed to its id and organisation. Every
 /// backend writes records through this one function.
 pub fn seal_record(sealer: &Sealer, record: &PublicKeyRecord) -> Vec<u8> {
@@ -729,7 +758,7 @@ pub async fn rotate_seal(config: &Config, new_key: Option<&str>) -> Result<Rotat
     if !next_path.exists() {
         crate::seal::write_key_file(&next_path, &crate::seal::random_key())?;
     }
-    let store = Store::open_with(config, config.sealer()?, false).await?;
+    let store = Store::open_with(config, config.sealer(false)?, false).await?;
     let records = store.reseal_all().await?;
     drop(store);
     std::fs::rename(&next_path, &key_file).map_err(|source| RotateError::Rename {

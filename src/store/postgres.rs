@@ -341,9 +341,10 @@ impl PgStore {
             polling: Arc::new(AtomicBool::new(settings.poll)),
             set_local,
         };
-        let opened = match create {
-            true => store.migrate().await,
-            false => store.check_existing().await,
+        let opened = match store.check_seal().await {
+            Ok(()) if create => store.migrate().await,
+            Ok(()) => store.check_existing().await,
+            Err(e) => Err(e),
         };
         opened.map_err(|e| match e {
             StoreError::Io(source) | StoreError::Open { source, .. } => StoreError::Open {
@@ -581,6 +582,39 @@ impl PgStore {
         .await
         .map_err(db)?;
         Ok(())
+    }
+
+    /// Refuses a database whose records the seal key does not open (see
+    /// `store::check_seal`); one without tables yet passes.
+    async fn check_seal(&self) -> Result<(), StoreError> {
+        on_conn!(self, &self.pool, |client| {
+            let exists: bool = client
+                .query_typed_one(
+                    "SELECT to_regclass('keys') IS NOT NULL AND to_regclass('tombstones') IS NOT NULL",
+                    &[],
+                )
+                .await
+                .map_err(db)?
+                .get(0);
+            if !exists {
+                return Ok(());
+            }
+            let limit = crate::store::SEAL_SAMPLE as i64;
+            let rows = client
+                .query_typed(
+                    "(SELECT id, record FROM keys ORDER BY id LIMIT $1)
+                     UNION ALL (SELECT id, record FROM tombstones ORDER BY id LIMIT $1)",
+                    &[(&limit, Type::INT8)],
+                )
+                .await
+                .map_err(db)?;
+            let sample = rows
+                .iter()
+                .map(|row| Ok((key_id(row.get(0))?, row.get::<_, Vec<u8>>(1))))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            crate::store::check_seal(&self.sealer, &self.location, &sample)
+        })
+        .await
     }
 
     /// Refuses a database without signet's tables, or with newer ones.

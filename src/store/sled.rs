@@ -100,6 +100,11 @@ impl SledStore {
             writer: Mutex::new(ulid::Generator::new()),
             sealer,
         };
+        crate::store::check_seal(
+            &store.sealer,
+            &dir.display().to_string(),
+            &handles.seal_sample()?,
+        )?;
         store.upgrade(&handles)?;
         *store.handles.write().expect("handles lock poisoned") = Some(Arc::new(handles));
         store.sync()?;
@@ -931,6 +936,20 @@ fn append_event(
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> StoreError {
         StoreError::Io(Box::new(e))
+    }
+}
+
+impl Handles {
+    /// The first live records and tombstones, for `store::check_seal`.
+    fn seal_sample(&self) -> Result<Vec<(KeyId, Vec<u8>)>, StoreError> {
+        let mut sample = Vec::new();
+        for tree in [&self.keys, &self.tombstones] {
+            for entry in tree.iter().take(crate::store::SEAL_SAMPLE) {
+                let (k, v) = entry?;
+                sample.push((raw_id(&k)?, v.to_vec()));
+            }
+        }
+        Ok(sample)
     }
 }
 

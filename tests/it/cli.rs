@@ -87,6 +87,9 @@ fn newer_schema_is_refused() {
             .unwrap();
         db.flush().unwrap();
     }
+    // Its seal key, without which the data dir is refused first.
+    let key = signet::seal::random_key();
+    signet::seal::write_key_file(&signet::seal::key_path(dir.path()), &key).unwrap();
     let o = signet(
         &["keys", "list", "--data-dir", dir.path().to_str().unwrap()],
         &[],
