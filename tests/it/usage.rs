@@ -18,19 +18,6 @@ on_both_backends!(
     organisations_and_audit_verify_answer_by_role,
 );
 
-/// Polls `check` every 100 ms until it holds; panics after `limit`.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The `usage` of key `id` on the organisation's list, as the operator.
 async fn usage_of(app: &TestApp, org: &str, id: &str) -> Value {
     let list = app.list_keys(org).await;
