@@ -2,7 +2,7 @@
 //! revocations, the aggregate metric) and the two routes the console
 //! reads: `GET /v1/organisations` and `…/audit/verify`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::Method;
 use serde_json::{json, Value};
