@@ -384,6 +384,12 @@ pub trait Storage: Send + Sync {
         live: std::time::Duration,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Changes whenever another instance's heartbeat is heard (pushed
+    /// acknowledgements), or `None` when none are pushed: polled instead.
+    fn acknowledgements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// What the listener for other instances' changes has heard (it
     /// changes on every announced change, every reconnect and every loss
     /// of the listening connection), or `None` when no other process can
@@ -611,6 +617,10 @@ impl Store {
 
     pub async fn changes_since(&self, applied: u64) -> Result<Changes, StoreError> {
         dispatch!(self, s => s.changes_since(applied).await)
+    }
+
+    pub fn acknowledgements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        dispatch!(self, s => s.acknowledgements())
     }
 
     pub fn announcements(&self) -> Option<tokio::sync::watch::Receiver<Heard>> {
