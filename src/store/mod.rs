@@ -443,7 +443,20 @@ impl Store {
             }
             Backend::Postgres => {
                 let url = config.storage.url.as_ref().map_or("", Secret::expose);
-                let store = PgStore::open(url, sealer, create).await?;
+                // Name where the URL came from if it does not parse.
+                let store = PgStore::open(url, sealer, create).await.map_err(|e| {
+                    match (e, config.storage.url_origin) {
+                        (StoreError::Open { location, source }, Some(origin))
+                            if location == "storage.url" =>
+                        {
+                            StoreError::Open {
+                                location: origin.to_owned(),
+                                source,
+                            }
+                        }
+                        (e, _) => e,
+                    }
+                })?;
                 Ok(Store::Postgres(Arc::new(store)))
             }
         }
