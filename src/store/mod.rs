@@ -474,7 +474,21 @@ impl Store {
             Backend::Postgres => {
                 let url = config.storage.url.as_ref().map_or("", Secret::expose);
                 let settings = self::postgres::Settings::of(&config.cluster);
-                let store = PgStore::open(url, sealer, create, settings).await?;
+                // Name where the URL came from if it does not parse.
+                let store =
+                    PgStore::open(url, sealer, create, settings)
+                        .await
+                        .map_err(|e| match (e, config.storage.url_origin) {
+                            (StoreError::Open { location, source }, Some(origin))
+                                if location == "storage.url" =>
+                            {
+                                StoreError::Open {
+                                    location: origin.to_owned(),
+                                    source,
+                                }
+                            }
+                            (e, _) => e,
+                        })?;
                 Ok(Store::Postgres(Arc::new(store)))
             }
         }
