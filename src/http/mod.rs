@@ -14,6 +14,7 @@ mod keys;
 mod lifecycle;
 mod ops;
 mod reply;
+mod request_id;
 mod routes;
 pub mod tls;
 mod verify;
@@ -194,9 +195,7 @@ async fn handle_request(
         .get("x-request-id")
         .filter(|v| v.len() <= 128)
         .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::try_from(ulid::Ulid::new().to_string()).expect("a ULID is a valid header")
-        });
+        .unwrap_or_else(request_id::next);
     let method = req.method().clone();
     // Only a request log line needs its own copy of the path.
     let path = tracing::enabled!(tracing::Level::INFO).then(|| req.uri().path().to_owned());
