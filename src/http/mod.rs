@@ -129,8 +129,7 @@ pub async fn serve(
                 let app = app.clone();
                 let in_flight = activity.begin(req.version());
                 async move {
-                    let reply = handle_request(&app, req, peer).await;
-                    drop(in_flight);
+                    let reply = handle_request(&app, req, peer, in_flight).await;
                     Ok::<_, Infallible>(reply)
                 }
             })
@@ -188,6 +187,7 @@ async fn handle_request(
     app: &ServerState,
     req: hyper::Request<hyper::body::Incoming>,
     peer: SocketAddr,
+    in_flight: deadline::InFlight,
 ) -> reply::Reply {
     let started = Instant::now();
     let request_id = req
@@ -200,7 +200,10 @@ async fn handle_request(
     // Only a request log line needs its own copy of the path.
     let path = tracing::enabled!(tracing::Level::INFO).then(|| req.uri().path().to_owned());
     let (route, row, mut reply) = routes::dispatch(app, req, peer).await;
-    let elapsed = started.elapsed();
+    // One clock read ends both the latency and the request in flight.
+    let ended = Instant::now();
+    in_flight.end_at(ended);
+    let elapsed = ended - started;
     let status = reply.status().as_u16();
     let metrics = &app.signet.metrics;
     app.series
