@@ -12,12 +12,15 @@
 #   auth  GET /v1/auth, one RS256 token repeated (token-cache hits)
 #   jwks  GET /.well-known/jwks.json (5 keys)
 #   idle  no request for as long as the jwks batch took (timers, sled)
+# With FRESH=1, then again in a second server with the verdict cache off
+# (token_cache_entries = 0), so that every request checks the signature:
+#   fresh-rs256, fresh-es256, fresh-eddsa  GET /v1/auth, one token each
 # Prints instructions per request (user space only: callgrind does not
 # see the kernel) and the top functions by inclusive cost of each batch;
 # the dumps stay in OUT (default target/callgrind) for callgrind_annotate.
 #
 # Environment knobs (optional): REQUESTS (default 5000), WARMUP (200),
-# OUT (target/callgrind), TOP (25 functions per route).
+# OUT (target/callgrind), TOP (25 functions per route), FRESH (0).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +30,7 @@ REQUESTS="${REQUESTS:-5000}"
 WARMUP="${WARMUP:-200}"
 OUT="${OUT:-$REPO/target/callgrind}"
 TOP="${TOP:-25}"
+FRESH="${FRESH:-0}"
 ORG="callgrind"
 LOG_TAG=callgrind
 
@@ -128,6 +132,38 @@ sleep "$BATCH_SECONDS"
 callgrind_control -d idle "$SERVER_PID" >/dev/null
 callgrind_control -i off "$SERVER_PID" >/dev/null
 stop_signet "$SERVER_PID" 60 || true
+
+if [[ "$FRESH" != 0 ]]; then
+    # Created after the jwks batch, so that it counts the same 5 keys.
+    log "creating an ES256 and an EdDSA key and minting their tokens (native run)"
+    start_signet "$WORK/data" "$PORT" "$WORK/native-fresh.log" -- "$BIN" serve --config "$WORK/config.toml"
+    ready_or_die "$BASE" 30 "$WORK/native-fresh.log"
+    declare -A FRESH_TOKEN=([rs256]="$TOKEN")
+    for alg in ES256 EdDSA; do
+        curl -fsS --max-time 60 -o "$WORK/key.json" -X POST "$BASE/v1/organisations/$ORG-fresh/keys" \
+            -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+            --data "{\"name\": \"callgrind $alg\", \"algorithm\": \"$alg\"}"
+        (
+            umask 077
+            field "$WORK/key.json" privateKey >"$WORK/private.pem"
+        )
+        FRESH_TOKEN[${alg,,}]="$("$BIN" token --key "$WORK/private.pem" --alg "$alg" \
+            --kid "$(field "$WORK/key.json" id)" --org "$ORG-fresh" --ttl 1h)"
+        rm -f "$WORK/private.pem" "$WORK/key.json"
+    done
+    stop_signet "$SERVER_PID" 10 || die "signet did not stop"
+    log "starting signet under callgrind with the verdict cache off"
+    sed -i 's/^token_cache_entries = [0-9]*/token_cache_entries = 0/' "$WORK/config.toml"
+    grep -q '^token_cache_entries = 0' "$WORK/config.toml" || die "could not turn the verdict cache off"
+    start_signet "$WORK/data" "$PORT" "$WORK/valgrind-fresh.log" -- \
+        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out.%p" \
+        "$BIN" serve --config "$WORK/config.toml"
+    ready_or_die "$BASE" 120 "$WORK/valgrind-fresh.log"
+    for alg in rs256 es256 eddsa; do
+        batch "fresh-$alg" /v1/auth "${FRESH_TOKEN[$alg]}"
+    done
+    stop_signet "$SERVER_PID" 60 || true
+fi
 
 # --- report ------------------------------------------------------------------
 for dump in "$OUT"/callgrind.out.*.[0-9]*; do

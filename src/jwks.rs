@@ -29,6 +29,9 @@ pub struct Document {
     pub etag: String,
     /// The earliest expiry (seconds since the epoch) among the keys listed.
     pub expires: Option<u64>,
+    /// What the HTTP layer prepares once per document (its header values),
+    /// kept here so that it lives exactly as long as the document.
+    pub prepared: OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The digest an `ETag` quotes.
@@ -67,6 +70,7 @@ impl Document {
             etag: format!("\"{}\"", hex::encode(tag(&body))),
             body: body.into(),
             expires: keys.filter_map(|k| k.life.expires_at_secs).min(),
+            prepared: OnceLock::new(),
         }
     }
 }

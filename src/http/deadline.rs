@@ -116,7 +116,7 @@ impl Activity {
         }
         self.next_request_ms.store(0, Ordering::Release);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        InFlight(self.clone(), None)
     }
 
     /// Whether a request was ever received.
@@ -168,13 +168,23 @@ impl Activity {
     }
 }
 
-/// A request in flight; dropping it starts the idle clock once none is.
-pub struct InFlight(Arc<Activity>);
+/// A request in flight; dropping it starts the idle clock once none is,
+/// as of when [`InFlight::end_at`] says, or else of the drop.
+pub struct InFlight(Arc<Activity>, Option<std::time::Instant>);
+
+impl InFlight {
+    /// Ends the request at `at`, a clock read the caller made anyway.
+    pub fn end_at(mut self, at: std::time::Instant) {
+        self.1 = Some(at);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
-        let ms = u64::try_from(a.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ended = self.1.map_or_else(Instant::now, Instant::from_std);
+        let since = ended.saturating_duration_since(a.opened);
+        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
         a.idle_since_ms.store(ms, Ordering::Release);
         a.in_flight.fetch_sub(1, Ordering::AcqRel);
     }

@@ -1,6 +1,8 @@
 //! The JWK Set routes: one organisation's, and all of them, with ETags.
 
-use hyper::header::{self, HeaderMap};
+use std::sync::Arc;
+
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::StatusCode;
 
 use super::call::{header_value, Call, Outcome};
@@ -48,9 +50,31 @@ fn reply(state: &ServerState, doc: &Document, headers: &HeaderMap) -> Reply {
         reply::with_type(StatusCode::OK, JSON, doc.body.clone().into())
     };
     let h = r.headers_mut();
-    h.insert(header::ETAG, header_value(doc.etag.clone()));
-    let configured = state.config.jwks.max_age_secs;
-    let cc = super::lifecycle::jwks_cache_control(doc, configured, &state.jwks_cache_control);
+    h.insert(header::ETAG, prepared(doc).etag.clone());
+    // Only a document that lists an expiring key needs the clock.
+    let cc = match doc.expires {
+        None => state.jwks_cache_control.clone(),
+        Some(_) => {
+            let configured = state.config.jwks.max_age_secs;
+            super::lifecycle::jwks_cache_control(doc, configured, &state.jwks_cache_control)
+        }
+    };
     h.insert(header::CACHE_CONTROL, cc);
     r
+}
+
+/// A document's header values, built on its first request, not on each.
+struct Prepared {
+    etag: HeaderValue,
+}
+
+fn prepared(doc: &Document) -> &Prepared {
+    doc.prepared
+        .get_or_init(|| {
+            Arc::new(Prepared {
+                etag: header_value(doc.etag.clone()),
+            })
+        })
+        .downcast_ref::<Prepared>()
+        .expect("only this module fills a document's prepared slot")
 }

@@ -14,6 +14,7 @@ mod keys;
 mod lifecycle;
 mod ops;
 mod reply;
+mod request_id;
 mod routes;
 pub mod tls;
 mod verify;
@@ -128,8 +129,7 @@ pub async fn serve(
                 let app = app.clone();
                 let in_flight = activity.begin(req.version());
                 async move {
-                    let reply = handle_request(&app, req, peer).await;
-                    drop(in_flight);
+                    let reply = handle_request(&app, req, peer, in_flight).await;
                     Ok::<_, Infallible>(reply)
                 }
             })
@@ -187,6 +187,7 @@ async fn handle_request(
     app: &ServerState,
     req: hyper::Request<hyper::body::Incoming>,
     peer: SocketAddr,
+    in_flight: deadline::InFlight,
 ) -> reply::Reply {
     let started = Instant::now();
     let request_id = req
@@ -194,14 +195,15 @@ async fn handle_request(
         .get("x-request-id")
         .filter(|v| v.len() <= 128)
         .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::try_from(ulid::Ulid::new().to_string()).expect("a ULID is a valid header")
-        });
+        .unwrap_or_else(request_id::next);
     let method = req.method().clone();
     // Only a request log line needs its own copy of the path.
     let path = tracing::enabled!(tracing::Level::INFO).then(|| req.uri().path().to_owned());
     let (route, row, mut reply) = routes::dispatch(app, req, peer).await;
-    let elapsed = started.elapsed();
+    // One clock read ends both the latency and the request in flight.
+    let ended = Instant::now();
+    in_flight.end_at(ended);
+    let elapsed = ended - started;
     let status = reply.status().as_u16();
     let metrics = &app.signet.metrics;
     app.series

@@ -477,7 +477,7 @@ impl Verifier {
             )));
         }
         key.key
-            .verify_sig(parsed.signing_input.as_bytes(), &parsed.signature)
+            .verify_sig(parsed.signing_input.as_bytes(), parsed.signature.as_bytes())
             .map_err(|_| VerifyError::BadSignature(parsed.kid))?;
         let claims = token::decode_object(parsed.payload_b64, "payload")?;
         self.check(&claims, key.org.as_ref(), expect, now)?;

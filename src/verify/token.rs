@@ -22,7 +22,39 @@ pub struct Parsed<'t> {
     /// `base64url(header) . base64url(payload)`: what the signature covers.
     pub signing_input: &'t str,
     pub payload_b64: &'t str,
-    pub signature: Vec<u8>,
+    pub signature: Signature,
+}
+
+/// Room on the stack for a decoded part: any signature (RSA 4096 is 512
+/// bytes) and the usual header or claims, so that they cost no allocation.
+const INLINE: usize = 768;
+
+/// A decoded signature: inline when it fits, as all of signet's do.
+/// Large on purpose: it lives on the stack for one verification.
+#[allow(clippy::large_enum_variant)]
+pub enum Signature {
+    Inline([u8; INLINE], usize),
+    Heap(Vec<u8>),
+}
+
+impl Signature {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Signature::Inline(buf, len) => &buf[..*len],
+            Signature::Heap(v) => v,
+        }
+    }
+}
+
+/// Decodes unpadded base64url `part` and hands the bytes to `f`: from a
+/// buffer on the stack when they fit, else from the heap.
+fn with_decoded<R>(part: &str, f: impl FnOnce(&[u8]) -> R) -> Result<R, base64::DecodeError> {
+    let mut buf = [0u8; INLINE];
+    match URL_SAFE_NO_PAD.decode_slice(part, &mut buf) {
+        Ok(len) => Ok(f(&buf[..len])),
+        Err(base64::DecodeSliceError::OutputSliceTooSmall) => Ok(f(&URL_SAFE_NO_PAD.decode(part)?)),
+        Err(base64::DecodeSliceError::DecodeError(e)) => Err(e),
+    }
 }
 
 pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, VerifyError> {
@@ -76,9 +108,15 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, VerifyError> {
         Some(_) => return Err(VerifyError::Malformed("header kid must be a string".into())),
         None => return Err(VerifyError::Malformed("header has no kid".into())),
     };
-    let signature = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| VerifyError::Malformed("signature is not unpadded base64url".into()))?;
+    let bad_signature = |_| VerifyError::Malformed("signature is not unpadded base64url".into());
+    let mut buf = [0u8; INLINE];
+    let signature = match URL_SAFE_NO_PAD.decode_slice(s, &mut buf) {
+        Ok(len) => Signature::Inline(buf, len),
+        Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+            Signature::Heap(URL_SAFE_NO_PAD.decode(s).map_err(bad_signature)?)
+        }
+        Err(base64::DecodeSliceError::DecodeError(e)) => return Err(bad_signature(e)),
+    };
     Ok(Parsed {
         header,
         alg,
@@ -91,12 +129,12 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, VerifyError> {
 
 /// Decodes one base64url part into a JSON object whose keys are unique.
 pub fn decode_object(part: &str, what: &str) -> Result<Map<String, Value>, VerifyError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| VerifyError::Malformed(format!("{what} is not unpadded base64url")))?;
-    serde_json::from_slice::<UniqueObject>(&bytes)
-        .map(|o| o.0)
-        .map_err(|e| VerifyError::Malformed(format!("{what} is not a JSON object: {e}")))
+    with_decoded(part, |bytes| {
+        serde_json::from_slice::<UniqueObject>(bytes)
+            .map(|o| o.0)
+            .map_err(|e| VerifyError::Malformed(format!("{what} is not a JSON object: {e}")))
+    })
+    .map_err(|_| VerifyError::Malformed(format!("{what} is not unpadded base64url")))?
 }
 
 /// A JSON object that refuses duplicate member names, so that two parsers
@@ -113,11 +151,18 @@ impl<'de> Deserialize<'de> for UniqueObject {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<UniqueObject, A::Error> {
                 let mut map = Map::new();
-                while let Some((k, v)) = access.next_entry::<String, Value>()? {
-                    if map.contains_key(&k) {
-                        return Err(serde::de::Error::custom(format!("duplicate member {k:?}")));
+                while let Some(k) = access.next_key::<String>()? {
+                    match map.entry(k) {
+                        serde_json::map::Entry::Vacant(e) => {
+                            e.insert(access.next_value::<Value>()?);
+                        }
+                        serde_json::map::Entry::Occupied(e) => {
+                            return Err(serde::de::Error::custom(format!(
+                                "duplicate member {:?}",
+                                e.key()
+                            )));
+                        }
                     }
-                    map.insert(k, v);
                 }
                 Ok(UniqueObject(map))
             }

@@ -405,13 +405,16 @@ async fn probes_metrics_and_openapi_answer() {
         .request(Method::GET, "/healthz", &[("x-request-id", "abc-123")], "")
         .await;
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
-    assert_eq!(
-        app.get("/healthz")
-            .await
-            .header("x-request-id")
-            .map(str::len),
-        Some(26)
-    );
+    // A minted id is the process's prefix, a dash and a counter.
+    let minted = |r: &str| {
+        let (prefix, n) = r.split_once('-').expect("prefix-counter");
+        (prefix.to_owned(), n.parse::<u64>().expect("a counter"))
+    };
+    let a = minted(app.get("/healthz").await.header("x-request-id").unwrap());
+    let b = minted(app.get("/healthz").await.header("x-request-id").unwrap());
+    assert_eq!(a.0.len(), 8);
+    assert_eq!(a.0, b.0);
+    assert!(b.1 > a.1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
