@@ -9,11 +9,15 @@ use crate::config::{Config, LogFormat};
 pub(super) fn run(
     config: Option<PathBuf>,
     log_json: bool,
+    upstream: Option<String>,
     runtime: tokio::runtime::Runtime,
 ) -> anyhow::Result<Outcome> {
     let mut config = Config::load(config.as_deref())?;
     if log_json {
         config.log.format = LogFormat::Json;
+    }
+    if let Some(url) = upstream {
+        config.upstream.get_or_insert_with(Default::default).url = url;
     }
     let log = crate::logging::init(&config)?;
     let served = runtime.block_on(async {

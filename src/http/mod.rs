@@ -7,6 +7,8 @@ mod body;
 mod call;
 pub mod client;
 mod deadline;
+mod events;
+mod followers;
 mod jwks;
 mod keys;
 mod lifecycle;
@@ -14,6 +16,7 @@ mod ops;
 mod reply;
 mod routes;
 pub mod tls;
+pub mod upstream;
 mod verify;
 
 #[cfg(feature = "test-hooks")]
@@ -122,9 +125,11 @@ pub async fn serve(
         let activity = deadline::Activity::new();
         let service = {
             let (app, activity) = (app.clone(), activity.clone());
-            service_fn(move |req| {
+            service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let app = app.clone();
                 let in_flight = activity.begin(req.version());
+                // A stream (the change feed) keeps its connection busy.
+                req.extensions_mut().insert(activity.clone());
                 async move {
                     let reply = handle_request(&app, req, peer).await;
                     drop(in_flight);
