@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::refusals::Refusals;
 use crate::store::{
-    AuditPage, Changed, Delete, Insert, Inserted, KeyChange, KeyRotation, Rotation, Store,
+    AuditPage, Changed, Delete, Deleted, Insert, Inserted, KeyChange, KeyRotation, Rotation, Store,
     StoreError,
 };
 use crate::verify::{Expect, Policy, Verified, Verifier, VerifyError};
@@ -396,8 +396,8 @@ impl Signet {
             }))
             .await?;
         match inserted {
-            Inserted::Yes => {
-                self.published.publish(record, 0, &self.verifier);
+            Inserted::Yes(version) => {
+                self.published.publish(record, version, &self.verifier);
                 self.metrics.keys.inc();
                 Ok(())
             }
@@ -426,10 +426,13 @@ impl Signet {
         };
         let disable = change.disable == Some(true);
         match self.storage(self.store()?.change_key(change)).await? {
-            Changed::Yes(record, version) => {
+            // Nothing differed: this repeats the key's latest change, which
+            // may still be on its way to memory and the other instances. The
+            // answer waits for it like the first, when it revokes.
+            Changed::Yes(record, version) | Changed::Unchanged(record, version) => {
                 let committed = std::time::Instant::now();
                 self.published.publish(&record, version, &self.verifier);
-                if disable && version > 0 {
+                if disable && record.state_at(now_secs()) != KeyState::Active {
                     self.applied_everywhere(version, committed).await;
                 }
                 Ok(record)
@@ -517,15 +520,23 @@ impl Signet {
             }))
             .await?;
         let committed = std::time::Instant::now();
-        let Some(version) = deleted else {
-            return Err(ServiceError::NotFound(id));
+        let (version, now) = match deleted {
+            Deleted::Now(version) => (version, true),
+            // Deleted by another request, which may not have answered yet:
+            // this 404 revokes too, so it waits exactly as a 204 would.
+            Deleted::Already(version) => (version, false),
+            Deleted::NotFound => return Err(ServiceError::NotFound(id)),
         };
         // Unpublished first: the verifier fills its cache from the
         // published keys, so once it forgets, nothing brings the key back.
-        self.published.remove(&org, id, &self.verifier);
-        self.metrics.keys.dec();
+        if self.published.remove(&org, id, &self.verifier) {
+            self.metrics.keys.dec();
+        }
         self.applied_everywhere(version, committed).await;
-        Ok(())
+        match now {
+            true => Ok(()),
+            false => Err(ServiceError::NotFound(id)),
+        }
     }
 
     /// Waits until a revocation (a delete, a disable, a rotation that

@@ -74,11 +74,14 @@ fn whole_units(d: Duration) -> String {
 
 /// The keys' derived state; also the verifier's key source.
 ///
-/// On a shared store each change carries a version, and changes reach this
-/// instance by two paths: its own writes, and the cluster follower's reads
-/// of what others wrote. A read may be overtaken by a later change applied
-/// meanwhile, so every key changed since start remembers the version of
-/// the change applied last, and an older one is skipped.
+/// Each change carries the version it committed at, on every backend
+/// (SPEC §8 "Order"). Changes reach memory after their commit, outside the
+/// store's lock, so they can arrive out of order: two requests racing on
+/// one key, or, on a shared store, this instance's own writes and the
+/// cluster follower's reads of what others wrote. So every key changed
+/// since start remembers the version of the change applied last, and an
+/// older one is skipped: a rename that committed before a disable never
+/// brings the disabled key back.
 pub(crate) struct Published {
     jwks: Arc<Jwks>,
     /// Whether this instance may vouch that it has seen every change.
@@ -100,8 +103,8 @@ struct Inner {
     /// later); the timer skips those.
     schedule: BTreeSet<(u64, KeyId, OrgId)>,
     /// The version of the change applied last to each key changed here
-    /// since start with a known version ([`DELETED`] once deleted). Empty
-    /// on sled, where every version is 0 and nothing else writes.
+    /// since start ([`DELETED`] once deleted). Keys untouched since start
+    /// have no entry: everything read at start predates any change here.
     versions: HashMap<KeyId, u64>,
 }
 
@@ -227,8 +230,8 @@ impl Published {
     }
 
     /// Publishes or withholds `record` as its state is now, the state the
-    /// change of `version` left it in (0: a create, whose version nothing
-    /// can precede, or any change on sled), then makes the verifier forget
+    /// change of `version` left it in (0: a record of unknown version,
+    /// applied only if no versioned change was), then makes the verifier forget
     /// what it cached of it (its expiry may have moved). A change older
     /// than one applied already is skipped. Whether the key is new here.
     pub(crate) fn publish(
@@ -319,13 +322,12 @@ impl Published {
             });
         }
         let withheld = inner.withheld.remove(&id).is_some();
-        let known = published || withheld;
-        if self.fresh.following() && inner.versions.insert(id, DELETED) == Some(DELETED) {
-            return false;
-        }
+        let first = inner.versions.insert(id, DELETED) != Some(DELETED);
         drop(inner);
+        // Forgotten by every remove, the first or not: a verification that
+        // read the key before it was unpublished may have cached it since.
         verifier.forget(id);
-        known
+        first && (published || withheld)
     }
 
     /// Expires every key whose expiry is at or before `now`; returns the
@@ -465,10 +467,11 @@ mod tests {
         for (i, (version, applied)) in steps.into_iter().enumerate() {
             assert_eq!(inner.is_newer(id, version), applied, "step {i}");
         }
-        // On sled every version is 0 and nothing is remembered.
-        let mut sled = Inner::default();
-        assert!(sled.is_newer(id, 0) && sled.is_newer(id, 0));
-        assert!(sled.versions.is_empty());
+        // A record of unknown version is applied only while no versioned
+        // change was, and leaves nothing remembered.
+        let mut fresh = Inner::default();
+        assert!(fresh.is_newer(id, 0) && fresh.is_newer(id, 0));
+        assert!(fresh.versions.is_empty());
     }
 
     #[test]

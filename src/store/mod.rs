@@ -105,7 +105,8 @@ impl StoreError {
 /// The outcome of an insert that respects the organisation's quota.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inserted {
-    Yes,
+    /// Stored, by the change of this version.
+    Yes(u64),
     /// The organisation already holds this many keys.
     QuotaExceeded(u32),
     /// The organisation already holds this public key, under this id.
@@ -134,8 +135,11 @@ pub struct KeyChange {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Changed {
     /// The record as it now stands (unchanged if nothing differed), and
-    /// the change's version (0 if nothing changed, and always on sled).
+    /// the change's version.
     Yes(PublicKeyRecord, u64),
+    /// Nothing differed: the record as it stands, and the version of the
+    /// key's latest change (the one this request repeats).
+    Unchanged(PublicKeyRecord, u64),
     NotFound,
     /// The change is refused in the key's current state.
     Conflict(String),
@@ -213,8 +217,7 @@ impl KeyRotation {
 /// What a [`KeyRotation`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rotation {
-    /// The old key's record as it now stands, and the change's version
-    /// (always 0 on sled).
+    /// The old key's record as it now stands, and the change's version.
     Yes(PublicKeyRecord, u64),
     NotFound,
     /// The organisation already holds this many keys.
@@ -231,6 +234,18 @@ pub struct Insert {
     pub created: NewEvent,
     /// Recorded instead when the organisation is full.
     pub refused: NewEvent,
+}
+
+/// What a [`Delete`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deleted {
+    /// Deleted now, by the change of this version.
+    Now(u64),
+    /// The organisation's key was deleted before, by the change of this
+    /// version: a revoking answer (404) waits for it like the first.
+    Already(u64),
+    /// The organisation never had such a key.
+    NotFound,
 }
 
 /// A key to delete, with its audit event.
@@ -268,12 +283,11 @@ pub trait Storage: Send + Sync {
         insert: Insert,
     ) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
 
-    /// Deletes the key, leaving a tombstone and the event. Returns the
-    /// change's version, or `None` if the organisation had no such key.
+    /// Deletes the key, leaving a tombstone and the event; see [`Deleted`].
     fn delete_key(
         &self,
         delete: Delete,
-    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Deleted, StoreError>> + Send;
 
     /// Applies `change` to the key's record with its events; see [`KeyChange`].
     fn change_key(
@@ -458,7 +472,7 @@ impl Store {
         dispatch!(self, s => s.insert_key(insert).await)
     }
 
-    pub async fn delete_key(&self, delete: Delete) -> Result<Option<u64>, StoreError> {
+    pub async fn delete_key(&self, delete: Delete) -> Result<Deleted, StoreError> {
         dispatch!(self, s => s.delete_key(delete).await)
     }
 

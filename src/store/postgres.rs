@@ -35,8 +35,8 @@ use crate::audit::{self, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    open_record, reseal_value, seal_record, AuditPage, Changed, Changes, Delete, Heard, Insert,
-    Inserted, KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
+    open_record, reseal_value, seal_record, AuditPage, Changed, Changes, Delete, Deleted, Heard,
+    Insert, Inserted, KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
 };
 
 /// The schema migrations, in order; the schema version is how many ran.
@@ -560,9 +560,9 @@ impl Storage for PgStore {
         self.add_key(&tx, record).await?;
         self.append_event(&tx, &record.org, &org, insert.created)
             .await?;
-        stamp(&tx, &[record.id]).await?;
+        let version = stamp(&tx, &[record.id]).await?;
         tx.commit().await.map_err(db)?;
-        Ok(Inserted::Yes)
+        Ok(Inserted::Yes(version))
     }
 
     async fn change_key(&self, change: KeyChange) -> Result<Changed, StoreError> {
@@ -578,7 +578,15 @@ impl Storage for PgStore {
             Err(why) => return Ok(Changed::Conflict(why)),
         };
         if events.is_empty() {
-            return Ok(Changed::Yes(record, 0));
+            let row = tx
+                .query_one(
+                    "SELECT version FROM keys WHERE id = $1",
+                    &[&change.id.to_bytes().as_slice()],
+                )
+                .await
+                .map_err(db)?;
+            tx.rollback().await.map_err(db)?;
+            return Ok(Changed::Unchanged(record, row.get::<_, i64>(0) as u64));
         }
         self.update_record(&tx, &next).await?;
         for event in events {
@@ -616,7 +624,7 @@ impl Storage for PgStore {
         Ok(Rotation::Yes(retired, version))
     }
 
-    async fn delete_key(&self, delete: Delete) -> Result<Option<u64>, StoreError> {
+    async fn delete_key(&self, delete: Delete) -> Result<Deleted, StoreError> {
         let Delete { org, id, event } = delete;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
@@ -629,9 +637,20 @@ impl Storage for PgStore {
             .await
             .map_err(db)?;
         let Some(removed) = removed else {
+            // Deleted before? Its 404 waits for that deletion like a 204.
+            let gone = tx
+                .query_opt(
+                    "SELECT version FROM tombstones WHERE id = $1 AND org = $2",
+                    &[&id.to_bytes().as_slice(), &org.as_str()],
+                )
+                .await
+                .map_err(db)?;
             // Nothing changed; the org row (if just created) goes too.
             tx.rollback().await.map_err(db)?;
-            return Ok(None);
+            return Ok(match gone {
+                Some(row) => Deleted::Already(row.get::<_, i64>(0) as u64),
+                None => Deleted::NotFound,
+            });
         };
         let record: Vec<u8> = removed.get(0);
         tx.execute(
@@ -650,7 +669,7 @@ impl Storage for PgStore {
         .map_err(db)?;
         announce(&tx, version).await?;
         tx.commit().await.map_err(db)?;
-        Ok(Some(version as u64))
+        Ok(Deleted::Now(version as u64))
     }
 
     async fn record_event(&self, org: OrgId, event: NewEvent) -> Result<(), StoreError> {

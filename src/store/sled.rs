@@ -14,6 +14,13 @@
 //! - `audit`: org ‖ 0x00 ‖ event id → event (JSON), chained by hash
 //! - `audit_heads`: org → SHA-256 of the org's newest stored event
 //! - `meta`: `schema_version` → u32 big-endian
+//! - `versions`: the empty key → u64 big-endian, the version of the latest
+//!   key change (create, change, rotation, delete), bumped in that change's
+//!   own transaction; key id → the version of that key's latest change,
+//!   kept after a delete. Memory applies changes to one key in the order
+//!   they committed, and an answer that changes nothing (a second delete, a
+//!   disable of a disabled key) is given only once the change it repeats
+//!   is applied
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -28,8 +35,8 @@ use crate::audit::{self, AuditEvent, EventId, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    blocking, open_record, reseal_value, seal_record, AuditPage, Changed, Changes, Delete, Insert,
-    Inserted, KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
+    blocking, open_record, reseal_value, seal_record, AuditPage, Changed, Changes, Delete, Deleted,
+    Insert, Inserted, KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
 };
 
 /// sled's page cache. Nothing hot reads through it: the verifier and the
@@ -69,6 +76,7 @@ struct Handles {
     tombstones: sled::Tree,
     audit: sled::Tree,
     audit_heads: sled::Tree,
+    versions: sled::Tree,
     /// The schema version the database had when opened, before upgrading.
     found_version: u32,
     /// The file sled writes its log to; `fdatasync` on any descriptor of it
@@ -227,7 +235,7 @@ impl SledStore {
         let rows = NewRows::of(record, self.seal(record));
         let outcome = self.write(|gen| {
             h.key_trees()
-                .transaction(|(keys, org_keys, counts, fps, audit, heads)| {
+                .transaction(|(keys, org_keys, counts, fps, audit, heads, versions)| {
                     if let Some(other) = fps.get(rows.fingerprint.as_slice())? {
                         return Ok(Inserted::Duplicate(raw_id(&other).map_err(abort)?));
                     }
@@ -238,7 +246,7 @@ impl SledStore {
                     }
                     rows.insert(keys, org_keys, counts, fps, count)?;
                     append_event(audit, heads, gen, &record.org, event.clone())?;
-                    Ok(Inserted::Yes)
+                    Ok(Inserted::Yes(bump(versions, &[record.id])?))
                 })
         })?;
         if let Inserted::Duplicate(_) = outcome {
@@ -249,8 +257,13 @@ impl SledStore {
     }
 
     /// Deletes the key `id` of `org`, leaving a tombstone and an audit event.
-    /// Returns whether `org` had such a key. Durable on return.
-    pub fn delete_key(&self, org: &OrgId, id: KeyId, event: NewEvent) -> Result<bool, StoreError> {
+    /// Durable on return.
+    pub fn delete_key(
+        &self,
+        org: &OrgId,
+        id: KeyId,
+        event: NewEvent,
+    ) -> Result<Deleted, StoreError> {
         let h = self.writable()?;
         let org_key = org.as_bytes_key();
         let index = index_key(org, id);
@@ -263,11 +276,22 @@ impl SledStore {
                 &h.tombstones,
                 &h.audit,
                 &h.audit_heads,
+                &h.versions,
             )
                 .transaction(
-                    |(keys, org_keys, counts, fps, tombstones, audit, heads)| {
+                    |(keys, org_keys, counts, fps, tombstones, audit, heads, versions)| {
                         if org_keys.get(index.as_slice())?.is_none() {
-                            return Ok(false);
+                            // Deleted already (by this organisation: the
+                            // index names the key under it no more, and
+                            // the tombstone says whose it was)?
+                            let theirs = tombstones
+                                .get(id.to_bytes())?
+                                .and_then(|value| self.open_record(id, &value))
+                                .is_some_and(|r| &r.org == org);
+                            return match theirs {
+                                true => Ok(Deleted::Already(key_version(versions, id)?)),
+                                false => Ok(Deleted::NotFound),
+                            };
                         }
                         let Some(value) = keys.remove(&id.to_bytes())? else {
                             return Err(abort(StoreError::Corrupt(format!(
@@ -283,11 +307,11 @@ impl SledStore {
                             .insert(org_key.as_slice(), &count.saturating_sub(1).to_be_bytes())?;
                         tombstones.insert(&id.to_bytes(), value)?;
                         append_event(audit, heads, gen, org, event.clone())?;
-                        Ok(true)
+                        Ok(Deleted::Now(bump(versions, &[id])?))
                     },
                 )
         })?;
-        self.sync_if(deleted)?;
+        self.sync_if(matches!(deleted, Deleted::Now(_)))?;
         Ok(deleted)
     }
 
@@ -305,8 +329,8 @@ impl SledStore {
         let h = self.writable()?;
         let index = index_key(&change.org, change.id);
         let (outcome, wrote) = self.write(|gen| {
-            (&h.keys, &h.org_keys, &h.audit, &h.audit_heads).transaction(
-                |(keys, org_keys, audit, heads)| {
+            (&h.keys, &h.org_keys, &h.audit, &h.audit_heads, &h.versions).transaction(
+                |(keys, org_keys, audit, heads, versions)| {
                     if org_keys.get(index.as_slice())?.is_none() {
                         return Ok((Changed::NotFound, false));
                     }
@@ -316,13 +340,14 @@ impl SledStore {
                         Err(why) => return Ok((Changed::Conflict(why), false)),
                     };
                     if events.is_empty() {
-                        return Ok((Changed::Yes(record, 0), false));
+                        let version = key_version(versions, change.id)?;
+                        return Ok((Changed::Unchanged(record, version), false));
                     }
                     keys.insert(&change.id.to_bytes(), self.seal(&next))?;
                     for event in events {
                         append_event(audit, heads, gen, &change.org, event)?;
                     }
-                    Ok((Changed::Yes(next, 0), true))
+                    Ok((Changed::Yes(next, bump(versions, &[change.id])?), true))
                 },
             )
         })?;
@@ -339,7 +364,7 @@ impl SledStore {
         let rows = NewRows::of(&rotation.successor, self.seal(&rotation.successor));
         let outcome = self.write(|gen| {
             h.key_trees()
-                .transaction(|(keys, org_keys, counts, fps, audit, heads)| {
+                .transaction(|(keys, org_keys, counts, fps, audit, heads, versions)| {
                     if org_keys.get(old_index.as_slice())?.is_none() {
                         return Ok(Rotation::NotFound);
                     }
@@ -352,7 +377,8 @@ impl SledStore {
                     keys.insert(&rotation.old.to_bytes(), self.seal(&retired))?;
                     rows.insert(keys, org_keys, counts, fps, count)?;
                     append_event(audit, heads, gen, org, rotation.rotated.clone())?;
-                    Ok(Rotation::Yes(retired, 0))
+                    let ids = [rotation.old, rotation.successor.id];
+                    Ok(Rotation::Yes(retired, bump(versions, &ids)?))
                 })
         })?;
         self.sync()?;
@@ -619,11 +645,13 @@ type KeyTrees<'a> = (
     &'a sled::Tree,
     &'a sled::Tree,
     &'a sled::Tree,
+    &'a sled::Tree,
 );
 
 impl Handles {
     /// The trees a new key touches, in the order transactions take them:
-    /// keys, org_keys, org_counts, org_fingerprints, audit, audit_heads.
+    /// keys, org_keys, org_counts, org_fingerprints, audit, audit_heads,
+    /// versions.
     fn key_trees(&self) -> KeyTrees<'_> {
         (
             &self.keys,
@@ -632,7 +660,13 @@ impl Handles {
             &self.org_fingerprints,
             &self.audit,
             &self.audit_heads,
+            &self.versions,
         )
+    }
+
+    /// The version of the latest key change.
+    fn change_version(&self) -> Result<u64, StoreError> {
+        decode_version(self.versions.get(LATEST)?)
     }
 
     /// `flush` (which sled 0.34 ends with `sync_file_range` only), then
@@ -717,6 +751,7 @@ impl Handles {
             tombstones: tree("tombstones")?,
             audit: tree("audit")?,
             audit_heads: tree("audit_heads")?,
+            versions: tree("versions")?,
             found_version,
             db,
             db_file,
@@ -802,6 +837,35 @@ fn raw_id(key: &[u8]) -> Result<KeyId, StoreError> {
         .map_err(|_| StoreError::Corrupt("a key record's key is not 16 bytes".into()))
 }
 
+/// The `versions` key of the latest change's version.
+const LATEST: &[u8] = b"";
+
+/// Takes the next change version inside the change's transaction and
+/// stamps it on the keys it changed; a database written before versions
+/// existed starts at 1.
+fn bump(versions: &TransactionalTree, ids: &[KeyId]) -> TxResult<u64> {
+    let next = decode_version(versions.get(LATEST)?).map_err(abort)? + 1;
+    versions.insert(LATEST, &next.to_be_bytes())?;
+    for id in ids {
+        versions.insert(&id.to_bytes(), &next.to_be_bytes())?;
+    }
+    Ok(next)
+}
+
+/// The version of key `id`'s latest change (0: none since versions exist).
+fn key_version(versions: &TransactionalTree, id: KeyId) -> TxResult<u64> {
+    decode_version(versions.get(id.to_bytes())?).map_err(abort)
+}
+
+fn decode_version(value: Option<sled::IVec>) -> Result<u64, StoreError> {
+    match value {
+        None => Ok(0),
+        Some(v) => Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+            StoreError::Corrupt("a change version is not 8 bytes".into())
+        })?)),
+    }
+}
+
 fn read_count(counts: &TransactionalTree, org: &[u8]) -> TxResult<u32> {
     decode_count(counts.get(org)?).map_err(abort)
 }
@@ -876,11 +940,10 @@ impl Storage for Arc<SledStore> {
         blocking(move || SledStore::insert_key(&db, &record, quota, created, refused)).await
     }
 
-    async fn delete_key(&self, delete: Delete) -> Result<Option<u64>, StoreError> {
+    async fn delete_key(&self, delete: Delete) -> Result<Deleted, StoreError> {
         let db = self.clone();
         let Delete { org, id, event } = delete;
-        let deleted = blocking(move || SledStore::delete_key(&db, &org, id, event)).await?;
-        Ok(deleted.then_some(0))
+        blocking(move || SledStore::delete_key(&db, &org, id, event)).await
     }
 
     async fn change_key(&self, change: KeyChange) -> Result<Changed, StoreError> {
@@ -946,7 +1009,8 @@ impl Storage for Arc<SledStore> {
     }
 
     async fn version(&self) -> Result<u64, StoreError> {
-        Ok(0)
+        let db = self.clone();
+        blocking(move || db.handles()?.change_version()).await
     }
 
     /// One process holds the database: there are no changes of others.

@@ -22,6 +22,7 @@ mod operations;
 mod pg;
 mod postgres;
 mod request_log;
+mod revocation_order;
 mod sealing;
 mod support;
 mod tidy;
