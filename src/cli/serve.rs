@@ -12,12 +12,13 @@ pub(super) fn run(
     upstream: Option<String>,
     runtime: tokio::runtime::Runtime,
 ) -> anyhow::Result<Outcome> {
-    let mut config = Config::load(config.as_deref())?;
+    // `--upstream` counts as `SIGNET_UPSTREAM`, over it.
+    let mut config = Config::load_with_env(config.as_deref(), |name| match name {
+        "SIGNET_UPSTREAM" if upstream.is_some() => upstream.clone(),
+        _ => std::env::var(name).ok(),
+    })?;
     if log_json {
         config.log.format = LogFormat::Json;
-    }
-    if let Some(url) = upstream {
-        config.upstream.get_or_insert_with(Default::default).url = url;
     }
     let log = crate::logging::init(&config)?;
     let served = runtime.block_on(async {

@@ -13,6 +13,7 @@ mod cli_messages;
 mod cluster;
 mod deadlines;
 mod durability;
+mod followers;
 mod jwks_global;
 mod keys_api;
 mod lifecycle;
