@@ -238,8 +238,15 @@ impl Follower {
         // Each key as its latest change left it: published or withheld
         // (disabled, expired, or retired by a rotation), unless a newer
         // change of it was applied here meanwhile.
-        for (version, record) in &changes.live {
-            if self.published.publish(record, *version, &self.verifier) {
+        // The keys of one change (a rotation's two) together, so that their
+        // events in the feed are consecutive.
+        for group in changes.live.chunk_by(|a, b| a.0 == b.0) {
+            let records: Vec<&crate::keys::PublicKeyRecord> =
+                group.iter().map(|(_, r)| r).collect();
+            let news = self
+                .published
+                .publish_all(&records, group[0].0, &self.verifier);
+            for _ in news.into_iter().filter(|&new| new) {
                 self.keys.inc();
             }
         }

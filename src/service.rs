@@ -494,8 +494,9 @@ impl Signet {
         match self.storage(self.store()?.rotate_key(rotation)).await? {
             Rotation::Yes(retired, version) => {
                 let committed = std::time::Instant::now();
-                self.published.publish(&successor, version, &self.verifier);
-                self.published.publish(&retired, version, &self.verifier);
+                // One change, two consecutive events in the feed.
+                self.published
+                    .publish_all(&[&successor, &retired], version, &self.verifier);
                 self.metrics.keys.inc();
                 // Retired at once: a revocation, like a delete.
                 if retired.state_at(now_secs()) != KeyState::Active {

@@ -240,9 +240,40 @@ impl Published {
         version: u64,
         verifier: &Verifier,
     ) -> bool {
+        self.publish_all(&[record], version, verifier)[0]
+    }
+
+    /// [`Published::publish`] of every record of one change (a rotation's
+    /// two keys) under one lock, so that their events are consecutive.
+    pub(crate) fn publish_all(
+        &self,
+        records: &[&PublicKeyRecord],
+        version: u64,
+        verifier: &Verifier,
+    ) -> Vec<bool> {
         let mut inner = self.lock();
+        let mut news = Vec::with_capacity(records.len());
+        let mut earlier = false;
+        for record in records {
+            let (new, sooner) = self.apply(&mut inner, record, version);
+            news.push(new);
+            earlier |= sooner;
+        }
+        drop(inner);
+        for record in records {
+            verifier.forget(record.id);
+        }
+        if earlier {
+            self.wake.notify_one();
+        }
+        news
+    }
+
+    /// Applies one record with `inner` locked: whether the key is new here,
+    /// and whether it set an earlier expiry.
+    fn apply(&self, inner: &mut Inner, record: &PublicKeyRecord, version: u64) -> (bool, bool) {
         if !inner.is_newer(record.id, version) {
-            return false;
+            return (false, false);
         }
         let was = self.jwks.contains(record.id);
         let new = !was && !inner.withheld.contains_key(&record.id);
@@ -280,12 +311,7 @@ impl Published {
         let earliest = inner.schedule.first().map(|e| e.0);
         inner.schedule_expiry(record, state);
         let earlier = inner.schedule.first().map(|e| e.0) != earliest;
-        drop(inner);
-        verifier.forget(record.id);
-        if earlier {
-            self.wake.notify_one();
-        }
-        new
+        (new, earlier)
     }
 
     /// Whether anything is known here about key `id` (a change applied
