@@ -20,9 +20,9 @@ use signet::app::Application;
 use signet::audit::{Action, Actor, NewEvent};
 use signet::config::{Backend, Config, Secret};
 use signet::keys::{generate, KeyName, KeySpec, OrgId, PublicKeyRecord};
+use signet::service::Settings;
 use signet::service::{Caller, Signet};
 use signet::store::{Insert, Inserted, Store};
-use signet::verify::Policy;
 
 const KEYS_PER_ORG: usize = 5;
 const SEAL_KEY_HEX: &str = "0707070707070707070707070707070707070707070707070707070707070707";
@@ -196,10 +196,12 @@ async fn delete_latencies(pg: &Config, spki: &[u8], instances: usize, n: usize) 
     let mut signets = Vec::new();
     for _ in 0..instances {
         let store = Store::open(pg).await.expect("open PostgreSQL");
-        let signet = Signet::new(store, Policy::default(), KEYS_PER_ORG as u32, [0; 3])
-            .await
-            .expect("Signet::new");
-        signet.follow(Duration::from_secs(2), false).await;
+        let settings = Settings {
+            quota: KEYS_PER_ORG as u32,
+            ..Settings::once(&Config::default())
+        };
+        let signet = Signet::new(store, settings).await.expect("Signet::new");
+        signet.follow().await;
         signets.push(signet);
     }
     let store = Store::open(pg).await.expect("open PostgreSQL");

@@ -12,9 +12,8 @@ use tokio::net::TcpListener;
 use crate::auth::OperatorToken;
 use crate::config::{Backend, Config};
 use crate::http::{self, ServerState};
-use crate::service::{Lifetimes, Signet};
+use crate::service::{Settings, Signet};
 use crate::store::{create_private_dir, Store, StoreError};
-use crate::verify::Policy;
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -103,27 +102,12 @@ impl Application {
         if let Some(path) = generated {
             tracing::info!(path = %path.display(), "generated an operator token (mode 0600); read it from this file");
         }
-        let policy = Policy::from(&config.verify);
-        let pool = [
-            config.keys.pool_2048,
-            config.keys.pool_3072,
-            config.keys.pool_4096,
-        ];
-        let mut signet = Signet::new(store, policy, config.keys.max_per_org, pool).await?;
-        signet.set_lifetimes(Lifetimes {
-            max: config.keys.max_lifetime,
-            default: config.keys.default_lifetime,
-        });
+        let mut signet = Signet::new(store, Settings::of(&config)).await?;
         let tls = match &config.server.tls {
             Some(files) => Some(http::tls::Tls::load(files, &signet.metrics)?),
             None => None,
         };
-        signet
-            .follow(
-                std::time::Duration::from_millis(config.cluster.max_staleness_ms),
-                config.cluster.stale_verification == crate::config::StaleVerification::Serve,
-            )
-            .await;
+        signet.follow().await;
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
@@ -147,7 +131,7 @@ impl Application {
     async fn follower(config: Config, listener: TcpListener) -> Result<Application, StartupError> {
         let addr = config.server.listen;
         let link = Arc::new(http::upstream::Link::new(&config)?);
-        let signet = Signet::follower(Policy::from(&config.verify), &config);
+        let signet = Signet::follower(crate::verify::Policy::from(&config.verify), &config);
         let mirror = signet
             .mirror()
             .cloned()

@@ -21,6 +21,12 @@
 //! latest, and an instance must not vouch on a registration the others
 //! can no longer see.
 //!
+//! Notifications are only a wake-up. When the store is polled instead
+//! (`cluster.notify = "poll"`, or notifications found not to arrive), the
+//! follower re-reads every `max_staleness / 8`, there is no session to
+//! lose, and heartbeats wait for the disk, so nothing fences on a lost
+//! connection: freshness alone decides.
+//!
 //! A revocation (a delete, a disable, a rotation that retires the old key
 //! at once) waits, after it has committed at version v, until every other
 //! live instance (a heartbeat within `max_staleness`) has applied v, or
@@ -47,12 +53,34 @@ use crate::service::Published;
 use crate::store::{Heard, Store};
 use crate::verify::Verifier;
 
+/// How stale an instance may be: `cluster.max_staleness_ms` and
+/// `cluster.stale_verification`, given when the service is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Staleness {
+    pub max: Duration,
+    /// Keep verifying from memory while stale.
+    pub serve_stale: bool,
+}
+
+impl From<&crate::config::Cluster> for Staleness {
+    fn from(cluster: &crate::config::Cluster) -> Staleness {
+        Staleness {
+            max: Duration::from_millis(cluster.max_staleness_ms),
+            serve_stale: cluster.stale_verification == crate::config::StaleVerification::Serve,
+        }
+    }
+}
+
+impl Default for Staleness {
+    fn default() -> Staleness {
+        Staleness::from(&crate::config::Cluster::default())
+    }
+}
+
 /// Whether this instance can vouch for revocations made elsewhere.
-#[derive(Default)]
 pub struct Freshness {
     following: AtomicBool,
-    serve_stale: AtomicBool,
-    max_staleness_ms: AtomicU64,
+    staleness: Staleness,
     /// The version through which every change has been applied.
     applied: AtomicU64,
     confirmed: Mutex<Confirmed>,
@@ -70,30 +98,39 @@ pub struct Freshness {
 struct Confirmed {
     /// "Fresh as of": when the last re-read that counts was sent.
     as_of: Option<Instant>,
+    /// The latest "fresh as of" ever, or when following started: what
+    /// `/metrics` counts its age from (a fence does not reset it).
+    latest: Option<Instant>,
+    /// Since when changes announced, or a re-read that failed, have not
+    /// been applied.
+    behind_since: Option<Instant>,
     /// The listening session in which a heartbeat of this instance was
     /// committed: only a re-read sent after that counts.
     registered: Option<u64>,
 }
 
 impl Freshness {
-    pub fn new(applied: u64) -> Freshness {
-        let fresh = Freshness {
+    pub fn new(applied: u64, staleness: Staleness) -> Freshness {
+        Freshness {
+            following: AtomicBool::new(false),
+            staleness,
+            applied: AtomicU64::new(applied),
+            confirmed: Mutex::default(),
             instance: ulid::Ulid::new().to_string(),
-            ..Freshness::default()
-        };
-        fresh.applied.store(applied, Ordering::SeqCst);
-        fresh
+            floor: Default::default(),
+            moved: Default::default(),
+        }
     }
 
     fn max_staleness(&self) -> Duration {
-        Duration::from_millis(self.max_staleness_ms.load(Ordering::SeqCst))
+        self.staleness.max
     }
 
     /// `Err(why)` while this instance follows others, has not confirmed
     /// within `max_staleness` that it has seen every change, and must not
     /// serve stale verdicts.
     pub fn vouch(&self) -> Result<(), String> {
-        if !self.following.load(Ordering::SeqCst) || self.serve_stale.load(Ordering::SeqCst) {
+        if !self.following.load(Ordering::SeqCst) || self.staleness.serve_stale {
             return Ok(());
         }
         let max = self.max_staleness();
@@ -122,7 +159,42 @@ impl Freshness {
     /// was lost (the database may have crashed and lost this instance's
     /// last heartbeats), or this instance left the list of instances.
     pub fn fence(&self) {
-        *self.lock() = Confirmed::default();
+        let mut confirmed = self.lock();
+        *confirmed = Confirmed {
+            latest: confirmed.latest,
+            behind_since: confirmed.behind_since,
+            ..Confirmed::default()
+        };
+    }
+
+    /// How long ago this instance last confirmed it was current (or
+    /// started following, if it never did): grows without bound while it
+    /// cannot confirm.
+    pub fn age(&self) -> Duration {
+        self.confirmed()
+            .latest
+            .map_or(Duration::ZERO, |at| at.elapsed())
+    }
+
+    /// How long changes known to exist (announced, or not read because a
+    /// re-read failed) have waited to be applied here; zero when current.
+    pub fn lag(&self) -> Duration {
+        self.confirmed()
+            .behind_since
+            .map_or(Duration::ZERO, |at| at.elapsed())
+    }
+
+    /// Changes are known to be waiting since `at` (unless since earlier).
+    fn behind(&self, at: Instant) {
+        self.lock().behind_since.get_or_insert(at);
+    }
+
+    /// Every change up to a re-read sent at `sent` is applied.
+    fn caught_up(&self, sent: Instant) {
+        let mut confirmed = self.lock();
+        if confirmed.behind_since.is_some_and(|at| at <= sent) {
+            confirmed.behind_since = None;
+        }
     }
 
     fn confirmed(&self) -> Confirmed {
@@ -157,21 +229,29 @@ impl Follower {
     /// Follows the store's announcements in a task that runs until
     /// aborted, and returns once this instance is current (or after
     /// `max_staleness`). `None` when the store has no other writers.
-    pub async fn start(
-        self,
-        max_staleness: Duration,
-        serve_stale: bool,
-    ) -> Option<tokio::task::AbortHandle> {
+    pub async fn start(self) -> Option<tokio::task::AbortHandle> {
         let events = self.store.announcements()?;
-        self.fresh
-            .max_staleness_ms
-            .store(max_staleness.as_millis() as u64, Ordering::SeqCst);
-        self.fresh.serve_stale.store(serve_stale, Ordering::SeqCst);
+        let max_staleness = self.fresh.max_staleness();
         self.fresh.following.store(true, Ordering::SeqCst);
+        self.fresh.lock().latest = Some(Instant::now());
+        let fresh = self.fresh.clone();
+        self.metrics
+            .fresh_age_seconds
+            .read_with(move || fresh.age().as_secs_f64());
+        let fresh = self.fresh.clone();
+        self.metrics
+            .lag_seconds
+            .read_with(move || fresh.lag().as_secs_f64());
         let fresh = self.fresh.clone();
         let fence = fence_when_deaf(fresh.clone(), events.clone());
-        let follow = self.run(events, max_staleness / 4);
-        let task = tokio::spawn(async move { tokio::join!(follow, fence) });
+        let task = tokio::spawn(async move {
+            let follower = self;
+            tokio::join!(
+                follower.run(events, max_staleness),
+                follower.observe(max_staleness / 4),
+                fence
+            )
+        });
         // Serve once current; with the database away, no longer than
         // max_staleness (verification is then refused until it is back).
         let started = Instant::now();
@@ -181,44 +261,43 @@ impl Follower {
         Some(task.abort_handle())
     }
 
-    async fn run(self, mut events: tokio::sync::watch::Receiver<Heard>, every: Duration) {
-        // When the store last announced changes not applied yet.
-        let mut announced: Option<Instant> = None;
+    /// Re-reads on every announcement, and at least every
+    /// `max_staleness / 4` (listening) or `/ 8` (polling).
+    async fn run(&self, mut events: tokio::sync::watch::Receiver<Heard>, max_staleness: Duration) {
         loop {
             while self.catch_up(&events).await == Step::Again {}
-            let lag = announced
-                .take()
-                .map_or(0.0, |at| at.elapsed().as_secs_f64());
-            self.metrics.lag_seconds.set(lag);
+            let every = match events.borrow().polling {
+                true => max_staleness / 8,
+                false => max_staleness / 4,
+            };
             tokio::select! {
                 changed = events.changed() => {
-                    announced = Some(Instant::now());
+                    self.fresh.behind(Instant::now());
                     if changed.is_err() {
                         tokio::time::sleep(every).await;
                     }
                 }
                 // A follower acknowledged: the next heartbeat reports it.
                 () = self.fresh.moved.notified() => {}
-                // The gauges on the timer only: not one more round trip
-                // per change.
-                () = tokio::time::sleep(every) => self.observe().await,
+                () = tokio::time::sleep(every) => {}
             }
         }
     }
 
-    /// Updates the gauges of how current this instance is.
-    async fn observe(&self) {
-        let fresh_as_of = self.fresh.confirmed().as_of;
-        let age = fresh_as_of.map_or(f64::INFINITY, |at| at.elapsed().as_secs_f64());
-        self.metrics.fresh_age_seconds.set(age);
-        // Every live instance but this one has applied less than this.
-        let live = self.fresh.max_staleness() + MARGIN;
-        if let Ok(others) = self
-            .store
-            .lagging(i64::MAX as u64, &self.fresh.instance, live)
-            .await
-        {
-            self.metrics.live_instances.set(others as i64 + 1);
+    /// Updates the count of live instances every `every`, apart from the
+    /// re-reads so that a slow answer never delays one.
+    async fn observe(&self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            // Every live instance but this one has applied less than this.
+            let live = self.fresh.max_staleness() + MARGIN;
+            if let Ok(others) = self
+                .store
+                .lagging(i64::MAX as u64, &self.fresh.instance, live)
+                .await
+            {
+                self.metrics.live_instances.set(others as i64 + 1);
+            }
         }
     }
 
@@ -229,6 +308,7 @@ impl Follower {
         let changes = match self.store.changes_since(self.fresh.applied()).await {
             Ok(changes) => changes,
             Err(e) => {
+                self.fresh.behind(sent);
                 tracing::warn!(error = %e, "could not read key changes of other instances");
                 return Step::Done;
             }
@@ -261,6 +341,7 @@ impl Follower {
             .fetch_max(changes.upto, Ordering::SeqCst)
             .max(changes.upto);
         self.metrics.applied_version.set(applied as i64);
+        self.fresh.caught_up(sent);
         // Fresh only once the store knows: an instance that is not live
         // must not be vouching.
         let reported = self.fresh.reported(applied);
@@ -282,6 +363,7 @@ impl Follower {
         }
         if confirmed.as_of.is_none_or(|at| at < sent) {
             confirmed.as_of = Some(sent);
+            confirmed.latest = Some(sent);
         }
         Step::Done
     }
@@ -290,7 +372,8 @@ impl Follower {
 /// Fences `fresh` whenever the listening connection is lost.
 async fn fence_when_deaf(fresh: Arc<Freshness>, mut events: tokio::sync::watch::Receiver<Heard>) {
     while events.changed().await.is_ok() {
-        if !events.borrow_and_update().listening {
+        let heard = *events.borrow_and_update();
+        if !heard.listening && !heard.polling {
             fresh.fence();
             tracing::warn!("not vouching for revocations until listening again and caught up");
         }
@@ -304,8 +387,9 @@ const MARGIN: Duration = Duration::from_millis(100);
 
 /// Waits until every other live instance has applied `version`, or until
 /// `max_staleness` plus a margin has passed since `committed`, by when an
-/// instance that has not applied it refuses to verify. Returns at once
-/// when this instance follows no others.
+/// instance that has not applied it refuses to verify. Returns at once on
+/// a store no other process writes. A process that does not follow (the
+/// CLI on a shared database) waits all the same: its answer revokes too.
 pub(crate) async fn applied_everywhere(
     store: &Store,
     fresh: &Freshness,
@@ -313,7 +397,7 @@ pub(crate) async fn applied_everywhere(
     committed: Instant,
     waited: &Histogram,
 ) {
-    if !fresh.following.load(Ordering::SeqCst) {
+    if !store.is_shared() {
         return;
     }
     let started = Instant::now();
@@ -397,11 +481,9 @@ impl Freshness {
 
     /// Makes this a follower of an upstream signet: it vouches only while
     /// an acknowledgement's answer within `max_staleness` stands.
-    pub fn follow_upstream(&self, max_staleness: Duration, serve_stale: bool) {
-        self.max_staleness_ms
-            .store(max_staleness.as_millis() as u64, Ordering::SeqCst);
-        self.serve_stale.store(serve_stale, Ordering::SeqCst);
+    pub fn follow_upstream(&self) {
         self.following.store(true, Ordering::SeqCst);
+        self.lock().latest = Some(Instant::now());
     }
 
     /// Fresh as of `as_of` (never earlier than it was already).
@@ -409,6 +491,7 @@ impl Freshness {
         let mut confirmed = self.lock();
         if confirmed.as_of.is_none_or(|at| at < as_of) {
             confirmed.as_of = Some(as_of);
+            confirmed.latest = Some(as_of);
         }
     }
 

@@ -105,6 +105,25 @@ pub struct Cluster {
     pub max_staleness_ms: u64,
     /// `refuse` (503 while stale) or `serve` (keep verifying from memory).
     pub stale_verification: StaleVerification,
+    /// Longest a request waits on the database (a pooled connection, a
+    /// statement, a commit), in milliseconds, before it answers 503.
+    pub statement_timeout_ms: u64,
+    /// Longest a statement waits for a row lock held by another session,
+    /// in milliseconds; a session idle inside a transaction for half of it
+    /// is ended by the database.
+    pub lock_timeout_ms: u64,
+    /// `listen` (woken by `LISTEN`/`NOTIFY`) or `poll` (no session state:
+    /// works behind a transaction-pooling PgBouncer).
+    pub notify: Notify,
+}
+
+/// How an instance learns of other instances' key changes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Notify {
+    #[default]
+    Listen,
+    Poll,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -120,6 +139,9 @@ impl Default for Cluster {
         Cluster {
             max_staleness_ms: 2000,
             stale_verification: StaleVerification::Refuse,
+            statement_timeout_ms: 5000,
+            lock_timeout_ms: 5000,
+            notify: Notify::Listen,
         }
     }
 }
@@ -650,6 +672,12 @@ impl Config {
                 );
             }
         }
+        if self.cluster.statement_timeout_ms == 0 || self.cluster.lock_timeout_ms == 0 {
+            return invalid(
+                "cluster.statement_timeout_ms / cluster.lock_timeout_ms",
+                "must be at least 1",
+            );
+        }
         if self.storage.backend == Backend::Postgres {
             if self.storage.url.is_none() {
                 return invalid(
@@ -795,6 +823,13 @@ mod tests {
                 "must not be longer than keys.max_lifetime",
             ),
             ("[server]\nidle_timeout_secs = 0\n", &[], "timeout_secs"),
+            (
+                "[cluster]\nstatement_timeout_ms = 0\n",
+                &[],
+                "cluster.statement_timeout_ms",
+            ),
+            ("[cluster]\nlock_timeout_ms = 0\n", &[], "lock_timeout_ms"),
+            ("[cluster]\nnotify = \"push\"\n", &[], "notify"),
             ("", &[("SIGNET_TLS_CERT", "c.pem")], "SIGNET_TLS_KEY"),
             ("[server.tls]\ncert_file = \"c.pem\"\n", &[], "key_file"),
         ];

@@ -85,16 +85,54 @@ pub struct ClusterMetrics {
     pub applied_version: Gauge,
     /// Versions behind the store when last checked.
     pub lag_versions: Gauge,
-    /// Seconds since this instance last confirmed it was current.
-    pub fresh_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Seconds since this instance last confirmed it was current,
+    /// computed when scraped.
+    pub fresh_age_seconds: Reading,
     /// Live instances on the store, this one included.
     pub live_instances: Gauge,
-    /// Seconds from an announcement of changes to this instance having
-    /// applied them (0 when current).
-    pub lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Seconds since changes were announced (or a re-read failed) that
+    /// this instance has not applied yet (0 when current), computed when
+    /// scraped.
+    pub lag_seconds: Reading,
     /// Time revocations (deletes, disables, rotations that retire the old
     /// key at once) waited for other instances to apply them.
     pub revocation_wait_seconds: Histogram,
+}
+
+/// A gauge whose value is computed when scraped, by a function set once
+/// (0 until then).
+#[derive(Clone, Default)]
+pub struct Reading(std::sync::Arc<OnceLock<Box<dyn Fn() -> f64 + Send + Sync>>>);
+
+impl Reading {
+    /// Computes the value with `read` from now on (the first call wins).
+    pub fn read_with(&self, read: impl Fn() -> f64 + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(read));
+    }
+
+    /// The value now.
+    pub fn get(&self) -> f64 {
+        self.0.get().map_or(0.0, |read| read())
+    }
+}
+
+impl std::fmt::Debug for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Reading").field(&self.get()).finish()
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for Reading {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.get())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Gauge
+    }
 }
 
 impl Metrics {
@@ -187,9 +225,9 @@ impl Metrics {
         let cluster = ClusterMetrics {
             applied_version: Gauge::default(),
             lag_versions: Gauge::default(),
-            fresh_age_seconds: Gauge::default(),
+            fresh_age_seconds: Reading::default(),
             live_instances: Gauge::default(),
-            lag_seconds: Gauge::default(),
+            lag_seconds: Reading::default(),
             revocation_wait_seconds: Histogram::new(exponential_buckets(0.000_1, 2.5, 14)),
         };
         registry.register(
@@ -214,7 +252,7 @@ impl Metrics {
         );
         registry.register(
             "cluster_lag_seconds",
-            "Time from an announcement of key changes to this instance having applied them (0 when current)",
+            "Time since key changes were announced, or a re-read of them failed, that this instance has not applied yet (0 when current)",
             cluster.lag_seconds.clone(),
         );
         registry.register(

@@ -14,7 +14,7 @@ pub use lifecycle::Lifetimes;
 pub(crate) use lifecycle::Published;
 
 use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
-use crate::cluster::{Follower, Freshness};
+use crate::cluster::{Follower, Freshness, Staleness};
 use crate::jwks::{Document, Jwks};
 use crate::keys::upload::Upload;
 use crate::keys::{
@@ -111,19 +111,60 @@ pub struct Signet {
     mirror: Option<Arc<crate::follower::Mirror>>,
 }
 
+/// What the service is built with, all given at construction.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policy: Policy,
+    /// `ORGKEYS_MAX`: the most keys one organisation may hold.
+    pub quota: u32,
+    /// Pre-generated RSA key pairs to keep per modulus size, in
+    /// `Bits::ALL` order.
+    pub pool: [usize; 3],
+    pub lifetimes: Lifetimes,
+    pub staleness: Staleness,
+}
+
+impl Settings {
+    /// The settings `config` names.
+    pub fn of(config: &crate::config::Config) -> Settings {
+        Settings {
+            policy: Policy::from(&config.verify),
+            quota: config.keys.max_per_org,
+            pool: [
+                config.keys.pool_2048,
+                config.keys.pool_3072,
+                config.keys.pool_4096,
+            ],
+            lifetimes: Lifetimes {
+                max: config.keys.max_lifetime,
+                default: config.keys.default_lifetime,
+            },
+            staleness: Staleness::from(&config.cluster),
+        }
+    }
+
+    /// [`Settings::of`] for a command that runs once: no pool of key pairs.
+    pub fn once(config: &crate::config::Config) -> Settings {
+        Settings {
+            pool: [0; 3],
+            ..Settings::of(config)
+        }
+    }
+}
+
 impl Signet {
-    /// `pool` is the number of pre-generated RSA key pairs to keep per
-    /// modulus size, in `Bits::ALL` order.
-    pub async fn new(
-        store: Store,
-        policy: Policy,
-        quota: u32,
-        pool: [usize; 3],
-    ) -> Result<Signet, StoreError> {
+    pub async fn new(store: Store, settings: Settings) -> Result<Signet, StoreError> {
+        let Settings {
+            policy,
+            quota,
+            pool,
+            lifetimes,
+            staleness,
+        } = settings;
         let version = store.version().await?;
         let records = store.all_keys().await?;
         let jwks = Arc::new(Jwks::new(&[]));
-        let fresh = Arc::new(Freshness::new(version));
+        let fresh = Arc::new(Freshness::new(version, staleness));
         let published = Arc::new(Published::new(jwks.clone(), fresh.clone()));
         let feed = published.feed().clone();
         let verifier = Arc::new(Verifier::new(published.clone(), policy));
@@ -144,7 +185,7 @@ impl Signet {
         Ok(Signet {
             jwks,
             published,
-            lifetimes: Lifetimes::default(),
+            lifetimes,
             timer,
             store: Some(store),
             verifier,
@@ -166,11 +207,8 @@ impl Signet {
     /// upstream's answers keep it fresh.
     pub fn follower(policy: Policy, config: &crate::config::Config) -> Signet {
         let jwks = Arc::new(Jwks::new(&[]));
-        let fresh = Arc::new(Freshness::new(0));
-        fresh.follow_upstream(
-            Duration::from_millis(config.cluster.max_staleness_ms),
-            config.cluster.stale_verification == crate::config::StaleVerification::Serve,
-        );
+        let fresh = Arc::new(Freshness::new(0, Staleness::from(&config.cluster)));
+        fresh.follow_upstream();
         let published = Arc::new(Published::new(jwks.clone(), fresh.clone()));
         let verifier = Arc::new(Verifier::new(published.clone(), policy));
         let timer = tokio::spawn(lifecycle::expire_forever(
@@ -187,6 +225,11 @@ impl Signet {
         let mirror =
             crate::follower::Mirror::new(published.clone(), verifier.clone(), fresh.clone());
         let pool = KeyPool::start([0, 0, 0], metrics.pool_depth());
+        let age = fresh.clone();
+        metrics
+            .cluster
+            .fresh_age_seconds
+            .read_with(move || age.age().as_secs_f64());
         Signet {
             jwks,
             published,
@@ -253,19 +296,12 @@ impl Signet {
         let gauge = |state| self.metrics.followers.get_or_create(&StateLabel { state });
         gauge("registered").set(registered as i64);
         gauge("live").set(live as i64);
-        if self.mirror.is_some() {
-            let age = self
-                .fresh
-                .stale_for()
-                .map_or(f64::INFINITY, |d| d.as_secs_f64());
-            self.metrics.cluster.fresh_age_seconds.set(age);
-        }
     }
 
     /// Starts applying the key changes other instances make to the shared
     /// store (nothing on sled). While more than `max_staleness` behind,
-    /// verification is refused, unless `serve_stale`.
-    pub async fn follow(&self, max_staleness: std::time::Duration, serve_stale: bool) {
+    /// verification is refused, unless stale verification is served.
+    pub async fn follow(&self) {
         let Some(store) = self.store.clone() else {
             return;
         };
@@ -277,13 +313,8 @@ impl Signet {
             metrics: self.metrics.cluster.clone(),
             fresh: self.fresh.clone(),
         };
-        let task = follower.start(max_staleness, serve_stale).await;
+        let task = follower.start().await;
         *self.follower.lock().expect("follower lock poisoned") = task;
-    }
-
-    /// How long keys live when a create names no expiry, and at most.
-    pub fn set_lifetimes(&mut self, lifetimes: Lifetimes) {
-        self.lifetimes = lifetimes;
     }
 
     /// Generates a key pair, stores its public half under the quota, and

@@ -11,9 +11,8 @@ use super::lifecycle::LifecycleCommand;
 use super::{data_config, open_existing, DataArgs, Outcome, ALGORITHMS};
 use crate::audit::Actor;
 use crate::keys::{self, Bits, GeneratedKey, KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
-use crate::service::{Caller, Lifetimes, NewKey, Signet};
+use crate::service::{Caller, NewKey, Settings, Signet};
 use crate::store::Store;
-use crate::verify::Policy;
 
 #[derive(Subcommand)]
 pub(super) enum KeysCommand {
@@ -64,13 +63,7 @@ pub(super) async fn run(command: KeysCommand, data: DataArgs) -> anyhow::Result<
         open_existing(&config).await?
     } else {
         let store = Store::open(&config).await?;
-        let mut signet =
-            Signet::new(store, Policy::default(), config.keys.max_per_org, [0; 3]).await?;
-        signet.set_lifetimes(Lifetimes {
-            max: config.keys.max_lifetime,
-            default: config.keys.default_lifetime,
-        });
-        signet
+        Signet::new(store, Settings::once(&config)).await?
     };
     let caller = Caller {
         actor: Actor::Cli,

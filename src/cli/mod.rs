@@ -17,9 +17,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::service::Signet;
+use crate::service::{Settings, Signet};
 use crate::store::Store;
-use crate::verify::Policy;
 
 use audit::AuditCommand;
 use keys::KeysCommand;
@@ -189,5 +188,5 @@ fn data_config(data: &DataArgs) -> anyhow::Result<Config> {
 /// The service over existing data, for offline reading; creates nothing.
 async fn open_existing(config: &Config) -> anyhow::Result<Signet> {
     let store = Store::open_existing(config).await?;
-    Ok(Signet::new(store, Policy::default(), config.keys.max_per_org, [0; 3]).await?)
+    Ok(Signet::new(store, Settings::once(config)).await?)
 }

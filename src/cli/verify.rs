@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::Outcome;
 use crate::config::Config;
-use crate::service::Signet;
+use crate::service::{Settings, Signet};
 use crate::store::{Store, StoreError};
 use crate::verify::{
     self, Expect, InvalidReport, JwkSetSource, KeySource, Policy, Report, Verifier, VerifyError,
@@ -115,7 +115,14 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
             ),
             other => other?,
         };
-        let signet = Signet::new(store, policy, config.keys.max_per_org, [0; 3]).await?;
+        let signet = Signet::new(
+            store,
+            Settings {
+                policy,
+                ..Settings::once(&config)
+            },
+        )
+        .await?;
         judged(signet.verify(token, expect).await)?
     } else {
         let base = args.server.clone().unwrap_or_else(|| own_server(&config));

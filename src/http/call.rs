@@ -212,25 +212,316 @@ impl Call<'_> {
                 "the request body must be a JSON object",
             ));
         }
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            ApiError::invalid_request("the request body is not valid for this route")
-                .cause(redacted(&e))
-        })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| unfit_body::<T>(&bytes, &e))
     }
 }
 
-/// A JSON parse error's message with the content of every quoted string
-/// left out: serde repeats a wrongly typed string value, which may be a
-/// private key sent in the wrong field.
+/// The 400 for a JSON body that does not parse as `T`. Its cause is built
+/// from serde_json's error category, line and column, and for a body that
+/// is valid JSON, from what `T`'s schema expected where it went wrong (see
+/// [`unfit`]); never from serde_json's message, which quotes the input
+/// (a wrongly typed string, an unknown field or variant) in quotes or
+/// backticks that the input itself may hold.
+fn unfit_body<T: serde::de::DeserializeOwned>(bytes: &[u8], e: &serde_json::Error) -> ApiError {
+    let at = format!("line {}, column {}", e.line(), e.column());
+    let cause = match e.classify() {
+        serde_json::error::Category::Data => {
+            let why = serde_json::from_slice::<serde_json::Value>(bytes)
+                .ok()
+                .and_then(|v| T::deserialize(unfit::Safe(&v)).err());
+            match why {
+                Some(why) => format!("{why} (at {at})"),
+                None => redacted(e),
+            }
+        }
+        _ => redacted(e),
+    };
+    ApiError::invalid_request("the request body is not valid for this route").cause(cause)
+}
+
+/// A JSON parse error in signet's words: its kind and where it is. Of the
+/// message only a fixed leading phrase of serde's is kept, never the rest,
+/// which may repeat a private key sent in the wrong field.
 pub fn redacted(e: &serde_json::Error) -> String {
-    let mut out = String::new();
-    for (i, part) in e.to_string().split('"').enumerate() {
-        match i % 2 {
-            0 => out.push_str(part),
-            _ => out.push_str("\"…\""),
+    use serde_json::error::Category;
+    const PHRASES: [&str; 7] = [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown variant",
+        "unknown field",
+        "missing field",
+        "duplicate field",
+    ];
+    let text = e.to_string();
+    let what = match e.classify() {
+        Category::Data => PHRASES
+            .into_iter()
+            .find(|p| text.starts_with(p))
+            .unwrap_or("a value that does not fit this route"),
+        Category::Syntax => "not valid JSON",
+        Category::Eof => "the JSON ends early",
+        Category::Io => "the body could not be read",
+    };
+    format!("{what} at line {}, column {}", e.line(), e.column())
+}
+
+/// Why a JSON value does not fit a type, from serde's structured error
+/// calls: the schema's field and variant names and the visitor's own
+/// expectation are kept; the input's values, field names and variants are
+/// only described by their kind.
+mod unfit {
+    use std::fmt;
+
+    use serde::de::value::StrDeserializer;
+    use serde::de::{
+        self, DeserializeSeed, Deserializer, Expected, IntoDeserializer, MapAccess, SeqAccess,
+        Unexpected, Visitor,
+    };
+    use serde_json::Value;
+
+    /// What went wrong, and in which of the schema's fields.
+    #[derive(Debug)]
+    pub struct Unfit {
+        what: String,
+        field: Option<&'static str>,
+    }
+
+    impl fmt::Display for Unfit {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self.field {
+                Some(field) => write!(f, "field `{field}`: {}", self.what),
+                None => f.write_str(&self.what),
+            }
         }
     }
-    out
+
+    impl std::error::Error for Unfit {}
+
+    fn unfit(what: String) -> Unfit {
+        Unfit { what, field: None }
+    }
+
+    /// The kind of an input value, never the value.
+    fn kind(u: &Unexpected<'_>) -> &'static str {
+        match u {
+            Unexpected::Bool(_) => "a boolean",
+            Unexpected::Unsigned(_) => "a number",
+            Unexpected::Signed(_) => "a negative number",
+            Unexpected::Float(_) => "a fractional number",
+            Unexpected::Char(_) | Unexpected::Str(_) => "a string",
+            Unexpected::Bytes(_) => "bytes",
+            Unexpected::Unit => "null",
+            Unexpected::Seq => "an array",
+            Unexpected::Map => "an object",
+            _ => "a value of another kind",
+        }
+    }
+
+    fn names(list: &[&str]) -> String {
+        match list {
+            [] => "none".into(),
+            list => list.join(", "),
+        }
+    }
+
+    impl de::Error for Unfit {
+        /// Only signet's own `Deserialize` impls and serde's fixed texts
+        /// call this, with sentences that hold no input.
+        fn custom<T: fmt::Display>(msg: T) -> Self {
+            unfit(msg.to_string())
+        }
+
+        fn invalid_type(unexp: Unexpected<'_>, exp: &dyn Expected) -> Self {
+            unfit(format!("invalid type: {}, expected {exp}", kind(&unexp)))
+        }
+
+        fn invalid_value(unexp: Unexpected<'_>, exp: &dyn Expected) -> Self {
+            unfit(format!("invalid value: {}, expected {exp}", kind(&unexp)))
+        }
+
+        fn invalid_length(len: usize, exp: &dyn Expected) -> Self {
+            unfit(format!("invalid length {len}, expected {exp}"))
+        }
+
+        fn unknown_variant(_: &str, expected: &'static [&'static str]) -> Self {
+            unfit(format!(
+                "unknown variant; expected one of {}",
+                names(expected)
+            ))
+        }
+
+        fn unknown_field(_: &str, expected: &'static [&'static str]) -> Self {
+            unfit(format!(
+                "an unknown field (its name is not repeated); the fields are {}",
+                names(expected)
+            ))
+        }
+
+        fn missing_field(field: &'static str) -> Self {
+            Unfit {
+                what: "missing".into(),
+                field: Some(field),
+            }
+        }
+
+        fn duplicate_field(field: &'static str) -> Self {
+            Unfit {
+                what: "given twice".into(),
+                field: Some(field),
+            }
+        }
+    }
+
+    /// A parsed JSON value as a deserializer whose errors are [`Unfit`].
+    pub struct Safe<'a>(pub &'a Value);
+
+    impl<'de> Deserializer<'de> for Safe<'_> {
+        type Error = Unfit;
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unfit> {
+            match self.0 {
+                Value::Null => visitor.visit_unit(),
+                Value::Bool(b) => visitor.visit_bool(*b),
+                Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                    (Some(u), _) => visitor.visit_u64(u),
+                    (None, Some(i)) => visitor.visit_i64(i),
+                    (None, None) => visitor.visit_f64(n.as_f64().unwrap_or(f64::NAN)),
+                },
+                Value::String(s) => visitor.visit_str(s),
+                Value::Array(items) => {
+                    let mut seq = Seq(items.iter());
+                    let value = visitor.visit_seq(&mut seq)?;
+                    match seq.0.len() {
+                        0 => Ok(value),
+                        _ => Err(de::Error::invalid_length(items.len(), &"fewer elements")),
+                    }
+                }
+                Value::Object(map) => visitor.visit_map(Map {
+                    entries: map.iter(),
+                    value: None,
+                    field: None,
+                    fields: &[],
+                }),
+            }
+        }
+
+        fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unfit> {
+            match self.0 {
+                Value::Null => visitor.visit_none(),
+                _ => visitor.visit_some(self),
+            }
+        }
+
+        fn deserialize_newtype_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            visitor: V,
+        ) -> Result<V::Value, Unfit> {
+            visitor.visit_newtype_struct(self)
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            _: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, Unfit> {
+            match self.0 {
+                Value::String(s) => {
+                    let variant: StrDeserializer<'_, Unfit> = s.as_str().into_deserializer();
+                    visitor.visit_enum(variant)
+                }
+                other => Err(de::Error::invalid_type(unexpected(other), &"a string")),
+            }
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, Unfit> {
+            match self.0 {
+                Value::Object(map) => visitor.visit_map(Map {
+                    entries: map.iter(),
+                    value: None,
+                    field: None,
+                    fields,
+                }),
+                _ => self.deserialize_any(visitor),
+            }
+        }
+
+        fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unfit> {
+            visitor.visit_unit()
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf unit unit_struct seq tuple tuple_struct map identifier
+        }
+    }
+
+    fn unexpected(v: &Value) -> Unexpected<'static> {
+        match v {
+            Value::Null => Unexpected::Unit,
+            Value::Bool(_) => Unexpected::Bool(false),
+            Value::Number(_) => Unexpected::Unsigned(0),
+            Value::String(_) => Unexpected::Str(""),
+            Value::Array(_) => Unexpected::Seq,
+            Value::Object(_) => Unexpected::Map,
+        }
+    }
+
+    struct Seq<'a>(std::slice::Iter<'a, Value>);
+
+    impl<'de> SeqAccess<'de> for Seq<'_> {
+        type Error = Unfit;
+
+        fn next_element_seed<T: DeserializeSeed<'de>>(
+            &mut self,
+            seed: T,
+        ) -> Result<Option<T::Value>, Unfit> {
+            self.0.next().map(|v| seed.deserialize(Safe(v))).transpose()
+        }
+    }
+
+    /// An object's members. A value's error is put down to its field when
+    /// the field is one of the schema's (`fields`), by the schema's name.
+    struct Map<'a> {
+        entries: serde_json::map::Iter<'a>,
+        value: Option<&'a Value>,
+        field: Option<&'static str>,
+        fields: &'static [&'static str],
+    }
+
+    impl<'de> MapAccess<'de> for Map<'_> {
+        type Error = Unfit;
+
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, Unfit> {
+            let Some((name, value)) = self.entries.next() else {
+                return Ok(None);
+            };
+            self.value = Some(value);
+            self.field = self.fields.iter().copied().find(|f| f == name);
+            let key: StrDeserializer<'_, Unfit> = name.as_str().into_deserializer();
+            seed.deserialize(key).map(Some)
+        }
+
+        fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Unfit> {
+            let value = self.value.take().unwrap_or(&Value::Null);
+            seed.deserialize(Safe(value)).map_err(|mut e| {
+                e.field = e.field.or(self.field);
+                e
+            })
+        }
+    }
 }
 
 pub fn parse_org(raw: &str) -> Result<OrgId, ApiError> {
@@ -267,6 +558,51 @@ pub fn query_pairs(query: Option<&str>) -> form_urlencoded::Parse<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        #[serde(default)]
+        state: Option<State>,
+        #[serde(default, rename = "graceSeconds")]
+        grace: Option<u32>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum State {
+        Active,
+        Disabled,
+    }
+
+    #[test]
+    fn body_errors_name_the_schema_and_never_the_input() {
+        // Each input hides S3CR3T where serde's own message would quote
+        // it, in quotes or backticks, with quotes and backticks of its own
+        // to throw a quote-stripping redaction off.
+        let cases = [
+            (r#"{"name": "n", "state": "S3CR3T"}"#, "field `state`: unknown variant; expected one of active, disabled (at line 1, column 31)"),
+            (r#"{"name": "n", "state": "a`, expected `S3CR3T"}"#, "field `state`: unknown variant; expected one of active, disabled (at line 1, column 45)"),
+            (r#"{"name": "n", "state": "\"S3CR3T\"`x`"}"#, "field `state`: unknown variant; expected one of active, disabled (at line 1, column 38)"),
+            (r#"{"name": "n", "S3CR3T`\"": 1}"#, "an unknown field (its name is not repeated); the fields are name, state, graceSeconds (at line 1, column 25)"),
+            (r#"{"name": "n", "graceSeconds": "\"S3CR3T"}"#, "field `graceSeconds`: invalid type: a string, expected u32 (at line 1, column 40)"),
+            (r#"{"name": "n", "graceSeconds": -1}"#, "field `graceSeconds`: invalid value: a negative number, expected u32 (at line 1, column 32)"),
+            (r#"{"name": ["S3CR3T"]}"#, "field `name`: invalid type: an array, expected a string (at line 1, column 9)"),
+            (r#"{"state": "active"}"#, "field `name`: missing (at line 1, column 19)"),
+            (r#"{"name": "S3CR3T", "name": "S3CR3T"}"#, "duplicate field at line 1, column 25"),
+            (r#"{"name": "S3CR3T" "#, "the JSON ends early at line 1, column 18"),
+            (r#"{"name": S3CR3T}"#, "not valid JSON at line 1, column 10"),
+            (r#"{"name": "n"} S3CR3T"#, "not valid JSON at line 1, column 15"),
+        ];
+        for (body, want) in cases {
+            let e = serde_json::from_str::<Body>(body).unwrap_err();
+            let got = unfit_body::<Body>(body.as_bytes(), &e);
+            assert_eq!(got.message, "the request body is not valid for this route");
+            assert_eq!(got.cause.as_deref(), Some(want), "{body}");
+        }
+    }
 
     #[test]
     fn percent_decoding_never_panics() {

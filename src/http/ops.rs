@@ -5,7 +5,7 @@ use hyper::StatusCode;
 
 use super::body::Body;
 use super::call::{Call, Outcome};
-use super::reply::{self, ApiError, ErrorCode};
+use super::reply::{self, ApiError};
 
 pub async fn healthz(_: Call<'_>) -> Outcome {
     Ok(reply::json(
@@ -21,10 +21,8 @@ pub async fn readyz(call: Call<'_>) -> Outcome {
             &serde_json::json!({"status": "ready"}),
         ))
     } else {
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal,
-            "the database is not usable",
+        Err(ApiError::unavailable(
+            "not ready: the storage is not usable, or this instance cannot vouch that it has seen every key change",
         ))
     }
 }

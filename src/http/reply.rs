@@ -202,7 +202,10 @@ impl From<ServiceError> for ApiError {
             ServiceError::Store(ref store) if store.is_unavailable() => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Unavailable,
-                "storage is unavailable (is the disk full or read-only?); the request was not acknowledged, retry later",
+                match store.is_database_server() {
+                    true => "the database is unreachable or did not answer in time; the request was not acknowledged (it may still have taken effect), retry later",
+                    false => "storage is unavailable (is the disk full or read-only?); the request was not acknowledged, retry later",
+                },
             )
             .cause(store),
             ServiceError::Store(_) | ServiceError::Task(_) => {

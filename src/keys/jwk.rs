@@ -159,8 +159,13 @@ impl Jwk {
                 der
             }
             ("OKP", Some("Ed25519")) if alg == Algorithm::EdDSA => {
+                let key = member("x", self.x.as_deref(), ED25519_KEY_LEN)?;
+                // A small-order key in someone's JWK Set would let anyone
+                // forge its tokens.
+                super::upload::check_ed25519(&key)
+                    .map_err(|e| JwkError::InvalidKey(e.to_string()))?;
                 let mut der = ED25519_SPKI_PREFIX.to_vec();
-                der.extend(member("x", self.x.as_deref(), ED25519_KEY_LEN)?);
+                der.extend(key);
                 der
             }
             ("RSA", _) | ("OKP", Some("Ed25519")) => return Err(JwkError::Alg),
@@ -278,6 +283,18 @@ mod tests {
                 edit(&ed, &|j| j.x = Some(format!("{}=", j.x.clone().unwrap()))),
             ),
             ("not on the curve", edit(&p256, &|j| j.y = j.x.clone())),
+            (
+                "Ed25519 identity",
+                edit(&ed, &|j| {
+                    j.x = Some(URL_SAFE_NO_PAD.encode([&[1u8][..], &[0; 31]].concat()))
+                }),
+            ),
+            (
+                "Ed25519 y = 2",
+                edit(&ed, &|j| {
+                    j.x = Some(URL_SAFE_NO_PAD.encode([&[2u8][..], &[0; 31]].concat()))
+                }),
+            ),
         ];
         for (name, result) in cases {
             assert!(result.is_err(), "{name} was accepted");

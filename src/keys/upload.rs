@@ -4,7 +4,10 @@
 //! Refused: anything carrying private material (a private-key PEM, a JWK
 //! with `d`, `p`, `q`, `dp`, `dq`, `qi`, `oth` or `k`), RSA moduli outside
 //! 2048–8192 bits, even or small (< 65537) RSA exponents, EC points not on
-//! their curve or not uncompressed, curves other than P-256, P-384 and
+//! their curve, at infinity or not uncompressed, Ed25519 keys that are not
+//! a point of the curve, are of small order (any signature verifies under
+//! the identity, and forgeries are easy under the points of order 2, 4 and
+//! 8) or are not canonically encoded, curves other than P-256, P-384 and
 //! Ed25519, and an algorithm that does not fit the key. No error message
 //! repeats any of the input, so nothing of a private key sent by mistake
 //! reaches a response or a log line.
@@ -62,6 +65,18 @@ pub enum UploadError {
     /// An EC point that is not on its curve.
     #[error("the EC point is not on its curve")]
     NotOnCurve,
+    /// The EC point at infinity (the single byte 00).
+    #[error("the EC point is the point at infinity, which is no public key")]
+    Infinity,
+    /// 32 bytes that decode to no point of the Ed25519 curve.
+    #[error("the Ed25519 key is not a point of the curve")]
+    Ed25519OffCurve,
+    /// The identity or a point of order 2, 4 or 8, in any encoding.
+    #[error("the Ed25519 key is a point of small order (the identity or a point of order 2, 4 or 8), under which signatures can be forged without a private key")]
+    Ed25519SmallOrder,
+    /// A point whose encoding is not the one canonical form.
+    #[error("the Ed25519 key is not canonically encoded: its y coordinate is 2^255 - 19 or more")]
+    Ed25519NotCanonical,
     /// A compressed or otherwise encoded EC point.
     #[error("the EC point must be uncompressed (04, x, y)")]
     CompressedPoint,
@@ -169,6 +184,7 @@ fn from_spki_der(der: &[u8]) -> Result<Material, UploadError> {
             let point = match key.split_first() {
                 Some((0x04, xy)) if xy.len() == 2 * curve.coordinate_len() => xy.to_vec(),
                 Some((0x02 | 0x03, _)) => return Err(UploadError::CompressedPoint),
+                Some((0x00, [])) => return Err(UploadError::Infinity),
                 _ => return Err(UploadError::NotOnCurve),
             };
             Ok(Material::Ec { curve, point })
@@ -283,6 +299,7 @@ fn finish(material: Material, alg: Option<Algorithm>) -> Result<Upload, UploadEr
             if let Some(given) = alg.filter(|a| *a != Algorithm::EdDSA) {
                 return Err(mismatch(given, "Ed25519", Algorithm::EdDSA));
             }
+            check_ed25519(&key)?;
             let mut der = super::jwk::ED25519_SPKI_PREFIX.to_vec();
             der.extend(key);
             (KeySpec::Ed25519, der)
@@ -300,6 +317,27 @@ fn finish(material: Material, alg: Option<Algorithm>) -> Result<Upload, UploadEr
         spec,
         spki_der: der,
     })
+}
+
+/// An Ed25519 public key is a point of the curve, not of small order, in
+/// its one canonical encoding. aws-lc checks none of this, and under a
+/// small-order key a token with R = -[k]A, S = 0 verifies without any
+/// private key (RFC 8032 §5.1.7 as written accepts it).
+pub fn check_ed25519(key: &[u8]) -> Result<(), UploadError> {
+    let bytes: [u8; 32] = key.try_into().map_err(|_| UploadError::Ed25519OffCurve)?;
+    let compressed = curve25519_dalek::edwards::CompressedEdwardsY(bytes);
+    let point = compressed
+        .decompress()
+        .ok_or(UploadError::Ed25519OffCurve)?;
+    if point.is_small_order() {
+        return Err(UploadError::Ed25519SmallOrder);
+    }
+    // dalek reduces y modulo p and takes x's sign bit as given, so a
+    // point read from a non-canonical encoding re-encodes differently.
+    if point.compress() != compressed {
+        return Err(UploadError::Ed25519NotCanonical);
+    }
+    Ok(())
 }
 
 /// An RSA public exponent: odd, from 65537 to 2^33 - 1.
@@ -547,6 +585,152 @@ mod tests {
             Some(RS512),
         );
         assert_eq!(big.unwrap().spec.bits().map(Bits::get), Some(8192));
+    }
+
+    /// The encodings an Ed25519 upload must be refused for: every point
+    /// of small order, canonical or not, y ≥ p, and a y with no x.
+    pub const ED25519_REFUSED: [(&str, &str, UploadError); 15] = {
+        use UploadError::{Ed25519NotCanonical as N, Ed25519OffCurve as O, Ed25519SmallOrder as S};
+        [
+            (
+                "identity",
+                "0100000000000000000000000000000000000000000000000000000000000000",
+                S,
+            ),
+            (
+                "order 2",
+                "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+                S,
+            ),
+            (
+                "order 4, x > 0",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+                S,
+            ),
+            (
+                "order 4, x < 0",
+                "0000000000000000000000000000000000000000000000000000000000000080",
+                S,
+            ),
+            (
+                "order 8 (a)",
+                "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+                S,
+            ),
+            (
+                "order 8 (a, -x)",
+                "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+                S,
+            ),
+            (
+                "order 8 (b)",
+                "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+                S,
+            ),
+            (
+                "order 8 (b, -x)",
+                "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+                S,
+            ),
+            (
+                "identity, sign bit on x = 0",
+                "0100000000000000000000000000000000000000000000000000000000000080",
+                S,
+            ),
+            (
+                "order 2, sign bit on x = 0",
+                "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+                S,
+            ),
+            (
+                "y = p (order 4)",
+                "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+                S,
+            ),
+            (
+                "y = p + 1 (identity)",
+                "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+                S,
+            ),
+            (
+                "y = p + 3",
+                "f0ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+                N,
+            ),
+            (
+                "y = 2^255 - 1",
+                "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+                N,
+            ),
+            (
+                "y = 2, off the curve",
+                "0200000000000000000000000000000000000000000000000000000000000000",
+                O,
+            ),
+        ]
+    };
+
+    #[test]
+    fn ed25519_keys_of_small_order_off_the_curve_or_non_canonical_are_refused() {
+        // The first eight are exactly the canonical encodings of the
+        // eight-torsion subgroup.
+        let mut torsion: Vec<[u8; 32]> = curve25519_dalek::constants::EIGHT_TORSION
+            .iter()
+            .map(|p| p.compress().to_bytes())
+            .collect();
+        let mut table: Vec<[u8; 32]> = ED25519_REFUSED[..8]
+            .iter()
+            .map(|(_, h, _)| hex::decode(h).unwrap().try_into().unwrap())
+            .collect();
+        torsion.sort();
+        table.sort();
+        assert_eq!(torsion, table);
+        for (what, key, want) in ED25519_REFUSED {
+            let key = hex::decode(key).unwrap();
+            let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&key)});
+            let got = from_jwk(jwk.as_object().unwrap(), None);
+            assert_eq!(got, Err(want.clone()), "{what} as JWK");
+            let pem = spki_pem(ED25519, None, &key);
+            assert_eq!(from_pem(&pem, None), Err(want), "{what} as PEM");
+        }
+        // RFC 8032 §7.1's public keys, and one signet makes, are accepted.
+        let generated = generate(KeySpec::Ed25519);
+        let mut real = vec![generated.spki_der()[12..].to_vec()];
+        for rfc in [
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+            "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+            "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025",
+            "278117fc144c72340f67d0f2316e8386ceffbf2b2428c9c51fef7c597f1d426e",
+        ] {
+            real.push(hex::decode(rfc).unwrap());
+        }
+        for key in real {
+            let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&key)});
+            let up = from_jwk(jwk.as_object().unwrap(), None).expect("a real key");
+            assert_eq!(up.spki_der[12..], key[..]);
+        }
+    }
+
+    #[test]
+    fn ec_points_at_infinity_or_off_the_curve_are_refused() {
+        let p384 = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+        let real = generate(KeySpec::Ec { curve: Curve::P384 });
+        let point = &real.spki_der()[23..];
+        assert_eq!(point.len(), 97);
+        let mut off = point.to_vec();
+        off[96] ^= 1;
+        let zero = [&[4u8][..], &[0; 96]].concat();
+        for (what, key, want) in [
+            ("P-256 infinity", (P256, vec![0u8]), UploadError::Infinity),
+            ("P-384 infinity", (p384, vec![0u8]), UploadError::Infinity),
+            ("P-384 off the curve", (p384, off), UploadError::NotOnCurve),
+            ("P-384 (0, 0)", (p384, zero), UploadError::NotOnCurve),
+        ] {
+            let pem = spki_pem(EC_PUBLIC_KEY, Some(key.0), &key.1);
+            assert_eq!(from_pem(&pem, None), Err(want), "{what}");
+        }
+        let pem = spki_pem(EC_PUBLIC_KEY, Some(p384), point);
+        assert_eq!(from_pem(&pem, None).unwrap().spki_der, real.spki_der());
     }
 
     #[test]

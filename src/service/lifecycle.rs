@@ -75,7 +75,7 @@ fn whole_units(d: Duration) -> String {
 /// The keys' derived state; also the verifier's key source.
 ///
 /// Each change carries the version it committed at, on every backend
-/// (SPEC §8 "Order"). Changes reach memory after their commit, outside the
+/// (docs/api.md, "Order"). Changes reach memory after their commit, outside the
 /// store's lock, so they can arrive out of order: two requests racing on
 /// one key, or, on a shared store, this instance's own writes and the
 /// cluster follower's reads of what others wrote. So every key changed

@@ -87,6 +87,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether this is a database server failing or out of reach
+    /// (PostgreSQL), rather than the local disk.
+    pub fn is_database_server(&self) -> bool {
+        matches!(self, StoreError::Io(e) if e.is::<postgres::DatabaseFailed>())
+    }
+
     /// Whether this is the storage itself failing (disk full, read-only,
     /// I/O error, database unreachable), as opposed to damaged data or a
     /// refused open.
@@ -393,6 +399,10 @@ pub struct Heard {
     pub session: u64,
     /// Whether the listening connection is up.
     pub listening: bool,
+    /// Whether the store is polled instead (`cluster.notify = "poll"`, or
+    /// notifications found not to arrive): no session to lose, so losing
+    /// one fences nothing.
+    pub polling: bool,
 }
 
 /// Key changes after a version, up to the newest committed one.
@@ -454,10 +464,16 @@ impl Store {
             }
             Backend::Postgres => {
                 let url = config.storage.url.as_ref().map_or("", Secret::expose);
-                let store = PgStore::open(url, sealer, create).await?;
+                let settings = postgres::Settings::of(&config.cluster);
+                let store = PgStore::open(url, sealer, create, settings).await?;
                 Ok(Store::Postgres(Arc::new(store)))
             }
         }
+    }
+
+    /// Whether other processes may write this store too (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
     }
 
     pub fn new_id(&self) -> KeyId {

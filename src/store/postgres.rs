@@ -23,12 +23,31 @@
 //!
 //! Every change commits before it is acknowledged; how durable a commit is
 //! depends on the server (`synchronous_commit`, `fsync`).
+//!
+//! Partitions answer: every operation, from taking a pooled connection to
+//! its commit, is bounded by `cluster.statement_timeout` (then
+//! `Unavailable`), and one abandoned or timed out leaves the pool with its
+//! query cancelled ([`Conn`]). Every connection uses TCP keepalive and
+//! `tcp_user_timeout`; the server ends statements past the statement
+//! timeout, lock waits past `cluster.lock_timeout` and sessions idle inside
+//! a transaction for half of it (so a writer cut off mid-transaction frees
+//! the change counter in time for the others). A pooled connection idle
+//! for more than a second is checked before it is handed out. The follower
+//! has its own connections, never queued behind requests.
+//!
+//! No session state is used beyond the listening connection: statements
+//! are unnamed (`query_typed`, one round trip), settings are startup
+//! options or `SET LOCAL`, and the migration lock is transaction-level; so
+//! with `cluster.notify = "poll"` signet works behind a transaction-pooling
+//! PgBouncer.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::Host;
+use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, Transaction};
 
 use crate::audit::{self, AuditEvent, BrokenLink, EventId, NewEvent};
@@ -103,63 +122,202 @@ CREATE UNIQUE INDEX keys_fingerprint ON keys (org, fingerprint);
 /// once ("signet" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7369_676e_6574;
 
-/// How long a connection attempt, or a wait for a pooled connection, may
-/// take before the operation fails as unavailable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A pooled connection idle longer than this is checked before use.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// What bounds this store's waits on the database (`[cluster]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+    /// `cluster.notify = "poll"`: no `LISTEN`, no session state.
+    pub poll: bool,
+}
+
+impl Settings {
+    pub fn of(cluster: &crate::config::Cluster) -> Settings {
+        Settings {
+            statement_timeout: Duration::from_millis(cluster.statement_timeout_ms),
+            lock_timeout: Duration::from_millis(cluster.lock_timeout_ms),
+            poll: cluster.notify == crate::config::Notify::Poll,
+        }
+    }
+
+    /// The server-side limits, as `-c` options or `SET LOCAL`s.
+    fn limits(&self) -> [(&'static str, u128); 3] {
+        [
+            ("statement_timeout", self.statement_timeout.as_millis()),
+            ("lock_timeout", self.lock_timeout.as_millis()),
+            (
+                "idle_in_transaction_session_timeout",
+                (self.lock_timeout / 2).as_millis().max(1),
+            ),
+        ]
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings::of(&crate::config::Cluster::default())
+    }
+}
 
 pub struct PgStore {
+    /// Connections for requests.
     pool: Pool,
+    /// The follower's own connections: its re-reads and heartbeats never
+    /// wait behind requests.
+    follow: Pool,
     /// For the listening connection, which is not pooled.
     pg_config: tokio_postgres::Config,
     /// The listener task, started by the first `announcements`.
-    listener: Mutex<Option<(tokio::sync::watch::Sender<Heard>, tokio::task::AbortHandle)>>,
+    listener: Mutex<
+        Option<(
+            tokio::sync::watch::Sender<Heard>,
+            Option<tokio::task::AbortHandle>,
+        )>,
+    >,
     /// The URL without its password, for messages.
     location: String,
     sealer: Sealer,
     ids: Mutex<ulid::Generator>,
+    settings: Settings,
+    /// Polling instead of listening: configured, or notifications found
+    /// not to arrive (a transaction-pooling proxy). Heartbeats then wait
+    /// for the disk, since no lost session tells of a crash.
+    polling: Arc<AtomicBool>,
+    /// `SET LOCAL` of the server-side limits, run first in every
+    /// transaction while polling (a pooler may not pass startup options).
+    set_local: String,
+}
+
+/// A pooled connection for one operation. Dropped before [`Conn::done`] —
+/// its operation timed out, or the request was abandoned by its client —
+/// it leaves the pool, and the query it may still be running is cancelled:
+/// no later operation queues behind it.
+struct Conn {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl Conn {
+    /// The operation finished: the connection may go back to the pool.
+    fn done(mut self) {
+        drop(self.client.take());
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = deadpool_postgres::Object;
+    fn deref(&self) -> &Self::Target {
+        self.client.as_ref().expect("a connection until done")
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.client.as_mut().expect("a connection until done")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let cancel = client.cancel_token();
+        drop(deadpool_postgres::Object::take(client));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(IDLE_CHECK * 5, cancel.cancel_query(NoTls)).await;
+            });
+        }
+    }
+}
+
+/// Runs `$body` with `$client`, a connection from `$pool`, all within the
+/// statement timeout; see [`Conn`].
+macro_rules! on_conn {
+    ($self:ident, $pool:expr, |$client:ident| $body:block) => {
+        $self.bounded(async {
+            let mut conn = $self.conn($pool).await?;
+            let out = async {
+                let $client: &mut deadpool_postgres::Object = &mut conn;
+                $body
+            }
+            .await;
+            conn.done();
+            out
+        })
+    };
 }
 
 impl PgStore {
     /// Connects to `url`, then migrates the schema to this build's (with
     /// `create`) or checks that signet data is there (without: creates
     /// nothing).
-    pub async fn open(url: &str, sealer: Sealer, create: bool) -> Result<PgStore, StoreError> {
+    pub async fn open(
+        url: &str,
+        sealer: Sealer,
+        create: bool,
+        settings: Settings,
+    ) -> Result<PgStore, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
             location: "storage.url".into(),
             source: Box::new(e),
         })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
+        let timeout = settings.statement_timeout;
+        if config.get_connect_timeout().is_none_or(|t| *t > timeout) {
+            config.connect_timeout(timeout);
         }
         if config.get_application_name().is_none() {
             config.application_name("signet");
         }
+        // A silently dropped path is noticed: by keepalive on an idle
+        // connection, by the user timeout on one with data unacknowledged.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(1))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3)
+            .tcp_user_timeout(timeout.max(Duration::from_secs(1)));
+        let sets: Vec<String> = settings
+            .limits()
+            .iter()
+            .map(|(name, ms)| format!("SET LOCAL {name} = {ms}"))
+            .collect();
+        let set_local = sets.join("; ");
+        // A transaction-pooling proxy refuses startup options (or ignores
+        // them): when polling, the limits are set in each transaction.
+        if !settings.poll {
+            let options: Vec<String> = settings
+                .limits()
+                .iter()
+                .map(|(name, ms)| format!("-c {name}={ms}"))
+                .collect();
+            let options = match config.get_options() {
+                Some(theirs) => format!("{theirs} {}", options.join(" ")),
+                None => options.join(" "),
+            };
+            config.options(options);
+        }
         let location = describe(&config);
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| StoreError::Open {
-                location: location.clone(),
-                source: Box::new(e),
-            })?;
+        let open_error = |e: deadpool_postgres::BuildError| StoreError::Open {
+            location: location.clone(),
+            source: Box::new(e),
+        };
+        let pool = new_pool(&config, 16, &settings).map_err(open_error)?;
+        let follow = new_pool(&config, 2, &settings).map_err(open_error)?;
         let store = PgStore {
             pool,
+            follow,
             pg_config: config,
             listener: Mutex::new(None),
             location,
             sealer,
             ids: Mutex::new(ulid::Generator::new()),
+            settings,
+            polling: Arc::new(AtomicBool::new(settings.poll)),
+            set_local,
         };
         let opened = match create {
             true => store.migrate().await,
@@ -180,31 +338,91 @@ impl PgStore {
         &self.location
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot reach the database at {}: {e}",
-                self.location
-            ))
+    /// A connection from `pool` for one operation.
+    async fn conn(&self, pool: &Pool) -> Result<Conn, StoreError> {
+        let client = pool.get().await.map_err(|e| {
+            let mut why = format!(
+                "cannot reach the database at {}: {}",
+                self.location,
+                causes(&e)
+            );
+            if why.contains("unsupported startup parameter") {
+                why.push_str(" (a transaction-pooling proxy such as PgBouncer refuses the `options` that carry signet's timeouts with cluster.notify = \"listen\"; set cluster.notify = \"poll\")");
+            }
+            unreachable_db(why)
+        })?;
+        Ok(Conn {
+            client: Some(client),
         })
     }
 
-    /// A connection at start-up, where failing to get one is failing to open.
-    async fn connect(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| StoreError::Open {
-            location: self.location.clone(),
-            source: Box::new(e),
+    /// `op` within the statement timeout, else unavailable (and its
+    /// connection, if it had one, dropped with its query cancelled).
+    async fn bounded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let limit = self.settings.statement_timeout;
+        tokio::time::timeout(limit, op).await.unwrap_or_else(|_| {
+            Err(unreachable_db(format!(
+                "the database at {} did not answer within {} ms (cluster.statement_timeout_ms)",
+                self.location,
+                limit.as_millis()
+            )))
         })
+    }
+
+    /// Begins a transaction on `client`, with the server-side limits when
+    /// they are not startup options.
+    async fn begin<'a>(
+        &self,
+        client: &'a mut deadpool_postgres::Object,
+    ) -> Result<deadpool_postgres::Transaction<'a>, StoreError> {
+        let tx = client.transaction().await.map_err(db)?;
+        if self.polling() {
+            tx.batch_execute(&self.set_local).await.map_err(db)?;
+        }
+        Ok(tx)
+    }
+
+    /// Begins a transaction for work whose size has no bound (start-up,
+    /// the CLI): no server-side statement or lock timeout.
+    async fn begin_long<'a>(
+        &self,
+        client: &'a mut deadpool_postgres::Object,
+    ) -> Result<deadpool_postgres::Transaction<'a>, StoreError> {
+        let tx = self.begin(client).await?;
+        tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+            .await
+            .map_err(db)?;
+        Ok(tx)
+    }
+
+    /// Whether this store polls instead of listening.
+    fn polling(&self) -> bool {
+        self.polling.load(Ordering::SeqCst)
     }
 
     /// Applies the migrations this database lacks, in one transaction under
     /// an advisory lock, and refuses a schema newer than this build's.
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.connect().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(db)?;
+        let mut conn = self.conn(&self.pool).await?;
+        self.migrate_on(&mut conn).await?;
+        conn.done();
+        Ok(())
+    }
+
+    async fn migrate_on(&self, client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
+        // Migrations may be long, and wait for another instance's.
+        let tx = self.begin_long(client).await?;
+        // Transaction-level: no session lock outlives it (a pooler may
+        // hand the session to another client).
+        tx.query_typed(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[(&MIGRATION_LOCK, Type::INT8)],
+        )
+        .await
+        .map_err(db)?;
         // "already exists, skipping" notices are not news.
         tx.batch_execute("SET LOCAL client_min_messages = warning")
             .await
@@ -219,7 +437,7 @@ impl PgStore {
         .await
         .map_err(db)?;
         let row = tx
-            .query_opt("SELECT version, record_version FROM signet_schema", &[])
+            .query_typed_opt("SELECT version, record_version FROM signet_schema", &[])
             .await
             .map_err(db)?;
         let (version, records) = match row {
@@ -240,10 +458,10 @@ impl PgStore {
             }
             tracing::info!(version = i + 1, "applied a database schema migration");
         }
-        tx.execute(
+        tx.query_typed(
             "INSERT INTO signet_schema (version, record_version) VALUES ($1, $2)
              ON CONFLICT (one) DO UPDATE SET version = $1, record_version = $2",
-            &[&known, &(SCHEMA_VERSION as i32)],
+            &[(&known, Type::INT4), (&(SCHEMA_VERSION as i32), Type::INT4)],
         )
         .await
         .map_err(db)?;
@@ -253,18 +471,18 @@ impl PgStore {
     /// Sets the fingerprint of every key that has none.
     async fn fill_fingerprints(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
         let rows = tx
-            .query(
+            .query_typed(
                 "SELECT id, record FROM keys WHERE fingerprint IS NULL FOR UPDATE",
                 &[],
             )
             .await
             .map_err(db)?;
         for record in self.records(rows)? {
-            tx.execute(
+            tx.query_typed(
                 "UPDATE keys SET fingerprint = $2 WHERE id = $1",
                 &[
-                    &record.id.to_bytes().as_slice(),
-                    &record.fingerprint().as_slice(),
+                    (&record.id.to_bytes().as_slice(), Type::BYTEA),
+                    (&record.fingerprint().as_slice(), Type::BYTEA),
                 ],
             )
             .await
@@ -281,9 +499,12 @@ impl PgStore {
         id: KeyId,
     ) -> Result<Option<PublicKeyRecord>, StoreError> {
         let row = tx
-            .query_opt(
+            .query_typed_opt(
                 "SELECT record FROM keys WHERE id = $1 AND org = $2",
-                &[&id.to_bytes().as_slice(), &org.as_str()],
+                &[
+                    (&id.to_bytes().as_slice(), Type::BYTEA),
+                    (&org.as_str(), Type::TEXT),
+                ],
             )
             .await
             .map_err(db)?;
@@ -301,11 +522,11 @@ impl PgStore {
         tx: &Transaction<'_>,
         record: &PublicKeyRecord,
     ) -> Result<(), StoreError> {
-        tx.execute(
+        tx.query_typed(
             "UPDATE keys SET record = $2 WHERE id = $1",
             &[
-                &record.id.to_bytes().as_slice(),
-                &seal_record(&self.sealer, record),
+                (&record.id.to_bytes().as_slice(), Type::BYTEA),
+                (&seal_record(&self.sealer, record), Type::BYTEA),
             ],
         )
         .await
@@ -320,20 +541,20 @@ impl PgStore {
         record: &PublicKeyRecord,
     ) -> Result<(), StoreError> {
         let value = seal_record(&self.sealer, record);
-        tx.execute(
+        tx.query_typed(
             "INSERT INTO keys (id, org, record, fingerprint) VALUES ($1, $2, $3, $4)",
             &[
-                &record.id.to_bytes().as_slice(),
-                &record.org.as_str(),
-                &value,
-                &record.fingerprint().as_slice(),
+                (&record.id.to_bytes().as_slice(), Type::BYTEA),
+                (&record.org.as_str(), Type::TEXT),
+                (&value, Type::BYTEA),
+                (&record.fingerprint().as_slice(), Type::BYTEA),
             ],
         )
         .await
         .map_err(db)?;
-        tx.execute(
+        tx.query_typed(
             "UPDATE orgs SET key_count = key_count + 1 WHERE org = $1",
-            &[&record.org.as_str()],
+            &[(&record.org.as_str(), Type::TEXT)],
         )
         .await
         .map_err(db)?;
@@ -342,9 +563,18 @@ impl PgStore {
 
     /// Refuses a database without signet's tables, or with newer ones.
     async fn check_existing(&self) -> Result<(), StoreError> {
-        let client = self.connect().await?;
+        on_conn!(self, &self.pool, |client| {
+            self.check_existing_on(client).await
+        })
+        .await
+    }
+
+    async fn check_existing_on(
+        &self,
+        client: &deadpool_postgres::Object,
+    ) -> Result<(), StoreError> {
         let exists: bool = client
-            .query_one("SELECT to_regclass('signet_schema') IS NOT NULL", &[])
+            .query_typed_one("SELECT to_regclass('signet_schema') IS NOT NULL", &[])
             .await
             .map_err(db)?
             .get(0);
@@ -352,7 +582,7 @@ impl PgStore {
             return Err(StoreError::NoData(self.location.clone()));
         }
         let row = client
-            .query_one("SELECT version, record_version FROM signet_schema", &[])
+            .query_typed_one("SELECT version, record_version FROM signet_schema", &[])
             .await
             .map_err(db)?;
         let (version, records): (i32, i32) = (row.get(0), row.get(1));
@@ -383,16 +613,16 @@ impl PgStore {
 
     /// Locks `org`'s row (creating it), for a change of the org.
     async fn lock_org(&self, tx: &Transaction<'_>, org: &OrgId) -> Result<OrgRow, StoreError> {
-        tx.execute(
+        tx.query_typed(
             "INSERT INTO orgs (org) VALUES ($1) ON CONFLICT DO NOTHING",
-            &[&org.as_str()],
+            &[(&org.as_str(), Type::TEXT)],
         )
         .await
         .map_err(db)?;
         let row = tx
-            .query_one(
+            .query_typed_one(
                 "SELECT key_count, audit_head, last_event FROM orgs WHERE org = $1 FOR UPDATE",
-                &[&org.as_str()],
+                &[(&org.as_str(), Type::TEXT)],
             )
             .await
             .map_err(db)?;
@@ -438,18 +668,22 @@ impl PgStore {
         let stored = serde_json::to_vec(&AuditEvent::new(id, org.clone(), event, row.head))
             .expect("an event always serialises");
         let id_bytes = id.to_bytes();
-        tx.execute(
+        tx.query_typed(
             "INSERT INTO audit (org, id, event) VALUES ($1, $2, $3)",
-            &[&org.as_str(), &id_bytes.as_slice(), &stored],
+            &[
+                (&org.as_str(), Type::TEXT),
+                (&id_bytes.as_slice(), Type::BYTEA),
+                (&stored, Type::BYTEA),
+            ],
         )
         .await
         .map_err(db)?;
-        tx.execute(
+        tx.query_typed(
             "UPDATE orgs SET audit_head = $2, last_event = $3 WHERE org = $1",
             &[
-                &org.as_str(),
-                &audit::link(&stored).as_slice(),
-                &id_bytes.as_slice(),
+                (&org.as_str(), Type::TEXT),
+                (&audit::link(&stored).as_slice(), Type::BYTEA),
+                (&id_bytes.as_slice(), Type::BYTEA),
             ],
         )
         .await
@@ -469,54 +703,132 @@ impl PgStore {
 
 impl Drop for PgStore {
     fn drop(&mut self) {
-        if let Some((_, task)) = self.listener.lock().expect("listener lock poisoned").take() {
+        if let Some((_, Some(task))) = self.listener.lock().expect("listener lock poisoned").take()
+        {
             task.abort();
         }
     }
 }
 
+/// How long a new listening session waits for a notification it sent
+/// itself before concluding that notifications do not arrive.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
+
 /// Keeps one connection listening on the change channel, reconnecting
 /// after 100 ms, then up to a second, when it is lost; marks `events`
 /// changed on every notification, and on every (re)connect and every loss,
-/// which also move `Heard`'s session and state.
-async fn listen(config: tokio_postgres::Config, events: tokio::sync::watch::Sender<Heard>) {
+/// which also move `Heard`'s session and state. Each session first checks
+/// that notifications reach it (one to itself, on one backend): behind a
+/// transaction-pooling proxy they do not, and the store polls instead.
+async fn listen(
+    config: tokio_postgres::Config,
+    events: tokio::sync::watch::Sender<Heard>,
+    polling: Arc<AtomicBool>,
+) {
     const FIRST_PAUSE: Duration = Duration::from_millis(100);
     let mut pause = FIRST_PAUSE;
     loop {
-        if let Ok((client, mut connection)) = config.connect(NoTls).await {
-            let sql = format!("LISTEN {CHANNEL}");
-            let listen = client.batch_execute(&sql);
-            let mut listen = std::pin::pin!(listen);
-            let mut listening = false;
-            loop {
-                tokio::select! {
-                    done = &mut listen, if !listening => {
-                        if done.is_err() {
-                            break;
-                        }
-                        listening = true;
-                        pause = FIRST_PAUSE;
-                        events.send_modify(|heard| {
-                            heard.session += 1;
-                            heard.listening = true;
-                        });
-                    }
-                    message = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
-                        match message {
-                            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                                events.send_modify(|_| {});
-                            }
-                            Some(Ok(_)) => {}
-                            Some(Err(_)) | None => break,
+        if let Ok((client, connection)) = config.connect(NoTls).await {
+            let (notes, mut heard) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(drive(connection, notes));
+            match start_listening(&client, &mut heard).await {
+                Ok(true) => {
+                    pause = FIRST_PAUSE;
+                    events.send_modify(|heard| {
+                        heard.session += 1;
+                        heard.listening = true;
+                    });
+                    while let Some(note) = heard.recv().await {
+                        if !note.payload().starts_with(PROBE) {
+                            events.send_modify(|_| {});
                         }
                     }
                 }
+                Ok(false) => {
+                    tracing::warn!(
+                        "notifications do not reach the listening connection (is the database behind a transaction-pooling proxy such as PgBouncer?); polling for key changes instead; set cluster.notify = \"poll\" to say so"
+                    );
+                    polling.store(true, Ordering::SeqCst);
+                    events.send_modify(|heard| {
+                        heard.session += 1;
+                        heard.listening = true;
+                        heard.polling = true;
+                    });
+                    return;
+                }
+                Err(_) => {}
             }
             events.send_modify(|heard| heard.listening = false);
             tracing::warn!("lost the connection listening for key changes; reconnecting");
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// The payload of a session's notification to itself.
+const PROBE: &str = "probe ";
+
+/// `LISTEN`s on `client`, then checks that a notification it sends itself
+/// arrives, on the same backend: `Ok(false)` if not.
+async fn start_listening(
+    client: &tokio_postgres::Client,
+    heard: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) -> Result<bool, tokio_postgres::Error> {
+    let pid = |messages: Vec<tokio_postgres::SimpleQueryMessage>| {
+        messages.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get("pid").map(str::to_owned),
+            _ => None,
+        })
+    };
+    let before = pid(client
+        .simple_query("SELECT pg_backend_pid() AS pid")
+        .await?);
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    let probe = format!("{PROBE}{}", ulid::Ulid::new());
+    let after = pid(client
+        .simple_query(&format!(
+            "SELECT pg_notify('{CHANNEL}', '{probe}'), pg_backend_pid() AS pid"
+        ))
+        .await?);
+    if before.is_none() || before != after {
+        return Ok(false);
+    }
+    let arrived = tokio::time::timeout(PROBE_WAIT, async {
+        while let Some(note) = heard.recv().await {
+            if note.payload() == probe {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    match arrived {
+        Ok(true) => Ok(true),
+        Ok(false) => Err(client
+            .batch_execute("")
+            .await
+            .err()
+            .unwrap_or_else(|| unreachable!("the connection ended while its client stands"))),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Runs a listening connection, passing on its notifications, until it
+/// ends.
+async fn drive(
+    mut connection: tokio_postgres::Connection<
+        tokio_postgres::Socket,
+        tokio_postgres::tls::NoTlsStream,
+    >,
+    notes: tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>,
+) {
+    while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+        if let tokio_postgres::AsyncMessage::Notification(note) = message {
+            if notes.send(note).is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -536,228 +848,286 @@ impl Storage for PgStore {
     }
 
     async fn insert_key(&self, insert: Insert) -> Result<Inserted, StoreError> {
-        let record = &insert.record;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let org = self.lock_org(&tx, &record.org).await?;
-        let same = tx
-            .query_opt(
-                "SELECT id FROM keys WHERE org = $1 AND fingerprint = $2",
-                &[&record.org.as_str(), &record.fingerprint().as_slice()],
-            )
-            .await
-            .map_err(db)?;
-        if let Some(same) = same {
-            tx.rollback().await.map_err(db)?;
-            return Ok(Inserted::Duplicate(key_id(same.get(0))?));
-        }
-        if org.count >= insert.quota {
-            self.append_event(&tx, &record.org, &org, insert.refused)
+        on_conn!(self, &self.pool, |client| {
+            let record = &insert.record;
+            let tx = self.begin(client).await?;
+            let org = self.lock_org(&tx, &record.org).await?;
+            let same = tx
+                .query_typed_opt(
+                    "SELECT id FROM keys WHERE org = $1 AND fingerprint = $2",
+                    &[
+                        (&record.org.as_str(), Type::TEXT),
+                        (&record.fingerprint().as_slice(), Type::BYTEA),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            if let Some(same) = same {
+                tx.rollback().await.map_err(db)?;
+                return Ok(Inserted::Duplicate(key_id(same.get(0))?));
+            }
+            if org.count >= insert.quota {
+                self.append_event(&tx, &record.org, &org, insert.refused.clone())
+                    .await?;
+                tx.commit().await.map_err(db)?;
+                return Ok(Inserted::QuotaExceeded(org.count));
+            }
+            self.add_key(&tx, record).await?;
+            self.append_event(&tx, &record.org, &org, insert.created.clone())
                 .await?;
+            let version = stamp(&tx, &[record.id]).await?;
             tx.commit().await.map_err(db)?;
-            return Ok(Inserted::QuotaExceeded(org.count));
-        }
-        self.add_key(&tx, record).await?;
-        self.append_event(&tx, &record.org, &org, insert.created)
-            .await?;
-        let version = stamp(&tx, &[record.id]).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(Inserted::Yes(version))
+            Ok(Inserted::Yes(version))
+        })
+        .await
     }
 
     async fn change_key(&self, change: KeyChange) -> Result<Changed, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        self.lock_org(&tx, &change.org).await?;
-        let Some(record) = self.live_record(&tx, &change.org, change.id).await? else {
-            tx.rollback().await.map_err(db)?;
-            return Ok(Changed::NotFound);
-        };
-        let (next, events) = match change.apply(&record) {
-            Ok(applied) => applied,
-            Err(why) => return Ok(Changed::Conflict(why)),
-        };
-        if events.is_empty() {
-            let row = tx
-                .query_one(
-                    "SELECT version FROM keys WHERE id = $1",
-                    &[&change.id.to_bytes().as_slice()],
-                )
-                .await
-                .map_err(db)?;
-            tx.rollback().await.map_err(db)?;
-            return Ok(Changed::Unchanged(record, row.get::<_, i64>(0) as u64));
-        }
-        self.update_record(&tx, &next).await?;
-        for event in events {
-            // Each event moves the chain head; read it again.
-            let row = self.lock_org(&tx, &change.org).await?;
-            self.append_event(&tx, &change.org, &row, event).await?;
-        }
-        let version = stamp(&tx, &[change.id]).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(Changed::Yes(next, version))
+        on_conn!(self, &self.pool, |client| {
+            let tx = self.begin(client).await?;
+            self.lock_org(&tx, &change.org).await?;
+            let Some(record) = self.live_record(&tx, &change.org, change.id).await? else {
+                tx.rollback().await.map_err(db)?;
+                return Ok(Changed::NotFound);
+            };
+            let (next, events) = match change.apply(&record) {
+                Ok(applied) => applied,
+                Err(why) => {
+                    tx.rollback().await.map_err(db)?;
+                    return Ok(Changed::Conflict(why));
+                }
+            };
+            if events.is_empty() {
+                let version = tx
+                    .query_typed_one(
+                        "SELECT version FROM keys WHERE id = $1",
+                        &[(&change.id.to_bytes().as_slice(), Type::BYTEA)],
+                    )
+                    .await
+                    .map_err(db)?
+                    .get::<_, i64>(0);
+                tx.rollback().await.map_err(db)?;
+                return Ok(Changed::Unchanged(record, version as u64));
+            }
+            self.update_record(&tx, &next).await?;
+            for event in events {
+                // Each event moves the chain head; read it again.
+                let row = self.lock_org(&tx, &change.org).await?;
+                self.append_event(&tx, &change.org, &row, event).await?;
+            }
+            let version = stamp(&tx, &[change.id]).await?;
+            tx.commit().await.map_err(db)?;
+            Ok(Changed::Yes(next, version))
+        })
+        .await
     }
 
     async fn rotate_key(&self, rotation: KeyRotation) -> Result<Rotation, StoreError> {
-        let org = &rotation.org;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let row = self.lock_org(&tx, org).await?;
-        let Some(old) = self.live_record(&tx, org, rotation.old).await? else {
-            tx.rollback().await.map_err(db)?;
-            return Ok(Rotation::NotFound);
-        };
-        if row.count >= rotation.quota {
-            self.append_event(&tx, org, &row, rotation.refused).await?;
+        on_conn!(self, &self.pool, |client| {
+            let org = &rotation.org;
+            let tx = self.begin(client).await?;
+            let row = self.lock_org(&tx, org).await?;
+            let Some(old) = self.live_record(&tx, org, rotation.old).await? else {
+                tx.rollback().await.map_err(db)?;
+                return Ok(Rotation::NotFound);
+            };
+            if row.count >= rotation.quota {
+                self.append_event(&tx, org, &row, rotation.refused.clone())
+                    .await?;
+                tx.commit().await.map_err(db)?;
+                return Ok(Rotation::QuotaExceeded(row.count));
+            }
+            let retired = rotation.retire(&old);
+            self.update_record(&tx, &retired).await?;
+            self.add_key(&tx, &rotation.successor).await?;
+            self.append_event(&tx, org, &row, rotation.rotated.clone())
+                .await?;
+            // The successor and the old key's new expiry reach the other
+            // instances as one change.
+            let version = stamp(&tx, &[rotation.successor.id, rotation.old]).await?;
             tx.commit().await.map_err(db)?;
-            return Ok(Rotation::QuotaExceeded(row.count));
-        }
-        let retired = rotation.retire(&old);
-        self.update_record(&tx, &retired).await?;
-        self.add_key(&tx, &rotation.successor).await?;
-        self.append_event(&tx, org, &row, rotation.rotated).await?;
-        // The successor and the old key's new expiry reach the other
-        // instances as one change.
-        let version = stamp(&tx, &[rotation.successor.id, rotation.old]).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(Rotation::Yes(retired, version))
+            Ok(Rotation::Yes(retired, version))
+        })
+        .await
     }
 
     async fn delete_key(&self, delete: Delete) -> Result<Deleted, StoreError> {
-        let Delete { org, id, event } = delete;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let row = self.lock_org(&tx, &org).await?;
-        let removed = tx
-            .query_opt(
-                "DELETE FROM keys WHERE id = $1 AND org = $2 RETURNING record",
-                &[&id.to_bytes().as_slice(), &org.as_str()],
-            )
-            .await
-            .map_err(db)?;
-        let Some(removed) = removed else {
-            // Deleted before? Its 404 waits for that deletion like a 204.
-            let gone = tx
-                .query_opt(
-                    "SELECT version FROM tombstones WHERE id = $1 AND org = $2",
-                    &[&id.to_bytes().as_slice(), &org.as_str()],
+        on_conn!(self, &self.pool, |client| {
+            let Delete { org, id, event } = &delete;
+            let tx = self.begin(client).await?;
+            let row = self.lock_org(&tx, org).await?;
+            let removed = tx
+                .query_typed_opt(
+                    "DELETE FROM keys WHERE id = $1 AND org = $2 RETURNING record",
+                    &[
+                        (&id.to_bytes().as_slice(), Type::BYTEA),
+                        (&org.as_str(), Type::TEXT),
+                    ],
                 )
                 .await
                 .map_err(db)?;
-            // Nothing changed; the org row (if just created) goes too.
-            tx.rollback().await.map_err(db)?;
-            return Ok(match gone {
-                Some(row) => Deleted::Already(row.get::<_, i64>(0) as u64),
-                None => Deleted::NotFound,
-            });
-        };
-        let record: Vec<u8> = removed.get(0);
-        tx.execute(
-            "UPDATE orgs SET key_count = greatest(key_count - 1, 0) WHERE org = $1",
-            &[&org.as_str()],
-        )
+            let Some(removed) = removed else {
+                // Deleted before? Its 404 waits for that deletion like a 204.
+                let gone = tx
+                    .query_typed_opt(
+                        "SELECT version FROM tombstones WHERE id = $1 AND org = $2",
+                        &[
+                            (&id.to_bytes().as_slice(), Type::BYTEA),
+                            (&org.as_str(), Type::TEXT),
+                        ],
+                    )
+                    .await
+                    .map_err(db)?;
+                // Nothing changed; the org row (if just created) goes too.
+                tx.rollback().await.map_err(db)?;
+                return Ok(match gone {
+                    Some(row) => Deleted::Already(row.get::<_, i64>(0) as u64),
+                    None => Deleted::NotFound,
+                });
+            };
+            let record: Vec<u8> = removed.get(0);
+            tx.query_typed(
+                "UPDATE orgs SET key_count = greatest(key_count - 1, 0) WHERE org = $1",
+                &[(&org.as_str(), Type::TEXT)],
+            )
+            .await
+            .map_err(db)?;
+            self.append_event(&tx, org, &row, event.clone()).await?;
+            // Last: the counter's row stays locked until commit.
+            let version = tx
+                .query_typed_one(
+                    "WITH v AS (
+                         UPDATE change_counter SET version = version + 1 RETURNING version
+                     ), t AS (
+                         INSERT INTO tombstones (id, org, record, version)
+                         SELECT $1, $2, $3, version FROM v
+                     )
+                     SELECT version, pg_notify($4, version::text) FROM v",
+                    &[
+                        (&id.to_bytes().as_slice(), Type::BYTEA),
+                        (&org.as_str(), Type::TEXT),
+                        (&record, Type::BYTEA),
+                        (&CHANNEL, Type::TEXT),
+                    ],
+                )
+                .await
+                .map_err(db)?
+                .get::<_, i64>(0);
+            tx.commit().await.map_err(db)?;
+            Ok(Deleted::Now(version as u64))
+        })
         .await
-        .map_err(db)?;
-        self.append_event(&tx, &org, &row, event).await?;
-        let version = next_version(&tx).await?;
-        tx.execute(
-            "INSERT INTO tombstones (id, org, record, version) VALUES ($1, $2, $3, $4)",
-            &[&id.to_bytes().as_slice(), &org.as_str(), &record, &version],
-        )
-        .await
-        .map_err(db)?;
-        announce(&tx, version).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(Deleted::Now(version as u64))
     }
 
     async fn record_event(&self, org: OrgId, event: NewEvent) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let row = self.lock_org(&tx, &org).await?;
-        self.append_event(&tx, &org, &row, event).await?;
-        tx.commit().await.map_err(db)
+        on_conn!(self, &self.pool, |client| {
+            let tx = self.begin(client).await?;
+            let row = self.lock_org(&tx, &org).await?;
+            self.append_event(&tx, &org, &row, event.clone()).await?;
+            tx.commit().await.map_err(db)
+        })
+        .await
     }
 
     async fn key_count(&self, org: OrgId) -> Result<u32, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT key_count FROM orgs WHERE org = $1",
-                &[&org.as_str()],
-            )
-            .await
-            .map_err(db)?;
-        Ok(row.map_or(0, |r| r.get::<_, i32>(0).max(0) as u32))
+        on_conn!(self, &self.pool, |client| {
+            let row = client
+                .query_typed_opt(
+                    "SELECT key_count FROM orgs WHERE org = $1",
+                    &[(&org.as_str(), Type::TEXT)],
+                )
+                .await
+                .map_err(db)?;
+            Ok(row.map_or(0, |r| r.get::<_, i32>(0).max(0) as u32))
+        })
+        .await
     }
 
     async fn get_key(&self, id: KeyId) -> Result<Option<PublicKeyRecord>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT record FROM keys WHERE id = $1",
-                &[&id.to_bytes().as_slice()],
-            )
-            .await
-            .map_err(db)?;
-        Ok(row.and_then(|r| open_record(&self.sealer, id, r.get(0))))
+        on_conn!(self, &self.pool, |client| {
+            let row = client
+                .query_typed_opt(
+                    "SELECT record FROM keys WHERE id = $1",
+                    &[(&id.to_bytes().as_slice(), Type::BYTEA)],
+                )
+                .await
+                .map_err(db)?;
+            Ok(row.and_then(|r| open_record(&self.sealer, id, r.get(0))))
+        })
+        .await
     }
 
     async fn list_org(&self, org: OrgId) -> Result<Vec<PublicKeyRecord>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, record FROM keys WHERE org = $1 ORDER BY id",
-                &[&org.as_str()],
-            )
-            .await
-            .map_err(db)?;
-        self.records(rows)
+        on_conn!(self, &self.pool, |client| {
+            let rows = client
+                .query_typed(
+                    "SELECT id, record FROM keys WHERE org = $1 ORDER BY id",
+                    &[(&org.as_str(), Type::TEXT)],
+                )
+                .await
+                .map_err(db)?;
+            self.records(rows)
+        })
+        .await
     }
 
     async fn all_keys(&self) -> Result<Vec<PublicKeyRecord>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query("SELECT id, record FROM keys ORDER BY id", &[])
+        // Once, at start-up, and may be large: not bounded by the
+        // statement timeout (the server's still applies).
+        let mut conn = self.conn(&self.pool).await?;
+        let tx = self.begin_long(&mut conn).await?;
+        let rows = tx
+            .query_typed("SELECT id, record FROM keys ORDER BY id", &[])
             .await
             .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        conn.done();
         self.records(rows)
     }
 
     async fn audit_page(&self, page: AuditPage) -> Result<Vec<AuditEvent>, StoreError> {
         let AuditPage { org, limit, before } = page;
-        let client = self.client().await?;
-        // An id above every ULID: no bound.
-        let before = before.map_or([0xff; 17].to_vec(), |id| id.to_bytes().to_vec());
-        let rows = client
-            .query(
-                "SELECT event FROM audit WHERE org = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-                &[&org.as_str(), &before, &(limit as i64)],
-            )
-            .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                serde_json::from_slice(row.get(0))
-                    .map_err(|e| StoreError::Corrupt(format!("audit event does not parse: {e}")))
-            })
-            .collect()
+        on_conn!(self, &self.pool, |client| {
+            // An id above every ULID: no bound.
+            let before = before.map_or([0xff; 17].to_vec(), |id| id.to_bytes().to_vec());
+            let rows = client
+                .query_typed(
+                    "SELECT event FROM audit WHERE org = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                    &[
+                        (&org.as_str(), Type::TEXT),
+                        (&before, Type::BYTEA),
+                        (&(limit as i64), Type::INT8),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            rows.iter()
+                .map(|row| {
+                    serde_json::from_slice(row.get(0)).map_err(|e| {
+                        StoreError::Corrupt(format!("audit event does not parse: {e}"))
+                    })
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn verify_audit(&self) -> Result<Result<usize, BrokenLink>, StoreError> {
-        let client = self.client().await?;
-        let orgs = client
-            .query("SELECT org FROM orgs ORDER BY org", &[])
+        // A whole-database check (the CLI): not bounded by the statement
+        // timeout beyond each statement's.
+        let mut conn = self.conn(&self.pool).await?;
+        let tx = self.begin_long(&mut conn).await?;
+        let orgs = tx
+            .query_typed("SELECT org FROM orgs ORDER BY org", &[])
             .await
             .map_err(db)?;
         let mut total = 0;
         for org in orgs {
             let org: String = org.get(0);
-            let rows = client
-                .query(
+            let rows = tx
+                .query_typed(
                     "SELECT id, event FROM audit WHERE org = $1 ORDER BY id",
-                    &[&org],
+                    &[(&org, Type::TEXT)],
                 )
                 .await
                 .map_err(db)?;
@@ -767,33 +1137,41 @@ impl Storage for PgStore {
             }
             match audit::check_chain(&org, chain) {
                 Ok(n) => total += n,
-                Err(broken) => return Ok(Err(broken)),
+                Err(broken) => {
+                    tx.rollback().await.map_err(db)?;
+                    conn.done();
+                    return Ok(Err(broken));
+                }
             }
         }
+        tx.rollback().await.map_err(db)?;
+        conn.done();
         Ok(Ok(total))
     }
 
     async fn reseal_all(&self) -> Result<usize, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
+        // Every record in one transaction (the CLI): not bounded by the
+        // statement timeout beyond each statement's.
+        let mut conn = self.conn(&self.pool).await?;
+        let tx = self.begin_long(&mut conn).await?;
         let mut count = 0;
         for table in ["keys", "tombstones"] {
             let rows = tx
-                .query(&format!("SELECT id, record FROM {table} FOR UPDATE"), &[])
+                .query_typed(&format!("SELECT id, record FROM {table} FOR UPDATE"), &[])
                 .await
                 .map_err(db)?;
-            let update = tx
-                .prepare(&format!("UPDATE {table} SET record = $2 WHERE id = $1"))
-                .await
-                .map_err(db)?;
+            let update = format!("UPDATE {table} SET record = $2 WHERE id = $1");
             for row in rows {
                 let raw: &[u8] = row.get(0);
                 let value = reseal_value(&self.sealer, key_id(raw)?, row.get(1))?;
-                tx.execute(&update, &[&raw, &value]).await.map_err(db)?;
+                tx.query_typed(&update, &[(&raw, Type::BYTEA), (&value, Type::BYTEA)])
+                    .await
+                    .map_err(db)?;
                 count += 1;
             }
         }
         tx.commit().await.map_err(db)?;
+        conn.done();
         Ok(count)
     }
 
@@ -803,44 +1181,47 @@ impl Storage for PgStore {
     }
 
     async fn is_usable(&self) -> bool {
-        match self.client().await {
-            Ok(client) => client.query_one("SELECT 1", &[]).await.is_ok(),
-            Err(_) => false,
-        }
+        on_conn!(self, &self.pool, |client| {
+            client.simple_query("SELECT 1").await.map_err(db)?;
+            Ok(())
+        })
+        .await
+        .is_ok()
     }
 
     async fn version(&self) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_one("SELECT version FROM change_counter", &[])
-            .await
-            .map_err(db)?;
-        Ok(row.get::<_, i64>(0) as u64)
+        on_conn!(self, &self.follow, |client| {
+            let row = client
+                .query_typed_one("SELECT version FROM change_counter", &[])
+                .await
+                .map_err(db)?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+        .await
     }
 
     async fn changes_since(&self, applied: u64) -> Result<Changes, StoreError> {
-        let client = self.client().await?;
-        // One statement, one snapshot: every version up to the counter's
-        // has committed. The counter's row comes first, then one row per
-        // change (live keys with their record, deleted ones without).
-        let statement = client
-            .prepare_cached(
-                "WITH c AS (SELECT version FROM change_counter)
-                 SELECT 0 AS kind, version, NULL::bytea, NULL::text, NULL::bytea FROM c
-                 UNION ALL
-                 SELECT 1, k.version, k.id, k.org, k.record FROM keys k, c
-                  WHERE k.version > $1 AND k.version <= c.version
-                 UNION ALL
-                 SELECT 2, 0, t.id, t.org, NULL FROM tombstones t, c
-                  WHERE t.version > $1 AND t.version <= c.version
-                 ORDER BY kind",
-            )
-            .await
-            .map_err(db)?;
-        let rows = client
-            .query(&statement, &[&(applied as i64)])
-            .await
-            .map_err(db)?;
+        let rows = on_conn!(self, &self.follow, |client| {
+            // One statement, one snapshot: every version up to the counter's
+            // has committed. The counter's row comes first, then one row per
+            // change (live keys with their record, deleted ones without).
+            client
+                .query_typed(
+                    "WITH c AS (SELECT version FROM change_counter)
+                     SELECT 0 AS kind, version, NULL::bytea, NULL::text, NULL::bytea FROM c
+                     UNION ALL
+                     SELECT 1, k.version, k.id, k.org, k.record FROM keys k, c
+                      WHERE k.version > $1 AND k.version <= c.version
+                     UNION ALL
+                     SELECT 2, 0, t.id, t.org, NULL FROM tombstones t, c
+                      WHERE t.version > $1 AND t.version <= c.version
+                     ORDER BY kind",
+                    &[(&(applied as i64), Type::INT8)],
+                )
+                .await
+                .map_err(db)
+        })
+        .await?;
         let mut rows = rows.into_iter();
         let upto: i64 = rows
             .next()
@@ -870,114 +1251,197 @@ impl Storage for PgStore {
     }
 
     async fn heartbeat(&self, instance: &str, applied: u64) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                // Instances killed a day ago are forgotten on the way. A
-                // heartbeat need not wait for the disk (it is visible to
-                // other sessions at commit all the same, and one lost in a
-                // crash of PostgreSQL is replaced by the next): without
-                // that wait a revocation's wait for the others' heartbeats
-                // is not a disk flush per instance.
-                "WITH quick AS (SELECT set_config('synchronous_commit', 'off', true)),
-                 forgotten AS (
-                     DELETE FROM instances WHERE heartbeat_at < now() - interval '1 day'
-                 )
-                 INSERT INTO instances (id, applied, heartbeat_at)
-                 SELECT $1, $2, now() FROM quick
-                 ON CONFLICT (id) DO UPDATE SET applied = $2, heartbeat_at = now()",
-            )
-            .await
-            .map_err(db)?;
-        client
-            .execute(&statement, &[&instance, &(applied as i64)])
-            .await
-            .map_err(db)?;
-        Ok(())
+        // Instances killed a day ago are forgotten on the way. While
+        // listening, a heartbeat need not wait for the disk (it is visible
+        // to other sessions at commit all the same; one lost in a crash of
+        // PostgreSQL is replaced by the next, and the crash ends the
+        // listening session, which fences this instance until it registers
+        // again): without that wait a revocation's wait for the others'
+        // heartbeats is not a disk flush per instance. While polling, no
+        // session tells of a crash, so it waits.
+        let commit = if self.polling() { "on" } else { "off" };
+        on_conn!(self, &self.follow, |client| {
+            client
+                .query_typed(
+                    "WITH quick AS (SELECT set_config('synchronous_commit', $3, true)),
+                     forgotten AS (
+                         DELETE FROM instances WHERE heartbeat_at < now() - interval '1 day'
+                     )
+                     INSERT INTO instances (id, applied, heartbeat_at)
+                     SELECT $1, $2, now() FROM quick
+                     ON CONFLICT (id) DO UPDATE SET applied = $2, heartbeat_at = now()",
+                    &[
+                        (&instance, Type::TEXT),
+                        (&(applied as i64), Type::INT8),
+                        (&commit, Type::TEXT),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn leave(&self, instance: &str) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute("DELETE FROM instances WHERE id = $1", &[&instance])
-            .await
-            .map_err(db)?;
-        Ok(())
+        on_conn!(self, &self.follow, |client| {
+            client
+                .query_typed(
+                    "DELETE FROM instances WHERE id = $1",
+                    &[(&instance, Type::TEXT)],
+                )
+                .await
+                .map_err(db)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn lagging(&self, version: u64, me: &str, live: Duration) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        // Prepared once per pooled connection: a revocation's wait asks
-        // this every millisecond or so.
-        let statement = client
-            .prepare_cached(
-                "SELECT count(*) FROM instances WHERE id <> $1 AND applied < $2
-                   AND heartbeat_at > now() - make_interval(secs => $3)",
-            )
-            .await
-            .map_err(db)?;
-        let row = client
-            .query_one(&statement, &[&me, &(version as i64), &live.as_secs_f64()])
-            .await
-            .map_err(db)?;
-        Ok(row.get::<_, i64>(0) as u64)
+        on_conn!(self, &self.pool, |client| {
+            let row = client
+                .query_typed_one(
+                    "SELECT count(*) FROM instances WHERE id <> $1 AND applied < $2
+                       AND heartbeat_at > now() - make_interval(secs => $3)",
+                    &[
+                        (&me, Type::TEXT),
+                        (&(version as i64), Type::INT8),
+                        (&live.as_secs_f64(), Type::FLOAT8),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+        .await
     }
 
     fn announcements(&self) -> Option<tokio::sync::watch::Receiver<Heard>> {
         let mut listener = self.listener.lock().expect("listener lock poisoned");
-        let (events, receiver) = match &*listener {
-            Some((events, _)) => return Some(events.subscribe()),
-            None => tokio::sync::watch::channel(Heard::default()),
-        };
-        let task = tokio::spawn(listen(self.pg_config.clone(), events.clone()));
-        *listener = Some((events, task.abort_handle()));
+        if let Some((events, _)) = &*listener {
+            return Some(events.subscribe());
+        }
+        if self.settings.poll {
+            // Nothing to listen to and no session to lose.
+            let (events, receiver) = tokio::sync::watch::channel(Heard {
+                session: 1,
+                listening: true,
+                polling: true,
+            });
+            *listener = Some((events, None));
+            return Some(receiver);
+        }
+        let (events, receiver) = tokio::sync::watch::channel(Heard::default());
+        let task = tokio::spawn(listen(
+            self.pg_config.clone(),
+            events.clone(),
+            self.polling.clone(),
+        ));
+        *listener = Some((events, Some(task.abort_handle())));
         Some(receiver)
     }
 }
 
-/// Gives the keys `ids` the next change version and announces it: the
-/// last step of a transaction that created or changed them.
-async fn stamp(tx: &Transaction<'_>, ids: &[KeyId]) -> Result<u64, StoreError> {
-    let version = next_version(tx).await?;
-    let ids: Vec<[u8; 16]> = ids.iter().map(|id| id.to_bytes()).collect();
-    let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_slice()).collect();
-    tx.execute(
-        "UPDATE keys SET version = $2 WHERE id = ANY($1)",
-        &[&ids, &version],
-    )
-    .await
-    .map_err(db)?;
-    announce(tx, version).await?;
-    Ok(version as u64)
+/// A pool of `size` connections with `config`, every wait bounded by the
+/// statement timeout; a connection idle for more than [`IDLE_CHECK`] is
+/// checked (a round trip within half a second, or the statement timeout if
+/// shorter) before use, and replaced if it fails.
+fn new_pool(
+    config: &tokio_postgres::Config,
+    size: usize,
+    settings: &Settings,
+) -> Result<Pool, deadpool_postgres::BuildError> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let timeout = settings.statement_timeout;
+    let check = timeout.min(Duration::from_millis(500));
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .pre_recycle(deadpool_postgres::Hook::async_fn(move |client, metrics| {
+            let idle = metrics.last_used() > IDLE_CHECK;
+            Box::pin(async move {
+                if !idle {
+                    return Ok(());
+                }
+                match tokio::time::timeout(check, client.simple_query("")).await {
+                    Ok(Ok(_)) => Ok(()),
+                    _ => Err(HookError::message("an idle connection did not answer")),
+                }
+            })
+        }))
+        .build()
 }
 
-/// The next change version. Taken last in a transaction: the counter's row
-/// stays locked until commit, so versions commit in order.
-async fn next_version(tx: &Transaction<'_>) -> Result<i64, StoreError> {
+/// Gives the keys `ids` the next change version and announces it: the
+/// last step of a transaction that created or changed them (the counter's
+/// row stays locked until commit, so versions commit in order).
+async fn stamp(tx: &Transaction<'_>, ids: &[KeyId]) -> Result<u64, StoreError> {
+    let ids: Vec<[u8; 16]> = ids.iter().map(|id| id.to_bytes()).collect();
+    let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_slice()).collect();
     let row = tx
-        .query_one(
-            "UPDATE change_counter SET version = version + 1 RETURNING version",
-            &[],
+        .query_typed_one(
+            "WITH v AS (
+                 UPDATE change_counter SET version = version + 1 RETURNING version
+             ), k AS (
+                 UPDATE keys SET version = v.version FROM v WHERE id = ANY($1)
+             )
+             SELECT version, pg_notify($2, version::text) FROM v",
+            &[(&ids, Type::BYTEA_ARRAY), (&CHANNEL, Type::TEXT)],
         )
         .await
         .map_err(db)?;
-    Ok(row.get(0))
-}
-
-/// Tells every listening instance, at commit, that `version` exists.
-async fn announce(tx: &Transaction<'_>, version: i64) -> Result<(), StoreError> {
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&CHANNEL, &version.to_string()],
-    )
-    .await
-    .map_err(db)?;
-    Ok(())
+    Ok(row.get::<_, i64>(0) as u64)
 }
 
 /// A database error: the storage failing, as far as a caller can tell.
 fn db(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Io(Box::new(e))
+    StoreError::Io(Box::new(DatabaseFailed(causes(&e).into())))
+}
+
+/// `e` and its causes, each once: tokio-postgres says only "db error" and
+/// leaves what the server said to the source.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        next = cause.source();
+    }
+    out
+}
+
+/// The database out of reach or too slow to answer.
+fn unreachable_db(message: String) -> StoreError {
+    StoreError::Io(Box::new(DatabaseFailed(message.into())))
+}
+
+/// The database server failed or could not be reached: not the local
+/// disk (see [`StoreError::is_database_server`]).
+#[derive(Debug)]
+pub struct DatabaseFailed(crate::store::BackendError);
+
+impl std::fmt::Display for DatabaseFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for DatabaseFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 fn key_id(raw: &[u8]) -> Result<KeyId, StoreError> {

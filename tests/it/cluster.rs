@@ -386,7 +386,7 @@ async fn an_instance_that_stops_listening_stops_vouching_at_once() {
         &admin,
         &format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE datname = '{name}' AND query LIKE 'LISTEN%'"
+              WHERE datname = '{name}' AND query LIKE '%pg_notify(''signet_keys'', ''probe %'"
         ),
     );
     let limit = Duration::from_secs(10);

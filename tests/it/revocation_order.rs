@@ -1,4 +1,4 @@
-//! Changes to one key take effect in the order they committed (SPEC §8
+//! Changes to one key take effect in the order they committed (docs/api.md,
 //! "Order"), on both backends: racing lifecycle requests never leave the
 //! list saying one thing and the verifier, `GET /v1/keys/{id}` and the JWK
 //! Set another. Each race runs [`ROUNDS`] times on a fresh key.

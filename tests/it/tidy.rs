@@ -227,3 +227,172 @@ fn the_project_documents_itself() {
         }
     }
 }
+
+/// The subcommands `signet ARGS… --help` lists under "Commands:", `help`
+/// aside.
+fn subcommands(args: &[&str]) -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
+        .args(args)
+        .arg("--help")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "signet {args:?} --help: {help}");
+    let mut names = Vec::new();
+    let mut listing = false;
+    for line in help.lines() {
+        if line == "Commands:" {
+            listing = true;
+        } else if listing {
+            // A command's line is indented by two; its wrapped description
+            // by more, and a blank line ends the list.
+            let Some(rest) = line.strip_prefix("  ") else {
+                break;
+            };
+            if rest.starts_with(' ') {
+                continue;
+            }
+            let name = rest.split_whitespace().next().unwrap();
+            if name != "help" {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// The first code span of each row of the README's commands table: the
+/// command it documents, `signet keys create [--out FILE] …` say.
+fn readme_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Commands\n")
+        .nth(1)
+        .expect("the README has a ## Commands section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `signet "))
+        .map(|l| l[3..].split('`').next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_readme_commands_table_lists_every_subcommand_of_the_binary() {
+    let documented = readme_commands();
+    assert!(
+        documented.len() >= 5,
+        "the scan sees the table: {documented:?}"
+    );
+    let has = |command: &str| {
+        documented
+            .iter()
+            .any(|d| d == command || d.starts_with(&format!("{command} ")))
+    };
+    let top = subcommands(&[]);
+    assert!(
+        ["serve", "keys", "verify"]
+            .iter()
+            .all(|c| top.iter().any(|t| t == c)),
+        "the scan sees `signet --help`: {top:?}"
+    );
+    let mut checked = 0;
+    for name in &top {
+        let nested = subcommands(&[name]);
+        if nested.is_empty() {
+            assert!(
+                has(&format!("signet {name}")),
+                "`signet {name}` is missing from the README's commands table"
+            );
+            checked += 1;
+        }
+        for sub in nested {
+            assert!(
+                has(&format!("signet {name} {sub}")),
+                "`signet {name} {sub}` is missing from the README's commands table"
+            );
+            checked += 1;
+        }
+    }
+    let keys = subcommands(&["keys"]);
+    assert!(
+        ["create", "list", "delete"]
+            .iter()
+            .all(|c| keys.iter().any(|k| k == c)),
+        "the scan sees `signet keys --help`: {keys:?}"
+    );
+    assert!(checked > keys.len(), "{checked} checked");
+}
+
+/// The schema numbers in docs/deploy.md's sentence "This version writes
+/// schema N on sled and schema M on PostgreSQL".
+fn documented_schemas() -> (String, String) {
+    let deploy = std::fs::read_to_string(repo_root().join("docs/deploy.md")).unwrap();
+    let deploy = deploy.split_whitespace().collect::<Vec<_>>().join(" ");
+    let rest = deploy
+        .split("This version writes schema ")
+        .nth(1)
+        .expect("docs/deploy.md says which schema this version writes");
+    let number = |s: &str| {
+        s.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+    };
+    let sled = number(rest);
+    let rest = rest
+        .strip_prefix(&format!("{sled} on sled and schema "))
+        .expect("… schema N on sled and schema M on PostgreSQL");
+    let postgres = number(rest);
+    assert!(
+        rest[postgres.len()..].starts_with(" on PostgreSQL"),
+        "… schema N on sled and schema M on PostgreSQL"
+    );
+    (sled, postgres)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documented_schema_versions_are_the_ones_written() {
+    use crate::backends::{run_on, Database};
+    use signet::config::Backend;
+    let (sled, postgres) = documented_schemas();
+    assert_eq!(sled, signet::store::SCHEMA_VERSION.to_string(), "on sled");
+    run_on(Backend::Postgres, async {
+        let app = crate::support::spawn_app().await;
+        let dir = app.stop().await;
+        let db = Database::of(dir.path());
+        let written = crate::pg::shared()
+            .expect("PostgreSQL is there")
+            .sql(&db.url, "SELECT version FROM signet_schema");
+        assert_eq!(postgres, written, "on PostgreSQL");
+    })
+    .await
+}
+
+#[test]
+fn docs_api_lists_every_audit_action() {
+    let audit = std::fs::read_to_string(repo_root().join("src/audit.rs")).unwrap();
+    let actions = audit
+        .split("pub enum Action {")
+        .nth(1)
+        .expect("src/audit.rs has `pub enum Action`");
+    let actions = actions.split('}').next().unwrap();
+    let names: Vec<&str> = actions
+        .split("#[serde(rename = \"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect();
+    assert!(names.len() >= 4, "the scan sees the actions: {names:?}");
+    let api = std::fs::read_to_string(repo_root().join("docs/api.md")).unwrap();
+    let list = api
+        .split("`action` is ")
+        .nth(1)
+        .expect("docs/api.md lists the audit actions after \"`action` is \"");
+    let list = list.split(". ").next().unwrap();
+    for name in names {
+        assert!(
+            list.contains(&format!("`{name}`")),
+            "docs/api.md's list of audit actions misses `{name}`"
+        );
+    }
+}

@@ -18,6 +18,8 @@ use crate::support::{all_bytes, claims, spawn_with, Signer, TestApp, ADMIN};
 const RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const EC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 const SECP256K1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.10");
 const ED448: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.113");
 
@@ -283,6 +285,20 @@ async fn hostile_uploads_are_refused_and_store_nothing() {
         (
             "EC point at zero",
             with(json!({"jwk": p256.jwk_with(json!({"x": b64(&[0; 32]), "y": b64(&[0; 32])}))})),
+        ),
+        (
+            "EC point at infinity (PEM)",
+            with(json!({"publicKey": spki_pem(EC, Some(&p256_params), &[0])})),
+        ),
+        (
+            "P-384 point at infinity (PEM)",
+            with(json!({"publicKey": spki_pem(EC, Some(&P384.to_der().unwrap()), &[0])})),
+        ),
+        (
+            "P-384 point off its curve (JWK)",
+            with(
+                json!({"jwk": {"kty": "EC", "crv": "P-384", "x": b64(&[1; 48]), "y": b64(&[1; 48])}}),
+            ),
         ),
         (
             "EC compressed point",
@@ -577,4 +593,353 @@ async fn a_postgres_database_of_schema_1_gets_its_fingerprints_filled() {
         drop(dir);
     })
     .await
+}
+
+/// Ed25519 public keys an upload must refuse, with a word of the reason:
+/// the eight points of small order in their canonical encodings, the same
+/// points encoded otherwise (the sign bit set on x = 0, y ≥ p), canonical
+/// failures that are not of small order, and a y with no x.
+const ED25519_REFUSED: [(&str, &str, &str); 15] = [
+    (
+        "identity",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "small order",
+    ),
+    (
+        "order 2",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "small order",
+    ),
+    (
+        "order 4, x > 0",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "small order",
+    ),
+    (
+        "order 4, x < 0",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "small order",
+    ),
+    (
+        "order 8 (a)",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "small order",
+    ),
+    (
+        "order 8 (a, -x)",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "small order",
+    ),
+    (
+        "order 8 (b)",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "small order",
+    ),
+    (
+        "order 8 (b, -x)",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+        "small order",
+    ),
+    (
+        "identity, sign bit on x = 0",
+        "0100000000000000000000000000000000000000000000000000000000000080",
+        "small order",
+    ),
+    (
+        "order 2, sign bit on x = 0",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        "small order",
+    ),
+    (
+        "y = p (order 4)",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "small order",
+    ),
+    (
+        "y = p + 1 (identity)",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "small order",
+    ),
+    (
+        "y = p + 3",
+        "f0ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "not canonically encoded",
+    ),
+    (
+        "y = 2^255 - 1",
+        "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "not canonically encoded",
+    ),
+    (
+        "y = 2, off the curve",
+        "0200000000000000000000000000000000000000000000000000000000000000",
+        "not a point of the curve",
+    ),
+];
+
+/// The 32 bytes of an `ED25519_REFUSED` entry.
+fn ed25519_key(hex: &str) -> Vec<u8> {
+    hex::decode(hex).unwrap()
+}
+
+/// RFC 8032 §7.1, test 1: the secret key and its public key.
+const RFC8032_SECRET: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+const RFC8032_PUBLIC: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+/// A PKCS#8 (v1) PEM of an Ed25519 secret key.
+fn ed25519_pkcs8(seed: &[u8]) -> String {
+    let prefix = hex::decode("302e020100300506032b657004220420").unwrap();
+    pem(&[&prefix[..], seed].concat(), "PRIVATE KEY")
+}
+
+#[test]
+fn the_small_order_table_is_the_eight_torsion_subgroup() {
+    let mut torsion: Vec<Vec<u8>> = curve25519_dalek::constants::EIGHT_TORSION
+        .iter()
+        .map(|p| p.compress().to_bytes().to_vec())
+        .collect();
+    let mut table: Vec<Vec<u8>> = ED25519_REFUSED[..8]
+        .iter()
+        .map(|(_, k, _)| ed25519_key(k))
+        .collect();
+    torsion.sort();
+    table.sort();
+    assert_eq!(torsion, table);
+}
+
+on_both_backends!(small_order_off_curve_and_non_canonical_ed25519_keys_are_refused);
+async fn small_order_off_curve_and_non_canonical_ed25519_keys_are_refused() {
+    let app = spawn_with(|c| c.keys.max_per_org = 10).await;
+    for (what, key, reason) in ED25519_REFUSED {
+        let key = ed25519_key(key);
+        let forms = [
+            (
+                "JWK",
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&key)}),
+            ),
+            (
+                "JWK with alg",
+                json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "x": b64(&key)}),
+            ),
+        ];
+        let mut bodies: Vec<(String, Value)> = forms
+            .into_iter()
+            .map(|(form, jwk)| {
+                (
+                    format!("{what} as {form}"),
+                    json!({"name": "forged", "jwk": jwk}),
+                )
+            })
+            .collect();
+        let spki = spki_pem(ED25519, None, &key);
+        bodies.push((
+            format!("{what} as PEM"),
+            json!({"name": "forged", "publicKey": spki}),
+        ));
+        for (case, body) in bodies {
+            let r = app.create_key_raw("acme", &body, ADMIN).await;
+            r.assert_error(400, "invalid_request");
+            let answer = r.json();
+            let message = answer["message"].as_str().unwrap();
+            assert!(message.contains(reason), "{case}: {message}");
+            let text = r.text();
+            assert!(
+                !text.contains(&b64(&key)),
+                "{case}: the key is echoed: {text}"
+            );
+            assert!(
+                !text.contains(&spki[27..60]),
+                "{case}: the PEM is echoed: {text}"
+            );
+        }
+    }
+    assert_eq!(app.key_count("acme").await, 0, "no refused key was stored");
+    assert!(app.jwks_kids().await.is_empty());
+
+    // Real keys keep working: RFC 8032's, one made by openssl, one made
+    // by signet; a token each signs verifies under the uploaded key.
+    let mut real: Vec<(&str, String, Signer)> = Vec::new();
+    let rfc_seed = hex::decode(RFC8032_SECRET).unwrap();
+    let rfc_public = spki_pem(ED25519, None, &hex::decode(RFC8032_PUBLIC).unwrap());
+    real.push((
+        "RFC 8032 test 1",
+        rfc_public,
+        Signer::from_pem(&ed25519_pkcs8(&rfc_seed)),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let openssl_key = dir.path().join("ed25519.pem");
+    let generated = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&openssl_key)
+        .status();
+    if generated.is_ok_and(|s| s.success()) {
+        let public = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&openssl_key)
+            .output()
+            .unwrap();
+        assert!(public.status.success());
+        let private = std::fs::read_to_string(&openssl_key).unwrap();
+        real.push((
+            "openssl",
+            String::from_utf8(public.stdout).unwrap(),
+            Signer::from_pem(&private),
+        ));
+    } else {
+        eprintln!("SKIPPED the openssl-made Ed25519 key: no openssl command on PATH");
+    }
+    let donor = Donor::new(&app, "EdDSA").await;
+    real.push(("signet", donor.public_pem().to_owned(), donor.signer()));
+    for (what, public, signer) in real {
+        let r = app
+            .create_key_raw("acme", &json!({"name": what, "publicKey": public}), ADMIN)
+            .await;
+        assert_eq!(r.status, 201, "{what}: {}", r.text());
+        let id = r.json()["id"].as_str().unwrap().to_owned();
+        let token = signer.sign(
+            &json!({"alg": "EdDSA", "kid": id}),
+            &claims("acme", "OWNER"),
+            "EdDSA",
+        );
+        assert_eq!(verdict(&app, &token).await, "valid", "{what}");
+    }
+}
+
+on_both_backends!(a_token_forged_for_the_identity_key_never_verifies);
+async fn a_token_forged_for_the_identity_key_never_verifies() {
+    use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
+    let app = spawn_with(|_| {}).await;
+    let identity = ed25519_key(ED25519_REFUSED[0].1);
+    // Under the identity key, R = identity and S = 0 is a signature of any
+    // message for a verifier that follows RFC 8032 as written (aws-lc's
+    // does): this is the forgery the refusal prevents.
+    let forged_signature = [&identity[..], &[0; 32]].concat();
+    let forge = |kid: &str| {
+        let input = crate::support::signing_input(
+            &json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}),
+            &claims("acme", "OWNER"),
+        );
+        let verified = UnparsedPublicKey::new(&ED25519, &identity)
+            .verify(input.as_bytes(), &forged_signature)
+            .is_ok();
+        assert!(
+            verified,
+            "the forged signature verifies under the identity key itself"
+        );
+        format!("{input}.{}", b64(&forged_signature))
+    };
+    let body =
+        json!({"name": "forged", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": b64(&identity)}});
+    let upload = app.create_key_raw("acme", &body, ADMIN).await;
+    // Whatever kid the forger names (the uploaded key's, had the upload
+    // been accepted, or a real key's), the token does not verify and does
+    // not authenticate.
+    let real = app
+        .create_key("acme", json!({"name": "real", "algorithm": "EdDSA"}))
+        .await;
+    let mut kids = vec![real["id"].as_str().unwrap().to_owned()];
+    kids.extend(upload.json()["id"].as_str().map(str::to_owned));
+    for kid in kids {
+        let token = forge(&kid);
+        assert_ne!(verdict(&app, &token).await, "valid", "{kid}");
+        let r = app
+            .request_as(hyper::Method::GET, "/v1/organisations/acme/audit", &token)
+            .await;
+        r.assert_error(401, "unauthorized");
+    }
+    upload.assert_error(400, "invalid_request");
+    assert_eq!(app.key_count("acme").await, 1);
+}
+
+on_both_backends!(signet_keys_upload_refuses_small_order_keys);
+async fn signet_keys_upload_refuses_small_order_keys() {
+    use crate::cli::{signet, stderr};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = crate::backends::storage_args(&dir.path().join("data"));
+    let keys = |args: &[&str]| {
+        let mut all = vec!["keys"];
+        all.extend(storage.iter().map(String::as_str));
+        all.extend_from_slice(args);
+        signet(&all, &[])
+    };
+    let cases = [
+        (0, "jwk"),
+        (9, "jwk"),
+        (12, "public-key"),
+        (14, "public-key"),
+    ];
+    for (row, form) in cases {
+        let (what, key, reason) = ED25519_REFUSED[row];
+        let key = ed25519_key(key);
+        let file = dir.path().join(format!("{row}.{form}"));
+        let text = match form {
+            "jwk" => json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&key)}).to_string(),
+            _ => spki_pem(ED25519, None, &key),
+        };
+        std::fs::write(&file, text).unwrap();
+        let flag = format!("--{form}");
+        let o = keys(&[
+            "upload",
+            "--org",
+            "acme",
+            "--name",
+            "forged",
+            &flag,
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains(reason), "{what}: {}", stderr(&o));
+        assert!(!stderr(&o).contains(&b64(&key)), "{what}: {}", stderr(&o));
+    }
+    let list = keys(&["list", "--org", "acme"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list["keys"], json!([]), "nothing was stored");
+    // A real key is still taken by the same command.
+    let public = dir.path().join("rfc8032.pem");
+    std::fs::write(
+        &public,
+        spki_pem(ED25519, None, &hex::decode(RFC8032_PUBLIC).unwrap()),
+    )
+    .unwrap();
+    let o = keys(&[
+        "upload",
+        "--org",
+        "acme",
+        "--name",
+        "real",
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ecdsa_signatures_high_s_twin_is_accepted_as_rfc_7518_allows() {
+    // docs/api.md says so: (r, n - s) verifies like (r, s).
+    use rsa::BigUint;
+    let app = spawn_with(|_| {}).await;
+    let created = app
+        .create_key("acme", json!({"name": "ec", "algorithm": "ES256"}))
+        .await;
+    let (id, signer) = crate::support::key_of(&created);
+    let token = signer.org_token(&id, claims("acme", "OWNER"));
+    let (input, signature) = token.rsplit_once('.').unwrap();
+    let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    let n = BigUint::parse_bytes(
+        b"FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551",
+        16,
+    )
+    .unwrap();
+    let s = BigUint::from_bytes_be(&signature[32..]);
+    let twin_s = (&n - &s).to_bytes_be();
+    let mut twin = signature[..32].to_vec();
+    twin.extend(std::iter::repeat_n(0, 32 - twin_s.len()));
+    twin.extend(twin_s);
+    assert_ne!(twin, signature);
+    assert_eq!(verdict(&app, &token).await, "valid");
+    assert_eq!(
+        verdict(&app, &format!("{input}.{}", b64(&twin))).await,
+        "valid"
+    );
 }
