@@ -18,7 +18,9 @@
 #     it) and a sled instance: median requests/s of each and their ratio.
 # Prints one Markdown table with the date, nproc and the load average.
 #
-# Env: SIGNET_BIN, DELETES (500), WRK_DURATION (5s), ROUNDS (3), KEEP=1.
+# Env: SIGNET_BIN, DELETES (500), WRK_DURATION (5s), ROUNDS (3), KEEP=1,
+# NOTIFY (listen or poll: cluster.notify of the PostgreSQL instances),
+# ROUNDS=0 to skip the throughput runs.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,6 +51,8 @@ pg_start "$WORK/pg"
 random_token 32 >"$WORK/seal.key"
 chmod 600 "$WORK/seal.key"
 instance_config "$WORK/pg.toml" "$(pg_database bench)" "$WORK/seal.key"
+NOTIFY="${NOTIFY:-listen}"
+echo "notify = \"$NOTIFY\"" >>"$WORK/pg.toml" # the last table is [cluster]
 printf '[storage]\ndata_dir = "%s"\n' "$WORK/sled" >"$WORK/sled.toml"
 start() { # NAME CONFIG
     start_instance "$1" "$WORK/$2.toml" "$WORK/$1.log" ORGKEYS_MAX=1000
@@ -73,6 +77,19 @@ LOAD_3="$(loadavg)"
 THREE="$(measure three a b c)"
 
 # --- verification throughput: PostgreSQL (A) against sled ----------------
+if [[ "$ROUNDS" == 0 ]]; then
+    python3 - "$ONE" "$THREE" "$NOTIFY" "$(nproc)" "$(loadavg)" <<'EOF'
+import json, sys
+one, three = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(f"cluster.notify = {sys.argv[3]}; {sys.argv[4]} cores; load average {sys.argv[5]}")
+print("| measurement | p50 | p90 | p99 | max | mean waiting for the others |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for label, r in (("1 instance", one), ("3 instances", three)):
+    w = f"{r['wait_mean']:.2f} ms" if r["wait_mean"] is not None else "–"
+    print(f"| {label} | {r['p50']:.2f} ms | {r['p90']:.2f} ms | {r['p99']:.2f} ms | {r['max']:.1f} ms | {w} |")
+EOF
+    exit 0
+fi
 start sled sled
 token_of() { # NAME: a token of a new RS256 key created through that instance
     local url="${INSTANCE_URL[$1]}"

@@ -102,6 +102,7 @@ impl Application {
         if let Some(path) = generated {
             tracing::info!(path = %path.display(), "generated an operator token (mode 0600); read it from this file");
         }
+        warn_readable_secrets(&config);
         let mut signet = Signet::new(store, Settings::of(&config)).await?;
         let tls = match &config.server.tls {
             Some(files) => Some(http::tls::Tls::load(files, &signet.metrics)?),
@@ -187,6 +188,42 @@ impl Application {
         tracing::info!("storage synced; bye");
         Ok(())
     }
+}
+
+/// Logs one warning naming the secret files in use (the seal key file and
+/// its rotation successor, the generated operator token) that group or
+/// others may read.
+fn warn_readable_secrets(config: &Config) {
+    let mut files = Vec::new();
+    if let Some(seal) = config.seal_key_file() {
+        files.push(crate::seal::next_of(&seal));
+        files.push(seal);
+    }
+    if config.auth.admin_token.is_none() && config.auth.admin_token_sha256.is_none() {
+        files.push(config.storage.data_dir.join("admin.token"));
+    }
+    let readable: Vec<String> = files
+        .iter()
+        .filter(|path| readable_by_others(path))
+        .map(|path| path.display().to_string())
+        .collect();
+    if !readable.is_empty() {
+        tracing::warn!(
+            files = %readable.join(", "),
+            "secret files are readable by group or others; restrict them with chmod 600"
+        );
+    }
+}
+
+#[cfg(unix)]
+fn readable_by_others(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_: &std::path::Path) -> bool {
+    false
 }
 
 /// Resolves on SIGINT or SIGTERM.

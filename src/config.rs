@@ -44,6 +44,7 @@ pub struct Config {
     /// Set on a follower (`signet serve --upstream URL`).
     pub upstream: Option<Upstream>,
     pub followers: Followers,
+    pub console: Console,
 }
 
 /// The change feed (`GET /v1/events`).
@@ -94,6 +95,20 @@ pub struct Followers {
     /// One follower token itself; only ever set from `SIGNET_FOLLOWER_TOKEN`.
     #[serde(skip)]
     pub token: Option<Secret>,
+}
+
+/// The web console at `/console`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Console {
+    /// `false` answers 404 at `/console` and everything under it.
+    pub enabled: bool,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console { enabled: true }
+    }
 }
 
 /// Several instances on one PostgreSQL.
@@ -705,13 +720,15 @@ impl Config {
     }
 
     /// The record sealer: `SIGNET_SEAL_KEY`, else `storage.seal_key_file`,
-    /// else (created if absent) `{data_dir}/seal.key`.
-    pub fn sealer(&self) -> Result<crate::seal::Sealer, crate::seal::SealError> {
+    /// else `{data_dir}/seal.key`, created if absent only with `create`
+    /// (a data dir that holds no database yet).
+    pub fn sealer(&self, create: bool) -> Result<crate::seal::Sealer, crate::seal::SealError> {
         match (&self.storage.seal_key, &self.storage.seal_key_file) {
             (None, Some(file)) => crate::seal::Sealer::load_file(file),
-            (from_env, _) => crate::seal::Sealer::load_or_create(
+            (from_env, _) => crate::seal::Sealer::for_data_dir(
                 &self.storage.data_dir,
                 from_env.as_ref().map(Secret::expose),
+                create,
             ),
         }
     }

@@ -24,4 +24,5 @@ pub mod seal;
 pub mod secret_file;
 pub mod service;
 pub mod store;
+pub mod usage;
 pub mod verify;

@@ -192,6 +192,11 @@ impl Metrics {
             "Verified-token cache lookups that found no live entry",
             cache.token_misses.clone(),
         );
+        registry.register(
+            "verifications_accepted",
+            "Verifications accepted on any route, organisation tokens included (the sum of every key's usage)",
+            cache.accepted.clone(),
+        );
         let pool_depth = Family::<BitsLabel, Gauge>::default();
         registry.register(
             "keypool_depth",

@@ -6,8 +6,11 @@
 //! nonce (12) ‖ ciphertext ‖ tag`. The associated data is the record's id
 //! and organisation, so a record copied under another id or organisation
 //! does not open. The seal key comes from `SIGNET_SEAL_KEY` (64 hex
-//! characters) or `{data_dir}/seal.key`, generated with mode 0600 on first
-//! start. During `signet seal rotate` a second key, `seal.key.next`, is
+//! characters), `storage.seal_key_file`, or `{data_dir}/seal.key`, which is
+//! generated (mode 0600) only into a data dir that holds no database yet:
+//! next to existing data a missing key file is an error, never a new key,
+//! and records that the configured key cannot open refuse the store (see
+//! `store::check_seal`). During `signet seal rotate` a second key, `seal.key.next`, is
 //! also accepted, so a crash mid-rotation leaves every record readable.
 
 use std::path::{Path, PathBuf};
@@ -43,6 +46,12 @@ pub enum SealError {
     /// The configured seal key file does not exist.
     #[error("the seal key file {0} does not exist")]
     Missing(PathBuf),
+    /// The data dir's seal key file is gone, but its database is there.
+    #[error("the seal key file {} is missing, but {} holds a signet database sealed with it: restore seal.key from your backup or set SIGNET_SEAL_KEY to that key (a new key would open none of the stored keys, so none is made)", .path.display(), .dir.display())]
+    MissingForData { path: PathBuf, dir: PathBuf },
+    /// The stored records were sealed with another key than the configured one.
+    #[error("the key records in {location} do not open with the seal key from {from}: it is not the key they were sealed with; configure that key (restore it from your backup)")]
+    WrongKey { location: String, from: SealSource },
     /// The seal key file could not be read or written.
     #[error("cannot read or write seal key {path}: {source}")]
     Io {
@@ -68,10 +77,41 @@ impl SealKey {
     }
 }
 
+/// Where a sealer's key came from, as an error names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SealSource {
+    /// The environment variable `SIGNET_SEAL_KEY`.
+    Env,
+    /// `SIGNET_SEAL_KEY` and `SIGNET_NEW_SEAL_KEY`, during a rotation.
+    EnvRotating,
+    /// The file named by `storage.seal_key_file`.
+    File(PathBuf),
+    /// `{data_dir}/seal.key`.
+    DataDir(PathBuf),
+    /// Keys handed to [`Sealer::from_keys`].
+    Given,
+}
+
+impl std::fmt::Display for SealSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SealSource::Env => f.write_str("the environment variable SIGNET_SEAL_KEY"),
+            SealSource::EnvRotating => {
+                f.write_str("the environment variables SIGNET_SEAL_KEY and SIGNET_NEW_SEAL_KEY")
+            }
+            SealSource::File(path) => write!(f, "storage.seal_key_file {}", path.display()),
+            SealSource::DataDir(path) => write!(f, "the file {}", path.display()),
+            SealSource::Given => f.write_str("the given keys"),
+        }
+    }
+}
+
 /// The keys records are sealed and opened with: the first seals, all open.
 pub struct Sealer {
     keys: Vec<SealKey>,
     rng: SystemRandom,
+    source: SealSource,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -87,19 +127,48 @@ impl Sealer {
         Sealer {
             keys: keys.iter().map(SealKey::new).collect(),
             rng: SystemRandom::new(),
+            source: SealSource::Given,
         }
+    }
+
+    fn sourced(self, source: SealSource) -> Sealer {
+        Sealer { source, ..self }
+    }
+
+    /// Where the key came from.
+    pub fn source(&self) -> &SealSource {
+        &self.source
     }
 
     /// The seal key for `data_dir`: `SIGNET_SEAL_KEY` if given (hex), else
     /// `{data_dir}/seal.key`, created if absent. A `seal.key.next` left by an
     /// interrupted rotation is accepted for opening too, and seals.
     pub fn load_or_create(data_dir: &Path, from_env: Option<&str>) -> Result<Sealer, SealError> {
+        Sealer::for_data_dir(data_dir, from_env, true)
+    }
+
+    /// As [`Sealer::load_or_create`], but a missing `seal.key` is created
+    /// only with `create` (a data dir without a database yet); otherwise it
+    /// is an error, since a new key would open none of the stored records.
+    pub fn for_data_dir(
+        data_dir: &Path,
+        from_env: Option<&str>,
+        create: bool,
+    ) -> Result<Sealer, SealError> {
         if let Some(hex) = from_env {
-            return Ok(Sealer::from_keys(&[parse_hex(hex, "SIGNET_SEAL_KEY")?]));
+            return Ok(
+                Sealer::from_keys(&[parse_hex(hex, "SIGNET_SEAL_KEY")?]).sourced(SealSource::Env)
+            );
         }
         let path = data_dir.join("seal.key");
         let current = match read_key_file(&path)? {
             Some(key) => key,
+            None if !create => {
+                return Err(SealError::MissingForData {
+                    path,
+                    dir: data_dir.to_owned(),
+                })
+            }
             None => {
                 let key = random_key();
                 write_key_file(&path, &key)?;
@@ -107,27 +176,29 @@ impl Sealer {
                 *key
             }
         };
-        match read_key_file(&next_path(data_dir))? {
-            Some(next) => Ok(Sealer::from_keys(&[next, current])),
-            None => Ok(Sealer::from_keys(&[current])),
-        }
+        let sealer = match read_key_file(&next_path(data_dir))? {
+            Some(next) => Sealer::from_keys(&[next, current]),
+            None => Sealer::from_keys(&[current]),
+        };
+        Ok(sealer.sourced(SealSource::DataDir(path)))
     }
 
     /// The seal key in `path`, which must exist; a `{path}.next` left by an
     /// interrupted rotation is accepted for opening too, and seals.
     pub fn load_file(path: &Path) -> Result<Sealer, SealError> {
         let current = read_key_file(path)?.ok_or_else(|| SealError::Missing(path.to_owned()))?;
-        match read_key_file(&next_of(path))? {
-            Some(next) => Ok(Sealer::from_keys(&[next, current])),
-            None => Ok(Sealer::from_keys(&[current])),
-        }
+        let sealer = match read_key_file(&next_of(path))? {
+            Some(next) => Sealer::from_keys(&[next, current]),
+            None => Sealer::from_keys(&[current]),
+        };
+        Ok(sealer.sourced(SealSource::File(path.to_owned())))
     }
 
     /// A sealer that seals with `next_hex` and opens with it or `current_hex`.
     pub fn rotating(next_hex: &str, current_hex: &str) -> Result<Sealer, SealError> {
         let next = parse_hex(next_hex, "SIGNET_NEW_SEAL_KEY")?;
         let current = parse_hex(current_hex, "SIGNET_SEAL_KEY")?;
-        Ok(Sealer::from_keys(&[next, current]))
+        Ok(Sealer::from_keys(&[next, current]).sourced(SealSource::EnvRotating))
     }
 
     /// Seals `plain` for the record `id` of `org`.

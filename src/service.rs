@@ -6,6 +6,7 @@
 //! hears back. One timer task withdraws each key at the second it expires.
 
 mod lifecycle;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +92,8 @@ pub struct Signet {
     lifetimes: Lifetimes,
     /// The expiry timer; stopped when the service is dropped.
     timer: tokio::task::JoinHandle<()>,
+    /// Moves usage counts into buckets and flushes them; stopped likewise.
+    usage_task: tokio::task::JoinHandle<()>,
     /// How current this instance is with changes made by others.
     fresh: Arc<Freshness>,
     /// Look-ups of keys created elsewhere and not applied here yet.
@@ -173,6 +176,11 @@ impl Signet {
             published.clone(),
             verifier.clone(),
         ));
+        let usage_task = tokio::spawn(usage::count_forever(
+            verifier.usage().clone(),
+            store.shares_usage().then(|| store.clone()),
+            published.clone(),
+        ));
         let metrics = Metrics::new(verifier.stats());
         let pool = KeyPool::start(pool, metrics.pool_depth());
         metrics.keys.set(records.len() as i64);
@@ -187,6 +195,7 @@ impl Signet {
             published,
             lifetimes,
             timer,
+            usage_task,
             store: Some(store),
             verifier,
             fresh,
@@ -225,6 +234,12 @@ impl Signet {
         let mirror =
             crate::follower::Mirror::new(published.clone(), verifier.clone(), fresh.clone());
         let pool = KeyPool::start([0, 0, 0], metrics.pool_depth());
+        // Counted here; sent upstream with the acknowledgements is not done.
+        let usage_task = tokio::spawn(usage::count_forever(
+            verifier.usage().clone(),
+            None,
+            published.clone(),
+        ));
         let age = fresh.clone();
         metrics
             .cluster
@@ -244,6 +259,7 @@ impl Signet {
             refusals,
             quota: 0,
             pool,
+            usage_task,
             seen_generation: Default::default(),
             followers,
             mirror: Some(Arc::new(mirror)),
@@ -564,6 +580,7 @@ impl Signet {
         if self.published.remove(&org, id, &self.verifier) {
             self.metrics.keys.dec();
         }
+        self.verifier.usage().remove(id);
         self.applied_everywhere(version, committed).await;
         match now {
             true => Ok(()),
@@ -815,6 +832,7 @@ impl Signet {
 impl Drop for Signet {
     fn drop(&mut self) {
         self.timer.abort();
+        self.usage_task.abort();
         if let Some(task) = self.follower.lock().expect("follower lock poisoned").take() {
             task.abort();
         }

@@ -5,7 +5,6 @@
 mod audit;
 mod completions;
 mod keys;
-mod lifecycle;
 mod seal;
 mod serve;
 mod token;
@@ -21,7 +20,7 @@ use crate::service::{Settings, Signet};
 use crate::store::Store;
 
 use audit::AuditCommand;
-use keys::KeysCommand;
+use keys::{KeysCommand, ServerArgs};
 use seal::SealCommand;
 use token::TokenArgs;
 use verify::VerifyArgs;
@@ -53,12 +52,16 @@ enum Command {
     },
     /// Check a token: exit 0 if valid, 1 if not, 2 if it could not be checked.
     Verify(VerifyArgs),
-    /// Create, list or delete keys directly in the data directory (server stopped).
+    /// Manage keys: on a running server through its HTTP API (--server or
+    /// SIGNET_SERVER), or offline in a data directory (server stopped) or a
+    /// PostgreSQL database.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
         #[command(flatten)]
         data: DataArgs,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Mint a JWT from a private-key PEM (for bootstrap and tests).
     Token(TokenArgs),
@@ -159,7 +162,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             upstream,
         } => serve::run(config, log_json, upstream, runtime),
         Command::Verify(args) => runtime.block_on(verify::run(args)),
-        Command::Keys { command, data } => runtime.block_on(keys::run(command, data)),
+        Command::Keys {
+            command,
+            data,
+            server,
+        } => runtime.block_on(keys::run(command, data, server)),
         Command::Token(args) => token::run(args),
         Command::Completions { shell } => completions::run(shell),
         Command::Seal {

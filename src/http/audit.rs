@@ -35,3 +35,19 @@ pub async fn page(call: Call<'_>) -> Outcome {
         &serde_json::json!({ "events": events }),
     ))
 }
+
+/// `GET /v1/organisations/{org}/audit/verify`: the organisation's audit
+/// chain, checked by the server.
+pub async fn verify(call: Call<'_>) -> Outcome {
+    let org = call.org()?;
+    call.authorize(&org, Need::Manage).await?;
+    let body = match call.state.signet.verify_org_audit(&org).await? {
+        Ok(events) => serde_json::json!({ "valid": true, "events": events, "brokenAt": null }),
+        Err(broken) => serde_json::json!({
+            "valid": false,
+            "events": broken.index,
+            "brokenAt": { "eventId": broken.id, "index": broken.index, "reason": broken.reason },
+        }),
+    };
+    Ok(reply::json(StatusCode::OK, &body))
+}

@@ -50,6 +50,17 @@ pub struct Answer {
     pub ok: bool,
     pub status: String,
     pub body: Bytes,
+    /// The status code, e.g. 401.
+    pub code: u16,
+}
+
+/// A request method, named without hyper's types (which stay inside `http`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+    Patch,
+    Delete,
 }
 
 impl ClientError {
@@ -61,7 +72,7 @@ impl ClientError {
 
 /// `GET url`; `cacert` is trusted besides the system's roots.
 pub async fn get(url: &str, cacert: Option<&Path>) -> Result<Answer, ClientError> {
-    send(Method::GET, url, None, cacert).await
+    send(Method::GET, url, None, cacert, None).await
 }
 
 /// `POST url` with a JSON body.
@@ -70,7 +81,26 @@ pub async fn post_json(
     json: Vec<u8>,
     cacert: Option<&Path>,
 ) -> Result<Answer, ClientError> {
-    send(Method::POST, url, Some(json), cacert).await
+    send(Method::POST, url, Some(json), cacert, None).await
+}
+
+/// `verb url` with `Authorization: Bearer {token}` and, if given, a JSON
+/// body: a call to the management API. The caller checks that `token` is
+/// visible ASCII; one that is not is refused here as it could not be sent.
+pub async fn call_with_token(
+    verb: Verb,
+    url: &str,
+    token: &str,
+    json: Option<Vec<u8>>,
+    cacert: Option<&Path>,
+) -> Result<Answer, ClientError> {
+    let method = match verb {
+        Verb::Get => Method::GET,
+        Verb::Post => Method::POST,
+        Verb::Patch => Method::PATCH,
+        Verb::Delete => Method::DELETE,
+    };
+    send(method, url, json, cacert, Some(token)).await
 }
 
 async fn send(
@@ -78,6 +108,7 @@ async fn send(
     url: &str,
     json: Option<Vec<u8>>,
     cacert: Option<&Path>,
+    bearer: Option<&str>,
 ) -> Result<Answer, ClientError> {
     let uri: hyper::Uri = url.parse().map_err(|_| ClientError::BadUrl(url.into()))?;
     let https = match uri.scheme_str() {
@@ -98,6 +129,9 @@ async fn send(
     };
     if json.is_some() {
         req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    if let Some(token) = bearer {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let req = req
         .body(Full::new(json.map(Bytes::from).unwrap_or_default()))
@@ -133,6 +167,7 @@ async fn send(
             .map_err(|e| unreachable(e.to_string()))?;
         Ok(Answer {
             ok: status.is_success(),
+            code: status.as_u16(),
             status: status.to_string(),
             body: body.to_bytes(),
         })

@@ -4,13 +4,79 @@ use hyper::header::{self, HeaderValue};
 use hyper::StatusCode;
 use zeroize::Zeroizing;
 
+use super::bodies::{CreateBody, Creation};
 use super::body::Body;
 use super::call::{accepts_pem, header_value, Call, Outcome};
-use super::lifecycle::{CreateBody, Creation};
-use super::reply::{self, Reply, JSON, PEM};
-use crate::auth::Need;
-use crate::keys::{GeneratedKey, KeyName, KeySpec, KeyView, PublicKeyRecord};
+use super::reply::{self, ApiError, ErrorCode, Reply, JSON, PEM};
+use crate::auth::{Need, Principal};
+use crate::keys::{GeneratedKey, KeyId, KeyName, KeySpec, KeyView, OrgId, PublicKeyRecord};
 use crate::service::NewKey;
+use crate::usage::KeyUsage;
+
+/// A key on the organisation's list: the `PublicKey` and its usage.
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    key: KeyView<'a>,
+    usage: UsageView,
+}
+
+/// `usage` of a listed key (docs/api.md, "Key usage").
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageView {
+    last_verified_at: Option<String>,
+    verified_last_hour: u64,
+    verified_last_day: u64,
+}
+
+impl From<KeyUsage> for UsageView {
+    fn from(u: KeyUsage) -> UsageView {
+        UsageView {
+            last_verified_at: u.last_verified_ms.map(crate::keys::rfc3339),
+            verified_last_hour: u.last_hour,
+            verified_last_day: u.last_day,
+        }
+    }
+}
+
+/// The `ifUnusedFor` query parameter of a revocation: a duration such as
+/// `30m`, `1h` or `7d`, if given.
+pub fn if_unused_for(call: &Call<'_>) -> Result<Option<std::time::Duration>, ApiError> {
+    let mut window = None;
+    for (k, v) in call.query() {
+        if k == "ifUnusedFor" {
+            let d = humantime::parse_duration(v.trim()).map_err(|_| {
+                ApiError::invalid_request("ifUnusedFor must be a duration such as 30m, 1h or 7d")
+            })?;
+            window = Some(d);
+        }
+    }
+    Ok(window)
+}
+
+/// 409 `in_use` if key `id` verified a token within `window`.
+pub async fn refuse_if_used(
+    state: &super::ServerState,
+    org: &OrgId,
+    id: KeyId,
+    window: Option<std::time::Duration>,
+) -> Result<(), ApiError> {
+    let Some(window) = window else {
+        return Ok(());
+    };
+    if state.signet.used_within(org, id, window).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::InUse,
+            format!(
+                "key {id} verified a token within the last {}; it was left as it is (retry later, or leave out ifUnusedFor)",
+                humantime::format_duration(window)
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// A private key as PEM: its buffer is zeroized when the body is dropped.
 fn pem_reply(status: StatusCode, pem: &str) -> Reply {
@@ -96,7 +162,15 @@ pub async fn list(call: Call<'_>) -> Outcome {
     let org = call.org()?;
     call.authorize(&org, Need::Member).await?;
     let records = call.state.signet.list(&org).await?;
-    let keys: Vec<KeyView> = records.iter().map(KeyView::new).collect();
+    let usage = call.state.signet.usage_of(&records).await?;
+    let keys: Vec<Listed> = records
+        .iter()
+        .zip(usage)
+        .map(|(r, u)| Listed {
+            key: KeyView::new(r),
+            usage: u.into(),
+        })
+        .collect();
     Ok(reply::json(
         StatusCode::OK,
         &serde_json::json!({ "keys": keys }),
@@ -106,12 +180,59 @@ pub async fn list(call: Call<'_>) -> Outcome {
 pub async fn delete(call: Call<'_>) -> Outcome {
     let org = call.org()?;
     let id = call.key_id()?;
+    let window = if_unused_for(&call)?;
     let principal = call.authorize(&org, Need::Manage).await?;
+    refuse_if_used(call.state, &org, id, window).await?;
     call.state
         .signet
         .delete(org, id, &call.caller(principal.actor()))
         .await?;
     Ok(reply::empty(StatusCode::NO_CONTENT))
+}
+
+/// `GET /v1/organisations`: every organisation with keys for the
+/// operator, its own for an organisation token.
+pub async fn organisations(call: Call<'_>) -> Outcome {
+    let state = call.state;
+    let gate = crate::auth::Gate {
+        operator: &state.operator,
+        verifier: state.signet.verifier(),
+        audience: &state.config.auth.audience,
+    };
+    let authorization = call
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Some(token) = authorization.and_then(|a| crate::auth::bearer(a).ok()) {
+        state.signet.learn_key_of(token).await;
+    }
+    let principal = gate.authenticate(authorization).inspect_err(|e| {
+        let reason = e.reason();
+        let label = crate::metrics::ReasonLabel { reason };
+        state
+            .signet
+            .metrics
+            .unauthenticated
+            .get_or_create(&label)
+            .inc();
+    })?;
+    let organisations: Vec<serde_json::Value> = match principal {
+        Principal::Operator => state
+            .signet
+            .organisations()
+            .await?
+            .into_iter()
+            .map(|(id, keys)| serde_json::json!({ "id": id, "keys": keys }))
+            .collect(),
+        Principal::Org { org, .. } => {
+            let keys = state.signet.list(&org).await?.len();
+            vec![serde_json::json!({ "id": org, "keys": keys })]
+        }
+    };
+    Ok(reply::json(
+        StatusCode::OK,
+        &serde_json::json!({ "organisations": organisations }),
+    ))
 }
 
 pub async fn get(call: Call<'_>) -> Outcome {
@@ -128,5 +249,5 @@ pub async fn get(call: Call<'_>) -> Outcome {
 
 #[cfg(feature = "test-hooks")]
 pub fn fuzz_body(body: &[u8]) {
-    super::lifecycle::fuzz_body(body);
+    super::bodies::fuzz_body(body);
 }

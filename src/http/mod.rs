@@ -3,9 +3,11 @@
 //! response. Also the small HTTP client `signet verify --server` uses.
 
 mod audit;
+mod bodies;
 mod body;
 mod call;
 pub mod client;
+mod console;
 mod deadline;
 mod events;
 mod followers;

@@ -45,6 +45,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     QuotaExceeded,
     Conflict,
+    /// The key verified a token within the window `ifUnusedFor` names.
+    InUse,
     PayloadTooLarge,
     UnsupportedMediaType,
     RequestTimeout,
@@ -231,6 +233,7 @@ mod tests {
             (ErrorCode::MethodNotAllowed, "method_not_allowed"),
             (ErrorCode::QuotaExceeded, "quota_exceeded"),
             (ErrorCode::Conflict, "conflict"),
+            (ErrorCode::InUse, "in_use"),
             (ErrorCode::PayloadTooLarge, "payload_too_large"),
             (ErrorCode::UnsupportedMediaType, "unsupported_media_type"),
             (ErrorCode::RequestTimeout, "request_timeout"),

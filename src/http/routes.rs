@@ -14,7 +14,7 @@ use hyper::{Method, Request};
 
 use super::call::{Call, Outcome, Params};
 use super::reply::{ApiError, Reply};
-use super::{audit, events, followers, jwks, keys, lifecycle, ops, verify, ServerState};
+use super::{audit, console, events, followers, jwks, keys, lifecycle, ops, verify, ServerState};
 
 /// A handler's future, boxed so that every handler fits one table.
 type Pending<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
@@ -56,7 +56,7 @@ macro_rules! route {
 
 /// Every route the server answers, in matching order. Rows sharing a path
 /// are listed together; their order is the order of the `Allow` header.
-static ROUTES: LazyLock<[Route; 19]> = LazyLock::new(|| {
+static ROUTES: LazyLock<[Route; 23]> = LazyLock::new(|| {
     [
         route!(GET "/v1/organisations/{org}/keys" => keys::list),
         route!(POST "/v1/organisations/{org}/keys" => keys::create),
@@ -69,11 +69,15 @@ static ROUTES: LazyLock<[Route; 19]> = LazyLock::new(|| {
         route!(POST "/v1/verify" => verify::verify),
         route!(GET "/v1/auth" => verify::auth),
         route!(GET "/v1/organisations/{org}/audit" => audit::page),
+        route!(GET "/v1/organisations/{org}/audit/verify" => audit::verify),
+        route!(GET "/v1/organisations" => keys::organisations),
         route!(POST "/organization/{org}/key" => keys::create_compat, Errors::Compat),
         route!(GET "/healthz" => ops::healthz),
         route!(GET "/readyz" => ops::readyz),
         route!(GET "/metrics" => ops::metrics),
         route!(GET "/openapi.yaml" => ops::openapi),
+        route!(GET "/console" => console::page),
+        route!(GET "/console/{asset}" => console::asset),
         route!(GET "/v1/events" => events::all),
         route!(GET "/v1/organisations/{org}/events" => events::of_org),
         route!(POST "/v1/followers/ack" => followers::ack),
@@ -239,10 +243,13 @@ pub async fn dispatch(
         }
         None => Err(ApiError::method_not_allowed(allow(template))),
     };
-    let reply = match errors {
+    let mut reply = match errors {
         Errors::Api => outcome.unwrap_or_else(ApiError::into_reply),
         Errors::Compat => outcome.unwrap_or_else(ApiError::into_compat_reply),
     };
+    if template.starts_with("/console") {
+        console::secure(&mut reply);
+    }
     (template, Some(first), reply)
 }
 

@@ -90,7 +90,7 @@ impl StoreError {
     /// Whether this is a database server failing or out of reach
     /// (PostgreSQL), rather than the local disk.
     pub fn is_database_server(&self) -> bool {
-        matches!(self, StoreError::Io(e) if e.is::<postgres::DatabaseFailed>())
+        matches!(self, StoreError::Io(e) if e.is::<self::postgres::DatabaseFailed>())
     }
 
     /// Whether this is the storage itself failing (disk full, read-only,
@@ -435,15 +435,18 @@ macro_rules! dispatch {
 
 impl Store {
     /// Opens (creating if needed) the configured store.
+    /// A seal key is generated only into a data dir without a database.
     pub async fn open(config: &Config) -> Result<Store, StoreError> {
+        let mut fresh = false;
         if config.storage.backend == Backend::Sled {
             let dir = &config.storage.data_dir;
+            fresh = !SledStore::exists(dir);
             create_private_dir(dir).map_err(|source| StoreError::Open {
                 location: dir.display().to_string(),
                 source: Box::new(source),
             })?;
         }
-        Store::open_with(config, config.sealer()?, true).await
+        Store::open_with(config, config.sealer(fresh)?, true).await
     }
 
     /// Opens the configured store only if it already holds signet data;
@@ -452,7 +455,7 @@ impl Store {
         if config.storage.backend == Backend::Sled {
             no_sled_data(config)?;
         }
-        Store::open_with(config, config.sealer()?, false).await
+        Store::open_with(config, config.sealer(false)?, false).await
     }
 
     async fn open_with(config: &Config, sealer: Sealer, create: bool) -> Result<Store, StoreError> {
@@ -464,7 +467,7 @@ impl Store {
             }
             Backend::Postgres => {
                 let url = config.storage.url.as_ref().map_or("", Secret::expose);
-                let settings = postgres::Settings::of(&config.cluster);
+                let settings = self::postgres::Settings::of(&config.cluster);
                 let store = PgStore::open(url, sealer, create, settings).await?;
                 Ok(Store::Postgres(Arc::new(store)))
             }
@@ -545,6 +548,51 @@ impl Store {
         dispatch!(self, s => s.verify_audit().await)
     }
 
+    /// Walks one organisation's audit chain.
+    pub async fn verify_org_audit(
+        &self,
+        org: OrgId,
+    ) -> Result<Result<usize, BrokenLink>, StoreError> {
+        match self {
+            Store::Sled(s) => {
+                let s = s.clone();
+                blocking(move || s.verify_org_audit(&org)).await
+            }
+            Store::Postgres(s) => s.verify_org_audit(&org).await,
+        }
+    }
+
+    /// Whether key usage is summed over several processes in the store
+    /// (PostgreSQL); on sled one process counts, in memory only.
+    pub fn shares_usage(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// Adds this process's usage counts to the store's (nothing on sled).
+    pub async fn flush_usage(
+        &self,
+        deltas: &[crate::usage::UsageDelta],
+        now_ms: u64,
+        prune: bool,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sled(_) => Ok(()),
+            Store::Postgres(s) => s.flush_usage(deltas, now_ms, prune).await,
+        }
+    }
+
+    /// The usage every process flushed for `ids` (empty on sled).
+    pub async fn usage_of(
+        &self,
+        ids: &[KeyId],
+        now_ms: u64,
+    ) -> Result<std::collections::HashMap<KeyId, crate::usage::KeyUsage>, StoreError> {
+        match self {
+            Store::Sled(_) => Ok(Default::default()),
+            Store::Postgres(s) => s.usage_of(ids, now_ms).await,
+        }
+    }
+
     pub async fn reseal_all(&self) -> Result<usize, StoreError> {
         dispatch!(self, s => s.reseal_all().await)
     }
@@ -586,6 +634,32 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// How many live records, and how many tombstones, a backend hands to
+/// [`check_seal`] when it opens.
+pub const SEAL_SAMPLE: usize = 32;
+
+/// Refuses a store none of whose sampled records (the first
+/// [`SEAL_SAMPLE`] live ones and tombstones, in id order) opens under the
+/// configured seal key: the key is not the one they were sealed with, and
+/// serving or writing with it would hide every key and seal new ones
+/// under the wrong key. One record that opens is enough, so a few planted
+/// or damaged records do not refuse the store (they are skipped when
+/// read); an empty store passes. Each backend calls this when it opens,
+/// before it upgrades the schema.
+pub fn check_seal(
+    sealer: &Sealer,
+    location: &str,
+    sample: &[(KeyId, Vec<u8>)],
+) -> Result<(), StoreError> {
+    if sample.is_empty() || sample.iter().any(|(id, v)| sealer.open(*id, v).is_ok()) {
+        return Ok(());
+    }
+    Err(StoreError::Seal(SealError::WrongKey {
+        location: location.to_owned(),
+        from: sealer.source().clone(),
+    }))
 }
 
 /// A record as stored: its JSON, sealed to its id and organisation. Every
@@ -684,7 +758,7 @@ pub async fn rotate_seal(config: &Config, new_key: Option<&str>) -> Result<Rotat
     if !next_path.exists() {
         crate::seal::write_key_file(&next_path, &crate::seal::random_key())?;
     }
-    let store = Store::open_with(config, config.sealer()?, false).await?;
+    let store = Store::open_with(config, config.sealer(false)?, false).await?;
     let records = store.reseal_all().await?;
     drop(store);
     std::fs::rename(&next_path, &key_file).map_err(|source| RotateError::Rename {

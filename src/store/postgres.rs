@@ -14,6 +14,10 @@
 //! - `audit`: (org, event id) → event (JSON), chained by hash
 //! - `instances`: instance id → the version it has applied, its last
 //!   heartbeat (by the database's clock, so one clock orders them all)
+//! - `key_usage`: (key id, minute) → verifications counted in that minute
+//!   by every instance (each adds its own counts every few seconds, never
+//!   one write per verification); rows older than a day are pruned
+//! - `key_last_use`: key id → the last verification any instance counted
 //! - `change_counter`: one row, the version of the newest key change; a
 //!   change takes the next version as its transaction's last step (its row
 //!   lock is held until commit, so versions commit in order: an instance
@@ -57,6 +61,7 @@ use crate::store::{
     open_record, reseal_value, seal_record, AuditPage, Changed, Changes, Delete, Deleted, Heard,
     Insert, Inserted, KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
 };
+use crate::usage::{KeyUsage, UsageDelta};
 
 /// The schema migrations, in order; the schema version is how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -105,7 +110,24 @@ CREATE TABLE instances (
 );
 "#,
     FINGERPRINTS,
+    USAGE,
 ];
+
+/// The migration that adds key usage, summed over instances. Idempotent,
+/// like a re-run after a schema version was set back by hand.
+const USAGE: &str = r#"
+CREATE TABLE IF NOT EXISTS key_usage (
+    key_id bytea NOT NULL,
+    minute bigint NOT NULL,
+    count bigint NOT NULL,
+    PRIMARY KEY (key_id, minute)
+);
+CREATE INDEX IF NOT EXISTS key_usage_by_minute ON key_usage (minute);
+CREATE TABLE IF NOT EXISTS key_last_use (
+    key_id bytea PRIMARY KEY,
+    at_ms bigint NOT NULL
+);
+"#;
 
 /// The channel every key change is announced on, with its version.
 const CHANNEL: &str = "signet_keys";
@@ -319,9 +341,10 @@ impl PgStore {
             polling: Arc::new(AtomicBool::new(settings.poll)),
             set_local,
         };
-        let opened = match create {
-            true => store.migrate().await,
-            false => store.check_existing().await,
+        let opened = match store.check_seal().await {
+            Ok(()) if create => store.migrate().await,
+            Ok(()) => store.check_existing().await,
+            Err(e) => Err(e),
         };
         opened.map_err(|e| match e {
             StoreError::Io(source) | StoreError::Open { source, .. } => StoreError::Open {
@@ -561,6 +584,39 @@ impl PgStore {
         Ok(())
     }
 
+    /// Refuses a database whose records the seal key does not open (see
+    /// `store::check_seal`); one without tables yet passes.
+    async fn check_seal(&self) -> Result<(), StoreError> {
+        on_conn!(self, &self.pool, |client| {
+            let exists: bool = client
+                .query_typed_one(
+                    "SELECT to_regclass('keys') IS NOT NULL AND to_regclass('tombstones') IS NOT NULL",
+                    &[],
+                )
+                .await
+                .map_err(db)?
+                .get(0);
+            if !exists {
+                return Ok(());
+            }
+            let limit = crate::store::SEAL_SAMPLE as i64;
+            let rows = client
+                .query_typed(
+                    "(SELECT id, record FROM keys ORDER BY id LIMIT $1)
+                     UNION ALL (SELECT id, record FROM tombstones ORDER BY id LIMIT $1)",
+                    &[(&limit, Type::INT8)],
+                )
+                .await
+                .map_err(db)?;
+            let sample = rows
+                .iter()
+                .map(|row| Ok((key_id(row.get(0))?, row.get::<_, Vec<u8>>(1))))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            crate::store::check_seal(&self.sealer, &self.location, &sample)
+        })
+        .await
+    }
+
     /// Refuses a database without signet's tables, or with newer ones.
     async fn check_existing(&self) -> Result<(), StoreError> {
         on_conn!(self, &self.pool, |client| {
@@ -599,6 +655,140 @@ impl PgStore {
             )));
         }
         Ok(())
+    }
+
+    /// Adds this instance's usage counts (one row per key and minute) and
+    /// last uses, in one transaction; with `prune`, also drops rows older
+    /// than a day and those of deleted keys.
+    pub async fn flush_usage(
+        &self,
+        deltas: &[UsageDelta],
+        now_ms: u64,
+        prune: bool,
+    ) -> Result<(), StoreError> {
+        let mut counts: std::collections::BTreeMap<(KeyId, u64), u64> = Default::default();
+        let mut last: std::collections::BTreeMap<KeyId, u64> = Default::default();
+        for d in deltas {
+            *counts.entry((d.key_id, d.minute)).or_default() += d.count;
+            let at = last.entry(d.key_id).or_default();
+            *at = (*at).max(d.last_verified_ms);
+        }
+        let ids: Vec<Vec<u8>> = counts.keys().map(|(k, _)| k.to_bytes().to_vec()).collect();
+        let minutes: Vec<i64> = counts.keys().map(|(_, m)| *m as i64).collect();
+        let values: Vec<i64> = counts.values().map(|c| *c as i64).collect();
+        let last_ids: Vec<Vec<u8>> = last.keys().map(|k| k.to_bytes().to_vec()).collect();
+        let last_at: Vec<i64> = last.values().map(|at| *at as i64).collect();
+        on_conn!(self, &self.pool, |client| {
+            let tx = self.begin(client).await?;
+            if !ids.is_empty() {
+                tx.query_typed(
+                    "INSERT INTO key_usage (key_id, minute, count)
+                     SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])
+                     ON CONFLICT (key_id, minute) DO UPDATE SET count = key_usage.count + excluded.count",
+                    &[
+                        (&ids, Type::BYTEA_ARRAY),
+                        (&minutes, Type::INT8_ARRAY),
+                        (&values, Type::INT8_ARRAY),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+                tx.query_typed(
+                    "INSERT INTO key_last_use (key_id, at_ms)
+                     SELECT * FROM unnest($1::bytea[], $2::bigint[])
+                     ON CONFLICT (key_id) DO UPDATE SET at_ms = greatest(key_last_use.at_ms, excluded.at_ms)",
+                    &[(&last_ids, Type::BYTEA_ARRAY), (&last_at, Type::INT8_ARRAY)],
+                )
+                .await
+                .map_err(db)?;
+            }
+            if prune {
+                let cutoff = now_ms.saturating_sub(24 * 3_600_000) as i64;
+                tx.query_typed(
+                    "DELETE FROM key_usage WHERE minute < $1",
+                    &[(&cutoff, Type::INT8)],
+                )
+                .await
+                .map_err(db)?;
+                tx.batch_execute(
+                    "DELETE FROM key_usage u WHERE NOT EXISTS (SELECT 1 FROM keys k WHERE k.id = u.key_id);
+                     DELETE FROM key_last_use u WHERE NOT EXISTS (SELECT 1 FROM keys k WHERE k.id = u.key_id);",
+                )
+                .await
+                .map_err(db)?;
+            }
+            tx.commit().await.map_err(db)
+        })
+        .await
+    }
+
+    /// The usage every instance has flushed for `ids`, as of `now_ms`.
+    pub async fn usage_of(
+        &self,
+        ids: &[KeyId],
+        now_ms: u64,
+    ) -> Result<std::collections::HashMap<KeyId, KeyUsage>, StoreError> {
+        let raw: Vec<Vec<u8>> = ids.iter().map(|k| k.to_bytes().to_vec()).collect();
+        let hour_ago = now_ms.saturating_sub(3_600_000) as i64;
+        let day_ago = now_ms.saturating_sub(24 * 3_600_000) as i64;
+        on_conn!(self, &self.pool, |client| {
+            let rows = client
+                .query_typed(
+                    "SELECT key_id,
+                            coalesce(sum(count) FILTER (WHERE minute > $2), 0)::bigint,
+                            coalesce(sum(count) FILTER (WHERE minute > $3), 0)::bigint
+                     FROM key_usage WHERE key_id = ANY($1) GROUP BY key_id",
+                    &[
+                        (&raw, Type::BYTEA_ARRAY),
+                        (&hour_ago, Type::INT8),
+                        (&day_ago, Type::INT8),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            let mut out = std::collections::HashMap::new();
+            for row in rows {
+                let usage: &mut KeyUsage = out.entry(key_id(row.get(0))?).or_default();
+                usage.last_hour = row.get::<_, i64>(1).max(0) as u64;
+                usage.last_day = row.get::<_, i64>(2).max(0) as u64;
+            }
+            let rows = client
+                .query_typed(
+                    "SELECT key_id, at_ms FROM key_last_use WHERE key_id = ANY($1)",
+                    &[(&raw, Type::BYTEA_ARRAY)],
+                )
+                .await
+                .map_err(db)?;
+            for row in rows {
+                let usage: &mut KeyUsage = out.entry(key_id(row.get(0))?).or_default();
+                usage.last_verified_ms = Some(row.get::<_, i64>(1).max(0) as u64);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Walks one organisation's audit chain: the number of events checked,
+    /// or its first broken link.
+    pub async fn verify_org_audit(
+        &self,
+        org: &OrgId,
+    ) -> Result<Result<usize, BrokenLink>, StoreError> {
+        on_conn!(self, &self.pool, |client| {
+            let rows = client
+                .query_typed(
+                    "SELECT id, event FROM audit WHERE org = $1 ORDER BY id",
+                    &[(&org.as_str(), Type::TEXT)],
+                )
+                .await
+                .map_err(db)?;
+            let mut chain = Vec::with_capacity(rows.len());
+            for row in &rows {
+                chain.push((key_id(row.get(0))?.to_string(), row.get::<_, &[u8]>(1)));
+            }
+            Ok(audit::check_chain(org.as_str(), chain))
+        })
+        .await
     }
 
     fn next_id(&self) -> ulid::Ulid {

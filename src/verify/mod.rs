@@ -20,6 +20,10 @@
 //! forgetting a key ends its cached verdicts too. A hit looks the entry up
 //! only when some key was forgotten since the verdict was last found live:
 //! [`Verifier::forget`] counts every forget after the key cache let go.
+//!
+//! Every accepted verification, cached or not, adds one to its key's
+//! usage counter (`crate::usage`), held by the key-cache fill and by each
+//! remembered verdict: one relaxed atomic add.
 
 mod jwk_set;
 mod policy;
@@ -35,6 +39,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
 
 use crate::keys::{Algorithm, KeyId, OrgId};
+use crate::usage::{Counter as UseCounter, Usage};
 
 pub use jwk_set::{JwkSetError, JwkSetSource};
 pub use token::{decode_object, ClaimRules};
@@ -269,6 +274,8 @@ struct CachedKey {
     /// Checked at every verification, so an expiry takes effect at its
     /// second whatever else is late.
     expires_at: Option<u64>,
+    /// This key's usage counter.
+    uses: Arc<UseCounter>,
 }
 
 /// Cache counters, registered by `metrics`.
@@ -283,6 +290,8 @@ pub struct CacheStats {
     pub token_hits: Counter,
     /// Token-cache lookups that found nothing usable.
     pub token_misses: Counter,
+    /// Verifications accepted (added once a second from the key usage).
+    pub accepted: Counter,
 }
 
 pub struct Verifier {
@@ -297,6 +306,8 @@ pub struct Verifier {
     /// Keys forgotten (or evicted) so far: a remembered token whose fill
     /// was confirmed at the current count needs no key-cache lookup.
     forgets: Arc<AtomicU64>,
+    /// Accepted verifications per key.
+    usage: Arc<Usage>,
 }
 
 impl Verifier {
@@ -323,6 +334,7 @@ impl Verifier {
                 })
                 .build(),
             fill: Mutex::new(()),
+            usage: Arc::new(Usage::new(stats.accepted.clone())),
             stats,
             tokens: token_cache::TokenCache::new(token_cache::Bounds {
                 entries: policy.token_cache_entries,
@@ -331,6 +343,11 @@ impl Verifier {
             generations: AtomicU64::new(0),
             forgets,
         }
+    }
+
+    /// The per-key counts of accepted verifications.
+    pub fn usage(&self) -> &Arc<Usage> {
+        &self.usage
     }
 
     pub fn policy(&self) -> Policy {
@@ -356,11 +373,17 @@ impl Verifier {
         // A source that cannot vouch for revocations gives no verdict, from
         // the cache of verdicts either.
         self.source.vouch().map_err(VerifyError::Unavailable)?;
+        let uncached = |token| {
+            self.verify_uncached(token, expect, now).map(|(v, key)| {
+                key.uses.hit();
+                v
+            })
+        };
         let Some(tokens) = &self.tokens else {
-            return self.verify_uncached(token, expect, now).map(|(v, _)| v);
+            return uncached(token);
         };
         if token.len() > self.policy.max_token_bytes {
-            return self.verify_uncached(token, expect, now).map(|(v, _)| v);
+            return uncached(token);
         }
         if let Some(hit) = tokens.get(token) {
             // Live means: the key cache holds the very fill that checked
@@ -383,6 +406,7 @@ impl Verifier {
             if live && hit.key_expires_at.is_none_or(|at| now < at) {
                 self.stats.token_hits.inc();
                 self.check(&hit.claims, hit.org.as_ref(), expect, now)?;
+                hit.uses().hit();
                 return Ok(Verified {
                     key_id: hit.kid,
                     org: hit.org.clone(),
@@ -394,16 +418,20 @@ impl Verifier {
         }
         self.stats.token_misses.inc();
         let (verified, key) = self.verify_uncached(token, expect, now)?;
+        key.uses.hit();
         tokens.insert(
             token,
-            Arc::new(token_cache::Verdict::new(
-                verified.key_id,
-                key.generation,
-                key.expires_at,
-                verified.org.clone(),
-                verified.header.clone(),
-                verified.claims.clone(),
-            )),
+            Arc::new(
+                token_cache::Verdict::new(
+                    verified.key_id,
+                    key.generation,
+                    key.expires_at,
+                    verified.org.clone(),
+                    verified.header.clone(),
+                    verified.claims.clone(),
+                )
+                .counting(key.uses.clone()),
+            ),
         );
         Ok(verified)
     }
@@ -521,6 +549,7 @@ impl Verifier {
             key,
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
             expires_at: self.source.expires_at(id),
+            uses: self.usage.counter(id),
         });
         self.cache.insert(id, key.clone());
         Ok(key)

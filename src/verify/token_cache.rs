@@ -72,6 +72,8 @@ pub struct Verdict {
     /// cache (`NEVER` before that): while no key has been forgotten since,
     /// the fill is still there and a hit need not look it up.
     confirmed: AtomicU64,
+    /// The key's usage counter, which a hit adds to.
+    uses: Arc<crate::usage::Counter>,
 }
 
 /// A forget count no verifier reaches.
@@ -94,7 +96,19 @@ impl Verdict {
             header,
             claims,
             confirmed: AtomicU64::new(NEVER),
+            uses: Arc::default(),
         }
+    }
+
+    /// The same verdict, counting its hits into `uses`.
+    pub fn counting(mut self, uses: Arc<crate::usage::Counter>) -> Verdict {
+        self.uses = uses;
+        self
+    }
+
+    /// The key's usage counter.
+    pub fn uses(&self) -> &crate::usage::Counter {
+        &self.uses
     }
 
     /// Whether the fill was seen in the key cache at forget count `forgets`.

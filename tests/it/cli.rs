@@ -87,6 +87,9 @@ fn newer_schema_is_refused() {
             .unwrap();
         db.flush().unwrap();
     }
+    // Its seal key, without which the data dir is refused first.
+    let key = signet::seal::random_key();
+    signet::seal::write_key_file(&signet::seal::key_path(dir.path()), &key).unwrap();
     let o = signet(
         &["keys", "list", "--data-dir", dir.path().to_str().unwrap()],
         &[],
@@ -279,4 +282,180 @@ async fn cli_against_a_running_server() {
         "an unreachable server is 'could not check'"
     );
     let _ = token;
+}
+
+/// `keys list` of `data` as JSON.
+fn listed(data: &str) -> Vec<Value> {
+    let o = signet(&["keys", "list", "--data-dir", data], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["keys"].as_array().unwrap().clone()
+}
+
+#[test]
+fn create_with_a_bad_out_path_makes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let taken = dir.path().join("existing.pem");
+    std::fs::write(&taken, "someone else's file").unwrap();
+    let quota_one = [("ORGKEYS_MAX", "1")];
+    let create = |out: &str| {
+        signet(
+            &[
+                "keys",
+                "create",
+                "--data-dir",
+                data,
+                "--org",
+                "acme",
+                "--name",
+                "n",
+                "--algorithm",
+                "ES256",
+                "--out",
+                out,
+            ],
+            &quota_one,
+        )
+    };
+    // The data dir must exist for `list` to have something to read.
+    let first = dir.path().join("first.pem");
+    let o = create(first.to_str().unwrap());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let kid = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let o = signet(
+        &["keys", "delete", "--data-dir", data, "--org", "acme", &kid],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    let o = create(taken.to_str().unwrap());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("already exists") && e.contains("existing.pem"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&taken).unwrap(),
+        "someone else's file",
+        "never overwritten"
+    );
+    assert!(listed(data).is_empty(), "no key was made");
+
+    let nodir = dir.path().join("nodir").join("k.pem");
+    let o = create(nodir.to_str().unwrap());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("does not exist") && e.contains("nodir"), "{e}");
+    assert!(
+        !e.contains("exists"),
+        "a missing directory never 'exists': {e}"
+    );
+    assert!(listed(data).is_empty(), "no key was made");
+
+    // With a quota of one, a create now succeeds: no slot was used.
+    let good = dir.path().join("good.pem");
+    let o = create(good.to_str().unwrap());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(listed(data).len(), 1);
+    assert!(std::fs::read_to_string(&good)
+        .unwrap()
+        .starts_with("-----BEGIN PRIVATE KEY-----"));
+
+    // A create refused by the quota leaves no empty file behind.
+    let refused = dir.path().join("refused.pem");
+    let o = create(refused.to_str().unwrap());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!refused.exists(), "the claimed file is removed again");
+}
+
+#[test]
+fn rotate_with_a_bad_out_path_retires_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let o = signet(
+        &[
+            "keys",
+            "create",
+            "--data-dir",
+            data,
+            "--org",
+            "acme",
+            "--name",
+            "n",
+            "--algorithm",
+            "EdDSA",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let kid = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let taken = dir.path().join("taken.pem");
+    std::fs::write(&taken, "x").unwrap();
+    let nodir = dir.path().join("nodir").join("r.pem");
+    for (out, says) in [
+        (nodir.to_str().unwrap(), "does not exist"),
+        (taken.to_str().unwrap(), "already exists"),
+    ] {
+        let o = signet(
+            &[
+                "keys",
+                "rotate",
+                "--data-dir",
+                data,
+                "--org",
+                "acme",
+                &kid,
+                "--grace-seconds",
+                "0",
+                "--out",
+                out,
+            ],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+        let keys = listed(data);
+        assert_eq!(keys.len(), 1, "no successor was made: {keys:?}");
+        assert_eq!(keys[0]["id"], kid.as_str());
+        assert_eq!(keys[0]["state"], "active", "the old key is not retired");
+        assert_eq!(keys[0]["expiresAt"], Value::Null);
+    }
+    assert_eq!(std::fs::read_to_string(&taken).unwrap(), "x");
+
+    let out = dir.path().join("r.pem");
+    let o = signet(
+        &[
+            "keys",
+            "rotate",
+            "--data-dir",
+            data,
+            "--org",
+            "acme",
+            &kid,
+            "--grace-seconds",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let successor: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(successor.get("privateKey").is_none());
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .starts_with("-----BEGIN PRIVATE KEY-----"));
+    let keys = listed(data);
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0]["state"], "expired");
 }

@@ -27,6 +27,13 @@ async fn a_locked_database_suggests_only_flags_the_command_has() {
     let app = spawn_app().await;
     let dir = app.dir.path().to_str().unwrap().to_owned();
     tokio::task::spawn_blocking(move || {
+        fails_with(
+            &["audit", "verify", "--data-dir", &dir],
+            &[],
+            &["locked", "stop it"],
+            &["--server"],
+        );
+        // `keys` has --server too, to manage the keys through the server.
         for args in [
             &["keys", "list", "--data-dir", &dir][..],
             &[
@@ -38,9 +45,8 @@ async fn a_locked_database_suggests_only_flags_the_command_has() {
                 "acme",
                 "01J00000000000000000000000",
             ],
-            &["audit", "verify", "--data-dir", &dir],
         ] {
-            fails_with(args, &[], &["locked", "stop it"], &["--server"]);
+            fails_with(args, &[], &["locked", "stop it", "--server"], &[]);
         }
         // `verify` does have --server, and is told to use it.
         fails_with(

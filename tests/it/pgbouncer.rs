@@ -1,6 +1,6 @@
 //! signet behind a real PgBouncer in transaction mode, with
 //! `server_round_robin = 1` so that transactions land on different server
-//! connections (docs/postgres.md, "Partitions and poolers"): three instances polling keep every
+//! connections: three instances polling keep every
 //! revocation, fence while PgBouncer is paused or killed and recover; an
 //! instance left at `notify = "listen"` falls back to polling, or (when
 //! PgBouncer refuses startup options) exits naming the cause.

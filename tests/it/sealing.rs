@@ -1,5 +1,7 @@
 //! Sealed key records: a record written into the database without the
-//! seal key, or moved, is treated as absent; rotation keeps every record.
+//! seal key, or moved, is treated as absent; rotation keeps every record;
+//! a seal key that opens none of the records is an error for every command
+//! and for `serve`, and a lost seal key is never replaced by a new one.
 
 use std::path::Path;
 
@@ -8,6 +10,8 @@ use signet::keys::{KeyId, KeyName, KeySpec, OrgId, PublicKeyRecord};
 use signet::seal::Sealer;
 use signet::store::sled::SledStore as Store;
 
+use crate::backends::storage_args;
+use crate::cli::{signet, stderr};
 use crate::support::*;
 
 fn open(dir: &Path) -> Store {
@@ -147,10 +151,15 @@ async fn seal_rotation_reseals_every_record() {
         for (i, b) in old.iter_mut().enumerate() {
             *b = u8::from_str_radix(&old_key[2 * i..2 * i + 2], 16).unwrap();
         }
-        let with_old = Store::open(dir.path(), Sealer::from_keys(&[old])).unwrap();
+        let with_old = Store::open(dir.path(), Sealer::from_keys(&[old]));
         assert!(
-            with_old.all_keys().unwrap().is_empty(),
-            "the old key opens nothing any more"
+            matches!(
+                with_old,
+                Err(signet::store::StoreError::Seal(
+                    signet::seal::SealError::WrongKey { .. }
+                ))
+            ),
+            "the old key opens nothing any more, so the store is refused"
         );
     }
     let app = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
@@ -163,4 +172,177 @@ async fn seal_rotation_reseals_every_record() {
     app.get(&format!("/v1/keys/{}", b["id"].as_str().unwrap()))
         .await
         .assert_error(404, "not_found");
+}
+
+/// The names in `dir`, but for sled's snapshots, which its every open
+/// may write.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("snap."))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A data dir (or database) holding one key, with the server stopped.
+async fn stopped_with_a_key() -> tempfile::TempDir {
+    let app = spawn_app().await;
+    app.create_key("acme", json!({"name": "kept"})).await;
+    app.stop().await
+}
+
+/// Runs `signet serve` on `dir` (or on `storage`, `--config FILE` on
+/// PostgreSQL) with `env`; it must exit
+/// within 20 s. Returns its exit code and stderr.
+fn serve_exits(dir: &Path, storage: &[String], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signet"));
+    cmd.arg("serve").args(storage);
+    cmd.env("SIGNET_DATA_DIR", dir)
+        .env("SIGNET_LISTEN", "127.0.0.1:0")
+        .env("SIGNET_ADMIN_TOKEN", ADMIN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "serve kept running with a seal key that opens nothing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_seal_key_is_an_error_and_no_new_key_is_made() {
+    let dir = stopped_with_a_key().await;
+    let key_file = dir.path().join("seal.key");
+    std::fs::remove_file(&key_file).unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let named = key_file.to_str().unwrap().to_owned();
+    tokio::task::spawn_blocking(move || {
+        for args in [
+            &["keys", "list", "--data-dir", &data][..],
+            &[
+                "keys",
+                "create",
+                "--data-dir",
+                &data,
+                "--org",
+                "acme",
+                "--name",
+                "n",
+            ],
+            &["audit", "verify", "--data-dir", &data],
+        ] {
+            let o = signet(args, &[]);
+            let e = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+            assert!(e.contains(&named) && e.contains("missing"), "{args:?}: {e}");
+            assert!(o.stdout.is_empty(), "{args:?}: printed something");
+        }
+        let (code, e) = serve_exits(Path::new(&data), &[], &[]);
+        assert_eq!(code, Some(2), "{e}");
+        assert!(e.contains(&named), "{e}");
+        assert!(!Path::new(&named).exists(), "a new seal key was written");
+    })
+    .await
+    .unwrap();
+}
+
+/// A wrong `SIGNET_SEAL_KEY` opens none of the records: `keys list` and
+/// `serve` exit 2 naming the variable, on sled and on PostgreSQL.
+async fn a_wrong_seal_key_is_an_error() {
+    let dir = stopped_with_a_key().await;
+    let path = dir.path().to_owned();
+    // The backend is known in this task only.
+    let storage = storage_args(&path);
+    let serve_storage = match crate::backends::current() {
+        signet::config::Backend::Postgres => storage.clone(),
+        signet::config::Backend::Sled => Vec::new(),
+    };
+    tokio::task::spawn_blocking(move || {
+        let wrong = "ab".repeat(32);
+        let env = [("SIGNET_SEAL_KEY", wrong.as_str())];
+        let mut args = vec!["keys".to_owned(), "list".to_owned()];
+        args.extend(storage);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let before = names(&path);
+        let o = signet(&args, &env);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(
+            e.contains("SIGNET_SEAL_KEY") && e.contains("do not open"),
+            "{e}"
+        );
+        assert!(
+            o.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        let (code, e) = serve_exits(&path, &serve_storage, &env);
+        assert_eq!(code, Some(2), "{e}");
+        assert!(e.contains("SIGNET_SEAL_KEY"), "{e}");
+        assert!(
+            !e.contains("ignoring a stored key record"),
+            "one error, not one per record: {e}"
+        );
+        assert_eq!(names(&path), before, "nothing was created");
+        // The right key still opens everything.
+        let o = signet(&args, &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("kept"));
+    })
+    .await
+    .unwrap();
+}
+
+on_both_backends!(a_wrong_seal_key_is_an_error);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_readable_seal_key_is_warned_about_once() {
+    let dir = stopped_with_a_key().await;
+    let key_file = dir.path().join("seal.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let server = BinServer::start(dir.path(), &[], "info", true);
+    server.wait_ready().await;
+    server.terminate();
+    let out = server.child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("readable by group or others"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains(key_file.to_str().unwrap()), "{log}");
+    // A private key file is not warned about.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let server = BinServer::start(dir.path(), &[], "info", true);
+    server.wait_ready().await;
+    server.terminate();
+    let out = server.child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("readable by group or others"), "{log}");
 }

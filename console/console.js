@@ -1,0 +1,452 @@
+// The signet web console. The token lives in this module's memory only
+// (never in web storage, a cookie or a URL); the private key of a create
+// or rotation is shown once, in a dialog, and dropped when it closes.
+
+import { Api, busy, instanceStatus } from "/console/api.js";
+import { claimsOf, el, save, when } from "/console/view.js";
+
+const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+
+let api = null;
+// Whether the operator signed in (only they may open a new organisation).
+let operator = false;
+const $ = (id) => document.getElementById(id);
+
+function showError(message) {
+  $("error").textContent = message || "";
+}
+
+async function attempt(action) {
+  showError("");
+  try {
+    return await action();
+  } catch (e) {
+    showError(e.message || String(e));
+    return undefined;
+  }
+}
+
+// ---- sign-in ----
+
+$("sign-in-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const input = $("token");
+  const token = input.value.trim();
+  input.value = "";
+  if (!token) return;
+  const candidate = new Api(token);
+  showError("");
+  try {
+    await candidate.organisations();
+  } catch (e) {
+    showError(e.message);
+    return;
+  }
+  api = candidate;
+  const claims = claimsOf(token);
+  operator = !(claims && claims.org);
+  $("who").textContent =
+    claims && claims.org
+      ? `Signed in with an organisation token: organisation ${claims.org}, role ${claims.role ?? "?"}`
+      : "Signed in with the operator token";
+  $("sign-in").hidden = true;
+  $("app").hidden = false;
+  $("sign-out").hidden = false;
+  await refresh();
+  $("sign-out").focus();
+});
+
+$("sign-out").addEventListener("click", () => {
+  api = null;
+  operator = false;
+  $("orgs").replaceChildren();
+  $("who").textContent = "";
+  $("app").hidden = true;
+  $("sign-out").hidden = true;
+  $("sign-in").hidden = false;
+  showError("");
+  $("token").focus();
+});
+
+// ---- dialogs ----
+
+// Asks in the in-page dialog; resolves true on Confirm. `extra` holds
+// form fields the caller reads before the dialog closes.
+function confirmDialog({ title, text, key, extra }) {
+  const dialog = $("confirm");
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  const usage = $("confirm-usage");
+  usage.replaceChildren();
+  if (key) {
+    usage.append(
+      el("dt", { text: "Verified in the last hour" }),
+      el("dd", { text: String(key.usage?.verifiedLastHour ?? 0) }),
+      el("dt", { text: "Last verified" }),
+      el("dd", {}, when(key.usage?.lastVerifiedAt)),
+    );
+  }
+  $("confirm-extra").replaceChildren(...(extra || []));
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "confirm"), { once: true });
+  });
+}
+
+function showSecret(created) {
+  const dialog = $("secret");
+  $("secret-id").textContent = `Key ${created.id} (${created.algorithm}) of organisation ${created.organisationId}.`;
+  $("secret-pem").value = created.privateKey;
+  const download = () => save(`${created.id}.pem`, created.privateKey);
+  $("secret-download").onclick = download;
+  $("secret-close").onclick = () => dialog.close();
+  dialog.addEventListener(
+    "close",
+    () => {
+      $("secret-pem").value = "";
+      $("secret-download").onclick = null;
+    },
+    { once: true },
+  );
+  dialog.showModal();
+  $("secret-download").focus();
+}
+
+// ---- the page ----
+
+async function refresh() {
+  return busy(render);
+}
+
+async function render() {
+  if (!api) return;
+  renderStatus();
+  const listed = await attempt(() => api.organisations());
+  if (!listed) return;
+  const orgs = $("orgs");
+  const sections = await Promise.all(listed.organisations.map((o) => orgSection(o.id)));
+  orgs.replaceChildren(...sections);
+  if (listed.organisations.length === 0) {
+    orgs.append(el("p", { text: "No organisation has keys yet." }));
+  }
+  if (operator) {
+    orgs.append(newOrgForm());
+  }
+}
+
+function newOrgForm() {
+  const input = el("input", { id: "new-org", name: "org", required: true, pattern: "[A-Za-z0-9._\\-]{1,64}" });
+  const form = el(
+    "form",
+    { class: "inline", "aria-label": "New organisation" },
+    el("label", { for: "new-org", text: "Organisation" }),
+    input,
+    el("button", { type: "submit", text: "Open" }),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const section = await orgSection(input.value.trim());
+    $("orgs").prepend(section);
+  });
+  return form;
+}
+
+async function renderStatus() {
+  const s = await instanceStatus();
+  const parts = [s.ready ? "This instance is ready." : "This instance is not ready (its database is not usable)."];
+  if (s.freshAge !== null && s.live !== null && s.live > 0) {
+    parts.push(`Fresh as of ${s.freshAge.toFixed(1)} s ago; ${s.live} live instance(s) share the database.`);
+  } else {
+    parts.push("Single instance: nothing to follow.");
+  }
+  $("status-text").textContent = parts.join(" ");
+}
+
+async function orgSection(org) {
+  const slug = org.replace(/[^A-Za-z0-9_-]/g, "_");
+  const section = el("section", { class: "org", "aria-labelledby": `org-${slug}`, "data-org": org });
+  const body = el("div");
+  section.append(el("h2", { id: `org-${slug}` }, "Organisation ", el("code", { text: org })), body);
+  await fillOrg(org, slug, body);
+  return section;
+}
+
+async function fillOrg(org, slug, body) {
+  const reload = () => fillOrg(org, slug, body);
+  const listed = await attempt(() => api.keys(org));
+  const keys = listed ? listed.keys : [];
+  body.replaceChildren(
+    keyTable(org, slug, keys, reload),
+    el("div", { class: "forms" }, createForm(org, slug, reload), uploadForm(org, slug, reload)),
+    await jwksBlock(org),
+    await auditBlock(org),
+  );
+}
+
+function keyTable(org, slug, keys, reload) {
+  const head = ["Name", "ID", "Algorithm", "State", "Created", "Expires", "Origin", "Usage", "Actions"];
+  // Explicit roles: the narrow layout shows rows as cards (CSS display),
+  // which must not cost the table its meaning to assistive technology.
+  const table = el(
+    "table",
+    { class: "keys", role: "table" },
+    el("caption", { text: `Keys of organisation ${org} (${keys.length})` }),
+    el(
+      "thead",
+      { role: "rowgroup" },
+      el("tr", { role: "row" }, head.map((h) => el("th", { scope: "col", role: "columnheader", text: h }))),
+    ),
+  );
+  const tbody = el("tbody", { role: "rowgroup" });
+  if (keys.length === 0) {
+    tbody.append(el("tr", { role: "row" }, el("td", { role: "cell", colspan: head.length, text: "No keys." })));
+  }
+  for (const key of keys) {
+    tbody.append(keyRow(org, key, reload));
+  }
+  table.append(tbody);
+  return el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": `Keys of ${org}` }, table);
+}
+
+function keyRow(org, key, reload) {
+  const u = key.usage || {};
+  const usage = el(
+    "span",
+    {},
+    `${u.verifiedLastHour ?? 0} in the last hour, ${u.verifiedLastDay ?? 0} in the last day; last `,
+    when(u.lastVerifiedAt),
+  );
+  const act = (label, fn) =>
+    el("button", { type: "button", text: label, "aria-label": `${label} key ${key.name} (${key.id})`, onclick: fn });
+  const actions = el("div", { class: "actions" });
+  actions.append(act("Rename", () => rename(org, key, reload)));
+  if (key.state === "disabled") actions.append(act("Enable", () => enable(org, key, reload)));
+  if (key.state === "active") actions.append(act("Disable", () => disable(org, key, reload)));
+  if (key.origin === "generated") actions.append(act("Rotate", () => rotate(org, key, reload)));
+  actions.append(act("Delete", () => remove(org, key, reload)));
+  const cell = (label, attrs, ...children) => el("td", { role: "cell", "data-label": label, ...attrs }, ...children);
+  return el(
+    "tr",
+    { "data-key": key.id, role: "row" },
+    cell("Name", { class: "name-cell", text: key.name }),
+    cell("ID", {}, el("code", { text: key.id })),
+    cell("Algorithm", { text: key.bits ? `${key.algorithm} (${key.bits} bits)` : key.algorithm }),
+    cell("State", { class: `state-${key.state}`, text: key.state }),
+    cell("Created", {}, when(key.createdAt)),
+    cell("Expires", {}, key.expiresAt ? when(key.expiresAt) : el("span", { class: "muted", text: "does not expire" })),
+    cell("Origin", { text: key.origin }),
+    cell("Usage", { class: "usage-cell" }, usage),
+    cell("Actions", {}, actions),
+  );
+}
+
+// ---- actions ----
+
+// The key as the server lists it now, for up-to-date usage in a dialog.
+async function fresh(org, key) {
+  const listed = await api.keys(org).catch(() => null);
+  return (listed && listed.keys.find((k) => k.id === key.id)) || key;
+}
+
+async function rename(org, key, reload) {
+  const input = el("input", { id: "rename-name", value: key.name, required: true, maxlength: "128" });
+  const ok = await confirmDialog({
+    title: `Rename key ${key.name}`,
+    text: `Key ${key.id} of organisation ${org}.`,
+    extra: [el("label", { for: "rename-name", text: "New name" }), input],
+  });
+  if (!ok) return;
+  if ((await attempt(() => api.patch(org, key.id, { name: input.value }))) !== undefined) await reload();
+}
+
+async function enable(org, key, reload) {
+  if ((await attempt(() => api.patch(org, key.id, { state: "active" }))) !== undefined) await reload();
+}
+
+async function disable(org, key, reload) {
+  key = await fresh(org, key);
+  const ok = await confirmDialog({
+    title: `Disable key ${key.name}?`,
+    text: `Tokens signed by key ${key.id} will be refused at once, and the key leaves the JWK Sets. You can enable it again.`,
+    key,
+  });
+  if (!ok) return;
+  if ((await attempt(() => api.patch(org, key.id, { state: "disabled" }))) !== undefined) await reload();
+}
+
+async function remove(org, key, reload) {
+  key = await fresh(org, key);
+  const ok = await confirmDialog({
+    title: `Delete key ${key.name}?`,
+    text: `Key ${key.id} will be deleted for good: tokens it signed stop verifying at once. This cannot be undone.`,
+    key,
+  });
+  if (!ok) return;
+  if ((await attempt(() => api.remove(org, key.id))) !== undefined) await reload();
+}
+
+async function rotate(org, key, reload) {
+  key = await fresh(org, key);
+  const grace = el("input", { id: "rotate-grace", type: "number", min: "0", value: "86400", required: true });
+  const ok = await confirmDialog({
+    title: `Rotate key ${key.name}?`,
+    text: `A new key of the same type replaces key ${key.id}, which keeps verifying for the grace period, then expires.`,
+    key,
+    extra: [el("label", { for: "rotate-grace", text: "Grace period (seconds)" }), grace],
+  });
+  if (!ok) return;
+  const created = await attempt(() => api.rotate(org, key.id, Number(grace.value)));
+  if (created) {
+    showSecret(created);
+    await reload();
+  }
+}
+
+function createForm(org, slug, reload) {
+  const id = (n) => `${n}-${slug}`;
+  const name = el("input", { id: id("create-name"), name: "name", required: true, maxlength: "128" });
+  const algorithm = el(
+    "select",
+    { id: id("create-algorithm"), name: "algorithm" },
+    ALGORITHMS.map((a) => el("option", { value: a, text: a })),
+  );
+  const bits = el(
+    "select",
+    { id: id("create-bits"), name: "bits" },
+    ["2048", "3072", "4096"].map((b) => el("option", { value: b, text: b })),
+  );
+  const expires = el("input", { id: id("create-expires"), name: "expires", type: "datetime-local" });
+  algorithm.addEventListener("change", () => {
+    bits.disabled = !/^(RS|PS)/.test(algorithm.value);
+  });
+  const form = el(
+    "form",
+    { class: "stack card", "aria-label": `Create a key in ${org}` },
+    el("h3", { text: "Create a key" }),
+    el("label", { for: id("create-name"), text: "Name" }),
+    name,
+    el("label", { for: id("create-algorithm"), text: "Algorithm" }),
+    algorithm,
+    el("label", { for: id("create-bits"), text: "Bits (RSA only)" }),
+    bits,
+    el("label", { for: id("create-expires"), text: "Expires (local time; empty: never)" }),
+    expires,
+    el("button", { type: "submit", text: "Create key" }),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { name: name.value, algorithm: algorithm.value };
+    if (!bits.disabled) body.bits = Number(bits.value);
+    if (expires.value) body.expiresAt = new Date(expires.value).toISOString().replace(/\.\d{3}Z$/, "Z");
+    const created = await attempt(() => api.create(org, body));
+    if (created) {
+      showSecret(created);
+      await reload();
+    }
+  });
+  return form;
+}
+
+function uploadForm(org, slug, reload) {
+  const id = (n) => `${n}-${slug}`;
+  const name = el("input", { id: id("upload-name"), name: "name", required: true, maxlength: "128" });
+  const text = el("textarea", { id: id("upload-key"), name: "key", rows: "5", spellcheck: "false" });
+  const file = el("input", { id: id("upload-file"), type: "file", accept: ".pem,.json,.jwk,.txt" });
+  file.addEventListener("change", async () => {
+    if (file.files[0]) text.value = await file.files[0].text();
+  });
+  const form = el(
+    "form",
+    { class: "stack card", "aria-label": `Upload a public key to ${org}` },
+    el("h3", { text: "Upload a public key" }),
+    el("label", { for: id("upload-name"), text: "Name" }),
+    name,
+    el("label", { for: id("upload-key"), text: "Public key (SPKI PEM or JWK)" }),
+    text,
+    el("label", { for: id("upload-file"), text: "Or read it from a file" }),
+    file,
+    el("button", { type: "submit", text: "Upload key" }),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const raw = text.value.trim();
+    const body = { name: name.value };
+    if (raw.startsWith("{")) {
+      try {
+        body.jwk = JSON.parse(raw);
+      } catch {
+        showError("The JWK is not valid JSON.");
+        return;
+      }
+    } else {
+      body.publicKey = raw;
+    }
+    if ((await attempt(() => api.create(org, body))) !== undefined) await reload();
+  });
+  return form;
+}
+
+async function jwksBlock(org) {
+  const jwks = await api.jwks(org).catch(() => null);
+  return el(
+    "details",
+    { class: "card" },
+    el("summary", { text: `JWK Set (${jwks ? jwks.keys.length : "?"} active keys)` }),
+    el("p", {}, "Published at ", el("code", { text: `/v1/organisations/${org}/jwks.json` })),
+    el("pre", { class: "jwks", tabindex: "0", text: jwks ? JSON.stringify(jwks, null, 2) : "could not be read" }),
+  );
+}
+
+async function auditBlock(org) {
+  const details = el("details", { class: "card audit" });
+  const summary = el("summary", { text: "Audit log" });
+  details.append(summary);
+  let verdict;
+  try {
+    const v = await api.auditVerify(org);
+    verdict = v.valid
+      ? el("p", { class: "ok", text: `The audit chain verifies (${v.events} events).` })
+      : el("p", {
+          class: "bad",
+          text: `The audit chain is broken at event ${v.brokenAt.eventId} (#${v.brokenAt.index}): ${v.brokenAt.reason}`,
+        });
+    summary.textContent = v.valid ? "Audit log (chain verifies)" : "Audit log (chain BROKEN)";
+  } catch (e) {
+    details.append(el("p", { text: e.message }));
+    return details;
+  }
+  details.append(verdict);
+  try {
+    const page = await api.audit(org);
+    const table = el(
+      "table",
+      { class: "events" },
+      el("caption", { text: "The latest 50 events, newest first" }),
+      el(
+        "thead",
+        {},
+        el("tr", {}, ["Time", "Action", "Key", "Actor", "Outcome"].map((h) => el("th", { scope: "col", text: h }))),
+      ),
+      el(
+        "tbody",
+        {},
+        page.events.map((e) =>
+          el(
+            "tr",
+            {},
+            el("td", {}, when(e.time)),
+            el("td", { text: e.action }),
+            el("td", {}, e.keyId ? el("code", { text: e.keyId }) : ""),
+            el("td", { text: e.actor?.sub ? `${e.actor.kind} ${e.actor.sub}` : e.actor?.kind ?? "" }),
+            el("td", { text: e.outcome }),
+          ),
+        ),
+      ),
+    );
+    details.append(el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": `Audit log of ${org}` }, table));
+  } catch (e) {
+    details.append(el("p", { text: e.message }));
+  }
+  return details;
+}
