@@ -219,6 +219,17 @@ impl Mirror {
         }
     }
 
+    /// Key usage counted here and not sent upstream yet; put it back with
+    /// [`Mirror::unsent`] if the acknowledgement carrying it fails.
+    pub fn usage(&self) -> Vec<crate::usage::UsageDelta> {
+        self.verifier.usage().take_deltas()
+    }
+
+    /// Usage that could not be sent, to be sent again.
+    pub fn unsent(&self, deltas: &[crate::usage::UsageDelta]) {
+        self.verifier.usage().requeue(deltas, crate::keys::now_ms());
+    }
+
     /// This follower's id at the upstream.
     pub fn id(&self) -> &str {
         &self.id

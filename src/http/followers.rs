@@ -18,10 +18,9 @@ struct Ack {
     follower: String,
     /// The last event id it has applied.
     applied: u64,
-    /// Key usage counted on the follower (not summed here yet).
+    /// Key usage counted on the follower since its last acknowledgement.
     #[serde(default)]
-    #[allow(dead_code)]
-    usage: Option<serde_json::Value>,
+    usage: Vec<crate::usage::UsageDelta>,
 }
 
 pub async fn ack(call: Call<'_>) -> Outcome {
@@ -60,6 +59,7 @@ pub async fn ack(call: Call<'_>) -> Outcome {
     };
     let version = source.feed().latest();
     signet.follower_acked(&follower.to_string(), ack.applied);
+    signet.verifier().usage().absorb(&ack.usage);
     Ok(reply::json(
         StatusCode::OK,
         &serde_json::json!({

@@ -172,7 +172,10 @@ async fn acknowledge(
     conn: &mut Option<SendRequest<Full<Bytes>>>,
     mirror: &Mirror,
 ) -> Result<AckAnswer, Failure> {
-    let body = serde_json::json!({"follower": mirror.id(), "applied": mirror.applied()});
+    // Key usage counted here rides along, to be summed upstream.
+    let usage = mirror.usage();
+    let body =
+        serde_json::json!({"follower": mirror.id(), "applied": mirror.applied(), "usage": usage});
     let req = link
         .request(Method::POST, "/v1/followers/ack")
         .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -215,13 +218,20 @@ async fn acknowledge(
             ))),
         }
     };
-    match tokio::time::timeout(link.max_staleness.max(Duration::from_millis(500)), exchange).await {
-        Ok(answer) => answer,
-        Err(_) => {
-            *conn = None;
-            Err(Failure::Other("no answer in time".into()))
-        }
+    let answer =
+        match tokio::time::timeout(link.max_staleness.max(Duration::from_millis(500)), exchange)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(_) => {
+                *conn = None;
+                Err(Failure::Other("no answer in time".into()))
+            }
+        };
+    if answer.is_err() {
+        mirror.unsent(&usage);
     }
+    answer
 }
 
 enum Failure {

@@ -491,6 +491,16 @@ async fn a_follower_serves_from_memory_and_refuses_the_rest() {
         .await;
     assert_eq!(compat.status, 421);
     assert_eq!(compat.json()["success"], false);
+    // The follower's verifications count in the key's usage upstream.
+    eventually(
+        "the upstream sums the follower's usage",
+        Duration::from_secs(10),
+        || async {
+            let keys = upstream.list_keys("acme").await.json();
+            keys["keys"][0]["usage"]["verifiedLastHour"].as_u64() >= Some(2)
+        },
+    )
+    .await;
     // The upstream counts it.
     let metrics = upstream.get("/metrics").await.text();
     assert!(
