@@ -167,7 +167,7 @@ impl OperatorToken {
     }
 }
 
-fn generate_secret() -> String {
+pub(crate) fn generate_secret() -> String {
     use base64::Engine;
     use rand::RngCore;
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);

@@ -407,7 +407,13 @@ pub(crate) async fn applied_everywhere(
 
 async fn applied_or_fenced(store: &Store, fresh: &Freshness, version: u64, committed: Instant) {
     let max = fresh.max_staleness();
+    // Heartbeats heard: look again as each arrives (a lost one costs the
+    // pause below at most).
+    let mut acks = store.acknowledgements();
     loop {
+        if let Some(acks) = acks.as_mut() {
+            acks.borrow_and_update();
+        }
         // Not live: no heartbeat within max_staleness plus the margin, so its
         // last confirmation is too old for it to vouch any more.
         if let Ok(0) = store.lagging(version, &fresh.instance, max + MARGIN).await {
@@ -427,7 +433,12 @@ async fn applied_or_fenced(store: &Store, fresh: &Freshness, version: u64, commi
         } else {
             Duration::from_millis(10)
         };
-        tokio::time::sleep(pause).await;
+        match acks.as_mut() {
+            Some(acks) => {
+                let _ = tokio::time::timeout(pause * 5, acks.changed()).await;
+            }
+            None => tokio::time::sleep(pause).await,
+        }
     }
 }
 

@@ -227,6 +227,9 @@ pub struct Storage {
     /// The PostgreSQL connection string (`postgres://user:password@host/db`,
     /// or `SIGNET_DATABASE_URL`).
     pub url: Option<Secret>,
+    /// Where `url` came from, for messages, when not from the file.
+    #[serde(skip)]
+    pub url_origin: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -350,6 +353,7 @@ impl Default for Storage {
             seal_key: None,
             seal_key_file: None,
             url: None,
+            url_origin: None,
         }
     }
 }
@@ -432,6 +436,10 @@ pub enum ConfigError {
     /// A value parsed but cannot work.
     #[error("config {key} {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// An environment variable's value parsed but cannot work; the value
+    /// is not repeated (it may be a secret).
+    #[error("environment variable {name} {reason}")]
+    InvalidEnv { name: &'static str, reason: String },
     /// A value parsed but cannot work, with the config file it was read from.
     #[error("config file {path}: {key} {reason}")]
     InvalidIn {
@@ -480,6 +488,14 @@ impl Config {
             Some(path) => Self::from_file(path)?,
             None => Config::default(),
         };
+        // A relative data_dir is the config file's neighbour, wherever
+        // signet was started; SIGNET_DATA_DIR and --data-dir stay relative
+        // to the working directory.
+        if let Some(dir) = file.and_then(Path::parent) {
+            if config.storage.data_dir.is_relative() && !dir.as_os_str().is_empty() {
+                config.storage.data_dir = dir.join(&config.storage.data_dir);
+            }
+        }
         config.apply_env(env)?;
         config.check().map_err(|e| match (e, file) {
             (ConfigError::Invalid { key, reason }, Some(path)) => ConfigError::InvalidIn {
@@ -535,6 +551,7 @@ impl Config {
         }
         if let Some(v) = env("SIGNET_DATABASE_URL") {
             self.storage.url = Some(Secret(v));
+            self.storage.url_origin = Some("SIGNET_DATABASE_URL");
         }
         if let Some(v) = env("SIGNET_ADMIN_TOKEN") {
             self.auth.admin_token = Some(Secret(v));
@@ -589,7 +606,11 @@ impl Config {
             }
         }
         if matches!(&self.auth.admin_token, Some(t) if t.expose().len() < 16) {
-            return invalid("SIGNET_ADMIN_TOKEN", "must be at least 16 characters");
+            return Err(ConfigError::InvalidEnv {
+                name: "SIGNET_ADMIN_TOKEN",
+                reason: "must be at least 16 characters (`signet admin-token new` makes one)"
+                    .into(),
+            });
         }
         if self.auth.audience.is_empty() {
             return invalid("auth.audience", "must not be empty");
@@ -600,15 +621,14 @@ impl Config {
                 "must be positive",
             );
         }
-        if [
-            self.keys.pool_2048,
-            self.keys.pool_3072,
-            self.keys.pool_4096,
-        ]
-        .iter()
-        .any(|&n| n > 1024)
-        {
-            return invalid("keys.pool_*", "must be at most 1024");
+        for (key, n) in [
+            ("keys.pool_2048", self.keys.pool_2048),
+            ("keys.pool_3072", self.keys.pool_3072),
+            ("keys.pool_4096", self.keys.pool_4096),
+        ] {
+            if n > 1024 {
+                return invalid(key, "must be at most 1024");
+            }
         }
         if let Some(tls) = &self.server.tls {
             if tls.cert_file.as_os_str().is_empty() {
@@ -643,21 +663,31 @@ impl Config {
                 "must be longer than zero (leave it unset for no limit)",
             );
         }
-        if [
-            self.server.header_read_timeout_secs,
-            self.server.idle_timeout_secs,
-            self.server.body_read_timeout_secs,
-            self.server.body_progress_timeout_secs,
-            self.server.write_timeout_secs,
-            self.server.http2_keepalive_interval_secs,
-            self.server.http2_keepalive_timeout_secs,
-        ]
-        .contains(&0)
-        {
-            return invalid(
-                "server.*_timeout_secs / *_interval_secs",
-                "must be at least 1",
-            );
+        let s = &self.server;
+        for (key, secs) in [
+            (
+                "server.header_read_timeout_secs",
+                s.header_read_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", s.idle_timeout_secs),
+            ("server.body_read_timeout_secs", s.body_read_timeout_secs),
+            (
+                "server.body_progress_timeout_secs",
+                s.body_progress_timeout_secs,
+            ),
+            ("server.write_timeout_secs", s.write_timeout_secs),
+            (
+                "server.http2_keepalive_interval_secs",
+                s.http2_keepalive_interval_secs,
+            ),
+            (
+                "server.http2_keepalive_timeout_secs",
+                s.http2_keepalive_timeout_secs,
+            ),
+        ] {
+            if secs == 0 {
+                return invalid(key, "must be at least 1");
+            }
         }
         for h in &self.followers.token_sha256 {
             if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -716,6 +746,7 @@ impl Config {
     pub fn use_database(&mut self, url: &str) -> Result<(), ConfigError> {
         self.storage.backend = Backend::Postgres;
         self.storage.url = Some(Secret(url.to_owned()));
+        self.storage.url_origin = Some("--database-url (or SIGNET_DATABASE_URL)");
         self.check()
     }
 
@@ -839,7 +870,12 @@ mod tests {
                 &[],
                 "must not be longer than keys.max_lifetime",
             ),
-            ("[server]\nidle_timeout_secs = 0\n", &[], "timeout_secs"),
+            (
+                "[server]\nidle_timeout_secs = 0\n",
+                &[],
+                "server.idle_timeout_secs must",
+            ),
+            ("[keys]\npool_2048 = 5000\n", &[], "keys.pool_2048 must"),
             (
                 "[cluster]\nstatement_timeout_ms = 0\n",
                 &[],

@@ -2,6 +2,7 @@
 //! command, and the mapping of outcomes to exit codes (0 success or valid, 1 invalid or
 //! refused, 2 usage, configuration or I/O error).
 
+mod admin_token;
 mod audit;
 mod completions;
 mod keys;
@@ -78,6 +79,11 @@ enum Command {
         command: SealCommand,
         #[command(flatten)]
         data: DataArgs,
+    },
+    /// Make an operator token and its SHA-256 for auth.admin_token_sha256.
+    AdminToken {
+        #[command(subcommand)]
+        command: admin_token::AdminTokenCommand,
     },
     /// Print a shell completion script, e.g. `signet completions bash > /etc/bash_completion.d/signet`.
     Completions {
@@ -169,6 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         } => runtime.block_on(keys::run(command, data, server)),
         Command::Token(args) => token::run(args),
         Command::Completions { shell } => completions::run(shell),
+        Command::AdminToken { command } => admin_token::run(command),
         Command::Seal {
             command: SealCommand::Rotate,
             data,

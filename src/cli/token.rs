@@ -13,7 +13,8 @@ use crate::verify;
 
 #[derive(clap::Args)]
 pub(super) struct TokenArgs {
-    /// Private key PEM: PKCS#8 for any algorithm, or PKCS#1 for RSA.
+    /// Private key PEM: PKCS#8 for any algorithm, SEC1 (`BEGIN EC PRIVATE
+    /// KEY`) for P-256 and P-384, or PKCS#1 for RSA.
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
     /// The signing key's id (the `kid`).
@@ -55,23 +56,13 @@ pub(super) fn run(args: TokenArgs) -> anyhow::Result<Outcome> {
             args.key.display()
         );
     }
+    let file = args.key.display().to_string();
+    let kind = KeyFile::read(&pem, &file)?;
     let alg: Algorithm = match &args.alg {
         Some(alg) => alg.parse()?,
-        None => pkcs8_algorithm(&pem).unwrap_or_default(),
+        None => kind.algorithm(),
     };
-    let (key, kind) = match alg {
-        Algorithm::ES256 | Algorithm::ES384 => {
-            (jsonwebtoken::EncodingKey::from_ec_pem(&pem), "an EC")
-        }
-        Algorithm::EdDSA => (jsonwebtoken::EncodingKey::from_ed_pem(&pem), "an Ed25519"),
-        _ => (jsonwebtoken::EncodingKey::from_rsa_pem(&pem), "an RSA"),
-    };
-    let key = key.with_context(|| {
-        format!(
-            "{} is not {kind} private key PEM, as --alg {alg} needs",
-            args.key.display()
-        )
-    })?;
+    let key = kind.encoding_key(&pem, alg, &file, args.alg.is_some())?;
     let kid = KeyId::parse(&args.kid)?;
     let org = OrgId::parse(&args.org)?;
     let now = verify::unix_now();
@@ -106,25 +97,141 @@ fn holds_public_key(pem: &[u8]) -> bool {
     text.contains("-----BEGIN PUBLIC KEY-----") || text.contains("-----BEGIN RSA PUBLIC KEY-----")
 }
 
-/// The algorithm of an EC or Ed25519 PKCS#8 private key PEM; `None` for
-/// anything else.
-fn pkcs8_algorithm(pem: &[u8]) -> Option<Algorithm> {
-    use aws_lc_rs::signature::{
-        EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
-        ECDSA_P384_SHA384_FIXED_SIGNING,
-    };
-    let (label, der) = pkcs8::der::pem::decode_vec(pem).ok()?;
-    let der = zeroize::Zeroizing::new(der);
-    if label != "PRIVATE KEY" {
-        return None;
+/// An EC curve, by the name `openssl` and JOSE give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Curve {
+    P256,
+    P384,
+    P521,
+}
+
+impl Curve {
+    fn name(self) -> &'static str {
+        match self {
+            Curve::P256 => "P-256",
+            Curve::P384 => "P-384",
+            Curve::P521 => "P-521",
+        }
     }
-    if EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).is_ok() {
-        Some(Algorithm::ES256)
-    } else if EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &der).is_ok() {
-        Some(Algorithm::ES384)
-    } else if Ed25519KeyPair::from_pkcs8(&der).is_ok() {
-        Some(Algorithm::EdDSA)
-    } else {
-        None
+}
+
+/// What a private-key PEM file holds, as far as `signet token` cares.
+enum KeyFile {
+    /// An EC key, as PKCS#8 DER (a SEC1 key is converted).
+    Ec(Curve, zeroize::Zeroizing<Vec<u8>>),
+    Ed25519,
+    /// PKCS#1, or a PKCS#8 key of no other kind: RSA if anything.
+    Rsa,
+}
+
+impl KeyFile {
+    /// Reads the PEM's label and key; refuses with what the file is and
+    /// how to make it usable.
+    fn read(pem: &[u8], file: &str) -> anyhow::Result<KeyFile> {
+        use aws_lc_rs::signature::{
+            EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
+            ECDSA_P384_SHA384_FIXED_SIGNING, ECDSA_P521_SHA512_FIXED_SIGNING,
+        };
+        const USABLE: &str = "signet token takes PKCS#8 (BEGIN PRIVATE KEY), SEC1 EC (BEGIN EC PRIVATE KEY, P-256 or P-384) or PKCS#1 RSA (BEGIN RSA PRIVATE KEY)";
+        // `openssl ecparam -genkey` writes an EC PARAMETERS block first.
+        let text = String::from_utf8_lossy(pem);
+        let block = text
+            .match_indices("-----BEGIN ")
+            .map(|(at, _)| &text[at..])
+            .find(|b| !b.starts_with("-----BEGIN EC PARAMETERS-----"))
+            .unwrap_or(&text);
+        // Only that block: the decoder refuses anything after it.
+        let block = block
+            .find("-----END ")
+            .and_then(|end| {
+                let tail = end + "-----END ".len();
+                block[tail..]
+                    .find("-----")
+                    .map(|close| &block[..tail + close + "-----".len()])
+            })
+            .unwrap_or(block);
+        let Ok((label, der)) = pkcs8::der::pem::decode_vec(block.as_bytes()) else {
+            bail!("{file} is not a PEM file; {USABLE}");
+        };
+        let der = zeroize::Zeroizing::new(der);
+        let curves = [
+            (Curve::P256, &ECDSA_P256_SHA256_FIXED_SIGNING),
+            (Curve::P384, &ECDSA_P384_SHA384_FIXED_SIGNING),
+            (Curve::P521, &ECDSA_P521_SHA512_FIXED_SIGNING),
+        ];
+        let ec = |sec1: bool| {
+            curves.iter().find_map(|(curve, alg)| {
+                let pair = match sec1 {
+                    true => EcdsaKeyPair::from_private_key_der(alg, &der).ok()?,
+                    false => EcdsaKeyPair::from_pkcs8(alg, &der).ok()?,
+                };
+                let pkcs8 = pair.to_pkcs8v1().ok()?;
+                Some((*curve, zeroize::Zeroizing::new(pkcs8.as_ref().to_vec())))
+            })
+        };
+        let found = match label {
+            "EC PRIVATE KEY" => match ec(true) {
+                Some((curve, pkcs8)) => KeyFile::Ec(curve, pkcs8),
+                None => bail!("{file} is a SEC1 EC private key (BEGIN EC PRIVATE KEY) that does not parse, or of a curve signet does not sign with; make a P-256 key with `openssl ecparam -name prime256v1 -genkey -noout -out key.pem`"),
+            },
+            "PRIVATE KEY" => match ec(false) {
+                Some((curve, pkcs8)) => KeyFile::Ec(curve, pkcs8),
+                None if Ed25519KeyPair::from_pkcs8(&der).is_ok() => KeyFile::Ed25519,
+                None => KeyFile::Rsa,
+            },
+            "RSA PRIVATE KEY" => KeyFile::Rsa,
+            "ENCRYPTED PRIVATE KEY" => bail!(
+                "{file} is an encrypted PKCS#8 private key; decrypt it first with `openssl pkcs8 -in {file} -out key.pem` (it asks for the passphrase), then pass --key key.pem"
+            ),
+            other => bail!("{file} holds a PEM {other:?}, not a private key; {USABLE}"),
+        };
+        if let KeyFile::Ec(Curve::P521, _) = found {
+            bail!("{file} is an EC P-521 private key, and signet signs only with P-256 (ES256) and P-384 (ES384); make a P-256 key with `openssl ecparam -name prime256v1 -genkey -noout -out key.pem`");
+        }
+        Ok(found)
+    }
+
+    /// The algorithm the key signs with when no `--alg` is given.
+    fn algorithm(&self) -> Algorithm {
+        match self {
+            KeyFile::Ec(Curve::P384, _) => Algorithm::ES384,
+            KeyFile::Ec(..) => Algorithm::ES256,
+            KeyFile::Ed25519 => Algorithm::EdDSA,
+            KeyFile::Rsa => Algorithm::RS256,
+        }
+    }
+
+    /// The key for `alg`, or why this file cannot sign with it.
+    fn encoding_key(
+        &self,
+        pem: &[u8],
+        alg: Algorithm,
+        file: &str,
+        alg_given: bool,
+    ) -> anyhow::Result<jsonwebtoken::EncodingKey> {
+        let fits = self.algorithm();
+        let mismatch = |what: &str, algs: &str| {
+            anyhow!("{file} is {what}, which signs {algs}, not --alg {alg}: use --alg {fits}, or leave --alg out")
+        };
+        match (self, alg) {
+            (KeyFile::Ec(curve, pkcs8), Algorithm::ES256 | Algorithm::ES384) => {
+                if alg != fits {
+                    return Err(mismatch(&format!("an EC {} key", curve.name()), &fits.to_string()));
+                }
+                Ok(jsonwebtoken::EncodingKey::from_ec_der(pkcs8))
+            }
+            (KeyFile::Ec(curve, _), _) => Err(mismatch(&format!("an EC {} key", curve.name()), &fits.to_string())),
+            (KeyFile::Ed25519, Algorithm::EdDSA) => jsonwebtoken::EncodingKey::from_ed_pem(pem)
+                .with_context(|| format!("{file} is not a usable Ed25519 private key")),
+            (KeyFile::Ed25519, _) => Err(mismatch("an Ed25519 key", "EdDSA")),
+            (KeyFile::Rsa, Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA) => Err(mismatch(
+                "an RSA key (or a PKCS#8 key of no EC or Ed25519 kind)",
+                "RS256/384/512 and PS256/384/512",
+            )),
+            (KeyFile::Rsa, _) => jsonwebtoken::EncodingKey::from_rsa_pem(pem).with_context(|| match alg_given {
+                true => format!("{file} is not an RSA private key, as --alg {alg} needs"),
+                false => format!("{file} is not an RSA, EC (P-256, P-384) or Ed25519 private key signet can sign with"),
+            }),
+        }
     }
 }

@@ -140,9 +140,9 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
             args.cacert.as_deref(),
         )
         .await
-        .map_err(|e| match e.is_certificate() {
-            true => anyhow!("{e}"),
-            false => anyhow!("{e}; is `signet serve` running? or use --jwks or --data-dir"),
+        .map_err(|e| match e.is_unreachable() {
+            true => anyhow!("{e}; is `signet serve` running? or use --jwks or --data-dir"),
+            false => anyhow!("{e}"),
         })?;
         if !answer.ok {
             bail!(

@@ -25,6 +25,12 @@ pub enum ClientError {
     /// The URL is not an `http://` or `https://` URL.
     #[error("{0:?} is not an http:// or https:// URL")]
     BadUrl(String),
+    /// The URL has no scheme (`127.0.0.1:8081`).
+    #[error("{0:?} has no scheme: write http://{0} (or https://{0} for a server with TLS)")]
+    NoScheme(String),
+    /// An https:// URL names a server that answers without TLS.
+    #[error("{url} does not speak TLS (it answered in plain HTTP): use http:// for it, or configure [server.tls] on the server")]
+    NotTls { url: String },
     /// The server's certificate is not trusted or not valid for it.
     #[error(
         "the TLS certificate of {url} was refused: {problem} (trusting the system's roots{extra})"
@@ -68,6 +74,14 @@ impl ClientError {
     pub fn is_certificate(&self) -> bool {
         matches!(self, ClientError::Certificate { .. })
     }
+
+    /// Whether nothing answered at the address: the server may be down.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unreachable { .. } | ClientError::Timeout(_)
+        )
+    }
 }
 
 /// `GET url`; `cacert` is trusted besides the system's roots.
@@ -110,6 +124,11 @@ async fn send(
     cacert: Option<&Path>,
     bearer: Option<&str>,
 ) -> Result<Answer, ClientError> {
+    if !url.contains("://") {
+        // `127.0.0.1:8081/v1/verify`: name what the user typed.
+        let typed = url.split('/').next().unwrap_or(url);
+        return Err(ClientError::NoScheme(typed.into()));
+    }
     let uri: hyper::Uri = url.parse().map_err(|_| ClientError::BadUrl(url.into()))?;
     let https = match uri.scheme_str() {
         Some("http") => None,
@@ -183,6 +202,7 @@ pub(super) fn tls_config(cacert: Option<&Path>) -> Result<Arc<rustls::ClientConf
     // Unreadable entries of the system store are skipped, as curl does.
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
+    let mut pinned = Vec::new();
     if let Some(path) = cacert {
         let bad = |reason: String| ClientError::CaCert {
             path: path.to_owned(),
@@ -195,15 +215,27 @@ pub(super) fn tls_config(cacert: Option<&Path>) -> Result<Arc<rustls::ClientConf
         if certs.is_empty() {
             return Err(bad("it holds no PEM certificate".into()));
         }
-        for cert in certs {
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        for cert in &certs {
+            roots.add(cert.clone()).map_err(|e| bad(e.to_string()))?;
         }
+        pinned = certs;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| ClientError::CaCert {
+        path: cacert.map(Path::to_owned).unwrap_or_default(),
+        reason: e.to_string(),
+    })?;
+    let verifier = Arc::new(PinnedOrWebPki { webpki, pinned });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("aws-lc-rs supports the default versions")
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -233,9 +265,15 @@ pub(super) async fn connect_tls(
         .await
         .map_err(
             |e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+                    ClientError::NotTls { url: url.into() }
+                }
                 Some(rustls::Error::InvalidCertificate(problem)) => ClientError::Certificate {
                     url: url.into(),
-                    problem: problem.to_string(),
+                    problem: match problem.to_string() {
+                        p if p.contains("CaUsedAsEndEntity") => "it is a self-signed CA certificate that is not trusted here; give that certificate with --cacert to trust it".into(),
+                        p => p,
+                    },
                     extra: cacert.map_or_else(String::new, |p| format!(" and {}", p.display())),
                 },
                 _ => unreachable(error_chain(&e)),
@@ -252,4 +290,120 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// The system's roots and `--cacert` through webpki, plus one case webpki
+/// refuses and curl accepts: a self-signed certificate made by `openssl req
+/// -x509`, which marks it a CA (`CaUsedAsEndEntity`). When the server's
+/// certificate is byte for byte one the user gave with `--cacert`, it is
+/// trusted as given, after its name and validity period are still checked;
+/// the handshake's signatures are checked by webpki as always, so the
+/// server must hold that certificate's private key.
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let refused = match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(verified) => return Ok(verified),
+            Err(refused) => refused,
+        };
+        if !self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            return Err(refused);
+        }
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_name(&parsed, server_name)?;
+        let (not_before, not_after) = validity(end_entity).ok_or(
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding),
+        )?;
+        let now = now.as_secs();
+        if now < not_before {
+            return Err(rustls::CertificateError::NotValidYet.into());
+        }
+        if now > not_after {
+            return Err(rustls::CertificateError::Expired.into());
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// A certificate's validity period (notBefore, notAfter) in seconds since
+/// the epoch, read from its DER.
+fn validity(cert: &[u8]) -> Option<(u64, u64)> {
+    use pkcs8::der::asn1::{AnyRef, GeneralizedTime, UtcTime};
+    use pkcs8::der::{Decode, Reader, SliceReader, Tag, TagNumber};
+    fn time<'a, R: Reader<'a>>(r: &mut R) -> pkcs8::der::Result<u64> {
+        Ok(match r.peek_tag()? {
+            Tag::UtcTime => UtcTime::decode(r)?.to_unix_duration().as_secs(),
+            _ => GeneralizedTime::decode(r)?.to_unix_duration().as_secs(),
+        })
+    }
+    let mut reader = SliceReader::new(cert).ok()?;
+    reader
+        .sequence(|certificate| {
+            let period = certificate.sequence(|tbs| {
+                let version = Tag::ContextSpecific {
+                    constructed: true,
+                    number: TagNumber::N0,
+                };
+                if tbs.peek_tag()? == version {
+                    AnyRef::decode(tbs)?;
+                }
+                AnyRef::decode(tbs)?; // serialNumber
+                AnyRef::decode(tbs)?; // signature
+                AnyRef::decode(tbs)?; // issuer
+                let period = tbs.sequence(|v| Ok((time(v)?, time(v)?)))?;
+                while !tbs.is_finished() {
+                    AnyRef::decode(tbs)?;
+                }
+                Ok(period)
+            })?;
+            while !certificate.is_finished() {
+                AnyRef::decode(certificate)?;
+            }
+            Ok(period)
+        })
+        .ok()
 }

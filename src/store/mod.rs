@@ -384,6 +384,12 @@ pub trait Storage: Send + Sync {
         live: std::time::Duration,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Changes whenever another instance's heartbeat is heard (pushed
+    /// acknowledgements), or `None` when none are pushed: polled instead.
+    fn acknowledgements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// What the listener for other instances' changes has heard (it
     /// changes on every announced change, every reconnect and every loss
     /// of the listening connection), or `None` when no other process can
@@ -468,7 +474,21 @@ impl Store {
             Backend::Postgres => {
                 let url = config.storage.url.as_ref().map_or("", Secret::expose);
                 let settings = self::postgres::Settings::of(&config.cluster);
-                let store = PgStore::open(url, sealer, create, settings).await?;
+                // Name where the URL came from if it does not parse.
+                let store =
+                    PgStore::open(url, sealer, create, settings)
+                        .await
+                        .map_err(|e| match (e, config.storage.url_origin) {
+                            (StoreError::Open { location, source }, Some(origin))
+                                if location == "storage.url" =>
+                            {
+                                StoreError::Open {
+                                    location: origin.to_owned(),
+                                    source,
+                                }
+                            }
+                            (e, _) => e,
+                        })?;
                 Ok(Store::Postgres(Arc::new(store)))
             }
         }
@@ -611,6 +631,10 @@ impl Store {
 
     pub async fn changes_since(&self, applied: u64) -> Result<Changes, StoreError> {
         dispatch!(self, s => s.changes_since(applied).await)
+    }
+
+    pub fn acknowledgements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        dispatch!(self, s => s.acknowledgements())
     }
 
     pub fn announcements(&self) -> Option<tokio::sync::watch::Receiver<Heard>> {

@@ -132,6 +132,10 @@ CREATE TABLE IF NOT EXISTS key_last_use (
 /// The channel every key change is announced on, with its version.
 const CHANNEL: &str = "signet_keys";
 
+/// The channel every listening instance's heartbeat is announced on, with
+/// the version it has applied: a revocation's writer waits on it.
+const ACKS: &str = "signet_acks";
+
 /// The migration that adds each key's fingerprint, unique per organisation;
 /// once it ran, every key's fingerprint is filled in from its sealed record
 /// (which SQL cannot open).
@@ -211,6 +215,8 @@ pub struct PgStore {
     /// `SET LOCAL` of the server-side limits, run first in every
     /// transaction while polling (a pooler may not pass startup options).
     set_local: String,
+    /// Counts the heartbeats of other instances heard (while listening).
+    acks: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// A pooled connection for one operation. Dropped before [`Conn::done`] —
@@ -340,6 +346,7 @@ impl PgStore {
             settings,
             polling: Arc::new(AtomicBool::new(settings.poll)),
             set_local,
+            acks: Arc::new(tokio::sync::watch::channel(0).0),
         };
         let opened = match store.check_seal().await {
             Ok(()) if create => store.migrate().await,
@@ -914,6 +921,7 @@ async fn listen(
     config: tokio_postgres::Config,
     events: tokio::sync::watch::Sender<Heard>,
     polling: Arc<AtomicBool>,
+    acks: Arc<tokio::sync::watch::Sender<u64>>,
 ) {
     const FIRST_PAUSE: Duration = Duration::from_millis(100);
     let mut pause = FIRST_PAUSE;
@@ -929,7 +937,9 @@ async fn listen(
                         heard.listening = true;
                     });
                     while let Some(note) = heard.recv().await {
-                        if !note.payload().starts_with(PROBE) {
+                        if note.channel() == ACKS {
+                            acks.send_modify(|heard| *heard += 1);
+                        } else if !note.payload().starts_with(PROBE) {
                             events.send_modify(|_| {});
                         }
                     }
@@ -974,7 +984,9 @@ async fn start_listening(
     let before = pid(client
         .simple_query("SELECT pg_backend_pid() AS pid")
         .await?);
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {ACKS}"))
+        .await?;
     let probe = format!("{PROBE}{}", ulid::Ulid::new());
     let after = pid(client
         .simple_query(&format!(
@@ -1449,17 +1461,32 @@ impl Storage for PgStore {
         // again): without that wait a revocation's wait for the others'
         // heartbeats is not a disk flush per instance. While polling, no
         // session tells of a crash, so it waits.
-        let commit = if self.polling() { "on" } else { "off" };
+        // While listening, each heartbeat is also announced (at commit),
+        // so that a revocation's writer need not ask again and again.
+        let polling = self.polling();
+        let commit = if polling { "on" } else { "off" };
+        let sql = if polling {
+            "WITH quick AS (SELECT set_config('synchronous_commit', $3, true)),
+             forgotten AS (
+                 DELETE FROM instances WHERE heartbeat_at < now() - interval '1 day'
+             )
+             INSERT INTO instances (id, applied, heartbeat_at)
+             SELECT $1, $2, now() FROM quick
+             ON CONFLICT (id) DO UPDATE SET applied = $2, heartbeat_at = now()"
+        } else {
+            "WITH quick AS (SELECT set_config('synchronous_commit', $3, true)),
+             forgotten AS (
+                 DELETE FROM instances WHERE heartbeat_at < now() - interval '1 day'
+             ),
+             ack AS (SELECT pg_notify('signet_acks', $2::text) AS sent)
+             INSERT INTO instances (id, applied, heartbeat_at)
+             SELECT $1, $2, now() FROM quick, ack
+             ON CONFLICT (id) DO UPDATE SET applied = $2, heartbeat_at = now()"
+        };
         on_conn!(self, &self.follow, |client| {
             client
                 .query_typed(
-                    "WITH quick AS (SELECT set_config('synchronous_commit', $3, true)),
-                     forgotten AS (
-                         DELETE FROM instances WHERE heartbeat_at < now() - interval '1 day'
-                     )
-                     INSERT INTO instances (id, applied, heartbeat_at)
-                     SELECT $1, $2, now() FROM quick
-                     ON CONFLICT (id) DO UPDATE SET applied = $2, heartbeat_at = now()",
+                    sql,
                     &[
                         (&instance, Type::TEXT),
                         (&(applied as i64), Type::INT8),
@@ -1506,6 +1533,10 @@ impl Storage for PgStore {
         .await
     }
 
+    fn acknowledgements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        (!self.polling()).then(|| self.acks.subscribe())
+    }
+
     fn announcements(&self) -> Option<tokio::sync::watch::Receiver<Heard>> {
         let mut listener = self.listener.lock().expect("listener lock poisoned");
         if let Some((events, _)) = &*listener {
@@ -1526,6 +1557,7 @@ impl Storage for PgStore {
             self.pg_config.clone(),
             events.clone(),
             self.polling.clone(),
+            self.acks.clone(),
         ));
         *listener = Some((events, Some(task.abort_handle())));
         Some(receiver)

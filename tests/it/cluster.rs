@@ -11,19 +11,6 @@ use crate::lifecycle::{until, verdict};
 use crate::pg;
 use crate::support::*;
 
-/// Polls `check` every 20 ms until it holds; panics after `limit`.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_made_through_one_instance_reach_the_other() {
     run_on(Backend::Postgres, async {

@@ -17,19 +17,6 @@ use crate::faultproxy::{FaultProxy, Mode};
 use crate::pg;
 use crate::support::*;
 
-/// Polls `check` every 20 ms until it holds; panics after `limit`.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A fresh database on the shared private PostgreSQL, and its port.
 fn database(dir: &std::path::Path) -> Option<(&'static pg::Cluster, Database)> {
     let cluster = pg::shared()?;

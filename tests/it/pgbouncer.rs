@@ -184,19 +184,6 @@ fn psql() -> PathBuf {
     found.pop().expect("psql")
 }
 
-/// Polls `check` every 20 ms until it holds; panics after `limit`.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn verify_status(app: &TestApp, token: &str) -> (u16, bool) {
     let body = serde_json::to_vec(&json!({ "token": token })).unwrap();
     let r = app

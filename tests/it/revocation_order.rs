@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use hyper::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
+use crate::lifecycle::verdict;
 use crate::support::{key_of, now, spawn_with, Resp, Signer, TestApp, ADMIN};
 
 /// Rounds per race; the races this guards against showed within about 10.
@@ -169,22 +169,4 @@ fn token(signer: &Signer, kid: &str) -> String {
         &json!({"sub": "racer", "exp": now() + 600}),
         "EdDSA",
     )
-}
-
-/// `valid`, or the code of the refusal.
-async fn verdict(app: &TestApp, token: &str) -> String {
-    let r = app
-        .request(
-            Method::POST,
-            "/v1/verify",
-            &[("content-type", "application/json")],
-            serde_json::to_vec(&json!({ "token": token })).unwrap(),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let body: Value = r.json();
-    match body["valid"].as_bool() {
-        Some(true) => "valid".into(),
-        _ => body["error"]["code"].as_str().unwrap().to_owned(),
-    }
 }

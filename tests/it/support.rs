@@ -500,3 +500,16 @@ impl TestApp {
             .await
     }
 }
+
+/// Polls `check` every 20 ms until it holds; panics after `limit`.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: std::time::Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -646,3 +646,139 @@ async fn sighup_without_tls_keeps_serving() {
     assert!(healthz().await, "still serving after SIGHUP");
     server.terminate();
 }
+
+/// A self-signed pair as `openssl req -x509` makes it (marked CA:TRUE),
+/// for `names` (subjectAltName entries), in `dir`.
+fn openssl_pair(dir: &Path, names: &str) -> Files {
+    let o = Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=signet test",
+            "-addext",
+        ])
+        .arg(format!("subjectAltName={names}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cert = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    assert!(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(dir.join("cert.pem"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("CA:TRUE"))
+            .unwrap(),
+        "openssl marks it a CA: {cert}"
+    );
+    Files {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    }
+}
+
+/// `signet verify ARGS… not.a.token`: exit code and stderr.
+async fn cli_verify(args: Vec<String>) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_signet"))
+            .arg("verify")
+            .args(args)
+            .arg("not.a.token")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_self_signed_openssl_certificate_given_as_cacert_is_trusted_for_its_names_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = openssl_pair(dir.path(), "DNS:localhost,IP:127.0.0.1");
+    let app = spawn_tls(&files, 0).await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = openssl_pair(other_dir.path(), "DNS:other.example");
+    let other_app = spawn_tls(&other, 0).await;
+    let port = app.addr.port();
+    let cacert = files.cert.to_str().unwrap().to_owned();
+    let other_cacert = other.cert.to_str().unwrap().to_owned();
+    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let ip = format!("https://127.0.0.1:{port}");
+    let name = format!("https://localhost:{port}");
+    let jwks = format!("{ip}/.well-known/jwks.json");
+    let wrong_name = format!("https://{}", other_app.addr);
+    let cases: Vec<(Vec<String>, Option<i32>, &str)> = vec![
+        // Reached and answered: the token is invalid (exit 1).
+        (s(&["--server", &ip, "--cacert", &cacert]), Some(1), ""),
+        (s(&["--server", &name, "--cacert", &cacert]), Some(1), ""),
+        (s(&["--jwks", &jwks, "--cacert", &cacert]), Some(1), ""),
+        // Not given: not trusted.
+        (s(&["--server", &ip]), Some(2), "certificate"),
+        // Given, but for another name: still refused.
+        (
+            s(&["--server", &wrong_name, "--cacert", &other_cacert]),
+            Some(2),
+            "certificate",
+        ),
+        // Another certificate given: refused.
+        (
+            s(&["--server", &ip, "--cacert", &other_cacert]),
+            Some(2),
+            "certificate",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let shown = args.join(" ");
+        let (got, err) = cli_verify(args).await;
+        assert_eq!(got, code, "{shown}: {err}");
+        assert!(err.contains(says), "{shown}: {err}");
+        assert!(!err.contains("CaUsedAsEndEntity"), "{shown}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_self_signed_certificate_given_as_cacert_is_refused() {
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = Files {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+    };
+    files.write(&cert.pem(), &key.serialize_pem());
+    let app = spawn_tls(&files, 0).await;
+    let (code, err) = cli_verify(vec![
+        "--server".into(),
+        format!("https://{}", app.addr),
+        "--cacert".into(),
+        files.cert.to_str().unwrap().into(),
+    ])
+    .await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("certificate") && err.contains("xpired"),
+        "{err}"
+    );
+}

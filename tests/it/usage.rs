@@ -2,7 +2,7 @@
 //! revocations, the aggregate metric) and the two routes the console
 //! reads: `GET /v1/organisations` and `…/audit/verify`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::Method;
 use serde_json::{json, Value};
@@ -17,19 +17,6 @@ on_both_backends!(
     if_unused_for_refuses_a_revocation_of_a_key_in_use,
     organisations_and_audit_verify_answer_by_role,
 );
-
-/// Polls `check` every 100 ms until it holds; panics after `limit`.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The `usage` of key `id` on the organisation's list, as the operator.
 async fn usage_of(app: &TestApp, org: &str, id: &str) -> Value {
