@@ -46,6 +46,9 @@ pub enum StartupError {
     /// Instances sharing a database need one configured operator token.
     #[error("on PostgreSQL the operator token must be configured (auth.admin_token_sha256 or SIGNET_ADMIN_TOKEN): a generated one would lock the other instances out")]
     NoOperatorToken,
+    /// A follower cannot reach or register with its upstream.
+    #[error(transparent)]
+    Follower(#[from] http::upstream::LinkError),
     /// The listen address could not be bound.
     #[error(
         "cannot listen on {addr}: {source} (set server.listen or SIGNET_LISTEN to a free address)"
@@ -60,6 +63,8 @@ pub struct Application {
     listener: TcpListener,
     app: Arc<ServerState>,
     addr: SocketAddr,
+    /// On a follower, the task that follows the upstream.
+    following: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -73,6 +78,9 @@ impl Application {
         // Likewise a certificate pair that cannot serve.
         if let Some(files) = &config.server.tls {
             http::tls::Tls::check(files)?;
+        }
+        if config.upstream.is_some() {
+            return Application::follower(config, listener).await;
         }
         let data_dir = config.storage.data_dir.clone();
         if config.storage.backend == Backend::Postgres {
@@ -95,7 +103,7 @@ impl Application {
             tracing::info!(path = %path.display(), "generated an operator token (mode 0600); read it from this file");
         }
         warn_readable_secrets(&config);
-        let signet = Signet::new(store, Settings::of(&config)).await?;
+        let mut signet = Signet::new(store, Settings::of(&config)).await?;
         let tls = match &config.server.tls {
             Some(files) => Some(http::tls::Tls::load(files, &signet.metrics)?),
             None => None,
@@ -104,6 +112,7 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
+        signet.accept_followers(&config);
         let mut app = ServerState::new(signet, config, operator);
         if let Some(tls) = tls {
             app = app.with_tls(tls);
@@ -113,6 +122,48 @@ impl Application {
             listener,
             app,
             addr,
+            following: None,
+        })
+    }
+
+    /// A follower (`--upstream`): no store, no seal key, no operator
+    /// token; registers with the upstream (a refused token is an error)
+    /// and mirrors it.
+    async fn follower(config: Config, listener: TcpListener) -> Result<Application, StartupError> {
+        let addr = config.server.listen;
+        let link = Arc::new(http::upstream::Link::new(&config)?);
+        let signet = Signet::follower(crate::verify::Policy::from(&config.verify), &config);
+        let mirror = signet
+            .mirror()
+            .cloned()
+            .expect("a follower's service has a mirror");
+        http::upstream::register(&link, &mirror).await?;
+        let following = http::upstream::spawn(link, mirror.clone());
+        let tls = match &config.server.tls {
+            Some(files) => Some(http::tls::Tls::load(files, &signet.metrics)?),
+            None => None,
+        };
+        // Serve once current; with the upstream away, no longer than
+        // max_staleness (verification is refused until it is back).
+        let max = std::time::Duration::from_millis(config.cluster.max_staleness_ms);
+        let started = std::time::Instant::now();
+        while !signet.is_ready().await && started.elapsed() < max {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        // Matches nothing: every route that would need it answers 421.
+        let operator = OperatorToken::from_secret(&ulid::Ulid::new().to_string());
+        let mut app = ServerState::new(signet, config, operator);
+        if let Some(tls) = tls {
+            app = app.with_tls(tls);
+        }
+        Ok(Application {
+            listener,
+            app: Arc::new(app),
+            addr,
+            following: Some(following),
         })
     }
 
@@ -129,6 +180,9 @@ impl Application {
             "signet is listening"
         );
         http::serve(self.listener, self.app.clone(), shutdown).await;
+        if let Some(task) = self.following {
+            task.abort();
+        }
         self.app.signet.leave().await;
         self.app.signet.sync().await?;
         tracing::info!("storage synced; bye");

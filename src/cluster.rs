@@ -86,6 +86,11 @@ pub struct Freshness {
     confirmed: Mutex<Confirmed>,
     /// This instance's id in the store's list of instances.
     instance: String,
+    /// What this instance's followers have applied: the store version it
+    /// reports is the lowest of its own and theirs.
+    floor: std::sync::OnceLock<Arc<crate::followers::Followers>>,
+    /// Woken when a follower acknowledges, so that the heartbeat reports it.
+    moved: tokio::sync::Notify,
 }
 
 /// What this instance has confirmed with the store.
@@ -112,6 +117,8 @@ impl Freshness {
             applied: AtomicU64::new(applied),
             confirmed: Mutex::default(),
             instance: ulid::Ulid::new().to_string(),
+            floor: Default::default(),
+            moved: Default::default(),
         }
     }
 
@@ -270,6 +277,8 @@ impl Follower {
                         tokio::time::sleep(every).await;
                     }
                 }
+                // A follower acknowledged: the next heartbeat reports it.
+                () = self.fresh.moved.notified() => {}
                 () = tokio::time::sleep(every) => {}
             }
         }
@@ -309,8 +318,15 @@ impl Follower {
         // Each key as its latest change left it: published or withheld
         // (disabled, expired, or retired by a rotation), unless a newer
         // change of it was applied here meanwhile.
-        for (version, record) in &changes.live {
-            if self.published.publish(record, *version, &self.verifier) {
+        // The keys of one change (a rotation's two) together, so that their
+        // events in the feed are consecutive.
+        for group in changes.live.chunk_by(|a, b| a.0 == b.0) {
+            let records: Vec<&crate::keys::PublicKeyRecord> =
+                group.iter().map(|(_, r)| r).collect();
+            let news = self
+                .published
+                .publish_all(&records, group[0].0, &self.verifier);
+            for _ in news.into_iter().filter(|&new| new) {
                 self.keys.inc();
             }
         }
@@ -328,7 +344,8 @@ impl Follower {
         self.fresh.caught_up(sent);
         // Fresh only once the store knows: an instance that is not live
         // must not be vouching.
-        if let Err(e) = self.store.heartbeat(&self.fresh.instance, applied).await {
+        let reported = self.fresh.reported(applied);
+        if let Err(e) = self.store.heartbeat(&self.fresh.instance, reported).await {
             tracing::warn!(error = %e, "could not record this instance's heartbeat");
             return Step::Done;
         }
@@ -471,6 +488,50 @@ impl Freshness {
     /// This instance's id among the store's instances.
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// Makes this a follower of an upstream signet: it vouches only while
+    /// an acknowledgement's answer within `max_staleness` stands.
+    pub fn follow_upstream(&self) {
+        self.following.store(true, Ordering::SeqCst);
+        self.lock().latest = Some(Instant::now());
+    }
+
+    /// Fresh as of `as_of` (never earlier than it was already).
+    pub fn confirm(&self, as_of: Instant) {
+        let mut confirmed = self.lock();
+        if confirmed.as_of.is_none_or(|at| at < as_of) {
+            confirmed.as_of = Some(as_of);
+            confirmed.latest = Some(as_of);
+        }
+    }
+
+    /// How long ago this instance was last fresh: zero when it follows
+    /// nothing, `None` before its first confirmation.
+    pub fn stale_for(&self) -> Option<Duration> {
+        if !self.following() {
+            return Some(Duration::ZERO);
+        }
+        self.confirmed().as_of.map(|at| at.elapsed())
+    }
+
+    /// Reports the lowest of this instance's applied version and its live
+    /// followers' in its heartbeats.
+    pub fn report_followers(&self, followers: Arc<crate::followers::Followers>) {
+        let _ = self.floor.set(followers);
+    }
+
+    /// A follower acknowledged: report it in a heartbeat soon.
+    pub fn followers_moved(&self) {
+        self.moved.notify_one();
+    }
+
+    /// The store version to report as applied.
+    fn reported(&self, applied: u64) -> u64 {
+        match self.floor.get() {
+            Some(followers) => followers.applied_floor(applied),
+            None => applied,
+        }
     }
 
     /// Whether this instance follows others on a shared store.

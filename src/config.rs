@@ -1,6 +1,6 @@
 //! Configuration: `config.toml` defaults, then environment overrides
 //! (`SIGNET_LISTEN`, `SIGNET_DATA_DIR`, `SIGNET_ADMIN_TOKEN`, `SIGNET_LOG`,
-//! `ORGKEYS_MAX`, `SIGNET_SEAL_KEY`, `SIGNET_DATABASE_URL`, `SIGNET_TLS_CERT` and `SIGNET_TLS_KEY`). Unknown keys and bad values are errors that name the key
+//! `ORGKEYS_MAX`, `SIGNET_SEAL_KEY`, `SIGNET_DATABASE_URL`, `SIGNET_TLS_CERT` and `SIGNET_TLS_KEY`, `SIGNET_UPSTREAM`, `SIGNET_UPSTREAM_TOKEN`, `SIGNET_FOLLOWER_TOKEN`). Unknown keys and bad values are errors that name the key
 //! and the file.
 
 use std::net::SocketAddr;
@@ -40,7 +40,61 @@ pub struct Config {
     pub jwks: Jwks,
     pub log: Log,
     pub cluster: Cluster,
+    pub events: Events,
+    /// Set on a follower (`signet serve --upstream URL`).
+    pub upstream: Option<Upstream>,
+    pub followers: Followers,
     pub console: Console,
+}
+
+/// The change feed (`GET /v1/events`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    /// How often a stream sends `event: fresh`, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// How long a subscriber may stop reading before it is disconnected.
+    pub send_timeout_ms: u64,
+    /// Most streams at once, followers included.
+    pub max_subscribers: usize,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            heartbeat_ms: 500,
+            send_timeout_ms: 5000,
+            max_subscribers: 10_000,
+        }
+    }
+}
+
+/// What a follower follows (`[upstream]`, `SIGNET_UPSTREAM`,
+/// `SIGNET_UPSTREAM_TOKEN`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    /// The upstream signet's base URL, `http://` or `https://`.
+    pub url: String,
+    /// A file holding the follower token.
+    pub token_file: Option<PathBuf>,
+    /// A CA certificate to trust besides the system's roots.
+    pub cacert: Option<PathBuf>,
+    /// The follower token itself; only ever set from `SIGNET_UPSTREAM_TOKEN`.
+    #[serde(skip)]
+    pub token: Option<Secret>,
+}
+
+/// The followers an instance accepts (`[followers]`,
+/// `SIGNET_FOLLOWER_TOKEN`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Followers {
+    /// SHA-256 (hex) of each accepted follower token.
+    pub token_sha256: Vec<String>,
+    /// One follower token itself; only ever set from `SIGNET_FOLLOWER_TOKEN`.
+    #[serde(skip)]
+    pub token: Option<Secret>,
 }
 
 /// The web console at `/console`.
@@ -518,6 +572,15 @@ impl Config {
                 }) = PathBuf::from(v);
             }
         }
+        if let Some(v) = env("SIGNET_UPSTREAM") {
+            self.upstream.get_or_insert_with(Upstream::default).url = v;
+        }
+        if let Some(v) = env("SIGNET_UPSTREAM_TOKEN") {
+            self.upstream.get_or_insert_with(Upstream::default).token = Some(Secret(v));
+        }
+        if let Some(v) = env("SIGNET_FOLLOWER_TOKEN") {
+            self.followers.token = Some(Secret(v));
+        }
         if let Some(v) = env("ORGKEYS_MAX") {
             self.keys.max_per_org = parse("ORGKEYS_MAX", v)?;
         }
@@ -624,6 +687,34 @@ impl Config {
         ] {
             if secs == 0 {
                 return invalid(key, "must be at least 1");
+            }
+        }
+        for h in &self.followers.token_sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return invalid(
+                    "followers.token_sha256",
+                    "must list 64-hexadecimal-character digests",
+                );
+            }
+        }
+        if matches!(&self.followers.token, Some(t) if t.expose().len() < 16) {
+            return invalid("SIGNET_FOLLOWER_TOKEN", "must be at least 16 characters");
+        }
+        if self.events.heartbeat_ms == 0
+            || self.events.send_timeout_ms == 0
+            || self.events.max_subscribers == 0
+        {
+            return invalid(
+                "events.heartbeat_ms / send_timeout_ms / max_subscribers",
+                "must be at least 1",
+            );
+        }
+        if let Some(up) = &self.upstream {
+            if !(up.url.starts_with("http://") || up.url.starts_with("https://")) {
+                return invalid(
+                    "upstream.url (SIGNET_UPSTREAM)",
+                    "must be an http:// or https:// URL",
+                );
             }
         }
         if self.cluster.statement_timeout_ms == 0 || self.cluster.lock_timeout_ms == 0 {

@@ -221,6 +221,35 @@ impl Jwks {
         self.forget_all();
     }
 
+    /// Replaces every key with `records`, the whole truth of an upstream
+    /// (a follower's `reset`): keys withdrawn here may be published again;
+    /// keys removed here stay removed.
+    pub fn replace<'a>(&self, records: impl IntoIterator<Item = &'a PublicKeyRecord>) {
+        let mut state = self.write();
+        let mut old = std::mem::take(&mut *state);
+        old.withdrawn.clear();
+        *state = old.replaced(records);
+        drop(state);
+        self.forget_all();
+    }
+
+    /// The published keys' records, of one organisation or of all, in id
+    /// order (a feed's `reset`).
+    pub fn records(&self, org: Option<&OrgId>) -> Vec<PublicKeyRecord> {
+        let keys: Vec<Arc<Key>> = {
+            let state = self.read();
+            match org {
+                Some(org) => state
+                    .orgs
+                    .get(org.as_str())
+                    .map(|o| o.keys.clone())
+                    .unwrap_or_default(),
+                None => state.keys.values().cloned().collect(),
+            }
+        };
+        keys.iter().filter_map(|k| k.record(k.id)).collect()
+    }
+
     /// One published key: its organisation and serialised JWK.
     pub fn key(&self, id: KeyId) -> Option<(OrgId, Box<[u8]>)> {
         let key = self.read().keys.get(&id)?.clone();

@@ -58,8 +58,19 @@ pub struct Metrics {
     pub tls_not_after: Gauge,
     tls_reloads: Family<ResultLabel, Counter>,
     pub cluster: ClusterMetrics,
+    /// Followers of this instance, `state` = `registered` or `live`.
+    pub followers: Family<StateLabel, Gauge>,
+    /// Time revocations waited for followers' acknowledgements.
+    pub follower_ack_seconds: Histogram,
+    /// Subscribers of the change feed now.
+    pub feed_subscribers: Gauge,
     /// `verifications{outcome="valid"}`, taken from its family once.
     valid: OnceLock<Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -254,7 +265,28 @@ impl Metrics {
             "Time deletes, disables and immediate rotations waited for every other live instance to apply them",
             cluster.revocation_wait_seconds.clone(),
         );
+        let followers = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "followers",
+            "Followers registered with this instance, and those heard within max_staleness (live)",
+            followers.clone(),
+        );
+        let follower_ack_seconds = Histogram::new(exponential_buckets(0.000_1, 2.5, 14));
+        registry.register(
+            "follower_ack_seconds",
+            "Time deletes, disables and immediate rotations waited for every live follower to acknowledge them",
+            follower_ack_seconds.clone(),
+        );
+        let feed_subscribers = Gauge::default();
+        registry.register(
+            "feed_subscribers",
+            "Open streams of the change feed, followers included",
+            feed_subscribers.clone(),
+        );
         Metrics {
+            followers,
+            follower_ack_seconds,
+            feed_subscribers,
             cluster,
             registry,
             requests,

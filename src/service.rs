@@ -83,7 +83,8 @@ pub struct Patch {
 /// The one door to keys, JWK Sets, verification and the audit log: the
 /// HTTP routes, the CLI and start-up go through it, never to the store.
 pub struct Signet {
-    store: Store,
+    /// `None` on a follower, which mirrors an upstream signet instead.
+    store: Option<Store>,
     jwks: Arc<Jwks>,
     /// What is published, withheld (disabled, expired) and when keys expire.
     published: Arc<Published>,
@@ -107,6 +108,10 @@ pub struct Signet {
     pool: KeyPool,
     /// The store generation the derived state (JWK Sets, cache) reflects.
     seen_generation: std::sync::atomic::AtomicU64,
+    /// The followers of this instance, and the wait for them.
+    followers: Arc<crate::followers::Followers>,
+    /// On a follower: the mirror of the upstream.
+    mirror: Option<Arc<crate::follower::Mirror>>,
 }
 
 /// What the service is built with, all given at construction.
@@ -164,6 +169,7 @@ impl Signet {
         let jwks = Arc::new(Jwks::new(&[]));
         let fresh = Arc::new(Freshness::new(version, staleness));
         let published = Arc::new(Published::new(jwks.clone(), fresh.clone()));
+        let feed = published.feed().clone();
         let verifier = Arc::new(Verifier::new(published.clone(), policy));
         published.reset(&records, &verifier);
         let timer = tokio::spawn(lifecycle::expire_forever(
@@ -179,13 +185,18 @@ impl Signet {
         let pool = KeyPool::start(pool, metrics.pool_depth());
         metrics.keys.set(records.len() as i64);
         let refusals = Refusals::new(metrics.unauthenticated.clone());
+        let followers = Arc::new(crate::followers::Followers::new(
+            &crate::config::Config::default(),
+            feed,
+            metrics.follower_ack_seconds.clone(),
+        ));
         Ok(Signet {
             jwks,
             published,
             lifetimes,
             timer,
             usage_task,
-            store,
+            store: Some(store),
             verifier,
             fresh,
             unknown: crate::cluster::UnknownKeys::new(),
@@ -195,15 +206,123 @@ impl Signet {
             quota,
             pool,
             seen_generation: Default::default(),
+            followers,
+            mirror: None,
         })
+    }
+
+    /// A follower's service: no store, the keys its upstream publishes
+    /// (applied through [`Signet::mirror`]), verification only while the
+    /// upstream's answers keep it fresh.
+    pub fn follower(policy: Policy, config: &crate::config::Config) -> Signet {
+        let jwks = Arc::new(Jwks::new(&[]));
+        let fresh = Arc::new(Freshness::new(0, Staleness::from(&config.cluster)));
+        fresh.follow_upstream();
+        let published = Arc::new(Published::new(jwks.clone(), fresh.clone()));
+        let verifier = Arc::new(Verifier::new(published.clone(), policy));
+        let timer = tokio::spawn(lifecycle::expire_forever(
+            published.clone(),
+            verifier.clone(),
+        ));
+        let metrics = Metrics::new(verifier.stats());
+        let refusals = Refusals::new(metrics.unauthenticated.clone());
+        let followers = Arc::new(crate::followers::Followers::new(
+            &crate::config::Config::default(),
+            published.feed().clone(),
+            metrics.follower_ack_seconds.clone(),
+        ));
+        let mirror =
+            crate::follower::Mirror::new(published.clone(), verifier.clone(), fresh.clone());
+        let pool = KeyPool::start([0, 0, 0], metrics.pool_depth());
+        // Counted here; sent upstream with the acknowledgements is not done.
+        let usage_task = tokio::spawn(usage::count_forever(
+            verifier.usage().clone(),
+            None,
+            published.clone(),
+        ));
+        let age = fresh.clone();
+        metrics
+            .cluster
+            .fresh_age_seconds
+            .read_with(move || age.age().as_secs_f64());
+        Signet {
+            jwks,
+            published,
+            lifetimes: Lifetimes::default(),
+            timer,
+            store: None,
+            verifier,
+            fresh,
+            unknown: crate::cluster::UnknownKeys::new(),
+            follower: Default::default(),
+            metrics,
+            refusals,
+            quota: 0,
+            pool,
+            usage_task,
+            seen_generation: Default::default(),
+            followers,
+            mirror: Some(Arc::new(mirror)),
+        }
+    }
+
+    /// On a follower, the mirror of its upstream.
+    pub fn mirror(&self) -> Option<&Arc<crate::follower::Mirror>> {
+        self.mirror.as_ref()
+    }
+
+    /// Accepts followers holding a configured follower token, and caps
+    /// the change feed's subscribers.
+    pub fn accept_followers(&mut self, config: &crate::config::Config) {
+        let followers = Arc::new(crate::followers::Followers::new(
+            config,
+            self.published.feed().clone(),
+            self.metrics.follower_ack_seconds.clone(),
+        ));
+        self.published
+            .feed()
+            .limit_subscribers(config.events.max_subscribers);
+        self.fresh.report_followers(followers.clone());
+        self.followers = followers;
+    }
+
+    /// The followers of this instance.
+    pub fn followers(&self) -> &crate::followers::Followers {
+        &self.followers
+    }
+
+    /// A follower acknowledged applying every event up to `applied`.
+    pub fn follower_acked(&self, follower: &str, applied: u64) {
+        self.followers.ack(follower, applied);
+        self.fresh.followers_moved();
+    }
+
+    /// The change feed and what it needs to start a stream.
+    pub fn feed(&self) -> crate::events::Source {
+        crate::events::Source {
+            published: self.published.clone(),
+            fresh: self.fresh.clone(),
+        }
+    }
+
+    /// Updates the gauges computed on request (before `/metrics`).
+    pub fn observe(&self) {
+        let (registered, live) = self.followers.counts();
+        use crate::metrics::StateLabel;
+        let gauge = |state| self.metrics.followers.get_or_create(&StateLabel { state });
+        gauge("registered").set(registered as i64);
+        gauge("live").set(live as i64);
     }
 
     /// Starts applying the key changes other instances make to the shared
     /// store (nothing on sled). While more than `max_staleness` behind,
     /// verification is refused, unless stale verification is served.
     pub async fn follow(&self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
         let follower = Follower {
-            store: self.store.clone(),
+            store,
             published: self.published.clone(),
             verifier: self.verifier.clone(),
             keys: self.metrics.keys.clone(),
@@ -276,11 +395,11 @@ impl Signet {
     /// A full organisation is refused before a key pair is spent on it;
     /// the store's transaction re-checks atomically.
     async fn refuse_if_full(&self, org: &OrgId, caller: &Caller) -> Result<(), ServiceError> {
-        if self.storage(self.store.key_count(org.clone())).await? < self.quota {
+        if self.storage(self.store()?.key_count(org.clone())).await? < self.quota {
             return Ok(());
         }
         let refused = event(Action::QuotaExceeded, None, caller, "refused");
-        self.storage(self.store.record_event(org.clone(), refused))
+        self.storage(self.store()?.record_event(org.clone(), refused))
             .await?;
         Err(ServiceError::QuotaExceeded(self.quota))
     }
@@ -292,7 +411,10 @@ impl Signet {
         spki_der: Vec<u8>,
         life: Lifecycle,
     ) -> PublicKeyRecord {
-        let id = self.store.new_id();
+        let id = self
+            .store
+            .as_ref()
+            .map_or_else(|| KeyId::new(ulid::Ulid::new()), Store::new_id);
         PublicKeyRecord {
             id,
             org,
@@ -313,7 +435,7 @@ impl Signet {
         caller: &Caller,
     ) -> Result<(), ServiceError> {
         let inserted = self
-            .storage(self.store.insert_key(Insert {
+            .storage(self.store()?.insert_key(Insert {
                 record: record.clone(),
                 quota: self.quota,
                 created: event(action, Some(record.id), caller, outcome),
@@ -350,7 +472,7 @@ impl Signet {
             event: event(Action::KeyRenamed, Some(id), caller, ""),
         };
         let disable = change.disable == Some(true);
-        match self.storage(self.store.change_key(change)).await? {
+        match self.storage(self.store()?.change_key(change)).await? {
             // Nothing differed: this repeats the key's latest change, which
             // may still be on its way to memory and the other instances. The
             // answer waits for it like the first, when it revokes.
@@ -379,7 +501,7 @@ impl Signet {
         caller: &Caller,
     ) -> Result<(PublicKeyRecord, GeneratedKey, PublicKeyRecord), ServiceError> {
         let old = self
-            .storage(self.store.get_key(id))
+            .storage(self.store()?.get_key(id))
             .await?
             .filter(|r| r.org == org)
             .ok_or(ServiceError::NotFound(id))?;
@@ -416,11 +538,12 @@ impl Signet {
             rotated: event(Action::KeyRotated, Some(id), caller, &outcome),
             refused: event(Action::QuotaExceeded, Some(successor.id), caller, "refused"),
         };
-        match self.storage(self.store.rotate_key(rotation)).await? {
+        match self.storage(self.store()?.rotate_key(rotation)).await? {
             Rotation::Yes(retired, version) => {
                 let committed = std::time::Instant::now();
-                self.published.publish(&successor, version, &self.verifier);
-                self.published.publish(&retired, version, &self.verifier);
+                // One change, two consecutive events in the feed.
+                self.published
+                    .publish_all(&[&successor, &retired], version, &self.verifier);
                 self.metrics.keys.inc();
                 // Retired at once: a revocation, like a delete.
                 if retired.state_at(now_secs()) != KeyState::Active {
@@ -438,7 +561,7 @@ impl Signet {
     pub async fn delete(&self, org: OrgId, id: KeyId, caller: &Caller) -> Result<(), ServiceError> {
         let event = event(Action::KeyDeleted, Some(id), caller, "deleted");
         let deleted = self
-            .storage(self.store.delete_key(Delete {
+            .storage(self.store()?.delete_key(Delete {
                 org: org.clone(),
                 id,
                 event,
@@ -470,14 +593,31 @@ impl Signet {
     /// every other live instance too, or until those that have not applied
     /// it have stopped verifying on their own.
     async fn applied_everywhere(&self, version: u64, committed: std::time::Instant) {
-        crate::cluster::applied_everywhere(
-            &self.store,
+        // This instance's own followers: every event numbered so far, the
+        // revocation's included.
+        let event = self.published.feed().latest();
+        let followers = self.followers.applied_everywhere(event);
+        let Some(store) = &self.store else {
+            followers.await;
+            return;
+        };
+        let instances = crate::cluster::applied_everywhere(
+            store,
             &self.fresh,
             version,
             committed,
             &self.metrics.cluster.revocation_wait_seconds,
-        )
-        .await;
+        );
+        tokio::join!(instances, followers);
+    }
+
+    /// The store, which a follower does not have.
+    fn store(&self) -> Result<&Store, ServiceError> {
+        self.store.as_ref().ok_or_else(|| {
+            ServiceError::Store(StoreError::Unavailable(
+                "a follower holds no store: send changes to its upstream".into(),
+            ))
+        })
     }
 
     /// An active key: a disabled or expired one is not found here (the
@@ -486,7 +626,9 @@ impl Signet {
         // The published keys are the active ones, in memory; with other
         // instances, one created elsewhere a moment ago may be stored only.
         let record = match self.jwks.record(id) {
-            None if self.fresh.following() => self.storage(self.store.get_key(id)).await?,
+            None if self.fresh.following() && self.store.is_some() => {
+                self.storage(self.store()?.get_key(id)).await?
+            }
             held => held,
         };
         record
@@ -495,12 +637,12 @@ impl Signet {
     }
 
     pub async fn list(&self, org: &OrgId) -> Result<Vec<PublicKeyRecord>, ServiceError> {
-        self.storage(self.store.list_org(org.clone())).await
+        self.storage(self.store()?.list_org(org.clone())).await
     }
 
     /// Every live key, oldest first.
     pub async fn list_all(&self) -> Result<Vec<PublicKeyRecord>, ServiceError> {
-        self.storage(self.store.all_keys()).await
+        self.storage(self.store()?.all_keys()).await
     }
 
     /// An organisation's audit events, newest first: at most `limit`, all
@@ -511,7 +653,7 @@ impl Signet {
         limit: usize,
         before: Option<EventId>,
     ) -> Result<Vec<AuditEvent>, ServiceError> {
-        self.storage(self.store.audit_page(AuditPage {
+        self.storage(self.store()?.audit_page(AuditPage {
             org: org.clone(),
             limit,
             before,
@@ -522,17 +664,25 @@ impl Signet {
     /// Walks every organisation's audit chain: the number of events
     /// checked, or the first broken link.
     pub async fn verify_audit(&self) -> Result<Result<usize, BrokenLink>, ServiceError> {
-        self.storage(self.store.verify_audit()).await
+        self.storage(self.store()?.verify_audit()).await
     }
 
     /// Whether storage answers a read: the readiness probe.
     pub async fn is_ready(&self) -> bool {
-        self.fresh.vouch().is_ok() && self.store.is_usable().await
+        let usable = match &self.store {
+            Some(store) => store.is_usable().await,
+            // A follower: ready once its upstream has accepted it.
+            None => self.mirror.as_ref().is_some_and(|m| m.registered()),
+        };
+        self.fresh.vouch().is_ok() && usable
     }
 
     /// Makes everything written so far durable (at shutdown).
     pub async fn sync(&self) -> Result<(), ServiceError> {
-        self.storage(self.store.sync()).await
+        match &self.store {
+            Some(_) => self.storage(self.store()?.sync()).await,
+            None => Ok(()),
+        }
     }
 
     /// Stops following other instances and leaves their list, so that no
@@ -541,11 +691,11 @@ impl Signet {
         if let Some(task) = self.follower.lock().expect("follower lock poisoned").take() {
             task.abort();
         }
-        if self.fresh.following() {
+        if let (true, Some(store)) = (self.fresh.following(), &self.store) {
             // Not on the list any more: no revocation waits for this
             // instance, so it must not vouch for one either.
             self.fresh.fence();
-            if let Err(e) = self.store.leave(self.fresh.instance()).await {
+            if let Err(e) = store.leave(self.fresh.instance()).await {
                 tracing::warn!(error = %e, "could not leave the list of instances");
             }
         }
@@ -568,9 +718,9 @@ impl Signet {
     /// the follower published it meanwhile). Call before authenticating an
     /// organisation token.
     pub async fn learn_key_of(&self, token: &str) -> bool {
-        if !self.fresh.following() {
+        let Some(store) = self.store.as_ref().filter(|_| self.fresh.following()) else {
             return false;
-        }
+        };
         let kid = token
             .split('.')
             .next()
@@ -588,7 +738,7 @@ impl Signet {
         if self.published.knows(kid) || !self.unknown.may_look_up(kid) {
             return false;
         }
-        match self.store.get_key(kid).await {
+        match store.get_key(kid).await {
             Ok(Some(record)) => {
                 // Only an active key, and only if nothing about it was
                 // applied here meanwhile: this read may predate that change.
@@ -624,7 +774,10 @@ impl Signet {
     /// caller was refused (403), in signet's own words.
     pub async fn record_denied(&self, org: &OrgId, caller: &Caller, outcome: &'static str) {
         let event = event(Action::AccessDenied, None, caller, outcome);
-        if let Err(e) = self.store.record_event(org.clone(), event).await {
+        let Some(store) = &self.store else {
+            return;
+        };
+        if let Err(e) = store.record_event(org.clone(), event).await {
             self.metrics.storage_errors.inc();
             tracing::error!(error = %e, "could not record an access.denied audit event");
         }
@@ -651,11 +804,14 @@ impl Signet {
     /// the disk.
     async fn reconcile(&self) {
         use std::sync::atomic::Ordering;
-        let generation = self.store.generation();
+        let Some(store) = &self.store else {
+            return;
+        };
+        let generation = store.generation();
         if self.seen_generation.swap(generation, Ordering::SeqCst) == generation {
             return;
         }
-        match self.store.all_keys().await {
+        match store.all_keys().await {
             Ok(records) => {
                 self.published.reset(&records, &self.verifier);
                 self.metrics.keys.set(records.len() as i64);

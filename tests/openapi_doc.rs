@@ -10,7 +10,7 @@ fn paths() -> Vec<&'static str> {
 }
 
 /// The error codes of docs/api.md.
-const ERROR_CODES: [&str; 13] = [
+const ERROR_CODES: [&str; 14] = [
     "invalid_request",
     "invalid_id",
     "unauthorized",
@@ -24,6 +24,7 @@ const ERROR_CODES: [&str; 13] = [
     "conflict",
     "unavailable",
     "internal",
+    "read_only",
 ];
 
 /// The verification error codes of docs/api.md.

@@ -47,6 +47,9 @@ enum Command {
         /// Log one JSON object per line instead of text (overrides log.format).
         #[arg(long)]
         log_json: bool,
+        /// Run as a follower of this signet (overrides upstream.url and SIGNET_UPSTREAM).
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
     },
     /// Check a token: exit 0 if valid, 1 if not, 2 if it could not be checked.
     Verify(VerifyArgs),
@@ -159,7 +162,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Serve { config, log_json } => serve::run(config, log_json, runtime),
+        Command::Serve {
+            config,
+            log_json,
+            upstream,
+        } => serve::run(config, log_json, upstream, runtime),
         Command::Verify(args) => runtime.block_on(verify::run(args)),
         Command::Keys {
             command,

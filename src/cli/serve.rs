@@ -9,9 +9,14 @@ use crate::config::{Config, LogFormat};
 pub(super) fn run(
     config: Option<PathBuf>,
     log_json: bool,
+    upstream: Option<String>,
     runtime: tokio::runtime::Runtime,
 ) -> anyhow::Result<Outcome> {
-    let mut config = Config::load(config.as_deref())?;
+    // `--upstream` counts as `SIGNET_UPSTREAM`, over it.
+    let mut config = Config::load_with_env(config.as_deref(), |name| match name {
+        "SIGNET_UPSTREAM" if upstream.is_some() => upstream.clone(),
+        _ => std::env::var(name).ok(),
+    })?;
     if log_json {
         config.log.format = LogFormat::Json;
     }

@@ -1,5 +1,6 @@
-//! The one response body type: a single chunk, plain or secret. A secret
-//! chunk (a private key) is zeroized when hyper drops it after writing.
+//! The one response body type: a single chunk, plain or secret, or a
+//! stream of chunks (the change feed). A secret chunk (a private key) is
+//! zeroized when hyper drops it after writing.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -40,22 +41,27 @@ impl Buf for Chunk {
     }
 }
 
-pub struct Body(Option<Chunk>);
+pub struct Body(Option<Chunk>, Option<tokio::sync::mpsc::Receiver<Bytes>>);
 
 impl Body {
     pub fn empty() -> Body {
-        Body(None)
+        Body(None, None)
     }
 
     pub fn secret(bytes: Zeroizing<Vec<u8>>) -> Body {
-        Body(Some(Chunk::Secret(bytes, 0)))
+        Body(Some(Chunk::Secret(bytes, 0)), None)
+    }
+
+    /// The chunks `rx` yields, until its sender is dropped.
+    pub fn stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
+        Body(None, Some(rx))
     }
 }
 
 impl<T: Into<Bytes>> From<T> for Body {
     fn from(b: T) -> Body {
         let b = b.into();
-        Body((!b.is_empty()).then_some(Chunk::Plain(b)))
+        Body((!b.is_empty()).then_some(Chunk::Plain(b)), None)
     }
 }
 
@@ -65,16 +71,24 @@ impl hyper::body::Body for Body {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Chunk>, Infallible>>> {
+        if let Some(rx) = self.1.as_mut() {
+            return rx
+                .poll_recv(cx)
+                .map(|b| b.map(|b| Ok(Frame::data(Chunk::Plain(b)))));
+        }
         Poll::Ready(self.0.take().map(|c| Ok(Frame::data(c))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_none()
+        self.0.is_none() && self.1.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.1.is_some() {
+            return SizeHint::default();
+        }
         SizeHint::with_exact(self.0.as_ref().map_or(0, |c| c.remaining() as u64))
     }
 }

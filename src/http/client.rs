@@ -197,7 +197,7 @@ async fn send(
 }
 
 /// The system's roots plus `cacert`, HTTP/1.1 by ALPN.
-fn tls_config(cacert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+pub(super) fn tls_config(cacert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     // Unreadable entries of the system store are skipped, as curl does.
     let native = rustls_native_certs::load_native_certs();
@@ -241,7 +241,7 @@ fn tls_config(cacert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Client
     Ok(Arc::new(config))
 }
 
-async fn connect_tls(
+pub(super) async fn connect_tls(
     url: &str,
     authority: &hyper::http::uri::Authority,
     config: Arc<rustls::ClientConfig>,

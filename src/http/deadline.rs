@@ -93,6 +93,9 @@ pub struct Activity {
     /// Milliseconds after `opened` when the last request finished.
     idle_since_ms: AtomicU64,
     closed_for: OnceLock<Reason>,
+    /// A shorter write timeout, in milliseconds (0: the configured one):
+    /// a change feed stream drops a subscriber that stops reading sooner.
+    write_ms: AtomicU64,
 }
 
 impl Activity {
@@ -105,7 +108,17 @@ impl Activity {
             next_request_ms: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             closed_for: OnceLock::new(),
+            write_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Fails a write that makes no progress for `timeout` from now on, if
+    /// shorter than the configured write timeout.
+    pub fn write_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.write_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Marks a request in flight until the guard drops.
@@ -249,9 +262,13 @@ impl<T> Guarded<T> {
     /// write timeout.
     fn write_pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
         let since = *self.write_stalled.get_or_insert_with(Instant::now);
+        let limit = match self.activity.write_ms.load(Ordering::Relaxed) {
+            0 => self.limits.write,
+            ms => self.limits.write.min(Duration::from_millis(ms)),
+        };
         match self
             .write_alarm
-            .poll_at(cx, since + self.limits.write, Some(Reason::Write))
+            .poll_at(cx, since + limit, Some(Reason::Write))
         {
             Poll::Ready(_) => Poll::Ready(Err(self.activity.close(Reason::Write))),
             Poll::Pending => Poll::Pending,

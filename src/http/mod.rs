@@ -9,6 +9,8 @@ mod call;
 pub mod client;
 mod console;
 mod deadline;
+mod events;
+mod followers;
 mod jwks;
 mod keys;
 mod lifecycle;
@@ -17,6 +19,7 @@ mod reply;
 mod request_id;
 mod routes;
 pub mod tls;
+pub mod upstream;
 mod verify;
 
 #[cfg(feature = "test-hooks")]
@@ -125,9 +128,11 @@ pub async fn serve(
         let activity = deadline::Activity::new();
         let service = {
             let (app, activity) = (app.clone(), activity.clone());
-            service_fn(move |req| {
+            service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let app = app.clone();
                 let in_flight = activity.begin(req.version());
+                // A stream (the change feed) keeps its connection busy.
+                req.extensions_mut().insert(activity.clone());
                 async move {
                     let reply = handle_request(&app, req, peer, in_flight).await;
                     Ok::<_, Infallible>(reply)

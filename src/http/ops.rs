@@ -28,6 +28,7 @@ pub async fn readyz(call: Call<'_>) -> Outcome {
 }
 
 pub async fn metrics(call: Call<'_>) -> Outcome {
+    call.state.signet.observe();
     Ok(reply::with_type(
         StatusCode::OK,
         "application/openmetrics-text; version=1.0.0; charset=utf-8",

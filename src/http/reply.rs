@@ -52,6 +52,8 @@ pub enum ErrorCode {
     RequestTimeout,
     Unavailable,
     Internal,
+    /// 421: a follower answers only reads and verification.
+    ReadOnly,
 }
 
 /// An error as docs/api.md shapes it: `{"code", "message", "cause"?}`.
@@ -152,6 +154,18 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 421 `read_only`: this server is a follower of `upstream`.
+    pub fn read_only(upstream: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            ErrorCode::ReadOnly,
+            "this server is a follower: it serves the JWK Sets, GET /v1/keys/{id}, /v1/verify and /v1/auth only; send this request to its upstream",
+        )
+        .cause(upstream)
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
         let message = e.to_string();
@@ -225,6 +239,7 @@ mod tests {
             (ErrorCode::RequestTimeout, "request_timeout"),
             (ErrorCode::Unavailable, "unavailable"),
             (ErrorCode::Internal, "internal"),
+            (ErrorCode::ReadOnly, "read_only"),
         ];
         for (code, text) in cases {
             assert_eq!(serde_json::to_value(code).unwrap(), text);

@@ -14,7 +14,7 @@ use hyper::{Method, Request};
 
 use super::call::{Call, Outcome, Params};
 use super::reply::{ApiError, Reply};
-use super::{audit, console, jwks, keys, lifecycle, ops, verify, ServerState};
+use super::{audit, console, events, followers, jwks, keys, lifecycle, ops, verify, ServerState};
 
 /// A handler's future, boxed so that every handler fits one table.
 type Pending<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
@@ -56,7 +56,7 @@ macro_rules! route {
 
 /// Every route the server answers, in matching order. Rows sharing a path
 /// are listed together; their order is the order of the `Allow` header.
-static ROUTES: LazyLock<[Route; 20]> = LazyLock::new(|| {
+static ROUTES: LazyLock<[Route; 23]> = LazyLock::new(|| {
     [
         route!(GET "/v1/organisations/{org}/keys" => keys::list),
         route!(POST "/v1/organisations/{org}/keys" => keys::create),
@@ -78,8 +78,23 @@ static ROUTES: LazyLock<[Route; 20]> = LazyLock::new(|| {
         route!(GET "/openapi.yaml" => ops::openapi),
         route!(GET "/console" => console::page),
         route!(GET "/console/{asset}" => console::asset),
+        route!(GET "/v1/events" => events::all),
+        route!(GET "/v1/organisations/{org}/events" => events::of_org),
+        route!(POST "/v1/followers/ack" => followers::ack),
     ]
 });
+
+/// The paths a follower serves; every other answers 421 `read_only`.
+const FOLLOWER_PATHS: [&str; 8] = [
+    "/v1/keys/{id}",
+    "/v1/organisations/{org}/jwks.json",
+    "/.well-known/jwks.json",
+    "/v1/verify",
+    "/v1/auth",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
 
 /// Every path template the server routes, each once, in table order.
 pub fn paths() -> Vec<&'static str> {
@@ -202,6 +217,18 @@ pub async fn dispatch(
     };
     let template = ROUTES[first].path;
     let errors = ROUTES[first].errors;
+    // A follower answers only what it can from memory, before any
+    // authentication.
+    if let Some(upstream) = &state.config.upstream {
+        if !FOLLOWER_PATHS.contains(&template) {
+            let e = ApiError::read_only(&upstream.url);
+            let reply = match errors {
+                Errors::Api => e.into_reply(),
+                Errors::Compat => e.into_compat_reply(),
+            };
+            return (template, Some(first), reply);
+        }
+    }
     // Rows sharing a path are listed together.
     let mut rows = ROUTES[first..].iter().take_while(|r| r.path == template);
     let outcome = match rows.find(|r| answers(r, req.method())) {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::ServiceError;
+use crate::events::{Change, Feed, Reason};
 use crate::jwks::Jwks;
 use crate::keys::{now_secs, rfc3339, Jwk, KeyId, KeyState, OrgId, PublicKeyRecord};
 use crate::verify::{KeyMaterial, KeySource, KeySourceError, Verifier, Withheld};
@@ -88,6 +89,9 @@ pub(crate) struct Published {
     inner: Mutex<Inner>,
     /// Wakes the timer when an earlier expiry is set.
     wake: Notify,
+    /// The change feed: each change that alters what is published is
+    /// numbered here, under `inner`'s lock.
+    feed: Arc<Feed>,
 }
 
 #[derive(Default)]
@@ -114,7 +118,81 @@ impl Published {
             fresh,
             inner: Mutex::new(Inner::default()),
             wake: Notify::new(),
+            feed: Arc::new(Feed::new(10_000)),
         }
+    }
+
+    /// The change feed of what is published here.
+    pub(crate) fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
+    /// The latest event id and the published keys as they stand at it,
+    /// of one organisation or all (a feed's `reset`).
+    pub(crate) fn snapshot(&self, org: Option<&OrgId>) -> (u64, Vec<PublicKeyRecord>) {
+        let inner = self.lock();
+        let version = self.feed.latest();
+        let records = self.jwks.records(org);
+        drop(inner);
+        (version, records)
+    }
+
+    /// Numbers a change in the feed; call with `inner` locked.
+    fn emit(&self, change: Change) {
+        self.feed.emit(change, self.fresh.applied());
+    }
+
+    /// A follower's whole view replaced by what its upstream publishes
+    /// (a `reset`): unlike [`Published::reset`], this is the truth, so a
+    /// key withdrawn here and published upstream is published again. A
+    /// key deleted here stays deleted.
+    pub(crate) fn replace(&self, records: &[PublicKeyRecord], verifier: &Verifier) {
+        let mut inner = self.lock();
+        *inner = Inner::default();
+        let now = now_secs();
+        let active: Vec<&PublicKeyRecord> = records
+            .iter()
+            .filter(|r| r.state_at(now) == KeyState::Active)
+            .collect();
+        for r in &active {
+            inner.schedule_expiry(r, KeyState::Active);
+        }
+        self.jwks.replace(active);
+        self.emit(Change::Reset);
+        drop(inner);
+        verifier.forget_all();
+        self.wake.notify_one();
+    }
+
+    /// A follower's withdrawal of a published key, as its upstream
+    /// announced it; whether it was published here.
+    pub(crate) fn withdraw(
+        &self,
+        org: &OrgId,
+        id: KeyId,
+        reason: Reason,
+        verifier: &Verifier,
+    ) -> bool {
+        if reason == Reason::Deleted {
+            return self.remove(org, id, verifier);
+        }
+        let mut inner = self.lock();
+        let why = match reason {
+            Reason::Disabled => Withheld::Disabled,
+            _ => Withheld::Expired,
+        };
+        inner.withheld.insert(id, why);
+        let published = self.jwks.withdrawn(org, id);
+        if published {
+            self.emit(Change::Withdrawn {
+                org: org.clone(),
+                kid: id,
+                reason,
+            });
+        }
+        drop(inner);
+        verifier.forget(id);
+        published
     }
 
     /// Derives everything from `records` (at start, and after storage
@@ -145,6 +223,7 @@ impl Published {
         // gigabyte that the allocator keeps.
         let active = |r: &&PublicKeyRecord| r.state_at(now) == KeyState::Active;
         self.jwks.reset(records.iter().filter(active));
+        self.emit(Change::Reset);
         drop(inner);
         verifier.forget_all();
         self.wake.notify_one();
@@ -161,17 +240,52 @@ impl Published {
         version: u64,
         verifier: &Verifier,
     ) -> bool {
+        self.publish_all(&[record], version, verifier)[0]
+    }
+
+    /// [`Published::publish`] of every record of one change (a rotation's
+    /// two keys) under one lock, so that their events are consecutive.
+    pub(crate) fn publish_all(
+        &self,
+        records: &[&PublicKeyRecord],
+        version: u64,
+        verifier: &Verifier,
+    ) -> Vec<bool> {
         let mut inner = self.lock();
-        if !inner.is_newer(record.id, version) {
-            return false;
+        let mut news = Vec::with_capacity(records.len());
+        let mut earlier = false;
+        for record in records {
+            let (new, sooner) = self.apply(&mut inner, record, version);
+            news.push(new);
+            earlier |= sooner;
         }
-        let new = !self.jwks.contains(record.id) && !inner.withheld.contains_key(&record.id);
+        drop(inner);
+        for record in records {
+            verifier.forget(record.id);
+        }
+        if earlier {
+            self.wake.notify_one();
+        }
+        news
+    }
+
+    /// Applies one record with `inner` locked: whether the key is new here,
+    /// and whether it set an earlier expiry.
+    fn apply(&self, inner: &mut Inner, record: &PublicKeyRecord, version: u64) -> (bool, bool) {
+        if !inner.is_newer(record.id, version) {
+            return (false, false);
+        }
+        let was = self.jwks.contains(record.id);
+        let new = !was && !inner.withheld.contains_key(&record.id);
         let state = record.state_at(now_secs());
         match state {
             // Published before it stops being withheld, so that a
             // verification in between finds it one way or the other.
             KeyState::Active => {
-                self.jwks.added(record);
+                let same = was && self.jwks.record(record.id).as_ref() == Some(record);
+                if self.jwks.added(record) || (was && !same) {
+                    self.emit(Change::Published(Arc::new(record.clone())));
+                }
                 inner.withheld.remove(&record.id);
             }
             // Withheld before it is unpublished, likewise.
@@ -181,18 +295,23 @@ impl Published {
                     _ => Withheld::Expired,
                 };
                 inner.withheld.insert(record.id, why);
-                self.unpublish(&record.org, record.id);
+                if self.jwks.withdrawn(&record.org, record.id) {
+                    let reason = match why {
+                        Withheld::Disabled => Reason::Disabled,
+                        _ => Reason::Expired,
+                    };
+                    self.emit(Change::Withdrawn {
+                        org: record.org.clone(),
+                        kid: record.id,
+                        reason,
+                    });
+                }
             }
         }
         let earliest = inner.schedule.first().map(|e| e.0);
         inner.schedule_expiry(record, state);
         let earlier = inner.schedule.first().map(|e| e.0) != earliest;
-        drop(inner);
-        verifier.forget(record.id);
-        if earlier {
-            self.wake.notify_one();
-        }
-        new
+        (new, earlier)
     }
 
     /// Whether anything is known here about key `id` (a change applied
@@ -209,7 +328,11 @@ impl Published {
         let inner = self.lock();
         let known = inner.knows(record.id) || self.jwks.contains(record.id);
         let active = record.state_at(now_secs()) == KeyState::Active;
-        !known && active && self.jwks.learned(record)
+        let learned = !known && active && self.jwks.learned(record);
+        if learned {
+            self.emit(Change::Published(Arc::new(record.clone())));
+        }
+        learned
     }
 
     /// Forgets a deleted key everywhere, for good: no read of the store
@@ -217,6 +340,13 @@ impl Published {
     pub(crate) fn remove(&self, org: &OrgId, id: KeyId, verifier: &Verifier) -> bool {
         let mut inner = self.lock();
         let published = self.jwks.removed(org, id);
+        if published {
+            self.emit(Change::Withdrawn {
+                org: org.clone(),
+                kid: id,
+                reason: Reason::Deleted,
+            });
+        }
         let withheld = inner.withheld.remove(&id).is_some();
         let first = inner.versions.insert(id, DELETED) != Some(DELETED);
         drop(inner);
@@ -237,7 +367,13 @@ impl Published {
             let disabled = inner.withheld.get(&id) == Some(&Withheld::Disabled);
             if disabled || self.jwks.contains(id) {
                 inner.withheld.insert(id, Withheld::Expired);
-                self.unpublish(&org, id);
+                if self.jwks.withdrawn(&org, id) {
+                    self.emit(Change::Withdrawn {
+                        org: org.clone(),
+                        kid: id,
+                        reason: Reason::Expired,
+                    });
+                }
                 expired.push(id);
             }
         }
@@ -248,10 +384,6 @@ impl Published {
             tracing::info!(key_id = %id, "key expired: withdrawn from the JWK Sets");
         }
         next
-    }
-
-    fn unpublish(&self, org: &OrgId, id: KeyId) {
-        self.jwks.withdrawn(org, id);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

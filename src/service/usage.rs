@@ -73,11 +73,11 @@ impl Signet {
     ) -> Result<Vec<KeyUsage>, ServiceError> {
         let now = now_ms();
         let usage = self.usage();
-        if !self.store.shares_usage() {
+        if !self.store.as_ref().is_some_and(Store::shares_usage) {
             return Ok(records.iter().map(|r| usage.local(r.id, now)).collect());
         }
         let ids: Vec<KeyId> = records.iter().map(|r| r.id).collect();
-        let stored = self.storage(self.store.usage_of(&ids, now)).await?;
+        let stored = self.storage(self.store()?.usage_of(&ids, now)).await?;
         Ok(ids
             .iter()
             .map(|id| {
@@ -95,7 +95,7 @@ impl Signet {
         window: Duration,
     ) -> Result<bool, ServiceError> {
         let record = self
-            .storage(self.store.get_key(id))
+            .storage(self.store()?.get_key(id))
             .await?
             .filter(|r| &r.org == org)
             .ok_or(ServiceError::NotFound(id))?;
@@ -119,6 +119,7 @@ impl Signet {
         &self,
         org: &OrgId,
     ) -> Result<Result<usize, crate::audit::BrokenLink>, ServiceError> {
-        self.storage(self.store.verify_org_audit(org.clone())).await
+        self.storage(self.store()?.verify_org_audit(org.clone()))
+            .await
     }
 }

@@ -17,6 +17,7 @@ mod console;
 mod deadlines;
 mod durability;
 mod faultproxy;
+mod followers;
 mod jwks_global;
 mod keys_api;
 mod lifecycle;

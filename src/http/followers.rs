@@ -1,0 +1,71 @@
+//! `POST /v1/followers/ack`: a follower, holding a follower token, reports
+//! the last event of this server's feed it has applied; the answer tells
+//! it how far this server's feed goes and how fresh this server is, from
+//! which it computes its own freshness (see `follower`).
+
+use hyper::header;
+use hyper::StatusCode;
+use serde::Deserialize;
+
+use super::call::{Call, Outcome};
+use super::reply::{self, ApiError, ErrorCode};
+use crate::auth::AuthError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ack {
+    /// The follower's id (a ULID it chose at start).
+    follower: String,
+    /// The last event id it has applied.
+    applied: u64,
+    /// Key usage counted on the follower since its last acknowledgement.
+    #[serde(default)]
+    usage: Vec<crate::usage::UsageDelta>,
+}
+
+pub async fn ack(call: Call<'_>) -> Outcome {
+    let signet = &call.state.signet;
+    let followers = signet.followers();
+    if !followers.enabled() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this server accepts no followers: set followers.token_sha256 or SIGNET_FOLLOWER_TOKEN",
+        ));
+    }
+    let token = call
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(AuthError::Missing)
+        .and_then(crate::auth::bearer)?;
+    if !followers.accepts(token) {
+        return Err(AuthError::invalid("not_follower", "this is not a follower token").into());
+    }
+    let ack: Ack = call.read_json().await?;
+    let follower = ulid::Ulid::from_string(&ack.follower)
+        .map_err(|_| ApiError::invalid_request("follower must be a ULID"))?;
+    // Stale first, then the version: if this server was fresh as of a
+    // moment after a change, that change was numbered before (see
+    // `follower`).
+    let source = signet.feed();
+    if !source.vouches() {
+        return Err(ApiError::unavailable(
+            "this server cannot vouch that it has seen every key change now",
+        ));
+    }
+    let Some(stale) = source.stale_for() else {
+        return Err(ApiError::unavailable("this server has not caught up yet"));
+    };
+    let version = source.feed().latest();
+    signet.follower_acked(&follower.to_string(), ack.applied);
+    signet.verifier().usage().absorb(&ack.usage);
+    Ok(reply::json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "version": version,
+            "staleMs": u64::try_from(stale.as_millis()).unwrap_or(u64::MAX),
+            "run": source.feed().run(),
+        }),
+    ))
+}

@@ -1,0 +1,381 @@
+//! A follower's link to its upstream signet: the change feed read as a
+//! stream (`GET /v1/events`, resumed with `Last-Event-ID`), and the
+//! acknowledgements (`POST /v1/followers/ack`) whose answers keep the
+//! follower fresh. What the events and answers mean is `follower`'s.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_rustls::rustls;
+
+use super::client::{connect_tls, tls_config, ClientError};
+use crate::follower::{AckAnswer, Mirror, SseParser};
+
+/// Why a stream ended when the acknowledgements found another run of the
+/// upstream than the stream's.
+const RESTART: &str = "the upstream restarted";
+
+/// The longest event accepted from the upstream (a `reset` of every key).
+const MAX_EVENT: usize = 1 << 30;
+
+/// Why a follower cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// No follower token is configured.
+    #[error(
+        "a follower needs its follower token: set SIGNET_UPSTREAM_TOKEN or upstream.token_file"
+    )]
+    NoToken,
+    /// The token file cannot be read.
+    #[error("cannot read the follower token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The upstream refused the token.
+    #[error("the upstream {url} refused the follower token from {from} ({status}): check that its followers.token_sha256 or SIGNET_FOLLOWER_TOKEN holds this token")]
+    Refused {
+        url: String,
+        from: String,
+        status: String,
+    },
+    /// The upstream URL or CA certificate cannot be used.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// How to reach the upstream.
+pub struct Link {
+    base: String,
+    authority: hyper::http::uri::Authority,
+    token: String,
+    /// Where the token came from, for messages (never the token).
+    token_from: String,
+    cacert: Option<PathBuf>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    max_staleness: Duration,
+    /// Asks the stream to start over from a `reset`.
+    restart: Notify,
+}
+
+impl Link {
+    pub fn new(config: &crate::config::Config) -> Result<Link, LinkError> {
+        let up = config.upstream.clone().unwrap_or_default();
+        let (token, token_from) = match (&up.token, &up.token_file) {
+            (Some(t), _) => (t.expose().to_owned(), "SIGNET_UPSTREAM_TOKEN".to_owned()),
+            (None, Some(path)) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| LinkError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                (
+                    text.trim().to_owned(),
+                    format!("upstream.token_file {}", path.display()),
+                )
+            }
+            (None, None) => return Err(LinkError::NoToken),
+        };
+        if token.is_empty() {
+            return Err(LinkError::NoToken);
+        }
+        let base = up.url.trim_end_matches('/').to_owned();
+        let uri: hyper::Uri = base
+            .parse()
+            .map_err(|_| ClientError::BadUrl(base.clone()))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| ClientError::BadUrl(base.clone()))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => Some(tls_config(up.cacert.as_deref())?),
+            Some("http") => None,
+            _ => return Err(ClientError::BadUrl(base).into()),
+        };
+        Ok(Link {
+            base,
+            authority,
+            token,
+            token_from,
+            cacert: up.cacert,
+            tls,
+            max_staleness: Duration::from_millis(config.cluster.max_staleness_ms),
+            restart: Notify::new(),
+        })
+    }
+
+    /// A new HTTP/1.1 connection to the upstream.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let default_port = if self.tls.is_some() { 443 } else { 80 };
+        let port = self.authority.port_u16().unwrap_or(default_port);
+        let (sender, conn) = match &self.tls {
+            None => {
+                let tcp = TcpStream::connect((host, port))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = tcp.set_nodelay(true);
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (
+                    sender,
+                    tokio::spawn(async move { conn.await.map_err(|e| e.to_string()) }),
+                )
+            }
+            Some(config) => {
+                let tls = connect_tls(
+                    &self.base,
+                    &self.authority,
+                    config.clone(),
+                    self.cacert.as_deref(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (
+                    sender,
+                    tokio::spawn(async move { conn.await.map_err(|e| e.to_string()) }),
+                )
+            }
+        };
+        drop(conn);
+        Ok(sender)
+    }
+
+    fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, self.authority.as_str())
+    }
+}
+
+/// Sends one acknowledgement; the answer, or why there is none.
+async fn acknowledge(
+    link: &Link,
+    conn: &mut Option<SendRequest<Full<Bytes>>>,
+    mirror: &Mirror,
+) -> Result<AckAnswer, Failure> {
+    // Key usage counted here rides along, to be summed upstream.
+    let usage = mirror.usage();
+    let body =
+        serde_json::json!({"follower": mirror.id(), "applied": mirror.applied(), "usage": usage});
+    let req = link
+        .request(Method::POST, "/v1/followers/ack")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(
+            hyper::header::AUTHORIZATION,
+            format!("Bearer {}", link.token),
+        )
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    let exchange = async {
+        let mut sender = match conn.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => link.connect().await.map_err(Failure::Other)?,
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|e| Failure::Other(e.to_string()))?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|e| Failure::Other(e.to_string()))?;
+        let status = res.status();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Failure::Other(e.to_string()))?
+            .to_bytes();
+        *conn = Some(sender);
+        match status {
+            StatusCode::OK => serde_json::from_slice::<AckAnswer>(&body)
+                .map_err(|e| Failure::Other(format!("an answer this follower cannot read: {e}"))),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(Failure::Refused(status.to_string()))
+            }
+            other => Err(Failure::Other(format!(
+                "{other}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            ))),
+        }
+    };
+    let answer =
+        match tokio::time::timeout(link.max_staleness.max(Duration::from_millis(500)), exchange)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(_) => {
+                *conn = None;
+                Err(Failure::Other("no answer in time".into()))
+            }
+        };
+    if answer.is_err() {
+        mirror.unsent(&usage);
+    }
+    answer
+}
+
+enum Failure {
+    Refused(String),
+    Other(String),
+}
+
+/// Registers with the upstream: the first acknowledgement. A refused token
+/// is an error; an unreachable upstream is not (the follower keeps trying,
+/// verifying nothing meanwhile).
+pub async fn register(link: &Link, mirror: &Mirror) -> Result<(), LinkError> {
+    let mut conn = None;
+    let sent = Instant::now();
+    match acknowledge(link, &mut conn, mirror).await {
+        Ok(answer) => {
+            mirror.answered(sent, &answer);
+            Ok(())
+        }
+        Err(Failure::Refused(status)) => Err(LinkError::Refused {
+            url: link.base.clone(),
+            from: link.token_from.clone(),
+            status,
+        }),
+        Err(Failure::Other(why)) => {
+            tracing::warn!(upstream = %link.base, %why, "could not register with the upstream yet; retrying");
+            Ok(())
+        }
+    }
+}
+
+/// Follows the upstream until aborted: the stream and the acknowledgements.
+pub fn spawn(link: Arc<Link>, mirror: Arc<Mirror>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::join!(follow(&link, &mirror), acknowledge_forever(&link, &mirror));
+    })
+}
+
+/// Acknowledges after every applied event (one in flight at a time) and
+/// at least every quarter of `max_staleness`.
+async fn acknowledge_forever(link: &Link, mirror: &Mirror) {
+    let every = link.max_staleness / 4;
+    let mut applied = mirror.watch();
+    let mut conn = None;
+    let mut acked = None;
+    loop {
+        let sent = Instant::now();
+        let now_applied = mirror.applied();
+        match acknowledge(link, &mut conn, mirror).await {
+            Ok(answer) => {
+                acked = Some(now_applied);
+                if !mirror.answered(sent, &answer) {
+                    // Another run of the upstream than the stream's.
+                    link.restart.notify_one();
+                }
+            }
+            Err(Failure::Refused(status)) => {
+                tracing::error!(upstream = %link.base, %status, from = %link.token_from, "the upstream refused the follower token");
+                tokio::time::sleep(every).await;
+            }
+            Err(Failure::Other(why)) => {
+                tracing::warn!(upstream = %link.base, %why, "could not acknowledge to the upstream");
+                tokio::time::sleep(Duration::from_millis(100).min(every)).await;
+            }
+        }
+        if acked == Some(mirror.applied()) {
+            let _ = tokio::time::timeout(every, applied.changed()).await;
+        }
+        applied.borrow_and_update();
+    }
+}
+
+/// Reads the upstream's feed, reconnecting with `Last-Event-ID` after a
+/// short pause when it ends.
+async fn follow(link: &Link, mirror: &Mirror) {
+    let mut pause = Duration::from_millis(50);
+    let mut resume = true;
+    loop {
+        let last = if resume { mirror.last_event_id() } else { None };
+        let started = Instant::now();
+        let result = read_stream(link, mirror, last).await;
+        mirror.stream_lost();
+        resume = true;
+        match result {
+            Ok(()) => {}
+            // Straight to a new stream, from a reset.
+            Err(why) if why == RESTART => {
+                resume = false;
+                continue;
+            }
+            Err(why) => {
+                tracing::warn!(upstream = %link.base, %why, "the upstream's change feed ended")
+            }
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            pause = Duration::from_millis(50);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = link.restart.notified() => resume = false,
+        }
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+async fn read_stream(link: &Link, mirror: &Mirror, last: Option<u64>) -> Result<(), String> {
+    let mut sender = link.connect().await?;
+    let mut req = link
+        .request(Method::GET, "/v1/events")
+        .header(hyper::header::ACCEPT, "text/event-stream");
+    if let Some(last) = last {
+        req = req.header("last-event-id", last.to_string());
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let res = tokio::time::timeout(
+        link.max_staleness.max(Duration::from_secs(1)),
+        sender.send_request(req),
+    )
+    .await
+    .map_err(|_| "no answer in time".to_owned())?
+    .map_err(|e| e.to_string())?;
+    if res.status() != StatusCode::OK {
+        return Err(format!("GET /v1/events answered {}", res.status()));
+    }
+    let mut body = res.into_body();
+    let mut parser = SseParser::new(MAX_EVENT);
+    // Heartbeats come every events.heartbeat_ms: a silent stream is dead.
+    let silence = link.max_staleness.max(Duration::from_secs(2));
+    loop {
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(silence, body.frame()) => frame,
+            () = link.restart.notified() => return Err(RESTART.into()),
+        };
+        let frame = match frame {
+            Err(_) => return Err("no event nor heartbeat in time".into()),
+            Ok(None) => return Ok(()),
+            Ok(Some(frame)) => frame.map_err(|e| e.to_string())?,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        for event in parser.push(&data).map_err(|e| e.to_string())? {
+            mirror.apply(&event).map_err(|e| e.to_string())?;
+        }
+    }
+}

@@ -1,0 +1,1061 @@
+//! The change feed (`GET /v1/events`) and followers (`serve --upstream`):
+//! event order and ids, resume and reset, heartbeats, the subscriber cap
+//! and send deadline; a follower serving from memory, refusing writes with
+//! 421, failing closed, and holding a revoking answer until it has applied
+//! it (also under SIGSTOP, a silently dropped path and upstream restarts).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use signet::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+const FOLLOWER_TOKEN: &str = "a-follower-token-0123456789";
+
+/// One event read from a stream.
+#[derive(Debug, Clone)]
+struct Ev {
+    id: Option<u64>,
+    event: String,
+    data: Value,
+}
+
+/// A subscriber of a feed.
+struct Sse {
+    body: Incoming,
+    buf: String,
+}
+
+impl Sse {
+    async fn open(url: &str, last: Option<&str>) -> Result<Sse, Resp> {
+        let mut req = Request::builder().method(Method::GET).uri(url);
+        if let Some(last) = last {
+            req = req.header("last-event-id", last);
+        }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
+        let res = Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>()
+            .request(req)
+            .await
+            .unwrap();
+        if res.status() != 200 {
+            let status = res.status();
+            let headers = res.headers().clone();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            return Err(Resp {
+                status,
+                headers,
+                body,
+            });
+        }
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        Ok(Sse {
+            body: res.into_body(),
+            buf: String::new(),
+        })
+    }
+
+    /// A subscriber; panics unless 200.
+    async fn subscribe(url: &str, last: Option<&str>) -> Sse {
+        match Sse::open(url, last).await {
+            Ok(sse) => sse,
+            Err(r) => panic!("GET {url}: {} {}", r.status, r.text()),
+        }
+    }
+
+    /// The next event of any kind, within 5 s.
+    async fn any(&mut self) -> Ev {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = Ev {
+                    id: None,
+                    event: String::new(),
+                    data: Value::Null,
+                };
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        ev.id = Some(v.parse().unwrap());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        ev.event = v.into();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        ev.data = serde_json::from_str(v).unwrap();
+                    }
+                }
+                return ev;
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(5), self.body.frame())
+                .await
+                .expect("an event within 5 s")
+                .expect("the stream goes on")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                self.buf.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    }
+
+    /// The next event that is not a heartbeat.
+    async fn next(&mut self) -> Ev {
+        loop {
+            let ev = self.any().await;
+            if ev.event != "fresh" {
+                return ev;
+            }
+        }
+    }
+}
+
+async fn patch(app: &TestApp, org: &str, id: &str, body: Value) -> Resp {
+    app.request(
+        Method::PATCH,
+        &format!("/v1/organisations/{org}/keys/{id}"),
+        &[
+            ("authorization", &bearer(ADMIN)),
+            ("content-type", "application/json"),
+        ],
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await
+}
+
+async fn rotate(app: &TestApp, org: &str, id: &str, grace: u64) -> Value {
+    let r = app
+        .request(
+            Method::POST,
+            &format!("/v1/organisations/{org}/keys/{id}/rotate"),
+            &[
+                ("authorization", &bearer(ADMIN)),
+                ("content-type", "application/json"),
+            ],
+            serde_json::to_vec(&json!({ "graceSeconds": grace })).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()
+}
+
+fn kid(created: &Value) -> String {
+    created["id"].as_str().unwrap().to_owned()
+}
+
+async fn feed_order_and_ids() {
+    let app = spawn_app().await;
+    let a = app
+        .create_key("acme", json!({"name": "a", "algorithm": "ES256"}))
+        .await;
+    let mut all = Sse::subscribe(&app.url("/v1/events"), None).await;
+    let mut other = Sse::subscribe(&app.url("/v1/organisations/other/events"), None).await;
+    let reset = all.next().await;
+    assert_eq!(reset.event, "reset");
+    let version = reset.data["version"].as_u64().unwrap();
+    assert_eq!(reset.id, Some(version));
+    let keys = reset.data["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kid"], kid(&a));
+    assert_eq!(keys[0]["org"], "acme");
+    assert_eq!(keys[0]["jwk"]["kid"], kid(&a));
+    let public = app.get(&format!("/v1/keys/{}", kid(&a))).await.json();
+    assert_eq!(keys[0]["key"], public);
+    let other_reset = other.next().await;
+    assert_eq!(other_reset.data["keys"], json!([]));
+
+    let b = app
+        .create_key("acme", json!({"name": "b", "algorithm": "EdDSA"}))
+        .await;
+    assert_eq!(
+        patch(&app, "acme", &kid(&a), json!({"state": "disabled"}))
+            .await
+            .status,
+        200
+    );
+    // A change to an unpublished key is no event.
+    assert_eq!(
+        patch(&app, "acme", &kid(&a), json!({"name": "quiet"}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        patch(&app, "acme", &kid(&a), json!({"state": "active"}))
+            .await
+            .status,
+        200
+    );
+    let successor = rotate(&app, "acme", &kid(&b), 0).await;
+    assert_eq!(
+        patch(&app, "acme", &kid(&a), json!({"state": "disabled"}))
+            .await
+            .status,
+        200
+    );
+    // Deleting a disabled key is no event either.
+    assert_eq!(app.delete_key("acme", &kid(&a), ADMIN).await.status, 204);
+    assert_eq!(
+        app.delete_key("acme", &kid(&successor), ADMIN).await.status,
+        204
+    );
+    let c = app
+        .create_key("other", json!({"name": "c", "algorithm": "ES256"}))
+        .await;
+
+    let expected = [
+        ("published", kid(&b), None),
+        ("withdrawn", kid(&a), Some("disabled")),
+        ("published", kid(&a), None),
+        // The rotation, in either order.
+        ("published", kid(&successor), None),
+        ("withdrawn", kid(&b), Some("expired")),
+        ("withdrawn", kid(&a), Some("disabled")),
+        ("withdrawn", kid(&successor), Some("deleted")),
+        ("published", kid(&c), None),
+    ];
+    let mut last = version;
+    let mut ids = Vec::new();
+    let mut rotation = Vec::new();
+    for (i, (event, key, reason)) in expected.into_iter().enumerate() {
+        let ev = match i {
+            3 => {
+                rotation = vec![all.next().await, all.next().await];
+                rotation.sort_by_key(|e| e.event != "published");
+                rotation[0].clone()
+            }
+            4 => rotation[1].clone(),
+            _ => all.next().await,
+        };
+        assert_eq!(
+            (ev.event.as_str(), ev.data["kid"].as_str()),
+            (event, Some(key.as_str())),
+            "{ev:?}"
+        );
+        if let Some(reason) = reason {
+            assert_eq!(ev.data["reason"], reason, "{ev:?}");
+        } else {
+            assert_eq!(ev.data["key"]["id"], key.as_str());
+            assert_eq!(ev.data["jwk"]["kid"], key.as_str());
+        }
+        ids.push(ev.id.unwrap());
+    }
+    ids[3..5].sort_unstable();
+    for &id in &ids {
+        assert!(id > last, "ids increase strictly: {id} after {last}");
+        last = id;
+    }
+    // The rotation: two events with consecutive ids.
+    assert_eq!(ids[4], ids[3] + 1);
+    // The other organisation's stream sees only its own key, with the
+    // server's id.
+    let ev = other.next().await;
+    assert_eq!((ev.event.as_str(), ev.id), ("published", Some(ids[7])));
+
+    // Resume after a gap: exactly the events after the id.
+    let mut resumed = Sse::subscribe(&app.url("/v1/events"), Some(&ids[2].to_string())).await;
+    for want in &ids[3..] {
+        assert_eq!(resumed.next().await.id, Some(*want));
+    }
+    // Garbage, the future, and an id of no run of this server: a reset.
+    for last in [
+        "garbage",
+        &(last + 1000).to_string(),
+        &(version - 100_000_000).to_string(),
+    ] {
+        let mut s = Sse::subscribe(&app.url("/v1/events"), Some(last)).await;
+        let ev = s.next().await;
+        assert_eq!(ev.event, "reset", "Last-Event-ID {last}");
+        assert_eq!(ev.data["version"], json!(ids[7]));
+        assert_eq!(ev.data["keys"].as_array().unwrap().len(), 1);
+    }
+}
+
+on_both_backends!(feed_order_and_ids);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_say_how_fresh_the_server_is() {
+    let app = spawn_with(|c| c.events.heartbeat_ms = 100).await;
+    let mut s = Sse::subscribe(&app.url("/v1/events"), None).await;
+    let reset = s.any().await;
+    let started = Instant::now();
+    for _ in 0..3 {
+        let ev = s.any().await;
+        assert_eq!(ev.event, "fresh");
+        assert_eq!(ev.id, None);
+        assert_eq!(ev.data["version"], reset.data["version"]);
+        let at = ev.data["freshAsOf"].as_str().unwrap();
+        // RFC 3339 with milliseconds.
+        assert!(at.ends_with('Z') && at.len() == 24, "{at}");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribers_beyond_the_cap_get_503() {
+    let app = spawn_with(|c| c.events.max_subscribers = 2).await;
+    let first = Sse::subscribe(&app.url("/v1/events"), None).await;
+    let _second = Sse::subscribe(&app.url("/v1/organisations/acme/events"), None).await;
+    let Err(third) = Sse::open(&app.url("/v1/events"), None).await else {
+        panic!("a third subscriber is refused");
+    };
+    third.assert_error(503, "unavailable");
+    // A place frees when a stream ends.
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..100 {
+        if let Ok(s) = Sse::open(&app.url("/v1/events"), None).await {
+            reopened = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reopened.is_some(), "the place of a closed stream is freed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_that_stops_reading_is_dropped() {
+    let app = spawn_with(|c| {
+        c.events.send_timeout_ms = 300;
+        c.keys.max_per_org = 100;
+    })
+    .await;
+    // A raw client with a small receive buffer that never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(app.addr).await.unwrap();
+    stuck
+        .write_all(b"GET /v1/events HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let created = app.create_key("acme", json!({"name": "k"})).await;
+    let id = kid(&created);
+    let subscribers = |text: &str| -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("signet_feed_subscribers ")?.parse().ok())
+            .unwrap()
+    };
+    assert_eq!(subscribers(&app.get("/metrics").await.text()), 1);
+    // Renames publish the key again and again: ~1.5 KB each.
+    let started = Instant::now();
+    let mut renames = 0;
+    while subscribers(&app.get("/metrics").await.text()) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still subscribed after {renames} renames"
+        );
+        let r = patch(
+            &app,
+            "acme",
+            &id,
+            json!({"name": format!("name {renames}")}),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        renames += 1;
+    }
+    // Its connection is closed too: reading now ends (after what the
+    // buffers held) instead of waiting.
+    let mut sink = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stuck.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "the stuck subscriber's connection was closed"
+    );
+    // And the server still serves everyone else.
+    let mut s = Sse::subscribe(&app.url("/v1/events"), None).await;
+    assert_eq!(s.next().await.event, "reset");
+}
+
+/// A follower of `upstream` (in this process), with `adjust` applied.
+async fn follower_of(upstream: &TestApp, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let base = upstream.url("");
+    spawn_with(move |c| {
+        c.upstream = Some(signet::config::Upstream {
+            url: base,
+            token: Some(signet::config::Secret::new(FOLLOWER_TOKEN.into())),
+            ..Default::default()
+        });
+        c.cluster.max_staleness_ms = 500;
+        adjust(c);
+    })
+    .await
+}
+
+async fn upstream_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_with(|c| {
+        c.followers.token = Some(signet::config::Secret::new(FOLLOWER_TOKEN.into()));
+        c.cluster.max_staleness_ms = 500;
+        adjust(c);
+    })
+    .await
+}
+
+/// Polls until `check` holds, at most `limit`.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn auth_status(base: &str, token: &str) -> u16 {
+    let url = format!("{base}/v1/auth");
+    match try_send(
+        Method::GET,
+        &url,
+        &[("authorization", &bearer(token))],
+        Bytes::new(),
+    )
+    .await
+    {
+        Ok(r) => r.status.as_u16(),
+        Err(_) => 0,
+    }
+}
+
+async fn a_follower_serves_from_memory_and_refuses_the_rest() {
+    let upstream = upstream_with(|_| {}).await;
+    let created = upstream
+        .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))
+        .await;
+    let (id, signer) = key_of(&created);
+    let token = signer.org_token(&id, claims("acme", "OWNER"));
+    let follower = follower_of(&upstream, |_| {}).await;
+    eventually(
+        "the follower has the key",
+        Duration::from_secs(10),
+        || async { follower.jwks_kids().await == vec![id.clone()] },
+    )
+    .await;
+    assert_eq!(
+        follower.get("/v1/organisations/acme/jwks.json").await.body,
+        upstream.get("/v1/organisations/acme/jwks.json").await.body
+    );
+    assert_eq!(
+        follower.get(&format!("/v1/keys/{id}")).await.json(),
+        upstream.get(&format!("/v1/keys/{id}")).await.json()
+    );
+    assert_eq!(follower.verify(&token).await["valid"], true);
+    assert_eq!(auth_status(&follower.url(""), &token).await, 200);
+    assert_eq!(follower.get("/readyz").await.status, 200);
+    assert_eq!(follower.get("/healthz").await.status, 200);
+    let metrics = follower.get("/metrics").await.text();
+    assert!(
+        metrics.contains("signet_cluster_fresh_age_seconds"),
+        "{metrics}"
+    );
+    // Everything else: 421 before authentication, naming the upstream.
+    let refused = [
+        (Method::POST, "/v1/organisations/acme/keys".to_owned()),
+        (Method::GET, "/v1/organisations/acme/keys".to_owned()),
+        (Method::DELETE, format!("/v1/organisations/acme/keys/{id}")),
+        (Method::PATCH, format!("/v1/organisations/acme/keys/{id}")),
+        (
+            Method::POST,
+            format!("/v1/organisations/acme/keys/{id}/rotate"),
+        ),
+        (Method::GET, "/v1/organisations/acme/audit".to_owned()),
+        (Method::GET, "/v1/events".to_owned()),
+        (Method::GET, "/v1/organisations/acme/events".to_owned()),
+        (Method::POST, "/v1/followers/ack".to_owned()),
+    ];
+    for (method, path) in refused {
+        let r = follower
+            .request(method.clone(), &path, &[], Bytes::new())
+            .await;
+        r.assert_error(421, "read_only");
+        assert_eq!(r.json()["cause"], upstream.url(""), "{method} {path}");
+    }
+    let compat = follower
+        .request(Method::POST, "/organization/acme/key", &[], Bytes::new())
+        .await;
+    assert_eq!(compat.status, 421);
+    assert_eq!(compat.json()["success"], false);
+    // The follower's verifications count in the key's usage upstream.
+    eventually(
+        "the upstream sums the follower's usage",
+        Duration::from_secs(10),
+        || async {
+            let keys = upstream.list_keys("acme").await.json();
+            keys["keys"][0]["usage"]["verifiedLastHour"].as_u64() >= Some(2)
+        },
+    )
+    .await;
+    // The upstream counts it.
+    let metrics = upstream.get("/metrics").await.text();
+    assert!(
+        metrics.contains("signet_followers{state=\"live\"} 1"),
+        "{metrics}"
+    );
+    // A key deleted upstream is gone on the follower when the DELETE answers.
+    assert_eq!(upstream.delete_key("acme", &id, ADMIN).await.status, 204);
+    assert_eq!(auth_status(&follower.url(""), &token).await, 401);
+    assert!(follower.jwks_kids().await.is_empty());
+}
+
+on_both_backends!(a_follower_serves_from_memory_and_refuses_the_rest);
+
+/// Hammers `base`'s `/v1/auth` with `token` until told to stop; the
+/// instants at which each acceptance was *sent*.
+fn hammer(
+    base: String,
+    token: String,
+    stop: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<Vec<Instant>> {
+    tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        while stop.load(Ordering::SeqCst) == 0 {
+            let sent = Instant::now();
+            if auth_status(&base, &token).await == 200 {
+                accepted.push(sent);
+            }
+        }
+        accepted
+    })
+}
+
+async fn a_delete_answers_only_after_the_follower_refuses() {
+    let upstream = upstream_with(|_| {}).await;
+    let follower = follower_of(&upstream, |_| {}).await;
+    let second = follower_of(&upstream, |_| {}).await;
+    for round in 0..5 {
+        let created = upstream
+            .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))
+            .await;
+        let (id, signer) = key_of(&created);
+        let token = signer.org_token(&id, claims("acme", "OWNER"));
+        for f in [&follower, &second] {
+            eventually(
+                "the follower verifies the new key",
+                Duration::from_secs(10),
+                || async { auth_status(&f.url(""), &token).await == 200 },
+            )
+            .await;
+        }
+        let stop = Arc::new(AtomicUsize::new(0));
+        let hammers: Vec<_> = (0..3)
+            .flat_map(|_| [follower.url(""), second.url(""), upstream.url("")])
+            .map(|base| hammer(base, token.clone(), stop.clone()))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = if round % 2 == 0 {
+            upstream.delete_key("acme", &id, ADMIN).await
+        } else {
+            patch(&upstream, "acme", &id, json!({"state": "disabled"})).await
+        };
+        assert!(r.status.is_success(), "{}", r.text());
+        let answered = Instant::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.store(1, Ordering::SeqCst);
+        for h in hammers {
+            let late: Vec<_> = h
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|&at| at > answered)
+                .collect();
+            assert!(
+                late.is_empty(),
+                "round {round}: {} acceptances after the answer",
+                late.len()
+            );
+        }
+        if round % 2 == 1 {
+            assert_eq!(upstream.delete_key("acme", &id, ADMIN).await.status, 204);
+        }
+    }
+    let metrics = upstream.get("/metrics").await.text();
+    assert!(
+        metrics.contains("signet_followers{state=\"registered\"} 2"),
+        "{metrics}"
+    );
+}
+
+on_both_backends!(a_delete_answers_only_after_the_follower_refuses);
+
+/// `signet serve --upstream` as a process.
+fn follower_process(upstream: &str, token: Option<&str>, dir: &std::path::Path) -> BinServer {
+    use std::process::Stdio;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signet"));
+    cmd.args(["serve", "--upstream", upstream])
+        .current_dir(dir)
+        .env_remove("SIGNET_UPSTREAM_TOKEN")
+        .env("SIGNET_LISTEN", &addr)
+        .env("SIGNET_LOG", "warn")
+        .env("SIGNET_DATA_DIR", dir.join("never-created"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    std::fs::write(
+        dir.join("config.toml"),
+        "[cluster]\nmax_staleness_ms = 500\n",
+    )
+    .unwrap();
+    if let Some(token) = token {
+        cmd.env("SIGNET_UPSTREAM_TOKEN", token);
+    }
+    BinServer {
+        child: cmd.spawn().unwrap(),
+        addr,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_whose_token_is_refused_exits_2_naming_its_source() {
+    let upstream = upstream_with(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "a-wrong-follower-token-9876543210";
+    for token in [Some(wrong), None] {
+        let f = follower_process(&upstream.url(""), token, dir.path());
+        let out = tokio::task::spawn_blocking(move || f.child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("SIGNET_UPSTREAM_TOKEN"), "{stderr}");
+        assert!(
+            !stderr.contains(wrong),
+            "the token is never printed: {stderr}"
+        );
+    }
+    assert!(
+        !dir.path().join("never-created").exists(),
+        "a follower has no data dir"
+    );
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_follower_refuses_once_continued() {
+    let upstream = upstream_with(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = follower_process(&upstream.url(""), Some(FOLLOWER_TOKEN), dir.path());
+    f.wait_ready().await;
+    let base = f.base();
+    for round in 0..2 {
+        let created = upstream
+            .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))
+            .await;
+        let (id, signer) = key_of(&created);
+        let token = signer.org_token(&id, claims("acme", "OWNER"));
+        eventually(
+            "the follower verifies the key",
+            Duration::from_secs(10),
+            || async { auth_status(&base, &token).await == 200 },
+        )
+        .await;
+        signal(&f.child, "-STOP");
+        let started = Instant::now();
+        assert_eq!(upstream.delete_key("acme", &id, ADMIN).await.status, 204);
+        let waited = started.elapsed();
+        // It waited for the stopped follower, but no longer than
+        // max_staleness (500 ms) plus a margin of at most 1 s.
+        assert!(
+            waited >= Duration::from_millis(400),
+            "round {round}: {waited:?}"
+        );
+        assert!(
+            waited <= Duration::from_millis(2500),
+            "round {round}: {waited:?}"
+        );
+        let answered = Instant::now();
+        signal(&f.child, "-CONT");
+        let stop = Arc::new(AtomicUsize::new(0));
+        let hammers: Vec<_> = (0..4)
+            .map(|_| hammer(base.clone(), token.clone(), stop.clone()))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop.store(1, Ordering::SeqCst);
+        for h in hammers {
+            let late: Vec<_> = h
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|&at| at > answered)
+                .collect();
+            assert!(
+                late.is_empty(),
+                "round {round}: {} acceptances after the answer",
+                late.len()
+            );
+        }
+        assert_eq!(
+            auth_status(&base, &token).await,
+            401,
+            "caught up: the key is gone"
+        );
+    }
+    let _ = f.child.kill();
+    let _ = f.child.wait();
+}
+
+/// A TCP proxy that can start dropping everything silently (no RST, no
+/// FIN), as a broken network path does.
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    dropping: Arc<AtomicUsize>,
+}
+
+impl Blackhole {
+    async fn to(target: std::net::SocketAddr) -> Blackhole {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dropping = Arc::new(AtomicUsize::new(0));
+        let flag = dropping.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, flag.clone()));
+                tokio::spawn(pipe(sr, cw, flag.clone()));
+            }
+        });
+        Blackhole { addr, dropping }
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    dropping: Arc<AtomicUsize>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if dropping.load(Ordering::SeqCst) == 1 {
+            // Swallowed, and the connection held open forever.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn a_follower_cut_off_silently_refuses_after_the_answer() {
+    let upstream = upstream_with(|_| {}).await;
+    let hole = Blackhole::to(upstream.addr).await;
+    let base = format!("http://{}", hole.addr);
+    let follower = spawn_with(move |c| {
+        c.upstream = Some(signet::config::Upstream {
+            url: base,
+            token: Some(signet::config::Secret::new(FOLLOWER_TOKEN.into())),
+            ..Default::default()
+        });
+        c.cluster.max_staleness_ms = 500;
+    })
+    .await;
+    let created = upstream
+        .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))
+        .await;
+    let (id, signer) = key_of(&created);
+    let token = signer.org_token(&id, claims("acme", "OWNER"));
+    eventually(
+        "the follower verifies the key",
+        Duration::from_secs(10),
+        || async { auth_status(&follower.url(""), &token).await == 200 },
+    )
+    .await;
+    hole.dropping.store(1, Ordering::SeqCst);
+    let stop = Arc::new(AtomicUsize::new(0));
+    let hammers: Vec<_> = (0..4)
+        .map(|_| hammer(follower.url(""), token.clone(), stop.clone()))
+        .collect();
+    let started = Instant::now();
+    assert_eq!(upstream.delete_key("acme", &id, ADMIN).await.status, 204);
+    let answered = Instant::now();
+    assert!(answered - started <= Duration::from_millis(2500));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(1, Ordering::SeqCst);
+    for h in hammers {
+        let late: Vec<_> = h
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|&at| at > answered)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{} acceptances after the answer",
+            late.len()
+        );
+    }
+    // Fenced: 503, and not ready.
+    let r = follower
+        .request(
+            Method::POST,
+            "/v1/verify",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&json!({ "token": token })).unwrap(),
+        )
+        .await;
+    r.assert_error(503, "unavailable");
+    assert_eq!(follower.get("/readyz").await.status, 503);
+    // The JWK Sets are still served from memory.
+    assert_eq!(follower.get("/.well-known/jwks.json").await.status, 200);
+    // The path heals: the follower catches up and verifies again.
+    hole.dropping.store(0, Ordering::SeqCst);
+    eventually(
+        "the follower is ready again",
+        Duration::from_secs(15),
+        || async { follower.get("/readyz").await.status == 200 },
+    )
+    .await;
+    assert_eq!(auth_status(&follower.url(""), &token).await, 401);
+}
+
+on_both_backends!(a_follower_cut_off_silently_refuses_after_the_answer);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_fences_while_its_upstream_restarts_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut upstream = upstream_process(dir.path(), &addr);
+    upstream.wait_ready().await;
+    let base = upstream.base();
+    let created = create_on(&base, "acme").await;
+    let (id, signer) = key_of(&created);
+    let token = signer.org_token(&id, claims("acme", "OWNER"));
+    let up = base.clone();
+    let follower = spawn_with(move |c| {
+        c.upstream = Some(signet::config::Upstream {
+            url: up,
+            token: Some(signet::config::Secret::new(FOLLOWER_TOKEN.into())),
+            ..Default::default()
+        });
+        c.cluster.max_staleness_ms = 500;
+    })
+    .await;
+    eventually("the follower verifies", Duration::from_secs(10), || async {
+        auth_status(&follower.url(""), &token).await == 200
+    })
+    .await;
+    upstream.terminate();
+    let _ = upstream.child.wait();
+    eventually("the follower fences", Duration::from_secs(5), || async {
+        auth_status(&follower.url(""), &token).await == 503
+    })
+    .await;
+    let mut upstream = upstream_process(dir.path(), &addr);
+    upstream.wait_ready().await;
+    eventually(
+        "the follower verifies again",
+        Duration::from_secs(15),
+        || async { auth_status(&follower.url(""), &token).await == 200 },
+    )
+    .await;
+    // And follows the new run: a delete reaches it before the answer.
+    let r = send(
+        Method::DELETE,
+        &format!("{base}/v1/organisations/acme/keys/{id}"),
+        &[("authorization", &bearer(ADMIN))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(auth_status(&follower.url(""), &token).await, 401);
+    upstream.terminate();
+    let _ = upstream.child.wait();
+}
+
+/// `signet serve` on sled in `dir`, accepting followers, on `addr`.
+fn upstream_process(dir: &std::path::Path, addr: &str) -> BinServer {
+    use std::process::Stdio;
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
+        .arg("serve")
+        .env("SIGNET_DATA_DIR", dir)
+        .env("SIGNET_LISTEN", addr)
+        .env("SIGNET_ADMIN_TOKEN", ADMIN)
+        .env("SIGNET_FOLLOWER_TOKEN", FOLLOWER_TOKEN)
+        .env("SIGNET_LOG", "warn")
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    BinServer {
+        child,
+        addr: addr.to_owned(),
+    }
+}
+
+async fn create_on(base: &str, org: &str) -> Value {
+    let r = send(
+        Method::POST,
+        &format!("{base}/v1/organisations/{org}/keys"),
+        &[
+            ("authorization", &bearer(ADMIN)),
+            ("content-type", "application/json"),
+        ],
+        Bytes::from(json!({"name": "k", "algorithm": "ES256"}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_of_one_instance_holds_a_delete_answered_by_another() {
+    let Some(cluster) = crate::pg::private() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let database = crate::backends::Database::on(&cluster, dir.path());
+    let database = &database;
+    let instance = || {
+        spawn_with(move |c| {
+            database.configure(c);
+            c.followers.token = Some(signet::config::Secret::new(FOLLOWER_TOKEN.into()));
+            c.cluster.max_staleness_ms = 500;
+        })
+    };
+    let (a, b) = (instance().await, instance().await);
+    let follower = follower_of(&b, |_| {}).await;
+    for round in 0..4 {
+        let created = a
+            .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))
+            .await;
+        let (id, signer) = key_of(&created);
+        let token = signer.org_token(&id, claims("acme", "OWNER"));
+        eventually(
+            "the follower of B verifies A's key",
+            Duration::from_secs(10),
+            || async { auth_status(&follower.url(""), &token).await == 200 },
+        )
+        .await;
+        let stop = Arc::new(AtomicUsize::new(0));
+        let hammers: Vec<_> = (0..3)
+            .flat_map(|_| [follower.url(""), b.url("")])
+            .map(|base| hammer(base, token.clone(), stop.clone()))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(a.delete_key("acme", &id, ADMIN).await.status, 204);
+        let answered = Instant::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.store(1, Ordering::SeqCst);
+        for h in hammers {
+            let late: Vec<_> = h
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|&at| at > answered)
+                .collect();
+            assert!(
+                late.is_empty(),
+                "round {round}: {} acceptances after A's answer",
+                late.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_example_keeps_a_jwk_set_cache_in_step() {
+    // Run in its own runtime: the example is a separate process.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        if std::process::Command::new("python3")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("python3 is not installed: the example is not checked");
+            return;
+        }
+        let app = spawn_app().await;
+        let created = app
+            .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))
+            .await;
+        let id = kid(&created);
+        let out = example_once(&app, &id, false).await;
+        assert!(out.contains(&format!("cached {id}")), "{out}");
+        // Deleted while the example follows: it drops the key.
+        let url = app.url("");
+        let watcher = tokio::task::spawn_blocking({
+            let id = id.clone();
+            move || run_example(&url, &id, true)
+        });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(app.delete_key("acme", &id, ADMIN).await.status, 204);
+        let out = watcher.await.unwrap();
+        assert!(out.contains(&format!("dropped {id}")), "{out}");
+    });
+}
+
+async fn example_once(app: &TestApp, id: &str, until_gone: bool) -> String {
+    let url = app.url("");
+    let id = id.to_owned();
+    tokio::task::spawn_blocking(move || run_example(&url, &id, until_gone))
+        .await
+        .unwrap()
+}
+
+/// `python3 examples/jwks_follow.py --once URL` (until the reset) or
+/// `--until-gone KID URL`.
+fn run_example(url: &str, id: &str, until_gone: bool) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/jwks_follow.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script);
+    if until_gone {
+        cmd.args(["--until-gone", id]);
+    } else {
+        cmd.arg("--once");
+    }
+    let out = cmd
+        .arg(url)
+        .env("JWKS_FOLLOW_TIMEOUT", "20")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
