@@ -162,8 +162,7 @@ impl Jwk {
                 let key = member("x", self.x.as_deref(), ED25519_KEY_LEN)?;
                 // A small-order key in someone's JWK Set would let anyone
                 // forge its tokens.
-                super::upload::check_ed25519(&key)
-                    .map_err(|e| JwkError::InvalidKey(e.to_string()))?;
+                super::ed25519::check(&key).map_err(|e| JwkError::InvalidKey(e.to_string()))?;
                 let mut der = ED25519_SPKI_PREFIX.to_vec();
                 der.extend(key);
                 der

@@ -2,6 +2,7 @@
 //! the supported algorithms and key types, and the public-key record that is
 //! the only thing signet keeps of a key pair.
 
+mod ed25519;
 mod generate;
 mod jwk;
 mod jwt;

@@ -319,25 +319,13 @@ fn finish(material: Material, alg: Option<Algorithm>) -> Result<Upload, UploadEr
     })
 }
 
-/// An Ed25519 public key is a point of the curve, not of small order, in
-/// its one canonical encoding. aws-lc checks none of this, and under a
-/// small-order key a token with R = -[k]A, S = 0 verifies without any
-/// private key (RFC 8032 §5.1.7 as written accepts it).
-pub fn check_ed25519(key: &[u8]) -> Result<(), UploadError> {
-    let bytes: [u8; 32] = key.try_into().map_err(|_| UploadError::Ed25519OffCurve)?;
-    let compressed = curve25519_dalek::edwards::CompressedEdwardsY(bytes);
-    let point = compressed
-        .decompress()
-        .ok_or(UploadError::Ed25519OffCurve)?;
-    if point.is_small_order() {
-        return Err(UploadError::Ed25519SmallOrder);
-    }
-    // dalek reduces y modulo p and takes x's sign bit as given, so a
-    // point read from a non-canonical encoding re-encodes differently.
-    if point.compress() != compressed {
-        return Err(UploadError::Ed25519NotCanonical);
-    }
-    Ok(())
+/// Refuses an Ed25519 key of small order, off the curve or not canonical.
+fn check_ed25519(key: &[u8]) -> Result<(), UploadError> {
+    super::ed25519::check(key).map_err(|refused| match refused {
+        super::ed25519::Refused::OffCurve => UploadError::Ed25519OffCurve,
+        super::ed25519::Refused::SmallOrder => UploadError::Ed25519SmallOrder,
+        super::ed25519::Refused::NotCanonical => UploadError::Ed25519NotCanonical,
+    })
 }
 
 /// An RSA public exponent: odd, from 65537 to 2^33 - 1.
