@@ -577,7 +577,7 @@ mod tests {
 
     /// The encodings an Ed25519 upload must be refused for: every point
     /// of small order, canonical or not, y ≥ p, and a y with no x.
-    pub const ED25519_REFUSED: [(&str, &str, UploadError); 15] = {
+    const ED25519_REFUSED: [(&str, &str, UploadError); 15] = {
         use UploadError::{Ed25519NotCanonical as N, Ed25519OffCurve as O, Ed25519SmallOrder as S};
         [
             (
@@ -591,12 +591,12 @@ mod tests {
                 S,
             ),
             (
-                "order 4, x > 0",
+                "order 4, sign bit 0",
                 "0000000000000000000000000000000000000000000000000000000000000000",
                 S,
             ),
             (
-                "order 4, x < 0",
+                "order 4, sign bit 1",
                 "0000000000000000000000000000000000000000000000000000000000000080",
                 S,
             ),
