@@ -121,11 +121,15 @@ pub struct Cluster {
     /// `refuse` (503 while stale) or `serve` (keep verifying from memory).
     pub stale_verification: StaleVerification,
     /// Longest a request waits on the database (a pooled connection, a
-    /// statement, a commit), in milliseconds, before it answers 503.
+    /// statement, a commit), in milliseconds, before it answers 503. Also
+    /// read as `statement_timeout`: milliseconds, or a duration ("5s").
+    #[serde(alias = "statement_timeout", deserialize_with = "millis")]
     pub statement_timeout_ms: u64,
     /// Longest a statement waits for a row lock held by another session,
     /// in milliseconds; a session idle inside a transaction for half of it
-    /// is ended by the database.
+    /// is ended by the database. Also read as `lock_timeout`, like
+    /// `statement_timeout`.
+    #[serde(alias = "lock_timeout", deserialize_with = "millis")]
     pub lock_timeout_ms: u64,
     /// `listen` (woken by `LISTEN`/`NOTIFY`) or `poll` (no session state:
     /// works behind a transaction-pooling PgBouncer).
@@ -289,6 +293,26 @@ pub struct Verify {
     pub token_cache_entries: usize,
     /// Most memory the remembered tokens may take, in bytes (0 disables).
     pub token_cache_bytes: usize,
+}
+
+/// Milliseconds, given as a whole number or as a duration (`"5s"`).
+fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Millis {
+        Number(u64),
+        Text(String),
+    }
+    match Millis::deserialize(d)? {
+        Millis::Number(ms) => Ok(ms),
+        Millis::Text(text) => humantime::parse_duration(&text)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a number of milliseconds or a duration like \"5s\": {e}"
+                ))
+            }),
+    }
 }
 
 /// An optional humantime duration (`"90s"`, `"24h"`, `"7d"`).
@@ -908,6 +932,35 @@ mod tests {
             c.verify.max_token_lifetime,
             Some(Duration::from_secs(90 * 60))
         );
+    }
+
+    #[test]
+    fn database_timeouts_take_milliseconds_or_a_duration_under_either_name() {
+        let cases: &[(&str, u64, u64)] = &[
+            (
+                "statement_timeout_ms = 1500\nlock_timeout_ms = 700\n",
+                1500,
+                700,
+            ),
+            (
+                "statement_timeout = \"2s\"\nlock_timeout = \"250ms\"\n",
+                2000,
+                250,
+            ),
+            (
+                "statement_timeout = 3000\nlock_timeout = 4000\n",
+                3000,
+                4000,
+            ),
+        ];
+        for (toml, statement, lock) in cases {
+            let c = load(&format!("[cluster]\n{toml}"), &[]).unwrap();
+            let got = (c.cluster.statement_timeout_ms, c.cluster.lock_timeout_ms);
+            assert_eq!(got, (*statement, *lock), "{toml}");
+        }
+        let err = load("[cluster]\nstatement_timeout = \"soon\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("statement_timeout"), "{err}");
+        assert!(load("[cluster]\nlock_timeout = \"0s\"\n", &[]).is_err());
     }
 
     #[test]

@@ -384,4 +384,29 @@ mod tests {
         );
         assert!(p.push(&[b'x'; 2000]).is_err(), "an endless line");
     }
+
+    #[test]
+    fn hostile_streams_are_bounded_and_never_panic() {
+        // (input fed in one chunk, events expected, whether it is refused)
+        let many_lines = "data: 0123456789\n".repeat(200);
+        let cases: &[(&[u8], usize, bool)] = &[
+            (b"\xff\xfe: \xc3\n\n", 0, false),
+            (b"event: \xff\ndata: \x00\n\n", 1, false),
+            (b"id: only\n\n", 0, false),
+            (b"retry: 1\nunknown: x\ndata: d\n\n", 1, false),
+            (b"\n\n\n\r\n", 0, false),
+            (b"data: a\rdata: b\n\n", 1, false),
+            (many_lines.as_bytes(), 0, true),
+        ];
+        for (input, events, refused) in cases {
+            let mut p = SseParser::new(1024);
+            match p.push(input) {
+                Ok(got) => {
+                    assert!(!refused, "{input:?} was accepted");
+                    assert_eq!(got.len(), *events, "{input:?}: {got:?}");
+                }
+                Err(_) => assert!(refused, "{input:?} was refused"),
+            }
+        }
+    }
 }

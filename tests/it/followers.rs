@@ -534,6 +534,26 @@ fn hammer(
     })
 }
 
+/// Stops `hammers` and asserts none of them had a token accepted that was
+/// sent after `answered` (the revoking answer).
+async fn none_accepted_after(
+    hammers: Vec<tokio::task::JoinHandle<Vec<Instant>>>,
+    stop: &AtomicUsize,
+    answered: Instant,
+    what: &str,
+) {
+    stop.store(1, Ordering::SeqCst);
+    for h in hammers {
+        let late = h
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|&at| at > answered)
+            .count();
+        assert_eq!(late, 0, "{what}: {late} acceptances after the answer");
+    }
+}
+
 async fn a_delete_answers_only_after_the_follower_refuses() {
     let upstream = upstream_with(|_| {}).await;
     let follower = follower_of(&upstream, |_| {}).await;
@@ -566,20 +586,7 @@ async fn a_delete_answers_only_after_the_follower_refuses() {
         assert!(r.status.is_success(), "{}", r.text());
         let answered = Instant::now();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        stop.store(1, Ordering::SeqCst);
-        for h in hammers {
-            let late: Vec<_> = h
-                .await
-                .unwrap()
-                .into_iter()
-                .filter(|&at| at > answered)
-                .collect();
-            assert!(
-                late.is_empty(),
-                "round {round}: {} acceptances after the answer",
-                late.len()
-            );
-        }
+        none_accepted_after(hammers, &stop, answered, &format!("round {round}")).await;
         if round % 2 == 1 {
             assert_eq!(upstream.delete_key("acme", &id, ADMIN).await.status, 204);
         }
@@ -699,20 +706,7 @@ async fn a_stopped_follower_refuses_once_continued() {
             .map(|_| hammer(base.clone(), token.clone(), stop.clone()))
             .collect();
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        stop.store(1, Ordering::SeqCst);
-        for h in hammers {
-            let late: Vec<_> = h
-                .await
-                .unwrap()
-                .into_iter()
-                .filter(|&at| at > answered)
-                .collect();
-            assert!(
-                late.is_empty(),
-                "round {round}: {} acceptances after the answer",
-                late.len()
-            );
-        }
+        none_accepted_after(hammers, &stop, answered, &format!("round {round}")).await;
         assert_eq!(
             auth_status(&base, &token).await,
             401,
@@ -806,20 +800,7 @@ async fn a_follower_cut_off_silently_refuses_after_the_answer() {
     let answered = Instant::now();
     assert!(answered - started <= Duration::from_millis(2500));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(1, Ordering::SeqCst);
-    for h in hammers {
-        let late: Vec<_> = h
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|&at| at > answered)
-            .collect();
-        assert!(
-            late.is_empty(),
-            "{} acceptances after the answer",
-            late.len()
-        );
-    }
+    none_accepted_after(hammers, &stop, answered, "the stopped follower").await;
     // Fenced: 503, and not ready.
     let r = follower
         .request(
@@ -977,20 +958,13 @@ async fn a_follower_of_one_instance_holds_a_delete_answered_by_another() {
         assert_eq!(a.delete_key("acme", &id, ADMIN).await.status, 204);
         let answered = Instant::now();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        stop.store(1, Ordering::SeqCst);
-        for h in hammers {
-            let late: Vec<_> = h
-                .await
-                .unwrap()
-                .into_iter()
-                .filter(|&at| at > answered)
-                .collect();
-            assert!(
-                late.is_empty(),
-                "round {round}: {} acceptances after A's answer",
-                late.len()
-            );
-        }
+        none_accepted_after(
+            hammers,
+            &stop,
+            answered,
+            &format!("round {round} (A's answer)"),
+        )
+        .await;
     }
 }
 
