@@ -180,6 +180,34 @@ fn idle_in_transaction(cluster: &pg::Cluster, database: &Database) -> u32 {
         .unwrap()
 }
 
+/// Stalls `stuck`'s next COMMIT in the proxy and sends it a create of a
+/// key named `name` in `org`; returns once its session sits idle inside
+/// the transaction (holding the organisation's and the counter's locks),
+/// with the task that answers it.
+async fn stall_a_writer(
+    proxy: &FaultProxy,
+    stuck: TestApp,
+    org: &'static str,
+    name: &'static str,
+    cluster: &pg::Cluster,
+    database: &Database,
+) -> tokio::task::JoinHandle<(TestApp, Resp)> {
+    proxy.set(Mode::StallBeforeCommit);
+    let writer = tokio::spawn(async move {
+        let r = stuck
+            .create_key_raw(org, &json!({ "name": name }), ADMIN)
+            .await;
+        (stuck, r)
+    });
+    eventually(
+        "a session idle in its transaction",
+        Duration::from_secs(10),
+        || async { idle_in_transaction(cluster, database) == 1 },
+    )
+    .await;
+    writer
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_writer_stuck_in_its_transaction_holds_up_other_writers_at_most_lock_timeout() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,19 +226,7 @@ async fn a_writer_stuck_in_its_transaction_holds_up_other_writers_at_most_lock_t
 
     // The stuck writer holds the change counter's row lock, its COMMIT
     // held by the network.
-    proxy.set(Mode::StallBeforeCommit);
-    let writer = tokio::spawn(async move {
-        let r = stuck
-            .create_key_raw("acme", &json!({"name": "stuck"}), ADMIN)
-            .await;
-        (stuck, r)
-    });
-    eventually(
-        "a session idle in its transaction",
-        Duration::from_secs(10),
-        || async { idle_in_transaction(cluster, &database) == 1 },
-    )
-    .await;
+    let writer = stall_a_writer(&proxy, stuck, "acme", "stuck", cluster, &database).await;
     let (r, took) = answered(other.create_key_raw("other", &json!({"name": "n"}), ADMIN)).await;
     eprintln!(
         "a writer stuck mid-transaction held up another instance's create for {took:?} (lock_timeout {lock_timeout:?})"
@@ -256,19 +272,7 @@ async fn requests_abandoned_by_their_clients_do_not_stop_a_healthy_instance_veri
     let token = signer.org_token(&kid, claims("acme", "OWNER"));
     assert_eq!(healthy.verify(&token).await["valid"], true);
 
-    proxy.set(Mode::StallBeforeCommit);
-    let writer = tokio::spawn(async move {
-        let r = stuck
-            .create_key_raw("stuck", &json!({"name": "s"}), ADMIN)
-            .await;
-        (stuck, r)
-    });
-    eventually(
-        "a session idle in its transaction",
-        Duration::from_secs(10),
-        || async { idle_in_transaction(cluster, &database) == 1 },
-    )
-    .await;
+    let writer = stall_a_writer(&proxy, stuck, "stuck", "s", cluster, &database).await;
     // More creates than the pool holds, each waiting on the stuck lock,
     // each given up by its client after 100 ms; verifications meanwhile.
     let healthy = Arc::new(healthy);
