@@ -178,7 +178,7 @@ impl Signet {
         ));
         let usage_task = tokio::spawn(usage::count_forever(
             verifier.usage().clone(),
-            store.shares_usage().then(|| store.clone()),
+            store.is_shared().then(|| store.clone()),
             published.clone(),
         ));
         let metrics = Metrics::new(verifier.stats());

@@ -73,7 +73,7 @@ impl Signet {
     ) -> Result<Vec<KeyUsage>, ServiceError> {
         let now = now_ms();
         let usage = self.usage();
-        if !self.store.as_ref().is_some_and(Store::shares_usage) {
+        if !self.store.as_ref().is_some_and(Store::is_shared) {
             return Ok(records.iter().map(|r| usage.local(r.id, now)).collect());
         }
         let ids: Vec<KeyId> = records.iter().map(|r| r.id).collect();

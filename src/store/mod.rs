@@ -494,7 +494,9 @@ impl Store {
         }
     }
 
-    /// Whether other processes may write this store too (PostgreSQL).
+    /// Whether other processes may write this store too (PostgreSQL): then
+    /// revocations wait for them, and key usage is summed over them in the
+    /// store (on sled one process counts, in memory only).
     pub fn is_shared(&self) -> bool {
         matches!(self, Store::Postgres(_))
     }
@@ -580,12 +582,6 @@ impl Store {
             }
             Store::Postgres(s) => s.verify_org_audit(&org).await,
         }
-    }
-
-    /// Whether key usage is summed over several processes in the store
-    /// (PostgreSQL); on sled one process counts, in memory only.
-    pub fn shares_usage(&self) -> bool {
-        matches!(self, Store::Postgres(_))
     }
 
     /// Adds this process's usage counts to the store's (nothing on sled).
