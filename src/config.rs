@@ -512,13 +512,11 @@ impl Config {
             Some(path) => Self::from_file(path)?,
             None => Config::default(),
         };
-        // A relative data_dir is the config file's neighbour, wherever
-        // signet was started; SIGNET_DATA_DIR and --data-dir stay relative
-        // to the working directory.
+        // A relative path in a config file is the file's neighbour,
+        // wherever signet was started; paths from the environment and the
+        // command line stay relative to the working directory.
         if let Some(dir) = file.and_then(Path::parent) {
-            if config.storage.data_dir.is_relative() && !dir.as_os_str().is_empty() {
-                config.storage.data_dir = dir.join(&config.storage.data_dir);
-            }
+            config.anchor_paths(dir);
         }
         config.apply_env(env)?;
         config.check().map_err(|e| match (e, file) {
@@ -530,6 +528,30 @@ impl Config {
             (e, _) => e,
         })?;
         Ok(config)
+    }
+
+    /// Resolves every relative path the file names (the data directory,
+    /// the seal key, the TLS pair, the follower's token and CA) against
+    /// `dir`, the file's directory.
+    fn anchor_paths(&mut self, dir: &Path) {
+        if dir.as_os_str().is_empty() {
+            return;
+        }
+        let anchor = |path: &mut PathBuf| {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = dir.join(&*path);
+            }
+        };
+        anchor(&mut self.storage.data_dir);
+        let tls = self.server.tls.iter_mut();
+        tls.flat_map(|t| [&mut t.cert_file, &mut t.key_file])
+            .chain(self.storage.seal_key_file.as_mut())
+            .chain(
+                self.upstream
+                    .iter_mut()
+                    .flat_map(|u| u.token_file.as_mut().into_iter().chain(u.cacert.as_mut())),
+            )
+            .for_each(anchor);
     }
 
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -846,6 +868,58 @@ mod tests {
         assert_eq!(c.storage.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.log.filter, "debug");
         assert_eq!(c.auth.admin_token.unwrap().expose(), "0123456789abcdef");
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("signet.toml");
+        let text = "[server.tls]\ncert_file = \"tls/c.pem\"\nkey_file = \"/abs/k.pem\"\n\
+                    [storage]\ndata_dir = \"d\"\nseal_key_file = \"s.key\"\n\
+                    [upstream]\nurl = \"http://up:1\"\ntoken_file = \"t\"\ncacert = \"ca.pem\"\n";
+        std::fs::write(&file, text).unwrap();
+        let env = [("SIGNET_TLS_CERT", "env/c.pem")];
+        let c = Config::load_with_env(Some(&file), |n| {
+            env.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        });
+        // Only the file's paths move; a path from the environment stays.
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        let tls = c.server.tls.as_ref().unwrap();
+        let upstream = c.upstream.as_ref().unwrap();
+        let beside = |name: &str| dir.path().join(name);
+        let cases: &[(&str, &Path, PathBuf)] = &[
+            ("data_dir", &c.storage.data_dir, beside("d")),
+            (
+                "seal_key_file",
+                c.storage.seal_key_file.as_deref().unwrap(),
+                beside("s.key"),
+            ),
+            (
+                "key_file (absolute)",
+                &tls.key_file,
+                PathBuf::from("/abs/k.pem"),
+            ),
+            (
+                "cert_file (environment)",
+                &tls.cert_file,
+                PathBuf::from("env/c.pem"),
+            ),
+            (
+                "token_file",
+                upstream.token_file.as_deref().unwrap(),
+                beside("t"),
+            ),
+            (
+                "cacert",
+                upstream.cacert.as_deref().unwrap(),
+                beside("ca.pem"),
+            ),
+        ];
+        for (what, got, want) in cases {
+            assert_eq!(*got, want.as_path(), "{what}");
+        }
     }
 
     #[test]
