@@ -37,14 +37,10 @@
 # Exit 0 only if every check held (1 otherwise, 2 on a setup error).
 set -euo pipefail
 
-ROUNDS="${1:-200}"
-[[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -ge 1 && "$ROUNDS" -le 100000 ]] || {
-    echo "usage: $0 [ROUNDS (1-100000)]" >&2
-    exit 2
-}
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/common.sh
 source "$ROOT/scripts/lib/common.sh"
+ROUNDS="$(rounds_arg "${1:-200}")"
 # shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/postgres.sh
 source "$ROOT/scripts/lib/postgres.sh"
 # shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/instances.sh

@@ -88,6 +88,16 @@ install_missing() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# rounds_arg VALUE: prints VALUE, a script's ROUNDS argument, if it is a
+# whole number from 1 to 100000; else prints the usage and exits 2.
+rounds_arg() {
+    [[ "$1" =~ ^[0-9]+$ && "$1" -ge 1 && "$1" -le 100000 ]] || {
+        echo "usage: $0 [ROUNDS (1-100000)]" >&2
+        exit 2
+    }
+    echo "$1"
+}
+
 # make_workdir NAME: create and print a fresh ${TMPDIR:-/tmp}/signet-NAME.XXXXXX.
 make_workdir() { mktemp -d "${TMPDIR:-/tmp}/signet-$1.XXXXXX"; }
 
