@@ -20,7 +20,9 @@
 #
 # Env: SIGNET_BIN, DELETES (500), WRK_DURATION (5s), ROUNDS (3), KEEP=1,
 # NOTIFY (listen or poll: cluster.notify of the PostgreSQL instances),
-# ROUNDS=0 to skip the throughput runs.
+# ROUNDS=0 to skip the throughput runs, PG_LOG=1 to have PostgreSQL log
+# every statement with its duration and a millisecond timestamp (in the
+# work dir's pg/log; with KEEP=1) to see where a delete spends its time.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,6 +50,12 @@ on_exit() {
 cleanup_on_exit "$WORK" keep-failed 5
 
 pg_start "$WORK/pg"
+if [[ "${PG_LOG:-}" == 1 ]]; then
+    "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qAt -v ON_ERROR_STOP=1 \
+        -c "ALTER SYSTEM SET log_min_duration_statement = 0" \
+        -c "ALTER SYSTEM SET log_line_prefix = '%m [%p] %a '" \
+        -c "SELECT pg_reload_conf()" postgres >/dev/null
+fi
 random_token 32 >"$WORK/seal.key"
 chmod 600 "$WORK/seal.key"
 instance_config "$WORK/pg.toml" "$(pg_database bench)" "$WORK/seal.key"

@@ -1407,16 +1407,21 @@ impl Storage for PgStore {
             // One statement, one snapshot: every version up to the counter's
             // has committed. The counter's row comes first, then one row per
             // change (live keys with their record, deleted ones without).
+            // The counter is a scalar subquery, not joined: the planner,
+            // which takes the never-analysed one-row table for 2,200 rows,
+            // would multiply the estimate of each join by that, and past
+            // a few hundred keys its cost passes `jit_above_cost`, and each
+            // re-read spends 10 to 45 ms compiling (docs/postgres.md).
             client
                 .query_typed(
                     "WITH c AS (SELECT version FROM change_counter)
                      SELECT 0 AS kind, version, NULL::bytea, NULL::text, NULL::bytea FROM c
                      UNION ALL
-                     SELECT 1, k.version, k.id, k.org, k.record FROM keys k, c
-                      WHERE k.version > $1 AND k.version <= c.version
+                     SELECT 1, k.version, k.id, k.org, k.record FROM keys k
+                      WHERE k.version > $1 AND k.version <= (SELECT version FROM c)
                      UNION ALL
-                     SELECT 2, 0, t.id, t.org, NULL FROM tombstones t, c
-                      WHERE t.version > $1 AND t.version <= c.version
+                     SELECT 2, 0, t.id, t.org, NULL FROM tombstones t
+                      WHERE t.version > $1 AND t.version <= (SELECT version FROM c)
                      ORDER BY kind",
                     &[(&(applied as i64), Type::INT8)],
                 )
