@@ -40,171 +40,18 @@
 //! On sled no other process writes, so nothing follows and verification is
 //! never refused for staleness.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::followers::Followers;
+use crate::freshness::{Freshness, Heartbeat};
 use crate::metrics::ClusterMetrics;
-
 use crate::service::Published;
 use crate::store::{Heard, Store};
 use crate::verify::Verifier;
-
-/// How stale an instance may be: `cluster.max_staleness_ms` and
-/// `cluster.stale_verification`, given when the service is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Staleness {
-    pub max: Duration,
-    /// Keep verifying from memory while stale.
-    pub serve_stale: bool,
-}
-
-impl From<&crate::config::Cluster> for Staleness {
-    fn from(cluster: &crate::config::Cluster) -> Staleness {
-        Staleness {
-            max: Duration::from_millis(cluster.max_staleness_ms),
-            serve_stale: cluster.stale_verification == crate::config::StaleVerification::Serve,
-        }
-    }
-}
-
-impl Default for Staleness {
-    fn default() -> Staleness {
-        Staleness::from(&crate::config::Cluster::default())
-    }
-}
-
-/// Whether this instance can vouch for revocations made elsewhere.
-pub struct Freshness {
-    following: AtomicBool,
-    staleness: Staleness,
-    /// The version through which every change has been applied.
-    applied: AtomicU64,
-    confirmed: Mutex<Confirmed>,
-    /// This instance's id in the store's list of instances.
-    instance: String,
-    /// What this instance's followers have applied: the store version it
-    /// reports is the lowest of its own and theirs.
-    floor: std::sync::OnceLock<Arc<crate::followers::Followers>>,
-    /// Woken when a follower acknowledges, so that the heartbeat reports it.
-    moved: tokio::sync::Notify,
-}
-
-/// What this instance has confirmed with the store.
-#[derive(Default, Clone, Copy)]
-struct Confirmed {
-    /// "Fresh as of": when the last re-read that counts was sent.
-    as_of: Option<Instant>,
-    /// The latest "fresh as of" ever, or when following started: what
-    /// `/metrics` counts its age from (a fence does not reset it).
-    latest: Option<Instant>,
-    /// Since when changes announced, or a re-read that failed, have not
-    /// been applied.
-    behind_since: Option<Instant>,
-    /// The listening session in which a heartbeat of this instance was
-    /// committed: only a re-read sent after that counts.
-    registered: Option<u64>,
-}
-
-impl Freshness {
-    pub fn new(applied: u64, staleness: Staleness) -> Freshness {
-        Freshness {
-            following: AtomicBool::new(false),
-            staleness,
-            applied: AtomicU64::new(applied),
-            confirmed: Mutex::default(),
-            instance: ulid::Ulid::new().to_string(),
-            floor: Default::default(),
-            moved: Default::default(),
-        }
-    }
-
-    fn max_staleness(&self) -> Duration {
-        self.staleness.max
-    }
-
-    /// `Err(why)` while this instance follows others, has not confirmed
-    /// within `max_staleness` that it has seen every change, and must not
-    /// serve stale verdicts.
-    pub fn vouch(&self) -> Result<(), String> {
-        if !self.following.load(Ordering::SeqCst) || self.staleness.serve_stale {
-            return Ok(());
-        }
-        let max = self.max_staleness();
-        match self.confirmed().as_of {
-            Some(at) if at.elapsed() <= max => Ok(()),
-            _ => Err(format!(
-                "this instance cannot vouch that it has seen every key change: it has not confirmed so within {} ms, or has stopped listening for changes since (is the database reachable?)",
-                max.as_millis()
-            )),
-        }
-    }
-
-    /// The version through which every change has been applied.
-    pub fn applied(&self) -> u64 {
-        self.applied.load(Ordering::SeqCst)
-    }
-
-    /// Whether a confirmation within `max_staleness` stands, whatever
-    /// `stale_verification` says.
-    fn is_fresh(&self) -> bool {
-        let max = self.max_staleness();
-        self.confirmed().as_of.is_some_and(|at| at.elapsed() <= max)
-    }
-
-    /// Stops vouching until a new confirmation: the listening connection
-    /// was lost (the database may have crashed and lost this instance's
-    /// last heartbeats), or this instance left the list of instances.
-    pub fn fence(&self) {
-        let mut confirmed = self.lock();
-        *confirmed = Confirmed {
-            latest: confirmed.latest,
-            behind_since: confirmed.behind_since,
-            ..Confirmed::default()
-        };
-    }
-
-    /// How long ago this instance last confirmed it was current (or
-    /// started following, if it never did): grows without bound while it
-    /// cannot confirm.
-    pub fn age(&self) -> Duration {
-        self.confirmed()
-            .latest
-            .map_or(Duration::ZERO, |at| at.elapsed())
-    }
-
-    /// How long changes known to exist (announced, or not read because a
-    /// re-read failed) have waited to be applied here; zero when current.
-    pub fn lag(&self) -> Duration {
-        self.confirmed()
-            .behind_since
-            .map_or(Duration::ZERO, |at| at.elapsed())
-    }
-
-    /// Changes are known to be waiting since `at` (unless since earlier).
-    fn behind(&self, at: Instant) {
-        self.lock().behind_since.get_or_insert(at);
-    }
-
-    /// Every change up to a re-read sent at `sent` is applied.
-    fn caught_up(&self, sent: Instant) {
-        let mut confirmed = self.lock();
-        if confirmed.behind_since.is_some_and(|at| at <= sent) {
-            confirmed.behind_since = None;
-        }
-    }
-
-    fn confirmed(&self) -> Confirmed {
-        *self.lock()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Confirmed> {
-        self.confirmed.lock().expect("freshness lock poisoned")
-    }
-}
 
 /// Whether a re-read should be followed by another at once.
 #[derive(PartialEq, Eq)]
@@ -223,6 +70,9 @@ pub(crate) struct Follower {
     pub keys: Gauge,
     pub metrics: ClusterMetrics,
     pub fresh: Arc<Freshness>,
+    /// The followers this instance serves: its heartbeat reports the
+    /// lowest of its own applied version and theirs.
+    pub followers: Arc<Followers>,
 }
 
 impl Follower {
@@ -232,8 +82,6 @@ impl Follower {
     pub async fn start(self) -> Option<tokio::task::AbortHandle> {
         let events = self.store.announcements()?;
         let max_staleness = self.fresh.max_staleness();
-        self.fresh.following.store(true, Ordering::SeqCst);
-        self.fresh.lock().latest = Some(Instant::now());
         let fresh = self.fresh.clone();
         self.metrics
             .fresh_age_seconds
@@ -278,7 +126,7 @@ impl Follower {
                     }
                 }
                 // A follower acknowledged: the next heartbeat reports it.
-                () = self.fresh.moved.notified() => {}
+                () = self.followers.moved() => {}
                 () = tokio::time::sleep(every) => {}
             }
         }
@@ -293,7 +141,7 @@ impl Follower {
             let live = self.fresh.max_staleness() + MARGIN;
             if let Ok(others) = self
                 .store
-                .lagging(i64::MAX as u64, &self.fresh.instance, live)
+                .lagging(i64::MAX as u64, self.fresh.instance(), live)
                 .await
             {
                 self.metrics.live_instances.set(others as i64 + 1);
@@ -335,37 +183,24 @@ impl Follower {
                 self.keys.dec();
             }
         }
-        let applied = self
-            .fresh
-            .applied
-            .fetch_max(changes.upto, Ordering::SeqCst)
-            .max(changes.upto);
+        let applied = self.fresh.applied_through(changes.upto);
         self.metrics.applied_version.set(applied as i64);
         self.fresh.caught_up(sent);
         // Fresh only once the store knows: an instance that is not live
         // must not be vouching.
-        let reported = self.fresh.reported(applied);
-        if let Err(e) = self.store.heartbeat(&self.fresh.instance, reported).await {
+        let reported = self.followers.applied_floor(applied);
+        if let Err(e) = self.store.heartbeat(self.fresh.instance(), reported).await {
             tracing::warn!(error = %e, "could not record this instance's heartbeat");
             return Step::Done;
         }
         // Only a re-read sent while listening, in a session in which this
         // instance was already registered, counts (see the module's
         // comment); checked and set under the lock that `fence` takes.
-        let mut confirmed = self.fresh.lock();
-        let now = *events.borrow();
-        if !heard.listening || now != heard {
-            return Step::Done;
+        let stands = || heard.listening && *events.borrow() == heard;
+        match self.fresh.heartbeat(heard.session, sent, stands) {
+            Heartbeat::Registered => Step::Again,
+            Heartbeat::Lost | Heartbeat::Fresh => Step::Done,
         }
-        if confirmed.registered != Some(heard.session) {
-            confirmed.registered = Some(heard.session);
-            return Step::Again;
-        }
-        if confirmed.as_of.is_none_or(|at| at < sent) {
-            confirmed.as_of = Some(sent);
-            confirmed.latest = Some(sent);
-        }
-        Step::Done
     }
 }
 
@@ -416,7 +251,7 @@ async fn applied_or_fenced(store: &Store, fresh: &Freshness, version: u64, commi
         }
         // Not live: no heartbeat within max_staleness plus the margin, so its
         // last confirmation is too old for it to vouch any more.
-        if let Ok(0) = store.lagging(version, &fresh.instance, max + MARGIN).await {
+        if let Ok(0) = store.lagging(version, fresh.instance(), max + MARGIN).await {
             return;
         }
         if committed.elapsed() >= max + MARGIN {
@@ -481,61 +316,5 @@ impl UnknownKeys {
     /// `id` was looked up and is not in the store.
     pub fn absent(&self, id: crate::keys::KeyId) {
         self.absent.insert(id, ());
-    }
-}
-
-impl Freshness {
-    /// This instance's id among the store's instances.
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
-    /// Makes this a follower of an upstream signet: it vouches only while
-    /// an acknowledgement's answer within `max_staleness` stands.
-    pub fn follow_upstream(&self) {
-        self.following.store(true, Ordering::SeqCst);
-        self.lock().latest = Some(Instant::now());
-    }
-
-    /// Fresh as of `as_of` (never earlier than it was already).
-    pub fn confirm(&self, as_of: Instant) {
-        let mut confirmed = self.lock();
-        if confirmed.as_of.is_none_or(|at| at < as_of) {
-            confirmed.as_of = Some(as_of);
-            confirmed.latest = Some(as_of);
-        }
-    }
-
-    /// How long ago this instance was last fresh: zero when it follows
-    /// nothing, `None` before its first confirmation.
-    pub fn stale_for(&self) -> Option<Duration> {
-        if !self.following() {
-            return Some(Duration::ZERO);
-        }
-        self.confirmed().as_of.map(|at| at.elapsed())
-    }
-
-    /// Reports the lowest of this instance's applied version and its live
-    /// followers' in its heartbeats.
-    pub fn report_followers(&self, followers: Arc<crate::followers::Followers>) {
-        let _ = self.floor.set(followers);
-    }
-
-    /// A follower acknowledged: report it in a heartbeat soon.
-    pub fn followers_moved(&self) {
-        self.moved.notify_one();
-    }
-
-    /// The store version to report as applied.
-    fn reported(&self, applied: u64) -> u64 {
-        match self.floor.get() {
-            Some(followers) => followers.applied_floor(applied),
-            None => applied,
-        }
-    }
-
-    /// Whether this instance follows others on a shared store.
-    pub fn following(&self) -> bool {
-        self.following.load(Ordering::SeqCst)
     }
 }

@@ -115,8 +115,6 @@ pub struct Feed {
     base: u64,
     latest: watch::Sender<u64>,
     subscribers: Arc<Semaphore>,
-    /// How many places `subscribers` has.
-    places: std::sync::atomic::AtomicUsize,
     /// This process's id: ids of another run mean nothing here.
     run: String,
 }
@@ -138,7 +136,6 @@ impl Feed {
             base,
             latest: watch::channel(base).0,
             subscribers: Arc::new(Semaphore::new(max_subscribers)),
-            places: max_subscribers.into(),
             run: ulid::Ulid::new().to_string(),
         }
     }
@@ -199,17 +196,6 @@ impl Feed {
         self.latest.subscribe()
     }
 
-    /// Allows `max` subscribers at once from now on.
-    pub fn limit_subscribers(&self, max: usize) {
-        use std::sync::atomic::Ordering;
-        let was = self.places.swap(max, Ordering::SeqCst);
-        if max > was {
-            self.subscribers.add_permits(max - was);
-        } else {
-            self.subscribers.forget_permits(was - max);
-        }
-    }
-
     /// A place among the subscribers, if one is free.
     pub fn subscribe(&self) -> Option<OwnedSemaphorePermit> {
         self.subscribers.clone().try_acquire_owned().ok()
@@ -254,7 +240,7 @@ fn prune(ring: &mut Ring, now: Instant) {
 /// their feed, and how fresh this server is (for `fresh`).
 pub struct Source {
     pub(crate) published: Arc<crate::service::Published>,
-    pub(crate) fresh: Arc<crate::cluster::Freshness>,
+    pub(crate) fresh: Arc<crate::freshness::Freshness>,
 }
 
 impl Source {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::cluster::Freshness;
 use crate::events::Reason;
+use crate::freshness::Freshness;
 use crate::keys::{Jwk, KeyId, KeyName, KeySpec, Lifecycle, OrgId, Origin, PublicKeyRecord};
 use crate::service::Published;
 use crate::verify::Verifier;

@@ -13,6 +13,7 @@ pub mod config;
 pub mod events;
 pub mod follower;
 pub mod followers;
+pub mod freshness;
 pub mod http;
 pub mod jwks;
 pub mod keys;

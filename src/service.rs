@@ -15,7 +15,8 @@ pub use lifecycle::Lifetimes;
 pub(crate) use lifecycle::Published;
 
 use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
-use crate::cluster::{Follower, Freshness, Staleness};
+use crate::cluster::Follower;
+use crate::freshness::{Freshness, Staleness};
 use crate::jwks::{Document, Jwks};
 use crate::keys::upload::Upload;
 use crate::keys::{
@@ -125,6 +126,12 @@ pub struct Settings {
     pub pool: [usize; 3],
     pub lifetimes: Lifetimes,
     pub staleness: Staleness,
+    /// Whether to follow the changes other instances make to a shared
+    /// store (a server does; a command that runs once does not, and never
+    /// vouches for them, so it never refuses to verify for staleness).
+    pub replicate: bool,
+    /// The followers this instance accepts.
+    pub followers: crate::followers::Settings,
 }
 
 impl Settings {
@@ -143,6 +150,8 @@ impl Settings {
                 default: config.keys.default_lifetime,
             },
             staleness: Staleness::from(&config.cluster),
+            replicate: true,
+            followers: crate::followers::Settings::of(config),
         }
     }
 
@@ -150,6 +159,7 @@ impl Settings {
     pub fn once(config: &crate::config::Config) -> Settings {
         Settings {
             pool: [0; 3],
+            replicate: false,
             ..Settings::of(config)
         }
     }
@@ -163,12 +173,19 @@ impl Signet {
             pool,
             lifetimes,
             staleness,
+            replicate,
+            followers,
         } = settings;
         let version = store.version().await?;
         let records = store.all_keys().await?;
         let jwks = Arc::new(Jwks::new(&[]));
-        let fresh = Arc::new(Freshness::new(version, staleness));
-        let published = Arc::new(Published::new(jwks.clone(), fresh.clone()));
+        let following = replicate && store.is_shared();
+        let fresh = Arc::new(Freshness::new(version, staleness, following));
+        let published = Arc::new(Published::new(
+            jwks.clone(),
+            fresh.clone(),
+            followers.max_subscribers,
+        ));
         let feed = published.feed().clone();
         let verifier = Arc::new(Verifier::new(published.clone(), policy));
         published.reset(&records, &verifier);
@@ -186,10 +203,29 @@ impl Signet {
         metrics.keys.set(records.len() as i64);
         let refusals = Refusals::new(metrics.unauthenticated.clone());
         let followers = Arc::new(crate::followers::Followers::new(
-            &crate::config::Config::default(),
+            followers,
             feed,
             metrics.follower_ack_seconds.clone(),
         ));
+        // Follows the other instances from now on; serves once current, or
+        // after max_staleness with the database away (verification is
+        // then refused until it is back).
+        let follower = match following {
+            true => {
+                Follower {
+                    store: store.clone(),
+                    published: published.clone(),
+                    verifier: verifier.clone(),
+                    keys: metrics.keys.clone(),
+                    metrics: metrics.cluster.clone(),
+                    fresh: fresh.clone(),
+                    followers: followers.clone(),
+                }
+                .start()
+                .await
+            }
+            false => None,
+        };
         Ok(Signet {
             jwks,
             published,
@@ -200,7 +236,7 @@ impl Signet {
             verifier,
             fresh,
             unknown: crate::cluster::UnknownKeys::new(),
-            follower: Default::default(),
+            follower: std::sync::Mutex::new(follower),
             metrics,
             refusals,
             quota,
@@ -216,9 +252,12 @@ impl Signet {
     /// upstream's answers keep it fresh.
     pub fn follower(policy: Policy, config: &crate::config::Config) -> Signet {
         let jwks = Arc::new(Jwks::new(&[]));
-        let fresh = Arc::new(Freshness::new(0, Staleness::from(&config.cluster)));
-        fresh.follow_upstream();
-        let published = Arc::new(Published::new(jwks.clone(), fresh.clone()));
+        let fresh = Arc::new(Freshness::new(0, Staleness::from(&config.cluster), true));
+        let published = Arc::new(Published::new(
+            jwks.clone(),
+            fresh.clone(),
+            crate::config::Events::default().max_subscribers,
+        ));
         let verifier = Arc::new(Verifier::new(published.clone(), policy));
         let timer = tokio::spawn(lifecycle::expire_forever(
             published.clone(),
@@ -227,7 +266,7 @@ impl Signet {
         let metrics = Metrics::new(verifier.stats());
         let refusals = Refusals::new(metrics.unauthenticated.clone());
         let followers = Arc::new(crate::followers::Followers::new(
-            &crate::config::Config::default(),
+            crate::followers::Settings::default(),
             published.feed().clone(),
             metrics.follower_ack_seconds.clone(),
         ));
@@ -271,21 +310,6 @@ impl Signet {
         self.mirror.as_ref()
     }
 
-    /// Accepts followers holding a configured follower token, and caps
-    /// the change feed's subscribers.
-    pub fn accept_followers(&mut self, config: &crate::config::Config) {
-        let followers = Arc::new(crate::followers::Followers::new(
-            config,
-            self.published.feed().clone(),
-            self.metrics.follower_ack_seconds.clone(),
-        ));
-        self.published
-            .feed()
-            .limit_subscribers(config.events.max_subscribers);
-        self.fresh.report_followers(followers.clone());
-        self.followers = followers;
-    }
-
     /// The followers of this instance.
     pub fn followers(&self) -> &crate::followers::Followers {
         &self.followers
@@ -294,7 +318,6 @@ impl Signet {
     /// A follower acknowledged applying every event up to `applied`.
     pub fn follower_acked(&self, follower: &str, applied: u64) {
         self.followers.ack(follower, applied);
-        self.fresh.followers_moved();
     }
 
     /// The change feed and what it needs to start a stream.
@@ -312,25 +335,6 @@ impl Signet {
         let gauge = |state| self.metrics.followers.get_or_create(&StateLabel { state });
         gauge("registered").set(registered as i64);
         gauge("live").set(live as i64);
-    }
-
-    /// Starts applying the key changes other instances make to the shared
-    /// store (nothing on sled). While more than `max_staleness` behind,
-    /// verification is refused, unless stale verification is served.
-    pub async fn follow(&self) {
-        let Some(store) = self.store.clone() else {
-            return;
-        };
-        let follower = Follower {
-            store,
-            published: self.published.clone(),
-            verifier: self.verifier.clone(),
-            keys: self.metrics.keys.clone(),
-            metrics: self.metrics.cluster.clone(),
-            fresh: self.fresh.clone(),
-        };
-        let task = follower.start().await;
-        *self.follower.lock().expect("follower lock poisoned") = task;
     }
 
     /// Generates a key pair, stores its public half under the quota, and

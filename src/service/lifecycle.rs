@@ -85,7 +85,7 @@ fn whole_units(d: Duration) -> String {
 pub(crate) struct Published {
     jwks: Arc<Jwks>,
     /// Whether this instance may vouch that it has seen every change.
-    fresh: Arc<crate::cluster::Freshness>,
+    fresh: Arc<crate::freshness::Freshness>,
     inner: Mutex<Inner>,
     /// Wakes the timer when an earlier expiry is set.
     wake: Notify,
@@ -112,13 +112,18 @@ struct Inner {
 const DELETED: u64 = u64::MAX;
 
 impl Published {
-    pub(crate) fn new(jwks: Arc<Jwks>, fresh: Arc<crate::cluster::Freshness>) -> Published {
+    /// `max_subscribers`: the most streams of the change feed at once.
+    pub(crate) fn new(
+        jwks: Arc<Jwks>,
+        fresh: Arc<crate::freshness::Freshness>,
+        max_subscribers: usize,
+    ) -> Published {
         Published {
             jwks,
             fresh,
             inner: Mutex::new(Inner::default()),
             wake: Notify::new(),
-            feed: Arc::new(Feed::new(10_000)),
+            feed: Arc::new(Feed::new(max_subscribers)),
         }
     }
 
