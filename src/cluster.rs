@@ -49,7 +49,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use crate::followers::Followers;
 use crate::freshness::{Freshness, Heartbeat};
 use crate::metrics::ClusterMetrics;
-use crate::service::Published;
+use crate::registry::Registry;
 use crate::store::{Heard, Store};
 use crate::verify::Verifier;
 
@@ -65,7 +65,7 @@ enum Step {
 /// What the follower updates.
 pub(crate) struct Follower {
     pub store: Store,
-    pub published: Arc<Published>,
+    pub published: Arc<Registry>,
     pub verifier: Arc<Verifier>,
     pub keys: Gauge,
     pub metrics: ClusterMetrics,

@@ -2,7 +2,7 @@
 //! the order the changes took effect, kept in one bounded ring that every
 //! subscriber reads by cursor (`GET /v1/events`, and followers).
 //!
-//! Events are numbered where `service::Published` applies a change, under
+//! Events are numbered where the `registry` applies a change, under
 //! its lock, so their order is the order the changes took effect. Ids start
 //! at this process's start time in microseconds, so that an id of an
 //! earlier run of the same server is older than every id of this one (a
@@ -236,10 +236,20 @@ fn prune(ring: &mut Ring, now: Instant) {
     }
 }
 
+/// What a stream needs of the owner of what is published (the registry):
+/// its feed, and the published keys as they stand at an event.
+pub trait Snapshots: Send + Sync {
+    fn feed(&self) -> &Feed;
+
+    /// The latest event id and the published keys as they stand at it,
+    /// of one organisation or all.
+    fn snapshot(&self, org: Option<&OrgId>) -> (u64, Vec<PublicKeyRecord>);
+}
+
 /// What a stream of the feed reads: the published keys (for `reset`),
 /// their feed, and how fresh this server is (for `fresh`).
 pub struct Source {
-    pub(crate) published: Arc<crate::service::Published>,
+    pub(crate) published: Arc<dyn Snapshots>,
     pub(crate) fresh: Arc<crate::freshness::Freshness>,
 }
 

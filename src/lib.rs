@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod refusals;
+pub mod registry;
 pub mod seal;
 pub mod secret_file;
 pub mod service;

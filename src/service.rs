@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use lifecycle::Lifetimes;
-pub(crate) use lifecycle::Published;
 
 use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::cluster::Follower;
 use crate::freshness::{Freshness, Staleness};
-use crate::jwks::{Document, Jwks};
+use crate::jwks::Document;
 use crate::keys::upload::Upload;
 use crate::keys::{
     now_secs, GeneratedKey, KeyId, KeyName, KeySpec, KeyState, Lifecycle, OrgId, Origin,
@@ -26,6 +25,7 @@ use crate::keys::{
 use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::refusals::Refusals;
+use crate::registry::Registry;
 use crate::store::{
     AuditPage, Changed, Delete, Deleted, Insert, Inserted, KeyChange, KeyRotation, Rotation, Store,
     StoreError,
@@ -86,9 +86,8 @@ pub struct Patch {
 pub struct Signet {
     /// `None` on a follower, which mirrors an upstream signet instead.
     store: Option<Store>,
-    jwks: Arc<Jwks>,
     /// What is published, withheld (disabled, expired) and when keys expire.
-    published: Arc<Published>,
+    published: Arc<Registry>,
     verifier: Arc<Verifier>,
     lifetimes: Lifetimes,
     /// The expiry timer; stopped when the service is dropped.
@@ -178,18 +177,13 @@ impl Signet {
         } = settings;
         let version = store.version().await?;
         let records = store.all_keys().await?;
-        let jwks = Arc::new(Jwks::new(&[]));
         let following = replicate && store.is_shared();
         let fresh = Arc::new(Freshness::new(version, staleness, following));
-        let published = Arc::new(Published::new(
-            jwks.clone(),
-            fresh.clone(),
-            followers.max_subscribers,
-        ));
+        let published = Arc::new(Registry::new(fresh.clone(), followers.max_subscribers));
         let feed = published.feed().clone();
         let verifier = Arc::new(Verifier::new(published.clone(), policy));
         published.reset(&records, &verifier);
-        let timer = tokio::spawn(lifecycle::expire_forever(
+        let timer = tokio::spawn(crate::registry::expire_forever(
             published.clone(),
             verifier.clone(),
         ));
@@ -227,7 +221,6 @@ impl Signet {
             false => None,
         };
         Ok(Signet {
-            jwks,
             published,
             lifetimes,
             timer,
@@ -251,15 +244,13 @@ impl Signet {
     /// (applied through [`Signet::mirror`]), verification only while the
     /// upstream's answers keep it fresh.
     pub fn follower(policy: Policy, config: &crate::config::Config) -> Signet {
-        let jwks = Arc::new(Jwks::new(&[]));
         let fresh = Arc::new(Freshness::new(0, Staleness::from(&config.cluster), true));
-        let published = Arc::new(Published::new(
-            jwks.clone(),
+        let published = Arc::new(Registry::new(
             fresh.clone(),
             crate::config::Events::default().max_subscribers,
         ));
         let verifier = Arc::new(Verifier::new(published.clone(), policy));
-        let timer = tokio::spawn(lifecycle::expire_forever(
+        let timer = tokio::spawn(crate::registry::expire_forever(
             published.clone(),
             verifier.clone(),
         ));
@@ -285,7 +276,6 @@ impl Signet {
             .fresh_age_seconds
             .read_with(move || age.age().as_secs_f64());
         Signet {
-            jwks,
             published,
             lifetimes: Lifetimes::default(),
             timer,
@@ -629,7 +619,7 @@ impl Signet {
     pub async fn get(&self, id: KeyId) -> Result<PublicKeyRecord, ServiceError> {
         // The published keys are the active ones, in memory; with other
         // instances, one created elsewhere a moment ago may be stored only.
-        let record = match self.jwks.record(id) {
+        let record = match self.published.record(id) {
             None if self.fresh.following() && self.store.is_some() => {
                 self.storage(self.store()?.get_key(id)).await?
             }
@@ -734,7 +724,7 @@ impl Signet {
         let Some(kid) = kid else {
             return false;
         };
-        if self.jwks.contains(kid) {
+        if self.published.is_published(kid) {
             return true;
         }
         // A key deleted, disabled or expired here is no news; only ids
@@ -749,7 +739,7 @@ impl Signet {
                 if self.published.learn(&record) {
                     self.metrics.keys.inc();
                 }
-                self.jwks.contains(kid)
+                self.published.is_published(kid)
             }
             Ok(None) => {
                 self.unknown.absent(kid);
@@ -766,12 +756,12 @@ impl Signet {
 
     /// The JWK Set of every key.
     pub fn jwks_all(&self) -> Arc<Document> {
-        self.jwks.all()
+        self.published.jwks_all()
     }
 
     /// The JWK Set of one organisation.
     pub fn jwks_of(&self, org: &OrgId) -> Arc<Document> {
-        self.jwks.of(org)
+        self.published.jwks_of(org)
     }
 
     /// Records in the organisation's audit log that an authenticated
