@@ -14,7 +14,7 @@ use std::time::Duration;
 pub use lifecycle::Lifetimes;
 
 use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
-use crate::cluster::Follower;
+use crate::feed::ChangeFeed;
 use crate::freshness::{Freshness, Staleness};
 use crate::jwks::Document;
 use crate::keys::upload::Upload;
@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::refusals::Refusals;
 use crate::registry::Registry;
+use crate::replica::Replica;
 use crate::store::{
     AuditPage, Changed, Delete, Deleted, Insert, Inserted, KeyChange, KeyRotation, Rotation, Store,
     StoreError,
@@ -97,7 +98,7 @@ pub struct Signet {
     /// How current this instance is with changes made by others.
     fresh: Arc<Freshness>,
     /// Look-ups of keys created elsewhere and not applied here yet.
-    unknown: crate::cluster::UnknownKeys,
+    unknown: crate::replica::UnknownKeys,
     /// The task that applies changes made by other instances, if any.
     follower: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// Counters only: callers count into it, nothing reaches storage.
@@ -175,9 +176,13 @@ impl Signet {
             replicate,
             followers,
         } = settings;
-        let version = store.version().await?;
+        // Shared with other instances: changes are counted from here on.
+        let version = match store.feed() {
+            Some(feed) => feed.version().await?,
+            None => 0,
+        };
         let records = store.all_keys().await?;
-        let following = replicate && store.is_shared();
+        let following = replicate && store.feed().is_some();
         let fresh = Arc::new(Freshness::new(version, staleness, following));
         let published = Arc::new(Registry::new(fresh.clone(), followers.max_subscribers));
         let feed = published.feed().clone();
@@ -206,8 +211,8 @@ impl Signet {
         // then refused until it is back).
         let follower = match following {
             true => {
-                Follower {
-                    store: store.clone(),
+                Replica {
+                    feed: store.feed().expect("following a shared store"),
                     published: published.clone(),
                     verifier: verifier.clone(),
                     keys: metrics.keys.clone(),
@@ -228,7 +233,7 @@ impl Signet {
             store: Some(store),
             verifier,
             fresh,
-            unknown: crate::cluster::UnknownKeys::new(),
+            unknown: crate::replica::UnknownKeys::new(),
             follower: std::sync::Mutex::new(follower),
             metrics,
             refusals,
@@ -282,7 +287,7 @@ impl Signet {
             store: None,
             verifier,
             fresh,
-            unknown: crate::cluster::UnknownKeys::new(),
+            unknown: crate::replica::UnknownKeys::new(),
             follower: Default::default(),
             metrics,
             refusals,
@@ -591,12 +596,12 @@ impl Signet {
         // revocation's included.
         let event = self.published.feed().latest();
         let followers = self.followers.applied_everywhere(event);
-        let Some(store) = &self.store else {
+        let Some(feed) = self.store.as_ref().and_then(Store::feed) else {
             followers.await;
             return;
         };
-        let instances = crate::cluster::applied_everywhere(
-            store,
+        let instances = crate::replica::applied_everywhere(
+            &*feed,
             &self.fresh,
             version,
             committed,
@@ -685,11 +690,12 @@ impl Signet {
         if let Some(task) = self.follower.lock().expect("follower lock poisoned").take() {
             task.abort();
         }
-        if let (true, Some(store)) = (self.fresh.following(), &self.store) {
+        let feed = self.store.as_ref().and_then(Store::feed);
+        if let (true, Some(feed)) = (self.fresh.following(), feed) {
             // Not on the list any more: no revocation waits for this
             // instance, so it must not vouch for one either.
             self.fresh.fence();
-            if let Err(e) = store.leave(self.fresh.instance()).await {
+            if let Err(e) = feed.leave(self.fresh.instance()).await {
                 tracing::warn!(error = %e, "could not leave the list of instances");
             }
         }

@@ -1,12 +1,16 @@
-//! Keeping this instance in step with the others on a shared database.
+//! The replica: this instance kept in step with the others through a
+//! [`ChangeFeed`] (the shared database), built once with its feed, the
+//! registry, the verifier, its freshness and the followers it serves.
 //!
 //! Every key change carries a version; the store commits versions in order.
-//! A follower task re-reads the changes after the version it has applied
-//! (`Store::changes_since`) whenever the store announces one, after every
+//! The replica's task re-reads the changes after the version it has applied
+//! (`ChangeFeed::changes_since`) whenever the feed announces one, after every
 //! reconnect of its listener, and at least four times per
-//! `cluster.max_staleness`, and applies them to the JWK Sets and the
-//! verifier's cache, then records in the store that it is alive and how
-//! far it has applied (a heartbeat, by the database's clock). "Fresh as of"
+//! `cluster.max_staleness`, and applies them through the registry (which
+//! drops a change older than one applied) and the verifier's cache, then
+//! reports to the feed that it is alive and how far it has applied (a
+//! heartbeat, by the database's clock): the lowest of its own applied
+//! version and that of every live follower it serves. "Fresh as of"
 //! is the moment the last re-read that was followed by a successful
 //! heartbeat was *sent*; while it is older than `max_staleness`, the
 //! instance refuses to verify (unless `stale_verification = "serve"`).
@@ -37,8 +41,8 @@
 //! Every timing is measured on this instance's monotonic clock; liveness
 //! is judged by the database's clock alone.
 //!
-//! On sled no other process writes, so nothing follows and verification is
-//! never refused for staleness.
+//! On sled no other process writes, so there is no feed, no replica, and
+//! verification is never refused for staleness.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,11 +50,11 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::feed::{ChangeFeed, Heard};
 use crate::followers::Followers;
 use crate::freshness::{Freshness, Heartbeat};
 use crate::metrics::ClusterMetrics;
 use crate::registry::Registry;
-use crate::store::{Heard, Store};
 use crate::verify::Verifier;
 
 /// Whether a re-read should be followed by another at once.
@@ -62,9 +66,9 @@ enum Step {
     Again,
 }
 
-/// What the follower updates.
-pub(crate) struct Follower {
-    pub store: Store,
+/// One replica: what it follows and what it updates.
+pub(crate) struct Replica<F> {
+    pub feed: Arc<F>,
     pub published: Arc<Registry>,
     pub verifier: Arc<Verifier>,
     pub keys: Gauge,
@@ -75,12 +79,12 @@ pub(crate) struct Follower {
     pub followers: Arc<Followers>,
 }
 
-impl Follower {
+impl<F: ChangeFeed> Replica<F> {
     /// Follows the store's announcements in a task that runs until
     /// aborted, and returns once this instance is current (or after
     /// `max_staleness`). `None` when the store has no other writers.
     pub async fn start(self) -> Option<tokio::task::AbortHandle> {
-        let events = self.store.announcements()?;
+        let events = self.feed.announcements()?;
         let max_staleness = self.fresh.max_staleness();
         let fresh = self.fresh.clone();
         self.metrics
@@ -93,10 +97,10 @@ impl Follower {
         let fresh = self.fresh.clone();
         let fence = fence_when_deaf(fresh.clone(), events.clone());
         let task = tokio::spawn(async move {
-            let follower = self;
+            let replica = self;
             tokio::join!(
-                follower.run(events, max_staleness),
-                follower.observe(max_staleness / 4),
+                replica.run(events, max_staleness),
+                replica.observe(max_staleness / 4),
                 fence
             )
         });
@@ -140,7 +144,7 @@ impl Follower {
             // Every live instance but this one has applied less than this.
             let live = self.fresh.max_staleness() + MARGIN;
             if let Ok(others) = self
-                .store
+                .feed
                 .lagging(i64::MAX as u64, self.fresh.instance(), live)
                 .await
             {
@@ -153,7 +157,7 @@ impl Follower {
     async fn catch_up(&self, events: &tokio::sync::watch::Receiver<Heard>) -> Step {
         let heard = *events.borrow();
         let sent = Instant::now();
-        let changes = match self.store.changes_since(self.fresh.applied()).await {
+        let changes = match self.feed.changes_since(self.fresh.applied()).await {
             Ok(changes) => changes,
             Err(e) => {
                 self.fresh.behind(sent);
@@ -189,7 +193,7 @@ impl Follower {
         // Fresh only once the store knows: an instance that is not live
         // must not be vouching.
         let reported = self.followers.applied_floor(applied);
-        if let Err(e) = self.store.heartbeat(self.fresh.instance(), reported).await {
+        if let Err(e) = self.feed.heartbeat(self.fresh.instance(), reported).await {
             tracing::warn!(error = %e, "could not record this instance's heartbeat");
             return Step::Done;
         }
@@ -226,32 +230,34 @@ const MARGIN: Duration = Duration::from_millis(100);
 /// a store no other process writes. A process that does not follow (the
 /// CLI on a shared database) waits all the same: its answer revokes too.
 pub(crate) async fn applied_everywhere(
-    store: &Store,
+    feed: &impl ChangeFeed,
     fresh: &Freshness,
     version: u64,
     committed: Instant,
     waited: &Histogram,
 ) {
-    if !store.is_shared() {
-        return;
-    }
     let started = Instant::now();
-    applied_or_fenced(store, fresh, version, committed).await;
+    applied_or_fenced(feed, fresh, version, committed).await;
     waited.observe(started.elapsed().as_secs_f64());
 }
 
-async fn applied_or_fenced(store: &Store, fresh: &Freshness, version: u64, committed: Instant) {
+async fn applied_or_fenced(
+    feed: &impl ChangeFeed,
+    fresh: &Freshness,
+    version: u64,
+    committed: Instant,
+) {
     let max = fresh.max_staleness();
     // Heartbeats heard: look again as each arrives (a lost one costs the
     // pause below at most).
-    let mut acks = store.acknowledgements();
+    let mut acks = feed.acknowledgements();
     loop {
         if let Some(acks) = acks.as_mut() {
             acks.borrow_and_update();
         }
         // Not live: no heartbeat within max_staleness plus the margin, so its
         // last confirmation is too old for it to vouch any more.
-        if let Ok(0) = store.lagging(version, fresh.instance(), max + MARGIN).await {
+        if let Ok(0) = feed.lagging(version, fresh.instance(), max + MARGIN).await {
             return;
         }
         if committed.elapsed() >= max + MARGIN {
