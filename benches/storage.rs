@@ -198,10 +198,10 @@ async fn delete_latencies(pg: &Config, spki: &[u8], instances: usize, n: usize) 
         let store = Store::open(pg).await.expect("open PostgreSQL");
         let settings = Settings {
             quota: KEYS_PER_ORG as u32,
+            replicate: true,
             ..Settings::once(&Config::default())
         };
         let signet = Signet::new(store, settings).await.expect("Signet::new");
-        signet.follow().await;
         signets.push(signet);
     }
     let store = Store::open(pg).await.expect("open PostgreSQL");

@@ -103,16 +103,14 @@ impl Application {
             tracing::info!(path = %path.display(), "generated an operator token (mode 0600); read it from this file");
         }
         warn_readable_secrets(&config);
-        let mut signet = Signet::new(store, Settings::of(&config)).await?;
+        let signet = Signet::new(store, Settings::of(&config)).await?;
         let tls = match &config.server.tls {
             Some(files) => Some(http::tls::Tls::load(files, &signet.metrics)?),
             None => None,
         };
-        signet.follow().await;
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
-        signet.accept_followers(&config);
         let mut app = ServerState::new(signet, config, operator);
         if let Some(tls) = tls {
             app = app.with_tls(tls);

@@ -2,7 +2,7 @@
 //! the order the changes took effect, kept in one bounded ring that every
 //! subscriber reads by cursor (`GET /v1/events`, and followers).
 //!
-//! Events are numbered where `service::Published` applies a change, under
+//! Events are numbered where the `registry` applies a change, under
 //! its lock, so their order is the order the changes took effect. Ids start
 //! at this process's start time in microseconds, so that an id of an
 //! earlier run of the same server is older than every id of this one (a
@@ -115,8 +115,6 @@ pub struct Feed {
     base: u64,
     latest: watch::Sender<u64>,
     subscribers: Arc<Semaphore>,
-    /// How many places `subscribers` has.
-    places: std::sync::atomic::AtomicUsize,
     /// This process's id: ids of another run mean nothing here.
     run: String,
 }
@@ -138,7 +136,6 @@ impl Feed {
             base,
             latest: watch::channel(base).0,
             subscribers: Arc::new(Semaphore::new(max_subscribers)),
-            places: max_subscribers.into(),
             run: ulid::Ulid::new().to_string(),
         }
     }
@@ -199,17 +196,6 @@ impl Feed {
         self.latest.subscribe()
     }
 
-    /// Allows `max` subscribers at once from now on.
-    pub fn limit_subscribers(&self, max: usize) {
-        use std::sync::atomic::Ordering;
-        let was = self.places.swap(max, Ordering::SeqCst);
-        if max > was {
-            self.subscribers.add_permits(max - was);
-        } else {
-            self.subscribers.forget_permits(was - max);
-        }
-    }
-
     /// A place among the subscribers, if one is free.
     pub fn subscribe(&self) -> Option<OwnedSemaphorePermit> {
         self.subscribers.clone().try_acquire_owned().ok()
@@ -250,11 +236,21 @@ fn prune(ring: &mut Ring, now: Instant) {
     }
 }
 
+/// What a stream needs of the owner of what is published (the registry):
+/// its feed, and the published keys as they stand at an event.
+pub trait Snapshots: Send + Sync {
+    fn feed(&self) -> &Feed;
+
+    /// The latest event id and the published keys as they stand at it,
+    /// of one organisation or all.
+    fn snapshot(&self, org: Option<&OrgId>) -> (u64, Vec<PublicKeyRecord>);
+}
+
 /// What a stream of the feed reads: the published keys (for `reset`),
 /// their feed, and how fresh this server is (for `fresh`).
 pub struct Source {
-    pub(crate) published: Arc<crate::service::Published>,
-    pub(crate) fresh: Arc<crate::cluster::Freshness>,
+    pub(crate) published: Arc<dyn Snapshots>,
+    pub(crate) fresh: Arc<crate::freshness::Freshness>,
 }
 
 impl Source {

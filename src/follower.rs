@@ -1,5 +1,5 @@
 //! A follower's view of its upstream: the events of the upstream's feed
-//! applied in order to the same `Published` keys, verifier and
+//! applied in order to the same `Registry`, verifier and
 //! `Freshness` an instance uses, and the acknowledgements that make it
 //! fresh (the transport is `http::upstream`).
 //!
@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::cluster::Freshness;
 use crate::events::Reason;
+use crate::freshness::Freshness;
 use crate::keys::{Jwk, KeyId, KeyName, KeySpec, Lifecycle, OrgId, Origin, PublicKeyRecord};
-use crate::service::Published;
+use crate::registry::Registry;
 use crate::verify::Verifier;
 
 /// Why an event of the upstream could not be applied; the stream is then
@@ -128,7 +128,7 @@ struct State {
 
 /// The follower's mirror of its upstream.
 pub struct Mirror {
-    published: Arc<Published>,
+    published: Arc<Registry>,
     verifier: Arc<Verifier>,
     fresh: Arc<Freshness>,
     state: Mutex<State>,
@@ -205,7 +205,7 @@ fn json<'a, T: Deserialize<'a>>(data: &'a str) -> Result<T, EventError> {
 
 impl Mirror {
     pub(crate) fn new(
-        published: Arc<Published>,
+        published: Arc<Registry>,
         verifier: Arc<Verifier>,
         fresh: Arc<Freshness>,
     ) -> Mirror {

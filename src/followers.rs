@@ -21,6 +21,39 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::events::Feed;
 
+/// Which followers an instance accepts, and how stale they may be: given
+/// when the service is built.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// SHA-256 of each accepted follower token.
+    pub tokens: Vec<[u8; 32]>,
+    pub max_staleness: Duration,
+    /// Most streams of the change feed at once, followers included.
+    pub max_subscribers: usize,
+}
+
+impl Settings {
+    /// The settings `config` names: `followers.token_sha256`,
+    /// `SIGNET_FOLLOWER_TOKEN`, `cluster.max_staleness_ms` and
+    /// `events.max_subscribers`.
+    pub fn of(config: &Config) -> Settings {
+        let mut tokens: Vec<[u8; 32]> = config
+            .followers
+            .token_sha256
+            .iter()
+            .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+            .collect();
+        if let Some(token) = &config.followers.token {
+            tokens.push(Sha256::digest(token.expose().as_bytes()).into());
+        }
+        Settings {
+            tokens,
+            max_staleness: Duration::from_millis(config.cluster.max_staleness_ms),
+            max_subscribers: config.events.max_subscribers,
+        }
+    }
+}
+
 /// How much longer than `max_staleness` a revocation waits for a follower
 /// that has not acknowledged it: covers clocks running at slightly
 /// different rates and a verification under way when the follower fenced.
@@ -44,6 +77,9 @@ pub struct Followers {
     list: Mutex<HashMap<String, Follower>>,
     /// Woken on every acknowledgement.
     acked: Notify,
+    /// Holds a wake-up after an acknowledgement for the heartbeat, which
+    /// then reports it.
+    moved: Notify,
     feed: Arc<Feed>,
     /// Delays between a follower's acknowledgements... observed as the
     /// time from a revoking change to each live follower's acknowledgement.
@@ -51,21 +87,13 @@ pub struct Followers {
 }
 
 impl Followers {
-    pub fn new(config: &Config, feed: Arc<Feed>, ack_seconds: Histogram) -> Followers {
-        let mut tokens: Vec<[u8; 32]> = config
-            .followers
-            .token_sha256
-            .iter()
-            .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
-            .collect();
-        if let Some(token) = &config.followers.token {
-            tokens.push(Sha256::digest(token.expose().as_bytes()).into());
-        }
+    pub fn new(settings: Settings, feed: Arc<Feed>, ack_seconds: Histogram) -> Followers {
         Followers {
-            tokens,
-            max_staleness: Duration::from_millis(config.cluster.max_staleness_ms),
+            tokens: settings.tokens,
+            max_staleness: settings.max_staleness,
             list: Mutex::new(HashMap::new()),
             acked: Notify::new(),
+            moved: Notify::new(),
             feed,
             ack_seconds,
         }
@@ -107,6 +135,13 @@ impl Followers {
         entry.heard = now;
         drop(list);
         self.acked.notify_waiters();
+        self.moved.notify_one();
+    }
+
+    /// Resolves after an acknowledgement (one that came since the last
+    /// such wake-up included): the heartbeat then reports it.
+    pub async fn moved(&self) {
+        self.moved.notified().await
     }
 
     /// How many followers are registered and how many of them are live.
@@ -186,7 +221,11 @@ mod tests {
             .map(|t| hex::encode(Sha256::digest(t.as_bytes())))
             .collect();
         config.cluster.max_staleness_ms = 200;
-        Followers::new(&config, Arc::new(Feed::new(1)), Histogram::new([1.0]))
+        Followers::new(
+            Settings::of(&config),
+            Arc::new(Feed::new(1)),
+            Histogram::new([1.0]),
+        )
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The published keys and their JWK Sets: one document of every key and one
-//! per organisation, each with its strong `ETag`.
+//! The published keys as JWK Sets: one document of every key and one per
+//! organisation, each with its strong `ETag`. Which keys are published is
+//! the registry's to decide: it holds the one [`Jwks`] of a process and
+//! is the only one that changes it.
 //!
 //! Each published key is held once, compactly: its record's fields, the
 //! organisation's name shared with its other keys, and the public key as
@@ -13,7 +15,7 @@
 //!   kept until the next, so a burst of changes costs one rebuild, and no
 //!   change waits for one.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
@@ -155,13 +157,6 @@ struct State {
     orgs: HashMap<Arc<str>, Org>,
     /// Bumped by every change.
     generation: u64,
-    /// Keys removed since start: never published again, so that a stale
-    /// view of the store (read before the delete) cannot bring one back.
-    removed: HashSet<KeyId>,
-    /// Keys withdrawn here (disabled, expired) and not added back here: a
-    /// stale read of the store, by the cluster follower or an unknown-key
-    /// look-up, must not publish one again (see `learned`).
-    withdrawn: HashSet<KeyId>,
 }
 
 /// The published keys and documents. Reads take a read lock for as long as
@@ -212,23 +207,10 @@ impl Jwks {
         Arc::new(Document::build(keys, tag))
     }
 
-    /// Replaces every key with those of `records` (after storage
-    /// recovered and may hold other keys than the documents say).
-    pub fn reset<'a>(&self, records: impl IntoIterator<Item = &'a PublicKeyRecord>) {
-        let mut state = self.write();
-        *state = std::mem::take(&mut *state).replaced(records);
-        drop(state);
-        self.forget_all();
-    }
-
-    /// Replaces every key with `records`, the whole truth of an upstream
-    /// (a follower's `reset`): keys withdrawn here may be published again;
-    /// keys removed here stay removed.
+    /// Replaces every key with those of `records`.
     pub fn replace<'a>(&self, records: impl IntoIterator<Item = &'a PublicKeyRecord>) {
         let mut state = self.write();
-        let mut old = std::mem::take(&mut *state);
-        old.withdrawn.clear();
-        *state = old.replaced(records);
+        *state = std::mem::take(&mut *state).replaced(records);
         drop(state);
         self.forget_all();
     }
@@ -276,55 +258,19 @@ impl Jwks {
     }
 
     /// Publishes `record` (again, if it was: its expiry may have changed);
-    /// whether it was not published yet. A removed key is not published
-    /// again.
+    /// whether it was not published yet.
     pub fn added(&self, record: &PublicKeyRecord) -> bool {
         let mut state = self.write();
-        if state.removed.contains(&record.id) {
-            return false;
-        }
-        state.withdrawn.remove(&record.id);
-        self.publish(state, record)
-    }
-
-    /// Publishes an active `record` read from the store by something other
-    /// than this instance's own change (the cluster follower, an unknown-key
-    /// look-up); whether it was not published yet. A key removed or
-    /// withdrawn here is not published: that read may predate the change.
-    pub fn learned(&self, record: &PublicKeyRecord) -> bool {
-        let state = self.write();
-        if state.removed.contains(&record.id) || state.withdrawn.contains(&record.id) {
-            return false;
-        }
-        self.publish(state, record)
-    }
-
-    /// Unpublishes key `id` of `org` for good; whether it was published.
-    pub fn removed(&self, org: &OrgId, id: KeyId) -> bool {
-        self.unpublish(org, id, true)
-    }
-
-    /// Unpublishes key `id` of `org` until it is added again (a disabled or
-    /// expired key); whether it was published.
-    pub fn withdrawn(&self, org: &OrgId, id: KeyId) -> bool {
-        self.unpublish(org, id, false)
-    }
-
-    fn publish(&self, mut state: RwLockWriteGuard<'_, State>, record: &PublicKeyRecord) -> bool {
         let new = state.insert(record).is_none();
         drop(state);
         self.forget_all();
         new
     }
 
-    /// `_org` is the key's organisation; the key itself says which it is.
-    fn unpublish(&self, _org: &OrgId, id: KeyId, for_good: bool) -> bool {
+    /// Unpublishes key `id` of `org`; whether it was published. `_org` is
+    /// the key's organisation; the key itself says which it is.
+    pub fn removed(&self, _org: &OrgId, id: KeyId) -> bool {
         let mut state = self.write();
-        if for_good {
-            state.removed.insert(id);
-        } else {
-            state.withdrawn.insert(id);
-        }
         if state.remove(id).is_none() {
             return false;
         }
@@ -352,17 +298,12 @@ impl Jwks {
 }
 
 impl State {
-    /// This state with its keys replaced by those of `records`, except
-    /// keys removed or withdrawn here: `records` may be a read that
-    /// predates those changes.
+    /// This state with its keys replaced by those of `records`.
     fn replaced<'a>(self, records: impl IntoIterator<Item = &'a PublicKeyRecord>) -> State {
         let mut orgs: HashMap<Arc<str>, Org> = HashMap::new();
         // Collected in one go: a store lists keys in id order, and a
         // B-tree built from sorted keys has full nodes.
-        let records: Vec<&PublicKeyRecord> = records
-            .into_iter()
-            .filter(|r| !self.removed.contains(&r.id) && !self.withdrawn.contains(&r.id))
-            .collect();
+        let records: Vec<&PublicKeyRecord> = records.into_iter().collect();
         let jwks = jwks_of_all(&records);
         let keys: BTreeMap<KeyId, Arc<Key>> = records
             .iter()
@@ -385,8 +326,6 @@ impl State {
             keys,
             orgs,
             generation: self.generation + 1,
-            removed: self.removed,
-            withdrawn: self.withdrawn,
         }
     }
 
@@ -542,7 +481,7 @@ mod tests {
         type Change = fn(&Jwks, &PublicKeyRecord) -> bool;
         let changes: [(&str, Change); 4] = [
             ("added", |j, r| j.added(r)),
-            ("withdrawn", |j, r| j.withdrawn(&r.org, r.id)),
+            ("withdrawn", |j, r| j.removed(&r.org, r.id)),
             ("added again", |j, r| j.added(r)),
             ("removed", |j, r| j.removed(&r.org, r.id)),
         ];
@@ -631,22 +570,5 @@ mod tests {
         assert_eq!(&jwks.all().body[..], &expected[..]);
         let o1: Vec<&PublicKeyRecord> = records.iter().skip(1).step_by(3).collect();
         assert_eq!(kids(&jwks.of(&org("o1"))), ids(&o1));
-    }
-
-    #[test]
-    fn removed_and_withdrawn_keys_stay_out_of_stale_reads() {
-        let (a1, a2) = (record("a", 1), record("a", 2));
-        let jwks = Jwks::new([&a1, &a2]);
-        assert!(jwks.removed(&a1.org, a1.id));
-        assert!(jwks.withdrawn(&a2.org, a2.id));
-        for r in [&a1, &a2] {
-            assert!(!jwks.learned(r), "{}: a stale read", r.id);
-        }
-        jwks.reset([&a1, &a2]);
-        assert!(!jwks.contains(a1.id) && !jwks.contains(a2.id));
-        assert!(!jwks.added(&a1), "removed for good");
-        assert!(jwks.added(&a2), "an enable publishes a withdrawn key");
-        assert_eq!(kids(&jwks.of(&org("a"))), ids(&[&a2]));
-        assert_eq!(jwks.record(a1.id), None);
     }
 }

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use lifecycle::Lifetimes;
-pub(crate) use lifecycle::Published;
 
 use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
-use crate::cluster::{Follower, Freshness, Staleness};
-use crate::jwks::{Document, Jwks};
+use crate::feed::ChangeFeed;
+use crate::freshness::{Freshness, Staleness};
+use crate::jwks::Document;
 use crate::keys::upload::Upload;
 use crate::keys::{
     now_secs, GeneratedKey, KeyId, KeyName, KeySpec, KeyState, Lifecycle, OrgId, Origin,
@@ -25,6 +25,8 @@ use crate::keys::{
 use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::refusals::Refusals;
+use crate::registry::Registry;
+use crate::replica::Replica;
 use crate::store::{
     AuditPage, Changed, Delete, Deleted, Insert, Inserted, KeyChange, KeyRotation, Rotation, Store,
     StoreError,
@@ -85,9 +87,8 @@ pub struct Patch {
 pub struct Signet {
     /// `None` on a follower, which mirrors an upstream signet instead.
     store: Option<Store>,
-    jwks: Arc<Jwks>,
     /// What is published, withheld (disabled, expired) and when keys expire.
-    published: Arc<Published>,
+    published: Arc<Registry>,
     verifier: Arc<Verifier>,
     lifetimes: Lifetimes,
     /// The expiry timer; stopped when the service is dropped.
@@ -97,7 +98,7 @@ pub struct Signet {
     /// How current this instance is with changes made by others.
     fresh: Arc<Freshness>,
     /// Look-ups of keys created elsewhere and not applied here yet.
-    unknown: crate::cluster::UnknownKeys,
+    unknown: crate::replica::UnknownKeys,
     /// The task that applies changes made by other instances, if any.
     follower: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// Counters only: callers count into it, nothing reaches storage.
@@ -125,6 +126,12 @@ pub struct Settings {
     pub pool: [usize; 3],
     pub lifetimes: Lifetimes,
     pub staleness: Staleness,
+    /// Whether to follow the changes other instances make to a shared
+    /// store (a server does; a command that runs once does not, and never
+    /// vouches for them, so it never refuses to verify for staleness).
+    pub replicate: bool,
+    /// The followers this instance accepts.
+    pub followers: crate::followers::Settings,
 }
 
 impl Settings {
@@ -143,6 +150,8 @@ impl Settings {
                 default: config.keys.default_lifetime,
             },
             staleness: Staleness::from(&config.cluster),
+            replicate: true,
+            followers: crate::followers::Settings::of(config),
         }
     }
 
@@ -150,6 +159,7 @@ impl Settings {
     pub fn once(config: &crate::config::Config) -> Settings {
         Settings {
             pool: [0; 3],
+            replicate: false,
             ..Settings::of(config)
         }
     }
@@ -163,16 +173,22 @@ impl Signet {
             pool,
             lifetimes,
             staleness,
+            replicate,
+            followers,
         } = settings;
-        let version = store.version().await?;
+        // Shared with other instances: changes are counted from here on.
+        let version = match store.feed() {
+            Some(feed) => feed.version().await?,
+            None => 0,
+        };
         let records = store.all_keys().await?;
-        let jwks = Arc::new(Jwks::new(&[]));
-        let fresh = Arc::new(Freshness::new(version, staleness));
-        let published = Arc::new(Published::new(jwks.clone(), fresh.clone()));
+        let following = replicate && store.feed().is_some();
+        let fresh = Arc::new(Freshness::new(version, staleness, following));
+        let published = Arc::new(Registry::new(fresh.clone(), followers.max_subscribers));
         let feed = published.feed().clone();
         let verifier = Arc::new(Verifier::new(published.clone(), policy));
         published.reset(&records, &verifier);
-        let timer = tokio::spawn(lifecycle::expire_forever(
+        let timer = tokio::spawn(crate::registry::expire_forever(
             published.clone(),
             verifier.clone(),
         ));
@@ -186,12 +202,30 @@ impl Signet {
         metrics.keys.set(records.len() as i64);
         let refusals = Refusals::new(metrics.unauthenticated.clone());
         let followers = Arc::new(crate::followers::Followers::new(
-            &crate::config::Config::default(),
+            followers,
             feed,
             metrics.follower_ack_seconds.clone(),
         ));
+        // Follows the other instances from now on; serves once current, or
+        // after max_staleness with the database away (verification is
+        // then refused until it is back).
+        let follower = match following {
+            true => {
+                Replica {
+                    feed: store.feed().expect("following a shared store"),
+                    published: published.clone(),
+                    verifier: verifier.clone(),
+                    keys: metrics.keys.clone(),
+                    metrics: metrics.cluster.clone(),
+                    fresh: fresh.clone(),
+                    followers: followers.clone(),
+                }
+                .start()
+                .await
+            }
+            false => None,
+        };
         Ok(Signet {
-            jwks,
             published,
             lifetimes,
             timer,
@@ -199,8 +233,8 @@ impl Signet {
             store: Some(store),
             verifier,
             fresh,
-            unknown: crate::cluster::UnknownKeys::new(),
-            follower: Default::default(),
+            unknown: crate::replica::UnknownKeys::new(),
+            follower: std::sync::Mutex::new(follower),
             metrics,
             refusals,
             quota,
@@ -215,19 +249,20 @@ impl Signet {
     /// (applied through [`Signet::mirror`]), verification only while the
     /// upstream's answers keep it fresh.
     pub fn follower(policy: Policy, config: &crate::config::Config) -> Signet {
-        let jwks = Arc::new(Jwks::new(&[]));
-        let fresh = Arc::new(Freshness::new(0, Staleness::from(&config.cluster)));
-        fresh.follow_upstream();
-        let published = Arc::new(Published::new(jwks.clone(), fresh.clone()));
+        let fresh = Arc::new(Freshness::new(0, Staleness::from(&config.cluster), true));
+        let published = Arc::new(Registry::new(
+            fresh.clone(),
+            crate::config::Events::default().max_subscribers,
+        ));
         let verifier = Arc::new(Verifier::new(published.clone(), policy));
-        let timer = tokio::spawn(lifecycle::expire_forever(
+        let timer = tokio::spawn(crate::registry::expire_forever(
             published.clone(),
             verifier.clone(),
         ));
         let metrics = Metrics::new(verifier.stats());
         let refusals = Refusals::new(metrics.unauthenticated.clone());
         let followers = Arc::new(crate::followers::Followers::new(
-            &crate::config::Config::default(),
+            crate::followers::Settings::default(),
             published.feed().clone(),
             metrics.follower_ack_seconds.clone(),
         ));
@@ -246,14 +281,13 @@ impl Signet {
             .fresh_age_seconds
             .read_with(move || age.age().as_secs_f64());
         Signet {
-            jwks,
             published,
             lifetimes: Lifetimes::default(),
             timer,
             store: None,
             verifier,
             fresh,
-            unknown: crate::cluster::UnknownKeys::new(),
+            unknown: crate::replica::UnknownKeys::new(),
             follower: Default::default(),
             metrics,
             refusals,
@@ -271,21 +305,6 @@ impl Signet {
         self.mirror.as_ref()
     }
 
-    /// Accepts followers holding a configured follower token, and caps
-    /// the change feed's subscribers.
-    pub fn accept_followers(&mut self, config: &crate::config::Config) {
-        let followers = Arc::new(crate::followers::Followers::new(
-            config,
-            self.published.feed().clone(),
-            self.metrics.follower_ack_seconds.clone(),
-        ));
-        self.published
-            .feed()
-            .limit_subscribers(config.events.max_subscribers);
-        self.fresh.report_followers(followers.clone());
-        self.followers = followers;
-    }
-
     /// The followers of this instance.
     pub fn followers(&self) -> &crate::followers::Followers {
         &self.followers
@@ -294,7 +313,6 @@ impl Signet {
     /// A follower acknowledged applying every event up to `applied`.
     pub fn follower_acked(&self, follower: &str, applied: u64) {
         self.followers.ack(follower, applied);
-        self.fresh.followers_moved();
     }
 
     /// The change feed and what it needs to start a stream.
@@ -312,25 +330,6 @@ impl Signet {
         let gauge = |state| self.metrics.followers.get_or_create(&StateLabel { state });
         gauge("registered").set(registered as i64);
         gauge("live").set(live as i64);
-    }
-
-    /// Starts applying the key changes other instances make to the shared
-    /// store (nothing on sled). While more than `max_staleness` behind,
-    /// verification is refused, unless stale verification is served.
-    pub async fn follow(&self) {
-        let Some(store) = self.store.clone() else {
-            return;
-        };
-        let follower = Follower {
-            store,
-            published: self.published.clone(),
-            verifier: self.verifier.clone(),
-            keys: self.metrics.keys.clone(),
-            metrics: self.metrics.cluster.clone(),
-            fresh: self.fresh.clone(),
-        };
-        let task = follower.start().await;
-        *self.follower.lock().expect("follower lock poisoned") = task;
     }
 
     /// Generates a key pair, stores its public half under the quota, and
@@ -597,12 +596,12 @@ impl Signet {
         // revocation's included.
         let event = self.published.feed().latest();
         let followers = self.followers.applied_everywhere(event);
-        let Some(store) = &self.store else {
+        let Some(feed) = self.store.as_ref().and_then(Store::feed) else {
             followers.await;
             return;
         };
-        let instances = crate::cluster::applied_everywhere(
-            store,
+        let instances = crate::replica::applied_everywhere(
+            &*feed,
             &self.fresh,
             version,
             committed,
@@ -625,7 +624,7 @@ impl Signet {
     pub async fn get(&self, id: KeyId) -> Result<PublicKeyRecord, ServiceError> {
         // The published keys are the active ones, in memory; with other
         // instances, one created elsewhere a moment ago may be stored only.
-        let record = match self.jwks.record(id) {
+        let record = match self.published.record(id) {
             None if self.fresh.following() && self.store.is_some() => {
                 self.storage(self.store()?.get_key(id)).await?
             }
@@ -691,11 +690,12 @@ impl Signet {
         if let Some(task) = self.follower.lock().expect("follower lock poisoned").take() {
             task.abort();
         }
-        if let (true, Some(store)) = (self.fresh.following(), &self.store) {
+        let feed = self.store.as_ref().and_then(Store::feed);
+        if let (true, Some(feed)) = (self.fresh.following(), feed) {
             // Not on the list any more: no revocation waits for this
             // instance, so it must not vouch for one either.
             self.fresh.fence();
-            if let Err(e) = store.leave(self.fresh.instance()).await {
+            if let Err(e) = feed.leave(self.fresh.instance()).await {
                 tracing::warn!(error = %e, "could not leave the list of instances");
             }
         }
@@ -730,7 +730,7 @@ impl Signet {
         let Some(kid) = kid else {
             return false;
         };
-        if self.jwks.contains(kid) {
+        if self.published.is_published(kid) {
             return true;
         }
         // A key deleted, disabled or expired here is no news; only ids
@@ -745,7 +745,7 @@ impl Signet {
                 if self.published.learn(&record) {
                     self.metrics.keys.inc();
                 }
-                self.jwks.contains(kid)
+                self.published.is_published(kid)
             }
             Ok(None) => {
                 self.unknown.absent(kid);
@@ -762,12 +762,12 @@ impl Signet {
 
     /// The JWK Set of every key.
     pub fn jwks_all(&self) -> Arc<Document> {
-        self.jwks.all()
+        self.published.jwks_all()
     }
 
     /// The JWK Set of one organisation.
     pub fn jwks_of(&self, org: &OrgId) -> Arc<Document> {
-        self.jwks.of(org)
+        self.published.jwks_of(org)
     }
 
     /// Records in the organisation's audit log that an authenticated

@@ -7,8 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Published, ServiceError, Signet};
+use super::{ServiceError, Signet};
 use crate::keys::{now_ms, KeyId, OrgId, PublicKeyRecord};
+use crate::registry::Registry;
 use crate::store::Store;
 use crate::usage::{KeyUsage, Usage};
 use crate::verify::KeySource;
@@ -26,7 +27,7 @@ const PRUNE_TICKS: u64 = 600;
 pub(super) async fn count_forever(
     usage: Arc<Usage>,
     shared: Option<Store>,
-    published: Arc<Published>,
+    published: Arc<Registry>,
 ) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -29,6 +29,8 @@ use crate::config::{Backend, Config, Secret};
 use crate::keys::{KeyId, KeyName, OrgId, PublicKeyRecord};
 use crate::seal::{SealError, Sealer};
 
+pub use crate::feed::{Changes, Heard};
+
 use self::postgres::PgStore;
 use self::sled::SledStore;
 
@@ -353,75 +355,10 @@ pub trait Storage: Send + Sync {
 
     /// Whether the database answers a read: the readiness probe.
     fn is_usable(&self) -> impl Future<Output = bool> + Send;
-
-    /// The version of the newest committed key change (0 on sled).
-    fn version(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// The key changes committed after version `applied`, by any instance.
-    fn changes_since(
-        &self,
-        applied: u64,
-    ) -> impl Future<Output = Result<Changes, StoreError>> + Send;
-
-    /// Records that instance `instance` is alive and has applied every
-    /// change through `applied` (nothing on sled).
-    fn heartbeat(
-        &self,
-        instance: &str,
-        applied: u64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Removes instance `instance` from the live ones (it is stopping), so
-    /// that no delete waits for it.
-    fn leave(&self, instance: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// How many live instances other than `me` (a heartbeat within `live`,
-    /// by the database's clock) have not applied `version` yet (0 on sled).
-    fn lagging(
-        &self,
-        version: u64,
-        me: &str,
-        live: std::time::Duration,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// Changes whenever another instance's heartbeat is heard (pushed
-    /// acknowledgements), or `None` when none are pushed: polled instead.
-    fn acknowledgements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        None
-    }
-
-    /// What the listener for other instances' changes has heard (it
-    /// changes on every announced change, every reconnect and every loss
-    /// of the listening connection), or `None` when no other process can
-    /// write (sled).
-    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<Heard>>;
 }
 
-/// What a store's listener for other instances' key changes has heard.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Heard {
-    /// Counts the listening sessions: announcements made between two
-    /// sessions may have been missed.
-    pub session: u64,
-    /// Whether the listening connection is up.
-    pub listening: bool,
-    /// Whether the store is polled instead (`cluster.notify = "poll"`, or
-    /// notifications found not to arrive): no session to lose, so losing
-    /// one fences nothing.
-    pub polling: bool,
-}
-
-/// Key changes after a version, up to the newest committed one.
-#[derive(Debug, Default)]
-pub struct Changes {
-    /// Every change up to this version is in here or was before.
-    pub upto: u64,
-    /// Keys created or changed since, each with the version of its latest
-    /// change.
-    pub live: Vec<(u64, PublicKeyRecord)>,
-    /// Keys deleted since.
-    pub gone: Vec<(OrgId, KeyId)>,
-}
+/// The change feed of the shared backend; see [`Store::feed`].
+pub type SharedFeed = Arc<PgStore>;
 
 /// The configured backend.
 #[derive(Clone)]
@@ -501,6 +438,16 @@ impl Store {
         matches!(self, Store::Postgres(_))
     }
 
+    /// The change feed of a store that other processes write too (on
+    /// PostgreSQL: versioned re-reads, heartbeats, `LISTEN` as the
+    /// wake-up); `None` when no other process can write it (sled).
+    pub fn feed(&self) -> Option<SharedFeed> {
+        match self {
+            Store::Sled(_) => None,
+            Store::Postgres(s) => Some(s.clone()),
+        }
+    }
+
     pub fn new_id(&self) -> KeyId {
         dispatch!(self, s => s.new_id())
     }
@@ -515,23 +462,6 @@ impl Store {
 
     pub async fn delete_key(&self, delete: Delete) -> Result<Deleted, StoreError> {
         dispatch!(self, s => s.delete_key(delete).await)
-    }
-
-    pub async fn heartbeat(&self, instance: &str, applied: u64) -> Result<(), StoreError> {
-        dispatch!(self, s => s.heartbeat(instance, applied).await)
-    }
-
-    pub async fn leave(&self, instance: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.leave(instance).await)
-    }
-
-    pub async fn lagging(
-        &self,
-        version: u64,
-        me: &str,
-        live: std::time::Duration,
-    ) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.lagging(version, me, live).await)
     }
 
     pub async fn change_key(&self, change: KeyChange) -> Result<Changed, StoreError> {
@@ -619,22 +549,6 @@ impl Store {
 
     pub async fn is_usable(&self) -> bool {
         dispatch!(self, s => s.is_usable().await)
-    }
-
-    pub async fn version(&self) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.version().await)
-    }
-
-    pub async fn changes_since(&self, applied: u64) -> Result<Changes, StoreError> {
-        dispatch!(self, s => s.changes_since(applied).await)
-    }
-
-    pub fn acknowledgements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        dispatch!(self, s => s.acknowledgements())
-    }
-
-    pub fn announcements(&self) -> Option<tokio::sync::watch::Receiver<Heard>> {
-        dispatch!(self, s => s.announcements())
     }
 }
 

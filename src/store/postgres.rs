@@ -1390,6 +1390,11 @@ impl Storage for PgStore {
         .await
         .is_ok()
     }
+}
+
+/// What a replica on another instance reads (see `crate::feed`).
+impl crate::feed::ChangeFeed for PgStore {
+    type Error = StoreError;
 
     async fn version(&self) -> Result<u64, StoreError> {
         on_conn!(self, &self.follow, |client| {

@@ -35,8 +35,8 @@ use crate::audit::{self, AuditEvent, EventId, NewEvent};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
-    blocking, open_record, reseal_value, seal_record, AuditPage, Changed, Changes, Delete, Deleted,
-    Insert, Inserted, KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
+    blocking, open_record, reseal_value, seal_record, AuditPage, Changed, Delete, Deleted, Insert,
+    Inserted, KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
 };
 
 /// sled's page cache. Nothing hot reads through it: the verifier and the
@@ -692,11 +692,6 @@ impl Handles {
         )
     }
 
-    /// The version of the latest key change.
-    fn change_version(&self) -> Result<u64, StoreError> {
-        decode_version(self.versions.get(LATEST)?)
-    }
-
     /// `flush` (which sled 0.34 ends with `sync_file_range` only), then
     /// `fdatasync` of the log file: what makes a change durable.
     fn sync(&self) -> Result<(), StoreError> {
@@ -1048,39 +1043,5 @@ impl Storage for Arc<SledStore> {
         blocking(move || Ok(SledStore::is_usable(&db)))
             .await
             .unwrap_or(false)
-    }
-
-    async fn version(&self) -> Result<u64, StoreError> {
-        let db = self.clone();
-        blocking(move || db.handles()?.change_version()).await
-    }
-
-    /// One process holds the database: there are no changes of others.
-    async fn changes_since(&self, applied: u64) -> Result<Changes, StoreError> {
-        Ok(Changes {
-            upto: applied,
-            ..Changes::default()
-        })
-    }
-
-    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<super::Heard>> {
-        None
-    }
-
-    async fn heartbeat(&self, _instance: &str, _applied: u64) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn leave(&self, _instance: &str) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn lagging(
-        &self,
-        _version: u64,
-        _me: &str,
-        _live: std::time::Duration,
-    ) -> Result<u64, StoreError> {
-        Ok(0)
     }
 }

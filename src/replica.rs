@@ -1,12 +1,16 @@
-//! Keeping this instance in step with the others on a shared database.
+//! The replica: this instance kept in step with the others through a
+//! [`ChangeFeed`] (the shared database), built once with its feed, the
+//! registry, the verifier, its freshness and the followers it serves.
 //!
 //! Every key change carries a version; the store commits versions in order.
-//! A follower task re-reads the changes after the version it has applied
-//! (`Store::changes_since`) whenever the store announces one, after every
+//! The replica's task re-reads the changes after the version it has applied
+//! (`ChangeFeed::changes_since`) whenever the feed announces one, after every
 //! reconnect of its listener, and at least four times per
-//! `cluster.max_staleness`, and applies them to the JWK Sets and the
-//! verifier's cache, then records in the store that it is alive and how
-//! far it has applied (a heartbeat, by the database's clock). "Fresh as of"
+//! `cluster.max_staleness`, and applies them through the registry (which
+//! drops a change older than one applied) and the verifier's cache, then
+//! reports to the feed that it is alive and how far it has applied (a
+//! heartbeat, by the database's clock): the lowest of its own applied
+//! version and that of every live follower it serves. "Fresh as of"
 //! is the moment the last re-read that was followed by a successful
 //! heartbeat was *sent*; while it is older than `max_staleness`, the
 //! instance refuses to verify (unless `stale_verification = "serve"`).
@@ -37,174 +41,21 @@
 //! Every timing is measured on this instance's monotonic clock; liveness
 //! is judged by the database's clock alone.
 //!
-//! On sled no other process writes, so nothing follows and verification is
-//! never refused for staleness.
+//! On sled no other process writes, so there is no feed, no replica, and
+//! verification is never refused for staleness.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::feed::{ChangeFeed, Heard};
+use crate::followers::Followers;
+use crate::freshness::{Freshness, Heartbeat};
 use crate::metrics::ClusterMetrics;
-
-use crate::service::Published;
-use crate::store::{Heard, Store};
+use crate::registry::Registry;
 use crate::verify::Verifier;
-
-/// How stale an instance may be: `cluster.max_staleness_ms` and
-/// `cluster.stale_verification`, given when the service is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Staleness {
-    pub max: Duration,
-    /// Keep verifying from memory while stale.
-    pub serve_stale: bool,
-}
-
-impl From<&crate::config::Cluster> for Staleness {
-    fn from(cluster: &crate::config::Cluster) -> Staleness {
-        Staleness {
-            max: Duration::from_millis(cluster.max_staleness_ms),
-            serve_stale: cluster.stale_verification == crate::config::StaleVerification::Serve,
-        }
-    }
-}
-
-impl Default for Staleness {
-    fn default() -> Staleness {
-        Staleness::from(&crate::config::Cluster::default())
-    }
-}
-
-/// Whether this instance can vouch for revocations made elsewhere.
-pub struct Freshness {
-    following: AtomicBool,
-    staleness: Staleness,
-    /// The version through which every change has been applied.
-    applied: AtomicU64,
-    confirmed: Mutex<Confirmed>,
-    /// This instance's id in the store's list of instances.
-    instance: String,
-    /// What this instance's followers have applied: the store version it
-    /// reports is the lowest of its own and theirs.
-    floor: std::sync::OnceLock<Arc<crate::followers::Followers>>,
-    /// Woken when a follower acknowledges, so that the heartbeat reports it.
-    moved: tokio::sync::Notify,
-}
-
-/// What this instance has confirmed with the store.
-#[derive(Default, Clone, Copy)]
-struct Confirmed {
-    /// "Fresh as of": when the last re-read that counts was sent.
-    as_of: Option<Instant>,
-    /// The latest "fresh as of" ever, or when following started: what
-    /// `/metrics` counts its age from (a fence does not reset it).
-    latest: Option<Instant>,
-    /// Since when changes announced, or a re-read that failed, have not
-    /// been applied.
-    behind_since: Option<Instant>,
-    /// The listening session in which a heartbeat of this instance was
-    /// committed: only a re-read sent after that counts.
-    registered: Option<u64>,
-}
-
-impl Freshness {
-    pub fn new(applied: u64, staleness: Staleness) -> Freshness {
-        Freshness {
-            following: AtomicBool::new(false),
-            staleness,
-            applied: AtomicU64::new(applied),
-            confirmed: Mutex::default(),
-            instance: ulid::Ulid::new().to_string(),
-            floor: Default::default(),
-            moved: Default::default(),
-        }
-    }
-
-    fn max_staleness(&self) -> Duration {
-        self.staleness.max
-    }
-
-    /// `Err(why)` while this instance follows others, has not confirmed
-    /// within `max_staleness` that it has seen every change, and must not
-    /// serve stale verdicts.
-    pub fn vouch(&self) -> Result<(), String> {
-        if !self.following.load(Ordering::SeqCst) || self.staleness.serve_stale {
-            return Ok(());
-        }
-        let max = self.max_staleness();
-        match self.confirmed().as_of {
-            Some(at) if at.elapsed() <= max => Ok(()),
-            _ => Err(format!(
-                "this instance cannot vouch that it has seen every key change: it has not confirmed so within {} ms, or has stopped listening for changes since (is the database reachable?)",
-                max.as_millis()
-            )),
-        }
-    }
-
-    /// The version through which every change has been applied.
-    pub fn applied(&self) -> u64 {
-        self.applied.load(Ordering::SeqCst)
-    }
-
-    /// Whether a confirmation within `max_staleness` stands, whatever
-    /// `stale_verification` says.
-    fn is_fresh(&self) -> bool {
-        let max = self.max_staleness();
-        self.confirmed().as_of.is_some_and(|at| at.elapsed() <= max)
-    }
-
-    /// Stops vouching until a new confirmation: the listening connection
-    /// was lost (the database may have crashed and lost this instance's
-    /// last heartbeats), or this instance left the list of instances.
-    pub fn fence(&self) {
-        let mut confirmed = self.lock();
-        *confirmed = Confirmed {
-            latest: confirmed.latest,
-            behind_since: confirmed.behind_since,
-            ..Confirmed::default()
-        };
-    }
-
-    /// How long ago this instance last confirmed it was current (or
-    /// started following, if it never did): grows without bound while it
-    /// cannot confirm.
-    pub fn age(&self) -> Duration {
-        self.confirmed()
-            .latest
-            .map_or(Duration::ZERO, |at| at.elapsed())
-    }
-
-    /// How long changes known to exist (announced, or not read because a
-    /// re-read failed) have waited to be applied here; zero when current.
-    pub fn lag(&self) -> Duration {
-        self.confirmed()
-            .behind_since
-            .map_or(Duration::ZERO, |at| at.elapsed())
-    }
-
-    /// Changes are known to be waiting since `at` (unless since earlier).
-    fn behind(&self, at: Instant) {
-        self.lock().behind_since.get_or_insert(at);
-    }
-
-    /// Every change up to a re-read sent at `sent` is applied.
-    fn caught_up(&self, sent: Instant) {
-        let mut confirmed = self.lock();
-        if confirmed.behind_since.is_some_and(|at| at <= sent) {
-            confirmed.behind_since = None;
-        }
-    }
-
-    fn confirmed(&self) -> Confirmed {
-        *self.lock()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Confirmed> {
-        self.confirmed.lock().expect("freshness lock poisoned")
-    }
-}
 
 /// Whether a re-read should be followed by another at once.
 #[derive(PartialEq, Eq)]
@@ -215,25 +66,26 @@ enum Step {
     Again,
 }
 
-/// What the follower updates.
-pub(crate) struct Follower {
-    pub store: Store,
-    pub published: Arc<Published>,
+/// One replica: what it follows and what it updates.
+pub(crate) struct Replica<F> {
+    pub feed: Arc<F>,
+    pub published: Arc<Registry>,
     pub verifier: Arc<Verifier>,
     pub keys: Gauge,
     pub metrics: ClusterMetrics,
     pub fresh: Arc<Freshness>,
+    /// The followers this instance serves: its heartbeat reports the
+    /// lowest of its own applied version and theirs.
+    pub followers: Arc<Followers>,
 }
 
-impl Follower {
+impl<F: ChangeFeed> Replica<F> {
     /// Follows the store's announcements in a task that runs until
     /// aborted, and returns once this instance is current (or after
     /// `max_staleness`). `None` when the store has no other writers.
     pub async fn start(self) -> Option<tokio::task::AbortHandle> {
-        let events = self.store.announcements()?;
+        let events = self.feed.announcements()?;
         let max_staleness = self.fresh.max_staleness();
-        self.fresh.following.store(true, Ordering::SeqCst);
-        self.fresh.lock().latest = Some(Instant::now());
         let fresh = self.fresh.clone();
         self.metrics
             .fresh_age_seconds
@@ -245,10 +97,10 @@ impl Follower {
         let fresh = self.fresh.clone();
         let fence = fence_when_deaf(fresh.clone(), events.clone());
         let task = tokio::spawn(async move {
-            let follower = self;
+            let replica = self;
             tokio::join!(
-                follower.run(events, max_staleness),
-                follower.observe(max_staleness / 4),
+                replica.run(events, max_staleness),
+                replica.observe(max_staleness / 4),
                 fence
             )
         });
@@ -278,7 +130,7 @@ impl Follower {
                     }
                 }
                 // A follower acknowledged: the next heartbeat reports it.
-                () = self.fresh.moved.notified() => {}
+                () = self.followers.moved() => {}
                 () = tokio::time::sleep(every) => {}
             }
         }
@@ -292,8 +144,8 @@ impl Follower {
             // Every live instance but this one has applied less than this.
             let live = self.fresh.max_staleness() + MARGIN;
             if let Ok(others) = self
-                .store
-                .lagging(i64::MAX as u64, &self.fresh.instance, live)
+                .feed
+                .lagging(i64::MAX as u64, self.fresh.instance(), live)
                 .await
             {
                 self.metrics.live_instances.set(others as i64 + 1);
@@ -305,7 +157,7 @@ impl Follower {
     async fn catch_up(&self, events: &tokio::sync::watch::Receiver<Heard>) -> Step {
         let heard = *events.borrow();
         let sent = Instant::now();
-        let changes = match self.store.changes_since(self.fresh.applied()).await {
+        let changes = match self.feed.changes_since(self.fresh.applied()).await {
             Ok(changes) => changes,
             Err(e) => {
                 self.fresh.behind(sent);
@@ -335,37 +187,24 @@ impl Follower {
                 self.keys.dec();
             }
         }
-        let applied = self
-            .fresh
-            .applied
-            .fetch_max(changes.upto, Ordering::SeqCst)
-            .max(changes.upto);
+        let applied = self.fresh.applied_through(changes.upto);
         self.metrics.applied_version.set(applied as i64);
         self.fresh.caught_up(sent);
         // Fresh only once the store knows: an instance that is not live
         // must not be vouching.
-        let reported = self.fresh.reported(applied);
-        if let Err(e) = self.store.heartbeat(&self.fresh.instance, reported).await {
+        let reported = self.followers.applied_floor(applied);
+        if let Err(e) = self.feed.heartbeat(self.fresh.instance(), reported).await {
             tracing::warn!(error = %e, "could not record this instance's heartbeat");
             return Step::Done;
         }
         // Only a re-read sent while listening, in a session in which this
         // instance was already registered, counts (see the module's
         // comment); checked and set under the lock that `fence` takes.
-        let mut confirmed = self.fresh.lock();
-        let now = *events.borrow();
-        if !heard.listening || now != heard {
-            return Step::Done;
+        let stands = || heard.listening && *events.borrow() == heard;
+        match self.fresh.heartbeat(heard.session, sent, stands) {
+            Heartbeat::Registered => Step::Again,
+            Heartbeat::Lost | Heartbeat::Fresh => Step::Done,
         }
-        if confirmed.registered != Some(heard.session) {
-            confirmed.registered = Some(heard.session);
-            return Step::Again;
-        }
-        if confirmed.as_of.is_none_or(|at| at < sent) {
-            confirmed.as_of = Some(sent);
-            confirmed.latest = Some(sent);
-        }
-        Step::Done
     }
 }
 
@@ -391,32 +230,34 @@ const MARGIN: Duration = Duration::from_millis(100);
 /// a store no other process writes. A process that does not follow (the
 /// CLI on a shared database) waits all the same: its answer revokes too.
 pub(crate) async fn applied_everywhere(
-    store: &Store,
+    feed: &impl ChangeFeed,
     fresh: &Freshness,
     version: u64,
     committed: Instant,
     waited: &Histogram,
 ) {
-    if !store.is_shared() {
-        return;
-    }
     let started = Instant::now();
-    applied_or_fenced(store, fresh, version, committed).await;
+    applied_or_fenced(feed, fresh, version, committed).await;
     waited.observe(started.elapsed().as_secs_f64());
 }
 
-async fn applied_or_fenced(store: &Store, fresh: &Freshness, version: u64, committed: Instant) {
+async fn applied_or_fenced(
+    feed: &impl ChangeFeed,
+    fresh: &Freshness,
+    version: u64,
+    committed: Instant,
+) {
     let max = fresh.max_staleness();
     // Heartbeats heard: look again as each arrives (a lost one costs the
     // pause below at most).
-    let mut acks = store.acknowledgements();
+    let mut acks = feed.acknowledgements();
     loop {
         if let Some(acks) = acks.as_mut() {
             acks.borrow_and_update();
         }
         // Not live: no heartbeat within max_staleness plus the margin, so its
         // last confirmation is too old for it to vouch any more.
-        if let Ok(0) = store.lagging(version, &fresh.instance, max + MARGIN).await {
+        if let Ok(0) = feed.lagging(version, fresh.instance(), max + MARGIN).await {
             return;
         }
         if committed.elapsed() >= max + MARGIN {
@@ -481,61 +322,5 @@ impl UnknownKeys {
     /// `id` was looked up and is not in the store.
     pub fn absent(&self, id: crate::keys::KeyId) {
         self.absent.insert(id, ());
-    }
-}
-
-impl Freshness {
-    /// This instance's id among the store's instances.
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
-    /// Makes this a follower of an upstream signet: it vouches only while
-    /// an acknowledgement's answer within `max_staleness` stands.
-    pub fn follow_upstream(&self) {
-        self.following.store(true, Ordering::SeqCst);
-        self.lock().latest = Some(Instant::now());
-    }
-
-    /// Fresh as of `as_of` (never earlier than it was already).
-    pub fn confirm(&self, as_of: Instant) {
-        let mut confirmed = self.lock();
-        if confirmed.as_of.is_none_or(|at| at < as_of) {
-            confirmed.as_of = Some(as_of);
-            confirmed.latest = Some(as_of);
-        }
-    }
-
-    /// How long ago this instance was last fresh: zero when it follows
-    /// nothing, `None` before its first confirmation.
-    pub fn stale_for(&self) -> Option<Duration> {
-        if !self.following() {
-            return Some(Duration::ZERO);
-        }
-        self.confirmed().as_of.map(|at| at.elapsed())
-    }
-
-    /// Reports the lowest of this instance's applied version and its live
-    /// followers' in its heartbeats.
-    pub fn report_followers(&self, followers: Arc<crate::followers::Followers>) {
-        let _ = self.floor.set(followers);
-    }
-
-    /// A follower acknowledged: report it in a heartbeat soon.
-    pub fn followers_moved(&self) {
-        self.moved.notify_one();
-    }
-
-    /// The store version to report as applied.
-    fn reported(&self, applied: u64) -> u64 {
-        match self.floor.get() {
-            Some(followers) => followers.applied_floor(applied),
-            None => applied,
-        }
-    }
-
-    /// Whether this instance follows others on a shared store.
-    pub fn following(&self) -> bool {
-        self.following.load(Ordering::SeqCst)
     }
 }
