@@ -47,8 +47,20 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start() -> Server {
+    /// A server that accepts `subscribers` streams and as many connections
+    /// and 1,000 more.
+    fn start(subscribers: usize) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nmax_connections = {}\n\n[events]\nmax_subscribers = {}\n",
+                subscribers + 1000,
+                subscribers.max(1)
+            ),
+        )
+        .expect("write config.toml");
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             l.local_addr().unwrap().port()
@@ -56,6 +68,8 @@ impl Server {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_signet"))
             .arg("serve")
+            .arg("--config")
+            .arg(&config)
             .env("SIGNET_LISTEN", addr.to_string())
             .env("SIGNET_DATA_DIR", dir.path().join("data"))
             .env("SIGNET_ADMIN_TOKEN", ADMIN)
@@ -193,7 +207,7 @@ fn open(
     seen: Option<mpsc::UnboundedSender<(usize, Instant)>>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let gate = Arc::new(Semaphore::new(256));
+    let gate = Arc::new(Semaphore::new(1000));
     for _ in 0..n {
         let (tx, seen, gate) = (tx.clone(), seen.clone(), gate.clone());
         rt.spawn(async move {
@@ -241,7 +255,7 @@ fn subscriber_runtime() -> tokio::runtime::Runtime {
 }
 
 fn fanout(n: usize, rounds: usize) {
-    let server = Server::start();
+    let server = Server::start(n);
     let subs = subscriber_runtime();
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     open(&subs, server.addr, n, Some(seen_tx));
@@ -309,7 +323,7 @@ fn jwks_rate(server: &Server) -> Option<f64> {
 }
 
 fn idle(n: usize) {
-    let server = Server::start();
+    let server = Server::start(n);
     let client = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
