@@ -2,7 +2,8 @@
 """Follower benchmarks (docs/followers.md), against a signet binary on sled:
 
     python3 benches/followers.py BIN delete N FOLLOWERS   # DELETE p50/p99 with FOLLOWERS followers
-    python3 benches/followers.py BIN rss N                # RSS added by N idle feed subscribers
+
+(Idle subscribers' memory and the feed's fan-out: benches/feed_fanout.rs.)
 
 Standard library only; talks to 127.0.0.1 only; starts and stops its own
 processes. A measurement, not a test: it asserts nothing.
@@ -41,19 +42,5 @@ try:
             t=time.monotonic(); req(up,"DELETE",f"/v1/organisations/acme/keys/{kid}"); times.append(time.monotonic()-t)
         times.sort()
         print(f"followers={nf} deletes={n} p50={statistics.median(times)*1000:.2f}ms p99={times[int(len(times)*0.99)-1]*1000:.2f}ms")
-    elif mode=="rss":
-        n=int(sys.argv[3])
-        pid=procs[0].pid
-        rss=lambda: int([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1])
-        before=rss(); socks=[]
-        host,p=up[7:].split(":")
-        for i in range(n):
-            s=socket.create_connection((host,int(p))); s.sendall(b"GET /v1/events HTTP/1.1\r\nhost: x\r\n\r\n"); socks.append(s)
-            if i%500==0: time.sleep(0.05)
-        time.sleep(3)
-        # drain what each got so far so they keep reading (idle, reading subscribers)
-        print(f"subscribers={n} rss_before={before/1024:.1f}MiB rss_after={rss()/1024:.1f}MiB added={(rss()-before)/1024:.1f}MiB")
-        m=urllib.request.urlopen(up+"/metrics").read().decode()
-        print([l for l in m.splitlines() if l.startswith("signet_feed_subscribers")])
 finally:
     for p in procs: p.terminate()

@@ -41,7 +41,14 @@ impl Buf for Chunk {
     }
 }
 
-pub struct Body(Option<Chunk>, Option<tokio::sync::mpsc::Receiver<Bytes>>);
+/// Chunks that come one at a time, until there are none (a change feed
+/// stream).
+pub trait Chunks: Send + Sync {
+    /// The next chunk, `None` at the end.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>>;
+}
+
+pub struct Body(Option<Chunk>, Option<Box<dyn Chunks>>);
 
 impl Body {
     pub fn empty() -> Body {
@@ -52,9 +59,9 @@ impl Body {
         Body(Some(Chunk::Secret(bytes, 0)), None)
     }
 
-    /// The chunks `rx` yields, until its sender is dropped.
-    pub fn stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
-        Body(None, Some(rx))
+    /// The chunks of `stream`, until it ends.
+    pub fn stream(stream: impl Chunks + 'static) -> Body {
+        Body(None, Some(Box::new(stream)))
     }
 }
 
@@ -73,9 +80,9 @@ impl hyper::body::Body for Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Chunk>, Infallible>>> {
-        if let Some(rx) = self.1.as_mut() {
-            return rx
-                .poll_recv(cx)
+        if let Some(stream) = self.1.as_mut() {
+            return stream
+                .poll_chunk(cx)
                 .map(|b| b.map(|b| Ok(Frame::data(Chunk::Plain(b)))));
         }
         Poll::Ready(self.0.take().map(|c| Ok(Frame::data(c))))

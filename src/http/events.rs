@@ -1,23 +1,30 @@
 //! The change feed's endpoint: `GET /v1/events` and
 //! `GET /v1/organisations/{org}/events` as Server-Sent Events.
 //!
-//! Each stream is one task that reads the shared ring by cursor and hands
-//! hyper one chunk at a time through a channel of one: a subscriber never
-//! has a queue of its own. A chunk that cannot be handed over within
-//! `events.send_timeout_ms`, or a socket write that makes no progress for
-//! as long, ends the stream and its connection.
+//! A stream is a response body that reads the shared ring by cursor when
+//! hyper asks it for the next chunk: it has no task, no queue and no timer
+//! of its own, so an idle subscriber costs its connection and a few hundred
+//! bytes. One task per server (the [`Hub`]) wakes every stream when an
+//! event is numbered and each stream once a heartbeat period, and ends the
+//! stream of a subscriber that hyper has not asked for anything for
+//! `events.send_timeout_ms` (an HTTP/2 stream whose window stays shut); on
+//! HTTP/1 a socket write that makes no progress for as long ends the
+//! connection (deadline.rs).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::header::{HeaderValue, CACHE_CONTROL};
 use hyper::StatusCode;
-use tokio::sync::mpsc;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use super::body::Body;
+use super::body::{Body, Chunks};
 use super::call::{Call, Outcome};
-use super::deadline::Activity;
+use super::deadline::{Activity, InFlight};
 use super::reply::{self, ApiError, ErrorCode};
 use crate::events::{After, Change, Source};
 use crate::keys::OrgId;
@@ -35,7 +42,8 @@ pub async fn of_org(call: Call<'_>) -> Outcome {
 }
 
 fn stream(call: Call<'_>, org: Option<OrgId>) -> Outcome {
-    let signet = &call.state.signet;
+    let state = call.state;
+    let signet = &state.signet;
     let source = signet.feed();
     let Some(place) = source.feed().subscribe() else {
         return Err(ApiError::new(
@@ -44,104 +52,266 @@ fn stream(call: Call<'_>, org: Option<OrgId>) -> Outcome {
             "this server has as many change feed subscribers as it accepts (events.max_subscribers)",
         ));
     };
-    let config = &call.state.config.events;
-    let send_timeout = Duration::from_millis(config.send_timeout_ms);
-    let heartbeat = Duration::from_millis(config.heartbeat_ms);
+    let config = &state.config.events;
+    let timing = Timing {
+        heartbeat: Duration::from_millis(config.heartbeat_ms),
+        send_timeout: Duration::from_millis(config.send_timeout_ms),
+    };
     // Garbage is as good as no id: the stream starts from a reset.
-    let last = call
+    let resume = call
         .headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&id| matches!(source.feed().after(id, 0), After::Events(_)));
+    // The stream keeps its connection busy: no idle deadline while it
+    // lasts, and a shorter write deadline.
     let busy = call
         .req
         .extensions()
         .get::<Arc<Activity>>()
         .map(|activity| {
-            activity.write_timeout(send_timeout);
+            activity.write_timeout(timing.send_timeout);
             activity.begin(call.req.version())
         });
     let gauge = signet.metrics.feed_subscribers.clone();
     gauge.inc();
-    let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(async move {
-        let stream = Stream {
-            source,
-            org,
-            tx,
-            send_timeout,
-        };
-        stream.run(last, heartbeat).await;
-        drop((place, busy));
-        gauge.dec();
-    });
-    let mut reply = reply::with_type(StatusCode::OK, "text/event-stream", Body::stream(rx));
+    let hold = Hold {
+        _place: place,
+        _busy: busy,
+        gauge,
+    };
+    let stream = state.feed_hub.subscribe(source, org, resume, hold, timing);
+    let mut reply = reply::with_type(StatusCode::OK, "text/event-stream", Body::stream(stream));
     let headers = reply.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(reply)
 }
 
-struct Stream {
-    source: Source,
-    org: Option<OrgId>,
-    tx: mpsc::Sender<Bytes>,
+/// The feed's two clocks.
+#[derive(Clone, Copy)]
+struct Timing {
+    heartbeat: Duration,
     send_timeout: Duration,
 }
 
-/// The subscriber stopped reading, or went away.
-struct Gone;
+/// What a stream holds while it is subscribed: its place among the
+/// subscribers, its connection's busy mark and its count in
+/// `signet_feed_subscribers`.
+struct Hold {
+    _place: OwnedSemaphorePermit,
+    _busy: Option<InFlight>,
+    gauge: Gauge,
+}
 
-impl Stream {
-    async fn run(self, last: Option<u64>, heartbeat: Duration) {
-        let _ = self.serve(last, heartbeat).await;
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
+}
 
-    async fn serve(&self, last: Option<u64>, heartbeat: Duration) -> Result<(), Gone> {
-        let feed = self.source.feed();
-        let mut wake = feed.watch();
-        let resumable = last.filter(|&id| matches!(feed.after(id, 0), After::Events(_)));
-        let mut cursor = match resumable {
-            Some(id) => id,
-            None => self.reset().await?,
-        };
-        let mut tick = tokio::time::interval(heartbeat);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.reset();
-        loop {
-            wake.borrow_and_update();
-            cursor = self.catch_up(cursor).await?;
-            tokio::select! {
-                changed = wake.changed() => {
-                    if changed.is_err() {
-                        return Err(Gone);
-                    }
+/// Each stream beats at one of this many phases of the heartbeat period:
+/// its first heartbeat comes within a period of its opening, and the
+/// wake-ups of many streams are spread over the period.
+const PHASES: u64 = 4;
+
+/// The streams of one server and the task that wakes them.
+#[derive(Default)]
+pub struct Hub {
+    shared: Arc<Shared>,
+    /// Set once the task runs (at the first subscriber).
+    ticker: OnceLock<()>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Ticks since the task started, [`PHASES`] a heartbeat period.
+    tick: AtomicU64,
+    /// The streams of each phase.
+    streams: [Mutex<Vec<Weak<Ticket>>>; PHASES as usize],
+    /// The `fresh` event of a tick for a version, rendered once for every
+    /// stream that stands at it.
+    fresh: Mutex<Option<(u64, u64, Bytes)>>,
+}
+
+/// One stream as the hub sees it.
+struct Ticket {
+    /// The tick during which hyper last asked the stream for a chunk.
+    asked: AtomicU64,
+    waker: Mutex<Option<Waker>>,
+    /// `None` once the stream is over (the hub gave up on it).
+    hold: Mutex<Option<Hold>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn phase(tick: u64) -> usize {
+    usize::try_from(tick % PHASES).unwrap_or(0)
+}
+
+impl Hub {
+    fn subscribe(
+        &self,
+        source: Source,
+        org: Option<OrgId>,
+        resume: Option<u64>,
+        hold: Hold,
+        timing: Timing,
+    ) -> Stream {
+        self.ticker.get_or_init(|| {
+            let wake = source.feed().watch();
+            tokio::spawn(tick(Arc::downgrade(&self.shared), wake, timing));
+        });
+        let now = self.shared.tick.load(Ordering::SeqCst);
+        let ticket = Arc::new(Ticket {
+            asked: AtomicU64::new(now),
+            waker: Mutex::new(None),
+            hold: Mutex::new(Some(hold)),
+        });
+        lock(&self.shared.streams[phase(now)]).push(Arc::downgrade(&ticket));
+        Stream {
+            source,
+            org,
+            hub: self.shared.clone(),
+            ticket,
+            cursor: resume,
+            // The next tick of this phase: three quarters of a period to a
+            // whole one from now.
+            due: now + PHASES,
+        }
+    }
+}
+
+/// The hub's task: wakes every stream when an event is numbered; at each
+/// tick, wakes the streams of its phase (their heartbeat is due) and ends
+/// those that hyper stopped asking for chunks.
+async fn tick(shared: Weak<Shared>, mut wake: watch::Receiver<u64>, timing: Timing) {
+    // Ticks a stream may go unasked: a heartbeat due longer than the send
+    // timeout was not taken.
+    let heartbeat_ms = timing.heartbeat.as_millis().max(1);
+    let periods = u64::try_from(timing.send_timeout.as_millis().div_ceil(heartbeat_ms))
+        .unwrap_or(u64::MAX / PHASES / 2);
+    let patience = periods.saturating_add(1).saturating_mul(PHASES);
+    let period = timing.heartbeat / PHASES as u32;
+    let mut clock = tokio::time::interval(period.max(Duration::from_millis(1)));
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    clock.reset();
+    loop {
+        let ticked = tokio::select! {
+            changed = wake.changed() => {
+                if changed.is_err() {
+                    return;
                 }
-                _ = tick.tick() => self.send(self.source.fresh(cursor)).await?,
-                () = self.tx.closed() => return Err(Gone),
+                false
+            }
+            _ = clock.tick() => true,
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if ticked {
+            let now = shared.tick.fetch_add(1, Ordering::SeqCst) + 1;
+            lock(&shared.streams[phase(now)]).retain(|ticket| {
+                let Some(ticket) = ticket.upgrade() else {
+                    return false;
+                };
+                let asked = ticket.asked.load(Ordering::SeqCst);
+                let overdue = now.saturating_sub(asked) > patience;
+                if overdue {
+                    drop(lock(&ticket.hold).take());
+                }
+                ticket.wake();
+                !overdue
+            });
+        } else {
+            for streams in &shared.streams {
+                lock(streams).retain(|ticket| match ticket.upgrade() {
+                    Some(ticket) => {
+                        ticket.wake();
+                        true
+                    }
+                    None => false,
+                });
             }
         }
     }
+}
 
-    /// Sends every event after `cursor` in scope; the new cursor.
-    async fn catch_up(&self, mut cursor: u64) -> Result<u64, Gone> {
+impl Ticket {
+    fn wake(&self) {
+        if let Some(waker) = lock(&self.waker).as_ref() {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+impl Shared {
+    /// The `fresh` event for `version` at `tick`.
+    fn fresh(&self, tick: u64, version: u64, source: &Source) -> Bytes {
+        let mut cached = lock(&self.fresh);
+        match &*cached {
+            Some((t, v, bytes)) if *t == tick && *v == version => bytes.clone(),
+            _ => {
+                let bytes = source.fresh(version);
+                *cached = Some((tick, version, bytes.clone()));
+                bytes
+            }
+        }
+    }
+}
+
+/// One subscriber's stream: a cursor in the shared ring.
+struct Stream {
+    source: Source,
+    org: Option<OrgId>,
+    hub: Arc<Shared>,
+    ticket: Arc<Ticket>,
+    /// The id the stream stands at; `None` until its next `reset`.
+    cursor: Option<u64>,
+    /// The tick at which the next `fresh` is due.
+    due: u64,
+}
+
+impl Chunks for Stream {
+    /// The next chunk: a `reset`, the events after the cursor, or a
+    /// heartbeat; `None` once the hub gave up on the stream.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        // Listen first, then look: what is numbered after the look wakes.
+        {
+            let mut waker = lock(&self.ticket.waker);
+            match &*waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            }
+        }
+        if lock(&self.ticket.hold).is_none() {
+            return Poll::Ready(None);
+        }
+        let now = self.hub.tick.load(Ordering::SeqCst);
+        self.ticket.asked.store(now, Ordering::SeqCst);
+        let Some(mut cursor) = self.cursor else {
+            return Poll::Ready(Some(self.reset()));
+        };
         loop {
             let events = match self.source.feed().after(cursor, BATCH) {
-                After::Gone => {
-                    cursor = self.reset().await?;
-                    continue;
-                }
-                After::Events(events) if events.is_empty() => return Ok(cursor),
+                After::Gone => return Poll::Ready(Some(self.reset())),
+                After::Events(events) if events.is_empty() => break,
                 After::Events(events) => events,
             };
-            let mut chunk = BytesMut::new();
+            let mut chunk = Chunk::default();
             for event in &events {
                 if let Change::Reset = event.change {
-                    if !chunk.is_empty() {
-                        self.send(std::mem::take(&mut chunk).freeze()).await?;
-                    }
-                    cursor = self.reset().await?;
-                    break;
+                    // The events before it first, then a reset.
+                    self.cursor = None;
+                    return Poll::Ready(Some(match chunk.take() {
+                        Some(bytes) => bytes,
+                        None => self.reset(),
+                    }));
                 }
                 cursor = event.id;
                 let in_scope = match (&self.org, event.change.org()) {
@@ -149,26 +319,60 @@ impl Stream {
                     _ => true,
                 };
                 if in_scope {
-                    chunk.extend_from_slice(event.wire());
+                    chunk.push(event.wire());
                 }
             }
-            if !chunk.is_empty() {
-                self.send(chunk.freeze()).await?;
+            self.cursor = Some(cursor);
+            if let Some(bytes) = chunk.take() {
+                return Poll::Ready(Some(bytes));
+            }
+        }
+        if now >= self.due {
+            while self.due <= now {
+                self.due += PHASES;
+            }
+            return Poll::Ready(Some(self.hub.fresh(now, cursor, &self.source)));
+        }
+        Poll::Pending
+    }
+}
+
+impl Stream {
+    /// A `reset`, the cursor moved to the id it stands at.
+    fn reset(&mut self) -> Bytes {
+        let (version, bytes) = self.source.reset(self.org.as_ref());
+        self.cursor = Some(version);
+        bytes
+    }
+}
+
+/// Events gathered for one chunk: a single event is handed over as it was
+/// rendered, without a copy.
+#[derive(Default)]
+struct Chunk {
+    first: Option<Bytes>,
+    more: Option<BytesMut>,
+}
+
+impl Chunk {
+    fn push(&mut self, wire: &Bytes) {
+        match (&self.first, &mut self.more) {
+            (None, _) => self.first = Some(wire.clone()),
+            (Some(_), Some(more)) => more.extend_from_slice(wire),
+            (Some(first), None) => {
+                let mut more = BytesMut::with_capacity(first.len() + wire.len());
+                more.extend_from_slice(first);
+                more.extend_from_slice(wire);
+                self.more = Some(more);
             }
         }
     }
 
-    /// Sends a `reset`; the id it stands at.
-    async fn reset(&self) -> Result<u64, Gone> {
-        let (version, bytes) = self.source.reset(self.org.as_ref());
-        self.send(bytes).await?;
-        Ok(version)
-    }
-
-    async fn send(&self, bytes: Bytes) -> Result<(), Gone> {
-        self.tx
-            .send_timeout(bytes, self.send_timeout)
-            .await
-            .map_err(|_| Gone)
+    fn take(&mut self) -> Option<Bytes> {
+        let first = self.first.take();
+        match self.more.take() {
+            Some(more) => Some(more.freeze()),
+            None => first,
+        }
     }
 }

@@ -9,6 +9,7 @@ mod call;
 pub mod client;
 mod console;
 mod deadline;
+mod detect;
 mod events;
 mod followers;
 mod jwks;
@@ -32,13 +33,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+
+use hyper::body::Incoming;
 use hyper::header::HeaderValue;
-use hyper::service::service_fn;
+use hyper::server::conn::{http1, http2};
+use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher as GracefulWatcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
 use crate::auth::OperatorToken;
@@ -55,6 +60,8 @@ pub struct ServerState {
     jwks_cache_control: HeaderValue,
     tls: Option<Arc<tls::Tls>>,
     series: RouteSeries,
+    /// The change feed's streams and the task that wakes them.
+    feed_hub: events::Hub,
 }
 
 impl ServerState {
@@ -69,6 +76,7 @@ impl ServerState {
             jwks_cache_control,
             tls: None,
             series: RouteSeries::new(routes::rows()),
+            feed_hub: events::Hub::default(),
         }
     }
 
@@ -87,18 +95,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let server = &app.config.server;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    raise_file_limit(server.max_connections);
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         // The socket wrapper keeps the header clock (deadline.rs).
         .header_read_timeout(None);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(server.http2_keepalive_interval_secs))
         .keep_alive_timeout(Duration::from_secs(server.http2_keepalive_timeout_secs));
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders { http1, http2 });
     let limits = deadline::Limits::from_config(&app.config);
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(server.max_connections));
@@ -126,52 +134,40 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let activity = deadline::Activity::new();
-        let service = {
-            let (app, activity) = (app.clone(), activity.clone());
-            service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                let app = app.clone();
-                let in_flight = activity.begin(req.version());
-                // A stream (the change feed) keeps its connection busy.
-                req.extensions_mut().insert(activity.clone());
-                async move {
-                    let reply = handle_request(&app, req, peer, in_flight).await;
-                    Ok::<_, Infallible>(reply)
-                }
-            })
+        let connection = Connection {
+            handler: Handler {
+                app: app.clone(),
+                activity: activity.clone(),
+                peer,
+            },
+            builders: builders.clone(),
+            watcher: graceful.watcher(),
         };
-        let (builder, watcher, app) = (builder.clone(), graceful.watcher(), app.clone());
-        tokio::spawn(async move {
-            // Detection, handshakes and the first headers are bounded by the
-            // socket wrapper; so are idle keep-alive and stalled writes.
-            let io = deadline::Guarded::new(stream, activity.clone(), limits);
-            let result = match &app.tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(io), service);
-                    watcher.watch(conn).await
-                }
-                Some(tls) => match tls.acceptor().accept(io).await {
-                    Ok(io) => {
-                        let conn = builder.serve_connection(TokioIo::new(io), service);
-                        watcher.watch(conn).await
-                    }
-                    Err(e) => Err(e.into()),
-                },
-            };
-            let reason = activity.closed_for().or_else(|| {
-                let e = result.as_ref().err()?;
-                deadline::hyper_reason(e.as_ref())
-            });
-            if let Some(reason) = reason {
-                app.signet
-                    .metrics
-                    .connections_closed
-                    .get_or_create(&ReasonLabel {
-                        reason: reason.label(),
-                    })
-                    .inc();
+        // Detection, handshakes and the first headers are bounded by the
+        // socket wrapper; so are idle keep-alive and stalled writes.
+        let io = deadline::Guarded::new(stream, activity.clone(), limits);
+        let ended = Ended {
+            app: app.clone(),
+            activity,
+            _permit: permit,
+        };
+        // Plain and TLS connections are separate tasks: a plain one does
+        // not carry the room a TLS session takes.
+        match &app.tls {
+            None => {
+                tokio::spawn(async move { ended.record(connection.serve(io).await) });
             }
-            drop(permit);
-        });
+            Some(tls) => {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let result = match tls.acceptor().accept(io).await {
+                        Ok(io) => connection.serve(io).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    ended.record(result)
+                });
+            }
+        }
     }
     for task in reloaders {
         task.abort();
@@ -186,6 +182,140 @@ pub async fn serve(
         );
     }
 }
+
+/// hyper's settings for each protocol.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+type ConnectionError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One accepted connection, ready to be served.
+struct Connection {
+    handler: Handler,
+    builders: Arc<Builders>,
+    watcher: GracefulWatcher,
+}
+
+impl Connection {
+    /// Serves HTTP/1 or HTTP/2 on `io`, whichever the client speaks, until
+    /// the connection ends.
+    async fn serve<I>(self, io: I) -> Result<(), ConnectionError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (protocol, io) = detect::detect(io).await?;
+        let io = TokioIo::new(io);
+        match protocol {
+            detect::Protocol::Http1 => {
+                let conn = self.builders.http1.serve_connection(io, self.handler);
+                self.watcher.watch(conn).await?;
+            }
+            // Boxed: an HTTP/1 connection does not carry its room.
+            detect::Protocol::Http2 => {
+                let conn = self.builders.http2.serve_connection(io, self.handler);
+                Box::pin(self.watcher.watch(conn)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a connection holds until it ends: its place among the
+/// connections, and what tells why it ended.
+struct Ended {
+    app: Arc<ServerState>,
+    activity: Arc<deadline::Activity>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Ended {
+    /// Counts the closure by its reason, if a deadline ended it.
+    fn record(self, result: Result<(), ConnectionError>) {
+        let reason = self.activity.closed_for().or_else(|| {
+            let e = result.as_ref().err()?;
+            deadline::hyper_reason(e.as_ref())
+        });
+        if let Some(reason) = reason {
+            self.app
+                .signet
+                .metrics
+                .connections_closed
+                .get_or_create(&ReasonLabel {
+                    reason: reason.label(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// Each request of a connection.
+#[derive(Clone)]
+struct Handler {
+    app: Arc<ServerState>,
+    activity: Arc<deadline::Activity>,
+    peer: SocketAddr,
+}
+
+impl Service<hyper::Request<Incoming>> for Handler {
+    type Response = reply::Reply;
+    type Error = Infallible;
+    /// Boxed: hyper keeps room for one request's future for as long as
+    /// the connection lasts, and a boxed one takes a pointer's.
+    type Future = Pin<Box<dyn Future<Output = Result<reply::Reply, Infallible>> + Send>>;
+
+    fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
+        let app = self.app.clone();
+        let in_flight = self.activity.begin(req.version());
+        // A stream (the change feed) keeps its connection busy.
+        req.extensions_mut().insert(self.activity.clone());
+        let peer = self.peer;
+        Box::pin(async move { Ok(handle_request(&app, req, peer, in_flight).await) })
+    }
+}
+
+/// Descriptors a server needs besides its connections: listeners, the
+/// store's files, logs, outgoing connections.
+const SPARE_FILES: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit when it is below
+/// `connections` plus some: a default soft limit of 1024 would refuse
+/// connections long before `server.max_connections`.
+#[cfg(unix)]
+fn raise_file_limit(connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let need = u64::try_from(connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(SPARE_FILES);
+    let limit = getrlimit(Resource::Nofile);
+    let Some(soft) = limit.current.filter(|&soft| soft < need) else {
+        return;
+    };
+    let raised = Rlimit {
+        current: limit.maximum.or(Some(need)),
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = soft,
+            to = raised.current,
+            "raised the open files limit to its hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, soft, "could not raise the open files limit"),
+    }
+    if let Some(hard) = limit.maximum.filter(|&hard| hard < need) {
+        tracing::warn!(
+            hard,
+            connections,
+            "the hard limit on open files is below server.max_connections plus {SPARE_FILES}: \
+             connections beyond it fail to be accepted"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_file_limit(_connections: usize) {}
 
 /// Routes one request and logs and counts it.
 async fn handle_request(

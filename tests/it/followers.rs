@@ -381,6 +381,57 @@ async fn a_subscriber_that_stops_reading_is_dropped() {
     assert_eq!(s.next().await.event, "reset");
 }
 
+/// A raw subscriber of `GET /v1/events`, once its `reset` has arrived.
+async fn raw_subscriber(app: &TestApp) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    tcp.write_all(b"GET /v1/events HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("event: reset") {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended before its reset");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_subscriber_has_no_task_of_its_own() {
+    // The server runs on this runtime; raw sockets add no client tasks.
+    let app = spawn_with(|c| c.events.heartbeat_ms = 50).await;
+    let _first = raw_subscriber(&app).await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let mut subscribers = Vec::new();
+    for _ in 0..40 {
+        subscribers.push(raw_subscriber(&app).await);
+    }
+    // Heartbeats go on meanwhile: streams are woken, not spawned.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let added = tasks().saturating_sub(before);
+    assert!(
+        added <= subscribers.len() + 2,
+        "{added} tasks for {} subscribers: more than their connections",
+        subscribers.len()
+    );
+    // Every stream still gets its heartbeats.
+    for tcp in &mut subscribers {
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("event: fresh") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "a stream ended");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
 /// A follower of `upstream` (in this process), with `adjust` applied.
 async fn follower_of(upstream: &TestApp, adjust: impl FnOnce(&mut Config)) -> TestApp {
     let base = upstream.url("");
@@ -988,17 +1039,33 @@ fn the_example_keeps_a_jwk_set_cache_in_step() {
         let id = kid(&created);
         let out = example_once(&app, &id, false).await;
         assert!(out.contains(&format!("cached {id}")), "{out}");
+        subscribed(&app, 0).await;
         // Deleted while the example follows: it drops the key.
         let url = app.url("");
         let watcher = tokio::task::spawn_blocking({
             let id = id.clone();
             move || run_example(&url, &id, true)
         });
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Once it follows (python starts slowly on a loaded host).
+        subscribed(&app, 1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(app.delete_key("acme", &id, ADMIN).await.status, 204);
         let out = watcher.await.unwrap();
         assert!(out.contains(&format!("dropped {id}")), "{out}");
     });
+}
+
+/// Waits until the server counts `n` feed subscribers.
+async fn subscribed(app: &TestApp, n: usize) {
+    let line = format!("signet_feed_subscribers {n}\n");
+    let started = Instant::now();
+    while !app.get("/metrics").await.text().contains(&line) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not {n} subscribers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn example_once(app: &TestApp, id: &str, until_gone: bool) -> String {
