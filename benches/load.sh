@@ -9,6 +9,7 @@
 #   benches/load.sh            # from anywhere; builds target/release/signet
 #                              # and the bare server, npm-installs jose into
 #                              # target/node-anchor
+#   SIGNET_BIN=path BARE_BIN=path benches/load.sh   # these builds instead
 #
 # Measures, all on 127.0.0.1 with bounded durations:
 #   - GET /.well-known/jwks.json (5 keys), signet vs nginx vs the bare hyper
@@ -16,17 +17,27 @@
 #     requests/s and p99;
 #   - GET /v1/auth with one valid organisation token (RS256) repeated, signet
 #     vs the Node.js server, alternating three runs each;
-#   - GET /v1/auth with a different token on every request (wrk cycles
-#     through FRESH_TOKENS tokens; signet runs with a token cache smaller
-#     than that, so every ask misses it: the /metrics counters are reported);
+#   - the same, one token repeated, on a second signet whose store is a
+#     private PostgreSQL cluster (scripts/lib/postgres.sh), alternating
+#     with the sled one: auth on PostgreSQL / auth on sled;
 #   - sequential key creates (POST /v1/organisations/{org}/keys) and
-#     deletes: p50/p99 of curl's time_total.
-# Prints one Markdown table. Every process it starts is stopped on exit.
+#     deletes: p50/p99 of curl's time_total;
+#   - GET /v1/auth with a different token on every request, for an RS256,
+#     an ES256 and an EdDSA key: signet restarted on the same data with the
+#     verdict cache off (token_cache_entries = 0), wrk cycling through
+#     FRESH_TOKENS tokens of each; signet's CPU time per request (utime +
+#     stime from /proc/PID/stat around each run) next to `openssl speed`'s
+#     CPU time per verify of the same algorithm on one core;
+#   - full TLS handshakes per second, signet vs `openssl s_server` with the
+#     same ECDSA P-256 certificate, one core each (scripts/tls-bench.sh).
+# Prints one Markdown table (and tls-bench's). Every process it starts is
+# stopped on exit.
 #
 # Environment knobs (optional): WRK_DURATION (default 10s), WRK_CONNECTIONS
 # (64), WRK_THREADS (2), ROUNDS (3), CREATES (40), FRESH_TOKENS (2000),
-# NGINX_WORKERS (1); SIGNET_BACKEND=postgres runs signet on a private
-# PostgreSQL (scripts/lib/postgres.sh) instead of sled.
+# NGINX_WORKERS (1), TLS_DURATION (5, seconds per handshake run);
+# SIGNET_BACKEND=postgres runs the main signet on a private PostgreSQL
+# (scripts/lib/postgres.sh) instead of sled, and drops the PostgreSQL row.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +52,7 @@ ROUNDS="${ROUNDS:-3}"
 CREATES="${CREATES:-40}"
 FRESH_TOKENS="${FRESH_TOKENS:-2000}"
 NGINX_WORKERS="${NGINX_WORKERS:-1}"
+TLS_DURATION="${TLS_DURATION:-5}"
 ORG="load-bench"
 CREATE_ORG="load-create"
 
@@ -58,13 +70,19 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     die "the Node.js anchor needs node (20 or later) and npm on PATH"
 fi
 
-log "building target/release/signet"
-SIGNET="$(build_signet release)" # this bench always builds; it ignores SIGNET_BIN
-log "building the bare hyper server (examples/bare_jwks.rs)"
-(cd "$REPO" && timeout 1800 cargo build --quiet --release --example bare_jwks) ||
-    die "cargo build --example bare_jwks failed"
-BARE="$(dirname "$SIGNET")/examples/bare_jwks"
-NODE_DIR="$(dirname "$(dirname "$SIGNET")")/node-anchor"
+if [[ -n "${SIGNET_BIN:-}" && -n "${BARE_BIN:-}" ]]; then
+    SIGNET="$(signet_bin release)"
+    BARE="$BARE_BIN"
+    [[ -x "$BARE" ]] || die "BARE_BIN=$BARE is not an executable"
+else
+    log "building target/release/signet"
+    SIGNET="$(build_signet release)" # SIGNET_BIN alone is ignored: both come from one build
+    log "building the bare hyper server (examples/bare_jwks.rs)"
+    (cd "$REPO" && timeout 1800 cargo build --quiet --release --example bare_jwks) ||
+        die "cargo build --example bare_jwks failed"
+    BARE="$(dirname "$SIGNET")/examples/bare_jwks"
+fi
+NODE_DIR="$REPO/target/node-anchor"
 log "installing the Node.js anchor's jose into $NODE_DIR"
 mkdir -p "$NODE_DIR"
 cp "$REPO/benches/node/package.json" "$REPO/benches/node/auth.mjs" "$NODE_DIR/"
@@ -77,11 +95,12 @@ chmod 711 "$WORK"
 NGINX_PID=""
 BARE_PID=""
 NODE_PID=""
+PG_SIGNET_PID=""
 # On exit: stop nginx, then (cleanup_on_exit) signet, 5 s grace each.
 # shellcheck disable=SC2317 # called by the EXIT trap
 on_exit() {
     local pid
-    for pid in "$NGINX_PID" "$BARE_PID" "$NODE_PID"; do
+    for pid in "$NGINX_PID" "$BARE_PID" "$NODE_PID" "$PG_SIGNET_PID"; do
         stop_signet "$pid" 5 || true
     done
     pg_stop
@@ -122,14 +141,15 @@ wait_ready "$BASE" 10 || {
     die "signet did not become ready"
 }
 
-# create ORG NAME -> prints the JSON body; fails on a non-201 answer
+# create ORG NAME [ALGORITHM [BASE]] -> prints the JSON body; fails on a
+# non-201 answer
 create_key() {
     local status
     status="$(curl -sS --max-time 30 -o "$WORK/create.json" -w '%{http_code}' \
-        -X POST "$BASE/v1/organisations/$1/keys" \
+        -X POST "${4:-$BASE}/v1/organisations/$1/keys" \
         -H "Authorization: Bearer $ADMIN" \
         -H 'Content-Type: application/json' \
-        --data "{\"name\": \"$2\"}")"
+        --data "{\"name\": \"$2\", \"algorithm\": \"${3:-RS256}\"}")"
     [[ "$status" == 201 ]] || die "create answered $status: $(cat "$WORK/create.json")"
     cat "$WORK/create.json"
 }
@@ -161,15 +181,54 @@ JWKS_BYTES="$(wc -c <"$WORK/www/.well-known/jwks.json")"
 [[ "$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["keys"]))' \
     "$WORK/www/.well-known/jwks.json")" == 5 ]] || die "the JWKS does not hold 5 keys"
 
-TOKEN="$("$SIGNET" token --key "$WORK/private.pem" --kid "$KID" --org "$ORG" --ttl 1h)"
-log "minting $FRESH_TOKENS distinct tokens"
-for i in $(seq "$FRESH_TOKENS"); do
-    "$SIGNET" token --key "$WORK/private.pem" --kid "$KID" --org "$ORG" --ttl 1h --claim "jti=$i"
-done >"$WORK/tokens.txt"
+TOKEN="$("$SIGNET" token --key "$WORK/private.pem" --kid "$KID" --org "$ORG" --ttl 2h)"
+# mint_tokens PEM KID ORG FILE: FRESH_TOKENS distinct tokens of one key
+mint_tokens() {
+    local i
+    for i in $(seq "$FRESH_TOKENS"); do
+        "$SIGNET" token --key "$1" --kid "$2" --org "$3" --ttl 2h --claim "jti=$i"
+    done >"$4"
+}
+log "minting $FRESH_TOKENS distinct RS256 tokens"
+mint_tokens "$WORK/private.pem" "$KID" "$ORG" "$WORK/tokens-RS256.txt"
 rm -f "$WORK/private.pem"
 auth_status="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 \
     -H "Authorization: Bearer $TOKEN" "$BASE/v1/auth")"
 [[ "$auth_status" == 200 ]] || die "/v1/auth answered $auth_status to a fresh token"
+
+# --- the same on PostgreSQL --------------------------------------------------
+PG_BASE=""
+if [[ "$BACKEND" == sled ]]; then
+    pg_start "$WORK/pg"
+    random_token 32 >"$WORK/seal.key"
+    sed "s|^backend = \"sled\".*|backend = \"postgres\"\nurl = \"$(pg_database load)\"\nseal_key_file = \"$WORK/seal.key\"|" \
+        "$WORK/config.cached.toml" >"$WORK/config.pg.toml"
+    PG_HTTP_PORT="$(free_port)"
+    PG_BASE="http://127.0.0.1:$PG_HTTP_PORT"
+    mkdir -p "$WORK/data-pg"
+    chmod 700 "$WORK/data-pg"
+    log "starting a second signet, on PostgreSQL, on 127.0.0.1:$PG_HTTP_PORT"
+    MAIN_PID="$SERVER_PID"
+    start_signet "$WORK/data-pg" "$PG_HTTP_PORT" "$WORK/signet-pg.log" ORGKEYS_MAX=100 -- \
+        "$SIGNET" serve --config "$WORK/config.pg.toml"
+    PG_SIGNET_PID="$SERVER_PID"
+    SERVER_PID="$MAIN_PID"
+    wait_http "$PG_BASE/readyz" 30 "$PG_SIGNET_PID" || {
+        cat "$WORK/signet-pg.log" >&2
+        die "signet on PostgreSQL did not become ready"
+    }
+    (
+        umask 077
+        create_key "$ORG" "pg key" RS256 "$PG_BASE" >"$WORK/pg.json"
+        json_field privateKey <"$WORK/pg.json" >"$WORK/pg.pem"
+    )
+    PG_TOKEN="$("$SIGNET" token --key "$WORK/pg.pem" --kid "$(json_field id <"$WORK/pg.json")" \
+        --org "$ORG" --ttl 2h)"
+    rm -f "$WORK/pg.pem" "$WORK/pg.json" "$WORK/create.json"
+    [[ "$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 \
+        -H "Authorization: Bearer $PG_TOKEN" "$PG_BASE/v1/auth")" == 200 ]] ||
+        die "signet on PostgreSQL refuses its token"
+fi
 
 # --- nginx -----------------------------------------------------------------
 NGINX_PORT="$(free_port)"
@@ -273,37 +332,19 @@ for _ in $(seq "$ROUNDS"); do
     run_wrk nginx_jwks "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json"
     run_wrk bare_jwks "http://127.0.0.1:$BARE_PORT/.well-known/jwks.json"
 done
-log "/v1/auth with one token repeated: signet vs Node.js, $ROUNDS rounds"
+log "/v1/auth with one token repeated: signet vs Node.js (vs signet on PostgreSQL), $ROUNDS rounds"
 for _ in $(seq "$ROUNDS"); do
     run_wrk signet_auth "$BASE/v1/auth" -H "Authorization: Bearer $TOKEN"
     run_wrk node_auth "http://127.0.0.1:$NODE_PORT/" -H "Authorization: Bearer $TOKEN"
+    if [[ -n "$PG_BASE" ]]; then
+        run_wrk pg_auth "$PG_BASE/v1/auth" -H "Authorization: Bearer $PG_TOKEN"
+    fi
 done
-log "/v1/auth with a fresh token per request, $ROUNDS rounds"
-cat >"$WORK/fresh.lua" <<LUA
-local counter = 0
-function setup(thread)
-    thread:set("id", counter)
-    counter = counter + 1
-end
-function init(args)
-    tokens = {}
-    for line in io.lines("$WORK/tokens.txt") do tokens[#tokens + 1] = line end
-    i = math.floor(id * #tokens / $WRK_THREADS)
-end
-function request()
-    i = i % #tokens + 1
-    return wrk.format("GET", "/v1/auth", { ["Authorization"] = "Bearer " .. tokens[i] })
-end
-LUA
-read -r hits0 misses0 < <(token_cache_counts)
-for _ in $(seq "$ROUNDS"); do
-    run_wrk signet_fresh "$BASE/v1/auth" -s "$WORK/fresh.lua"
-done
-read -r hits1 misses1 < <(token_cache_counts)
-echo "$((hits1 - hits0)) $((misses1 - misses0))" >"$WORK/fresh_cache.txt"
-log "openssl speed rsa2048 (one core, 3 s per operation)"
-openssl speed -elapsed -seconds 3 rsa2048 2>/dev/null >"$WORK/openssl.txt"
-
+if [[ -n "$PG_BASE" ]]; then
+    stop_signet "$PG_SIGNET_PID" 10 || true
+    PG_SIGNET_PID=""
+    pg_stop
+fi
 # --- sequential creates and deletes ------------------------------------------
 log "$CREATES sequential creates, then as many deletes"
 : >"$WORK/create_times.txt"
@@ -329,12 +370,78 @@ while read -r id; do
     echo "$t" >>"$WORK/delete_times.txt"
 done <"$WORK/create_ids.txt"
 
+# --- fresh tokens, verdict cache off ------------------------------------------
+for alg in ES256 EdDSA; do
+    (
+        umask 077
+        create_key "$ORG-fresh" "fresh $alg" "$alg" >"$WORK/fresh-$alg.json"
+        json_field privateKey <"$WORK/fresh-$alg.json" >"$WORK/fresh-$alg.pem"
+    )
+    log "minting $FRESH_TOKENS distinct $alg tokens"
+    mint_tokens "$WORK/fresh-$alg.pem" "$(json_field id <"$WORK/fresh-$alg.json")" "$ORG-fresh" \
+        "$WORK/tokens-$alg.txt"
+    rm -f "$WORK/fresh-$alg.pem" "$WORK/fresh-$alg.json" "$WORK/create.json"
+done
+log "restarting signet on the same data with the verdict cache off"
+stop_signet "$SERVER_PID" 10 || die "signet did not stop"
+sed "s/^token_cache_entries = [0-9]*/token_cache_entries = 0/" "$WORK/config.cached.toml" >"$WORK/config.nocache.toml"
+start_signet "$WORK/data" "$SIGNET_PORT" "$WORK/signet-nocache.log" ORGKEYS_MAX=100 -- \
+    "$SIGNET" serve --config "$WORK/config.nocache.toml"
+wait_ready "$BASE" 10 || {
+    cat "$WORK/signet-nocache.log" >&2
+    die "signet (verdict cache off) did not become ready"
+}
+for alg in RS256 ES256 EdDSA; do
+    [[ "$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 \
+        -H "Authorization: Bearer $(head -n1 "$WORK/tokens-$alg.txt")" "$BASE/v1/auth")" == 200 ]] ||
+        die "/v1/auth refuses a fresh $alg token"
+    cat >"$WORK/fresh-$alg.lua" <<LUA
+local counter = 0
+function setup(thread)
+    thread:set("id", counter)
+    counter = counter + 1
+end
+function init(args)
+    tokens = {}
+    for line in io.lines("$WORK/tokens-$alg.txt") do tokens[#tokens + 1] = line end
+    i = math.floor(id * #tokens / $WRK_THREADS)
+end
+function request()
+    i = i % #tokens + 1
+    return wrk.format("GET", "/v1/auth", { ["Authorization"] = "Bearer " .. tokens[i] })
+end
+LUA
+done
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+log "/v1/auth with a fresh token per request (RS256, ES256, EdDSA), $ROUNDS rounds"
+for _ in $(seq "$ROUNDS"); do
+    for alg in RS256 ES256 EdDSA; do
+        before="$(cpu_ticks "$SERVER_PID")"
+        run_wrk "fresh_$alg" "$BASE/v1/auth" -s "$WORK/fresh-$alg.lua"
+        after="$(cpu_ticks "$SERVER_PID")"
+        n="$(awk '/ requests in / { print $1 }' "$WORK/fresh_$alg.wrk" | tail -n1)"
+        python3 -c 'import sys; t, hz, n = map(float, sys.argv[1:]); print(t / hz * 1e6 / n)' \
+            "$((after - before))" "$(getconf CLK_TCK)" "$n" >>"$WORK/fresh_cpu_$alg.txt"
+    done
+done
+log "openssl speed rsa2048 ecdsap256 ed25519 (one core, CPU time, 3 s per operation)"
+openssl speed -seconds 3 rsa2048 ecdsap256 ed25519 2>/dev/null >"$WORK/openssl.txt"
+
+# --- full TLS handshakes -----------------------------------------------------
+log "full TLS handshakes: signet vs openssl s_server (scripts/tls-bench.sh)"
+SIGNET_BIN="$SIGNET" DURATION="$TLS_DURATION" ROUNDS="$ROUNDS" "$REPO/scripts/tls-bench.sh" \
+    >"$WORK/tls.md" 2>"$WORK/tls.log" || {
+    cat "$WORK/tls.log" >&2
+    die "scripts/tls-bench.sh failed"
+}
+
+
 # --- report ------------------------------------------------------------------
 CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)"
 python3 - "$WORK" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(nproc)" "${CPU:-unknown CPU}" \
     "$JWKS_BYTES" "$WRK_THREADS" "$WRK_CONNECTIONS" "$WRK_DURATION" "$ROUNDS" "$CREATES" \
     "$NGINX_WORKERS" "$FRESH_TOKENS" "$BACKEND" <<'EOF'
-import math, re, statistics, sys
+import math, os, re, statistics, sys
 (work, date, nproc, cpu, jwks_bytes, threads, conns, dur, rounds, creates,
  nginx_workers, fresh_tokens, backend) = sys.argv[1:]
 
@@ -355,11 +462,19 @@ n_rps, n_p99, n_bad, n_err = runs("nginx_jwks")
 a_rps, a_p99, a_bad, a_err = runs("signet_auth")
 b_rps, b_p99, b_bad, b_err = runs("bare_jwks")
 j_rps, j_p99, j_bad, j_err = runs("node_auth")
-f_rps, f_p99, f_bad, f_err = runs("signet_fresh")
-f_hits, f_misses = map(int, open(f"{work}/fresh_cache.txt").read().split())
-# "rsa 2048 bits 0.000600s 0.000017s 1666.0 58000.0": sign/s, verify/s
-ossl = re.search(r"^rsa\s+2048 bits.*\s([\d.]+)\s*$", open(f"{work}/openssl.txt").read(), re.M)
-ossl_verify = float(ossl.group(1))
+# `openssl speed` verifies per CPU second, from the lines
+# "rsa 2048 bits 0.000600s 0.000017s 1666.0 58000.0" (sign/s, verify/s),
+# " 256 bits ecdsa (nistp256)   0.0000s   0.0001s  40000.0  13000.0" and
+# " 253 bits EdDSA (Ed25519)   0.0000s   0.0001s  26000.0  9000.0".
+speed = open(f"{work}/openssl.txt").read()
+ossl_pattern = {"RS256": r"^rsa\s+2048 bits", "ES256": r"ecdsa \(nistp256\)",
+                "EdDSA": r"EdDSA \(Ed25519\)"}
+ossl_verify = {alg: float(re.search(p + r".*\s([\d.]+)\s*$", speed, re.M).group(1))
+               for alg, p in ossl_pattern.items()}
+fresh = {alg: (runs(f"fresh_{alg}"),
+               [float(l) for l in open(f"{work}/fresh_cpu_{alg}.txt") if l.strip()])
+         for alg in ossl_pattern}
+pg = runs("pg_auth") if os.path.exists(f"{work}/pg_auth.txt") else None
 med = statistics.median
 fmt_runs = lambda xs: ", ".join(f"{x:,.0f}" for x in xs)
 note = lambda bad, err: (f"; {bad} non-2xx" if bad else "") + ("; socket errors" if err else "")
@@ -391,13 +506,20 @@ print(f"| Node.js, jose `jwtVerify` + `createLocalJWKSet`, one token repeated | 
       f"{med(j_rps):,.0f} req/s | {med(j_p99):.2f} ms | {fmt_runs(j_rps)}{note(j_bad, j_err)} |")
 print(f"| signet auth (one token) / Node.js | {med(a_rps) / med(j_rps):.2f} × | "
       f"{med(a_p99) / med(j_p99):.2f} × | ratio of medians |")
-print(f"| signet `GET /v1/auth`, a fresh token per request ({fresh_tokens} cycled) | "
-      f"{med(f_rps):,.0f} req/s | {med(f_p99):.2f} ms | {fmt_runs(f_rps)}{note(f_bad, f_err)}; "
-      f"token cache {f_hits} hits, {f_misses} misses |")
-print(f"| `openssl speed rsa2048`, verify, one core | {ossl_verify:,.0f} /s | | |")
-print(f"| signet fresh-token auth / OpenSSL | {med(f_rps) / ossl_verify:.2f} × "
-      f"({med(f_rps) / int(nproc) / ossl_verify:.2f} × per core of {nproc}) | | "
-      f"signet's rate includes HTTP and shares the cores with wrk |")
+if pg:
+    p_rps, p_p99, p_bad, p_err = pg
+    print(f"| signet on PostgreSQL `GET /v1/auth`, one RS256 token repeated | "
+          f"{med(p_rps):,.0f} req/s | {med(p_p99):.2f} ms | {fmt_runs(p_rps)}{note(p_bad, p_err)} |")
+    print(f"| auth on PostgreSQL / auth on sled | {med(p_rps) / med(a_rps):.2f} × | "
+          f"{med(p_p99) / med(a_p99):.2f} × | ratio of medians |")
+for alg, ((f_rps, f_p99, f_bad, f_err), cpu) in fresh.items():
+    ossl_us = 1e6 / ossl_verify[alg]
+    print(f"| signet `GET /v1/auth`, a fresh {alg} token per request ({fresh_tokens} cycled, "
+          f"verdict cache off) | {med(f_rps):,.0f} req/s | {med(f_p99):.2f} ms | "
+          f"{fmt_runs(f_rps)}{note(f_bad, f_err)} |")
+    print(f"| … signet CPU time per fresh {alg} request vs `openssl speed` CPU time per verify | "
+          f"{med(cpu):.1f} µs vs {ossl_us:.1f} µs | | "
+          f"**{ossl_us / med(cpu):.2f} ×**; runs {', '.join(f'{ossl_us / x:.2f}' for x in cpu)} |")
 print(f"| key create, RSA-2048, sequential (curl time_total) | "
       f"p50 {pct(c, 50):.1f} ms | {pct(c, 99):.1f} ms | "
       f"n={len(c)}, min {min(c):.1f}, p90 {pct(c, 90):.1f}, max {max(c):.1f}, "
@@ -406,4 +528,10 @@ print(f"| key delete, sequential (curl time_total) | "
       f"p50 {pct(d, 50):.1f} ms | {pct(d, 99):.1f} ms | "
       f"n={len(d)}, min {min(d):.1f}, p90 {pct(d, 90):.1f}, max {max(d):.1f}, "
       f"mean {statistics.mean(d):.1f} ms |")
+print(f"| load average at the end | {open('/proc/loadavg').read().split()[0]} | | |")
 EOF
+echo
+echo "TLS, one core each (scripts/tls-bench.sh, $TLS_DURATION s per run):"
+echo
+cat "$WORK/tls.md"
+

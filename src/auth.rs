@@ -215,8 +215,8 @@ impl Gate<'_> {
                     ),
                 ),
             })?;
-        let claim = |name: &str| match verified.claims.get(name) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        let claim = |name: &str| match verified.contents.claim_str(name) {
+            Some(s) if !s.is_empty() => Ok(s.into_owned()),
             _ => Err(AuthError::invalid(
                 "missing_claim",
                 format!("organisation tokens need a string {name} claim"),

@@ -74,8 +74,8 @@ pub async fn auth(call: Call<'_>) -> Outcome {
             if let Some(org) = &v.org {
                 h.insert(X_SIGNET_ORG, id_value(org.as_str()));
             }
-            if let Some(sub) = v.claims.get("sub").and_then(|s| s.as_str()) {
-                if let Ok(sub) = HeaderValue::from_str(sub) {
+            if let Some(sub) = v.contents.claim_str("sub") {
+                if let Ok(sub) = HeaderValue::from_str(&sub) {
                     h.insert(X_SIGNET_SUB, sub);
                 }
             }

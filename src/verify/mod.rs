@@ -42,7 +42,7 @@ use crate::keys::{Algorithm, KeyId, OrgId};
 use crate::usage::{Counter as UseCounter, Usage};
 
 pub use jwk_set::{JwkSetError, JwkSetSource};
-pub use token::{decode_object, ClaimRules};
+pub use token::{decode_object, ClaimRules, Contents};
 
 /// Why a token is not valid. The code of each variant is listed in docs/api.md.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,9 +191,9 @@ impl Default for Policy {
 pub struct Verified {
     pub key_id: KeyId,
     pub org: Option<OrgId>,
-    /// Shared with the token cache, so a cached verdict is not copied.
-    pub header: Arc<Map<String, Value>>,
-    pub claims: Arc<Map<String, Value>>,
+    /// The header and claims; shared with the token cache, so a cached
+    /// verdict is not copied.
+    pub contents: Arc<Contents>,
 }
 
 impl Report {
@@ -204,8 +204,8 @@ impl Report {
                 valid: true,
                 key_id: v.key_id.to_string(),
                 organisation_id: v.org.as_ref().map(|o| o.as_str().to_owned()),
-                header: (*v.header).clone(),
-                claims: (*v.claims).clone(),
+                header: v.contents.header(),
+                claims: v.contents.claims(),
             }),
             Err(e) => Report::Invalid(InvalidReport {
                 valid: false,
@@ -405,13 +405,12 @@ impl Verifier {
                 });
             if live && hit.key_expires_at.is_none_or(|at| now < at) {
                 self.stats.token_hits.inc();
-                self.check(&hit.claims, hit.org.as_ref(), expect, now)?;
+                self.check(&hit.contents, hit.org.as_ref(), expect, now)?;
                 hit.uses().hit();
                 return Ok(Verified {
                     key_id: hit.kid,
                     org: hit.org.clone(),
-                    header: hit.header.clone(),
-                    claims: hit.claims.clone(),
+                    contents: hit.contents.clone(),
                 });
             }
             tokens.remove_if(token, &hit);
@@ -427,8 +426,7 @@ impl Verifier {
                     key.generation,
                     key.expires_at,
                     verified.org.clone(),
-                    verified.header.clone(),
-                    verified.claims.clone(),
+                    verified.contents.clone(),
                 )
                 .counting(key.uses.clone()),
             ),
@@ -439,7 +437,7 @@ impl Verifier {
     /// The claim checks, on a fresh or a cached verdict.
     fn check(
         &self,
-        claims: &Map<String, Value>,
+        claims: &Contents,
         key_org: Option<&OrgId>,
         expect: Expect<'_>,
         now: u64,
@@ -479,13 +477,13 @@ impl Verifier {
         key.key
             .verify_sig(parsed.signing_input.as_bytes(), parsed.signature.as_bytes())
             .map_err(|_| VerifyError::BadSignature(parsed.kid))?;
-        let claims = token::decode_object(parsed.payload_b64, "payload")?;
-        self.check(&claims, key.org.as_ref(), expect, now)?;
+        let kid = parsed.kid;
+        let contents = parsed.contents()?;
+        self.check(&contents, key.org.as_ref(), expect, now)?;
         let verified = Verified {
-            key_id: parsed.kid,
+            key_id: kid,
             org: key.org.clone(),
-            header: Arc::new(parsed.header),
-            claims: Arc::new(claims),
+            contents: Arc::new(contents),
         };
         Ok((verified, key))
     }
@@ -574,8 +572,7 @@ mod report_tests {
         let verified = Verified {
             key_id: KeyId::parse("01HZY3V5W8N4Q2ZP7J9K6M3T1A").unwrap(),
             org: None,
-            header: Arc::new(Map::new()),
-            claims: Arc::new(serde_json::json!({"sub": "u"}).as_object().unwrap().clone()),
+            contents: Arc::new(Contents::from_json("{}", r#"{"sub": "u"}"#).unwrap()),
         };
         let cases = [
             (

@@ -23,8 +23,7 @@ use std::mem::size_of;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Map, Value};
-
+use super::Contents;
 use crate::keys::{KeyId, OrgId};
 
 /// Independent shards, each with its own lock and its share of the bounds.
@@ -66,8 +65,8 @@ pub struct Verdict {
     /// That fill's key expiry (seconds since the epoch), checked on every hit.
     pub key_expires_at: Option<u64>,
     pub org: Option<OrgId>,
-    pub header: Arc<Map<String, Value>>,
-    pub claims: Arc<Map<String, Value>>,
+    /// The token's header and claims.
+    pub contents: Arc<Contents>,
     /// The verifier's forget count when the fill was last seen in the key
     /// cache (`NEVER` before that): while no key has been forgotten since,
     /// the fill is still there and a hit need not look it up.
@@ -85,16 +84,14 @@ impl Verdict {
         generation: u64,
         key_expires_at: Option<u64>,
         org: Option<OrgId>,
-        header: Arc<Map<String, Value>>,
-        claims: Arc<Map<String, Value>>,
+        contents: Arc<Contents>,
     ) -> Verdict {
         Verdict {
             kid,
             generation,
             key_expires_at,
             org,
-            header,
-            claims,
+            contents,
             confirmed: AtomicU64::new(NEVER),
             uses: Arc::default(),
         }
@@ -124,9 +121,14 @@ impl Verdict {
 
     /// The bytes an entry of this verdict for `token` is accounted for:
     /// its fixed parts (map slot, clock slot, allocations), the token, and
-    /// an estimate of the decoded JSON's heap.
+    /// the decoded header and claims.
     pub fn weight(&self, token: &str) -> usize {
-        ENTRY_OVERHEAD + token.len() + object_heap(&self.header) + object_heap(&self.claims)
+        // The contents' `Arc` allocation holds two counts besides them.
+        ENTRY_OVERHEAD
+            + token.len()
+            + 2 * size_of::<usize>()
+            + size_of::<Contents>()
+            + self.contents.heap()
     }
 }
 
@@ -139,24 +141,6 @@ const ENTRY_OVERHEAD: usize = 2 * size_of::<SlotKey>()
     + 2 * size_of::<usize>()
     + 16
     + 16;
-
-/// A generous estimate of a JSON object's heap: each member's key and value
-/// slots plus B-tree node overhead, and each string's bytes.
-fn object_heap(map: &Map<String, Value>) -> usize {
-    map.iter()
-        .map(|(k, v)| size_of::<String>() + k.len() + 16 + value_heap(v))
-        .sum()
-}
-
-fn value_heap(v: &Value) -> usize {
-    size_of::<Value>()
-        + match v {
-            Value::String(s) => s.len(),
-            Value::Array(a) => a.iter().map(value_heap).sum(),
-            Value::Object(o) => object_heap(o),
-            _ => 0,
-        }
-}
 
 struct Slot {
     token: Box<str>,
@@ -325,17 +309,12 @@ mod tests {
             "exp": 2_000_000_000u64,
         });
         let header = serde_json::json!({ "alg": "RS256", "kid": "01J0000000000000000000000A" });
-        let obj = |v: Value| match v {
-            Value::Object(m) => m,
-            _ => unreachable!(),
-        };
         Arc::new(Verdict::new(
             KeyId::parse("01J0000000000000000000000A").unwrap(),
             n,
             None,
             None,
-            Arc::new(obj(header)),
-            Arc::new(obj(claims)),
+            Arc::new(Contents::from_json(&header.to_string(), &claims.to_string()).unwrap()),
         ))
     }
 
