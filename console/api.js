@@ -95,28 +95,18 @@ export class Api {
     });
   }
 
+  cluster() {
+    return this.call("GET", "/v1/cluster");
+  }
+
   auditVerify(org) {
     return this.call("GET", `/v1/organisations/${encodeURIComponent(org)}/audit/verify`);
   }
 }
 
-// Readiness and freshness of this instance: no credential needed.
-export async function instanceStatus() {
-  const ready = await fetch("/readyz", { cache: "no-store", credentials: "omit" })
+// Whether this instance is ready: no credential needed.
+export async function isReady() {
+  return fetch("/readyz", { cache: "no-store", credentials: "omit" })
     .then((r) => r.ok)
     .catch(() => false);
-  const metrics = await fetch("/metrics", { cache: "no-store", credentials: "omit" })
-    .then((r) => (r.ok ? r.text() : ""))
-    .catch(() => "");
-  const metric = (name) => {
-    for (const line of metrics.split("\n")) {
-      if (line.startsWith(`${name} `)) return Number(line.slice(name.length + 1));
-    }
-    return null;
-  };
-  return {
-    ready,
-    freshAge: metric("signet_cluster_fresh_age_seconds"),
-    live: metric("signet_cluster_live_instances"),
-  };
 }

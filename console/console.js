@@ -2,7 +2,7 @@
 // (never in web storage, a cookie or a URL); the private key of a create
 // or rotation is shown once, in a dialog, and dropped when it closes.
 
-import { Api, busy, instanceStatus } from "/console/api.js";
+import { Api, busy, isReady } from "/console/api.js";
 import { claimsOf, el, save, when } from "/console/view.js";
 
 const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
@@ -60,6 +60,7 @@ $("sign-out").addEventListener("click", () => {
   api = null;
   operator = false;
   $("orgs").replaceChildren();
+  $("cluster").replaceChildren();
   $("who").textContent = "";
   $("app").hidden = true;
   $("sign-out").hidden = true;
@@ -121,7 +122,10 @@ async function refresh() {
 
 async function render() {
   if (!api) return;
-  renderStatus();
+  await Promise.all([renderStatus(), renderOrgs()]);
+}
+
+async function renderOrgs() {
   const listed = await attempt(() => api.organisations());
   if (!listed) return;
   const orgs = $("orgs");
@@ -153,14 +157,64 @@ function newOrgForm() {
 }
 
 async function renderStatus() {
-  const s = await instanceStatus();
-  const parts = [s.ready ? "This instance is ready." : "This instance is not ready (its database is not usable)."];
-  if (s.freshAge !== null && s.live !== null && s.live > 0) {
-    parts.push(`Fresh as of ${s.freshAge.toFixed(1)} s ago; ${s.live} live instance(s) share the database.`);
-  } else {
-    parts.push("Single instance: nothing to follow.");
+  const [ready, cluster] = await Promise.all([
+    isReady(),
+    api.cluster().catch((e) => ({ error: e.message || String(e) })),
+  ]);
+  const parts = [ready ? "This instance is ready." : "This instance is not ready (its database is not usable)."];
+  if (cluster.error) {
+    parts.push(`Its view of the other instances is unavailable: ${cluster.error}`);
+  } else if (cluster.freshAgeMs === null) {
+    parts.push("It has not yet confirmed that it has seen every key change made elsewhere.");
+  } else if (cluster.freshAgeMs > 0) {
+    parts.push(`Fresh as of ${seconds(cluster.freshAgeMs)} ago.`);
   }
   $("status-text").textContent = parts.join(" ");
+  $("cluster").replaceChildren(...(cluster.error ? [] : [clusterTable(cluster)]));
+}
+
+$("cluster-refresh").addEventListener("click", () => busy(renderStatus));
+
+const seconds = (ms) => `${(ms / 1000).toFixed(1)} s`;
+
+// Each instance sharing the store, then each follower of this instance.
+function clusterTable(cluster) {
+  const row = (kind, id, applied, agoMs, live) =>
+    el(
+      "tr",
+      { "data-id": id },
+      el("td", { text: kind }),
+      el("td", {}, el("code", { title: id, text: `…${id.slice(-8)}` })),
+      el("td", { text: applied }),
+      el("td", { text: `${seconds(agoMs)} ago` }),
+      el("td", { class: live ? "ok" : "bad", text: live ? "live" : "not live" }),
+    );
+  const rows = [
+    ...cluster.instances.map((i) =>
+      row(
+        i.id === cluster.self ? "instance (this one)" : "instance",
+        i.id,
+        `version ${i.appliedVersion}`,
+        i.lastHeartbeatAgoMs,
+        i.live,
+      ),
+    ),
+    ...cluster.followers.map((f) =>
+      row("follower", f.id, `event ${f.appliedEvent}`, f.lastHeardAgoMs, f.live),
+    ),
+  ];
+  const table = el(
+    "table",
+    { class: "cluster" },
+    el("caption", { text: "Instances and followers" }),
+    el(
+      "thead",
+      {},
+      el("tr", {}, ...["Kind", "ID", "Applied", "Heard", "Live"].map((h) => el("th", { scope: "col", text: h }))),
+    ),
+    el("tbody", {}, ...rows),
+  );
+  return el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Instances and followers" }, table);
 }
 
 async function orgSection(org) {

@@ -3,7 +3,8 @@
 //! keys deleted), a wake-up when there may be more, and a way to report
 //! how far it has applied (a heartbeat), which is also what confirms it
 //! current. A revoking writer reads the same reports to wait for every
-//! live replica (`lagging`, woken by `acknowledgements`).
+//! live replica (`lagging`, woken by `acknowledgements`); `instances`
+//! lists those reports for people (`GET /v1/cluster`).
 //!
 //! Implemented by the shared store (`store::postgres`: `pg_notify` and
 //! `LISTEN` as the wake-up, versioned re-reads as the truth, heartbeat
@@ -54,6 +55,14 @@ pub trait ChangeFeed: Send + Sync + 'static {
         live: Duration,
     ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
 
+    /// Every instance in the source's list, each with how long ago its
+    /// last heartbeat was (by the source's clock) and whether that is
+    /// within `live`.
+    fn instances(
+        &self,
+        live: Duration,
+    ) -> impl Future<Output = Result<Vec<Instance>, Self::Error>> + Send;
+
     /// Changes whenever another instance's heartbeat is heard (pushed
     /// acknowledgements), or `None` when none are pushed: polled instead.
     fn acknowledgements(&self) -> Option<watch::Receiver<u64>>;
@@ -62,6 +71,19 @@ pub trait ChangeFeed: Send + Sync + 'static {
     /// every reconnect and every loss of the listening connection), or
     /// `None` if it cannot start.
     fn announcements(&self) -> Option<watch::Receiver<Heard>>;
+}
+
+/// One instance as the source last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    /// The version through which it (and its live followers) has applied
+    /// every change.
+    pub applied: u64,
+    /// How long ago its last heartbeat was.
+    pub heard_ago: Duration,
+    /// Whether that heartbeat is recent enough for it to count as live.
+    pub live: bool,
 }
 
 /// What a feed's listener for other instances' key changes has heard.

@@ -69,6 +69,19 @@ struct Follower {
     heard: Instant,
 }
 
+/// One registered follower as this instance last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The id it chose at start (a ULID).
+    pub id: String,
+    /// The last event id of this instance's feed it acknowledged applying.
+    pub acked: u64,
+    /// How long ago it was last heard.
+    pub ago: Duration,
+    /// Whether that was within `max_staleness`.
+    pub live: bool,
+}
+
 /// The registered followers.
 pub struct Followers {
     /// SHA-256 of each accepted follower token.
@@ -152,6 +165,25 @@ impl Followers {
             .filter(|f| f.heard.elapsed() <= self.max_staleness)
             .count();
         (list.len(), live)
+    }
+
+    /// Every registered follower, by id.
+    pub fn list(&self) -> Vec<Status> {
+        let mut listed: Vec<Status> = self
+            .lock()
+            .iter()
+            .map(|(id, f)| {
+                let ago = f.heard.elapsed();
+                Status {
+                    id: id.clone(),
+                    acked: f.acked,
+                    ago,
+                    live: ago <= self.max_staleness,
+                }
+            })
+            .collect();
+        listed.sort_by(|a, b| a.id.cmp(&b.id));
+        listed
     }
 
     /// The store version through which every live follower (and this
@@ -259,5 +291,8 @@ mod tests {
         f.applied_everywhere(7).await;
         assert!(started.elapsed() >= Duration::from_millis(200));
         assert_eq!(f.counts(), (1, 0));
+        let listed = f.list();
+        assert_eq!((listed[0].id.as_str(), listed[0].acked), ("a", 6));
+        assert!(!listed[0].live);
     }
 }

@@ -222,7 +222,7 @@ async fn fence_when_deaf(fresh: Arc<Freshness>, mut events: tokio::sync::watch::
 /// How much longer than `max_staleness` a delete waits for an instance
 /// that has not applied it: covers monotonic clocks running at slightly
 /// different rates.
-const MARGIN: Duration = Duration::from_millis(100);
+pub(crate) const MARGIN: Duration = Duration::from_millis(100);
 
 /// Waits until every other live instance has applied `version`, or until
 /// `max_staleness` plus a margin has passed since `committed`, by when an

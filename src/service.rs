@@ -82,6 +82,18 @@ pub struct Patch {
     pub name: Option<KeyName>,
 }
 
+/// What [`Signet::cluster`] answers.
+#[derive(Debug)]
+pub struct Cluster {
+    /// This instance's id among the store's instances.
+    pub me: String,
+    /// How long ago this instance was last fresh (zero when it follows
+    /// nothing), `None` before it ever was.
+    pub fresh_age: Option<Duration>,
+    pub instances: Vec<crate::feed::Instance>,
+    pub followers: Vec<crate::followers::Status>,
+}
+
 /// The one door to keys, JWK Sets, verification and the audit log: the
 /// HTTP routes, the CLI and start-up go through it, never to the store.
 pub struct Signet {
@@ -313,6 +325,31 @@ impl Signet {
     /// A follower acknowledged applying every event up to `applied`.
     pub fn follower_acked(&self, follower: &str, applied: u64) {
         self.followers.ack(follower, applied);
+    }
+
+    /// This instance's view of the others: the instances in the store's
+    /// list (on sled, this one alone, current), the followers it serves,
+    /// and how long ago it was last fresh.
+    pub async fn cluster(&self) -> Result<Cluster, ServiceError> {
+        let me = self.fresh.instance().to_owned();
+        let instances = match self.store.as_ref().and_then(Store::feed) {
+            Some(feed) => {
+                let live = self.fresh.max_staleness() + crate::replica::MARGIN;
+                self.storage(feed.instances(live)).await?
+            }
+            None => vec![crate::feed::Instance {
+                id: me.clone(),
+                applied: self.fresh.applied(),
+                heard_ago: Duration::ZERO,
+                live: true,
+            }],
+        };
+        Ok(Cluster {
+            me,
+            fresh_age: self.fresh.stale_for(),
+            instances,
+            followers: self.followers.list(),
+        })
     }
 
     /// The change feed and what it needs to start a stream.

@@ -97,10 +97,20 @@ impl Call<'_> {
         Ok((org, self.caller(principal.actor())))
     }
 
-    /// Authenticates and authorises. A valid credential without the right
-    /// is an audit event (signet's words only); a missing or invalid one is
-    /// counted and sampled, never written (see `refusals`).
-    pub async fn authorize(&self, org: &OrgId, need: Need) -> Result<Principal, ApiError> {
+    /// Authenticates any caller (the operator or an organisation's token),
+    /// for a route that belongs to no organisation; a missing or invalid
+    /// credential is counted.
+    pub async fn authenticate(&self) -> Result<Principal, ApiError> {
+        let metrics = &self.state.signet.metrics;
+        let principal = self.credential().await.inspect_err(|e| {
+            let label = crate::metrics::ReasonLabel { reason: e.reason() };
+            metrics.unauthenticated.get_or_create(&label).inc();
+        })?;
+        Ok(principal)
+    }
+
+    /// Who the request's credential names, if it is valid.
+    async fn credential(&self) -> Result<Principal, AuthError> {
         let state = self.state;
         let gate = Gate {
             operator: &state.operator,
@@ -116,7 +126,15 @@ impl Call<'_> {
         if let Some(token) = authorization.and_then(|a| crate::auth::bearer(a).ok()) {
             state.signet.learn_key_of(token).await;
         }
-        let principal = match gate.authenticate(authorization) {
+        gate.authenticate(authorization)
+    }
+
+    /// Authenticates and authorises. A valid credential without the right
+    /// is an audit event (signet's words only); a missing or invalid one is
+    /// counted and sampled, never written (see `refusals`).
+    pub async fn authorize(&self, org: &OrgId, need: Need) -> Result<Principal, ApiError> {
+        let state = self.state;
+        let principal = match self.credential().await {
             Ok(principal) => principal,
             Err(e) => {
                 let refusals = &state.signet.refusals;

@@ -194,28 +194,7 @@ pub async fn delete(call: Call<'_>) -> Outcome {
 /// operator, its own for an organisation token.
 pub async fn organisations(call: Call<'_>) -> Outcome {
     let state = call.state;
-    let gate = crate::auth::Gate {
-        operator: &state.operator,
-        verifier: state.signet.verifier(),
-        audience: &state.config.auth.audience,
-    };
-    let authorization = call
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if let Some(token) = authorization.and_then(|a| crate::auth::bearer(a).ok()) {
-        state.signet.learn_key_of(token).await;
-    }
-    let principal = gate.authenticate(authorization).inspect_err(|e| {
-        let reason = e.reason();
-        let label = crate::metrics::ReasonLabel { reason };
-        state
-            .signet
-            .metrics
-            .unauthenticated
-            .get_or_create(&label)
-            .inc();
-    })?;
+    let principal = call.authenticate().await?;
     let organisations: Vec<serde_json::Value> = match principal {
         Principal::Operator => state
             .signet

@@ -7,6 +7,7 @@ mod bodies;
 mod body;
 mod call;
 pub mod client;
+mod cluster;
 mod console;
 mod deadline;
 mod detect;

@@ -14,7 +14,9 @@ use hyper::{Method, Request};
 
 use super::call::{Call, Outcome, Params};
 use super::reply::{ApiError, Reply};
-use super::{audit, console, events, followers, jwks, keys, lifecycle, ops, verify, ServerState};
+use super::{
+    audit, cluster, console, events, followers, jwks, keys, lifecycle, ops, verify, ServerState,
+};
 
 /// A handler's future, boxed so that every handler fits one table.
 type Pending<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
@@ -56,7 +58,7 @@ macro_rules! route {
 
 /// Every route the server answers, in matching order. Rows sharing a path
 /// are listed together; their order is the order of the `Allow` header.
-static ROUTES: LazyLock<[Route; 23]> = LazyLock::new(|| {
+static ROUTES: LazyLock<[Route; 24]> = LazyLock::new(|| {
     [
         route!(GET "/v1/organisations/{org}/keys" => keys::list),
         route!(POST "/v1/organisations/{org}/keys" => keys::create),
@@ -81,6 +83,7 @@ static ROUTES: LazyLock<[Route; 23]> = LazyLock::new(|| {
         route!(GET "/v1/events" => events::all),
         route!(GET "/v1/organisations/{org}/events" => events::of_org),
         route!(POST "/v1/followers/ack" => followers::ack),
+        route!(GET "/v1/cluster" => cluster::view),
     ]
 });
 

@@ -55,6 +55,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, Transaction};
 
 use crate::audit::{self, AuditEvent, BrokenLink, EventId, NewEvent};
+use crate::feed::Instance;
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
@@ -1541,6 +1542,31 @@ impl crate::feed::ChangeFeed for PgStore {
             Ok(row.get::<_, i64>(0) as u64)
         })
         .await
+    }
+
+    async fn instances(&self, live: Duration) -> Result<Vec<Instance>, StoreError> {
+        let rows = on_conn!(self, &self.pool, |client| {
+            client
+                .query_typed(
+                    "SELECT id, applied,
+                            greatest(0, extract(epoch FROM now() - heartbeat_at) * 1000)::int8,
+                            heartbeat_at > now() - make_interval(secs => $1)
+                       FROM instances ORDER BY id",
+                    &[(&live.as_secs_f64(), Type::FLOAT8)],
+                )
+                .await
+                .map_err(db)
+        })
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Instance {
+                id: row.get(0),
+                applied: row.get::<_, i64>(1) as u64,
+                heard_ago: Duration::from_millis(row.get::<_, i64>(2) as u64),
+                live: row.get(3),
+            })
+            .collect())
     }
 
     fn acknowledgements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

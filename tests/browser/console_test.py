@@ -238,6 +238,8 @@ def main():
         check(time_el.get_attribute("title").endswith("(UTC)"), "UTC on hover")
         status = D.find_element(By.ID, "status-text").text
         check("ready" in status, status)
+        cluster = D.find_element(By.CSS_SELECTOR, "table.cluster").text
+        check("instance (this one)" in cluster and "live" in cluster, cluster)
         storage_holds_no_token([OPERATOR])
 
         step("audit chain and JWK Set are shown")

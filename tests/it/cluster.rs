@@ -405,3 +405,121 @@ async fn an_instance_that_stops_listening_stops_vouching_at_once() {
     app.stop().await;
     cluster.destroy();
 }
+
+/// `GET /v1/cluster` as the operator; panics unless 200.
+async fn cluster_view(app: &TestApp) -> serde_json::Value {
+    let r = app
+        .request_as(hyper::Method::GET, "/v1/cluster", ADMIN)
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    r.json()
+}
+
+/// Registers follower `id` with `app`, as `POST /v1/followers/ack` does.
+async fn ack_as_follower(app: &TestApp, id: &str, applied: u64) {
+    let body = serde_json::to_vec(&json!({ "follower": id, "applied": applied })).unwrap();
+    let auth = bearer(CLUSTER_FOLLOWER_TOKEN);
+    let r = app
+        .request(
+            hyper::Method::POST,
+            "/v1/followers/ack",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+}
+
+const CLUSTER_FOLLOWER_TOKEN: &str = "a-cluster-follower-token-0123456789";
+const FOLLOWER_ID: &str = "01JEBXXQKFBF5KZNWJ47TAN9ZT";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lone_instance_lists_itself_and_its_followers() {
+    let app = spawn_with(|c| {
+        c.followers.token = Some(signet::config::Secret::new(CLUSTER_FOLLOWER_TOKEN.into()));
+    })
+    .await;
+    app.get("/v1/cluster")
+        .await
+        .assert_error(401, "unauthorized");
+    app.request_as(hyper::Method::GET, "/v1/cluster", "not-a-token")
+        .await
+        .assert_error(401, "unauthorized");
+    let view = cluster_view(&app).await;
+    let me = view["self"].as_str().expect("self").to_owned();
+    assert_eq!(view["freshAgeMs"], 0, "sled follows nothing: {view}");
+    assert_eq!(
+        view["instances"],
+        json!([{"id": me, "appliedVersion": 0, "lastHeartbeatAgoMs": 0, "live": true}])
+    );
+    assert_eq!(view["followers"], json!([]));
+    // An organisation token of any role reads it too.
+    let created = app.create_key("acme", json!({"name": "k"})).await;
+    let (kid, signer) = key_of(&created);
+    let member = signer.org_token(&kid, claims("acme", "MEMBER"));
+    let r = app
+        .request_as(hyper::Method::GET, "/v1/cluster", &member)
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(r.json()["self"], me.as_str());
+    // A follower that acknowledged is listed, live.
+    ack_as_follower(&app, FOLLOWER_ID, 1).await;
+    let followers = cluster_view(&app).await["followers"].clone();
+    assert_eq!(followers.as_array().map(Vec::len), Some(1), "{followers}");
+    assert_eq!(followers[0]["id"], FOLLOWER_ID);
+    assert_eq!(followers[0]["appliedEvent"], 1);
+    assert_eq!(followers[0]["live"], true);
+    assert!(followers[0]["lastHeardAgoMs"].is_u64());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_on_one_database_list_each_other_live() {
+    let Some(cluster) = pg::private() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let database = Database::on(&cluster, dir.path());
+    let database = &database;
+    let spawn = || {
+        spawn_with(move |c| {
+            database.configure(c);
+            c.followers.token = Some(signet::config::Secret::new(CLUSTER_FOLLOWER_TOKEN.into()));
+        })
+    };
+    let (a, b) = (spawn().await, spawn().await);
+    ack_as_follower(&a, FOLLOWER_ID, 0).await;
+    let (a_id, b_id) = (
+        cluster_view(&a).await["self"].clone(),
+        cluster_view(&b).await["self"].clone(),
+    );
+    assert_ne!(a_id, b_id);
+    let limit = Duration::from_secs(10);
+    for (app, name) in [(&a, "A"), (&b, "B")] {
+        eventually(&format!("{name} lists both, live"), limit, || async {
+            let view = cluster_view(app).await;
+            let listed: Vec<(serde_json::Value, serde_json::Value)> = view["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| (i["id"].clone(), i["live"].clone()))
+                .collect();
+            listed.len() == 2
+                && [&a_id, &b_id]
+                    .iter()
+                    .all(|id| listed.contains(&((*id).clone(), json!(true))))
+        })
+        .await;
+        let view = cluster_view(app).await;
+        assert!(view["freshAgeMs"].is_u64(), "{view}");
+        assert!(view["instances"][0]["appliedVersion"].is_u64(), "{view}");
+    }
+    // Followers are each instance's own.
+    assert_eq!(cluster_view(&a).await["followers"][0]["id"], FOLLOWER_ID);
+    assert_eq!(cluster_view(&b).await["followers"], json!([]));
+    a.stop().await;
+    b.stop().await;
+    cluster.destroy();
+}

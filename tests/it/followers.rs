@@ -529,6 +529,7 @@ async fn a_follower_serves_from_memory_and_refuses_the_rest() {
         (Method::GET, "/v1/events".to_owned()),
         (Method::GET, "/v1/organisations/acme/events".to_owned()),
         (Method::POST, "/v1/followers/ack".to_owned()),
+        (Method::GET, "/v1/cluster".to_owned()),
     ];
     for (method, path) in refused {
         let r = follower
