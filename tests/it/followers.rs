@@ -484,13 +484,32 @@ async fn auth_status(base: &str, token: &str) -> u16 {
     }
 }
 
-async fn a_follower_serves_from_memory_and_refuses_the_rest() {
-    let upstream = upstream_with(|_| {}).await;
-    let created = upstream
+/// An OWNER token of `created`, a new key of acme: the key's id and the token.
+fn owner_token(created: &Value) -> (String, String) {
+    let (id, signer) = key_of(created);
+    let token = signer.org_token(&id, claims("acme", "OWNER"));
+    (id, token)
+}
+
+/// A new ES256 key of acme created on `app`, and an OWNER token it signs.
+async fn new_key(app: &TestApp) -> (String, String) {
+    let created = app
         .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))
         .await;
-    let (id, signer) = key_of(&created);
-    let token = signer.org_token(&id, claims("acme", "OWNER"));
+    owner_token(&created)
+}
+
+/// Waits until `/v1/auth` at `base` accepts `token`.
+async fn until_verified(what: &str, base: &str, token: &str) {
+    eventually(what, Duration::from_secs(10), || async {
+        auth_status(base, token).await == 200
+    })
+    .await;
+}
+
+async fn a_follower_serves_from_memory_and_refuses_the_rest() {
+    let upstream = upstream_with(|_| {}).await;
+    let (id, token) = new_key(&upstream).await;
     let follower = follower_of(&upstream, |_| {}).await;
     eventually(
         "the follower has the key",
@@ -611,18 +630,9 @@ async fn a_delete_answers_only_after_the_follower_refuses() {
     let follower = follower_of(&upstream, |_| {}).await;
     let second = follower_of(&upstream, |_| {}).await;
     for round in 0..5 {
-        let created = upstream
-            .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))
-            .await;
-        let (id, signer) = key_of(&created);
-        let token = signer.org_token(&id, claims("acme", "OWNER"));
+        let (id, token) = new_key(&upstream).await;
         for f in [&follower, &second] {
-            eventually(
-                "the follower verifies the new key",
-                Duration::from_secs(10),
-                || async { auth_status(&f.url(""), &token).await == 200 },
-            )
-            .await;
+            until_verified("the follower verifies the new key", &f.url(""), &token).await;
         }
         let stop = Arc::new(AtomicUsize::new(0));
         let hammers: Vec<_> = (0..3)
@@ -726,17 +736,8 @@ async fn a_stopped_follower_refuses_once_continued() {
     f.wait_ready().await;
     let base = f.base();
     for round in 0..2 {
-        let created = upstream
-            .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))
-            .await;
-        let (id, signer) = key_of(&created);
-        let token = signer.org_token(&id, claims("acme", "OWNER"));
-        eventually(
-            "the follower verifies the key",
-            Duration::from_secs(10),
-            || async { auth_status(&base, &token).await == 200 },
-        )
-        .await;
+        let (id, token) = new_key(&upstream).await;
+        until_verified("the follower verifies the key", &base, &token).await;
         signal(&f.child, "-STOP");
         let started = Instant::now();
         assert_eq!(upstream.delete_key("acme", &id, ADMIN).await.status, 204);
@@ -831,17 +832,8 @@ async fn a_follower_cut_off_silently_refuses_after_the_answer() {
         c.cluster.max_staleness_ms = 500;
     })
     .await;
-    let created = upstream
-        .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))
-        .await;
-    let (id, signer) = key_of(&created);
-    let token = signer.org_token(&id, claims("acme", "OWNER"));
-    eventually(
-        "the follower verifies the key",
-        Duration::from_secs(10),
-        || async { auth_status(&follower.url(""), &token).await == 200 },
-    )
-    .await;
+    let (id, token) = new_key(&upstream).await;
+    until_verified("the follower verifies the key", &follower.url(""), &token).await;
     hole.dropping.store(1, Ordering::SeqCst);
     let stop = Arc::new(AtomicUsize::new(0));
     let hammers: Vec<_> = (0..4)
@@ -892,8 +884,7 @@ async fn a_follower_fences_while_its_upstream_restarts_then_recovers() {
     upstream.wait_ready().await;
     let base = upstream.base();
     let created = create_on(&base, "acme").await;
-    let (id, signer) = key_of(&created);
-    let token = signer.org_token(&id, claims("acme", "OWNER"));
+    let (id, token) = owner_token(&created);
     let up = base.clone();
     let follower = spawn_with(move |c| {
         c.upstream = Some(signet::config::Upstream {
@@ -904,10 +895,7 @@ async fn a_follower_fences_while_its_upstream_restarts_then_recovers() {
         c.cluster.max_staleness_ms = 500;
     })
     .await;
-    eventually("the follower verifies", Duration::from_secs(10), || async {
-        auth_status(&follower.url(""), &token).await == 200
-    })
-    .await;
+    until_verified("the follower verifies", &follower.url(""), &token).await;
     upstream.terminate();
     let _ = upstream.child.wait();
     eventually("the follower fences", Duration::from_secs(5), || async {
@@ -990,15 +978,11 @@ async fn a_follower_of_one_instance_holds_a_delete_answered_by_another() {
     let (a, b) = (instance().await, instance().await);
     let follower = follower_of(&b, |_| {}).await;
     for round in 0..4 {
-        let created = a
-            .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))
-            .await;
-        let (id, signer) = key_of(&created);
-        let token = signer.org_token(&id, claims("acme", "OWNER"));
-        eventually(
+        let (id, token) = new_key(&a).await;
+        until_verified(
             "the follower of B verifies A's key",
-            Duration::from_secs(10),
-            || async { auth_status(&follower.url(""), &token).await == 200 },
+            &follower.url(""),
+            &token,
         )
         .await;
         let stop = Arc::new(AtomicUsize::new(0));
