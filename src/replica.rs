@@ -148,7 +148,7 @@ impl<F: ChangeFeed> Replica<F> {
                 .lagging(i64::MAX as u64, self.fresh.instance(), live)
                 .await
             {
-                self.metrics.live_instances.set(others as i64 + 1);
+                self.metrics.live_instances.set(others.len() as i64 + 1);
             }
         }
     }
@@ -248,8 +248,10 @@ async fn applied_or_fenced(
     committed: Instant,
 ) {
     let max = fresh.max_staleness();
-    // Heartbeats heard: look again as each arrives (a lost one costs the
-    // pause below at most).
+    // Heartbeats heard: each says how far its instance has applied, so the
+    // instances found lagging are struck off as they report, and the store
+    // is asked again only when none has reported for a while (a lost
+    // notification, or an instance that stopped being live).
     let mut acks = feed.acknowledgements();
     loop {
         if let Some(acks) = acks.as_mut() {
@@ -257,28 +259,45 @@ async fn applied_or_fenced(
         }
         // Not live: no heartbeat within max_staleness plus the margin, so its
         // last confirmation is too old for it to vouch any more.
-        if let Ok(0) = feed.lagging(version, fresh.instance(), max + MARGIN).await {
-            return;
-        }
-        if committed.elapsed() >= max + MARGIN {
-            tracing::warn!(
-                version,
-                "a revocation answered after waiting the longest for instances that have not applied it"
-            );
-            return;
-        }
-        // Healthy instances apply a change within a millisecond or two:
-        // look again soon; for one that is stalled, less often.
-        let pause = if committed.elapsed() < Duration::from_millis(50) {
-            Duration::from_millis(1)
-        } else {
-            Duration::from_millis(10)
+        let mut lagging = match feed.lagging(version, fresh.instance(), max + MARGIN).await {
+            Ok(lagging) if lagging.is_empty() => return,
+            Ok(lagging) => Some(lagging),
+            // Unknown: ask again after the pause.
+            Err(_) => None,
         };
-        match acks.as_mut() {
-            Some(acks) => {
-                let _ = tokio::time::timeout(pause * 5, acks.changed()).await;
+        loop {
+            if committed.elapsed() >= max + MARGIN {
+                tracing::warn!(
+                    version,
+                    "a revocation answered after waiting the longest for instances that have not applied it"
+                );
+                return;
             }
-            None => tokio::time::sleep(pause).await,
+            // Healthy instances apply a change within a millisecond or two:
+            // look again soon; for one that is stalled, less often.
+            let pause = if committed.elapsed() < Duration::from_millis(50) {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(10)
+            };
+            let Some(acks) = acks.as_mut() else {
+                tokio::time::sleep(pause).await;
+                break;
+            };
+            if tokio::time::timeout(pause * 5, acks.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            let Some(lagging) = lagging.as_mut() else {
+                break;
+            };
+            let heard = acks.borrow_and_update();
+            lagging.retain(|instance| !heard.reached(instance, version));
+            if lagging.is_empty() {
+                return;
+            }
         }
     }
 }
