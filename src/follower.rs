@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::events::Reason;
+use crate::events::{Held, Reason};
 use crate::freshness::Freshness;
 use crate::keys::{Jwk, KeyId, KeyName, KeySpec, Lifecycle, OrgId, Origin, PublicKeyRecord};
 use crate::registry::Registry;
@@ -163,6 +163,36 @@ struct Reset {
     #[serde(default)]
     run: String,
     keys: Vec<PublishedDoc>,
+    /// Keys disabled or expired upstream (absent from older upstreams).
+    #[serde(default)]
+    withheld: Vec<HeldDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HeldDoc {
+    org: OrgId,
+    kid: KeyId,
+    reason: String,
+    expires_at: Option<String>,
+}
+
+fn held(h: HeldDoc) -> Result<Held, EventError> {
+    let reason =
+        Reason::parse(&h.reason).ok_or_else(|| EventError(format!("the reason {:?}", h.reason)))?;
+    Ok(Held {
+        org: h.org,
+        kid: h.kid,
+        reason,
+        expires_at: time(h.expires_at.as_deref())?,
+    })
+}
+
+/// An RFC 3339 `expiresAt`, in seconds since the epoch.
+fn time(raw: Option<&str>) -> Result<Option<u64>, EventError> {
+    raw.map(crate::keys::parse_time)
+        .transpose()
+        .map_err(|e| EventError(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -177,13 +207,7 @@ fn record(p: PublishedDoc) -> Result<PublicKeyRecord, EventError> {
     if kid != p.key.id {
         return Err(EventError("a key whose JWK names another kid".into()));
     }
-    let expires_at_secs = p
-        .key
-        .expires_at
-        .as_deref()
-        .map(crate::keys::parse_time)
-        .transpose()
-        .map_err(|e| EventError(e.to_string()))?;
+    let expires_at_secs = time(p.key.expires_at.as_deref())?;
     Ok(PublicKeyRecord {
         id: kid,
         org: p.key.organisation_id,
@@ -270,7 +294,12 @@ impl Mirror {
                     .into_iter()
                     .map(record)
                     .collect::<Result<Vec<_>, _>>()?;
-                self.published.replace(&records, &self.verifier);
+                let withheld = reset
+                    .withheld
+                    .into_iter()
+                    .map(held)
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.published.replace(&records, &withheld, &self.verifier);
                 let mut state = self.lock();
                 if state.run.as_deref() != Some(reset.run.as_str()) {
                     state.pending.clear();
