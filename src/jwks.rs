@@ -4,11 +4,11 @@
 //! is the only one that changes it.
 //!
 //! Each published key is held once, compactly: its record's fields, the
-//! organisation's name shared with its other keys, and the public key as
-//! its serialised JWK (the SPKI is read back from it for `GET
-//! /v1/keys/{id}`, which answers from here too). A document is the
-//! concatenation of those JWKs, so a change costs only its own key:
-//! - an organisation's document (a few keys) is concatenated per request;
+//! organisation's name shared with its other keys, and its SPKI and name
+//! in one allocation (`GET /v1/keys/{id}` answers from here too). Its JWK
+//! is written from the SPKI whenever a document lists it (a few hundred
+//! nanoseconds, no allocation), so a change costs only its own key:
+//! - an organisation's document (a few keys) is written per request;
 //!   its `ETag` is computed on the first request after a change to it and
 //!   kept until the next;
 //! - the global document is built on the first request after any change and
@@ -56,16 +56,17 @@ impl Document {
         keys: impl Iterator<Item = &'a Key> + Clone,
         tag: impl FnOnce(&[u8]) -> Tag,
     ) -> Document {
-        // Sized exactly: at a million keys the global document is ~440 MB,
-        // and a doubling Vec would touch up to twice that.
-        let len = keys.clone().map(|k| k.jwk.len() + 1).sum::<usize>() + 11;
+        // Sized once, from above: at a million keys the global document is
+        // ~440 MB, and a doubling Vec would touch up to twice that; pages
+        // of the bound that are never written are never touched.
+        let len = keys.clone().map(|k| k.jwk_len_bound() + 1).sum::<usize>() + 11;
         let mut body = Vec::with_capacity(len);
         body.extend_from_slice(b"{\"keys\":[");
         for (i, key) in keys.clone().enumerate() {
             if i > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(&key.jwk);
+            Jwk::write(&mut body, key.id, key.spec, key.spki());
         }
         body.extend_from_slice(b"]}");
         Document {
@@ -83,60 +84,97 @@ fn digest(body: &[u8]) -> Tag {
 }
 
 /// One published key: what its record holds, the organisation's name
-/// shared, the public key as its serialised JWK.
+/// shared, the SPKI and the name in one allocation.
 struct Key {
     id: KeyId,
     org: Arc<str>,
-    name: Box<str>,
+    /// The SPKI (DER), then the name (UTF-8).
+    bytes: Box<[u8]>,
+    /// Where the name starts in `bytes`.
+    name_at: u16,
     spec: KeySpec,
-    jwk: Box<[u8]>,
     created_at_ms: u64,
     life: Lifecycle,
 }
 
 impl Key {
     fn new(r: &PublicKeyRecord, org: Arc<str>) -> Key {
-        Key::with_jwk(r, org, jwk_of(r))
-    }
-
-    fn with_jwk(r: &PublicKeyRecord, org: Arc<str>, jwk: Box<[u8]>) -> Key {
+        let (spki, name) = (&r.spki_der, r.name.as_str().as_bytes());
         Key {
             id: r.id,
             org,
-            name: r.name.as_str().into(),
+            bytes: [spki.as_slice(), name].concat().into_boxed_slice(),
+            name_at: u16::try_from(spki.len()).expect("an SPKI of at most 8192-bit RSA"),
             spec: r.spec,
-            jwk,
             created_at_ms: r.created_at_ms,
             life: r.life,
         }
+    }
+
+    fn spki(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.name_at)]
+    }
+
+    fn name(&self) -> &str {
+        std::str::from_utf8(&self.bytes[usize::from(self.name_at)..])
+            .expect("a published key's name was a str")
+    }
+
+    /// At least as many bytes as its JWK: base64 of no more than the
+    /// SPKI, and the members' names and fixed values.
+    fn jwk_len_bound(&self) -> usize {
+        self.spki().len().div_ceil(3) * 4 + 128
+    }
+
+    /// Its serialised JWK.
+    fn jwk(&self) -> Vec<u8> {
+        let mut jwk = Vec::with_capacity(self.jwk_len_bound());
+        Jwk::write(&mut jwk, self.id, self.spec, self.spki());
+        jwk
     }
 
     fn org(&self) -> OrgId {
         OrgId::parse(&self.org).expect("a published key's org id was parsed once")
     }
 
-    /// Its record; `None` (logged) if its JWK does not read back, which
-    /// a JWK written by [`Key::new`] always does.
-    fn record(&self, id: KeyId) -> Option<PublicKeyRecord> {
-        let parts = serde_json::from_slice::<Jwk>(&self.jwk)
-            .map_err(|e| e.to_string())
-            .and_then(|jwk| jwk.to_parts().map_err(|e| e.to_string()));
-        let spki_der = match parts {
-            Ok((_, _, spki_der)) => spki_der,
-            Err(reason) => {
-                tracing::error!(key_id = %id, %reason, "a published key's JWK does not read back");
-                return None;
-            }
-        };
-        Some(PublicKeyRecord {
-            id,
+    /// Its record.
+    fn record(&self) -> PublicKeyRecord {
+        PublicKeyRecord {
+            id: self.id,
             org: self.org(),
-            name: KeyName::parse(&self.name).expect("a published key's name was parsed once"),
+            name: KeyName::parse(self.name()).expect("a published key's name was parsed once"),
             spec: self.spec,
-            spki_der,
+            spki_der: self.spki().to_vec(),
             created_at_ms: self.created_at_ms,
             life: self.life,
-        })
+        }
+    }
+}
+
+/// Published keys taken in one at a time (a read of the whole store, in
+/// batches), before they replace a [`Jwks`]'s keys all at once
+/// ([`Jwks::replace_loaded`]). Each key is copied out of its record, so
+/// the records can go as soon as their batch is taken.
+#[derive(Default)]
+pub struct Loading {
+    orgs: HashMap<Arc<str>, Org>,
+    keys: Vec<Arc<Key>>,
+}
+
+impl Loading {
+    /// Takes `record` in, to be published.
+    pub fn add(&mut self, record: &PublicKeyRecord) {
+        let org = org_name(&mut self.orgs, &record.org);
+        self.keys.push(Arc::new(Key::new(record, org)));
+    }
+
+    /// How many keys were taken in.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 }
 
@@ -172,8 +210,13 @@ pub struct Jwks {
 
 impl Jwks {
     pub fn new<'a>(records: impl IntoIterator<Item = &'a PublicKeyRecord>) -> Jwks {
+        Jwks::loaded(loading(records))
+    }
+
+    /// The JWK Sets of the keys `loading` took in.
+    pub fn loaded(loading: Loading) -> Jwks {
         Jwks {
-            state: RwLock::new(State::default().replaced(records)),
+            state: RwLock::new(State::default().replaced(loading, |_| true)),
             all: Mutex::new(None),
             empty: Arc::new(Document::build(std::iter::empty::<&Key>(), digest)),
         }
@@ -209,8 +252,13 @@ impl Jwks {
 
     /// Replaces every key with those of `records`.
     pub fn replace<'a>(&self, records: impl IntoIterator<Item = &'a PublicKeyRecord>) {
+        self.replace_loaded(loading(records), |_| true);
+    }
+
+    /// Replaces every key with those `loading` took in that `keep`.
+    pub fn replace_loaded(&self, loading: Loading, keep: impl Fn(KeyId) -> bool) {
         let mut state = self.write();
-        *state = std::mem::take(&mut *state).replaced(records);
+        *state = std::mem::take(&mut *state).replaced(loading, keep);
         drop(state);
         self.forget_all();
     }
@@ -229,19 +277,19 @@ impl Jwks {
                 None => state.keys.values().cloned().collect(),
             }
         };
-        keys.iter().filter_map(|k| k.record(k.id)).collect()
+        keys.iter().map(|k| k.record()).collect()
     }
 
     /// One published key: its organisation and serialised JWK.
-    pub fn key(&self, id: KeyId) -> Option<(OrgId, Box<[u8]>)> {
+    pub fn key(&self, id: KeyId) -> Option<(OrgId, Vec<u8>)> {
         let key = self.read().keys.get(&id)?.clone();
-        Some((key.org(), key.jwk.clone()))
+        Some((key.org(), key.jwk()))
     }
 
     /// One published key's record, as `GET /v1/keys/{id}` shows it.
     pub fn record(&self, id: KeyId) -> Option<PublicKeyRecord> {
         let key = self.read().keys.get(&id)?.clone();
-        key.record(id)
+        Some(key.record())
     }
 
     /// When a published key expires (seconds since the epoch).
@@ -298,20 +346,17 @@ impl Jwks {
 }
 
 impl State {
-    /// This state with its keys replaced by those of `records`.
-    fn replaced<'a>(self, records: impl IntoIterator<Item = &'a PublicKeyRecord>) -> State {
-        let mut orgs: HashMap<Arc<str>, Org> = HashMap::new();
+    /// This state with its keys replaced by those `loading` took in that
+    /// `keep`.
+    fn replaced(self, loading: Loading, keep: impl Fn(KeyId) -> bool) -> State {
+        let Loading { mut orgs, keys } = loading;
         // Collected in one go: a store lists keys in id order, and a
-        // B-tree built from sorted keys has full nodes.
-        let records: Vec<&PublicKeyRecord> = records.into_iter().collect();
-        let jwks = jwks_of_all(&records);
-        let keys: BTreeMap<KeyId, Arc<Key>> = records
-            .iter()
-            .zip(jwks)
-            .map(|(r, jwk)| {
-                let org = org_name(&mut orgs, &r.org);
-                (r.id, Arc::new(Key::with_jwk(r, org, jwk)))
-            })
+        // B-tree built from sorted keys has full nodes. Of one id, the
+        // last taken in stays.
+        let keys: BTreeMap<KeyId, Arc<Key>> = keys
+            .into_iter()
+            .filter(|k| keep(k.id))
+            .map(|k| (k.id, k))
             .collect();
         for key in keys.values() {
             let org = orgs.get_mut(&*key.org).expect("listed above");
@@ -360,34 +405,13 @@ impl State {
     }
 }
 
-/// A key's serialised JWK.
-fn jwk_of(r: &PublicKeyRecord) -> Box<[u8]> {
-    serde_json::to_vec(&Jwk::from_record(r))
-        .expect("a JWK always serialises")
-        .into_boxed_slice()
-}
-
-/// Below this many keys, their JWKs are serialised on one thread.
-const PARALLEL_FROM: usize = 10_000;
-
-/// Every record's serialised JWK, in order: on every core when there are
-/// many (at start, a million take seconds on one).
-fn jwks_of_all(records: &[&PublicKeyRecord]) -> Vec<Box<[u8]>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads == 1 || records.len() < PARALLEL_FROM {
-        return records.iter().map(|r| jwk_of(r)).collect();
+/// `records` taken in, in their order.
+fn loading<'a>(records: impl IntoIterator<Item = &'a PublicKeyRecord>) -> Loading {
+    let mut loading = Loading::default();
+    for r in records {
+        loading.add(r);
     }
-    let chunk = records.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> = records
-            .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|r| jwk_of(r)).collect::<Vec<_>>()))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|part| part.join().expect("serialising a JWK does not panic"))
-            .collect()
-    })
+    loading
 }
 
 /// `org`'s name as `orgs` holds it (listed, without keys, if it was not),
@@ -554,8 +578,8 @@ mod tests {
     }
 
     #[test]
-    fn many_keys_serialised_on_several_threads_keep_their_order() {
-        let records: Vec<_> = (0..PARALLEL_FROM as u64 + 7)
+    fn many_keys_taken_in_any_order_are_listed_in_id_order() {
+        let records: Vec<_> = (0..10_007)
             .map(|i| record(&format!("o{}", i % 3), i))
             .collect();
         let jwks = Jwks::new(records.iter().rev());

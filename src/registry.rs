@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use crate::events::{Change, Feed, Held, Reason, Snapshot};
 use crate::freshness::Freshness;
-use crate::jwks::{Document, Jwks};
+use crate::jwks::{Document, Jwks, Loading};
 use crate::keys::{now_secs, Jwk, KeyId, KeyState, OrgId, PublicKeyRecord};
 use crate::verify::{KeyMaterial, KeySource, KeySourceError, Verifier, Withheld};
 
@@ -88,6 +88,73 @@ struct Hold {
 
 /// The version a deleted key is remembered at: no change comes after it.
 const DELETED: u64 = u64::MAX;
+
+/// A read of every stored key, taken in a batch at a time (so that the
+/// records read never all exist at once), for [`Registry::reset`]: the
+/// active keys to publish, the withheld ones, the expiries ahead.
+pub struct Reading {
+    /// When the read began: each key's state is its state then.
+    now: u64,
+    read: usize,
+    active: Loading,
+    withheld: HashMap<KeyId, Hold>,
+    schedule: BTreeSet<(u64, KeyId, OrgId)>,
+}
+
+impl Default for Reading {
+    fn default() -> Reading {
+        Reading {
+            now: now_secs(),
+            read: 0,
+            active: Loading::default(),
+            withheld: HashMap::new(),
+            schedule: BTreeSet::new(),
+        }
+    }
+}
+
+impl Reading {
+    /// A reading of `records`.
+    pub fn of(records: Vec<PublicKeyRecord>) -> Reading {
+        let mut reading = Reading::default();
+        reading.add(records);
+        reading
+    }
+
+    /// Takes in the next batch of records.
+    pub fn add(&mut self, batch: Vec<PublicKeyRecord>) {
+        self.read += batch.len();
+        for r in &batch {
+            let state = r.state_at(self.now);
+            let why = match state {
+                KeyState::Active => {
+                    self.active.add(r);
+                    None
+                }
+                KeyState::Disabled => Some(Withheld::Disabled),
+                KeyState::Expired => Some(Withheld::Expired),
+            };
+            if let Some(why) = why {
+                let hold = Hold {
+                    why,
+                    org: r.org.clone(),
+                    expires_at: r.life.expires_at_secs,
+                };
+                self.withheld.insert(r.id, hold);
+            }
+            self.schedule.extend(expiry(r, state));
+        }
+    }
+
+    /// How many records were read.
+    pub fn len(&self) -> usize {
+        self.read
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read == 0
+    }
+}
 
 impl Registry {
     /// `max_subscribers`: the most streams of the change feed at once.
@@ -220,9 +287,15 @@ impl Registry {
         published
     }
 
-    /// Derives everything from `records` (at start, and after storage
-    /// recovered): a key that expired meanwhile is expired now.
-    pub fn reset(&self, records: &[PublicKeyRecord], verifier: &Verifier) {
+    /// Derives everything from what `reading` took in (at start, and after
+    /// storage recovered): a key that expired meanwhile is expired now.
+    pub fn reset(&self, reading: Reading, verifier: &Verifier) {
+        let Reading {
+            active,
+            withheld,
+            schedule,
+            ..
+        } = reading;
         let mut inner = self.lock();
         // What was applied here stays newer than this read may be.
         let versions = std::mem::take(&mut inner.versions);
@@ -230,32 +303,12 @@ impl Registry {
         *inner = Inner {
             versions,
             withdrawn,
-            ..Inner::default()
+            withheld,
+            schedule,
         };
-        let now = now_secs();
-        for r in records {
-            let state = r.state_at(now);
-            let expires_at = r.life.expires_at_secs;
-            match state {
-                KeyState::Active => {}
-                KeyState::Disabled => {
-                    inner.withhold(r.id, &r.org, Withheld::Disabled, expires_at);
-                }
-                KeyState::Expired => {
-                    inner.withhold(r.id, &r.org, Withheld::Expired, expires_at);
-                }
-            }
-            inner.schedule_expiry(r, state);
-        }
-        // Not cloned: at a million keys a copy of every record is half a
-        // gigabyte that the allocator keeps.
-        // Nor a key deleted or withdrawn here: this read may predate that.
-        let active = |r: &&PublicKeyRecord| {
-            r.state_at(now) == KeyState::Active
-                && !inner.is_deleted(r.id)
-                && !inner.withdrawn.contains(&r.id)
-        };
-        self.jwks.replace(records.iter().filter(active));
+        // Not a key deleted or withdrawn here: this read may predate that.
+        let keep = |id| !inner.is_deleted(id) && !inner.withdrawn.contains(&id);
+        self.jwks.replace_loaded(active, keep);
         self.emit(Change::Reset);
         drop(inner);
         verifier.forget_all();
@@ -480,10 +533,15 @@ impl Inner {
     }
 
     fn schedule_expiry(&mut self, record: &PublicKeyRecord, state: KeyState) {
-        if let (Some(at), false) = (record.life.expires_at_secs, state == KeyState::Expired) {
-            self.schedule.insert((at, record.id, record.org.clone()));
-        }
+        self.schedule.extend(expiry(record, state));
     }
+}
+
+/// The schedule's entry for `record` in `state`: none if it never expires
+/// or has expired.
+fn expiry(record: &PublicKeyRecord, state: KeyState) -> Option<(u64, KeyId, OrgId)> {
+    let at = record.life.expires_at_secs?;
+    (state != KeyState::Expired).then(|| (at, record.id, record.org.clone()))
 }
 
 /// The expiry timer: sleeps until the earliest expiry (or a change that
@@ -669,7 +727,7 @@ mod tests {
                 Step::Learn => {
                     registry.learn(&record(KeyState::Active));
                 }
-                Step::Reset(state) => registry.reset(&[record(state)], &verifier),
+                Step::Reset(state) => registry.reset(Reading::of(vec![record(state)]), &verifier),
                 Step::Replace(state) => {
                     let r = record(state);
                     let held = |reason| Held {

@@ -250,9 +250,12 @@ impl Sealer {
         let plain = key
             .key
             .open_in_place(nonce, Aad::from(aad(id, org)), &mut body)
-            .map_err(|_| SealError::Forged)?;
+            .map_err(|_| SealError::Forged)?
+            .len();
+        // The plaintext is `body`'s start: kept in place, not copied.
+        body.truncate(plain);
         let org = String::from_utf8(org.to_vec()).map_err(|_| SealError::Format)?;
-        Ok((org, plain.to_vec()))
+        Ok((org, body))
     }
 }
 

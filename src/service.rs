@@ -25,7 +25,7 @@ use crate::keys::{
 use crate::metrics::Metrics;
 use crate::pool::KeyPool;
 use crate::refusals::Refusals;
-use crate::registry::Registry;
+use crate::registry::{Reading, Registry};
 use crate::replica::Replica;
 use crate::store::{
     AuditPage, Changed, Delete, Deleted, Insert, Inserted, KeyChange, KeyRotation, Rotation, Store,
@@ -193,13 +193,14 @@ impl Signet {
             Some(feed) => feed.version().await?,
             None => 0,
         };
-        let records = store.all_keys().await?;
+        let reading = store.each_key(Reading::default(), Reading::add).await?;
+        let keys = reading.len();
         let following = replicate && store.feed().is_some();
         let fresh = Arc::new(Freshness::new(version, staleness, following));
         let published = Arc::new(Registry::new(fresh.clone(), followers.max_subscribers));
         let feed = published.feed().clone();
         let verifier = Arc::new(Verifier::new(published.clone(), policy));
-        published.reset(&records, &verifier);
+        published.reset(reading, &verifier);
         let timer = tokio::spawn(crate::registry::expire_forever(
             published.clone(),
             verifier.clone(),
@@ -211,7 +212,7 @@ impl Signet {
         ));
         let metrics = Metrics::new(verifier.stats());
         let pool = KeyPool::start(pool, metrics.pool_depth());
-        metrics.keys.set(records.len() as i64);
+        metrics.keys.set(keys as i64);
         let refusals = Refusals::new(metrics.unauthenticated.clone());
         let followers = Arc::new(crate::followers::Followers::new(
             followers,
@@ -848,14 +849,12 @@ impl Signet {
         if self.seen_generation.swap(generation, Ordering::SeqCst) == generation {
             return;
         }
-        match store.all_keys().await {
-            Ok(records) => {
-                self.published.reset(&records, &self.verifier);
-                self.metrics.keys.set(records.len() as i64);
-                tracing::warn!(
-                    keys = records.len(),
-                    "rebuilt the JWK Sets after storage recovered"
-                );
+        match store.each_key(Reading::default(), Reading::add).await {
+            Ok(reading) => {
+                let keys = reading.len();
+                self.published.reset(reading, &self.verifier);
+                self.metrics.keys.set(keys as i64);
+                tracing::warn!(keys, "rebuilt the JWK Sets after storage recovered");
             }
             Err(e) => {
                 self.seen_generation

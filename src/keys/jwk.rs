@@ -80,56 +80,72 @@ pub enum JwkError {
 impl Jwk {
     /// The JWK of a stored public key.
     pub fn from_record(record: &PublicKeyRecord) -> Jwk {
+        Jwk::of(record.id, record.spec, &record.spki_der)
+    }
+
+    /// The JWK of key `id` of `spec` whose SPKI (as stored) is `spki`.
+    pub fn of(id: KeyId, spec: KeySpec, spki: &[u8]) -> Jwk {
         let b64 = |bytes: &[u8]| Some(URL_SAFE_NO_PAD.encode(bytes));
-        let mut jwk = Jwk {
-            kty: String::new(),
-            crv: None,
-            x: None,
-            y: None,
+        let text = |s: Option<&str>| s.map(str::to_owned);
+        let m = Material::of(spec, spki);
+        Jwk {
+            kty: m.kty.into(),
+            crv: text(m.crv),
+            x: m.x.and_then(b64),
+            y: m.y.and_then(b64),
             use_: Some("sig".into()),
-            alg: Some(record.spec.algorithm().as_str().into()),
-            kid: Some(record.id.to_string()),
-            n: None,
-            e: None,
-        };
-        let spki = record.spki_der.as_slice();
-        match record.spec {
-            KeySpec::Rsa { .. } => {
-                // Read without the `rsa` crate's 4096-bit cap: uploaded
-                // keys go up to 8192 bits.
-                use pkcs8::der::Decode;
-                let public = pkcs8::spki::SubjectPublicKeyInfoRef::from_der(spki)
-                    .ok()
-                    .and_then(|info| info.subject_public_key.as_bytes())
-                    .and_then(|key| rsa::pkcs1::RsaPublicKey::from_der(key).ok())
-                    .expect("a stored RSA SPKI is always a valid RSA public key");
-                jwk.kty = "RSA".into();
-                jwk.n = b64(public.modulus.as_bytes());
-                jwk.e = b64(public.public_exponent.as_bytes());
-            }
-            KeySpec::Ec { curve } => {
-                let point = spki
-                    .strip_prefix(ec_prefix(curve))
-                    .and_then(|p| p.strip_prefix(&[0x04]))
-                    .filter(|p| p.len() == 2 * curve.coordinate_len())
-                    .expect("a stored EC SPKI is always an uncompressed point on its curve");
-                let (x, y) = point.split_at(curve.coordinate_len());
-                jwk.kty = "EC".into();
-                jwk.crv = Some(curve.jwk_name().into());
-                jwk.x = b64(x);
-                jwk.y = b64(y);
-            }
-            KeySpec::Ed25519 => {
-                let key = spki
-                    .strip_prefix(ED25519_SPKI_PREFIX)
-                    .filter(|k| k.len() == ED25519_KEY_LEN)
-                    .expect("a stored Ed25519 SPKI is always 32 bytes of key");
-                jwk.kty = "OKP".into();
-                jwk.crv = Some("Ed25519".into());
-                jwk.x = b64(key);
-            }
+            alg: Some(spec.algorithm().as_str().into()),
+            kid: Some(id.to_string()),
+            n: m.n.and_then(b64),
+            e: m.e.and_then(b64),
         }
-        jwk
+    }
+
+    /// Appends to `out` the very bytes `serde_json` writes for
+    /// [`Jwk::of`]`(id, spec, spki)`, without building it: every member is
+    /// a fixed name, a ULID or base64url, none of which JSON escapes.
+    pub fn write(out: &mut Vec<u8>, id: KeyId, spec: KeySpec, spki: &[u8]) {
+        let m = Material::of(spec, spki);
+        let text = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":\"");
+            out.extend_from_slice(value);
+            out.push(b'"');
+        };
+        let b64 = |out: &mut Vec<u8>, name: &str, value: Option<&[u8]>| {
+            let Some(value) = value else { return };
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":\"");
+            let at = out.len();
+            out.resize(
+                at + base64::encoded_len(value.len(), false).expect("small"),
+                0,
+            );
+            URL_SAFE_NO_PAD
+                .encode_slice(value, &mut out[at..])
+                .expect("sized exactly");
+            out.push(b'"');
+        };
+        out.extend_from_slice(b"{\"kty\":\"");
+        out.extend_from_slice(m.kty.as_bytes());
+        out.push(b'"');
+        if let Some(crv) = m.crv {
+            text(out, "crv", crv.as_bytes());
+        }
+        b64(out, "x", m.x);
+        b64(out, "y", m.y);
+        text(out, "use", b"sig");
+        text(out, "alg", spec.algorithm().as_str().as_bytes());
+        let mut kid = [0u8; ulid::ULID_LEN];
+        let kid = ulid::Ulid::from_bytes(id.to_bytes())
+            .array_to_str(&mut kid)
+            .as_bytes();
+        text(out, "kid", kid);
+        b64(out, "n", m.n);
+        b64(out, "e", m.e);
+        out.push(b'}');
     }
 
     /// The key's id, algorithm and SPKI DER, for a verifier reading a JWK
@@ -197,6 +213,75 @@ impl Jwk {
     }
 }
 
+/// The members of a key's JWK, as raw bytes where they are base64url.
+struct Material<'a> {
+    kty: &'static str,
+    crv: Option<&'static str>,
+    x: Option<&'a [u8]>,
+    y: Option<&'a [u8]>,
+    n: Option<&'a [u8]>,
+    e: Option<&'a [u8]>,
+}
+
+impl<'a> Material<'a> {
+    /// Read from a stored SPKI of `spec`, which always holds such a key.
+    fn of(spec: KeySpec, spki: &'a [u8]) -> Material<'a> {
+        let none = Material {
+            kty: "",
+            crv: None,
+            x: None,
+            y: None,
+            n: None,
+            e: None,
+        };
+        match spec {
+            KeySpec::Rsa { .. } => {
+                // Read without the `rsa` crate's 4096-bit cap: uploaded
+                // keys go up to 8192 bits.
+                use pkcs8::der::Decode;
+                let public = pkcs8::spki::SubjectPublicKeyInfoRef::from_der(spki)
+                    .ok()
+                    .and_then(|info| info.subject_public_key.as_bytes())
+                    .and_then(|key| rsa::pkcs1::RsaPublicKey::from_der(key).ok())
+                    .expect("a stored RSA SPKI is always a valid RSA public key");
+                Material {
+                    kty: "RSA",
+                    n: Some(public.modulus.as_bytes()),
+                    e: Some(public.public_exponent.as_bytes()),
+                    ..none
+                }
+            }
+            KeySpec::Ec { curve } => {
+                let point = spki
+                    .strip_prefix(ec_prefix(curve))
+                    .and_then(|p| p.strip_prefix(&[0x04]))
+                    .filter(|p| p.len() == 2 * curve.coordinate_len())
+                    .expect("a stored EC SPKI is always an uncompressed point on its curve");
+                let (x, y) = point.split_at(curve.coordinate_len());
+                Material {
+                    kty: "EC",
+                    crv: Some(curve.jwk_name()),
+                    x: Some(x),
+                    y: Some(y),
+                    ..none
+                }
+            }
+            KeySpec::Ed25519 => {
+                let key = spki
+                    .strip_prefix(ED25519_SPKI_PREFIX)
+                    .filter(|k| k.len() == ED25519_KEY_LEN)
+                    .expect("a stored Ed25519 SPKI is always 32 bytes of key");
+                Material {
+                    kty: "OKP",
+                    crv: Some("Ed25519"),
+                    x: Some(key),
+                    ..none
+                }
+            }
+        }
+    }
+}
+
 /// A fixed-length base64url member.
 fn member(name: &'static str, v: Option<&str>, len: usize) -> Result<Vec<u8>, JwkError> {
     let v = v.ok_or(JwkError::Missing(name))?;
@@ -217,7 +302,7 @@ pub(super) fn ec_prefix(curve: Curve) -> &'static [u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{generate, KeyName, OrgId};
+    use crate::keys::{generate, Bits, KeyName, OrgId};
 
     fn record(spec: KeySpec) -> PublicKeyRecord {
         PublicKeyRecord {
@@ -252,6 +337,48 @@ mod tests {
                 assert_eq!(jwk.to_parts(), Ok((r.id, alg, r.spki_der.clone())));
             }
         }
+    }
+
+    #[test]
+    fn written_jwks_are_the_bytes_serde_writes() {
+        let specs = [
+            KeySpec::default(),
+            KeySpec::new(Algorithm::PS512, Some(Bits::B3072)).unwrap(),
+            KeySpec::new(Algorithm::ES256, None).unwrap(),
+            KeySpec::new(Algorithm::ES384, None).unwrap(),
+            KeySpec::Ed25519,
+        ];
+        for spec in specs {
+            for _ in 0..if matches!(spec, KeySpec::Rsa { .. }) {
+                2
+            } else {
+                32
+            } {
+                let r = record(spec);
+                let mut written = b"[".to_vec();
+                Jwk::write(&mut written, r.id, r.spec, &r.spki_der);
+                let serde = serde_json::to_vec(&Jwk::from_record(&r)).unwrap();
+                assert_eq!(written[1..], serde[..], "{spec:?}");
+            }
+        }
+        // An uploaded RSA key's exponent need not be 65537.
+        let private =
+            rsa::RsaPrivateKey::new_with_exp(&mut rand::thread_rng(), 2048, &BigUint::from(3u32))
+                .unwrap();
+        let r = PublicKeyRecord {
+            spki_der: private
+                .to_public_key()
+                .to_public_key_der()
+                .unwrap()
+                .into_vec(),
+            ..record(KeySpec::default())
+        };
+        let mut written = Vec::new();
+        Jwk::write(&mut written, r.id, r.spec, &r.spki_der);
+        assert_eq!(written, serde_json::to_vec(&Jwk::from_record(&r)).unwrap());
+        assert!(std::str::from_utf8(&written)
+            .unwrap()
+            .ends_with(",\"e\":\"Aw\"}"));
     }
 
     #[test]

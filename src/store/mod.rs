@@ -492,6 +492,30 @@ impl Store {
         dispatch!(self, s => s.all_keys().await)
     }
 
+    /// Every live key that opens, in id (creation) order, handed to
+    /// `add(&mut into, batch)` a batch at a time, so that a backend that
+    /// can (sled) never holds them all at once; `into` when done.
+    pub async fn each_key<T: Send + 'static>(
+        &self,
+        mut into: T,
+        add: fn(&mut T, Vec<PublicKeyRecord>),
+    ) -> Result<T, StoreError> {
+        match self {
+            Store::Sled(s) => {
+                let db = s.clone();
+                blocking(move || {
+                    db.each_key(|batch| add(&mut into, batch))?;
+                    Ok(into)
+                })
+                .await
+            }
+            Store::Postgres(s) => {
+                add(&mut into, s.all_keys().await?);
+                Ok(into)
+            }
+        }
+    }
+
     pub async fn audit_page(&self, page: AuditPage) -> Result<Vec<AuditEvent>, StoreError> {
         dispatch!(self, s => s.audit_page(page).await)
     }
