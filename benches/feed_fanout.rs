@@ -3,6 +3,10 @@
 //!
 //!   cargo bench --bench feed_fanout -- fanout 1000 200
 //!   cargo bench --bench feed_fanout -- idle 10000
+//!   SIGNET_BIN=/path/to/other/signet cargo bench --bench feed_fanout -- idle 10000
+//!
+//! `SIGNET_BIN` runs another build of the server (an earlier commit, say)
+//! with the same client, so that two builds are compared in one session.
 //!
 //! `fanout N ROUNDS`: N subscribers of `GET /v1/events`; ROUNDS times, a
 //! key is created, then deleted, and for each DELETE the time from its
@@ -11,7 +15,9 @@
 //!
 //! `idle N`: the server's VmRSS before and after opening N subscribers that
 //! read their heartbeats and nothing else (each counted open once its
-//! `reset` arrived, then 3 s more), and the rate of `GET
+//! `reset` arrived, then 5 s more), the server's CPU time over the last 4 s
+//! of those (their heartbeats, at the default 500 ms: 2N a second), and the
+//! rate of `GET
 //! /.well-known/jwks.json` (wrk -t2 -c64 -d5s, if wrk is installed) without
 //! them and under them, alternating: without, under, under, without.
 //!
@@ -66,7 +72,10 @@ impl Server {
             l.local_addr().unwrap().port()
         };
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_signet"))
+        // SIGNET_BIN: another build of the server, to compare two side by side.
+        let bin =
+            std::env::var_os("SIGNET_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_signet").into());
+        let child = Command::new(bin)
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -100,6 +109,17 @@ impl Server {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS")
+    }
+
+    /// The server's CPU time so far (user and system), in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("/proc/PID/stat");
+        // The fields after the command name, which ends with the last ')':
+        // utime and stime are the 12th and 13th of them.
+        let after = &stat[stat.rfind(')').expect("a command name") + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     }
 
     fn url(&self, path: &str) -> String {
@@ -322,6 +342,16 @@ fn jwks_rate(server: &Server) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The kernel's clock ticks a second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 fn idle(n: usize) {
     let server = Server::start(n);
     let client = tokio::runtime::Builder::new_current_thread()
@@ -346,7 +376,13 @@ fn idle(n: usize) {
     let started = Instant::now();
     open(&subs, server.addr, n, None);
     let opened_in = started.elapsed();
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(1));
+    // What their heartbeats cost the server: CPU time over 4 s of them.
+    let (cpu_from, cpu_started) = (server.cpu_ticks(), Instant::now());
+    std::thread::sleep(Duration::from_secs(4));
+    let cpu_share = (server.cpu_ticks() - cpu_from) as f64
+        / clock_ticks_per_second()
+        / cpu_started.elapsed().as_secs_f64();
     let after = server.rss_kib();
     let under_1 = jwks_rate(&server);
     let under_2 = jwks_rate(&server);
@@ -363,6 +399,12 @@ fn idle(n: usize) {
         added as f64 / 1024.0,
         added as f64 / n as f64,
         after_load as f64 / 1024.0,
+    );
+    println!(
+        "server CPU under them, idle: {:.1} % of one core ({:.1} µs a heartbeat at {} a second)",
+        cpu_share * 100.0,
+        cpu_share * 1e6 / (n as f64 * 2.0),
+        n * 2
     );
     match (without_1, under_1, under_2, without_2) {
         (Some(w1), Some(u1), Some(u2), Some(w2)) => println!(

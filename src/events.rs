@@ -11,6 +11,7 @@
 //! cursor falls out of it starts over from a `reset`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -111,6 +112,9 @@ struct Ring {
 /// subscribers.
 pub struct Feed {
     ring: Mutex<Ring>,
+    /// The ring's `last`, readable without its lock: a stream that stands
+    /// at it (every idle stream, at every heartbeat) takes no lock.
+    last: AtomicU64,
     /// The first id of this run minus one.
     base: u64,
     latest: watch::Sender<u64>,
@@ -133,6 +137,7 @@ impl Feed {
                 events: VecDeque::new(),
                 last: base,
             }),
+            last: AtomicU64::new(base),
             base,
             latest: watch::channel(base).0,
             subscribers: Arc::new(Semaphore::new(max_subscribers)),
@@ -155,6 +160,7 @@ impl Feed {
             rendered: OnceLock::new(),
         }));
         prune(&mut ring, now);
+        self.last.store(id, Ordering::Release);
         drop(ring);
         self.latest.send_replace(id);
         id
@@ -162,7 +168,7 @@ impl Feed {
 
     /// The id of the latest event.
     pub fn latest(&self) -> u64 {
-        self.lock().last
+        self.last.load(Ordering::Acquire)
     }
 
     /// This process's run id.
@@ -173,6 +179,10 @@ impl Feed {
     /// The events after `cursor`, at most `max`; `Gone` if `cursor` is not
     /// the latest id nor one whose successor is still in the ring.
     pub fn after(&self, cursor: u64, max: usize) -> After {
+        // Numbered after this look: the emitter wakes the subscribers.
+        if cursor == self.last.load(Ordering::Acquire) {
+            return After::Events(Vec::new());
+        }
         let mut ring = self.lock();
         prune(&mut ring, Instant::now());
         if cursor < self.base || cursor > ring.last {

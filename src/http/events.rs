@@ -7,9 +7,10 @@
 //! bytes. One task per server (the [`Hub`]) wakes every stream when an
 //! event is numbered and each stream once a heartbeat period, and ends the
 //! stream of a subscriber that hyper has not asked for anything for
-//! `events.send_timeout_ms` (an HTTP/2 stream whose window stays shut); on
-//! HTTP/1 a socket write that makes no progress for as long ends the
-//! connection (deadline.rs).
+//! `events.send_timeout_ms` (an HTTP/2 stream whose window stays shut: it
+//! is reset, cancel.rs); on HTTP/1 a socket write that makes no progress
+//! for as long ends the connection (deadline.rs). Subscribers that arrive
+//! between two events share one rendered `reset`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -24,6 +25,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::body::{Body, Chunks};
 use super::call::{Call, Outcome};
+use super::cancel::Cancel;
 use super::deadline::{Activity, InFlight};
 use super::reply::{self, ApiError, ErrorCode};
 use crate::events::{After, Change, Source};
@@ -133,6 +135,9 @@ struct Shared {
     /// The `fresh` event of a tick for a version, rendered once for every
     /// stream that stands at it.
     fresh: Mutex<Option<(u64, u64, Bytes)>>,
+    /// The last `reset` rendered, with its scope and the id it stands at:
+    /// the subscribers that arrive before the next event share it.
+    reset: Mutex<Option<(Option<OrgId>, u64, Bytes)>>,
 }
 
 /// One stream as the hub sees it.
@@ -142,6 +147,9 @@ struct Ticket {
     waker: Mutex<Option<Waker>>,
     /// `None` once the stream is over (the hub gave up on it).
     hold: Mutex<Option<Hold>>,
+    /// Ends an HTTP/2 stream whose window stays shut: hyper then polls
+    /// the body no more, so the body cannot end it.
+    cancel: Option<Cancel>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -172,6 +180,7 @@ impl Hub {
             asked: AtomicU64::new(now),
             waker: Mutex::new(None),
             hold: Mutex::new(Some(hold)),
+            cancel: Cancel::of_this_stream(),
         });
         lock(&self.shared.streams[phase(now)]).push(Arc::downgrade(&ticket));
         Stream {
@@ -224,6 +233,9 @@ async fn tick(shared: Weak<Shared>, mut wake: watch::Receiver<u64>, timing: Timi
                 let overdue = now.saturating_sub(asked) > patience;
                 if overdue {
                     drop(lock(&ticket.hold).take());
+                    if let Some(cancel) = &ticket.cancel {
+                        cancel.fire();
+                    }
                 }
                 ticket.wake();
                 !overdue
@@ -262,6 +274,20 @@ impl Shared {
                 bytes
             }
         }
+    }
+
+    /// A `reset` of `org` (or of all): the last one rendered if no event
+    /// was numbered since, so that a burst of subscribers renders it once.
+    fn reset(&self, source: &Source, org: Option<&OrgId>) -> (u64, Bytes) {
+        let latest = source.feed().latest();
+        if let Some((of, version, bytes)) = &*lock(&self.reset) {
+            if *version == latest && of.as_ref() == org {
+                return (*version, bytes.clone());
+            }
+        }
+        let (version, bytes) = source.reset(org);
+        *lock(&self.reset) = Some((org.cloned(), version, bytes.clone()));
+        (version, bytes)
     }
 }
 
@@ -340,7 +366,7 @@ impl Chunks for Stream {
 impl Stream {
     /// A `reset`, the cursor moved to the id it stands at.
     fn reset(&mut self) -> Bytes {
-        let (version, bytes) = self.source.reset(self.org.as_ref());
+        let (version, bytes) = self.hub.reset(&self.source, self.org.as_ref());
         self.cursor = Some(version);
         bytes
     }

@@ -6,6 +6,7 @@ mod audit;
 mod bodies;
 mod body;
 mod call;
+mod cancel;
 pub mod client;
 mod cluster;
 mod console;
@@ -40,7 +41,7 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher as GracefulWatcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -102,7 +103,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         // The socket wrapper keeps the header clock (deadline.rs).
         .header_read_timeout(None);
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    let mut http2 = http2::Builder::new(cancel::StreamExecutor);
     http2
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(server.http2_keepalive_interval_secs))
@@ -187,7 +188,7 @@ pub async fn serve(
 /// hyper's settings for each protocol.
 struct Builders {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<cancel::StreamExecutor>,
 }
 
 type ConnectionError = Box<dyn std::error::Error + Send + Sync>;

@@ -32,6 +32,7 @@ mod redaction;
 mod request_log;
 mod revocation_order;
 mod sealing;
+mod subscribers;
 mod support;
 mod tidy;
 mod tls;

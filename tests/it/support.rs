@@ -417,12 +417,7 @@ impl BinServer {
     /// with `wait_with_output`) when `capture_log`, else discarded.
     pub fn start(dir: &Path, args: &[&str], log: &str, capture_log: bool) -> BinServer {
         use std::process::Stdio;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = free_addr();
         let storage = match crate::backends::current() {
             signet::config::Backend::Sled => Vec::new(),
             signet::config::Backend::Postgres => crate::backends::storage_args(dir),
@@ -475,6 +470,16 @@ impl BinServer {
             .unwrap();
         assert!(status.success());
     }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
 }
 
 /// `Bearer <credential>`.
