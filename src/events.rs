@@ -236,14 +236,38 @@ fn prune(ring: &mut Ring, now: Instant) {
     }
 }
 
+/// A key that exists but does not verify (disabled or expired), as a
+/// `reset` lists it: a follower that starts from the `reset` answers its
+/// tokens `key_disabled` or `key_expired`, as the server does, rather than
+/// `unknown_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub org: OrgId,
+    pub kid: KeyId,
+    /// `Disabled` or `Expired`.
+    pub reason: Reason,
+    /// When a disabled key expires (seconds since the epoch), if it does:
+    /// its tokens are `key_expired` from then on.
+    pub expires_at: Option<u64>,
+}
+
+/// The published and withheld keys as they stand at one event (a `reset`).
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The id of the latest event.
+    pub version: u64,
+    pub keys: Vec<PublicKeyRecord>,
+    pub withheld: Vec<Held>,
+}
+
 /// What a stream needs of the owner of what is published (the registry):
-/// its feed, and the published keys as they stand at an event.
+/// its feed, and the published and withheld keys as they stand at an event.
 pub trait Snapshots: Send + Sync {
     fn feed(&self) -> &Feed;
 
-    /// The latest event id and the published keys as they stand at it,
-    /// of one organisation or all.
-    fn snapshot(&self, org: Option<&OrgId>) -> (u64, Vec<PublicKeyRecord>);
+    /// The latest event id and the keys as they stand at it, of one
+    /// organisation or all.
+    fn snapshot(&self, org: Option<&OrgId>) -> Snapshot;
 }
 
 /// What a stream of the feed reads: the published keys (for `reset`),
@@ -261,12 +285,18 @@ impl Source {
     /// `event: reset` with the whole current set of `org` (or of all),
     /// and the id it stands at.
     pub fn reset(&self, org: Option<&OrgId>) -> (u64, Bytes) {
-        let (version, records) = self.published.snapshot(org);
-        let keys: Vec<serde_json::Value> = records.iter().map(key_json).collect();
+        let Snapshot {
+            version,
+            keys,
+            withheld,
+        } = self.published.snapshot(org);
+        let keys: Vec<serde_json::Value> = keys.iter().map(key_json).collect();
+        let withheld: Vec<serde_json::Value> = withheld.iter().map(held_json).collect();
         let data = serde_json::json!({
             "version": version,
             "run": self.feed().run(),
             "keys": keys,
+            "withheld": withheld,
         });
         (version, frame(Some(version), "reset", &data))
     }
@@ -309,6 +339,19 @@ fn key_json(r: &PublicKeyRecord) -> serde_json::Value {
         "jwk": crate::keys::Jwk::from_record(r),
         "key": crate::keys::KeyView::new(r),
     })
+}
+
+/// `{"org", "kid", "reason", "expiresAt"?}` of a withheld key.
+fn held_json(h: &Held) -> serde_json::Value {
+    let mut held = serde_json::json!({
+        "org": h.org,
+        "kid": h.kid,
+        "reason": h.reason.as_str(),
+    });
+    if let Some(at) = h.expires_at {
+        held["expiresAt"] = crate::keys::rfc3339(at.saturating_mul(1000)).into();
+    }
+    held
 }
 
 /// One event on the wire.

@@ -21,12 +21,13 @@
 //! `acknowledgements`), `instances` lists them for people
 //! (`GET /v1/cluster`).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::events::Reason;
+use crate::events::{Held, Reason};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 
 /// The source a replica follows.
@@ -78,14 +79,14 @@ pub trait Reports: Send + Sync + 'static {
     /// that no revocation waits for it.
     fn leave(&self, instance: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
-    /// How many live instances other than `me` (a heartbeat within `live`,
-    /// by the source's clock) have not applied `version` yet.
+    /// The live instances other than `me` (a heartbeat within `live`, by
+    /// the source's clock) that have not applied `version` yet.
     fn lagging(
         &self,
         version: u64,
         me: &str,
         live: Duration,
-    ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send;
 
     /// Every instance in the source's list, each with how long ago its
     /// last heartbeat was (by the source's clock) and whether that is
@@ -96,8 +97,40 @@ pub trait Reports: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Instance>, Self::Error>> + Send;
 
     /// Changes whenever another instance's heartbeat is heard (pushed
-    /// acknowledgements), or `None` when none are pushed: polled instead.
-    fn acknowledgements(&self) -> Option<watch::Receiver<u64>>;
+    /// acknowledgements), and holds what each reported, or `None` when none
+    /// are pushed: polled instead.
+    fn acknowledgements(&self) -> Option<watch::Receiver<Acknowledged>>;
+}
+
+/// What other instances' pushed heartbeats reported: for each, the
+/// highest version it said it had applied (with its live followers).
+/// Each report was committed after every version it covers, so "reached"
+/// means what `lagging` would say of that instance once the report is
+/// visible; liveness is not judged here (`lagging` does).
+#[derive(Debug, Default)]
+pub struct Acknowledged(HashMap<String, u64>);
+
+impl Acknowledged {
+    /// At most this many instances are remembered: ids are per process, so
+    /// restarts add new ones; past it, the map starts over (a writer then
+    /// asks `lagging` again, as it does on a quiet wait).
+    const MAX: usize = 1024;
+
+    /// Records a report of `instance` that it has applied `applied`.
+    pub fn heard(&mut self, instance: &str, applied: u64) {
+        if self.0.len() >= Self::MAX && !self.0.contains_key(instance) {
+            self.0.clear();
+        }
+        let entry = self.0.entry(instance.to_owned()).or_default();
+        *entry = (*entry).max(applied);
+    }
+
+    /// Whether `instance` has reported applying `version` or later.
+    pub fn reached(&self, instance: &str, version: u64) -> bool {
+        self.0
+            .get(instance)
+            .is_some_and(|&applied| applied >= version)
+    }
 }
 
 /// One instance as the source last heard of it.
@@ -166,11 +199,56 @@ pub enum Change {
         kid: KeyId,
         reason: Reason,
     },
-    /// Everything published as of `version`, replacing what is published
-    /// here (a key deleted here stays deleted); applied through `version`
-    /// from then on, even if that is lower than before (another run).
+    /// Everything published and withheld as of `version`, replacing what
+    /// is here (a key deleted here stays deleted); applied through
+    /// `version` from then on, even if that is lower than before (another
+    /// run).
     Reset {
         version: u64,
         records: Vec<PublicKeyRecord>,
+        withheld: Vec<Held>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Acknowledged;
+
+    #[test]
+    fn an_instance_has_reached_the_highest_version_it_reported() {
+        let mut heard = Acknowledged::default();
+        assert!(!heard.reached("b", 1), "nothing heard yet");
+        heard.heard("b", 7);
+        // A lower report later (a follower of b lagging) does not undo
+        // that b once reported 7: a report of 7 is only possible after 7
+        // committed, which is all a revoking writer waits for.
+        heard.heard("b", 5);
+        for (instance, version, reached) in [
+            ("b", 6, true),
+            ("b", 7, true),
+            ("b", 8, false),
+            ("c", 1, false),
+        ] {
+            assert_eq!(
+                heard.reached(instance, version),
+                reached,
+                "{instance} {version}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_map_is_bounded_and_starts_over_when_full() {
+        let mut heard = Acknowledged::default();
+        for i in 0..Acknowledged::MAX {
+            heard.heard(&i.to_string(), 3);
+        }
+        assert!(heard.reached("0", 3));
+        heard.heard("one more", 3);
+        assert!(
+            !heard.reached("0", 3),
+            "forgotten: the writer asks the store instead"
+        );
+        assert!(heard.reached("one more", 3));
+    }
 }

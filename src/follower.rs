@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
-use crate::events::Reason;
+use crate::events::{Held, Reason};
 use crate::feed::{Change, ChangeFeed, Changes, Confirmation, Heard};
 use crate::keys::{Jwk, KeyId, KeyName, KeySpec, Lifecycle, OrgId, Origin, PublicKeyRecord};
 use crate::usage::{Usage, UsageDelta};
@@ -141,6 +141,36 @@ struct Reset {
     #[serde(default)]
     run: String,
     keys: Vec<PublishedDoc>,
+    /// Keys disabled or expired upstream (absent from older upstreams).
+    #[serde(default)]
+    withheld: Vec<HeldDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HeldDoc {
+    org: OrgId,
+    kid: KeyId,
+    reason: String,
+    expires_at: Option<String>,
+}
+
+fn held(h: HeldDoc) -> Result<Held, EventError> {
+    let reason =
+        Reason::parse(&h.reason).ok_or_else(|| EventError(format!("the reason {:?}", h.reason)))?;
+    Ok(Held {
+        org: h.org,
+        kid: h.kid,
+        reason,
+        expires_at: time(h.expires_at.as_deref())?,
+    })
+}
+
+/// An RFC 3339 `expiresAt`, in seconds since the epoch.
+fn time(raw: Option<&str>) -> Result<Option<u64>, EventError> {
+    raw.map(crate::keys::parse_time)
+        .transpose()
+        .map_err(|e| EventError(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -155,13 +185,7 @@ fn record(p: PublishedDoc) -> Result<PublicKeyRecord, EventError> {
     if kid != p.key.id {
         return Err(EventError("a key whose JWK names another kid".into()));
     }
-    let expires_at_secs = p
-        .key
-        .expires_at
-        .as_deref()
-        .map(crate::keys::parse_time)
-        .transpose()
-        .map_err(|e| EventError(e.to_string()))?;
+    let expires_at_secs = time(p.key.expires_at.as_deref())?;
     Ok(PublicKeyRecord {
         id: kid,
         org: p.key.organisation_id,
@@ -287,9 +311,15 @@ impl Pushed {
                     .into_iter()
                     .map(record)
                     .collect::<Result<Vec<_>, _>>()?;
+                let withheld = reset
+                    .withheld
+                    .into_iter()
+                    .map(held)
+                    .collect::<Result<Vec<_>, _>>()?;
                 let change = Change::Reset {
                     version: reset.version,
                     records,
+                    withheld,
                 };
                 (change, reset.version, Some(reset.run))
             }

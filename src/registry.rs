@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::events::{Change, Feed, Reason};
+use crate::events::{Change, Feed, Held, Reason, Snapshot};
 use crate::freshness::Freshness;
 use crate::jwks::{Document, Jwks};
 use crate::keys::{now_secs, Jwk, KeyId, KeyState, OrgId, PublicKeyRecord};
@@ -61,7 +61,7 @@ pub struct Registry {
 #[derive(Default)]
 struct Inner {
     /// Keys that exist but may not verify.
-    withheld: HashMap<KeyId, Withheld>,
+    withheld: HashMap<KeyId, Hold>,
     /// Keys withdrawn here (disabled, expired) and not published again
     /// here: a stale read of the store, by the replica or an unknown-key
     /// look-up, must not publish one again (see [`Registry::learn`]), nor
@@ -75,6 +75,15 @@ struct Inner {
     /// since start ([`DELETED`] once deleted). Keys untouched since start
     /// have no entry: everything read at start predates any change here.
     versions: HashMap<KeyId, u64>,
+}
+
+/// Why a key is withheld, and what a feed's `reset` says of it.
+#[derive(Debug, Clone)]
+struct Hold {
+    why: Withheld,
+    org: OrgId,
+    /// When it expires, if it does (a disabled key becomes expired then).
+    expires_at: Option<u64>,
 }
 
 /// The version a deleted key is remembered at: no change comes after it.
@@ -97,14 +106,32 @@ impl Registry {
         &self.feed
     }
 
-    /// The latest event id and the published keys as they stand at it,
-    /// of one organisation or all (a feed's `reset`).
-    pub fn snapshot(&self, org: Option<&OrgId>) -> (u64, Vec<PublicKeyRecord>) {
+    /// The latest event id and the published and withheld keys as they
+    /// stand at it, of one organisation or all (a feed's `reset`).
+    pub fn snapshot(&self, org: Option<&OrgId>) -> Snapshot {
         let inner = self.lock();
         let version = self.feed.latest();
-        let records = self.jwks.records(org);
+        let keys = self.jwks.records(org);
+        let withheld = inner
+            .withheld
+            .iter()
+            .filter(|(_, hold)| org.is_none_or(|org| *org == hold.org))
+            .map(|(&kid, hold)| Held {
+                org: hold.org.clone(),
+                kid,
+                reason: match hold.why {
+                    Withheld::Disabled => Reason::Disabled,
+                    Withheld::Expired => Reason::Expired,
+                },
+                expires_at: hold.expires_at.filter(|_| hold.why == Withheld::Disabled),
+            })
+            .collect();
         drop(inner);
-        (version, records)
+        Snapshot {
+            version,
+            keys,
+            withheld,
+        }
     }
 
     /// Numbers a change in the feed; call with `inner` locked.
@@ -113,10 +140,12 @@ impl Registry {
     }
 
     /// A follower's whole view replaced by what its upstream publishes
-    /// (a `reset`): unlike [`Registry::reset`], this is the truth, so a
-    /// key withdrawn here and published upstream is published again. A
-    /// key deleted here stays deleted.
-    pub fn replace(&self, records: &[PublicKeyRecord], verifier: &Verifier) {
+    /// and withholds (a `reset`): unlike [`Registry::reset`], this is the
+    /// truth, so a key withdrawn here and published upstream is published
+    /// again. A key deleted here stays deleted. A withheld key (or a
+    /// published one past its expiry) answers `key_disabled` or
+    /// `key_expired` here as it does upstream.
+    pub fn replace(&self, records: &[PublicKeyRecord], withheld: &[Held], verifier: &Verifier) {
         let mut inner = self.lock();
         let mut tombstones = std::mem::take(&mut inner.versions);
         tombstones.retain(|_, version| *version == DELETED);
@@ -125,10 +154,33 @@ impl Registry {
             ..Inner::default()
         };
         let now = now_secs();
-        let active: Vec<&PublicKeyRecord> = records
-            .iter()
-            .filter(|r| r.state_at(now) == KeyState::Active && !inner.is_deleted(r.id))
-            .collect();
+        for held in withheld {
+            if inner.is_deleted(held.kid) {
+                continue;
+            }
+            let expired = held.expires_at.is_some_and(|at| now >= at);
+            let why = match held.reason {
+                Reason::Disabled if !expired => Withheld::Disabled,
+                Reason::Disabled | Reason::Expired => Withheld::Expired,
+                // Not withheld: unknown, as everywhere.
+                Reason::Deleted => continue,
+            };
+            inner.withhold(held.kid, &held.org, why, held.expires_at);
+            if let (Withheld::Disabled, Some(at)) = (why, held.expires_at) {
+                inner.schedule.insert((at, held.kid, held.org.clone()));
+            }
+        }
+        let mut active = Vec::with_capacity(records.len());
+        for r in records {
+            if inner.is_deleted(r.id) {
+                continue;
+            }
+            inner.withheld.remove(&r.id);
+            match r.state_at(now) {
+                KeyState::Active => active.push(r),
+                _ => inner.withhold(r.id, &r.org, Withheld::Expired, r.life.expires_at_secs),
+            }
+        }
         for r in &active {
             inner.schedule_expiry(r, KeyState::Active);
         }
@@ -150,7 +202,11 @@ impl Registry {
             Reason::Disabled => Withheld::Disabled,
             _ => Withheld::Expired,
         };
-        inner.withheld.insert(id, why);
+        let expires_at = self
+            .jwks
+            .expiry(id)
+            .or_else(|| inner.withheld.get(&id).and_then(|hold| hold.expires_at));
+        inner.withhold(id, org, why, expires_at);
         let published = inner.withdrawn(&self.jwks, org, id);
         if published {
             self.emit(Change::Withdrawn {
@@ -179,13 +235,14 @@ impl Registry {
         let now = now_secs();
         for r in records {
             let state = r.state_at(now);
+            let expires_at = r.life.expires_at_secs;
             match state {
                 KeyState::Active => {}
                 KeyState::Disabled => {
-                    inner.withheld.insert(r.id, Withheld::Disabled);
+                    inner.withhold(r.id, &r.org, Withheld::Disabled, expires_at);
                 }
                 KeyState::Expired => {
-                    inner.withheld.insert(r.id, Withheld::Expired);
+                    inner.withhold(r.id, &r.org, Withheld::Expired, expires_at);
                 }
             }
             inner.schedule_expiry(r, state);
@@ -265,7 +322,7 @@ impl Registry {
                     KeyState::Disabled => Withheld::Disabled,
                     _ => Withheld::Expired,
                 };
-                inner.withheld.insert(record.id, why);
+                inner.withhold(record.id, &record.org, why, record.life.expires_at_secs);
                 if inner.withdrawn(&self.jwks, &record.org, record.id) {
                     let reason = match why {
                         Withheld::Disabled => Reason::Disabled,
@@ -337,10 +394,13 @@ impl Registry {
         let mut expired = Vec::new();
         while let Some(entry) = inner.schedule.first().filter(|e| e.0 <= now).cloned() {
             inner.schedule.remove(&entry);
-            let (_, id, org) = entry;
-            let disabled = inner.withheld.get(&id) == Some(&Withheld::Disabled);
+            let (at, id, org) = entry;
+            let disabled = inner
+                .withheld
+                .get(&id)
+                .is_some_and(|hold| hold.why == Withheld::Disabled);
             if disabled || self.jwks.contains(id) {
-                inner.withheld.insert(id, Withheld::Expired);
+                inner.withhold(id, &org, Withheld::Expired, Some(at));
                 if inner.withdrawn(&self.jwks, &org, id) {
                     self.emit(Change::Withdrawn {
                         org: org.clone(),
@@ -366,6 +426,16 @@ impl Registry {
 }
 
 impl Inner {
+    /// Withholds key `id` of `org` (it exists but may not verify).
+    fn withhold(&mut self, id: KeyId, org: &OrgId, why: Withheld, expires_at: Option<u64>) {
+        let hold = Hold {
+            why,
+            org: org.clone(),
+            expires_at,
+        };
+        self.withheld.insert(id, hold);
+    }
+
     /// Whether `id` was deleted here: no change comes after that.
     fn is_deleted(&self, id: KeyId) -> bool {
         self.versions.get(&id) == Some(&DELETED)
@@ -461,7 +531,7 @@ impl crate::events::Snapshots for Registry {
         Registry::feed(self)
     }
 
-    fn snapshot(&self, org: Option<&OrgId>) -> (u64, Vec<PublicKeyRecord>) {
+    fn snapshot(&self, org: Option<&OrgId>) -> Snapshot {
         Registry::snapshot(self, org)
     }
 }
@@ -493,7 +563,7 @@ impl KeySource for Registry {
     }
 
     fn withheld(&self, id: KeyId) -> Option<Withheld> {
-        self.lock().withheld.get(&id).copied()
+        self.lock().withheld.get(&id).map(|hold| hold.why)
     }
 
     fn expires_at(&self, id: KeyId) -> Option<u64> {
@@ -543,8 +613,11 @@ mod tests {
         /// The whole store re-read after it recovered, the key in this state.
         Reset(KeyState),
         /// A follower's upstream sends its whole truth, the key in it
-        /// in this state.
+        /// in this state (published, or withheld as disabled or expired).
         Replace(KeyState),
+        /// The same, the key still published upstream but past its expiry
+        /// (the upstream's timer has not withdrawn it yet).
+        ReplaceLate,
         /// The expiry timer passes the key's expiry.
         Expire,
     }
@@ -597,7 +670,25 @@ mod tests {
                     registry.learn(&record(KeyState::Active));
                 }
                 Step::Reset(state) => registry.reset(&[record(state)], &verifier),
-                Step::Replace(state) => registry.replace(&[record(state)], &verifier),
+                Step::Replace(state) => {
+                    let r = record(state);
+                    let held = |reason| Held {
+                        org: r.org.clone(),
+                        kid: r.id,
+                        reason,
+                        expires_at: r.life.expires_at_secs,
+                    };
+                    let (keys, withheld) = match state {
+                        KeyState::Active => (vec![r.clone()], vec![]),
+                        KeyState::Disabled => (vec![], vec![held(Reason::Disabled)]),
+                        KeyState::Expired => (vec![], vec![held(Reason::Expired)]),
+                    };
+                    registry.replace(&keys, &withheld, &verifier);
+                }
+                Step::ReplaceLate => {
+                    let late = record(KeyState::Expired);
+                    registry.replace(&[late], &[], &verifier);
+                }
                 Step::Expire => {
                     registry.expire_due(now_secs() + 7200, &verifier);
                 }
@@ -644,6 +735,17 @@ mod tests {
             (&[Reset(Disabled)], disabled),
             (&[Apply(Disabled, 4), Replace(Active)], P),
             (&[Apply(Active, 1), Remove, Replace(Active)], Seen::Unknown),
+            // A reset tells a follower what is withheld upstream, so it
+            // answers as the upstream does.
+            (&[Apply(Active, 4), Replace(Disabled)], disabled),
+            (&[Replace(KeyState::Expired)], expired),
+            (&[ReplaceLate], expired),
+            (&[Replace(Disabled), Expire], expired),
+            (&[Replace(Disabled), Replace(Active)], P),
+            (
+                &[Apply(Active, 1), Remove, Replace(Disabled)],
+                Seen::Unknown,
+            ),
             // The timer withholds at the key's expiry.
             (&[Apply(Active, 1), Expire], expired),
             (&[Apply(Disabled, 1), Expire], expired),

@@ -258,8 +258,12 @@ impl<F: ChangeFeed> Replica<F> {
                     self.keys.dec();
                 }
             }
-            Change::Reset { version, records } => {
-                self.published.replace(&records, &self.verifier);
+            Change::Reset {
+                version,
+                records,
+                withheld,
+            } => {
+                self.published.replace(&records, &withheld, &self.verifier);
                 self.fresh.applied_from(version);
             }
         }
@@ -278,7 +282,7 @@ pub(crate) async fn count_instances(feed: Arc<impl Reports>, fresh: Arc<Freshnes
             .lagging(i64::MAX as u64, fresh.instance(), within)
             .await
         {
-            live.set(others as i64 + 1);
+            live.set(others.len() as i64 + 1);
         }
     }
 }
@@ -323,8 +327,10 @@ async fn applied_or_fenced(
     committed: Instant,
 ) {
     let max = fresh.max_staleness();
-    // Heartbeats heard: look again as each arrives (a lost one costs the
-    // pause below at most).
+    // Heartbeats heard: each says how far its instance has applied, so the
+    // instances found lagging are struck off as they report, and the store
+    // is asked again only when none has reported for a while (a lost
+    // notification, or an instance that stopped being live).
     let mut acks = feed.acknowledgements();
     loop {
         if let Some(acks) = acks.as_mut() {
@@ -332,28 +338,45 @@ async fn applied_or_fenced(
         }
         // Not live: no heartbeat within max_staleness plus the margin, so its
         // last confirmation is too old for it to vouch any more.
-        if let Ok(0) = feed.lagging(version, fresh.instance(), max + MARGIN).await {
-            return;
-        }
-        if committed.elapsed() >= max + MARGIN {
-            tracing::warn!(
-                version,
-                "a revocation answered after waiting the longest for instances that have not applied it"
-            );
-            return;
-        }
-        // Healthy instances apply a change within a millisecond or two:
-        // look again soon; for one that is stalled, less often.
-        let pause = if committed.elapsed() < Duration::from_millis(50) {
-            Duration::from_millis(1)
-        } else {
-            Duration::from_millis(10)
+        let mut lagging = match feed.lagging(version, fresh.instance(), max + MARGIN).await {
+            Ok(lagging) if lagging.is_empty() => return,
+            Ok(lagging) => Some(lagging),
+            // Unknown: ask again after the pause.
+            Err(_) => None,
         };
-        match acks.as_mut() {
-            Some(acks) => {
-                let _ = tokio::time::timeout(pause * 5, acks.changed()).await;
+        loop {
+            if committed.elapsed() >= max + MARGIN {
+                tracing::warn!(
+                    version,
+                    "a revocation answered after waiting the longest for instances that have not applied it"
+                );
+                return;
             }
-            None => tokio::time::sleep(pause).await,
+            // Healthy instances apply a change within a millisecond or two:
+            // look again soon; for one that is stalled, less often.
+            let pause = if committed.elapsed() < Duration::from_millis(50) {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(10)
+            };
+            let Some(acks) = acks.as_mut() else {
+                tokio::time::sleep(pause).await;
+                break;
+            };
+            if tokio::time::timeout(pause * 5, acks.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            let Some(lagging) = lagging.as_mut() else {
+                break;
+            };
+            let heard = acks.borrow_and_update();
+            lagging.retain(|instance| !heard.reached(instance, version));
+            if lagging.is_empty() {
+                return;
+            }
         }
     }
 }

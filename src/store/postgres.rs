@@ -58,7 +58,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, Transaction};
 
 use crate::audit::{self, AuditEvent, BrokenLink, EventId, NewEvent};
-use crate::feed::{Change, Confirmation, Instance};
+use crate::feed::{Acknowledged, Change, Confirmation, Instance};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
@@ -219,8 +219,9 @@ pub struct PgStore {
     /// `SET LOCAL` of the server-side limits, run first in every
     /// transaction while polling (a pooler may not pass startup options).
     set_local: String,
-    /// Counts the heartbeats of other instances heard (while listening).
-    acks: Arc<tokio::sync::watch::Sender<u64>>,
+    /// What the heartbeats of other instances heard (while listening)
+    /// reported.
+    acks: Arc<tokio::sync::watch::Sender<Acknowledged>>,
 }
 
 /// A pooled connection for one operation. Dropped before [`Conn::done`] —
@@ -350,7 +351,7 @@ impl PgStore {
             settings,
             polling: Arc::new(AtomicBool::new(settings.poll)),
             set_local,
-            acks: Arc::new(tokio::sync::watch::channel(0).0),
+            acks: Arc::new(tokio::sync::watch::channel(Acknowledged::default()).0),
         };
         let opened = match store.check_seal().await {
             Ok(()) if create => store.migrate().await,
@@ -925,7 +926,7 @@ async fn listen(
     config: tokio_postgres::Config,
     events: tokio::sync::watch::Sender<Heard>,
     polling: Arc<AtomicBool>,
-    acks: Arc<tokio::sync::watch::Sender<u64>>,
+    acks: Arc<tokio::sync::watch::Sender<Acknowledged>>,
 ) {
     const FIRST_PAUSE: Duration = Duration::from_millis(100);
     let mut pause = FIRST_PAUSE;
@@ -942,7 +943,14 @@ async fn listen(
                     });
                     while let Some(note) = heard.recv().await {
                         if note.channel() == ACKS {
-                            acks.send_modify(|heard| *heard += 1);
+                            // "<instance> <applied>"; anything else only wakes.
+                            let report = note.payload().split_once(' ');
+                            let report = report.and_then(|(id, v)| Some((id, v.parse().ok()?)));
+                            acks.send_modify(|heard| {
+                                if let Some((instance, applied)) = report {
+                                    heard.heard(instance, applied);
+                                }
+                            });
                         } else if !note.payload().starts_with(PROBE) {
                             events.send_modify(|_| {});
                         }
@@ -1541,7 +1549,7 @@ impl PgStore {
              forgotten AS (
                  DELETE FROM instances WHERE heartbeat_at < now() - interval '1 day'
              ),
-             ack AS (SELECT pg_notify('signet_acks', $2::text) AS sent)
+             ack AS (SELECT pg_notify('signet_acks', $1 || ' ' || $2::text) AS sent)
              INSERT INTO instances (id, applied, heartbeat_at)
              SELECT $1, $2, now() FROM quick, ack
              ON CONFLICT (id) DO UPDATE SET applied = $2, heartbeat_at = now()"
@@ -1593,11 +1601,16 @@ impl crate::feed::Reports for PgStore {
         .await
     }
 
-    async fn lagging(&self, version: u64, me: &str, live: Duration) -> Result<u64, StoreError> {
-        on_conn!(self, &self.pool, |client| {
-            let row = client
-                .query_typed_one(
-                    "SELECT count(*) FROM instances WHERE id <> $1 AND applied < $2
+    async fn lagging(
+        &self,
+        version: u64,
+        me: &str,
+        live: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = on_conn!(self, &self.pool, |client| {
+            client
+                .query_typed(
+                    "SELECT id FROM instances WHERE id <> $1 AND applied < $2
                        AND heartbeat_at > now() - make_interval(secs => $3)",
                     &[
                         (&me, Type::TEXT),
@@ -1606,10 +1619,10 @@ impl crate::feed::Reports for PgStore {
                     ],
                 )
                 .await
-                .map_err(db)?;
-            Ok(row.get::<_, i64>(0) as u64)
+                .map_err(db)
         })
-        .await
+        .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     async fn instances(&self, live: Duration) -> Result<Vec<Instance>, StoreError> {
@@ -1637,7 +1650,7 @@ impl crate::feed::Reports for PgStore {
             .collect())
     }
 
-    fn acknowledgements(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+    fn acknowledgements(&self) -> Option<tokio::sync::watch::Receiver<Acknowledged>> {
         (!self.polling()).then(|| self.acks.subscribe())
     }
 }

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use signet::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::lifecycle::{until, verdict};
 use crate::support::*;
 
 const FOLLOWER_TOKEN: &str = "a-follower-token-0123456789";
@@ -585,6 +586,96 @@ async fn a_follower_serves_from_memory_and_refuses_the_rest() {
 }
 
 on_both_backends!(a_follower_serves_from_memory_and_refuses_the_rest);
+
+/// The withheld keys a `reset` lists: (kid, reason, expiresAt), by kid.
+fn withheld_in(reset: &Ev) -> Vec<(String, String, Option<String>)> {
+    assert_eq!(reset.event, "reset");
+    let mut held: Vec<_> = reset.data["withheld"]
+        .as_array()
+        .expect("a reset lists the withheld keys")
+        .iter()
+        .map(|h| {
+            assert_eq!(h["org"], "acme", "{h}");
+            let field = |name: &str| h[name].as_str().unwrap().to_owned();
+            let expires_at = h["expiresAt"].as_str().map(str::to_owned);
+            (field("kid"), field("reason"), expires_at)
+        })
+        .collect();
+    held.sort();
+    held
+}
+
+/// A follower that starts after keys were withdrawn upstream answers
+/// their tokens as the upstream does (`key_disabled`, `key_expired`, and
+/// `unknown_key` for a deleted key only): the `reset` it starts from lists
+/// the withheld keys.
+async fn a_follower_started_after_a_withdrawal_answers_as_its_upstream() {
+    let upstream = upstream_with(|_| {}).await;
+    let disable = |id: String| {
+        let upstream = &upstream;
+        async move {
+            let r = patch(upstream, "acme", &id, json!({"state": "disabled"})).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    };
+    let (disabled, disabled_token) = new_key(&upstream).await;
+    disable(disabled.clone()).await;
+    // Retired by a rotation with grace 0: expired.
+    let (retired, retired_token) = new_key(&upstream).await;
+    let (_, successor_token) = owner_token(&rotate(&upstream, "acme", &retired, 0).await);
+    // Disabled now, expired in a few seconds: `key_expired` from then on.
+    let at = now() + 4;
+    let expires_at = signet::keys::rfc3339(at * 1000);
+    let body = json!({"name": "brief", "algorithm": "ES256", "expiresAt": expires_at});
+    let (brief, brief_token) = owner_token(&upstream.create_key("acme", body).await);
+    disable(brief.clone()).await;
+    let (deleted, deleted_token) = new_key(&upstream).await;
+    assert_eq!(
+        upstream.delete_key("acme", &deleted, ADMIN).await.status,
+        204
+    );
+
+    // The reset lists them, an organisation's only its own.
+    let mut expected = vec![
+        (disabled, "disabled".to_owned(), None),
+        (retired, "expired".to_owned(), None),
+        (brief, "disabled".to_owned(), Some(expires_at)),
+    ];
+    expected.sort();
+    for path in ["/v1/events", "/v1/organisations/acme/events"] {
+        let mut sse = Sse::subscribe(&upstream.url(path), None).await;
+        assert_eq!(withheld_in(&sse.next().await), expected, "{path}");
+    }
+    let mut other = Sse::subscribe(&upstream.url("/v1/organisations/other/events"), None).await;
+    assert_eq!(other.next().await.data["withheld"], json!([]));
+
+    let follower = follower_of(&upstream, |_| {}).await;
+    let base = follower.url("");
+    until_verified("the follower has the successor", &base, &successor_token).await;
+    let verdicts = [
+        (&disabled_token, "key_disabled"),
+        (&retired_token, "key_expired"),
+        (&brief_token, "key_disabled"),
+        (&deleted_token, "unknown_key"),
+    ];
+    for (token, code) in verdicts {
+        for app in [&upstream, &follower] {
+            assert_eq!(verdict(app, token).await, code, "{}", app.url(""));
+        }
+    }
+    // Each one's timer expires the disabled key at its second.
+    until(at).await;
+    for app in [&upstream, &follower] {
+        eventually(
+            "the disabled key expires",
+            Duration::from_secs(5),
+            || async { verdict(app, &brief_token).await == "key_expired" },
+        )
+        .await;
+    }
+}
+
+on_both_backends!(a_follower_started_after_a_withdrawal_answers_as_its_upstream);
 
 /// Hammers `base`'s `/v1/auth` with `token` until told to stop; the
 /// instants at which each acceptance was *sent*.
