@@ -63,8 +63,6 @@ pub struct Application {
     listener: TcpListener,
     app: Arc<ServerState>,
     addr: SocketAddr,
-    /// On a follower, the task that follows the upstream.
-    following: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -120,7 +118,6 @@ impl Application {
             listener,
             app,
             addr,
-            following: None,
         })
     }
 
@@ -130,24 +127,17 @@ impl Application {
     async fn follower(config: Config, listener: TcpListener) -> Result<Application, StartupError> {
         let addr = config.server.listen;
         let link = Arc::new(http::upstream::Link::new(&config)?);
-        let signet = Signet::follower(crate::verify::Policy::from(&config.verify), &config);
-        let mirror = signet
-            .mirror()
-            .cloned()
-            .expect("a follower's service has a mirror");
-        http::upstream::register(&link, &mirror).await?;
-        let following = http::upstream::spawn(link, mirror.clone());
+        // Registers, follows, and returns once current; with the upstream
+        // away, after max_staleness (verification is refused until it is
+        // back).
+        let policy = crate::verify::Policy::from(&config.verify);
+        let signet = Signet::follower(policy, &config, link.clone())
+            .await
+            .map_err(|refused| link.refused(refused))?;
         let tls = match &config.server.tls {
             Some(files) => Some(http::tls::Tls::load(files, &signet.metrics)?),
             None => None,
         };
-        // Serve once current; with the upstream away, no longer than
-        // max_staleness (verification is refused until it is back).
-        let max = std::time::Duration::from_millis(config.cluster.max_staleness_ms);
-        let started = std::time::Instant::now();
-        while !signet.is_ready().await && started.elapsed() < max {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
@@ -161,7 +151,6 @@ impl Application {
             listener,
             app: Arc::new(app),
             addr,
-            following: Some(following),
         })
     }
 
@@ -178,9 +167,6 @@ impl Application {
             "signet is listening"
         );
         http::serve(self.listener, self.app.clone(), shutdown).await;
-        if let Some(task) = self.following {
-            task.abort();
-        }
         self.app.signet.leave().await;
         self.app.signet.sync().await?;
         tracing::info!("storage synced; bye");

@@ -1,47 +1,79 @@
-//! What a replica needs from the source it follows: the changes after a
-//! version (each live key with the version of its latest change, and the
-//! keys deleted), a wake-up when there may be more, and a way to report
-//! how far it has applied (a heartbeat), which is also what confirms it
-//! current. A revoking writer reads the same reports to wait for every
-//! live replica (`lagging`, woken by `acknowledgements`); `instances`
-//! lists those reports for people (`GET /v1/cluster`).
+//! What a replica follows, and what a revoking writer reads of the
+//! replicas that follow a shared source.
 //!
-//! Implemented by the shared store (`store::postgres`: `pg_notify` and
-//! `LISTEN` as the wake-up, versioned re-reads as the truth, heartbeat
-//! rows as the reports); the SQL stays in that file, the only one that
-//! knows PostgreSQL. A follower's upstream signet is the other source a
-//! process can follow; it pushes its changes instead (`follower`, and
-//! ARCHITECTURE.md for what the two share).
+//! [`ChangeFeed`]: the changes after a version (keys as a change left
+//! them, keys deleted, keys withdrawn, or a complete reset), a wake-up
+//! when there may be more, and a confirmation: reporting how far the
+//! replica has applied, and learning that every change through some
+//! version was known to the source as of some moment. `replica` turns
+//! that into "fresh as of", the same way for every source.
+//!
+//! Two sources implement it. The shared store (`store::postgres`:
+//! `pg_notify` and `LISTEN` as the wake-up, versioned re-reads as the
+//! truth, a heartbeat row as the report, which confirms what the re-read
+//! before it showed); the SQL stays in that file, the only one that knows
+//! PostgreSQL. And an upstream signet (`follower::UpstreamFeed`: events
+//! pushed over its change feed, buffered until the replica asks, and an
+//! acknowledgement whose answer is the confirmation).
+//!
+//! [`Reports`]: what only the shared store has, the heartbeat rows of
+//! every instance: a revoking writer waits on them (`lagging`, woken by
+//! `acknowledgements`), `instances` lists them for people
+//! (`GET /v1/cluster`).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::events::{Held, Reason};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 
 /// The source a replica follows.
 pub trait ChangeFeed: Send + Sync + 'static {
-    /// Why a read or a report failed.
+    /// Why a read or a confirmation failed.
+    type Error: std::fmt::Display + Send;
+
+    /// The changes after version `applied`, in the order to apply them.
+    fn next(&self, applied: u64) -> impl Future<Output = Result<Changes, Self::Error>> + Send;
+
+    /// Reports that replica `me` is alive and has applied every change
+    /// through `reported`, and returns what confirms it current, if
+    /// anything does. `read` is what the replica's last [`next`] showed
+    /// (every change through its `upto`, as of when it was sent): a
+    /// source read on demand confirms exactly that once the report is
+    /// recorded; a source that pushes its changes answers with its own.
+    ///
+    /// [`next`]: ChangeFeed::next
+    fn confirm(
+        &self,
+        me: &str,
+        reported: u64,
+        read: Confirmation,
+    ) -> impl Future<Output = Result<Option<Confirmation>, Self::Error>> + Send;
+
+    /// How long to wait before reading and confirming again after `error`,
+    /// when the replica would otherwise wait `every`.
+    fn retry_after(&self, error: &Self::Error, every: Duration) -> Duration {
+        let _ = error;
+        every
+    }
+
+    /// What the wake-up has heard (it changes on every announced change,
+    /// every reconnect and every loss of the listening connection), or
+    /// `None` if it cannot start.
+    fn announcements(&self) -> Option<watch::Receiver<Heard>>;
+}
+
+/// The reports of every replica of a shared source, which a revoking
+/// writer waits on.
+pub trait Reports: Send + Sync + 'static {
+    /// Why a read failed.
     type Error: std::fmt::Display + Send;
 
     /// The version of the newest committed key change.
     fn version(&self) -> impl Future<Output = Result<u64, Self::Error>> + Send;
-
-    /// The key changes committed after version `applied`, by any instance.
-    fn changes_since(
-        &self,
-        applied: u64,
-    ) -> impl Future<Output = Result<Changes, Self::Error>> + Send;
-
-    /// Records that instance `instance` is alive and has applied every
-    /// change through `applied`.
-    fn heartbeat(
-        &self,
-        instance: &str,
-        applied: u64,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Removes instance `instance` from the live ones (it is stopping), so
     /// that no revocation waits for it.
@@ -68,11 +100,6 @@ pub trait ChangeFeed: Send + Sync + 'static {
     /// acknowledgements), and holds what each reported, or `None` when none
     /// are pushed: polled instead.
     fn acknowledgements(&self) -> Option<watch::Receiver<Acknowledged>>;
-
-    /// What the wake-up has heard (it changes on every announced change,
-    /// every reconnect and every loss of the listening connection), or
-    /// `None` if it cannot start.
-    fn announcements(&self) -> Option<watch::Receiver<Heard>>;
 }
 
 /// What other instances' pushed heartbeats reported: for each, the
@@ -119,7 +146,7 @@ pub struct Instance {
     pub live: bool,
 }
 
-/// What a feed's listener for other instances' key changes has heard.
+/// What a feed's wake-up has heard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Heard {
     /// Counts the listening sessions: announcements made between two
@@ -127,22 +154,60 @@ pub struct Heard {
     pub session: u64,
     /// Whether the listening connection is up.
     pub listening: bool,
-    /// Whether the store is polled instead (`cluster.notify = "poll"`, or
-    /// notifications found not to arrive): no session to lose, so losing
-    /// one fences nothing.
+    /// Whether the source is polled instead (`cluster.notify = "poll"`,
+    /// or notifications found not to arrive): no session to lose, so
+    /// losing one fences nothing, and it is read more often.
     pub polling: bool,
 }
 
-/// Key changes after a version, up to the newest committed one.
+/// "Every change through `through` was known to the source as of
+/// `as_of`" (this process's monotonic clock): once a replica has applied
+/// through `through`, it is fresh as of `as_of`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmation {
+    pub through: u64,
+    pub as_of: Instant,
+}
+
+/// The changes after a version, up to `upto`.
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Every change up to this version is in here or was before.
     pub upto: u64,
-    /// Keys created or changed since, each with the version of its latest
-    /// change.
-    pub live: Vec<(u64, PublicKeyRecord)>,
-    /// Keys deleted since.
-    pub gone: Vec<(OrgId, KeyId)>,
+    /// The changes, in the order to apply them.
+    pub changes: Vec<Change>,
+    /// The source started over (another run of an upstream, or a lost
+    /// stream): confirmations obtained before must not count.
+    pub start_over: bool,
+}
+
+/// One change to apply.
+#[derive(Debug)]
+pub enum Change {
+    /// Keys as one change (committed at `version`) left them: published,
+    /// or withheld (disabled, expired, retired by a rotation). A
+    /// rotation's two keys come together.
+    Keys {
+        version: u64,
+        records: Vec<PublicKeyRecord>,
+    },
+    /// A key deleted, for good.
+    Deleted { org: OrgId, kid: KeyId },
+    /// A published key withdrawn, as the source announced it.
+    Withdrawn {
+        org: OrgId,
+        kid: KeyId,
+        reason: Reason,
+    },
+    /// Everything published and withheld as of `version`, replacing what
+    /// is here (a key deleted here stays deleted); applied through
+    /// `version` from then on, even if that is lower than before (another
+    /// run).
+    Reset {
+        version: u64,
+        records: Vec<PublicKeyRecord>,
+        withheld: Vec<Held>,
+    },
 }
 
 #[cfg(test)]

@@ -1,27 +1,29 @@
-//! A follower's view of its upstream: the events of the upstream's feed
-//! applied in order to the same `Registry`, verifier and
-//! `Freshness` an instance uses, and the acknowledgements that make it
-//! fresh (the transport is `http::upstream`).
+//! A follower's source: an upstream signet as a [`ChangeFeed`], so that
+//! the same `replica::Replica` an instance runs over the shared store
+//! follows it (ARCHITECTURE.md, "Followers").
 //!
-//! Freshness follows the rule of the instances (ARCHITECTURE.md, "Several
-//! instances"), with the follower's acknowledgement as the re-read: the
-//! follower notes when it *sent* an acknowledgement (`t_send`); the upstream
-//! answers with its latest event id and how stale it is itself (`staleMs`);
-//! once the follower has applied every event up to that id, it is fresh as
-//! of `t_send - staleMs`. Events it buffered while stopped never refresh
-//! it: only an answer to an acknowledgement sent afterwards does.
+//! The upstream pushes its changes: the transport (`http::upstream`, the
+//! only side that knows hyper) reads its change feed and hands each event
+//! to [`Pushed`], which parses it and buffers it until the replica asks
+//! for the next changes. The confirmation is an acknowledgement: the
+//! follower notes when it *sent* it (`t_send`); the upstream answers with
+//! its latest event id and how stale it is itself (`staleMs`), which
+//! means "every change through that id was known as of `t_send -
+//! staleMs`". An answer of another run of the upstream than the stream's
+//! confirms nothing and makes the stream start over from a `reset`.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use tokio::sync::watch;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
 
 use crate::events::{Held, Reason};
-use crate::freshness::Freshness;
+use crate::feed::{Change, ChangeFeed, Changes, Confirmation, Heard};
 use crate::keys::{Jwk, KeyId, KeyName, KeySpec, Lifecycle, OrgId, Origin, PublicKeyRecord};
-use crate::registry::Registry;
-use crate::verify::Verifier;
+use crate::usage::{Usage, UsageDelta};
 
 /// Why an event of the upstream could not be applied; the stream is then
 /// dropped and opened again (from a `reset`).
@@ -114,30 +116,6 @@ pub struct AckAnswer {
     pub run: String,
 }
 
-#[derive(Default)]
-struct State {
-    /// The id of the last event applied.
-    applied: u64,
-    /// The upstream process whose ids `applied` counts in.
-    run: Option<String>,
-    /// Answers waiting for their event to be applied: (version, fresh as of).
-    pending: Vec<(u64, Instant)>,
-    /// Whether the upstream has accepted this follower's token.
-    registered: bool,
-}
-
-/// The follower's mirror of its upstream.
-pub struct Mirror {
-    published: Arc<Registry>,
-    verifier: Arc<Verifier>,
-    fresh: Arc<Freshness>,
-    state: Mutex<State>,
-    /// The id of the last event applied, for the acknowledgement loop.
-    applied: watch::Sender<u64>,
-    /// This follower's id at the upstream.
-    id: String,
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct KeyDoc {
@@ -227,66 +205,105 @@ fn json<'a, T: Deserialize<'a>>(data: &'a str) -> Result<T, EventError> {
     serde_json::from_str(data).map_err(|e| EventError(e.to_string()))
 }
 
-impl Mirror {
-    pub(crate) fn new(
-        published: Arc<Registry>,
-        verifier: Arc<Verifier>,
-        fresh: Arc<Freshness>,
-    ) -> Mirror {
-        Mirror {
-            published,
-            verifier,
-            fresh,
-            state: Mutex::new(State::default()),
-            applied: watch::channel(0).0,
-            id: ulid::Ulid::new().to_string(),
+/// How a follower reaches its upstream: the one side that knows HTTP.
+pub trait Transport: Send + Sync + 'static {
+    /// The upstream's URL, for messages.
+    fn url(&self) -> &str;
+
+    /// Reads the upstream's change feed into `pushed` until aborted,
+    /// resuming after [`Pushed::last_event_id`] when a stream ends, and
+    /// from a `reset` when [`Pushed::restart_asked`] says so.
+    fn follow(self: Arc<Self>, pushed: Arc<Pushed>) -> impl Future<Output = ()> + Send + 'static;
+
+    /// Sends one acknowledgement; the upstream's answer.
+    fn acknowledge(
+        &self,
+        ack: &Ack<'_>,
+    ) -> impl Future<Output = Result<AckAnswer, AckFailure>> + Send;
+}
+
+/// An acknowledgement: `POST /v1/followers/ack`.
+#[derive(Debug, Serialize)]
+pub struct Ack<'a> {
+    /// This follower's id at the upstream.
+    pub follower: &'a str,
+    /// The id of the last event applied.
+    pub applied: u64,
+    /// Key usage counted here since the last acknowledgement that went
+    /// through, summed upstream.
+    pub usage: &'a [UsageDelta],
+}
+
+/// Why an acknowledgement has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AckFailure {
+    /// The upstream refused the follower token (its status).
+    #[error("the upstream refused the follower token ({0})")]
+    Refused(String),
+    /// Anything else: unreachable, no answer in time, an unreadable answer.
+    #[error("could not acknowledge to the upstream: {0}")]
+    Other(String),
+}
+
+/// The upstream refused the follower token at registration (its status).
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream refused the follower token ({status})")]
+pub struct Refused {
+    pub status: String,
+}
+
+/// What the stream has pushed and the replica has not taken yet.
+#[derive(Default)]
+struct Buffer {
+    /// The upstream process whose ids `last` counts in.
+    run: Option<String>,
+    /// The id of the last event pushed.
+    last: u64,
+    changes: Vec<Change>,
+    /// The stream ended or started over since the replica last took.
+    start_over: bool,
+}
+
+/// The pushed side of an upstream feed: the transport hands it each event
+/// of the stream; the replica takes them in order.
+pub struct Pushed {
+    buffer: Mutex<Buffer>,
+    /// Wakes the replica on every event pushed (the value never changes:
+    /// no session to lose).
+    wake: watch::Sender<Heard>,
+    /// Asks the transport to start the stream over from a `reset`.
+    restart: Notify,
+}
+
+impl Default for Pushed {
+    fn default() -> Pushed {
+        Pushed {
+            buffer: Mutex::new(Buffer::default()),
+            wake: watch::channel(Heard {
+                session: 1,
+                listening: true,
+                polling: false,
+            })
+            .0,
+            restart: Notify::new(),
         }
     }
+}
 
-    /// Key usage counted here and not sent upstream yet; put it back with
-    /// [`Mirror::unsent`] if the acknowledgement carrying it fails.
-    pub fn usage(&self) -> Vec<crate::usage::UsageDelta> {
-        self.verifier.usage().take_deltas()
-    }
-
-    /// Usage that could not be sent, to be sent again.
-    pub fn unsent(&self, deltas: &[crate::usage::UsageDelta]) {
-        self.verifier.usage().requeue(deltas, crate::keys::now_ms());
-    }
-
-    /// This follower's id at the upstream.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The id of the last event applied, if any stream has begun.
+impl Pushed {
+    /// The id of the last event pushed, if any stream has begun: where a
+    /// new stream resumes.
     pub fn last_event_id(&self) -> Option<u64> {
-        let state = self.lock();
-        state.run.as_ref().map(|_| state.applied)
+        let buffer = self.lock();
+        buffer.run.as_ref().map(|_| buffer.last)
     }
 
-    /// The id of the last event applied (0 before any).
-    pub fn applied(&self) -> u64 {
-        self.lock().applied
-    }
-
-    /// Wakes when an event is applied.
-    pub fn watch(&self) -> watch::Receiver<u64> {
-        self.applied.subscribe()
-    }
-
-    /// Whether the upstream has accepted this follower's token.
-    pub fn registered(&self) -> bool {
-        self.lock().registered
-    }
-
-    /// Applies one event of the upstream's feed. A `fresh` heartbeat
-    /// changes nothing: only an acknowledgement's answer makes this
-    /// follower fresh.
-    pub fn apply(&self, event: &SseEvent) -> Result<(), EventError> {
+    /// Takes one event of the upstream's feed. A `fresh` heartbeat changes
+    /// nothing: only an acknowledgement's answer makes this follower fresh.
+    pub fn push(&self, event: &SseEvent) -> Result<(), EventError> {
         let id = event.id.as_deref().map(str::parse::<u64>).transpose();
         let id = id.map_err(|_| EventError("an id that is not a number".into()))?;
-        match event.event.as_str() {
+        let (change, id, run) = match event.event.as_str() {
             "reset" => {
                 let reset: Reset = json(&event.data)?;
                 let records = reset
@@ -299,87 +316,188 @@ impl Mirror {
                     .into_iter()
                     .map(held)
                     .collect::<Result<Vec<_>, _>>()?;
-                self.published.replace(&records, &withheld, &self.verifier);
-                let mut state = self.lock();
-                if state.run.as_deref() != Some(reset.run.as_str()) {
-                    state.pending.clear();
-                }
-                state.run = Some(reset.run);
-                self.applied_through(state, reset.version);
+                let change = Change::Reset {
+                    version: reset.version,
+                    records,
+                    withheld,
+                };
+                (change, reset.version, Some(reset.run))
             }
             "published" => {
                 let id = id.ok_or_else(|| EventError("an event without an id".into()))?;
                 let record = record(json(&event.data)?)?;
-                self.published.publish(&record, id, &self.verifier);
-                self.applied_through(self.lock(), id);
+                let change = Change::Keys {
+                    version: id,
+                    records: vec![record],
+                };
+                (change, id, None)
             }
             "withdrawn" => {
                 let id = id.ok_or_else(|| EventError("an event without an id".into()))?;
                 let w: Withdrawn = json(&event.data)?;
                 let reason = Reason::parse(&w.reason)
                     .ok_or_else(|| EventError(format!("the reason {:?}", w.reason)))?;
-                // Forgotten by the verifier before this returns, so before
-                // it is acknowledged.
-                self.published
-                    .withdraw(&w.org, w.kid, reason, &self.verifier);
-                self.applied_through(self.lock(), id);
+                let change = Change::Withdrawn {
+                    org: w.org,
+                    kid: w.kid,
+                    reason,
+                };
+                (change, id, None)
             }
-            _ => {}
+            _ => return Ok(()),
+        };
+        let mut buffer = self.lock();
+        if let Some(run) = run {
+            if buffer.run.as_deref() != Some(run.as_str()) {
+                buffer.start_over = true;
+            }
+            buffer.run = Some(run);
         }
+        buffer.last = id;
+        buffer.changes.push(change);
+        drop(buffer);
+        self.wake.send_modify(|_| {});
         Ok(())
     }
 
-    fn applied_through(&self, mut state: std::sync::MutexGuard<'_, State>, id: u64) {
-        state.applied = id;
-        let mut confirmed = None;
-        state.pending.retain(|&(version, as_of)| {
-            if version <= id {
-                confirmed = confirmed.max(Some(as_of));
-                false
-            } else {
-                true
-            }
-        });
-        drop(state);
-        if let Some(as_of) = confirmed {
-            self.fresh.confirm(as_of);
-        }
-        self.applied.send_replace(id);
+    /// The stream ended: answers obtained for it will not be honoured.
+    pub fn lost(&self) {
+        self.lock().start_over = true;
     }
 
-    /// The upstream answered an acknowledgement sent at `sent`: fresh as
-    /// of `sent - staleMs` once every event up to its version is applied.
-    /// `false` when the answer is of another upstream run than the stream
-    /// (the stream must start over).
-    pub fn answered(&self, sent: Instant, answer: &AckAnswer) -> bool {
+    /// Resolves when the stream must start over from a `reset` (an answer
+    /// came from another run of the upstream than the stream's).
+    pub async fn restart_asked(&self) {
+        self.restart.notified().await
+    }
+
+    /// The changes pushed since the last call.
+    fn take(&self) -> Changes {
+        let mut buffer = self.lock();
+        let changes = std::mem::take(&mut buffer.changes);
+        Changes {
+            upto: if changes.is_empty() { 0 } else { buffer.last },
+            changes,
+            start_over: std::mem::take(&mut buffer.start_over),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.buffer.lock().expect("upstream buffer lock poisoned")
+    }
+}
+
+/// An upstream signet as the feed a follower's replica follows.
+pub struct UpstreamFeed<T> {
+    transport: Arc<T>,
+    pushed: Arc<Pushed>,
+    /// Key usage counted here, sent with the acknowledgements.
+    usage: Arc<Usage>,
+    /// Whether the upstream has accepted this follower's token.
+    registered: Arc<AtomicBool>,
+}
+
+impl<T: Transport> UpstreamFeed<T> {
+    pub fn new(transport: Arc<T>, pushed: Arc<Pushed>, usage: Arc<Usage>) -> UpstreamFeed<T> {
+        UpstreamFeed {
+            transport,
+            pushed,
+            usage,
+            registered: Arc::default(),
+        }
+    }
+
+    /// Set once the upstream has accepted this follower's token.
+    pub fn registered(&self) -> Arc<AtomicBool> {
+        self.registered.clone()
+    }
+
+    /// Registers as `me`: the first acknowledgement. A refused token is an
+    /// error; an unreachable upstream is not (the replica keeps trying,
+    /// and nothing verifies meanwhile).
+    pub async fn register(&self, me: &str) -> Result<(), Refused> {
+        let ack = Ack {
+            follower: me,
+            applied: 0,
+            usage: &[],
+        };
+        match self.transport.acknowledge(&ack).await {
+            Ok(_) => {
+                self.registered.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(AckFailure::Refused(status)) => Err(Refused { status }),
+            Err(AckFailure::Other(why)) => {
+                tracing::warn!(upstream = %self.transport.url(), %why, "could not register with the upstream yet; retrying");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<T: Transport> ChangeFeed for UpstreamFeed<T> {
+    type Error = AckFailure;
+
+    /// The events pushed since the last call, in id order.
+    async fn next(&self, _applied: u64) -> Result<Changes, AckFailure> {
+        Ok(self.pushed.take())
+    }
+
+    /// Acknowledges (with the usage counted since); fresh as of `t_send -
+    /// staleMs` once every event through the answer's id is applied.
+    async fn confirm(
+        &self,
+        me: &str,
+        reported: u64,
+        _read: Confirmation,
+    ) -> Result<Option<Confirmation>, AckFailure> {
+        let usage = self.usage.take_deltas();
+        let ack = Ack {
+            follower: me,
+            applied: reported,
+            usage: &usage,
+        };
+        let sent = Instant::now();
+        let answer = match self.transport.acknowledge(&ack).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.usage.requeue(&usage, crate::keys::now_ms());
+                if let AckFailure::Refused(status) = &e {
+                    tracing::error!(upstream = %self.transport.url(), %status, "the upstream refused the follower token");
+                }
+                return Err(e);
+            }
+        };
+        self.registered.store(true, Ordering::SeqCst);
         let as_of = sent
             .checked_sub(Duration::from_millis(answer.stale_ms))
             .unwrap_or(sent);
-        let mut state = self.lock();
-        state.registered = true;
-        if state.run.as_deref() != Some(answer.run.as_str()) {
-            return state.run.is_none();
-        }
-        if answer.version <= state.applied {
-            drop(state);
-            self.fresh.confirm(as_of);
-        } else {
-            state.pending.push((answer.version, as_of));
-            // Bounded: an older answer is superseded by a newer one.
-            if state.pending.len() > 64 {
-                state.pending.remove(0);
+        let run = self.pushed.lock().run.clone();
+        match run {
+            // No stream yet: nothing to confirm.
+            None => Ok(None),
+            Some(run) if run != answer.run => {
+                // Another run of the upstream than the stream's.
+                self.pushed.restart.notify_one();
+                Ok(None)
             }
+            Some(_) => Ok(Some(Confirmation {
+                through: answer.version,
+                as_of,
+            })),
         }
-        true
     }
 
-    /// The stream ended: answers pending for it will not be honoured.
-    pub fn stream_lost(&self) {
-        self.lock().pending.clear();
+    /// Refused: again after `every`; anything else, after 100 ms at most.
+    fn retry_after(&self, error: &AckFailure, every: Duration) -> Duration {
+        match error {
+            AckFailure::Refused(_) => every,
+            AckFailure::Other(_) => Duration::from_millis(100).min(every),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("mirror lock poisoned")
+    fn announcements(&self) -> Option<watch::Receiver<Heard>> {
+        Some(self.pushed.wake.subscribe())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Whether this process may vouch that it has seen every key change made
-//! elsewhere: "fresh as of", given by whatever confirms it (a replica's
-//! re-read followed by a heartbeat, a follower's acknowledgement), and
+//! elsewhere: "fresh as of", given by whatever confirms it (the
+//! replica's confirmations, from a heartbeat after a re-read or the
+//! answer to a follower's acknowledgement), and
 //! `max_staleness`, past which a process that follows others refuses to
 //! verify (unless `stale_verification = "serve"`).
 //!
@@ -124,6 +125,13 @@ impl Freshness {
     /// every change is applied now (never lower than before).
     pub fn applied_through(&self, upto: u64) -> u64 {
         self.applied.fetch_max(upto, Ordering::SeqCst).max(upto)
+    }
+
+    /// The source started over (another run of an upstream, whose
+    /// versions count afresh): every change through `upto` is applied,
+    /// even if that is lower than before.
+    pub fn applied_from(&self, upto: u64) {
+        self.applied.store(upto, Ordering::SeqCst);
     }
 
     /// Whether a confirmation within `max_staleness` stands, whatever

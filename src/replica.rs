@@ -1,35 +1,45 @@
-//! The replica: this instance kept in step with the others through a
-//! [`ChangeFeed`] (the shared database), built once with its feed, the
-//! registry, the verifier, its freshness and the followers it serves.
+//! The replica: this process kept in step with the source it follows
+//! through a [`ChangeFeed`] (the shared database, or an upstream signet
+//! for a follower), built once with its feed, the registry, the verifier,
+//! its freshness and the followers it serves. The rule that makes a
+//! revocation safe is written here once, for both sources.
 //!
-//! Every key change carries a version; the store commits versions in order.
-//! The replica's task re-reads the changes after the version it has applied
-//! (`ChangeFeed::changes_since`) whenever the feed announces one, after every
-//! reconnect of its listener, and at least four times per
-//! `cluster.max_staleness`, and applies them through the registry (which
-//! drops a change older than one applied) and the verifier's cache, then
-//! reports to the feed that it is alive and how far it has applied (a
-//! heartbeat, by the database's clock): the lowest of its own applied
-//! version and that of every live follower it serves. "Fresh as of"
-//! is the moment the last re-read that was followed by a successful
-//! heartbeat was *sent*; while it is older than `max_staleness`, the
-//! instance refuses to verify (unless `stale_verification = "serve"`).
+//! Every change carries a version, and a source's versions are in order.
+//! The replica's task asks the feed for the changes after the version it
+//! has applied (`ChangeFeed::next`) whenever the feed announces some, after
+//! every reconnect of its listener, and at least four times per
+//! `cluster.max_staleness`, applies them through the registry (which drops
+//! a change older than one applied) and the verifier's cache, then reports
+//! to the feed that it is alive and how far it has applied: the lowest of
+//! its own applied version and that of every live follower it serves.
+//! What the feed answers is a confirmation: "every change through
+//! `through` was known as of `as_of`". Once every change through
+//! `through` is applied here, the replica is fresh as of `as_of`; while
+//! that is older than `max_staleness`, it refuses to verify (unless
+//! `stale_verification = "serve"`).
 //!
-//! Only a re-read sent after this instance's first heartbeat of the
-//! current listening session had committed counts: a revocation whose
-//! writer did not see this instance among the live ones committed before
-//! that heartbeat, so such a re-read sees it. When the listening
-//! connection drops, the instance stops vouching at once (`fence`), and a
-//! new session starts with a new registration: heartbeats are committed
-//! without waiting for the disk, so a crash of the database may lose the
-//! latest, and an instance must not vouch on a registration the others
-//! can no longer see.
+//! The shared store confirms a re-read once the heartbeat after it has
+//! committed: fresh as of when the re-read was *sent*. Only a re-read sent
+//! after this instance's first heartbeat of the current listening session
+//! had committed counts: a revocation whose writer did not see this
+//! instance among the live ones committed before that heartbeat, so such a
+//! re-read sees it. When the listening connection drops, the instance stops
+//! vouching at once (`fence`), and a new session starts with a new
+//! registration: heartbeats are committed without waiting for the disk, so
+//! a crash of the database may lose the latest, and an instance must not
+//! vouch on a registration the others can no longer see. When the store is
+//! polled instead (`cluster.notify = "poll"`, or notifications found not
+//! to arrive), the replica re-reads every `max_staleness / 8`, there is no
+//! session to lose, and heartbeats wait for the disk, so nothing fences on
+//! a lost connection: freshness alone decides.
 //!
-//! Notifications are only a wake-up. When the store is polled instead
-//! (`cluster.notify = "poll"`, or notifications found not to arrive), the
-//! follower re-reads every `max_staleness / 8`, there is no session to
-//! lose, and heartbeats wait for the disk, so nothing fences on a lost
-//! connection: freshness alone decides.
+//! An upstream signet pushes its changes (`follower::UpstreamFeed`); its
+//! confirmation is the answer to an acknowledgement sent at `t_send`: its
+//! latest event id, as of `t_send` minus its own staleness. The answer may
+//! name events not applied here yet: it is held until they are, and
+//! dropped if the stream starts over. Changes buffered while this process
+//! was stopped never refresh it: only an answer to an acknowledgement sent
+//! afterwards does. Like polling, no session fences it.
 //!
 //! A revocation (a delete, a disable, a rotation that retires the old key
 //! at once) waits, after it has committed at version v, until every other
@@ -50,21 +60,27 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::feed::{ChangeFeed, Heard};
+use crate::feed::{Change, ChangeFeed, Confirmation, Heard, Reports};
 use crate::followers::Followers;
 use crate::freshness::{Freshness, Heartbeat};
 use crate::metrics::ClusterMetrics;
 use crate::registry::Registry;
 use crate::verify::Verifier;
 
-/// Whether a re-read should be followed by another at once.
+/// How a round of reading and confirming ended.
 #[derive(PartialEq, Eq)]
 enum Step {
     Done,
     /// This instance has just registered in the current session: a re-read
     /// sent now can make it fresh.
     Again,
+    /// The feed failed: try again after this long.
+    Failed(Duration),
 }
+
+/// The most confirmations held for changes not applied yet; beyond it,
+/// the oldest is dropped (a newer one supersedes it).
+const MAX_PENDING: usize = 64;
 
 /// One replica: what it follows and what it updates.
 pub(crate) struct Replica<F> {
@@ -80,9 +96,9 @@ pub(crate) struct Replica<F> {
 }
 
 impl<F: ChangeFeed> Replica<F> {
-    /// Follows the store's announcements in a task that runs until
-    /// aborted, and returns once this instance is current (or after
-    /// `max_staleness`). `None` when the store has no other writers.
+    /// Follows the feed's announcements in a task that runs until
+    /// aborted, and returns once this process is current (or after
+    /// `max_staleness`). `None` when the feed cannot start.
     pub async fn start(self) -> Option<tokio::task::AbortHandle> {
         let events = self.feed.announcements()?;
         let max_staleness = self.fresh.max_staleness();
@@ -98,13 +114,9 @@ impl<F: ChangeFeed> Replica<F> {
         let fence = fence_when_deaf(fresh.clone(), events.clone());
         let task = tokio::spawn(async move {
             let replica = self;
-            tokio::join!(
-                replica.run(events, max_staleness),
-                replica.observe(max_staleness / 4),
-                fence
-            )
+            tokio::join!(replica.run(events, max_staleness), fence)
         });
-        // Serve once current; with the database away, no longer than
+        // Serve once current; with the source away, no longer than
         // max_staleness (verification is then refused until it is back).
         let started = Instant::now();
         while !fresh.is_fresh() && started.elapsed() < max_staleness {
@@ -113,14 +125,21 @@ impl<F: ChangeFeed> Replica<F> {
         Some(task.abort_handle())
     }
 
-    /// Re-reads on every announcement, and at least every
+    /// Reads and confirms on every announcement, and at least every
     /// `max_staleness / 4` (listening) or `/ 8` (polling).
     async fn run(&self, mut events: tokio::sync::watch::Receiver<Heard>, max_staleness: Duration) {
+        let mut pending = Vec::new();
+        let every = |events: &tokio::sync::watch::Receiver<Heard>| match events.borrow().polling {
+            true => max_staleness / 8,
+            false => max_staleness / 4,
+        };
         loop {
-            while self.catch_up(&events).await == Step::Again {}
-            let every = match events.borrow().polling {
-                true => max_staleness / 8,
-                false => max_staleness / 4,
+            let every = loop {
+                match self.catch_up(&events, &mut pending, every(&events)).await {
+                    Step::Again => {}
+                    Step::Done => break every(&events),
+                    Step::Failed(after) => break after,
+                }
             };
             tokio::select! {
                 changed = events.changed() => {
@@ -136,74 +155,134 @@ impl<F: ChangeFeed> Replica<F> {
         }
     }
 
-    /// Updates the count of live instances every `every`, apart from the
-    /// re-reads so that a slow answer never delays one.
-    async fn observe(&self, every: Duration) {
-        loop {
-            tokio::time::sleep(every).await;
-            // Every live instance but this one has applied less than this.
-            let live = self.fresh.max_staleness() + MARGIN;
-            if let Ok(others) = self
-                .feed
-                .lagging(i64::MAX as u64, self.fresh.instance(), live)
-                .await
-            {
-                self.metrics.live_instances.set(others.len() as i64 + 1);
-            }
-        }
-    }
-
-    /// One re-read of the changes after `applied`, applied in order.
-    async fn catch_up(&self, events: &tokio::sync::watch::Receiver<Heard>) -> Step {
+    /// One read of the changes after `applied`, applied in order, then
+    /// one confirmation.
+    async fn catch_up(
+        &self,
+        events: &tokio::sync::watch::Receiver<Heard>,
+        pending: &mut Vec<Confirmation>,
+        every: Duration,
+    ) -> Step {
         let heard = *events.borrow();
         let sent = Instant::now();
-        let changes = match self.feed.changes_since(self.fresh.applied()).await {
+        let changes = match self.feed.next(self.fresh.applied()).await {
             Ok(changes) => changes,
             Err(e) => {
                 self.fresh.behind(sent);
-                tracing::warn!(error = %e, "could not read key changes of other instances");
-                return Step::Done;
+                tracing::warn!(error = %e, "could not read the key changes of the source this process follows");
+                return Step::Failed(self.feed.retry_after(&e, every));
             }
         };
+        if changes.start_over {
+            pending.clear();
+        }
         let behind = changes.upto.saturating_sub(self.fresh.applied());
         self.metrics.lag_versions.set(behind as i64);
-        // Each key as its latest change left it: published or withheld
-        // (disabled, expired, or retired by a rotation), unless a newer
-        // change of it was applied here meanwhile.
-        // The keys of one change (a rotation's two) together, so that their
-        // events in the feed are consecutive.
-        for group in changes.live.chunk_by(|a, b| a.0 == b.0) {
-            let records: Vec<&crate::keys::PublicKeyRecord> =
-                group.iter().map(|(_, r)| r).collect();
-            let news = self
-                .published
-                .publish_all(&records, group[0].0, &self.verifier);
-            for _ in news.into_iter().filter(|&new| new) {
-                self.keys.inc();
-            }
-        }
-        for (org, id) in &changes.gone {
-            if self.published.remove(org, *id, &self.verifier) {
-                self.keys.dec();
-            }
+        for change in changes.changes {
+            self.apply(change);
         }
         let applied = self.fresh.applied_through(changes.upto);
         self.metrics.applied_version.set(applied as i64);
         self.fresh.caught_up(sent);
-        // Fresh only once the store knows: an instance that is not live
+        // Fresh only once the source knows: a replica that is not live
         // must not be vouching.
         let reported = self.followers.applied_floor(applied);
-        if let Err(e) = self.feed.heartbeat(self.fresh.instance(), reported).await {
-            tracing::warn!(error = %e, "could not record this instance's heartbeat");
-            return Step::Done;
+        let read = Confirmation {
+            through: changes.upto,
+            as_of: sent,
+        };
+        let confirmed = match self
+            .feed
+            .confirm(self.fresh.instance(), reported, read)
+            .await
+        {
+            Ok(confirmed) => confirmed,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not report to the source this process follows");
+                return Step::Failed(self.feed.retry_after(&e, every));
+            }
+        };
+        pending.extend(confirmed);
+        if pending.len() > MAX_PENDING {
+            pending.remove(0);
         }
-        // Only a re-read sent while listening, in a session in which this
-        // instance was already registered, counts (see the module's
-        // comment); checked and set under the lock that `fence` takes.
+        // The latest confirmation of changes all applied here.
+        let applied = self.fresh.applied();
+        let mut as_of = None;
+        pending.retain(|c| {
+            let done = c.through <= applied;
+            if done {
+                as_of = as_of.max(Some(c.as_of));
+            }
+            !done
+        });
+        let Some(as_of) = as_of else {
+            return Step::Done;
+        };
+        // Only a confirmation obtained while listening, in a session in
+        // which this instance was already registered, counts (see the
+        // module's comment); checked and set under the lock that `fence`
+        // takes.
         let stands = || heard.listening && *events.borrow() == heard;
-        match self.fresh.heartbeat(heard.session, sent, stands) {
+        match self.fresh.heartbeat(heard.session, as_of, stands) {
             Heartbeat::Registered => Step::Again,
             Heartbeat::Lost | Heartbeat::Fresh => Step::Done,
+        }
+    }
+
+    /// Applies one change through the registry and the verifier's cache.
+    fn apply(&self, change: Change) {
+        match change {
+            // Each key as its latest change left it: published or withheld
+            // (disabled, expired, or retired by a rotation), unless a newer
+            // change of it was applied here meanwhile. The keys of one
+            // change together, so that their events are consecutive.
+            Change::Keys { version, records } => {
+                let records: Vec<&crate::keys::PublicKeyRecord> = records.iter().collect();
+                let news = self
+                    .published
+                    .publish_all(&records, version, &self.verifier);
+                for _ in news.into_iter().filter(|&new| new) {
+                    self.keys.inc();
+                }
+            }
+            Change::Deleted { org, kid } => {
+                if self.published.remove(&org, kid, &self.verifier) {
+                    self.keys.dec();
+                }
+            }
+            // Forgotten by the verifier before this returns, so before it
+            // is confirmed.
+            Change::Withdrawn { org, kid, reason } => {
+                if self.published.withdraw(&org, kid, reason, &self.verifier) {
+                    self.keys.dec();
+                }
+            }
+            Change::Reset {
+                version,
+                records,
+                withheld,
+            } => {
+                self.published.replace(&records, &withheld, &self.verifier);
+                self.fresh.applied_from(version);
+            }
+        }
+    }
+}
+
+/// Updates the count of live instances every `max_staleness / 4`, apart
+/// from the re-reads so that a slow answer never delays one.
+pub(crate) async fn count_instances(feed: Arc<impl Reports>, fresh: Arc<Freshness>, live: Gauge) {
+    let every = fresh.max_staleness() / 4;
+    loop {
+        tokio::time::sleep(every).await;
+        // Every live instance but this one has applied less than this.
+        let within = fresh.max_staleness() + MARGIN;
+        if let Ok(others) = feed
+            .lagging(i64::MAX as u64, fresh.instance(), within)
+            .await
+        {
+            live.set(others.len() as i64 + 1);
         }
     }
 }
@@ -230,7 +309,7 @@ pub(crate) const MARGIN: Duration = Duration::from_millis(100);
 /// a store no other process writes. A process that does not follow (the
 /// CLI on a shared database) waits all the same: its answer revokes too.
 pub(crate) async fn applied_everywhere(
-    feed: &impl ChangeFeed,
+    feed: &impl Reports,
     fresh: &Freshness,
     version: u64,
     committed: Instant,
@@ -242,7 +321,7 @@ pub(crate) async fn applied_everywhere(
 }
 
 async fn applied_or_fenced(
-    feed: &impl ChangeFeed,
+    feed: &impl Reports,
     fresh: &Freshness,
     version: u64,
     committed: Instant,

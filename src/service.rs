@@ -14,7 +14,7 @@ use std::time::Duration;
 pub use lifecycle::Lifetimes;
 
 use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
-use crate::feed::ChangeFeed;
+use crate::feed::Reports;
 use crate::freshness::{Freshness, Staleness};
 use crate::jwks::Document;
 use crate::keys::upload::Upload;
@@ -111,8 +111,9 @@ pub struct Signet {
     fresh: Arc<Freshness>,
     /// Look-ups of keys created elsewhere and not applied here yet.
     unknown: crate::replica::UnknownKeys,
-    /// The task that applies changes made by other instances, if any.
-    follower: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// The tasks that follow the source this process follows (the
+    /// replica, and on a follower the stream it reads), if any.
+    following: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     /// Counters only: callers count into it, nothing reaches storage.
     pub metrics: Metrics,
     /// Requests refused for want of a valid credential: counted, not audited.
@@ -123,8 +124,8 @@ pub struct Signet {
     seen_generation: std::sync::atomic::AtomicU64,
     /// The followers of this instance, and the wait for them.
     followers: Arc<crate::followers::Followers>,
-    /// On a follower: the mirror of the upstream.
-    mirror: Option<Arc<crate::follower::Mirror>>,
+    /// On a follower: whether the upstream has accepted its token.
+    registered: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What the service is built with, all given at construction.
@@ -222,22 +223,26 @@ impl Signet {
         // Follows the other instances from now on; serves once current, or
         // after max_staleness with the database away (verification is
         // then refused until it is back).
-        let follower = match following {
-            true => {
-                Replica {
-                    feed: store.feed().expect("following a shared store"),
-                    published: published.clone(),
-                    verifier: verifier.clone(),
-                    keys: metrics.keys.clone(),
-                    metrics: metrics.cluster.clone(),
-                    fresh: fresh.clone(),
-                    followers: followers.clone(),
-                }
-                .start()
-                .await
-            }
-            false => None,
-        };
+        let mut following_tasks = Vec::new();
+        if following {
+            let feed = store.feed().expect("following a shared store");
+            let count = crate::replica::count_instances(
+                feed.clone(),
+                fresh.clone(),
+                metrics.cluster.live_instances.clone(),
+            );
+            following_tasks.push(tokio::spawn(count).abort_handle());
+            let replica = Replica {
+                feed,
+                published: published.clone(),
+                verifier: verifier.clone(),
+                keys: metrics.keys.clone(),
+                metrics: metrics.cluster.clone(),
+                fresh: fresh.clone(),
+                followers: followers.clone(),
+            };
+            following_tasks.extend(replica.start().await);
+        }
         Ok(Signet {
             published,
             lifetimes,
@@ -247,21 +252,27 @@ impl Signet {
             verifier,
             fresh,
             unknown: crate::replica::UnknownKeys::new(),
-            follower: std::sync::Mutex::new(follower),
+            following: std::sync::Mutex::new(following_tasks),
             metrics,
             refusals,
             quota,
             pool,
             seen_generation: Default::default(),
             followers,
-            mirror: None,
+            registered: None,
         })
     }
 
     /// A follower's service: no store, the keys its upstream publishes
-    /// (applied through [`Signet::mirror`]), verification only while the
-    /// upstream's answers keep it fresh.
-    pub fn follower(policy: Policy, config: &crate::config::Config) -> Signet {
+    /// (a replica whose feed is the upstream, reached through `link`),
+    /// verification only while the upstream's answers keep it fresh.
+    /// Registers first: a refused token is an error; an unreachable
+    /// upstream is not. Returns once fresh, or after `max_staleness`.
+    pub async fn follower<T: crate::follower::Transport>(
+        policy: Policy,
+        config: &crate::config::Config,
+        link: Arc<T>,
+    ) -> Result<Signet, crate::follower::Refused> {
         let fresh = Arc::new(Freshness::new(0, Staleness::from(&config.cluster), true));
         let published = Arc::new(Registry::new(
             fresh.clone(),
@@ -279,21 +290,38 @@ impl Signet {
             published.feed().clone(),
             metrics.follower_ack_seconds.clone(),
         ));
-        let mirror =
-            crate::follower::Mirror::new(published.clone(), verifier.clone(), fresh.clone());
         let pool = KeyPool::start([0, 0, 0], metrics.pool_depth());
-        // Counted here; sent upstream with the acknowledgements is not done.
+        // Counted here, sent upstream with the acknowledgements.
         let usage_task = tokio::spawn(usage::count_forever(
             verifier.usage().clone(),
             None,
             published.clone(),
         ));
-        let age = fresh.clone();
-        metrics
-            .cluster
-            .fresh_age_seconds
-            .read_with(move || age.age().as_secs_f64());
-        Signet {
+        let pushed = Arc::new(crate::follower::Pushed::default());
+        let feed = crate::follower::UpstreamFeed::new(
+            link.clone(),
+            pushed.clone(),
+            verifier.usage().clone(),
+        );
+        let registered = feed.registered();
+        if let Err(refused) = feed.register(fresh.instance()).await {
+            timer.abort();
+            usage_task.abort();
+            return Err(refused);
+        }
+        let mut following = vec![tokio::spawn(link.follow(pushed)).abort_handle()];
+        let replica = Replica {
+            feed: Arc::new(feed),
+            published: published.clone(),
+            verifier: verifier.clone(),
+            // A follower counts no keys of its own.
+            keys: prometheus_client::metrics::gauge::Gauge::default(),
+            metrics: metrics.cluster.clone(),
+            fresh: fresh.clone(),
+            followers: followers.clone(),
+        };
+        following.extend(replica.start().await);
+        Ok(Signet {
             published,
             lifetimes: Lifetimes::default(),
             timer,
@@ -301,7 +329,7 @@ impl Signet {
             verifier,
             fresh,
             unknown: crate::replica::UnknownKeys::new(),
-            follower: Default::default(),
+            following: std::sync::Mutex::new(following),
             metrics,
             refusals,
             quota: 0,
@@ -309,13 +337,8 @@ impl Signet {
             usage_task,
             seen_generation: Default::default(),
             followers,
-            mirror: Some(Arc::new(mirror)),
-        }
-    }
-
-    /// On a follower, the mirror of its upstream.
-    pub fn mirror(&self) -> Option<&Arc<crate::follower::Mirror>> {
-        self.mirror.as_ref()
+            registered: Some(registered),
+        })
     }
 
     /// The followers of this instance.
@@ -709,7 +732,10 @@ impl Signet {
         let usable = match &self.store {
             Some(store) => store.is_usable().await,
             // A follower: ready once its upstream has accepted it.
-            None => self.mirror.as_ref().is_some_and(|m| m.registered()),
+            None => self
+                .registered
+                .as_ref()
+                .is_some_and(|r| r.load(std::sync::atomic::Ordering::SeqCst)),
         };
         self.fresh.vouch().is_ok() && usable
     }
@@ -722,12 +748,18 @@ impl Signet {
         }
     }
 
+    /// Stops the tasks that follow the source this process follows.
+    fn stop_following(&self) {
+        let tasks = std::mem::take(&mut *self.following.lock().expect("following lock poisoned"));
+        for task in tasks {
+            task.abort();
+        }
+    }
+
     /// Stops following other instances and leaves their list, so that no
     /// delete waits for this instance any more (at shutdown).
     pub async fn leave(&self) {
-        if let Some(task) = self.follower.lock().expect("follower lock poisoned").take() {
-            task.abort();
-        }
+        self.stop_following();
         let feed = self.store.as_ref().and_then(Store::feed);
         if let (true, Some(feed)) = (self.fresh.following(), feed) {
             // Not on the list any more: no revocation waits for this
@@ -869,9 +901,7 @@ impl Drop for Signet {
     fn drop(&mut self) {
         self.timer.abort();
         self.usage_task.abort();
-        if let Some(task) = self.follower.lock().expect("follower lock poisoned").take() {
-            task.abort();
-        }
+        self.stop_following();
     }
 }
 

@@ -1,10 +1,12 @@
-//! A follower's link to its upstream signet: the change feed read as a
-//! stream (`GET /v1/events`, resumed with `Last-Event-ID`), and the
-//! acknowledgements (`POST /v1/followers/ack`) whose answers keep the
-//! follower fresh. What the events and answers mean is `follower`'s.
+//! A follower's link to its upstream signet, over hyper's client: the
+//! change feed read as a stream (`GET /v1/events`, resumed with
+//! `Last-Event-ID`) into `follower::Pushed`, and the acknowledgements
+//! (`POST /v1/followers/ack`) whose answers keep the follower fresh. What
+//! the events and answers mean is `follower`'s; when to acknowledge is
+//! the replica's (`replica`, the same as an instance's).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,11 +15,10 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio_rustls::rustls;
 
 use super::client::{connect_tls, tls_config, ClientError};
-use crate::follower::{AckAnswer, Mirror, SseParser};
+use crate::follower::{Ack, AckAnswer, AckFailure, Pushed, Refused, SseParser, Transport};
 
 /// Why a stream ended when the acknowledgements found another run of the
 /// upstream than the stream's.
@@ -63,8 +64,9 @@ pub struct Link {
     cacert: Option<PathBuf>,
     tls: Option<Arc<rustls::ClientConfig>>,
     max_staleness: Duration,
-    /// Asks the stream to start over from a `reset`.
-    restart: Notify,
+    /// The acknowledgements' connection, kept between them (one is in
+    /// flight at a time).
+    acks: Mutex<Option<SendRequest<Full<Bytes>>>>,
 }
 
 impl Link {
@@ -109,8 +111,18 @@ impl Link {
             cacert: up.cacert,
             tls,
             max_staleness: Duration::from_millis(config.cluster.max_staleness_ms),
-            restart: Notify::new(),
+            acks: Mutex::new(None),
         })
+    }
+
+    /// The start-up error for a token the upstream refused, naming where
+    /// the token came from (never the token).
+    pub fn refused(&self, refused: Refused) -> LinkError {
+        LinkError::Refused {
+            url: self.base.clone(),
+            from: self.token_from.clone(),
+            status: refused.status,
+        }
     }
 
     /// A new HTTP/1.1 connection to the upstream.
@@ -166,153 +178,81 @@ impl Link {
     }
 }
 
-/// Sends one acknowledgement; the answer, or why there is none.
-async fn acknowledge(
-    link: &Link,
-    conn: &mut Option<SendRequest<Full<Bytes>>>,
-    mirror: &Mirror,
-) -> Result<AckAnswer, Failure> {
-    // Key usage counted here rides along, to be summed upstream.
-    let usage = mirror.usage();
-    let body =
-        serde_json::json!({"follower": mirror.id(), "applied": mirror.applied(), "usage": usage});
-    let req = link
-        .request(Method::POST, "/v1/followers/ack")
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(
-            hyper::header::AUTHORIZATION,
-            format!("Bearer {}", link.token),
-        )
-        .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| Failure::Other(e.to_string()))?;
-    let exchange = async {
-        let mut sender = match conn.take() {
-            Some(s) if !s.is_closed() => s,
-            _ => link.connect().await.map_err(Failure::Other)?,
-        };
-        sender
-            .ready()
-            .await
-            .map_err(|e| Failure::Other(e.to_string()))?;
-        let res = sender
-            .send_request(req)
-            .await
-            .map_err(|e| Failure::Other(e.to_string()))?;
-        let status = res.status();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Failure::Other(e.to_string()))?
-            .to_bytes();
-        *conn = Some(sender);
-        match status {
-            StatusCode::OK => serde_json::from_slice::<AckAnswer>(&body)
-                .map_err(|e| Failure::Other(format!("an answer this follower cannot read: {e}"))),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(Failure::Refused(status.to_string()))
+impl Transport for Link {
+    fn url(&self) -> &str {
+        &self.base
+    }
+
+    async fn follow(self: Arc<Self>, pushed: Arc<Pushed>) {
+        follow(&self, &pushed).await
+    }
+
+    async fn acknowledge(&self, ack: &Ack<'_>) -> Result<AckAnswer, AckFailure> {
+        let body = serde_json::to_vec(ack).map_err(|e| AckFailure::Other(e.to_string()))?;
+        let req = self
+            .request(Method::POST, "/v1/followers/ack")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| AckFailure::Other(e.to_string()))?;
+        let conn = self.acks.lock().expect("acks lock poisoned").take();
+        let exchange = async {
+            let mut sender = match conn {
+                Some(s) if !s.is_closed() => s,
+                _ => self.connect().await.map_err(AckFailure::Other)?,
+            };
+            sender
+                .ready()
+                .await
+                .map_err(|e| AckFailure::Other(e.to_string()))?;
+            let res = sender
+                .send_request(req)
+                .await
+                .map_err(|e| AckFailure::Other(e.to_string()))?;
+            let status = res.status();
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| AckFailure::Other(e.to_string()))?
+                .to_bytes();
+            *self.acks.lock().expect("acks lock poisoned") = Some(sender);
+            match status {
+                StatusCode::OK => serde_json::from_slice::<AckAnswer>(&body).map_err(|e| {
+                    AckFailure::Other(format!("an answer this follower cannot read: {e}"))
+                }),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    Err(AckFailure::Refused(status.to_string()))
+                }
+                other => Err(AckFailure::Other(format!(
+                    "{other}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                ))),
             }
-            other => Err(Failure::Other(format!(
-                "{other}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(300)])
-            ))),
-        }
-    };
-    let answer =
-        match tokio::time::timeout(link.max_staleness.max(Duration::from_millis(500)), exchange)
+        };
+        match tokio::time::timeout(self.max_staleness.max(Duration::from_millis(500)), exchange)
             .await
         {
             Ok(answer) => answer,
-            Err(_) => {
-                *conn = None;
-                Err(Failure::Other("no answer in time".into()))
-            }
-        };
-    if answer.is_err() {
-        mirror.unsent(&usage);
-    }
-    answer
-}
-
-enum Failure {
-    Refused(String),
-    Other(String),
-}
-
-/// Registers with the upstream: the first acknowledgement. A refused token
-/// is an error; an unreachable upstream is not (the follower keeps trying,
-/// verifying nothing meanwhile).
-pub async fn register(link: &Link, mirror: &Mirror) -> Result<(), LinkError> {
-    let mut conn = None;
-    let sent = Instant::now();
-    match acknowledge(link, &mut conn, mirror).await {
-        Ok(answer) => {
-            mirror.answered(sent, &answer);
-            Ok(())
+            // The connection is dropped with the exchange.
+            Err(_) => Err(AckFailure::Other("no answer in time".into())),
         }
-        Err(Failure::Refused(status)) => Err(LinkError::Refused {
-            url: link.base.clone(),
-            from: link.token_from.clone(),
-            status,
-        }),
-        Err(Failure::Other(why)) => {
-            tracing::warn!(upstream = %link.base, %why, "could not register with the upstream yet; retrying");
-            Ok(())
-        }
-    }
-}
-
-/// Follows the upstream until aborted: the stream and the acknowledgements.
-pub fn spawn(link: Arc<Link>, mirror: Arc<Mirror>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        tokio::join!(follow(&link, &mirror), acknowledge_forever(&link, &mirror));
-    })
-}
-
-/// Acknowledges after every applied event (one in flight at a time) and
-/// at least every quarter of `max_staleness`.
-async fn acknowledge_forever(link: &Link, mirror: &Mirror) {
-    let every = link.max_staleness / 4;
-    let mut applied = mirror.watch();
-    let mut conn = None;
-    let mut acked = None;
-    loop {
-        let sent = Instant::now();
-        let now_applied = mirror.applied();
-        match acknowledge(link, &mut conn, mirror).await {
-            Ok(answer) => {
-                acked = Some(now_applied);
-                if !mirror.answered(sent, &answer) {
-                    // Another run of the upstream than the stream's.
-                    link.restart.notify_one();
-                }
-            }
-            Err(Failure::Refused(status)) => {
-                tracing::error!(upstream = %link.base, %status, from = %link.token_from, "the upstream refused the follower token");
-                tokio::time::sleep(every).await;
-            }
-            Err(Failure::Other(why)) => {
-                tracing::warn!(upstream = %link.base, %why, "could not acknowledge to the upstream");
-                tokio::time::sleep(Duration::from_millis(100).min(every)).await;
-            }
-        }
-        if acked == Some(mirror.applied()) {
-            let _ = tokio::time::timeout(every, applied.changed()).await;
-        }
-        applied.borrow_and_update();
     }
 }
 
 /// Reads the upstream's feed, reconnecting with `Last-Event-ID` after a
 /// short pause when it ends.
-async fn follow(link: &Link, mirror: &Mirror) {
+async fn follow(link: &Link, pushed: &Pushed) {
     let mut pause = Duration::from_millis(50);
     let mut resume = true;
     loop {
-        let last = if resume { mirror.last_event_id() } else { None };
+        let last = if resume { pushed.last_event_id() } else { None };
         let started = Instant::now();
-        let result = read_stream(link, mirror, last).await;
-        mirror.stream_lost();
+        let result = read_stream(link, pushed, last).await;
+        pushed.lost();
         resume = true;
         match result {
             Ok(()) => {}
@@ -330,13 +270,13 @@ async fn follow(link: &Link, mirror: &Mirror) {
         }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = link.restart.notified() => resume = false,
+            () = pushed.restart_asked() => resume = false,
         }
         pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 
-async fn read_stream(link: &Link, mirror: &Mirror, last: Option<u64>) -> Result<(), String> {
+async fn read_stream(link: &Link, pushed: &Pushed, last: Option<u64>) -> Result<(), String> {
     let mut sender = link.connect().await?;
     let mut req = link
         .request(Method::GET, "/v1/events")
@@ -364,7 +304,7 @@ async fn read_stream(link: &Link, mirror: &Mirror, last: Option<u64>) -> Result<
     loop {
         let frame = tokio::select! {
             frame = tokio::time::timeout(silence, body.frame()) => frame,
-            () = link.restart.notified() => return Err(RESTART.into()),
+            () = pushed.restart_asked() => return Err(RESTART.into()),
         };
         let frame = match frame {
             Err(_) => return Err("no event nor heartbeat in time".into()),
@@ -375,7 +315,7 @@ async fn read_stream(link: &Link, mirror: &Mirror, last: Option<u64>) -> Result<
             continue;
         };
         for event in parser.push(&data).map_err(|e| e.to_string())? {
-            mirror.apply(&event).map_err(|e| e.to_string())?;
+            pushed.push(&event).map_err(|e| e.to_string())?;
         }
     }
 }

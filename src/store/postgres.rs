@@ -1,6 +1,9 @@
 //! The PostgreSQL backend, and the only module that knows PostgreSQL
 //! (tokio-postgres, pooled by deadpool-postgres). Several signet instances
-//! may share one database.
+//! may share one database: it is the feed each one's replica follows
+//! (`feed::ChangeFeed`: versioned re-reads, each confirmed by the
+//! heartbeat after it) and the reports a revoking writer waits on
+//! (`feed::Reports`).
 //!
 //! Tables (created by the migrations below):
 //! - `signet_schema`: one row, the schema and record versions
@@ -55,7 +58,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, Transaction};
 
 use crate::audit::{self, AuditEvent, BrokenLink, EventId, NewEvent};
-use crate::feed::{Acknowledged, Instance};
+use crate::feed::{Acknowledged, Change, Confirmation, Instance};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
@@ -1401,22 +1404,11 @@ impl Storage for PgStore {
     }
 }
 
-/// What a replica on another instance reads (see `crate::feed`).
+/// What a replica on another instance follows (see `crate::feed`).
 impl crate::feed::ChangeFeed for PgStore {
     type Error = StoreError;
 
-    async fn version(&self) -> Result<u64, StoreError> {
-        on_conn!(self, &self.follow, |client| {
-            let row = client
-                .query_typed_one("SELECT version FROM change_counter", &[])
-                .await
-                .map_err(db)?;
-            Ok(row.get::<_, i64>(0) as u64)
-        })
-        .await
-    }
-
-    async fn changes_since(&self, applied: u64) -> Result<Changes, StoreError> {
+    async fn next(&self, applied: u64) -> Result<Changes, StoreError> {
         let rows = on_conn!(self, &self.follow, |client| {
             // One statement, one snapshot: every version up to the counter's
             // has committed. The counter's row comes first, then one row per
@@ -1448,29 +1440,89 @@ impl crate::feed::ChangeFeed for PgStore {
             .next()
             .ok_or_else(|| StoreError::Corrupt("change_counter has no row".into()))?
             .get(1);
-        let mut changes = Changes {
-            upto: upto as u64,
-            ..Changes::default()
-        };
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
         for row in rows {
             let id = key_id(row.get(2))?;
             match row.get::<_, Option<&[u8]>>(4) {
                 Some(record) => {
                     let version = row.get::<_, i64>(1) as u64;
                     let record = open_record(&self.sealer, id, record);
-                    changes.live.extend(record.map(|r| (version, r)));
+                    live.extend(record.map(|r| (version, r)));
                 }
                 None => {
                     let org = OrgId::parse(row.get(3))
                         .map_err(|e| StoreError::Corrupt(format!("tombstone organisation: {e}")))?;
-                    changes.gone.push((org, id));
+                    gone.push(Change::Deleted { org, kid: id });
                 }
             }
         }
-        changes.live.sort_by_key(|(_, r)| r.id);
-        Ok(changes)
+        live.sort_by_key(|(_, r)| r.id);
+        // The keys of one change (a rotation's two) together, so that their
+        // events in the feed are consecutive; then the deleted keys.
+        let mut changes: Vec<Change> = Vec::with_capacity(live.len() + gone.len());
+        for (version, record) in live {
+            match changes.last_mut() {
+                Some(Change::Keys {
+                    version: v,
+                    records,
+                }) if *v == version => records.push(record),
+                _ => changes.push(Change::Keys {
+                    version,
+                    records: vec![record],
+                }),
+            }
+        }
+        changes.extend(gone);
+        Ok(Changes {
+            upto: upto as u64,
+            changes,
+            start_over: false,
+        })
     }
 
+    /// Records the heartbeat; once it has committed, what the re-read
+    /// before it showed is confirmed.
+    async fn confirm(
+        &self,
+        me: &str,
+        reported: u64,
+        read: Confirmation,
+    ) -> Result<Option<Confirmation>, StoreError> {
+        self.heartbeat(me, reported).await?;
+        Ok(Some(read))
+    }
+
+    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<Heard>> {
+        let mut listener = self.listener.lock().expect("listener lock poisoned");
+        if let Some((events, _)) = &*listener {
+            return Some(events.subscribe());
+        }
+        if self.settings.poll {
+            // Nothing to listen to and no session to lose.
+            let (events, receiver) = tokio::sync::watch::channel(Heard {
+                session: 1,
+                listening: true,
+                polling: true,
+            });
+            *listener = Some((events, None));
+            return Some(receiver);
+        }
+        let (events, receiver) = tokio::sync::watch::channel(Heard::default());
+        let task = tokio::spawn(listen(
+            self.pg_config.clone(),
+            events.clone(),
+            self.polling.clone(),
+            self.acks.clone(),
+        ));
+        *listener = Some((events, Some(task.abort_handle())));
+        Some(receiver)
+    }
+}
+
+impl PgStore {
+    /// Records that instance `instance` is alive and has applied every
+    /// change through `applied`.
     async fn heartbeat(&self, instance: &str, applied: u64) -> Result<(), StoreError> {
         // Instances killed a day ago are forgotten on the way. While
         // listening, a heartbeat need not wait for the disk (it is visible
@@ -1515,6 +1567,22 @@ impl crate::feed::ChangeFeed for PgStore {
                 .await
                 .map_err(db)?;
             Ok(())
+        })
+        .await
+    }
+}
+
+/// What a revoking writer reads of every instance (see `crate::feed`).
+impl crate::feed::Reports for PgStore {
+    type Error = StoreError;
+
+    async fn version(&self) -> Result<u64, StoreError> {
+        on_conn!(self, &self.follow, |client| {
+            let row = client
+                .query_typed_one("SELECT version FROM change_counter", &[])
+                .await
+                .map_err(db)?;
+            Ok(row.get::<_, i64>(0) as u64)
         })
         .await
     }
@@ -1584,32 +1652,6 @@ impl crate::feed::ChangeFeed for PgStore {
 
     fn acknowledgements(&self) -> Option<tokio::sync::watch::Receiver<Acknowledged>> {
         (!self.polling()).then(|| self.acks.subscribe())
-    }
-
-    fn announcements(&self) -> Option<tokio::sync::watch::Receiver<Heard>> {
-        let mut listener = self.listener.lock().expect("listener lock poisoned");
-        if let Some((events, _)) = &*listener {
-            return Some(events.subscribe());
-        }
-        if self.settings.poll {
-            // Nothing to listen to and no session to lose.
-            let (events, receiver) = tokio::sync::watch::channel(Heard {
-                session: 1,
-                listening: true,
-                polling: true,
-            });
-            *listener = Some((events, None));
-            return Some(receiver);
-        }
-        let (events, receiver) = tokio::sync::watch::channel(Heard::default());
-        let task = tokio::spawn(listen(
-            self.pg_config.clone(),
-            events.clone(),
-            self.polling.clone(),
-            self.acks.clone(),
-        ));
-        *listener = Some((events, Some(task.abort_handle())));
-        Some(receiver)
     }
 }
 
