@@ -2,6 +2,11 @@
 """Follower benchmarks (docs/followers.md), against a signet binary on sled:
 
     python3 benches/followers.py BIN delete N FOLLOWERS   # DELETE p50/p99 with FOLLOWERS followers
+    python3 benches/followers.py BIN auth ROUNDS          # GET /v1/auth, follower vs upstream
+
+`auth`: one RS256 token repeated, wrk -t2 -c64 -d5s (wrk on PATH),
+alternating upstream and follower ROUNDS times each; the median rate of
+each and their ratio.
 
 (Idle subscribers' memory and the feed's fan-out: benches/feed_fanout.rs.)
 
@@ -42,5 +47,33 @@ try:
             t=time.monotonic(); req(up,"DELETE",f"/v1/organisations/acme/keys/{kid}"); times.append(time.monotonic()-t)
         times.sort()
         print(f"followers={nf} deletes={n} p50={statistics.median(times)*1000:.2f}ms p99={times[int(len(times)*0.99)-1]*1000:.2f}ms")
+    if mode=="auth":
+        rounds=int(sys.argv[3])
+        fol,_=start({"SIGNET_UPSTREAM_TOKEN":FT}, ["--upstream", up], d+"/f")
+        st,b=req(up,"POST","/v1/organisations/acme/keys",{"name":"k","algorithm":"RS256"})
+        created=json.loads(b)
+        with open(d+"/key.pem","w") as f: f.write(created["privateKey"])
+        token=subprocess.run([BIN,"token","--key",d+"/key.pem","--kid",created["id"],"--org","acme","--ttl","1h"],
+            capture_output=True, text=True, check=True).stdout.strip()
+        os.remove(d+"/key.pem")
+        for base in (up, fol):
+            for _ in range(200):
+                r=urllib.request.Request(base+"/v1/auth", headers={"authorization":"Bearer "+token})
+                try:
+                    if urllib.request.urlopen(r, timeout=1).status==200: break
+                except Exception: time.sleep(0.05)
+            else: raise SystemExit(base+" never accepted the token")
+        rates={"upstream":[], "follower":[]}
+        for _ in range(rounds):
+            for name, base in (("upstream", up), ("follower", fol)):
+                out=subprocess.run(["wrk","-t2","-c64","-d5s","-H","Authorization: Bearer "+token, base+"/v1/auth"],
+                    capture_output=True, text=True, check=True).stdout
+                rate=float(next(l.split()[1] for l in out.splitlines() if l.startswith("Requests/sec")))
+                non2xx=[l for l in out.splitlines() if "Non-2xx" in l]
+                if non2xx: raise SystemExit(f"{name}: {non2xx[0]}")
+                rates[name].append(rate)
+        u=statistics.median(rates["upstream"]); f=statistics.median(rates["follower"])
+        print(f"auth upstream={u:.0f}/s follower={f:.0f}/s follower/upstream={f/u:.2f} "
+              f"runs upstream={[round(r) for r in rates['upstream']]} follower={[round(r) for r in rates['follower']]}")
 finally:
     for p in procs: p.terminate()
