@@ -11,6 +11,9 @@
 //! means "every change through that id was known as of `t_send -
 //! staleMs`". An answer of another run of the upstream than the stream's
 //! confirms nothing and makes the stream start over from a `reset`.
+//! A verification of a key id the follower does not know asks the replica
+//! for an acknowledgement now (`replica::CatchUps`) and waits until one
+//! sent after it asked is answered and its events are applied.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

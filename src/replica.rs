@@ -41,6 +41,12 @@
 //! was stopped never refresh it: only an answer to an acknowledgement sent
 //! afterwards does. Like polling, no session fences it.
 //!
+//! A verification of a key id a follower does not know can ask for a round
+//! now ([`CatchUps::caught_up`]) and wait until one that started after it
+//! asked is confirmed with every change through its confirmation applied:
+//! a key created upstream a moment ago then verifies here at once, for one
+//! round shared by every verification waiting meanwhile.
+//!
 //! A revocation (a delete, a disable, a rotation that retires the old key
 //! at once) waits, after it has committed at version v, until every other
 //! live instance (a heartbeat within `max_staleness`) has applied v, or
@@ -59,6 +65,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::{watch, Notify};
 
 use crate::feed::{Change, ChangeFeed, Confirmation, Heard, Reports};
 use crate::followers::Followers;
@@ -93,6 +100,8 @@ pub(crate) struct Replica<F> {
     /// The followers this instance serves: its heartbeat reports the
     /// lowest of its own applied version and theirs.
     pub followers: Arc<Followers>,
+    /// Rounds asked for by verifications of unknown key ids.
+    pub catch_ups: Arc<CatchUps>,
 }
 
 impl<F: ChangeFeed> Replica<F> {
@@ -150,6 +159,7 @@ impl<F: ChangeFeed> Replica<F> {
                 }
                 // A follower acknowledged: the next heartbeat reports it.
                 () = self.followers.moved() => {}
+                () = self.catch_ups.wanted() => {}
                 () = tokio::time::sleep(every) => {}
             }
         }
@@ -160,7 +170,7 @@ impl<F: ChangeFeed> Replica<F> {
     async fn catch_up(
         &self,
         events: &tokio::sync::watch::Receiver<Heard>,
-        pending: &mut Vec<Confirmation>,
+        pending: &mut Vec<(Confirmation, Instant)>,
         every: Duration,
     ) -> Step {
         let heard = *events.borrow();
@@ -202,21 +212,22 @@ impl<F: ChangeFeed> Replica<F> {
                 return Step::Failed(self.feed.retry_after(&e, every));
             }
         };
-        pending.extend(confirmed);
+        pending.extend(confirmed.map(|c| (c, sent)));
         if pending.len() > MAX_PENDING {
             pending.remove(0);
         }
         // The latest confirmation of changes all applied here.
         let applied = self.fresh.applied();
-        let mut as_of = None;
-        pending.retain(|c| {
+        let (mut as_of, mut started) = (None, None);
+        pending.retain(|(c, round)| {
             let done = c.through <= applied;
             if done {
                 as_of = as_of.max(Some(c.as_of));
+                started = started.max(Some(*round));
             }
             !done
         });
-        let Some(as_of) = as_of else {
+        let (Some(as_of), Some(started)) = (as_of, started) else {
             return Step::Done;
         };
         // Only a confirmation obtained while listening, in a session in
@@ -226,7 +237,11 @@ impl<F: ChangeFeed> Replica<F> {
         let stands = || heard.listening && *events.borrow() == heard;
         match self.fresh.heartbeat(heard.session, as_of, stands) {
             Heartbeat::Registered => Step::Again,
-            Heartbeat::Lost | Heartbeat::Fresh => Step::Done,
+            Heartbeat::Lost => Step::Done,
+            Heartbeat::Fresh => {
+                self.catch_ups.confirmed(started);
+                Step::Done
+            }
         }
     }
 
@@ -420,5 +435,84 @@ impl UnknownKeys {
     /// `id` was looked up and is not in the store.
     pub fn absent(&self, id: crate::keys::KeyId) {
         self.absent.insert(id, ());
+    }
+}
+
+/// The least time between two rounds asked for by catch-ups: a flood of
+/// unknown key ids costs the source at most one confirmation per this.
+const CATCH_UP_SPACING: Duration = Duration::from_millis(20);
+
+/// Rounds of reading and confirming asked for now, by verifications of
+/// key ids this process does not know, and the wait for their answer.
+pub(crate) struct CatchUps {
+    /// When the latest round whose confirmation counted, with every change
+    /// through it applied, started: a catch-up waits for one that started
+    /// after it asked.
+    synced: watch::Sender<Option<Instant>>,
+    /// Asks the replica for a round now.
+    wanted: Notify,
+    /// When the replica last answered a catch-up's request.
+    wanted_at: Mutex<Option<Instant>>,
+}
+
+impl CatchUps {
+    pub fn new() -> CatchUps {
+        CatchUps {
+            synced: watch::channel(None).0,
+            wanted: Notify::new(),
+            wanted_at: Mutex::new(None),
+        }
+    }
+
+    /// Waits until the replica has applied every change its source had
+    /// when this was called, at most `limit` and only while `fresh` may
+    /// vouch: asks for a round now (one, for every caller waiting
+    /// meanwhile) and waits until one that started after this call is
+    /// confirmed and its changes are applied. Whether they are.
+    pub async fn caught_up(&self, fresh: &Freshness, limit: Duration) -> bool {
+        let asked = Instant::now();
+        let mut synced = self.synced.subscribe();
+        self.wanted.notify_one();
+        let deadline = asked + limit;
+        loop {
+            if synced.borrow_and_update().is_some_and(|at| at >= asked) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || fresh.vouch().is_err() {
+                return false;
+            }
+            // Looks at the fence again at least this often.
+            let wait = (deadline - now).min(Duration::from_millis(20));
+            let _ = tokio::time::timeout(wait, synced.changed()).await;
+        }
+    }
+
+    /// Resolves when a catch-up asks for a round (at once if one asked
+    /// since the last time), and no sooner than [`CATCH_UP_SPACING`] after
+    /// it last did.
+    async fn wanted(&self) {
+        self.wanted.notified().await;
+        let last = *self.lock();
+        if let Some(at) = last {
+            tokio::time::sleep_until((at + CATCH_UP_SPACING).into()).await;
+        }
+        *self.lock() = Some(Instant::now());
+    }
+
+    /// A round that started at `started` is confirmed, with every change
+    /// through its confirmation applied.
+    fn confirmed(&self, started: Instant) {
+        self.synced.send_if_modified(|synced| {
+            let newer = synced.is_none_or(|at| at < started);
+            if newer {
+                *synced = Some(started);
+            }
+            newer
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.wanted_at.lock().expect("catch-up lock poisoned")
     }
 }

@@ -33,6 +33,11 @@ use crate::store::{
 };
 use crate::verify::{Expect, Policy, Verified, Verifier, VerifyError};
 
+/// The longest a verification of a key id a follower does not know waits
+/// for the follower to catch up with its upstream: an acknowledgement's
+/// round trip and the events it brings, with room for a slow network.
+const CATCH_UP: Duration = Duration::from_millis(250);
+
 /// Why a key operation did not happen.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -109,8 +114,11 @@ pub struct Signet {
     usage_task: tokio::task::JoinHandle<()>,
     /// How current this instance is with changes made by others.
     fresh: Arc<Freshness>,
-    /// Look-ups of keys created elsewhere and not applied here yet.
+    /// Look-ups of keys created elsewhere and not applied here yet (in
+    /// the store, or on a follower, its catch-ups with the upstream).
     unknown: crate::replica::UnknownKeys,
+    /// On a follower: asks its replica to catch up with the upstream now.
+    catch_ups: Option<Arc<crate::replica::CatchUps>>,
     /// The tasks that follow the source this process follows (the
     /// replica, and on a follower the stream it reads), if any.
     following: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
@@ -240,6 +248,7 @@ impl Signet {
                 metrics: metrics.cluster.clone(),
                 fresh: fresh.clone(),
                 followers: followers.clone(),
+                catch_ups: Arc::new(crate::replica::CatchUps::new()),
             };
             following_tasks.extend(replica.start().await);
         }
@@ -260,6 +269,7 @@ impl Signet {
             seen_generation: Default::default(),
             followers,
             registered: None,
+            catch_ups: None,
         })
     }
 
@@ -310,6 +320,7 @@ impl Signet {
             return Err(refused);
         }
         let mut following = vec![tokio::spawn(link.follow(pushed)).abort_handle()];
+        let catch_ups = Arc::new(crate::replica::CatchUps::new());
         let replica = Replica {
             feed: Arc::new(feed),
             published: published.clone(),
@@ -319,6 +330,7 @@ impl Signet {
             metrics: metrics.cluster.clone(),
             fresh: fresh.clone(),
             followers: followers.clone(),
+            catch_ups: catch_ups.clone(),
         };
         following.extend(replica.start().await);
         Ok(Signet {
@@ -338,6 +350,7 @@ impl Signet {
             seen_generation: Default::default(),
             followers,
             registered: Some(registered),
+            catch_ups: Some(catch_ups),
         })
     }
 
@@ -773,7 +786,8 @@ impl Signet {
 
     /// Verifies a token against the published keys; with other instances
     /// on the store, a key id unknown here is looked up there first (a key
-    /// created elsewhere a moment ago).
+    /// created elsewhere a moment ago); on a follower, it is verified again
+    /// once the follower has caught up with its upstream.
     pub async fn verify(&self, token: &str, expect: Expect<'_>) -> Result<Verified, VerifyError> {
         let result = self.verifier.verify(token, expect);
         if matches!(result, Err(VerifyError::UnknownKey(_))) && self.learn_key_of(token).await {
@@ -784,13 +798,16 @@ impl Signet {
 
     /// With other instances on the store, publishes the key that `token`
     /// (a JWT) names if it is unknown here but in the store: created
-    /// elsewhere a moment ago. Whether the key is published now (also when
-    /// the follower published it meanwhile). Call before authenticating an
-    /// organisation token.
+    /// elsewhere a moment ago. On a follower, waits until it has caught up
+    /// with its upstream as of now instead. Whether the key is published
+    /// now (also when the replica published it meanwhile), or on a
+    /// follower known at all (a verification may then answer otherwise).
+    /// Call before authenticating an organisation token.
     pub async fn learn_key_of(&self, token: &str) -> bool {
-        let Some(store) = self.store.as_ref().filter(|_| self.fresh.following()) else {
+        let store = self.store.as_ref().filter(|_| self.fresh.following());
+        if store.is_none() && self.catch_ups.is_none() {
             return false;
-        };
+        }
         let kid = token
             .split('.')
             .next()
@@ -808,6 +825,9 @@ impl Signet {
         if self.published.knows(kid) || !self.unknown.may_look_up(kid) {
             return false;
         }
+        let Some(store) = store else {
+            return self.caught_up_with(kid).await;
+        };
         match store.get_key(kid).await {
             Ok(Some(record)) => {
                 // Only an active key, and only if nothing about it was
@@ -823,6 +843,24 @@ impl Signet {
             }
             Err(_) => false,
         }
+    }
+
+    /// On a follower, waits (at most [`CATCH_UP`]) until it has applied
+    /// every event its upstream had numbered when asked; whether key `kid`
+    /// is known then. An id still unknown is remembered as absent for a
+    /// while, like one the store does not hold.
+    async fn caught_up_with(&self, kid: KeyId) -> bool {
+        let Some(catch_ups) = &self.catch_ups else {
+            return false;
+        };
+        if !catch_ups.caught_up(&self.fresh, CATCH_UP).await {
+            return false;
+        }
+        let known = self.published.is_published(kid) || self.published.knows(kid);
+        if !known {
+            self.unknown.absent(kid);
+        }
+        known
     }
 
     /// The verifier, for authenticating callers.

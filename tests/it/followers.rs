@@ -1176,3 +1176,79 @@ fn run_example(url: &str, id: &str, until_gone: bool) -> String {
     );
     text
 }
+
+/// The acknowledgements `upstream` has answered.
+async fn acks_answered(upstream: &TestApp) -> u64 {
+    let metrics = upstream.get("/metrics").await.text();
+    let line = "signet_http_requests_total{route=\"/v1/followers/ack\",status=\"200\"} ";
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// A key created upstream verifies on a follower as soon as the create
+/// has answered: a key id the follower does not know waits until the
+/// follower has caught up with its upstream. Made-up key ids are answered
+/// `unknown_key`, and cost the upstream a bounded number of
+/// acknowledgements, not one each.
+async fn a_follower_verifies_a_key_created_a_moment_ago() {
+    // Room for a flood on two busy cores: the follower must stay fresh.
+    let roomy = |c: &mut Config| c.cluster.max_staleness_ms = 2000;
+    let upstream = upstream_with(roomy).await;
+    let follower = follower_of(&upstream, roomy).await;
+    let base = follower.url("");
+    for round in 0..40 {
+        let (id, token) = new_key(&upstream).await;
+        match round % 2 {
+            0 => assert_eq!(verdict(&follower, &token).await, "valid", "round {round}"),
+            _ => assert_eq!(auth_status(&base, &token).await, 200, "round {round}"),
+        }
+        assert_eq!(upstream.delete_key("acme", &id, ADMIN).await.status, 204);
+    }
+
+    // A flood of made-up key ids, 100 at a time.
+    const FLOOD: usize = 1000;
+    let (id, signer) = key_of(
+        &upstream
+            .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))
+            .await,
+    );
+    let signer = Arc::new(signer);
+    let before = acks_answered(&upstream).await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (follower, signer) = (base.clone(), signer.clone());
+            tokio::spawn(async move {
+                for _ in 0..FLOOD / 100 {
+                    let kid = ulid::Ulid::new().to_string();
+                    let token = signer.org_token(&kid, claims("acme", "OWNER"));
+                    let body = serde_json::to_vec(&json!({ "token": token })).unwrap();
+                    let r = send(
+                        Method::POST,
+                        &format!("{follower}/v1/verify"),
+                        &[("content-type", "application/json")],
+                        body.into(),
+                    )
+                    .await;
+                    assert_eq!(r.json()["error"]["code"], "unknown_key", "{}", r.text());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let acks = acks_answered(&upstream).await - before;
+    eprintln!(
+        "{FLOOD} made-up key ids in {:?}: {acks} acknowledgements",
+        started.elapsed()
+    );
+    assert!(acks < FLOOD as u64 / 5, "{acks} acknowledgements");
+    // The key the tokens were signed with still verifies.
+    let token = signer.org_token(&id, claims("acme", "OWNER"));
+    assert_eq!(verdict(&follower, &token).await, "valid");
+}
+
+on_both_backends!(a_follower_verifies_a_key_created_a_moment_ago);
