@@ -337,16 +337,12 @@ async fn a_subscriber_that_stops_reading_is_dropped() {
         .unwrap();
     let created = app.create_key("acme", json!({"name": "k"})).await;
     let id = kid(&created);
-    let subscribers = |text: &str| -> i64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix("signet_feed_subscribers ")?.parse().ok())
-            .unwrap()
-    };
-    assert_eq!(subscribers(&app.get("/metrics").await.text()), 1);
+    let subscribers = |text: &str| metric(text, "signet_feed_subscribers");
+    assert_eq!(subscribers(&app.get("/metrics").await.text()), 1.0);
     // Renames publish the key again and again: ~1.5 KB each.
     let started = Instant::now();
     let mut renames = 0;
-    while subscribers(&app.get("/metrics").await.text()) > 0 {
+    while subscribers(&app.get("/metrics").await.text()) > 0.0 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "still subscribed after {renames} renames"

@@ -62,12 +62,6 @@ async fn verify_raw(app: &TestApp, token: &str) -> Resp {
     .await
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silently_dropped_path_answers_writes_within_the_statement_timeout_and_fences() {
     let dir = tempfile::tempdir().unwrap();

@@ -38,11 +38,8 @@ async fn read_until(body: &mut Incoming, needle: &str) {
     }
 }
 
-fn subscribers(metrics: &str) -> i64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("signet_feed_subscribers ")?.parse().ok())
-        .expect("signet_feed_subscribers")
+fn subscribers(metrics: &str) -> f64 {
+    metric(metrics, "signet_feed_subscribers")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -103,7 +100,7 @@ async fn an_http2_subscriber_that_stops_reading_is_reset_and_its_connection_goes
     // than keep what it cannot send.
     let mut renames = 0;
     let started = std::time::Instant::now();
-    while subscribers(&app.get("/metrics").await.text()) > 1 {
+    while subscribers(&app.get("/metrics").await.text()) > 1.0 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the stuck stream is still subscribed after {renames} renames"
@@ -136,7 +133,7 @@ async fn an_http2_subscriber_that_stops_reading_is_reset_and_its_connection_goes
     let (status, mut again) = h2_get(&mut send, &events).await;
     assert_eq!(status, 200);
     read_until(&mut again, "event: reset").await;
-    assert_eq!(subscribers(&app.get("/metrics").await.text()), 2);
+    assert_eq!(subscribers(&app.get("/metrics").await.text()), 2.0);
     reading.abort();
 }
 
