@@ -5,12 +5,14 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, StatusCode};
 
+use super::deadline::Activity;
 use super::reply::{ApiError, ErrorCode, Reply, JSON, PEM};
 use super::ServerState;
 use crate::audit::Actor;
@@ -47,12 +49,16 @@ impl Params {
 }
 
 /// One request in flight: the server's state, the client's address, the
-/// request and the parameters of its path.
+/// request, the parameters of its path and its connection's clocks.
 pub struct Call<'a> {
     pub state: &'a ServerState,
     pub peer: SocketAddr,
-    pub req: Request<Incoming>,
+    /// Boxed: it moves through several futures before a handler reads it.
+    pub req: Box<Request<Incoming>>,
     pub params: Params,
+    /// The connection's deadlines: a stream (the change feed) keeps its
+    /// connection busy.
+    pub activity: &'a Arc<Activity>,
 }
 
 impl Call<'_> {

@@ -26,7 +26,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use super::body::{Body, Chunks};
 use super::call::{Call, Outcome};
 use super::cancel::Cancel;
-use super::deadline::{Activity, InFlight};
+use super::deadline::InFlight;
 use super::reply::{self, ApiError, ErrorCode};
 use crate::events::{After, Change, Source};
 use crate::keys::OrgId;
@@ -68,14 +68,8 @@ fn stream(call: Call<'_>, org: Option<OrgId>) -> Outcome {
         .filter(|&id| matches!(source.feed().after(id, 0), After::Events(_)));
     // The stream keeps its connection busy: no idle deadline while it
     // lasts, and a shorter write deadline.
-    let busy = call
-        .req
-        .extensions()
-        .get::<Arc<Activity>>()
-        .map(|activity| {
-            activity.write_timeout(timing.send_timeout);
-            activity.begin(call.req.version())
-        });
+    call.activity.write_timeout(timing.send_timeout);
+    let busy = call.activity.begin(call.req.version());
     let gauge = signet.metrics.feed_subscribers.clone();
     gauge.inc();
     let hold = Hold {
@@ -103,7 +97,7 @@ struct Timing {
 /// `signet_feed_subscribers`.
 struct Hold {
     _place: OwnedSemaphorePermit,
-    _busy: Option<InFlight>,
+    _busy: InFlight,
     gauge: Gauge,
 }
 

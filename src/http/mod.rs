@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use std::pin::Pin;
 
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -137,11 +137,11 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let activity = deadline::Activity::new();
         let connection = Connection {
-            handler: Handler {
+            handler: Handler(Arc::new(Peer {
                 app: app.clone(),
                 activity: activity.clone(),
-                peer,
-            },
+                address: peer,
+            })),
             builders: builders.clone(),
             watcher: graceful.watcher(),
         };
@@ -254,10 +254,15 @@ impl Ended {
 
 /// Each request of a connection.
 #[derive(Clone)]
-struct Handler {
+struct Handler(Arc<Peer>);
+
+/// What every request of one connection shares. A request clones this
+/// connection's `Arc`, not the server's: two cores serving two connections
+/// then write no shared reference count.
+struct Peer {
     app: Arc<ServerState>,
     activity: Arc<deadline::Activity>,
-    peer: SocketAddr,
+    address: SocketAddr,
 }
 
 impl Service<hyper::Request<Incoming>> for Handler {
@@ -267,15 +272,19 @@ impl Service<hyper::Request<Incoming>> for Handler {
     /// the connection lasts, and a boxed one takes a pointer's.
     type Future = Pin<Box<dyn Future<Output = Result<reply::Reply, Infallible>> + Send>>;
 
-    fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
-        let app = self.app.clone();
-        let in_flight = self.activity.begin(req.version());
-        // A stream (the change feed) keeps its connection busy.
-        req.extensions_mut().insert(self.activity.clone());
-        let peer = self.peer;
-        Box::pin(async move { Ok(handle_request(&app, req, peer, in_flight).await) })
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        let peer = self.0.clone();
+        let in_flight = peer.activity.begin(req.version());
+        // Boxed once here: the request then moves through the futures
+        // below as a pointer, not as its few hundred bytes.
+        let req = Box::new(req);
+        Box::pin(async move { Ok(handle_request(&peer, req, in_flight).await) })
     }
 }
+
+/// A request's id, echoed or minted: a constant, so that no request parses
+/// the name.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Descriptors a server needs besides its connections: listeners, the
 /// store's files, logs, outgoing connections.
@@ -321,22 +330,22 @@ fn raise_file_limit(_connections: usize) {}
 
 /// Routes one request and logs and counts it.
 async fn handle_request(
-    app: &ServerState,
-    req: hyper::Request<hyper::body::Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
+    req: Box<hyper::Request<hyper::body::Incoming>>,
     in_flight: deadline::InFlight,
 ) -> reply::Reply {
+    let app = &*peer.app;
     let started = Instant::now();
     let request_id = req
         .headers()
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .filter(|v| v.len() <= 128)
         .cloned()
         .unwrap_or_else(request_id::next);
     let method = req.method().clone();
     // Only a request log line needs its own copy of the path.
     let path = tracing::enabled!(tracing::Level::INFO).then(|| req.uri().path().to_owned());
-    let (route, row, mut reply) = routes::dispatch(app, req, peer).await;
+    let (route, row, mut reply) = routes::dispatch(app, req, peer.address, &peer.activity).await;
     // One clock read ends both the latency and the request in flight.
     let ended = Instant::now();
     in_flight.end_at(ended);
@@ -351,9 +360,9 @@ async fn handle_request(
         path = %path.as_deref().unwrap_or_default(),
         status,
         micros = elapsed.as_micros() as u64,
-        client = %peer.ip(),
+        client = %peer.address.ip(),
         "request"
     );
-    reply.headers_mut().insert("x-request-id", request_id);
+    reply.headers_mut().insert(X_REQUEST_ID, request_id);
     reply
 }

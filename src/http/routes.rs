@@ -3,16 +3,18 @@
 //! header of a 405 and the list of documented paths all come from it.
 //! Adding a route is one row here plus its handler.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 
 use super::call::{Call, Outcome, Params};
+use super::deadline::Activity;
 use super::reply::{ApiError, Reply};
 use super::{
     audit, cluster, console, events, followers, jwks, keys, lifecycle, ops, verify, ServerState,
@@ -176,12 +178,30 @@ fn matches(template: &[Segment], path: &str, segments: &[Range<usize>]) -> Optio
 
 /// The first row of the table whose template `path` has the shape of.
 fn find(path: &str) -> Option<(usize, Params)> {
+    if let Some(&row) = FIXED.get(path) {
+        return Some((row, Params::default()));
+    }
+    scan(path)
+}
+
+/// [`find`] row by row.
+fn scan(path: &str) -> Option<(usize, Params)> {
     let (segments, n) = split(path)?;
     SHAPES
         .iter()
         .enumerate()
         .find_map(|(i, shape)| matches(shape, path, &segments[..n]).map(|params| (i, params)))
 }
+
+/// The templates without a parameter, each with the row [`scan`] finds for
+/// it: the busiest paths (the JWK Set, `/v1/auth`) are one look-up.
+static FIXED: LazyLock<HashMap<&'static str, usize>> = LazyLock::new(|| {
+    ROUTES
+        .iter()
+        .filter(|r| !r.path.contains('{'))
+        .filter_map(|r| Some((r.path, scan(r.path)?.0)))
+        .collect()
+});
 
 fn answers(route: &Route, method: &Method) -> bool {
     route.method == method || (route.method == Method::GET && method == Method::HEAD)
@@ -208,8 +228,9 @@ pub fn rows() -> usize {
 /// `unmatched`) and the first table row of that template with the reply.
 pub async fn dispatch(
     state: &ServerState,
-    req: Request<Incoming>,
+    req: Box<Request<Incoming>>,
     peer: SocketAddr,
+    activity: &Arc<Activity>,
 ) -> (&'static str, Option<usize>, Reply) {
     let Some((first, params)) = find(req.uri().path()) else {
         return (
@@ -241,6 +262,7 @@ pub async fn dispatch(
                 peer,
                 req,
                 params,
+                activity,
             };
             (route.handler)(call).await
         }
@@ -350,6 +372,16 @@ mod tests {
         ];
         for (template, methods) in cases {
             assert_eq!(allow(template), methods, "{template}");
+        }
+    }
+
+    #[test]
+    fn the_fixed_paths_look_up_as_the_scan_finds_them() {
+        let mut paths: Vec<String> = paths().iter().map(|t| t.to_string()).collect();
+        paths.extend(["/v1/auth/", "/v1/Auth", "/console/", "/v1", ""].map(String::from));
+        assert!(FIXED.contains_key("/.well-known/jwks.json") && FIXED.contains_key("/v1/auth"));
+        for path in &paths {
+            assert_eq!(find(path), scan(path), "{path}");
         }
     }
 
