@@ -255,6 +255,12 @@ pub struct Refused {
     pub status: String,
 }
 
+/// The most events [`Pushed`] holds for the replica: as many as the
+/// upstream's ring keeps, so a follower that falls that far behind its own
+/// stream starts over from a `reset`, as a subscriber the upstream dropped
+/// from its ring would. A `reset` counts as one event.
+pub const MAX_BUFFERED: usize = crate::events::RING_EVENTS;
+
 /// What the stream has pushed and the replica has not taken yet.
 #[derive(Default)]
 struct Buffer {
@@ -265,6 +271,10 @@ struct Buffer {
     changes: Vec<Change>,
     /// The stream ended or started over since the replica last took.
     start_over: bool,
+    /// Events were dropped (the buffer was full): nothing but a `reset`
+    /// is taken until one comes, so the replica never applies, nor is
+    /// confirmed, past the missing events.
+    gap: bool,
 }
 
 /// The pushed side of an upstream feed: the transport hands it each event
@@ -298,7 +308,8 @@ impl Pushed {
     /// new stream resumes.
     pub fn last_event_id(&self) -> Option<u64> {
         let buffer = self.lock();
-        buffer.run.as_ref().map(|_| buffer.last)
+        buffer.run.as_ref().filter(|_| !buffer.gap)?;
+        Some(buffer.last)
     }
 
     /// Takes one event of the upstream's feed. A `fresh` heartbeat changes
@@ -350,11 +361,33 @@ impl Pushed {
             _ => return Ok(()),
         };
         let mut buffer = self.lock();
+        if run.is_none() && buffer.gap {
+            return Ok(());
+        }
+        if buffer.changes.len() >= MAX_BUFFERED {
+            // The replica is not keeping up: drop what it has not taken and
+            // start over from a `reset`, which the new stream sends first.
+            *buffer = Buffer {
+                run: buffer.run.take(),
+                last: buffer.last,
+                changes: Vec::new(),
+                start_over: true,
+                gap: true,
+            };
+            drop(buffer);
+            tracing::warn!(
+                events = MAX_BUFFERED,
+                "the follower's replica fell behind its upstream's stream; starting over from a reset"
+            );
+            self.restart.notify_one();
+            return Ok(());
+        }
         if let Some(run) = run {
             if buffer.run.as_deref() != Some(run.as_str()) {
                 buffer.start_over = true;
             }
             buffer.run = Some(run);
+            buffer.gap = false;
         }
         buffer.last = id;
         buffer.changes.push(change);
@@ -533,6 +566,58 @@ mod tests {
             ]
         );
         assert!(p.push(&[b'x'; 2000]).is_err(), "an endless line");
+    }
+
+    fn reset(version: u64) -> SseEvent {
+        SseEvent {
+            id: Some(version.to_string()),
+            event: "reset".into(),
+            data: format!(r#"{{"version":{version},"run":"r1","keys":[]}}"#),
+        }
+    }
+
+    fn withdrawn(id: u64) -> SseEvent {
+        let kid = KeyId::new(ulid::Ulid::new());
+        SseEvent {
+            id: Some(id.to_string()),
+            event: "withdrawn".into(),
+            data: format!(r#"{{"org":"acme","kid":"{kid}","reason":"deleted"}}"#),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_is_dropped_and_nothing_is_taken_until_a_reset() {
+        let pushed = Pushed::default();
+        pushed.push(&reset(1)).unwrap();
+        assert_eq!(pushed.take().upto, 1);
+        let full = 1 + MAX_BUFFERED as u64;
+        for id in 2..=full {
+            pushed.push(&withdrawn(id)).unwrap();
+        }
+        assert_eq!(pushed.last_event_id(), Some(full));
+        // One more than it holds: everything not taken is dropped, and the
+        // stream is asked to start over, from a reset.
+        pushed.push(&withdrawn(full + 1)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), pushed.restart_asked())
+            .await
+            .expect("the stream is asked to start over");
+        assert_eq!(pushed.last_event_id(), None, "a new stream does not resume");
+        // Later events are not taken: applying them would skip the dropped
+        // ones, and a confirmation through them would vouch across the gap.
+        pushed.push(&withdrawn(full + 2)).unwrap();
+        let taken = pushed.take();
+        assert!(taken.changes.is_empty());
+        assert_eq!(taken.upto, 0, "nothing more is applied");
+        assert!(taken.start_over, "confirmations held are dropped");
+        // A reset ends the gap.
+        pushed.push(&reset(full + 5)).unwrap();
+        pushed.push(&withdrawn(full + 6)).unwrap();
+        let taken = pushed.take();
+        assert_eq!(taken.upto, full + 6);
+        assert_eq!(taken.changes.len(), 2);
+        assert!(matches!(taken.changes[0], Change::Reset { version, .. } if version == full + 5));
+        assert!(!taken.start_over);
+        assert_eq!(pushed.last_event_id(), Some(full + 6));
     }
 
     #[test]

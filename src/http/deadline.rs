@@ -10,6 +10,10 @@
 //! connection is idle and so would cap keep-alive). A write that makes no
 //! progress for the write timeout fails it too. Request bodies are bounded where they are read (`read_body`), and
 //! HTTP/2 liveness by hyper's keep-alive pings.
+//!
+//! [`Wrapped`] is what every socket wrapper shares, this one and
+//! `detect::Prefixed`: an inner I/O with the state that acts around its
+//! reads and writes ([`Around`]).
 
 use std::future::Future;
 use std::io;
@@ -236,8 +240,25 @@ impl Alarm {
 }
 
 /// A socket (or TLS stream) with the read and write deadlines above.
-pub struct Guarded<T> {
-    inner: T,
+pub type Guarded<T> = Wrapped<T, Deadlines>;
+
+impl<T> Guarded<T> {
+    pub fn new(inner: T, activity: Arc<Activity>, limits: Limits) -> Guarded<T> {
+        Wrapped::around(
+            inner,
+            Deadlines {
+                activity,
+                limits,
+                read_alarm: Alarm::new(),
+                write_alarm: Alarm::new(),
+                write_stalled: None,
+            },
+        )
+    }
+}
+
+/// What [`Guarded`] keeps beside the socket.
+pub struct Deadlines {
     activity: Arc<Activity>,
     limits: Limits,
     read_alarm: Alarm,
@@ -246,18 +267,7 @@ pub struct Guarded<T> {
     write_stalled: Option<Instant>,
 }
 
-impl<T> Guarded<T> {
-    pub fn new(inner: T, activity: Arc<Activity>, limits: Limits) -> Guarded<T> {
-        Guarded {
-            inner,
-            activity,
-            limits,
-            read_alarm: Alarm::new(),
-            write_alarm: Alarm::new(),
-            write_stalled: None,
-        }
-    }
-
+impl Deadlines {
     /// After a pending write: fails once it has made no progress for the
     /// write timeout.
     fn write_pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
@@ -272,6 +282,40 @@ impl<T> Guarded<T> {
         {
             Poll::Ready(_) => Poll::Ready(Err(self.activity.close(Reason::Write))),
             Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead> Around<T> for Deadlines {
+    fn poll_read(
+        &mut self,
+        inner: Pin<&mut T>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        if let Poll::Ready(r) = inner.poll_read(cx, buf) {
+            if buf.filled().len() > before {
+                self.activity.received();
+            }
+            return Poll::Ready(r);
+        }
+        // The read is pending: how long may it be?
+        loop {
+            let (at, reason) = match self.activity.read_deadline(&self.limits) {
+                Some((at, reason)) => (at, Some(reason)),
+                // A request is in flight: look again after an idle period,
+                // in case the wake-up that ends it does not reach this read.
+                None => match self.read_alarm.armed {
+                    Some((at, None)) => (at, None),
+                    _ => (Instant::now() + self.limits.idle, None),
+                },
+            };
+            match self.read_alarm.poll_at(cx, at, reason) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(reason)) => return Poll::Ready(Err(self.activity.close(reason))),
+                Poll::Ready(None) => continue,
+            }
         }
     }
 
@@ -290,41 +334,53 @@ impl<T> Guarded<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+/// A socket wrapper: an inner I/O and what is done around it (deadlines,
+/// bytes read ahead), so that the pinning and the forwarding each wrapper
+/// needs are written once.
+pub struct Wrapped<I, A> {
+    inner: I,
+    around: A,
+}
+
+impl<I, A> Wrapped<I, A> {
+    pub fn around(inner: I, around: A) -> Wrapped<I, A> {
+        Wrapped { inner, around }
+    }
+}
+
+/// What a [`Wrapped`] I/O does around its inner one.
+pub trait Around<I> {
+    /// A read: from `inner`, or from what the wrapper holds.
+    fn poll_read(
+        &mut self,
+        inner: Pin<&mut I>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>>;
+
+    /// What an inner write, flush or shutdown that returned `result`
+    /// returns: by default, `result`.
+    fn wrote<R>(
+        &mut self,
+        result: Poll<io::Result<R>>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<io::Result<R>> {
+        result
+    }
+}
+
+impl<I: AsyncRead + Unpin, A: Around<I> + Unpin> AsyncRead for Wrapped<I, A> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        if let Poll::Ready(r) = Pin::new(&mut this.inner).poll_read(cx, buf) {
-            if buf.filled().len() > before {
-                this.activity.received();
-            }
-            return Poll::Ready(r);
-        }
-        // The read is pending: how long may it be?
-        loop {
-            let (at, reason) = match this.activity.read_deadline(&this.limits) {
-                Some((at, reason)) => (at, Some(reason)),
-                // A request is in flight: look again after an idle period,
-                // in case the wake-up that ends it does not reach this read.
-                None => match this.read_alarm.armed {
-                    Some((at, None)) => (at, None),
-                    _ => (Instant::now() + this.limits.idle, None),
-                },
-            };
-            match this.read_alarm.poll_at(cx, at, reason) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(reason)) => return Poll::Ready(Err(this.activity.close(reason))),
-                Poll::Ready(None) => continue,
-            }
-        }
+        this.around.poll_read(Pin::new(&mut this.inner), cx, buf)
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+impl<I: AsyncWrite + Unpin, A: Around<I> + Unpin> AsyncWrite for Wrapped<I, A> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -332,7 +388,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.wrote(result, cx)
+        this.around.wrote(result, cx)
     }
 
     fn poll_write_vectored(
@@ -342,7 +398,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.wrote(result, cx)
+        this.around.wrote(result, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -352,13 +408,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_flush(cx);
-        this.wrote(result, cx)
+        this.around.wrote(result, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.wrote(result, cx)
+        this.around.wrote(result, cx)
     }
 }
 

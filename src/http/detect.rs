@@ -10,7 +10,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+use super::deadline::{Around, Wrapped};
 
 /// What an HTTP/2 client sends first.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -37,19 +39,20 @@ pub async fn detect<I: AsyncRead + Unpin>(mut io: I) -> io::Result<(Protocol, Pr
             break Protocol::Http1;
         }
     };
-    let prefixed = Prefixed {
-        io,
+    let prefix = Prefix {
         prefix: buf,
         start: 0,
         end: filled,
         error: None,
     };
-    Ok((protocol, prefixed))
+    Ok((protocol, Wrapped::around(io, prefix)))
 }
 
 /// A connection whose first bytes were already read.
-pub struct Prefixed<I> {
-    io: I,
+pub type Prefixed<I> = Wrapped<I, Prefix>;
+
+/// The first bytes of a connection, read to tell its protocol.
+pub struct Prefix {
     prefix: [u8; PREFACE.len()],
     /// The part of `prefix` not yet handed over.
     start: usize,
@@ -58,60 +61,30 @@ pub struct Prefixed<I> {
     error: Option<io::Error>,
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+impl<I: AsyncRead> Around<I> for Prefix {
     fn poll_read(
-        self: Pin<&mut Self>,
+        &mut self,
+        mut inner: Pin<&mut I>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(e) = this.error.take() {
+        if let Some(e) = self.error.take() {
             return Poll::Ready(Err(e));
         }
-        if this.start == this.end {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+        if self.start == self.end {
+            return inner.poll_read(cx, buf);
         }
-        let n = (this.end - this.start).min(buf.remaining());
-        buf.put_slice(&this.prefix[this.start..this.start + n]);
-        this.start += n;
-        if this.start == this.end && buf.remaining() > 0 {
+        let n = (self.end - self.start).min(buf.remaining());
+        buf.put_slice(&self.prefix[self.start..self.start + n]);
+        self.start += n;
+        if self.start == self.end && buf.remaining() > 0 {
             // What followed the prefix, if it has arrived: nothing is lost
             // by waiting, the prefix is returned either way.
-            if let Poll::Ready(Err(e)) = Pin::new(&mut this.io).poll_read(cx, buf) {
-                this.error = Some(e);
+            if let Poll::Ready(Err(e)) = inner.as_mut().poll_read(cx, buf) {
+                self.error = Some(e);
             }
         }
         Poll::Ready(Ok(()))
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

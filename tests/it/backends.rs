@@ -45,6 +45,16 @@ macro_rules! on_both_backends {
     )*};
 }
 
+/// A private PostgreSQL cluster (for a test that stops it or cuts its
+/// connections) with one fresh database, and the temp dir holding that
+/// database's seal key; `None` without PostgreSQL (said loudly).
+pub fn private_database() -> Option<(pg::Cluster, tempfile::TempDir, Database)> {
+    let cluster = pg::private()?;
+    let dir = tempfile::tempdir().unwrap();
+    let database = Database::on(&cluster, dir.path());
+    Some((cluster, dir, database))
+}
+
 /// The database of the data directory `dir`: created on first use, found
 /// again by a file in `dir` when a test restarts the server there.
 pub struct Database {

@@ -6,17 +6,14 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use signet::config::{Backend, StaleVerification};
 
-use crate::backends::{run_on, Database};
+use crate::backends::{private_database, run_on};
 use crate::lifecycle::{until, verdict};
-use crate::pg;
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_made_through_one_instance_reach_the_other() {
     run_on(Backend::Postgres, async {
-        let dir = tempfile::tempdir().unwrap();
-        let a = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
-        let b = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
+        let (_dir, [a, b]) = spawn_sharing().await;
         let created = a.create_key("acme", json!({"name": "shared"})).await;
         let (kid, signer) = key_of(&created);
         let token = signer.org_token(&kid, claims("acme", "OWNER"));
@@ -34,11 +31,6 @@ async fn changes_made_through_one_instance_reach_the_other() {
         assert!(a.jwks_kids().await.is_empty());
         assert_eq!(a.verify(&token).await["error"]["code"], "unknown_key");
         // What /metrics shows of it.
-        let metric = |text: &str, name: &str| -> f64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-                .unwrap_or_else(|| panic!("{name} not in /metrics"))
-        };
         let b_metrics = b.get("/metrics").await.text();
         assert_eq!(
             metric(&b_metrics, "signet_cluster_revocation_wait_seconds_count"),
@@ -65,25 +57,11 @@ impl TestApp {
     }
 }
 
-/// `POST /v1/verify` of `token`, whatever the answer.
-async fn verify_raw(app: &TestApp, token: &str) -> Resp {
-    let body = serde_json::to_vec(&json!({ "token": token })).unwrap();
-    app.request(
-        hyper::Method::POST,
-        "/v1/verify",
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_cut_off_from_the_database_stops_verifying_until_it_is_back() {
-    let Some(cluster) = pg::private() else {
+    let Some((cluster, _dir, database)) = private_database() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let database = Database::on(&cluster, dir.path());
     let database = &database;
     let spawn = |mode| {
         spawn_with(move |c| {
@@ -140,10 +118,7 @@ async fn an_instance_cut_off_from_the_database_stops_verifying_until_it_is_back(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delete_is_in_force_on_every_instance_when_it_answers() {
     run_on(Backend::Postgres, async {
-        let dir = tempfile::tempdir().unwrap();
-        let on_dir = |c: &mut signet::config::Config| c.storage.data_dir = dir.path().to_owned();
-        let (a, b) = (spawn_with(on_dir).await, spawn_with(on_dir).await);
-        let c = spawn_with(on_dir).await;
+        let (_dir, [a, b, c]) = spawn_sharing().await;
         for round in 0..20 {
             let created = a
                 .create_key("acme", json!({"name": format!("r{round}")}))
@@ -172,9 +147,8 @@ async fn a_delete_is_in_force_on_every_instance_when_it_answers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_instance_delays_a_delete_by_at_most_max_staleness_and_never_accepts_it() {
     run_on(Backend::Postgres, async {
-        let dir = tempfile::tempdir().unwrap();
         // Both at the default max_staleness (2 s): a shared setting.
-        let a = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
+        let (dir, [a]) = spawn_sharing().await;
         let mut stopped = BinServer::start(dir.path(), &[], "warn", false);
         stopped.wait_ready().await;
         let url = format!("{}/v1/verify", stopped.base());
@@ -232,9 +206,7 @@ async fn a_stopped_instance_delays_a_delete_by_at_most_max_staleness_and_never_a
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_created_elsewhere_verifies_at_once() {
     run_on(Backend::Postgres, async {
-        let dir = tempfile::tempdir().unwrap();
-        let on_dir = |c: &mut signet::config::Config| c.storage.data_dir = dir.path().to_owned();
-        let (a, b) = (spawn_with(on_dir).await, spawn_with(on_dir).await);
+        let (_dir, [a, b]) = spawn_sharing().await;
         for round in 0..20 {
             let org = format!("fresh{round}");
             let created = a.create_key(&org, json!({"name": "new"})).await;
@@ -267,10 +239,7 @@ async fn a_key_created_elsewhere_verifies_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_disable_or_immediate_rotation_is_in_force_on_every_instance_when_it_answers() {
     run_on(Backend::Postgres, async {
-        let dir = tempfile::tempdir().unwrap();
-        let on_dir = |c: &mut signet::config::Config| c.storage.data_dir = dir.path().to_owned();
-        let (a, b) = (spawn_with(on_dir).await, spawn_with(on_dir).await);
-        let c = spawn_with(on_dir).await;
+        let (_dir, [a, b, c]) = spawn_sharing().await;
         let limit = Duration::from_secs(10);
         for round in 0..5 {
             let created = a
@@ -345,11 +314,9 @@ async fn a_disable_or_immediate_rotation_is_in_force_on_every_instance_when_it_a
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_that_stops_listening_stops_vouching_at_once() {
-    let Some(cluster) = pg::private() else {
+    let Some((cluster, _dir, database)) = private_database() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let database = Database::on(&cluster, dir.path());
     // Far longer than the test: only the lost listener can stop it.
     let app = spawn_with(|c| {
         database.configure(c);
@@ -477,11 +444,9 @@ async fn a_lone_instance_lists_itself_and_its_followers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn instances_on_one_database_list_each_other_live() {
-    let Some(cluster) = pg::private() else {
+    let Some((cluster, _dir, database)) = private_database() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let database = Database::on(&cluster, dir.path());
     let database = &database;
     let spawn = || {
         spawn_with(move |c| {

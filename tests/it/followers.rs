@@ -1049,11 +1049,9 @@ async fn create_on(base: &str, org: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_of_one_instance_holds_a_delete_answered_by_another() {
-    let Some(cluster) = crate::pg::private() else {
+    let Some((_cluster, _dir, database)) = crate::backends::private_database() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let database = crate::backends::Database::on(&cluster, dir.path());
     let database = &database;
     let instance = || {
         spawn_with(move |c| {

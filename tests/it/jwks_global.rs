@@ -5,8 +5,7 @@
 use hyper::StatusCode;
 use serde_json::json;
 
-use crate::backends::Database;
-use crate::pg;
+use crate::backends::private_database;
 use crate::support::*;
 
 on_both_backends!(without_the_global_set_the_well_known_route_names_the_per_org_one);
@@ -47,11 +46,9 @@ async fn without_the_global_set_the_well_known_route_names_the_per_org_one() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_published_key_is_served_through_a_database_outage() {
-    let Some(cluster) = pg::private() else {
+    let Some((cluster, _dir, database)) = private_database() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let database = Database::on(&cluster, dir.path());
     let app = spawn_with(|c| database.configure(c)).await;
     let created = app
         .create_key("acme", json!({"name": "k", "algorithm": "ES256"}))

@@ -50,18 +50,6 @@ async fn answered<F: std::future::Future<Output = Resp>>(request: F) -> (Resp, D
     (r, started.elapsed())
 }
 
-/// `POST /v1/verify` of `token`, whatever the answer.
-async fn verify_raw(app: &TestApp, token: &str) -> Resp {
-    let body = serde_json::to_vec(&json!({ "token": token })).unwrap();
-    app.request(
-        hyper::Method::POST,
-        "/v1/verify",
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silently_dropped_path_answers_writes_within_the_statement_timeout_and_fences() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use signet::config::Backend;
 
-use crate::backends::{run_on, Database};
+use crate::backends::{private_database, run_on, Database};
 use crate::cli::{signet, stderr};
 use crate::pg;
 use crate::support::*;
@@ -102,11 +102,9 @@ async fn no_private_key_material_reaches_the_database() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_outage_refuses_writes_keeps_reads_and_recovers() {
-    let Some(cluster) = pg::private() else {
+    let Some((cluster, _dir, database)) = private_database() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let database = Database::on(&cluster, dir.path());
     let app = spawn_with(|c| {
         database.configure(c);
         // Verification from memory for as long as the outage lasts.

@@ -166,15 +166,9 @@ impl TestApp {
         .await
     }
 
+    /// `POST /v1/verify` of `token`: the verdict; panics unless 200.
     pub async fn verify(&self, token: &str) -> Value {
-        let r = self
-            .request(
-                Method::POST,
-                "/v1/verify",
-                &[("content-type", "application/json")],
-                serde_json::to_vec(&json!({ "token": token })).unwrap(),
-            )
-            .await;
+        let r = verify_raw(self, token).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         r.json()
     }
@@ -184,6 +178,33 @@ impl TestApp {
         self.task.take().unwrap().await.unwrap();
         self.dir
     }
+}
+
+/// `POST /v1/verify` of `token`, whatever the answer.
+pub async fn verify_raw(app: &TestApp, token: &str) -> Resp {
+    let body = serde_json::to_vec(&json!({ "token": token })).unwrap();
+    app.request(
+        Method::POST,
+        "/v1/verify",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+/// `N` instances sharing one store, started one after another: under
+/// `run_on(Backend::Postgres, …)`, the database of the temp dir returned
+/// (keep it while they run).
+pub async fn spawn_sharing<const N: usize>() -> (TempDir, [TestApp; N]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut apps = Vec::with_capacity(N);
+    for _ in 0..N {
+        apps.push(spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await);
+    }
+    let Ok(apps) = apps.try_into() else {
+        unreachable!("{N} instances were started")
+    };
+    (dir, apps)
 }
 
 pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {

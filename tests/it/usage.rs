@@ -137,32 +137,27 @@ async fn if_unused_for_refuses_a_revocation_of_a_key_in_use() {
     assert_eq!(verify_status(&app, &token).await["valid"], true);
     let path = format!("/v1/organisations/acme/keys/{kid}");
 
-    // Bad windows: 400 invalid_request, nothing changed.
-    for bad in ["soon", "", "-1h", "1x", "%00"] {
-        let r = app
-            .request_as(Method::DELETE, &format!("{path}?ifUnusedFor={bad}"), ADMIN)
-            .await;
-        r.assert_error(400, "invalid_request");
-        let r = patch(
-            &app,
-            &format!("{path}?ifUnusedFor={bad}"),
-            json!({"state": "disabled"}),
-        )
-        .await;
-        r.assert_error(400, "invalid_request");
+    // Each window, on both revocations: the status and error code.
+    let refused = [
+        // Bad windows: nothing changed.
+        ("soon", 400, "invalid_request"),
+        ("", 400, "invalid_request"),
+        ("-1h", 400, "invalid_request"),
+        ("1x", 400, "invalid_request"),
+        ("%00", 400, "invalid_request"),
+        // Used within the window.
+        ("1h", 409, "in_use"),
+        ("30m", 409, "in_use"),
+    ];
+    for (window, status, code) in refused {
+        let url = format!("{path}?ifUnusedFor={window}");
+        let delete = app.request_as(Method::DELETE, &url, ADMIN).await;
+        let disable = patch(&app, &url, json!({"state": "disabled"})).await;
+        for (how, r) in [("DELETE", delete), ("disable", disable)] {
+            assert_eq!(r.status.as_u16(), status, "{how} {window:?}: {}", r.text());
+            r.assert_error(status, code);
+        }
     }
-    // Used within the window: 409 in_use, on both revocations.
-    let r = app
-        .request_as(Method::DELETE, &format!("{path}?ifUnusedFor=1h"), ADMIN)
-        .await;
-    r.assert_error(409, "in_use");
-    let r = patch(
-        &app,
-        &format!("{path}?ifUnusedFor=30m"),
-        json!({"state": "disabled"}),
-    )
-    .await;
-    r.assert_error(409, "in_use");
     assert_eq!(verify_status(&app, &token).await["valid"], true);
     // A rename is no revocation: the window does not apply.
     let r = patch(
@@ -184,23 +179,13 @@ async fn if_unused_for_refuses_a_revocation_of_a_key_in_use() {
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
     assert_eq!(r.json()["state"], "disabled");
     let other_id = other["id"].as_str().unwrap();
-    let r = app
-        .request_as(
-            Method::DELETE,
-            &format!("/v1/organisations/acme/keys/{other_id}?ifUnusedFor=1h"),
-            ADMIN,
-        )
-        .await;
+    let delete_other = format!("/v1/organisations/acme/keys/{other_id}?ifUnusedFor=1h");
+    let r = app.request_as(Method::DELETE, &delete_other, ADMIN).await;
     assert_eq!(r.status.as_u16(), 204, "{}", r.text());
     // An unknown key is 404 whatever the window.
-    let r = app
-        .request_as(
-            Method::DELETE,
-            &format!("/v1/organisations/acme/keys/{other_id}?ifUnusedFor=1h"),
-            ADMIN,
-        )
-        .await;
-    r.assert_error(404, "not_found");
+    app.request_as(Method::DELETE, &delete_other, ADMIN)
+        .await
+        .assert_error(404, "not_found");
     // Without the parameter, a key in use is deleted as before.
     assert_eq!(app.delete_key("acme", &kid, ADMIN).await.status, 204);
     assert_eq!(verify_status(&app, &token).await["valid"], false);
@@ -307,9 +292,7 @@ async fn organisations_and_audit_verify_answer_by_role() {
 #[tokio::test(flavor = "multi_thread")]
 async fn on_postgresql_two_instances_usage_is_summed() {
     run_on(Backend::Postgres, async {
-        let dir = tempfile::tempdir().unwrap();
-        let a = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
-        let b = spawn_with(|c| c.storage.data_dir = dir.path().to_owned()).await;
+        let (_dir, [a, b]) = spawn_sharing().await;
         let created = a.create_key("acme", json!({"name": "shared"})).await;
         let (kid, signer) = key_of(&created);
         let token = signer.org_token(&kid, claims("acme", "OWNER"));
