@@ -311,17 +311,21 @@ impl Jwks {
         // Set under the write lock before a change returns: a request that
         // starts after it reads the generation it made, or a later one.
         let generation = self.generation.load(Ordering::Acquire);
-        let served = SERVED.with_borrow(|served| {
+        // `try_with`: a thread whose locals are gone (exiting) takes the
+        // lock as any first request does.
+        let served = SERVED.try_with(|served| {
             served
+                .borrow()
                 .iter()
                 .find(|s| s.jwks == self.id && s.generation == generation)
                 .and_then(|s| s.doc.upgrade())
         });
-        if let Some(doc) = served {
+        if let Ok(Some(doc)) = served {
             return doc;
         }
         let (generation, doc) = self.build_all();
-        SERVED.with_borrow_mut(|served| {
+        let _ = SERVED.try_with(|served| {
+            let mut served = served.borrow_mut();
             served.retain(|s| s.jwks != self.id);
             if served.len() >= SERVED_PER_THREAD {
                 served.remove(0);
