@@ -1,5 +1,8 @@
 //! Preparing the published JWK Sets: building them from N keys at startup,
-//! and republishing after one key is added to a 50,000-key set.
+//! and republishing after one key is added to a 50,000-key set; serving
+//! them unchanged from a 50,000-key set: the global document (on one
+//! thread, and on two at once, as the server's two workers ask) and an
+//! organisation's kept document.
 //!
 //! One RSA key is generated and its SPKI reused under distinct key ids
 //! (five keys per organisation): the documents' cost does not depend on
@@ -81,6 +84,37 @@ fn bench(c: &mut Criterion) {
                 jwks.removed(&r.org, r.id);
             }
             total
+        })
+    });
+    group.finish();
+
+    // Serving unchanged documents: what a repeated request costs.
+    let orgs: Vec<OrgId> = (0..n / KEYS_PER_ORG)
+        .map(|i| OrgId::parse(&format!("org-{i:05}")).unwrap())
+        .collect();
+    let mut group = c.benchmark_group("jwks_serve");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    group.bench_function("all_unchanged", |b| b.iter(|| black_box(jwks.all())));
+    group.bench_function("all_unchanged_two_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| (0..iters).for_each(|_| drop(black_box(jwks.all()))));
+                }
+            });
+            // Each thread's time per request while the other asks too.
+            start.elapsed()
+        })
+    });
+    let at = Cell::new(0usize);
+    orgs.iter().for_each(|org| drop(jwks.of(org)));
+    group.bench_function("of_kept", |b| {
+        b.iter(|| {
+            at.set((at.get() + 7919) % orgs.len());
+            black_box(jwks.of(&orgs[at.get()]))
         })
     });
     group.finish();

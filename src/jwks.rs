@@ -6,17 +6,36 @@
 //! Each published key is held once, compactly: its record's fields, the
 //! organisation's name shared with its other keys, and its SPKI and name
 //! in one allocation (`GET /v1/keys/{id}` answers from here too). Its JWK
-//! is written from the SPKI whenever a document lists it (a few hundred
-//! nanoseconds, no allocation), so a change costs only its own key:
-//! - an organisation's document (a few keys) is written per request;
-//!   its `ETag` is computed on the first request after a change to it and
-//!   kept until the next;
+//! is written from the SPKI whenever a document is built (a few hundred
+//! nanoseconds, no allocation), so a change costs only its own key, and
+//! documents are kept so that a repeated request is a look-up:
+//! - an organisation's document is built on its first request after a
+//!   change to it and kept, up to [`KEPT_BYTES`] of documents in all (a
+//!   moka cache weighed by body bytes, which keeps those asked for most).
+//!   Why a bound: at a million keys in 200,000 organisations, keeping
+//!   every document ever asked for would hold ~500 MB more, as much as
+//!   the keys themselves; 64 MiB keeps the documents of ~25,000
+//!   organisations of five RSA keys, and RSS stays well under the 1 GiB
+//!   goal (docs/performance.md, "A million keys"). A document evicted is
+//!   built again on request, from its kept digest (a few microseconds).
 //! - the global document is built on the first request after any change and
-//!   kept until the next, so a burst of changes costs one rebuild, and no
-//!   change waits for one.
+//!   kept until the next, so a burst of changes costs one rebuild,
+//!   concurrent requests wait for one build, and no change waits for one.
+//!   Serving it unchanged takes no lock: an atomic load of the generation
+//!   and, per thread, the document that thread served last.
+//!
+//! *No document outlives a change:* each change bumps the generation (and
+//! sets its organisation's version to it) under the write lock; a kept
+//! document is served only if it was built at the generation (version)
+//! read now, under the read lock for an organisation's, from the atomic
+//! the write lock sets for the global one. A request that starts after a
+//! change returned therefore never gets a document from before it, even
+//! if a build that started before the change finishes after it.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -184,8 +203,13 @@ struct Org {
     /// In id (creation) order; the keys themselves, so that a document
     /// needs no look-up per key.
     keys: Vec<Arc<Key>>,
-    /// Its document's digest, once asked for since its last change.
+    /// Its document's digest, once asked for since its last change (kept
+    /// beside the keys, so that a document evicted is built again without
+    /// hashing it again).
     tag: OnceLock<Tag>,
+    /// The generation of its last change: a kept document of another
+    /// version is not served.
+    version: u64,
 }
 
 #[derive(Default)]
@@ -197,14 +221,61 @@ struct State {
     generation: u64,
 }
 
+/// The most bytes of organisations' documents kept at once (weighed by
+/// [`kept_weight`]); why this bound, in the module's doc.
+pub const KEPT_BYTES: u64 = 64 << 20;
+
+/// What an organisation's kept document weighs: its body and `ETag`, and
+/// about what the document, its prepared headers and the cache's entry
+/// hold besides.
+fn kept_weight(doc: &Document) -> u32 {
+    u32::try_from(doc.body.len() + doc.etag.len() + 512).unwrap_or(u32::MAX)
+}
+
+/// The documents of organisations kept: by name, with the version each
+/// was built at.
+type Kept = moka::sync::Cache<Arc<str>, (u64, Arc<Document>)>;
+
+/// Numbers each [`Jwks`] of the process, for [`SERVED`].
+static JWKS_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// A global document one thread served, and the generation it shows.
+struct Served {
+    /// [`Jwks::id`] of the `Jwks` it came from.
+    jwks: u64,
+    generation: u64,
+    /// Weak: a document is freed once its `Jwks` lets it go, whichever
+    /// threads served it.
+    doc: Weak<Document>,
+}
+
+/// How many `Jwks`' global documents a thread remembers (a process has
+/// one; tests and benches a few).
+const SERVED_PER_THREAD: usize = 4;
+
+thread_local! {
+    /// The global documents this thread served last: what lets it serve
+    /// an unchanged one without a lock, and without writing to memory
+    /// that other threads' requests write (but the document's count).
+    static SERVED: RefCell<Vec<Served>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The published keys and documents. Reads take a read lock for as long as
-/// an organisation's document takes to concatenate, or to snapshot the
-/// keys for the global one; changes take the write lock for their own key.
+/// an organisation's document takes to look up (or concatenate), or to
+/// snapshot the keys for the global one; changes take the write lock for
+/// their own key. An unchanged global document is served without a lock.
 pub struct Jwks {
     state: RwLock<State>,
+    /// `state`'s generation, set under its write lock: read without it.
+    generation: AtomicU64,
     /// The global document and the generation it shows. Held while it is
-    /// built, so that concurrent requests wait for one build.
+    /// built, so that concurrent requests wait for one build; taken only
+    /// when a thread has not served the current one yet.
     all: Mutex<Option<(u64, Arc<Document>)>>,
+    /// Organisations' documents, built on request.
+    kept: Kept,
+    /// This `Jwks` among the process's, for [`SERVED`].
+    id: u64,
     empty: Arc<Document>,
 }
 
@@ -215,20 +286,67 @@ impl Jwks {
 
     /// The JWK Sets of the keys `loading` took in.
     pub fn loaded(loading: Loading) -> Jwks {
+        Jwks::keeping(loading, KEPT_BYTES)
+    }
+
+    /// The JWK Sets of the keys `loading` took in, keeping up to `bytes`
+    /// of organisations' documents.
+    fn keeping(loading: Loading, bytes: u64) -> Jwks {
+        let state = State::default().replaced(loading, |_| true);
         Jwks {
-            state: RwLock::new(State::default().replaced(loading, |_| true)),
+            generation: AtomicU64::new(state.generation),
+            state: RwLock::new(state),
             all: Mutex::new(None),
+            kept: moka::sync::Cache::builder()
+                .max_capacity(bytes)
+                .weigher(|_: &Arc<str>, kept: &(u64, Arc<Document>)| kept_weight(&kept.1))
+                .build(),
+            id: JWKS_IDS.fetch_add(1, Ordering::Relaxed),
             empty: Arc::new(Document::build(std::iter::empty::<&Key>(), digest)),
         }
     }
 
     /// The JWK Set of every key, built if a change came since the last one.
     pub fn all(&self) -> Arc<Document> {
+        // Set under the write lock before a change returns: a request that
+        // starts after it reads the generation it made, or a later one.
+        let generation = self.generation.load(Ordering::Acquire);
+        // `try_with`: a thread whose locals are gone (exiting) takes the
+        // lock as any first request does.
+        let served = SERVED.try_with(|served| {
+            served
+                .borrow()
+                .iter()
+                .find(|s| s.jwks == self.id && s.generation == generation)
+                .and_then(|s| s.doc.upgrade())
+        });
+        if let Ok(Some(doc)) = served {
+            return doc;
+        }
+        let (generation, doc) = self.build_all();
+        let _ = SERVED.try_with(|served| {
+            let mut served = served.borrow_mut();
+            served.retain(|s| s.jwks != self.id);
+            if served.len() >= SERVED_PER_THREAD {
+                served.remove(0);
+            }
+            served.push(Served {
+                jwks: self.id,
+                generation,
+                doc: Arc::downgrade(&doc),
+            });
+        });
+        doc
+    }
+
+    /// The global document of the current generation, and that generation:
+    /// the one kept, or built.
+    fn build_all(&self) -> (u64, Arc<Document>) {
         let mut all = self.all.lock().expect("jwks lock poisoned");
         let (generation, keys) = {
             let state = self.read();
-            if let Some((_, doc)) = all.as_ref().filter(|(g, _)| *g == state.generation) {
-                return doc.clone();
+            if let Some((g, doc)) = all.as_ref().filter(|(g, _)| *g == state.generation) {
+                return (*g, doc.clone());
             }
             // A snapshot, so that changes need not wait for the build.
             let keys: Vec<Arc<Key>> = state.keys.values().cloned().collect();
@@ -236,18 +354,27 @@ impl Jwks {
         };
         let doc = Arc::new(Document::build(keys.iter().map(|k| &**k), digest));
         *all = Some((generation, doc.clone()));
-        doc
+        (generation, doc)
     }
 
     /// The JWK Set of one organisation (empty if it has no keys).
     pub fn of(&self, org: &OrgId) -> Arc<Document> {
         let state = self.read();
-        let Some(o) = state.orgs.get(org.as_str()) else {
+        let Some((name, o)) = state.orgs.get_key_value(org.as_str()) else {
             return self.empty.clone();
         };
+        // Under the read lock: no change to it can come between the check
+        // and the answer.
+        if let Some((_, doc)) = self.kept.get(org.as_str()).filter(|(v, _)| *v == o.version) {
+            return doc;
+        }
         let keys = o.keys.iter().map(|k| &**k);
         let tag = |body: &[u8]| *o.tag.get_or_init(|| digest(body));
-        Arc::new(Document::build(keys, tag))
+        let doc = Arc::new(Document::build(keys, tag));
+        // Kept under the read lock too, so that the invalidation of a
+        // change (under the write lock) comes after it, never before.
+        self.kept.insert(name.clone(), (o.version, doc.clone()));
+        doc
     }
 
     /// Replaces every key with those of `records`.
@@ -259,8 +386,8 @@ impl Jwks {
     pub fn replace_loaded(&self, loading: Loading, keep: impl Fn(KeyId) -> bool) {
         let mut state = self.write();
         *state = std::mem::take(&mut *state).replaced(loading, keep);
-        drop(state);
-        self.forget_all();
+        self.kept.invalidate_all();
+        self.changed(state);
     }
 
     /// The published keys' records, of one organisation or of all, in id
@@ -309,28 +436,35 @@ impl Jwks {
     /// whether it was not published yet.
     pub fn added(&self, record: &PublicKeyRecord) -> bool {
         let mut state = self.write();
-        let new = state.insert(record).is_none();
-        drop(state);
-        self.forget_all();
-        new
+        let old = state.insert(record);
+        if let Some(old) = &old {
+            self.kept.invalidate(&*old.org);
+        }
+        self.kept.invalidate(record.org.as_str());
+        self.changed(state);
+        old.is_none()
     }
 
     /// Unpublishes key `id` of `org`; whether it was published. `_org` is
     /// the key's organisation; the key itself says which it is.
     pub fn removed(&self, _org: &OrgId, id: KeyId) -> bool {
         let mut state = self.write();
-        if state.remove(id).is_none() {
+        let Some(key) = state.remove(id) else {
             return false;
-        }
-        drop(state);
-        self.forget_all();
+        };
+        self.kept.invalidate(&*key.org);
+        self.changed(state);
         true
     }
 
-    /// Drops the global document if no build holds it: it is out of date.
-    /// A build under way keeps it; the next request sees its generation
-    /// is old and builds again.
-    fn forget_all(&self) {
+    /// Ends a change: publishes its generation (before the write lock goes,
+    /// so that a request that starts after the change returned sees it),
+    /// then drops the global document if no build holds it: it is out of
+    /// date. A build under way keeps it; the next request sees its
+    /// generation is old and builds again.
+    fn changed(&self, state: RwLockWriteGuard<'_, State>) {
+        self.generation.store(state.generation, Ordering::Release);
+        drop(state);
         if let Ok(mut all) = self.all.try_lock() {
             *all = None;
         }
@@ -350,6 +484,7 @@ impl State {
     /// `keep`.
     fn replaced(self, loading: Loading, keep: impl Fn(KeyId) -> bool) -> State {
         let Loading { mut orgs, keys } = loading;
+        let generation = self.generation + 1;
         // Collected in one go: a store lists keys in id order, and a
         // B-tree built from sorted keys has full nodes. Of one id, the
         // last taken in stays.
@@ -365,12 +500,13 @@ impl State {
         orgs.retain(|_, org| !org.keys.is_empty());
         for org in orgs.values_mut() {
             org.keys.shrink_to_fit();
+            org.version = generation;
         }
         orgs.shrink_to_fit();
         State {
             keys,
             orgs,
-            generation: self.generation + 1,
+            generation,
         }
     }
 
@@ -385,6 +521,7 @@ impl State {
         let at = o.keys.partition_point(|k| k.id < r.id);
         o.keys.insert(at, key);
         o.tag = OnceLock::new();
+        o.version = self.generation;
         old
     }
 
@@ -398,6 +535,7 @@ impl State {
             .expect("a published key's organisation is listed");
         o.keys.retain(|k| k.id != id);
         o.tag = OnceLock::new();
+        o.version = self.generation;
         if o.keys.is_empty() {
             self.orgs.remove(&*key.org);
         }
@@ -594,5 +732,156 @@ mod tests {
         assert_eq!(&jwks.all().body[..], &expected[..]);
         let o1: Vec<&PublicKeyRecord> = records.iter().skip(1).step_by(3).collect();
         assert_eq!(kids(&jwks.of(&org("o1"))), ids(&o1));
+    }
+
+    #[test]
+    fn documents_are_kept_until_their_organisation_changes() {
+        let (a1, a2, b1) = (record("a", 1), record("a", 2), record("b", 3));
+        let jwks = Jwks::new([&a1, &b1]);
+        let (a, b, all) = (jwks.of(&org("a")), jwks.of(&org("b")), jwks.all());
+        // Asked again: the very same documents, looked up, not built.
+        assert!(Arc::ptr_eq(&a, &jwks.of(&org("a"))));
+        assert!(Arc::ptr_eq(&all, &jwks.all()));
+
+        // Each change shows in the next request, of its organisation and of
+        // every key; the other organisation's document stays kept.
+        assert!(jwks.added(&a2));
+        assert_eq!(kids(&jwks.of(&org("a"))), ids(&[&a1, &a2]));
+        assert_eq!(kids(&jwks.all()), ids(&[&a1, &a2, &b1]));
+        assert!(Arc::ptr_eq(&b, &jwks.of(&org("b"))));
+        assert!(jwks.removed(&a1.org, a1.id));
+        assert_eq!(kids(&jwks.of(&org("a"))), ids(&[&a2]));
+        assert_eq!(kids(&jwks.all()), ids(&[&a2, &b1]));
+        // A re-publish of the same key (say, a new expiry) is a change too.
+        let a2_later = PublicKeyRecord {
+            life: Lifecycle {
+                expires_at_secs: Some(2_100_000_000),
+                ..a2.life
+            },
+            ..a2.clone()
+        };
+        assert!(!jwks.added(&a2_later));
+        assert_eq!(jwks.of(&org("a")).expires, Some(2_100_000_000));
+        assert_eq!(jwks.all().expires, Some(2_000_000_003));
+        // The last key goes: the empty set, at once.
+        assert!(jwks.removed(&a2.org, a2.id));
+        assert_eq!(&jwks.of(&org("a")).body[..], b"{\"keys\":[]}");
+        assert_eq!(kids(&jwks.all()), ids(&[&b1]));
+        // Back again, after being empty: a document of its own version.
+        assert!(jwks.added(&a1));
+        assert_eq!(kids(&jwks.of(&org("a"))), ids(&[&a1]));
+        // Every key replaced.
+        jwks.replace([&a2, &b1]);
+        assert_eq!(kids(&jwks.of(&org("a"))), ids(&[&a2]));
+        assert_eq!(kids(&jwks.all()), ids(&[&a2, &b1]));
+        assert_eq!(jwks.of(&org("b")).body, b.body);
+    }
+
+    /// The states a race test goes through, one a change: state `2j - 1`
+    /// lists keys `j - 1` and `j`, state `2j` lists key `j` only.
+    fn state_of(serials: &[u64]) -> u64 {
+        match serials {
+            [j] => 2 * j,
+            [i, j] if i + 1 == *j => 2 * j - 1,
+            other => panic!("no state lists keys {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_document_outlives_a_change_that_returned() {
+        const STEPS: u64 = 200;
+        const READERS: usize = 3;
+        let keys: Vec<PublicKeyRecord> = (0..=STEPS).map(|j| record("a", j)).collect();
+        let serial: HashMap<String, u64> = (0..=STEPS)
+            .map(|j| (keys[j as usize].id.to_string(), j))
+            .collect();
+        let other = record("b", 10_000);
+        let jwks = Jwks::new([&keys[0], &other]);
+        let state = |doc: &Document| {
+            let listed: Vec<u64> = kids(doc)
+                .iter()
+                .filter_map(|k| serial.get(k).copied())
+                .collect();
+            state_of(&listed)
+        };
+        // How many changes returned; each reader reads it, then asks, and
+        // must see that state or a later one. The writer waits until every
+        // reader has checked each state, so that none goes untested.
+        let returned = AtomicU64::new(0);
+        let checked: Vec<AtomicU64> = (0..READERS).map(|_| AtomicU64::new(0)).collect();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let failure = Mutex::new(None);
+        std::thread::scope(|s| {
+            for (reader, checked) in checked.iter().enumerate() {
+                let (jwks, returned, done) = (&jwks, &returned, &done);
+                let (state, failure) = (&state, &failure);
+                s.spawn(move || {
+                    // The documents served last, held while the next are
+                    // asked for, as responses still being sent hold them.
+                    let mut held = [jwks.of(&org("a")), jwks.all()];
+                    let mut asked = reader;
+                    while !done.load(Ordering::Acquire) {
+                        let before = returned.load(Ordering::Acquire);
+                        let doc = if asked % 2 == 0 {
+                            jwks.of(&org("a"))
+                        } else {
+                            jwks.all()
+                        };
+                        let seen = state(&doc);
+                        held[asked % 2] = doc;
+                        if seen < before {
+                            let failed =
+                                format!("served state {seen} after change {before} returned");
+                            *failure.lock().unwrap() = Some(failed);
+                            // Let the writer go on.
+                            checked.store(u64::MAX, Ordering::Release);
+                            return;
+                        }
+                        checked.store(before, Ordering::Release);
+                        asked += 1;
+                    }
+                });
+            }
+            let change = |m: u64, change: &dyn Fn() -> bool| {
+                assert!(change());
+                returned.store(m, Ordering::Release);
+                while checked.iter().any(|c| c.load(Ordering::Acquire) < m) {
+                    std::thread::yield_now();
+                }
+            };
+            for j in 1..=STEPS {
+                let (now, before) = (&keys[j as usize], &keys[j as usize - 1]);
+                change(2 * j - 1, &|| jwks.added(now));
+                change(2 * j, &|| jwks.removed(&before.org, before.id));
+            }
+            done.store(true, Ordering::Release);
+        });
+        assert_eq!(failure.into_inner().unwrap(), None);
+        assert_eq!(state(&jwks.of(&org("a"))), 2 * STEPS);
+        assert_eq!(state(&jwks.all()), 2 * STEPS);
+    }
+
+    #[test]
+    fn kept_documents_stay_within_their_bound() {
+        let records: Vec<_> = (0..2_000).map(|i| record(&format!("o{i}"), i)).collect();
+        let one = Jwks::new([&records[0]]);
+        let weight = u64::from(kept_weight(&one.of(&records[0].org)));
+        // Room for 50 documents of 2,000 organisations.
+        let bound = 50 * weight;
+        let jwks = Jwks::keeping(loading(&records), bound);
+        for r in &records {
+            assert_eq!(kids(&jwks.of(&r.org)), ids(&[r]));
+        }
+        jwks.kept.run_pending_tasks();
+        assert!(
+            jwks.kept.weighted_size() <= bound,
+            "{} > {bound}",
+            jwks.kept.weighted_size()
+        );
+        assert!(jwks.kept.entry_count() > 0, "some are kept");
+        // An evicted document is built again, the same bytes.
+        for r in &records {
+            assert_eq!(jwks.of(&r.org).body, Jwks::new([r]).of(&r.org).body);
+        }
     }
 }
