@@ -44,6 +44,8 @@ pub trait ChangeFeed: Send + Sync + 'static {
     /// (every change through its `upto`, as of when it was sent): a
     /// source read on demand confirms exactly that once the report is
     /// recorded; a source that pushes its changes answers with its own.
+    /// In a [`Round::CatchUp`], a source that itself follows another one
+    /// catches up with it before answering.
     ///
     /// [`next`]: ChangeFeed::next
     fn confirm(
@@ -51,6 +53,7 @@ pub trait ChangeFeed: Send + Sync + 'static {
         me: &str,
         reported: u64,
         read: Confirmation,
+        round: Round,
     ) -> impl Future<Output = Result<Option<Confirmation>, Self::Error>> + Send;
 
     /// How long to wait before reading and confirming again after `error`,
@@ -64,6 +67,15 @@ pub trait ChangeFeed: Send + Sync + 'static {
     /// every reconnect and every loss of the listening connection), or
     /// `None` if it cannot start.
     fn announcements(&self) -> Option<watch::Receiver<Heard>>;
+}
+
+/// Why a replica reads and confirms now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Its schedule: an announcement, a follower's report, the timer.
+    Routine,
+    /// A verification of a key id the replica does not know waits on it.
+    CatchUp,
 }
 
 /// The reports of every replica of a shared source, which a revoking

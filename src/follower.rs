@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
 use crate::events::{Held, Reason};
-use crate::feed::{Change, ChangeFeed, Changes, Confirmation, Heard};
+use crate::feed::{Change, ChangeFeed, Changes, Confirmation, Heard, Round};
 use crate::keys::{Jwk, KeyId, KeyName, KeySpec, Lifecycle, OrgId, Origin, PublicKeyRecord};
 use crate::usage::{Usage, UsageDelta};
 
@@ -235,6 +235,11 @@ pub struct Ack<'a> {
     /// Key usage counted here since the last acknowledgement that went
     /// through, summed upstream.
     pub usage: &'a [UsageDelta],
+    /// A verification of a key id this follower does not know waits on
+    /// the answer: an upstream that follows a database reads it first,
+    /// so the answer covers keys created through another instance.
+    #[serde(rename = "catchUp", skip_serializing_if = "std::ops::Not::not")]
+    pub catch_up: bool,
 }
 
 /// Why an acknowledgement has no answer.
@@ -456,6 +461,7 @@ impl<T: Transport> UpstreamFeed<T> {
             follower: me,
             applied: 0,
             usage: &[],
+            catch_up: false,
         };
         match self.transport.acknowledge(&ack).await {
             Ok(_) => {
@@ -486,12 +492,14 @@ impl<T: Transport> ChangeFeed for UpstreamFeed<T> {
         me: &str,
         reported: u64,
         _read: Confirmation,
+        round: Round,
     ) -> Result<Option<Confirmation>, AckFailure> {
         let usage = self.usage.take_deltas();
         let ack = Ack {
             follower: me,
             applied: reported,
             usage: &usage,
+            catch_up: round == Round::CatchUp,
         };
         let sent = Instant::now();
         let answer = match self.transport.acknowledge(&ack).await {

@@ -67,7 +67,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{watch, Notify};
 
-use crate::feed::{Change, ChangeFeed, Confirmation, Heard, Reports};
+use crate::feed::{Change, ChangeFeed, Confirmation, Heard, Reports, Round};
 use crate::followers::Followers;
 use crate::freshness::{Freshness, Heartbeat};
 use crate::metrics::ClusterMetrics;
@@ -142,14 +142,19 @@ impl<F: ChangeFeed> Replica<F> {
             true => max_staleness / 8,
             false => max_staleness / 4,
         };
+        let mut round = Round::Routine;
         loop {
             let every = loop {
-                match self.catch_up(&events, &mut pending, every(&events)).await {
+                match self
+                    .catch_up(&events, &mut pending, every(&events), round)
+                    .await
+                {
                     Step::Again => {}
                     Step::Done => break every(&events),
                     Step::Failed(after) => break after,
                 }
             };
+            round = Round::Routine;
             tokio::select! {
                 changed = events.changed() => {
                     self.fresh.behind(Instant::now());
@@ -159,7 +164,7 @@ impl<F: ChangeFeed> Replica<F> {
                 }
                 // A follower acknowledged: the next heartbeat reports it.
                 () = self.followers.moved() => {}
-                () = self.catch_ups.wanted() => {}
+                () = self.catch_ups.wanted() => round = Round::CatchUp,
                 () = tokio::time::sleep(every) => {}
             }
         }
@@ -172,6 +177,7 @@ impl<F: ChangeFeed> Replica<F> {
         events: &tokio::sync::watch::Receiver<Heard>,
         pending: &mut Vec<(Confirmation, Instant)>,
         every: Duration,
+        round: Round,
     ) -> Step {
         let heard = *events.borrow();
         let sent = Instant::now();
@@ -203,7 +209,7 @@ impl<F: ChangeFeed> Replica<F> {
         };
         let confirmed = match self
             .feed
-            .confirm(self.fresh.instance(), reported, read)
+            .confirm(self.fresh.instance(), reported, read, round)
             .await
         {
             Ok(confirmed) => confirmed,

@@ -38,6 +38,11 @@ use crate::verify::{Expect, Policy, Verified, Verifier, VerifyError};
 /// round trip and the events it brings, with room for a slow network.
 const CATCH_UP: Duration = Duration::from_millis(250);
 
+/// The longest an instance on a shared store spends catching up with the
+/// database for a follower's catch-up: well inside the follower's
+/// [`CATCH_UP`], so the follower still has time to apply the answer.
+const FOR_FOLLOWER: Duration = Duration::from_millis(100);
+
 /// Why a key operation did not happen.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -117,7 +122,8 @@ pub struct Signet {
     /// Look-ups of keys created elsewhere and not applied here yet (in
     /// the store, or on a follower, its catch-ups with the upstream).
     unknown: crate::replica::UnknownKeys,
-    /// On a follower: asks its replica to catch up with the upstream now.
+    /// Asks this process's replica, if it has one, to catch up with its
+    /// source now: on an instance the database, on a follower the upstream.
     catch_ups: Option<Arc<crate::replica::CatchUps>>,
     /// The tasks that follow the source this process follows (the
     /// replica, and on a follower the stream it reads), if any.
@@ -232,6 +238,7 @@ impl Signet {
         // after max_staleness with the database away (verification is
         // then refused until it is back).
         let mut following_tasks = Vec::new();
+        let mut catch_ups = None;
         if following {
             let feed = store.feed().expect("following a shared store");
             let count = crate::replica::count_instances(
@@ -248,7 +255,9 @@ impl Signet {
                 metrics: metrics.cluster.clone(),
                 fresh: fresh.clone(),
                 followers: followers.clone(),
-                catch_ups: Arc::new(crate::replica::CatchUps::new()),
+                catch_ups: catch_ups
+                    .insert(Arc::new(crate::replica::CatchUps::new()))
+                    .clone(),
             };
             following_tasks.extend(replica.start().await);
         }
@@ -269,7 +278,7 @@ impl Signet {
             seen_generation: Default::default(),
             followers,
             registered: None,
-            catch_ups: None,
+            catch_ups,
         })
     }
 
@@ -842,6 +851,19 @@ impl Signet {
                 false
             }
             Err(_) => false,
+        }
+    }
+
+    /// A follower waits on its acknowledgement to learn a key id it does
+    /// not know: an instance that follows a database reads it now and
+    /// applies what it finds, at most for [`FOR_FOLLOWER`], so that the
+    /// answer's version covers keys created through other instances.
+    /// Nothing to do on a single instance, which makes every change itself.
+    pub async fn catch_up_for_follower(&self) {
+        if self.store.is_some() {
+            if let Some(catch_ups) = &self.catch_ups {
+                catch_ups.caught_up(&self.fresh, FOR_FOLLOWER).await;
+            }
         }
     }
 

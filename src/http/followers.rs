@@ -21,6 +21,10 @@ struct Ack {
     /// Key usage counted on the follower since its last acknowledgement.
     #[serde(default)]
     usage: Vec<crate::usage::UsageDelta>,
+    /// A verification on the follower waits on this answer: catch up with
+    /// the database first.
+    #[serde(default, rename = "catchUp")]
+    catch_up: bool,
 }
 
 pub async fn ack(call: Call<'_>) -> Outcome {
@@ -45,6 +49,9 @@ pub async fn ack(call: Call<'_>) -> Outcome {
     let ack: Ack = call.read_json().await?;
     let follower = ulid::Ulid::from_string(&ack.follower)
         .map_err(|_| ApiError::invalid_request("follower must be a ULID"))?;
+    if ack.catch_up {
+        signet.catch_up_for_follower().await;
+    }
     // Stale first, then the version: if this server was fresh as of a
     // moment after a change, that change was numbered before (see
     // `follower`).

@@ -58,7 +58,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, Transaction};
 
 use crate::audit::{self, AuditEvent, BrokenLink, EventId, NewEvent};
-use crate::feed::{Acknowledged, Change, Confirmation, Instance};
+use crate::feed::{Acknowledged, Change, Confirmation, Instance, Round};
 use crate::keys::{KeyId, OrgId, PublicKeyRecord};
 use crate::seal::Sealer;
 use crate::store::{
@@ -1488,6 +1488,7 @@ impl crate::feed::ChangeFeed for PgStore {
         me: &str,
         reported: u64,
         read: Confirmation,
+        _round: Round,
     ) -> Result<Option<Confirmation>, StoreError> {
         self.heartbeat(me, reported).await?;
         Ok(Some(read))

@@ -1089,6 +1089,38 @@ async fn a_follower_of_one_instance_holds_a_delete_answered_by_another() {
     }
 }
 
+/// A key created through instance B verifies at once on a follower of
+/// instance A, even while A has not heard of it yet: A polls the database
+/// only every 500 ms here, and the follower's catch-up makes A read it
+/// before answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_of_one_instance_verifies_a_key_created_through_another() {
+    let Some((_cluster, _dir, database)) = crate::backends::private_database() else {
+        return;
+    };
+    let database = &database;
+    let instance = |notify| {
+        spawn_with(move |c| {
+            database.configure(c);
+            c.followers.token = Some(signet::config::Secret::new(FOLLOWER_TOKEN.into()));
+            c.cluster.max_staleness_ms = 4000;
+            c.cluster.notify = notify;
+        })
+    };
+    use signet::config::Notify;
+    let (a, b) = (instance(Notify::Poll).await, instance(Notify::Listen).await);
+    let follower = follower_of(&a, |c| c.cluster.max_staleness_ms = 4000).await;
+    let base = follower.url("");
+    for round in 0..10 {
+        let (id, token) = new_key(&b).await;
+        match round % 2 {
+            0 => assert_eq!(verdict(&follower, &token).await, "valid", "round {round}"),
+            _ => assert_eq!(auth_status(&base, &token).await, 200, "round {round}"),
+        }
+        assert_eq!(b.delete_key("acme", &id, ADMIN).await.status, 204);
+    }
+}
+
 #[test]
 fn the_example_keeps_a_jwk_set_cache_in_step() {
     // Run in its own runtime: the example is a separate process.
