@@ -113,20 +113,9 @@ for _ in 1 2 3 4 5; do
     [[ "$status" == 201 ]] || die "create answered $status"
 done
 JWKS_BYTES="$(curl -fsS --max-time 5 "$BASE/.well-known/jwks.json" | wc -c)"
+# The refill thread must not run during an idle window.
+POOL_TARGET="$(pool_target "$REPO/config.toml")"
 
-pool_depth() {
-    curl -fsS --max-time 5 "$BASE/metrics" |
-        sed -n 's/^signet_keypool_depth{bits="2048"} \([0-9]*\).*$/\1/p'
-}
-POOL_TARGET="$(sed -n 's/^pool_2048[[:space:]]*=[[:space:]]*\([0-9]*\).*$/\1/p' "$REPO/config.toml")"
-[[ -n "$POOL_TARGET" ]] || die "no keys.pool_2048 in $REPO/config.toml"
-wait_pool_full() { # the pool's refill thread must not run during an idle window
-    for _ in $(seq 600); do
-        [[ "$(pool_depth)" == "$POOL_TARGET" ]] && return 0
-        sleep 0.1
-    done
-    die "the key pool did not refill within 60 s"
-}
 
 # --- measurements ----------------------------------------------------------
 # wrk_parse < wrk output -> "rps p99_ms non2xx errors"
@@ -203,13 +192,13 @@ burster() {
 }
 
 for r in $(seq "$ROUNDS"); do
-    wait_pool_full
+    wait_pool_full "$BASE" "$REPO/config.toml"
     log "round $r/$ROUNDS: idle, wrk -t1 -c$WRK_CONNECTIONS -d$WRK_DURATION"
     start_wrk "idle.$r"
     finish_wrk "idle.$r" idle
     log "  idle: $(tail -n1 "$WORK/idle.txt")"
 
-    wait_pool_full
+    wait_pool_full "$BASE" "$REPO/config.toml"
     log "round $r/$ROUNDS: under bursts of $BURST creates"
     rm -f "$WORK/stop"
     : >"$WORK/creates.$r"
@@ -245,7 +234,7 @@ for r in $(seq "$ROUNDS"); do
     [[ "$left" == 5 ]] || die "after the cleanup the JWKS holds $left keys, not 5"
 
     if [[ "$CONTROL" == 1 ]]; then
-        wait_pool_full
+        wait_pool_full "$BASE" "$REPO/config.toml"
         log "round $r/$ROUNDS: control, $(nproc) busy loops and no creates"
         start_wrk "cpu.$r"
         for _ in $(seq "$(nproc)"); do

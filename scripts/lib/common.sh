@@ -169,6 +169,30 @@ wait_http() {
 # $SERVER_PID (0 ready, 1 the server exited, 2 not ready in time).
 wait_ready() { wait_http "$1/readyz" "${2:-30}" "$SERVER_PID"; }
 
+# pool_target CONFIG: CONFIG's keys.pool_2048; dies if it has none.
+pool_target() {
+    local target
+    target="$(sed -n 's/^pool_2048[[:space:]]*=[[:space:]]*\([0-9]*\).*$/\1/p' "$1")"
+    [[ -n "$target" ]] || die "no keys.pool_2048 in $1"
+    echo "$target"
+}
+
+# wait_pool_full BASE_URL CONFIG: wait (at most 60 s) until the RSA-2048
+# key pool of the signet at BASE_URL holds CONFIG's pool_2048 keys, so that
+# its refill thread (started at start-up and by every RSA create) is idle
+# during what is measured next; dies otherwise.
+wait_pool_full() {
+    local target depth
+    target="$(pool_target "$2")"
+    for _ in $(seq 600); do
+        depth="$(curl -fsS --max-time 5 "$1/metrics" |
+            sed -n 's/^signet_keypool_depth{bits="2048"} \([0-9]*\).*$/\1/p')"
+        [[ "$depth" == "$target" ]] && return 0
+        sleep 0.1
+    done
+    die "the key pool of $1 did not refill within 60 s"
+}
+
 # ready_or_die BASE_URL SECONDS LOGFILE: wait_ready, or else LOGFILE on
 # stderr and die "signet serve exited at startup" / "signet did not become
 # ready on HOST:PORT".
