@@ -49,24 +49,23 @@ pub async fn ack(call: Call<'_>) -> Outcome {
     let ack: Ack = call.read_json().await?;
     let follower = ulid::Ulid::from_string(&ack.follower)
         .map_err(|_| ApiError::invalid_request("follower must be a ULID"))?;
-    if ack.catch_up {
-        signet.catch_up_for_follower().await;
-    }
     // Stale first, then the version: if this server was fresh as of a
     // moment after a change, that change was numbered before (see
-    // `follower`).
+    // `follower`). Recorded before any catch-up, which only makes the
+    // answer more current: it still holds if this server can no longer
+    // vouch afterwards, as it did when it was measured.
     let source = signet.feed();
-    if !source.vouches() {
-        return Err(ApiError::unavailable(
-            "this server cannot vouch that it has seen every key change now",
-        ));
-    }
-    let Some(stale) = source.stale_for() else {
-        return Err(ApiError::unavailable("this server has not caught up yet"));
-    };
-    let version = source.feed().latest();
+    let stale = standing(&source)?;
     signet.follower_acked(&follower.to_string(), ack.applied);
     signet.verifier().usage().absorb(&ack.usage);
+    let stale = match ack.catch_up {
+        true => {
+            signet.catch_up_for_follower().await;
+            standing(&source).unwrap_or(stale)
+        }
+        false => stale,
+    };
+    let version = source.feed().latest();
     Ok(reply::json(
         StatusCode::OK,
         &serde_json::json!({
@@ -75,4 +74,16 @@ pub async fn ack(call: Call<'_>) -> Outcome {
             "run": source.feed().run(),
         }),
     ))
+}
+
+/// How stale this server is, if it may vouch for revocations now.
+fn standing(source: &crate::events::Source) -> Result<std::time::Duration, ApiError> {
+    if !source.vouches() {
+        return Err(ApiError::unavailable(
+            "this server cannot vouch that it has seen every key change now",
+        ));
+    }
+    source
+        .stale_for()
+        .ok_or_else(|| ApiError::unavailable("this server has not caught up yet"))
 }
