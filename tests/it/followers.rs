@@ -1091,8 +1091,10 @@ async fn a_follower_of_one_instance_holds_a_delete_answered_by_another() {
 
 /// A key created through instance B verifies at once on a follower of
 /// instance A, even while A has not heard of it yet: A polls the database
-/// only every 500 ms here, and the follower's catch-up makes A read it
-/// before answering.
+/// only every second here, and the follower's catch-up makes A read it
+/// before answering. On two busy cores a catch-up may miss its 250 ms, so
+/// a round may take a second try (after the follower's memory of the id
+/// as unknown); without the catch-up nearly every round would.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_of_one_instance_verifies_a_key_created_through_another() {
     let Some((_cluster, _dir, database)) = crate::backends::private_database() else {
@@ -1103,22 +1105,39 @@ async fn a_follower_of_one_instance_verifies_a_key_created_through_another() {
         spawn_with(move |c| {
             database.configure(c);
             c.followers.token = Some(signet::config::Secret::new(FOLLOWER_TOKEN.into()));
-            c.cluster.max_staleness_ms = 4000;
+            c.cluster.max_staleness_ms = 8000;
             c.cluster.notify = notify;
         })
     };
     use signet::config::Notify;
     let (a, b) = (instance(Notify::Poll).await, instance(Notify::Listen).await);
-    let follower = follower_of(&a, |c| c.cluster.max_staleness_ms = 4000).await;
+    let follower = follower_of(&a, |c| c.cluster.max_staleness_ms = 8000).await;
     let base = follower.url("");
-    for round in 0..10 {
+    let accepted = |round: usize, token: String| {
+        let (follower, base) = (&follower, &base);
+        async move {
+            match round % 2 {
+                0 => verdict(follower, &token).await == "valid",
+                _ => auth_status(base, &token).await == 200,
+            }
+        }
+    };
+    const ROUNDS: usize = 10;
+    let mut second_tries = 0;
+    for round in 0..ROUNDS {
         let (id, token) = new_key(&b).await;
-        match round % 2 {
-            0 => assert_eq!(verdict(&follower, &token).await, "valid", "round {round}"),
-            _ => assert_eq!(auth_status(&base, &token).await, 200, "round {round}"),
+        if !accepted(round, token.clone()).await {
+            second_tries += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(accepted(round, token).await, "round {round}, second try");
         }
         assert_eq!(b.delete_key("acme", &id, ADMIN).await.status, 204);
     }
+    eprintln!("{second_tries} of {ROUNDS} rounds took a second try");
+    assert!(
+        second_tries <= 3,
+        "{second_tries} of {ROUNDS} rounds took a second try"
+    );
 }
 
 #[test]
