@@ -44,8 +44,8 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 ];
 
 /// `GET /console`: the page.
-pub async fn page(call: Call<'_>) -> Outcome {
-    serve(&call, "index.html")
+pub async fn page(_: Call<'_>) -> Outcome {
+    serve("index.html")
 }
 
 /// `GET /console/{asset}`: one embedded file (`/console/` is the page).
@@ -56,15 +56,16 @@ pub async fn asset(call: Call<'_>) -> Outcome {
         .unwrap_or_default()
         .to_owned();
     let name = if name.is_empty() { "index.html" } else { &name };
-    serve(&call, name)
+    serve(name)
 }
 
-fn serve(call: &Call<'_>, name: &str) -> Outcome {
-    if !call.state.config.console.enabled {
-        return Err(ApiError::not_found(
-            "the console is turned off (console.enabled = false)",
-        ));
-    }
+/// The answer to anything under `/console` while `console.enabled` is
+/// false (the router asks before it looks at the method).
+pub fn turned_off() -> ApiError {
+    ApiError::not_found("the console is turned off (console.enabled = false)")
+}
+
+fn serve(name: &str) -> Outcome {
     let Some((_, media, bytes)) = ASSETS.iter().find(|(n, _, _)| *n == name) else {
         return Err(ApiError::not_found("no such file in the console"));
     };

@@ -180,8 +180,8 @@ pub async fn list(call: Call<'_>) -> Outcome {
 pub async fn delete(call: Call<'_>) -> Outcome {
     let org = call.org()?;
     let id = call.key_id()?;
-    let window = if_unused_for(&call)?;
     let principal = call.authorize(&org, Need::Manage).await?;
+    let window = if_unused_for(&call)?;
     refuse_if_used(call.state, &org, id, window).await?;
     call.state
         .signet

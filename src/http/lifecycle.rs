@@ -13,8 +13,8 @@ use crate::keys::{self, KeyView};
 /// `PATCH /v1/organisations/{org}/keys/{id}`: disable, enable, rename.
 pub async fn patch(call: Call<'_>) -> Outcome {
     let id = call.key_id()?;
-    let window = super::keys::if_unused_for(&call)?;
     let (org, caller) = call.manage().await?;
+    let window = super::keys::if_unused_for(&call)?;
     let state = call.state;
     let body: PatchBody = call
         .read_json_as(&[JSON, MERGE_PATCH], false)

@@ -125,8 +125,14 @@ impl ApiError {
     }
 
     /// The compatibility route's error shape: `{"success": false, "message"}`.
+    /// A follower's refusal also carries `code` and `cause` (its upstream),
+    /// as it does on every other route.
     pub fn into_compat_reply(self) -> Reply {
-        let body = serde_json::json!({ "success": false, "message": self.message });
+        let mut body = serde_json::json!({ "success": false, "message": self.message });
+        if self.code == ErrorCode::ReadOnly {
+            body["code"] = serde_json::json!(self.code);
+            body["cause"] = serde_json::json!(self.cause);
+        }
         self.with_headers(json(self.status, &body))
     }
 

@@ -226,7 +226,24 @@ pub fn rows() -> usize {
 
 /// Answers one request; returns its metrics label (the path template, or
 /// `unmatched`) and the first table row of that template with the reply.
+/// Every answer under `/console` carries the console's security headers,
+/// errors and unmatched paths included.
 pub async fn dispatch(
+    state: &ServerState,
+    req: Box<Request<Incoming>>,
+    peer: SocketAddr,
+    activity: &Arc<Activity>,
+) -> (&'static str, Option<usize>, Reply) {
+    let path = req.uri().path();
+    let console = path == "/console" || path.starts_with("/console/");
+    let (template, first, mut reply) = answer(state, req, peer, activity).await;
+    if console {
+        console::secure(&mut reply);
+    }
+    (template, first, reply)
+}
+
+async fn answer(
     state: &ServerState,
     req: Box<Request<Incoming>>,
     peer: SocketAddr,
@@ -241,17 +258,20 @@ pub async fn dispatch(
     };
     let template = ROUTES[first].path;
     let errors = ROUTES[first].errors;
+    let reply = |e: ApiError| match errors {
+        Errors::Api => e.into_reply(),
+        Errors::Compat => e.into_compat_reply(),
+    };
     // A follower answers only what it can from memory, before any
     // authentication.
     if let Some(upstream) = &state.config.upstream {
         if !FOLLOWER_PATHS.contains(&template) {
-            let e = ApiError::read_only(&upstream.url);
-            let reply = match errors {
-                Errors::Api => e.into_reply(),
-                Errors::Compat => e.into_compat_reply(),
-            };
-            return (template, Some(first), reply);
+            return (template, Some(first), reply(ApiError::read_only(&upstream.url)));
         }
+    }
+    // A console turned off is not there, whatever the method.
+    if template.starts_with("/console") && !state.config.console.enabled {
+        return (template, Some(first), reply(console::turned_off()));
     }
     // Rows sharing a path are listed together.
     let mut rows = ROUTES[first..].iter().take_while(|r| r.path == template);
@@ -268,14 +288,7 @@ pub async fn dispatch(
         }
         None => Err(ApiError::method_not_allowed(allow(template))),
     };
-    let mut reply = match errors {
-        Errors::Api => outcome.unwrap_or_else(ApiError::into_reply),
-        Errors::Compat => outcome.unwrap_or_else(ApiError::into_compat_reply),
-    };
-    if template.starts_with("/console") {
-        console::secure(&mut reply);
-    }
-    (template, Some(first), reply)
+    (template, Some(first), outcome.unwrap_or_else(reply))
 }
 
 /// Runs every request parser of the HTTP layer on hostile input; for the

@@ -559,6 +559,12 @@ async fn a_follower_serves_from_memory_and_refuses_the_rest() {
         .await;
     assert_eq!(compat.status, 421);
     assert_eq!(compat.json()["success"], false);
+    assert_eq!(compat.json()["code"], "read_only");
+    assert_eq!(compat.json()["cause"], upstream.url(""));
+    // The console too, with its security headers.
+    let console = follower.get("/console").await;
+    console.assert_error(421, "read_only");
+    assert!(console.header("content-security-policy").is_some());
     // The follower's verifications count in the key's usage upstream.
     eventually(
         "the upstream sums the follower's usage",

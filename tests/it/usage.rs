@@ -158,6 +158,23 @@ async fn if_unused_for_refuses_a_revocation_of_a_key_in_use() {
             r.assert_error(status, code);
         }
     }
+    // The window is read only once the caller may revoke the key: no
+    // credential is 401 and another organisation's token 403, whatever
+    // the window says.
+    let globex = app.create_key("globex", json!({"name": "g"})).await;
+    let (globex_kid, globex_signer) = key_of(&globex);
+    let outsider = globex_signer.org_token(&globex_kid, claims("globex", "OWNER"));
+    for window in ["soon", "1h"] {
+        let url = format!("{path}?ifUnusedFor={window}");
+        for method in [Method::DELETE, Method::PATCH] {
+            app.request(method.clone(), &url, &[], Vec::new())
+                .await
+                .assert_error(401, "unauthorized");
+            app.request_as(method, &url, &outsider)
+                .await
+                .assert_error(403, "forbidden");
+        }
+    }
     assert_eq!(verify_status(&app, &token).await["valid"], true);
     // A rename is no revocation: the window does not apply.
     let r = patch(
