@@ -153,11 +153,7 @@ impl Jwk {
     pub fn to_parts(&self) -> Result<(KeyId, Algorithm, Vec<u8>), JwkError> {
         let kid = self.kid.as_deref().ok_or(JwkError::Kid)?;
         let kid = KeyId::parse(kid).map_err(|_| JwkError::Kid)?;
-        let alg: Algorithm = self
-            .alg
-            .as_deref()
-            .ok_or(JwkError::Alg)?
-            .parse()
+        let alg = Algorithm::from_jose(self.alg.as_deref().ok_or(JwkError::Alg)?)
             .map_err(|_| JwkError::Alg)?;
         let der = match (self.kty.as_str(), self.crv.as_deref()) {
             ("RSA", _) if alg.is_rsa() => self.rsa_der()?,

@@ -233,6 +233,16 @@ impl Algorithm {
     pub fn is_rsa(self) -> bool {
         !matches!(self, Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA)
     }
+
+    /// A JOSE `alg` (a JWK's or a token header's): one of signet's names,
+    /// or `Ed25519`, RFC 9864's fully-specified name for EdDSA over
+    /// Ed25519. signet itself always writes `EdDSA`.
+    pub fn from_jose(alg: &str) -> Result<Algorithm, ParseError> {
+        match alg {
+            "Ed25519" => Ok(Algorithm::EdDSA),
+            other => other.parse(),
+        }
+    }
 }
 
 impl FromStr for Algorithm {

@@ -94,7 +94,7 @@ pub enum UploadError {
     AlgorithmRequired,
     /// The JWK's `alg` is not an algorithm signet verifies with.
     #[error(
-        "the JWK's alg is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+        "the JWK's alg is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, Ed25519"
     )]
     UnsupportedAlg,
     /// The algorithm does not fit the key, or the JWK's `alg` and
@@ -213,7 +213,7 @@ pub fn from_jwk(
     let alg = match jwk.get("alg") {
         None | Some(Value::Null) => algorithm,
         Some(Value::String(raw)) => {
-            let alg: Algorithm = raw.parse().map_err(|_| UploadError::UnsupportedAlg)?;
+            let alg = Algorithm::from_jose(raw).map_err(|_| UploadError::UnsupportedAlg)?;
             if let Some(given) = algorithm.filter(|g| *g != alg) {
                 return Err(UploadError::AlgorithmMismatch {
                     given,
@@ -693,10 +693,23 @@ mod tests {
             real.push(hex::decode(rfc).unwrap());
         }
         for key in real {
-            let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&key)});
-            let up = from_jwk(jwk.as_object().unwrap(), None).expect("a real key");
-            assert_eq!(up.spki_der[12..], key[..]);
+            // Without alg, with EdDSA, and with RFC 9864's name for it.
+            for alg in [None, Some("EdDSA"), Some("Ed25519")] {
+                let mut jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&key)});
+                if let Some(alg) = alg {
+                    jwk["alg"] = json!(alg);
+                }
+                let up = from_jwk(jwk.as_object().unwrap(), Some(Algorithm::EdDSA))
+                    .unwrap_or_else(|e| panic!("a real key, alg {alg:?}: {e}"));
+                assert_eq!(up.spki_der[12..], key[..]);
+                assert_eq!(up.spec, KeySpec::Ed25519);
+            }
         }
+        // Ed25519 names no other key type.
+        let ec = generate(KeySpec::Ec { curve: Curve::P256 });
+        let (x, y) = ec.spki_der()[27..].split_at(32);
+        let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(&y[..32]), "alg": "Ed25519"});
+        assert!(from_jwk(jwk.as_object().unwrap(), None).is_err());
     }
 
     #[test]

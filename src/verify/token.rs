@@ -100,9 +100,7 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, VerifyError> {
         .map_err(|e| VerifyError::Malformed(format!("header is not a JSON object: {e}")))?
         .0;
     let alg = match &header.alg {
-        // RFC 9864 names Ed25519 itself; it means EdDSA with an Ed25519 key.
-        Some(Member::Str(alg)) if alg == "Ed25519" => Algorithm::EdDSA,
-        Some(Member::Str(alg)) => alg.parse::<Algorithm>().map_err(|_| {
+        Some(Member::Str(alg)) => Algorithm::from_jose(alg).map_err(|_| {
             VerifyError::UnsupportedAlgorithm(format!(
                 "algorithm {:?} is not accepted; only RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA and Ed25519 are",
                 &**alg
