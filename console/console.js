@@ -410,6 +410,13 @@ function uploadForm(org, slug, reload) {
   file.addEventListener("change", async () => {
     if (file.files[0]) text.value = await file.files[0].text();
   });
+  // An RSA key does not say which of six schemes it signs with; EC and
+  // Ed25519 keys, and a JWK with its own alg, do.
+  const scheme = el(
+    "select",
+    { id: id("upload-scheme"), name: "scheme" },
+    ALGORITHMS.filter((a) => /^(RS|PS)/.test(a)).map((a) => el("option", { value: a, text: a })),
+  );
   const form = el(
     "form",
     { class: "stack card", "aria-label": `Upload a public key to ${org}` },
@@ -420,6 +427,8 @@ function uploadForm(org, slug, reload) {
     text,
     el("label", { for: id("upload-file"), text: "Or read it from a file" }),
     file,
+    el("label", { for: id("upload-scheme"), text: "Signature scheme of an RSA key" }),
+    scheme,
     el("button", { type: "submit", text: "Upload key" }),
   );
   form.addEventListener("submit", async (event) => {
@@ -436,9 +445,28 @@ function uploadForm(org, slug, reload) {
     } else {
       body.publicKey = raw;
     }
+    if (body.jwk ? body.jwk.kty === "RSA" && !body.jwk.alg : isRsaPem(raw)) body.algorithm = scheme.value;
     if ((await attempt(() => api.create(org, body))) !== undefined) await reload();
   });
   return form;
+}
+
+/** The DER of the (first) PEM block in `text`, as a byte string; "" if none. */
+function pemBytes(text) {
+  const body = text.replace(/-----(BEGIN|END)[^-]*-----/g, "").replace(/\s+/g, "");
+  try {
+    return atob(body);
+  } catch {
+    return "";
+  }
+}
+
+/** The rsaEncryption OID, as DER (06 09 2A 86 48 86 F7 0D 01 01 01). */
+const RSA_OID = "\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01";
+
+/** Whether a pasted PEM holds an RSA public key (SPKI or PKCS#1). */
+function isRsaPem(text) {
+  return text.includes("BEGIN RSA PUBLIC KEY") || pemBytes(text).includes(RSA_OID);
 }
 
 async function jwksBlock(org) {

@@ -278,7 +278,7 @@ def main():
         check(D.find_element(By.ID, "secret-pem").get_attribute("value") == "", "the key is dropped on close")
         storage_holds_no_token([OPERATOR, pem.strip().splitlines()[1]])
 
-        step("upload a public key, pasted")
+        step("upload an RSA public key, pasted, with the scheme it signs with")
         status, jwks = api("GET", f"/v1/keys/{VICTIM_ID}")
         check(status == 200, "victim public key")
         acme = section("acme")
@@ -286,12 +286,14 @@ def main():
         upload_area = labelled("Public key (SPKI PEM or JWK)", acme)
         # The organisation cannot hold one key twice: paste another org's key.
         status, globex = api("GET", "/v1/organisations/globex/keys")
-        pub = globex["keys"][0]["publicKey"]
+        pub = next(k for k in globex["keys"] if k["algorithm"] == "RS256")["publicKey"]
         D.execute_script("arguments[0].value = arguments[1]", upload_area, pub)
+        Select(labelled("Signature scheme of an RSA key", acme)).select_by_value("PS256")
         button("Upload key", acme).click()
         eventually(lambda: any(k["name"] == "uploaded key" for k in keys_of("acme").values()), "uploaded")
         uploaded = [k for k in keys_of("acme").values() if k["name"] == "uploaded key"]
         check(len(uploaded) == 1 and uploaded[0]["origin"] == "uploaded", f"uploaded: {uploaded}")
+        check(uploaded[0]["algorithm"] == "PS256", f"the scheme chosen: {uploaded}")
         result["uploaded"] = uploaded[0]["id"]
         settle()
 

@@ -197,6 +197,13 @@ async fn the_console_works_end_to_end_in_headless_chromium() {
         .await;
     let (globex_id, globex_signer) = key_of(&globex);
     let org_token = globex_signer.org_token(&globex_id, claims("globex", "OWNER"));
+    // The RSA key the console uploads to acme: an RSA public key names no
+    // scheme, so the console must send one.
+    app.create_key(
+        "globex",
+        json!({"name": "globex rsa", "algorithm": "RS256"}),
+    )
+    .await;
     let downloads = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/console_test.py");
     let mut args = vec![
