@@ -18,8 +18,11 @@ pub(super) fn run(command: AdminTokenCommand) -> anyhow::Result<Outcome> {
         AdminTokenCommand::New => {
             let token = zeroize::Zeroizing::new(crate::auth::generate_secret());
             let digest = hex::encode(Sha256::digest(token.as_bytes()));
-            println!("token: {}", token.as_str());
-            println!("admin_token_sha256 = \"{digest}\"");
+            let text = zeroize::Zeroizing::new(format!(
+                "token: {}\nadmin_token_sha256 = \"{digest}\"\n",
+                token.as_str()
+            ));
+            super::stdout::print(text.as_bytes())?;
             Ok(Outcome::Success)
         }
     }

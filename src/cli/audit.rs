@@ -14,11 +14,11 @@ pub(super) async fn verify(data: &DataArgs) -> anyhow::Result<Outcome> {
     let signet = open_existing(&data_config(data)?).await?;
     match signet.verify_audit().await? {
         Ok(n) => {
-            println!("audit log intact: {n} events checked");
+            super::stdout::print(format!("audit log intact: {n} events checked\n"))?;
             Ok(Outcome::Success)
         }
         Err(broken) => {
-            println!("{broken}");
+            super::stdout::print(format!("{broken}\n"))?;
             Ok(Outcome::Refused)
         }
     }

@@ -4,6 +4,8 @@ use super::{Cli, Outcome};
 
 pub(super) fn run(shell: clap_complete::Shell) -> anyhow::Result<Outcome> {
     let mut command = <Cli as clap::CommandFactory>::command();
-    clap_complete::generate(shell, &mut command, "signet", &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "signet", &mut script);
+    super::stdout::print(script)?;
     Ok(Outcome::Success)
 }

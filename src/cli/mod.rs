@@ -8,6 +8,7 @@ mod completions;
 mod keys;
 mod seal;
 mod serve;
+mod stdout;
 mod token;
 mod verify;
 

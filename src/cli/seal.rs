@@ -16,14 +16,15 @@ pub(super) enum SealCommand {
 pub(super) async fn rotate(data: &DataArgs) -> anyhow::Result<Outcome> {
     let config = data_config(data)?;
     let next = std::env::var("SIGNET_NEW_SEAL_KEY").ok();
-    match crate::store::rotate_seal(&config, next.as_deref()).await? {
+    let said = match crate::store::rotate_seal(&config, next.as_deref()).await? {
         Rotated::External { records } => {
-            println!("re-sealed {records} records; set SIGNET_SEAL_KEY to the new key now")
+            format!("re-sealed {records} records; set SIGNET_SEAL_KEY to the new key now\n")
         }
-        Rotated::KeyFile { records, key_file } => println!(
-            "re-sealed {records} records under a new seal key ({})",
+        Rotated::KeyFile { records, key_file } => format!(
+            "re-sealed {records} records under a new seal key ({})\n",
             key_file.display()
         ),
-    }
+    };
+    super::stdout::print(said)?;
     Ok(Outcome::Success)
 }

@@ -87,7 +87,7 @@ pub(super) fn run(args: TokenArgs) -> anyhow::Result<Outcome> {
     let mut header = jsonwebtoken::Header::new(jwt_alg(alg));
     header.kid = Some(kid.to_string());
     let token = jsonwebtoken::encode(&header, &claims, &key).context("could not sign the token")?;
-    println!("{token}");
+    super::stdout::print(format!("{token}\n"))?;
     Ok(Outcome::Success)
 }
 

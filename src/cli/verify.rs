@@ -156,9 +156,9 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
     };
     let valid = result.is_valid();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        super::stdout::print(serde_json::to_string_pretty(&result)? + "\n")?;
     } else {
-        print!("{}", describe(&result, token));
+        super::stdout::print(describe(&result, token))?;
     }
     Ok(if valid {
         Outcome::Success

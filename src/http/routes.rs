@@ -266,7 +266,11 @@ async fn answer(
     // authentication.
     if let Some(upstream) = &state.config.upstream {
         if !FOLLOWER_PATHS.contains(&template) {
-            return (template, Some(first), reply(ApiError::read_only(&upstream.url)));
+            return (
+                template,
+                Some(first),
+                reply(ApiError::read_only(&upstream.url)),
+            );
         }
     }
     // A console turned off is not there, whatever the method.

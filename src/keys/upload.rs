@@ -708,7 +708,8 @@ mod tests {
         // Ed25519 names no other key type.
         let ec = generate(KeySpec::Ec { curve: Curve::P256 });
         let (x, y) = ec.spki_der()[27..].split_at(32);
-        let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(&y[..32]), "alg": "Ed25519"});
+        let jwk =
+            json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(&y[..32]), "alg": "Ed25519"});
         assert!(from_jwk(jwk.as_object().unwrap(), None).is_err());
     }
 

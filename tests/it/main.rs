@@ -11,6 +11,7 @@ mod bad_input;
 mod cli;
 mod cli_messages;
 mod cli_remote;
+mod cli_stdout;
 mod cli_waits;
 mod cluster;
 mod console;

@@ -2,17 +2,22 @@
 //! directly in a sled data directory (server stopped) or a PostgreSQL
 //! database.
 
+use anyhow::Context;
+
 use super::output::{self, Style};
 use super::{Outcome, UploadFile};
 use crate::keys::{KeyId, KeyName, OrgId};
 use crate::secret_file::SecretFile;
 use crate::service::{Caller, Patch, ServiceError, Signet};
 
-/// A service outcome: storage failures are errors (exit 2), every other
-/// refusal is said once and is exit 1.
-fn judged(done: Result<(), ServiceError>) -> anyhow::Result<Outcome> {
+/// A service outcome, with `then` run on success: storage failures are
+/// errors (exit 2), every other refusal is said once and is exit 1.
+fn judged<T>(
+    done: Result<T, ServiceError>,
+    then: impl FnOnce(T) -> anyhow::Result<()>,
+) -> anyhow::Result<Outcome> {
     match done {
-        Ok(()) => Ok(Outcome::Success),
+        Ok(done) => then(done).map(|()| Outcome::Success),
         Err(e @ (ServiceError::Store(_) | ServiceError::Task(_))) => Err(e.into()),
         Err(e) => {
             eprintln!("signet: {e}");
@@ -35,10 +40,10 @@ pub(super) async fn set_state(
         disable: Some(disable),
         name: None,
     };
-    judged(signet.change(org, id, patch, caller).await.map(|record| {
+    judged(signet.change(org, id, patch, caller).await, |record| {
         eprintln!("key {id} is {}", record.state_at(crate::keys::now_secs()));
-        output::key(style, &output::public_view(&record));
-    }))
+        Ok(output::key(style, &output::public_view(&record))?)
+    })
 }
 
 /// `keys upload`'s arguments, as given.
@@ -70,12 +75,10 @@ pub(super) async fn upload(
             return Ok(Outcome::Refused);
         }
     };
-    judged(
-        signet
-            .upload(org, name, upload, expires_at, caller)
-            .await
-            .map(|record| output::key(style, &output::public_view(&record))),
-    )
+    let uploaded = signet.upload(org, name, upload, expires_at, caller).await;
+    judged(uploaded, |record| {
+        Ok(output::key(style, &output::public_view(&record))?)
+    })
 }
 
 pub(super) async fn rotate(
@@ -89,13 +92,17 @@ pub(super) async fn rotate(
 ) -> anyhow::Result<Outcome> {
     let (org, id) = (OrgId::parse(org)?, KeyId::parse(id)?);
     let grace = std::time::Duration::from_secs(grace_seconds.into());
-    match signet.rotate(org, id, grace, caller).await {
-        Ok((record, key, _)) => {
-            let mut set = output::public_view(&record);
-            set["privateKey"] = serde_json::Value::String(key.pkcs8_pem().to_string());
-            output::issued(style, set, out)?;
-            Ok(Outcome::Success)
-        }
-        Err(e) => judged(Err(e)),
-    }
+    let (record, key, _) = match signet.rotate(org, id, grace, caller).await {
+        Ok(rotated) => rotated,
+        Err(e) => return judged(Err::<(), _>(e), |()| Ok(())),
+    };
+    let mut set = output::public_view(&record);
+    set["privateKey"] = serde_json::Value::String(key.pkcs8_pem().to_string());
+    output::hand_over(style, set, out, || async {
+        let deleted = signet.delete(record.org.clone(), record.id, caller).await;
+        deleted.map_err(|e| e.to_string())
+    })
+    .await
+    .with_context(|| format!("key {id} was rotated, but its successor could not be handed over"))?;
+    Ok(Outcome::Success)
 }

@@ -69,7 +69,11 @@ pub(super) async fn create(
     };
     let mut set = output::public_view(&record);
     set["privateKey"] = serde_json::Value::String(key.pkcs8_pem().to_string());
-    output::issued(style, set, out)?;
+    output::hand_over(style, set, out, || async {
+        let deleted = signet.delete(record.org.clone(), record.id, caller).await;
+        deleted.map_err(|e| e.to_string())
+    })
+    .await?;
     Ok(Outcome::Success)
 }
 
@@ -83,7 +87,7 @@ pub(super) async fn list(
         None => signet.list_all().await?,
     };
     let keys: Vec<serde_json::Value> = records.iter().map(output::public_view).collect();
-    output::keys(style, &serde_json::json!({ "keys": keys }));
+    output::keys(style, &serde_json::json!({ "keys": keys }))?;
     Ok(Outcome::Success)
 }
 

@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 
 use serde_json::Value;
 
+use crate::cli::stdout::{print, Unwritten};
 use crate::secret_file::SecretFile;
 
 /// JSON or a table.
@@ -33,56 +34,122 @@ pub(super) fn public_view(r: &crate::keys::PublicKeyRecord) -> Value {
 }
 
 /// Prints one key (a `PublicKey`).
-pub(super) fn key(style: Style, key: &Value) {
+pub(super) fn key(style: Style, key: &Value) -> Result<(), Unwritten> {
     match style {
-        Style::Json => println!("{}", pretty(key)),
-        Style::Table => print!("{}", card(key)),
+        Style::Json => print(pretty(key) + "\n"),
+        Style::Table => print(card(key)),
     }
 }
 
 /// Prints a list of keys (`{"keys": […]}`).
-pub(super) fn keys(style: Style, list: &Value) {
+pub(super) fn keys(style: Style, list: &Value) -> Result<(), Unwritten> {
     match style {
-        Style::Json => println!("{}", pretty(list)),
-        Style::Table => print!("{}", table(list["keys"].as_array().map_or(&[][..], |k| k))),
+        Style::Json => print(pretty(list) + "\n"),
+        Style::Table => print(table(list["keys"].as_array().map_or(&[][..], |k| k))),
+    }
+}
+
+/// A new key whose private key could not be handed over: the command
+/// deletes the key again (nobody could ever sign with it), then reports.
+#[derive(Debug)]
+struct NotHandedOver {
+    id: String,
+    org: String,
+    /// Where the private key was to go.
+    to: String,
+    error: std::io::Error,
+}
+
+impl NotHandedOver {
+    /// The error to report once the command has tried to delete the key
+    /// (`deleted`: whether that worked, or why not).
+    fn reported(self, deleted: Result<(), String>) -> anyhow::Error {
+        let NotHandedOver { id, org, to, error } = self;
+        match deleted {
+            Ok(()) => anyhow::anyhow!(
+                "the private key of new key {id} did not reach {to}: {error}. The key was deleted again, so no key is left that nobody holds: make room (or read the output) and run the command again"
+            ),
+            Err(why) => anyhow::anyhow!(
+                "KEY LOST: key {id} of organisation {org} was made, but its private key did not reach {to}: {error}, and deleting the key again failed too ({why}). Nobody holds that private key: delete the key (signet keys delete --org {org} {id})"
+            ),
+        }
+    }
+}
+
+/// Hands a new key over with [`issued`]. A key whose private key reached
+/// nobody is deleted again (`delete_again`), and the error says whether
+/// that worked: a command never leaves a key that nobody holds unsaid.
+pub(super) async fn hand_over<D>(
+    style: Style,
+    set: Value,
+    out: Option<SecretFile>,
+    delete_again: impl FnOnce() -> D,
+) -> anyhow::Result<()>
+where
+    D: std::future::Future<Output = Result<(), String>>,
+{
+    match issued(style, set, out) {
+        Ok(printed) => Ok(printed?),
+        Err(lost) => Err(lost.reported(delete_again().await)),
     }
 }
 
 /// Prints a new key's `SigningKeySet`, or writes its private key into
-/// `out` (claimed before the key was made) and prints the rest. A key that
-/// was made but could not be written is an error that says so loudly.
-pub(super) fn issued(style: Style, mut set: Value, out: Option<SecretFile>) -> anyhow::Result<()> {
+/// `out` (claimed before the key was made) and prints the rest. A private
+/// key that reached neither is [`NotHandedOver`]; once it has, output that
+/// cannot be written is an error that says where the private key went.
+fn issued(
+    style: Style,
+    mut set: Value,
+    out: Option<SecretFile>,
+) -> Result<anyhow::Result<()>, NotHandedOver> {
+    let lost = |to: String, error: std::io::Error, set: &Value| NotHandedOver {
+        id: set["id"].as_str().unwrap_or("?").to_owned(),
+        org: set["organisationId"].as_str().unwrap_or("?").to_owned(),
+        to,
+        error,
+    };
     let private = match set.as_object_mut().and_then(|o| o.remove("privateKey")) {
         Some(Value::String(pem)) => zeroize::Zeroizing::new(pem),
-        _ => anyhow::bail!("the new key came without its private key"),
+        _ => {
+            let missing = std::io::Error::other("the new key came without its private key");
+            return Err(lost("this command".into(), missing, &set));
+        }
     };
     match out {
         Some(file) => {
             let path = file.path().to_owned();
             if let Err(e) = file.fill(private.as_bytes()) {
-                let id = set["id"].as_str().unwrap_or("?");
-                let org = set["organisationId"].as_str().unwrap_or("?");
-                anyhow::bail!(
-                    "KEY LOST: key {id} of organisation {org} was made, but its private key could not be written to {path}: {e}. Nobody holds that private key now: delete the key (signet keys delete --org {org} {id}) and make another",
-                    path = path.display(),
-                );
+                return Err(lost(path.display().to_string(), e, &set));
             }
             eprintln!("private key written to {}", path.display());
-            key(style, &set);
+            Ok(key(style, &set).map_err(|e| {
+                let id = set["id"].as_str().unwrap_or("?");
+                anyhow::Error::new(e).context(format!(
+                    "key {id} was made and its private key written to {}",
+                    path.display()
+                ))
+            }))
         }
-        None => match style {
-            Style::Json => {
-                set["privateKey"] = Value::String(private.to_string());
-                println!("{}", pretty(&set));
+        None => {
+            let text = zeroize::Zeroizing::new(match style {
+                Style::Json => {
+                    let mut with = set.clone();
+                    with["privateKey"] = Value::String(private.to_string());
+                    pretty(&with) + "\n"
+                }
+                Style::Table => format!(
+                    "{}\nprivate key (shown this once; signet does not keep it, save it now):\n{}",
+                    card(&set),
+                    private.as_str()
+                ),
+            });
+            match print(text.as_bytes()) {
+                Ok(()) => Ok(Ok(())),
+                Err(Unwritten(e)) => Err(lost("standard output".into(), e, &set)),
             }
-            Style::Table => {
-                print!("{}", card(&set));
-                println!("\nprivate key (shown this once; signet does not keep it, save it now):");
-                print!("{}", private.as_str());
-            }
-        },
+        }
     }
-    Ok(())
 }
 
 fn pretty(v: &Value) -> String {

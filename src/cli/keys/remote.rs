@@ -93,7 +93,7 @@ impl Remote {
                 let path = format!("/v1/organisations/{org}/keys");
                 Ok(match self.call(Verb::Get, &path, None).await? {
                     Ok(list) => {
-                        output::keys(style, &list);
+                        output::keys(style, &list)?;
                         Outcome::Success
                     }
                     Err(refused) => refused,
@@ -151,7 +151,7 @@ impl Remote {
                 let path = format!("/v1/organisations/{org}/keys");
                 Ok(match self.call(Verb::Post, &path, Some(body)).await? {
                     Ok(key) => {
-                        output::key(style, &key);
+                        output::key(style, &key)?;
                         Outcome::Success
                     }
                     Err(refused) => refused,
@@ -183,7 +183,7 @@ impl Remote {
         Ok(match self.call(Verb::Patch, &path, Some(body)).await? {
             Ok(key) => {
                 eprintln!("key {id} is {}", key["state"].as_str().unwrap_or("?"));
-                output::key(style, &key);
+                output::key(style, &key)?;
                 Outcome::Success
             }
             Err(refused) => refused,
@@ -201,7 +201,19 @@ impl Remote {
     ) -> anyhow::Result<Outcome> {
         match self.call(Verb::Post, path, Some(body)).await {
             Ok(Ok(set)) => {
-                output::issued(style, set, out)?;
+                let made = key_path(
+                    set["organisationId"].as_str().unwrap_or("?"),
+                    set["id"].as_str().unwrap_or("?"),
+                );
+                output::hand_over(style, set, out, || async {
+                    let path = made.map_err(|e| e.to_string())?;
+                    match self.call(Verb::Delete, &path, None).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(_)) => Err("the server refused the delete".to_owned()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+                .await?;
                 Ok(Outcome::Success)
             }
             Ok(Err(refused)) => Ok(refused),
