@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tempfile::TempDir;
 
 use crate::cli::{argv, assert_exit, json_out, stderr};
 use crate::support::*;
@@ -62,6 +63,14 @@ fn operator(cwd: &Path, url: &str) -> Remote {
     Remote::new(cwd, &[("SIGNET_SERVER", url), ("SIGNET_TOKEN", ADMIN)])
 }
 
+/// A server, a directory to run the CLI in, and the operator there.
+async fn served() -> (TestApp, TempDir, Remote) {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = operator(dir.path(), &app.url(""));
+    (app, dir, keys)
+}
+
 /// A token for `kid`, signed with the private key in `pem_file`.
 fn token_from(pem_file: &Path, kid: &str) -> String {
     let signer = Signer::from_pem(&std::fs::read_to_string(pem_file).unwrap());
@@ -70,11 +79,8 @@ fn token_from(pem_file: &Path, kid: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_key_command_drives_a_running_server() {
-    let app = spawn_app().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (app, dir, keys) = served().await;
     let cwd = dir.path();
-    let url = app.url("");
-    let keys = operator(cwd, &url);
 
     // create, its private key into --out (0600), the public half published.
     let out = cwd.join("a.pem");
@@ -180,14 +186,12 @@ async fn every_key_command_drives_a_running_server() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_out_path_sends_nothing_to_the_server() {
-    let app = spawn_app().await;
+    let (app, dir, keys) = served().await;
     let set = app
         .create_key("acme", json!({"name": "old", "algorithm": "EdDSA"}))
         .await;
     let kid = set["id"].as_str().unwrap().to_owned();
-    let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    let keys = operator(cwd, &app.url(""));
     let taken = cwd.join("taken.pem");
     std::fs::write(&taken, "x").unwrap();
     let nodir = cwd.join("nodir").join("r.pem");
@@ -301,11 +305,8 @@ async fn a_down_server_is_exit_2_naming_its_url() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_arguments_are_refused_before_anything_is_sent() {
-    let app = spawn_app().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (app, dir, keys) = served().await;
     let cwd = dir.path();
-    let url = app.url("");
-    let keys = operator(cwd, &url);
     // Ids and organisations are parsed, so no path can be smuggled in.
     for line in [
         "delete --org acme/../x 01JD0000000000000000000000",
@@ -316,15 +317,12 @@ async fn hostile_arguments_are_refused_before_anything_is_sent() {
         assert_eq!(o.status.code(), Some(2), "{line}: {}", stderr(&o));
     }
     // A credential that would split the header.
-    let o = Remote::new(
-        cwd,
-        &[
-            ("SIGNET_SERVER", &url),
-            ("SIGNET_TOKEN", "abc\r\nX-Evil: 1"),
-        ],
-    )
-    .run("list --org acme", &[])
-    .await;
+    let url = app.url("");
+    let split = [
+        ("SIGNET_SERVER", &*url),
+        ("SIGNET_TOKEN", "abc\r\nX-Evil: 1"),
+    ];
+    let o = Remote::new(cwd, &split).run("list --org acme", &[]).await;
     assert_exit(&o, 2, "SIGNET_TOKEN");
     // A private key offered as a public one never leaves the machine.
     let pem = cwd.join("private.pem");
@@ -386,10 +384,8 @@ async fn https_with_cacert() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_arguments_are_usage_errors_as_offline() {
-    let app = spawn_app().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (app, dir, keys) = served().await;
     let cwd = dir.path();
-    let keys = operator(cwd, &app.url(""));
     let data = cwd.join("data");
     let offline = Remote::new(cwd, &[]);
     for line in [

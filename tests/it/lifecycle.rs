@@ -78,13 +78,8 @@ impl TestApp {
 
     /// The audit actions of `org`, oldest first.
     pub async fn audit_actions(&self, org: &str) -> Vec<(String, Option<String>)> {
-        let r = self
-            .request_as(
-                Method::GET,
-                &format!("/v1/organisations/{org}/audit"),
-                ADMIN,
-            )
-            .await;
+        let audit = format!("/v1/organisations/{org}/audit");
+        let r = self.request_as(Method::GET, &audit, ADMIN).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let mut events: Vec<(String, Option<String>)> = r.json()["events"]
             .as_array()
@@ -569,22 +564,13 @@ async fn patch_and_rotate_input_is_checked() {
             .await
             .assert_error(400, "invalid_request");
     }
+    let key = format!("/v1/organisations/acme/keys/{id}");
     let r = app
-        .request_as(
-            Method::GET,
-            &format!("/v1/organisations/acme/keys/{id}/rotate"),
-            ADMIN,
-        )
+        .request_as(Method::GET, &format!("{key}/rotate"), ADMIN)
         .await;
     r.assert_error(405, "method_not_allowed");
     assert_eq!(r.header("allow"), Some("POST"));
-    let r = app
-        .request_as(
-            Method::PUT,
-            &format!("/v1/organisations/acme/keys/{id}"),
-            ADMIN,
-        )
-        .await;
+    let r = app.request_as(Method::PUT, &key, ADMIN).await;
     assert_eq!(r.header("allow"), Some("DELETE, PATCH"));
     // A member may not manage.
     let (member_id, member) = key_of(
@@ -595,7 +581,7 @@ async fn patch_and_rotate_input_is_checked() {
     let r = app
         .request(
             Method::PATCH,
-            &format!("/v1/organisations/acme/keys/{id}"),
+            &key,
             &[
                 ("authorization", &bearer(&token)),
                 ("content-type", "application/json"),
