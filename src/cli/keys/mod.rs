@@ -84,8 +84,8 @@ pub(super) enum KeysCommand {
 }
 
 // The arguments of `keys create` and `keys upload`, which the offline and
-// the remote run both take apart. Plain comments: a doc comment here would
-// become the command's help, which the variant's gives.
+// the remote run both read. Plain comments, so that only the variant's doc
+// comment can become the command's help.
 #[derive(clap::Args)]
 pub(super) struct CreateCommand {
     /// The organisation that will own the key (1–64 of A-Z a-z 0-9 . _ -).

@@ -114,8 +114,7 @@ impl Remote {
                     crate::keys::parse_time(at)?;
                 }
                 let file = upload.file();
-                let algorithm = upload.algorithm;
-                let parsed_algorithm = algorithm.as_deref().map(str::parse).transpose()?;
+                let parsed_algorithm = upload.algorithm.as_deref().map(str::parse).transpose()?;
                 // Checked here first, as offline: a private key in the file
                 // is refused before it is sent anywhere.
                 let (key, checked) = file.read(parsed_algorithm)?;
@@ -128,7 +127,7 @@ impl Remote {
                     UploadBody::Pem(pem) => body["publicKey"] = json!(pem),
                     UploadBody::Jwk(jwk) => body["jwk"] = Value::Object(jwk),
                 }
-                if let Some(a) = algorithm {
+                if let Some(a) = upload.algorithm {
                     body["algorithm"] = json!(a);
                 }
                 if let Some(at) = upload.expires_at {
