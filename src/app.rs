@@ -102,30 +102,13 @@ impl Application {
         }
         warn_readable_secrets(&config);
         let signet = Signet::new(store, Settings::of(&config)).await?;
-        let tls = match &config.server.tls {
-            Some(files) => Some(http::tls::Tls::load(files, &signet.metrics)?),
-            None => None,
-        };
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartupError::Bind { addr, source })?;
-        let mut app = ServerState::new(signet, config, operator);
-        if let Some(tls) = tls {
-            app = app.with_tls(tls);
-        }
-        let app = Arc::new(app);
-        Ok(Application {
-            listener,
-            app,
-            addr,
-        })
+        Application::serving(listener, signet, config, operator)
     }
 
     /// A follower (`--upstream`): no store, no seal key, no operator
     /// token; registers with the upstream (a refused token is an error)
     /// and mirrors it.
     async fn follower(config: Config, listener: TcpListener) -> Result<Application, StartupError> {
-        let addr = config.server.listen;
         let link = Arc::new(http::upstream::Link::new(&config)?);
         // Registers, follows, and returns once current; with the upstream
         // away, after max_staleness (verification is refused until it is
@@ -134,15 +117,27 @@ impl Application {
         let signet = Signet::follower(policy, &config, link.clone())
             .await
             .map_err(|refused| link.refused(refused))?;
+        // Matches nothing: every route that would need it answers 421.
+        let operator = OperatorToken::from_secret(&ulid::Ulid::new().to_string());
+        Application::serving(listener, signet, config, operator)
+    }
+
+    /// `signet` served on `listener`, behind the TLS pair of `config` if
+    /// it names one.
+    fn serving(
+        listener: TcpListener,
+        signet: Signet,
+        config: Config,
+        operator: OperatorToken,
+    ) -> Result<Application, StartupError> {
         let tls = match &config.server.tls {
             Some(files) => Some(http::tls::Tls::load(files, &signet.metrics)?),
             None => None,
         };
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartupError::Bind { addr, source })?;
-        // Matches nothing: every route that would need it answers 421.
-        let operator = OperatorToken::from_secret(&ulid::Ulid::new().to_string());
+        let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
         let mut app = ServerState::new(signet, config, operator);
         if let Some(tls) = tls {
             app = app.with_tls(tls);

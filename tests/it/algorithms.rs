@@ -9,7 +9,7 @@ use base64::Engine;
 use hyper::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{signet, stderr};
+use crate::cli::{signet, stderr, Offline};
 use crate::support::*;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
@@ -42,11 +42,9 @@ async fn ec_and_ed25519_keys_are_created_published_and_used() {
         pem_der(created["privateKey"].as_str().unwrap(), "PRIVATE KEY");
 
         let public = app
-            .request(
-                Method::GET,
+            .get_with(
                 &format!("/v1/keys/{kid}"),
                 &[("accept", "application/x-pem-file")],
-                vec![],
             )
             .await;
         assert_eq!(public.text(), created["publicKey"].as_str().unwrap());
@@ -167,16 +165,7 @@ async fn the_pem_create_answers_pkcs8_for_every_algorithm() {
     let app = spawn_app().await;
     for alg in ["ES256", "EdDSA", "RS256"] {
         let r = app
-            .request(
-                Method::POST,
-                "/v1/organisations/acme/keys",
-                &[
-                    ("authorization", &bearer(ADMIN)),
-                    ("content-type", "application/json"),
-                    ("accept", "application/x-pem-file"),
-                ],
-                serde_json::to_vec(&json!({"name": "pem", "algorithm": alg})).unwrap(),
-            )
+            .create_key_pem("acme", &json!({"name": "pem", "algorithm": alg}))
             .await;
         assert_eq!(r.status, 201, "{alg}: {}", r.text());
         pem_der(&r.text(), "PRIVATE KEY");
@@ -264,11 +253,11 @@ async fn the_cli_creates_signs_and_verifies_with_ec_and_ed25519_keys() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let create = |alg: &str, extra: &[&str]| {
-        let base = ["keys", "create", "--data-dir", data, "--org", "acme"];
-        signet(
-            &[&base[..], &["--name", alg, "--algorithm", alg], extra].concat(),
-            &[],
+    let keys = Offline::data_dir(data);
+    let create = |alg: &str, more: &[&str]| {
+        keys.run(
+            &format!("create --org acme --name {alg} --algorithm {alg}"),
+            more,
         )
     };
     for (alg, ..) in CURVE_KEYS {

@@ -1,6 +1,7 @@
 //! The binary: exit codes, error sentences, offline key admin, `verify`
 //! against every source, `token`.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::{json, Value};
@@ -20,6 +21,74 @@ pub fn signet(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// One command line: the words of `line` (split at spaces: subcommands,
+/// flags, ids), then `more` as they are (paths, values with spaces).
+pub fn argv<'a>(line: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    line.split_whitespace()
+        .chain(more.iter().copied())
+        .collect()
+}
+
+/// Asserts that `o` exited with `code` and that its stderr says `says`.
+pub fn assert_exit(o: &Output, code: i32, says: &str) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "{e}");
+    assert!(e.contains(says), "{says:?} missing from: {e}");
+}
+
+/// Asserts that `o` exited 0; its stdout as JSON.
+pub fn json_out(o: &Output) -> Value {
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    })
+}
+
+/// `signet keys …` offline, through [`signet`], on the store `place` names
+/// (`--data-dir DIR`, or the arguments `backends::storage_args` gives).
+pub struct Offline {
+    place: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Offline {
+    pub fn new<S: Into<String>>(place: impl IntoIterator<Item = S>) -> Offline {
+        let place = place.into_iter().map(Into::into).collect();
+        Offline {
+            place,
+            env: Vec::new(),
+        }
+    }
+
+    /// On the data directory `data`.
+    pub fn data_dir(data: &str) -> Offline {
+        Offline::new(["--data-dir", data])
+    }
+
+    /// With the environment variable `key` set to `value`.
+    pub fn env(mut self, key: &str, value: &str) -> Offline {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// `signet keys PLACE… LINE… MORE…` (see [`argv`]).
+    pub fn run(&self, line: &str, more: &[&str]) -> Output {
+        let mut args = vec!["keys"];
+        args.extend(self.place.iter().map(String::as_str));
+        args.extend(argv(line, more));
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (&**k, &**v)).collect();
+        signet(&args, &env)
+    }
+
+    /// `run`, which must exit 0; its stdout as JSON.
+    pub fn json(&self, line: &str, more: &[&str]) -> Value {
+        json_out(&self.run(line, more))
+    }
 }
 
 #[test]
@@ -90,12 +159,8 @@ fn newer_schema_is_refused() {
     // Its seal key, without which the data dir is refused first.
     let key = signet::seal::random_key();
     signet::seal::write_key_file(&signet::seal::key_path(dir.path()), &key).unwrap();
-    let o = signet(
-        &["keys", "list", "--data-dir", dir.path().to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("schema version 99"), "{}", stderr(&o));
+    let o = Offline::data_dir(dir.path().to_str().unwrap()).run("list", &[]);
+    assert_exit(&o, 2, "schema version 99");
 }
 
 #[test]
@@ -103,24 +168,10 @@ fn offline_key_admin_and_the_whole_token_loop() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
+    let keys = Offline::data_dir(data);
     let pem = dir.path().join("k.pem");
-    let o = signet(
-        &[
-            "keys",
-            "create",
-            "--data-dir",
-            data,
-            "--org",
-            "acme",
-            "--name",
-            "cli key",
-            "--out",
-            pem.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let created: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let pem = pem.to_str().unwrap();
+    let created = keys.json("create --org acme --name", &["cli key", "--out", pem]);
     assert!(
         created.get("privateKey").is_none(),
         "written to --out, not printed"
@@ -129,31 +180,19 @@ fn offline_key_admin_and_the_whole_token_loop() {
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
-            std::fs::metadata(&pem).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(pem).unwrap().permissions().mode() & 0o777,
             0o600
         );
     }
     let kid = created["id"].as_str().unwrap();
-    let listed: Value = serde_json::from_slice(
-        &signet(&["keys", "list", "--data-dir", data, "--org", "acme"], &[]).stdout,
-    )
-    .unwrap();
+    let listed = keys.json("list --org acme", &[]);
     assert_eq!(listed["keys"][0]["id"], kid);
 
     let o = signet(
-        &[
-            "token",
-            "--key",
-            pem.to_str().unwrap(),
-            "--kid",
-            kid,
-            "--org",
-            "acme",
-            "--sub",
-            "robot",
-            "--claim",
-            "n=5",
-        ],
+        &argv(
+            "token --org acme --sub robot --claim n=5",
+            &["--key", pem, "--kid", kid],
+        ),
         &[],
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -170,15 +209,10 @@ fn offline_key_admin_and_the_whole_token_loop() {
         );
     }
     let o = signet(
-        &[
-            "verify",
-            &token,
-            "--data-dir",
-            data,
-            "--audience",
-            "nope",
-            "--json",
-        ],
+        &argv(
+            "verify --audience nope --json",
+            &[&token, "--data-dir", data],
+        ),
         &[],
     );
     assert_eq!(o.status.code(), Some(1));
@@ -221,21 +255,14 @@ fn offline_key_admin_and_the_whole_token_loop() {
         "token from stdin verifies against the JWK Set"
     );
 
-    let o = signet(
-        &["keys", "delete", "--data-dir", data, "--org", "acme", kid],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_exit(&keys.run("delete --org acme", &[kid]), 0, "");
     let o = signet(&["verify", &token, "--data-dir", data, "--json"], &[]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         serde_json::from_slice::<Value>(&o.stdout).unwrap()["error"]["code"],
         "unknown_key"
     );
-    let o = signet(
-        &["keys", "delete", "--data-dir", data, "--org", "acme", kid],
-        &[],
-    );
+    let o = keys.run("delete --org acme", &[kid]);
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -286,9 +313,7 @@ async fn cli_against_a_running_server() {
 
 /// `keys list` of `data` as JSON.
 fn listed(data: &str) -> Vec<Value> {
-    let o = signet(&["keys", "list", "--data-dir", data], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = Offline::data_dir(data).json("list", &[]);
     v["keys"].as_array().unwrap().clone()
 }
 
@@ -299,47 +324,25 @@ fn create_with_a_bad_out_path_makes_nothing() {
     let data = data.to_str().unwrap();
     let taken = dir.path().join("existing.pem");
     std::fs::write(&taken, "someone else's file").unwrap();
-    let quota_one = [("ORGKEYS_MAX", "1")];
-    let create = |out: &str| {
-        signet(
-            &[
-                "keys",
-                "create",
-                "--data-dir",
-                data,
-                "--org",
-                "acme",
-                "--name",
-                "n",
-                "--algorithm",
-                "ES256",
-                "--out",
-                out,
-            ],
-            &quota_one,
-        )
+    let quota_one = Offline::data_dir(data).env("ORGKEYS_MAX", "1");
+    let create = |out: &Path| {
+        let out = out.to_str().unwrap();
+        quota_one.run("create --org acme --name n --algorithm ES256 --out", &[out])
     };
     // The data dir must exist for `list` to have something to read.
-    let first = dir.path().join("first.pem");
-    let o = create(first.to_str().unwrap());
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let kid = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
+    let kid = json_out(&create(&dir.path().join("first.pem")))["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let o = signet(
-        &["keys", "delete", "--data-dir", data, "--org", "acme", &kid],
-        &[],
+    assert_exit(
+        &Offline::data_dir(data).run("delete --org acme", &[&kid]),
+        0,
+        "",
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 
-    let o = create(taken.to_str().unwrap());
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let e = stderr(&o);
-    assert!(
-        e.contains("already exists") && e.contains("existing.pem"),
-        "{e}"
-    );
+    let o = create(&taken);
+    assert_exit(&o, 2, "already exists");
+    assert!(stderr(&o).contains("existing.pem"), "{}", stderr(&o));
     assert_eq!(
         std::fs::read_to_string(&taken).unwrap(),
         "someone else's file",
@@ -347,11 +350,10 @@ fn create_with_a_bad_out_path_makes_nothing() {
     );
     assert!(listed(data).is_empty(), "no key was made");
 
-    let nodir = dir.path().join("nodir").join("k.pem");
-    let o = create(nodir.to_str().unwrap());
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = create(&dir.path().join("nodir").join("k.pem"));
+    assert_exit(&o, 2, "does not exist");
     let e = stderr(&o);
-    assert!(e.contains("does not exist") && e.contains("nodir"), "{e}");
+    assert!(e.contains("nodir"), "{e}");
     assert!(
         !e.contains("exists"),
         "a missing directory never 'exists': {e}"
@@ -360,8 +362,7 @@ fn create_with_a_bad_out_path_makes_nothing() {
 
     // With a quota of one, a create now succeeds: no slot was used.
     let good = dir.path().join("good.pem");
-    let o = create(good.to_str().unwrap());
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_exit(&create(&good), 0, "");
     assert_eq!(listed(data).len(), 1);
     assert!(std::fs::read_to_string(&good)
         .unwrap()
@@ -369,8 +370,7 @@ fn create_with_a_bad_out_path_makes_nothing() {
 
     // A create refused by the quota leaves no empty file behind.
     let refused = dir.path().join("refused.pem");
-    let o = create(refused.to_str().unwrap());
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_exit(&create(&refused), 1, "");
     assert!(!refused.exists(), "the claimed file is removed again");
 }
 
@@ -379,78 +379,28 @@ fn rotate_with_a_bad_out_path_retires_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let o = signet(
-        &[
-            "keys",
-            "create",
-            "--data-dir",
-            data,
-            "--org",
-            "acme",
-            "--name",
-            "n",
-            "--algorithm",
-            "EdDSA",
-        ],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let kid = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let offline = Offline::data_dir(data);
+    let created = offline.json("create --org acme --name n --algorithm EdDSA", &[]);
+    let kid = created["id"].as_str().unwrap();
+    let rotate = |out: &Path| {
+        let line = format!("rotate --org acme {kid} --grace-seconds 0 --out");
+        offline.run(&line, &[out.to_str().unwrap()])
+    };
     let taken = dir.path().join("taken.pem");
     std::fs::write(&taken, "x").unwrap();
     let nodir = dir.path().join("nodir").join("r.pem");
-    for (out, says) in [
-        (nodir.to_str().unwrap(), "does not exist"),
-        (taken.to_str().unwrap(), "already exists"),
-    ] {
-        let o = signet(
-            &[
-                "keys",
-                "rotate",
-                "--data-dir",
-                data,
-                "--org",
-                "acme",
-                &kid,
-                "--grace-seconds",
-                "0",
-                "--out",
-                out,
-            ],
-            &[],
-        );
-        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    for (out, says) in [(&nodir, "does not exist"), (&taken, "already exists")] {
+        assert_exit(&rotate(out), 2, says);
         let keys = listed(data);
         assert_eq!(keys.len(), 1, "no successor was made: {keys:?}");
-        assert_eq!(keys[0]["id"], kid.as_str());
+        assert_eq!(keys[0]["id"], kid);
         assert_eq!(keys[0]["state"], "active", "the old key is not retired");
         assert_eq!(keys[0]["expiresAt"], Value::Null);
     }
     assert_eq!(std::fs::read_to_string(&taken).unwrap(), "x");
 
     let out = dir.path().join("r.pem");
-    let o = signet(
-        &[
-            "keys",
-            "rotate",
-            "--data-dir",
-            data,
-            "--org",
-            "acme",
-            &kid,
-            "--grace-seconds",
-            "0",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let successor: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let successor = json_out(&rotate(&out));
     assert!(successor.get("privateKey").is_none());
     assert!(std::fs::read_to_string(&out)
         .unwrap()

@@ -114,27 +114,12 @@ async fn every_response_holding_a_private_key_is_no_store() {
     assert_eq!(json_create.header("cache-control"), Some("no-store"));
     let id = json_create.json()["id"].as_str().unwrap().to_owned();
     let pem_create = app
-        .request(
-            Method::POST,
-            "/v1/organisations/acme/keys",
-            &[
-                ("authorization", &bearer(ADMIN)),
-                ("content-type", "application/json"),
-                ("accept", "application/x-pem-file"),
-            ],
-            r#"{"name": "b", "algorithm": "EdDSA"}"#,
-        )
+        .create_key_pem("acme", &json!({"name": "b", "algorithm": "EdDSA"}))
         .await;
     assert_eq!(pem_create.status.as_u16(), 201);
     assert_eq!(pem_create.header("cache-control"), Some("no-store"));
-    let rotated = app
-        .request(
-            Method::POST,
-            &format!("/v1/organisations/acme/keys/{id}/rotate"),
-            &[("authorization", &bearer(ADMIN))],
-            "",
-        )
-        .await;
+    let rotate = format!("/v1/organisations/acme/keys/{id}/rotate");
+    let rotated = app.request_as(Method::POST, &rotate, ADMIN).await;
     assert_eq!(rotated.status.as_u16(), 201, "{}", rotated.text());
     assert!(rotated.text().contains("PRIVATE KEY"));
     assert_eq!(rotated.header("cache-control"), Some("no-store"));
@@ -251,11 +236,9 @@ async fn the_console_works_end_to_end_in_headless_chromium() {
         let pem = std::fs::read_to_string(downloads.path().join(format!("{id}.pem"))).unwrap();
         let signer = Signer::from_pem(&pem);
         let published = app
-            .request(
-                Method::GET,
+            .get_with(
                 &format!("/v1/keys/{id}"),
                 &[("accept", "application/x-pem-file")],
-                "",
             )
             .await;
         assert_eq!(published.status.as_u16(), 200, "{which}");

@@ -53,11 +53,9 @@ async fn create_returns_the_private_key_once_and_keeps_the_public_key() {
     );
 
     let pem = app
-        .request(
-            Method::GET,
+        .get_with(
             &format!("/v1/keys/{id}"),
             &[("accept", "application/x-pem-file")],
-            "",
         )
         .await;
     assert_eq!(pem.status, StatusCode::OK);
@@ -68,19 +66,7 @@ async fn create_returns_the_private_key_once_and_keeps_the_public_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn create_answers_a_pem_file_when_asked() {
     let app = spawn_app().await;
-    let auth = format!("Bearer {ADMIN}");
-    let r = app
-        .request(
-            Method::POST,
-            "/v1/organisations/acme/keys",
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-                ("accept", "application/x-pem-file"),
-            ],
-            r#"{"name":"pem"}"#,
-        )
-        .await;
+    let r = app.create_key_pem("acme", &json!({"name": "pem"})).await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.header("content-type"), Some("application/x-pem-file"));
     let location = r.header("location").unwrap().to_owned();
@@ -316,33 +302,18 @@ async fn jwks_documents_are_exact_and_cacheable() {
     }
 
     let cached = app
-        .request(
-            Method::GET,
-            "/.well-known/jwks.json",
-            &[("if-none-match", &etag)],
-            "",
-        )
+        .get_with("/.well-known/jwks.json", &[("if-none-match", &etag)])
         .await;
     assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
     assert!(cached.body.is_empty());
     assert_eq!(cached.header("etag"), Some(etag.as_str()));
     let listed = format!("\"nope\", {etag}");
     let cached = app
-        .request(
-            Method::GET,
-            "/.well-known/jwks.json",
-            &[("if-none-match", &listed)],
-            "",
-        )
+        .get_with("/.well-known/jwks.json", &[("if-none-match", &listed)])
         .await;
     assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
     let stale = app
-        .request(
-            Method::GET,
-            "/.well-known/jwks.json",
-            &[("if-none-match", "\"stale\"")],
-            "",
-        )
+        .get_with("/.well-known/jwks.json", &[("if-none-match", "\"stale\"")])
         .await;
     assert_eq!(stale.status, StatusCode::OK);
     let with_query = app
@@ -370,12 +341,7 @@ async fn jwks_documents_are_exact_and_cacheable() {
     app.delete_key("acme", a["id"].as_str().unwrap(), ADMIN)
         .await;
     let after = app
-        .request(
-            Method::GET,
-            "/.well-known/jwks.json",
-            &[("if-none-match", &etag)],
-            "",
-        )
+        .get_with("/.well-known/jwks.json", &[("if-none-match", &etag)])
         .await;
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(after.json()["keys"].as_array().unwrap().len(), 1);
@@ -402,7 +368,7 @@ async fn probes_metrics_and_openapi_answer() {
     assert!(doc.text().starts_with("openapi: 3.1"));
     // Request ids are echoed, or minted.
     let r = app
-        .request(Method::GET, "/healthz", &[("x-request-id", "abc-123")], "")
+        .get_with("/healthz", &[("x-request-id", "abc-123")])
         .await;
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
     // A minted id is the process's prefix, a dash and a number no other

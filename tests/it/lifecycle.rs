@@ -78,13 +78,8 @@ impl TestApp {
 
     /// The audit actions of `org`, oldest first.
     pub async fn audit_actions(&self, org: &str) -> Vec<(String, Option<String>)> {
-        let r = self
-            .request_as(
-                Method::GET,
-                &format!("/v1/organisations/{org}/audit"),
-                ADMIN,
-            )
-            .await;
+        let audit = format!("/v1/organisations/{org}/audit");
+        let r = self.request_as(Method::GET, &audit, ADMIN).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let mut events: Vec<(String, Option<String>)> = r.json()["events"]
             .as_array()
@@ -482,13 +477,8 @@ async fn lifetimes_of_the_configuration_cap_and_default_expiry() {
         "{created}"
     );
     let (_, too_late) = in_secs(91 * 86_400);
-    let r = app
-        .create_key_raw(
-            "acme",
-            &json!({"name": "x", "algorithm": "ES256", "expiresAt": too_late}),
-            ADMIN,
-        )
-        .await;
+    let body = json!({"name": "x", "algorithm": "ES256", "expiresAt": too_late});
+    let r = app.create_key_raw("acme", &body, ADMIN).await;
     r.assert_error(400, "invalid_request");
     assert!(
         r.json()["message"]
@@ -505,13 +495,8 @@ async fn lifetimes_of_the_configuration_cap_and_default_expiry() {
         r.assert_error(400, "invalid_request");
     }
     let (_, fine) = in_secs(80 * 86_400);
-    let r = app
-        .create_key_raw(
-            "acme",
-            &json!({"name": "x", "algorithm": "EdDSA", "expiresAt": fine}),
-            ADMIN,
-        )
-        .await;
+    let body = json!({"name": "x", "algorithm": "EdDSA", "expiresAt": fine});
+    let r = app.create_key_raw("acme", &body, ADMIN).await;
     assert_eq!(r.json()["expiresAt"], fine.as_str());
     // Refusals stored nothing.
     assert_eq!(app.key_count("acme").await, 2);
@@ -528,71 +513,31 @@ async fn patch_and_rotate_input_is_checked() {
         .create_key("other", json!({"name": "o", "algorithm": "EdDSA"}))
         .await;
     let other_id = other["id"].as_str().unwrap();
-    let cases: &[(&str, Value, &str, u16, &str)] = &[
-        (
-            "empty",
-            json!({}),
-            "application/json",
-            400,
-            "invalid_request",
-        ),
-        (
-            "expired is not settable",
-            json!({"state": "expired"}),
-            "application/json",
-            400,
-            "invalid_request",
-        ),
+    let refused = [
+        ("empty", json!({})),
+        ("expired is not settable", json!({"state": "expired"})),
         (
             "unknown field",
             json!({"state": "active", "expiresAt": null}),
-            "application/json",
-            400,
-            "invalid_request",
         ),
-        (
-            "bad name",
-            json!({"name": ""}),
-            "application/json",
-            400,
-            "invalid_request",
-        ),
-        (
-            "null state",
-            json!({"state": null}),
-            "application/json",
-            400,
-            "invalid_request",
-        ),
-        (
-            "not an object",
-            json!(["disabled"]),
-            "application/json",
-            400,
-            "invalid_request",
-        ),
-        (
-            "text",
-            json!({"state": "disabled"}),
-            "text/plain",
-            415,
-            "unsupported_media_type",
-        ),
-        (
-            "merge patch",
-            json!({"name": "renamed"}),
-            "application/merge-patch+json",
-            200,
-            "",
-        ),
+        ("bad name", json!({"name": ""})),
+        ("null state", json!({"state": null})),
+        ("not an object", json!(["disabled"])),
     ];
-    for (name, body, content_type, status, code) in cases {
-        let r = app.patch_key_as("acme", id, body, content_type).await;
-        assert_eq!(r.status.as_u16(), *status, "{name}: {}", r.text());
-        if *status != 200 {
-            r.assert_error(*status, code);
-        }
+    for (name, body) in &refused {
+        let r = app.patch_key_as("acme", id, body, "application/json").await;
+        assert_eq!(r.status.as_u16(), 400, "{name}: {}", r.text());
+        r.assert_error(400, "invalid_request");
     }
+    let text = json!({"state": "disabled"});
+    app.patch_key_as("acme", id, &text, "text/plain")
+        .await
+        .assert_error(415, "unsupported_media_type");
+    let merge = json!({"name": "renamed"});
+    let r = app
+        .patch_key_as("acme", id, &merge, "application/merge-patch+json")
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "merge patch: {}", r.text());
     assert_eq!(app.listed("acme", id).await["name"], "renamed");
     assert_eq!(app.listed("acme", id).await["state"], "active");
     // Another organisation's key, an unknown key, a bad id.
@@ -619,22 +564,13 @@ async fn patch_and_rotate_input_is_checked() {
             .await
             .assert_error(400, "invalid_request");
     }
+    let key = format!("/v1/organisations/acme/keys/{id}");
     let r = app
-        .request_as(
-            Method::GET,
-            &format!("/v1/organisations/acme/keys/{id}/rotate"),
-            ADMIN,
-        )
+        .request_as(Method::GET, &format!("{key}/rotate"), ADMIN)
         .await;
     r.assert_error(405, "method_not_allowed");
     assert_eq!(r.header("allow"), Some("POST"));
-    let r = app
-        .request_as(
-            Method::PUT,
-            &format!("/v1/organisations/acme/keys/{id}"),
-            ADMIN,
-        )
-        .await;
+    let r = app.request_as(Method::PUT, &key, ADMIN).await;
     assert_eq!(r.header("allow"), Some("DELETE, PATCH"));
     // A member may not manage.
     let (member_id, member) = key_of(
@@ -645,7 +581,7 @@ async fn patch_and_rotate_input_is_checked() {
     let r = app
         .request(
             Method::PATCH,
-            &format!("/v1/organisations/acme/keys/{id}"),
+            &key,
             &[
                 ("authorization", &bearer(&token)),
                 ("content-type", "application/json"),
@@ -690,60 +626,28 @@ async fn every_change_is_one_audit_event() {
 
 on_both_backends!(the_cli_disables_enables_uploads_and_rotates_offline);
 async fn the_cli_disables_enables_uploads_and_rotates_offline() {
-    use crate::cli::{signet, stderr};
+    use crate::cli::{assert_exit, stderr, Offline};
     let dir = tempfile::tempdir().unwrap();
-    let storage = crate::backends::storage_args(&dir.path().join("data"));
+    let keys = Offline::new(crate::backends::storage_args(&dir.path().join("data")));
     let pem = dir.path().join("k.pem");
-    let keys = |args: &[&str]| {
-        let mut all = vec!["keys"];
-        all.extend(storage.iter().map(String::as_str));
-        all.extend_from_slice(args);
-        signet(&all, &[])
-    };
-    let created = keys(&[
-        "create",
-        "--org",
-        "acme",
-        "--name",
-        "k",
-        "--algorithm",
-        "EdDSA",
-    ]);
-    assert!(created.status.success(), "{}", stderr(&created));
-    let created: Value = serde_json::from_slice(&created.stdout).unwrap();
+    let created = keys.json("create --org acme --name k --algorithm EdDSA", &[]);
     let id = created["id"].as_str().unwrap();
-    let state = |o: &std::process::Output| -> Value {
-        assert!(o.status.success(), "{}", stderr(o));
-        serde_json::from_slice::<Value>(&o.stdout).unwrap()["state"].clone()
-    };
-    assert_eq!(state(&keys(&["disable", "--org", "acme", id])), "disabled");
-    assert_eq!(state(&keys(&["enable", "--org", "acme", id])), "active");
+    let state = |line: &str| keys.json(line, &[id])["state"].clone();
+    assert_eq!(state("disable --org acme"), "disabled");
+    assert_eq!(state("enable --org acme"), "active");
     // Uploading the same public key again is refused (exit 1), and a
     // private key never is accepted, nor repeated.
     let public = dir.path().join("k.pub");
     std::fs::write(&public, created["publicKey"].as_str().unwrap()).unwrap();
-    let again = keys(&[
-        "upload",
-        "--org",
-        "acme",
-        "--name",
-        "u",
-        "--public-key",
-        public.to_str().unwrap(),
-    ]);
-    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
-    assert!(stderr(&again).contains("already key"), "{}", stderr(&again));
+    let public = public.to_str().unwrap();
+    let again = keys.run("upload --org acme --name u --public-key", &[public]);
+    assert_exit(&again, 1, "already key");
     let private = dir.path().join("private.pem");
     std::fs::write(&private, created["privateKey"].as_str().unwrap()).unwrap();
-    let refused = keys(&[
-        "upload",
-        "--org",
-        "other",
-        "--name",
-        "u",
-        "--public-key",
-        private.to_str().unwrap(),
-    ]);
+    let refused = keys.run(
+        "upload --org other --name u --public-key",
+        &[private.to_str().unwrap()],
+    );
     assert_eq!(refused.status.code(), Some(1));
     let body = created["privateKey"]
         .as_str()
@@ -755,43 +659,21 @@ async fn the_cli_disables_enables_uploads_and_rotates_offline() {
         !stderr(&refused).contains(body)
             && !String::from_utf8_lossy(&refused.stdout).contains(body)
     );
-    let uploaded = keys(&[
-        "upload",
-        "--org",
-        "other",
-        "--name",
-        "u",
-        "--public-key",
-        public.to_str().unwrap(),
-    ]);
-    assert!(uploaded.status.success(), "{}", stderr(&uploaded));
-    let uploaded: Value = serde_json::from_slice(&uploaded.stdout).unwrap();
+    let uploaded = keys.json("upload --org other --name u --public-key", &[public]);
     assert_eq!(uploaded["origin"], "uploaded");
     // Rotation at once: the successor's private key goes to --out.
-    let out = pem.to_str().unwrap();
-    let rotated = keys(&[
-        "rotate",
-        "--org",
-        "acme",
-        id,
-        "--grace-seconds",
-        "0",
-        "--out",
-        out,
-    ]);
-    assert_eq!(state(&rotated), "active");
+    let rotate = format!("rotate --org acme {id} --grace-seconds 0 --out");
+    let rotated = keys.json(&rotate, &[pem.to_str().unwrap()]);
+    assert_eq!(rotated["state"], "active");
     assert!(std::fs::read_to_string(&pem)
         .unwrap()
         .starts_with("-----BEGIN PRIVATE KEY-----"));
-    let enable = keys(&["enable", "--org", "acme", id]);
-    assert_eq!(enable.status.code(), Some(1));
-    assert!(
-        stderr(&enable).contains("cannot be enabled"),
-        "{}",
-        stderr(&enable)
+    assert_exit(
+        &keys.run("enable --org acme", &[id]),
+        1,
+        "cannot be enabled",
     );
-    let listed = keys(&["list", "--org", "acme"]);
-    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed = keys.json("list --org acme", &[]);
     let states: Vec<&str> = listed["keys"]
         .as_array()
         .unwrap()

@@ -136,6 +136,18 @@ impl TestApp {
             .await
     }
 
+    /// `GET path` with `headers`, without a credential.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.request(Method::GET, path, headers, Bytes::new()).await
+    }
+
+    /// Creates a key as the operator, asking for its private key as a PEM
+    /// file (`Accept: application/x-pem-file`); whatever the answer.
+    pub async fn create_key_pem(&self, org: &str, body: &Value) -> Resp {
+        let accept = [("accept", "application/x-pem-file")];
+        self.post_key(org, body, ADMIN, &accept).await
+    }
+
     /// Creates a key as the operator; panics unless 201.
     pub async fn create_key(&self, org: &str, body: Value) -> Value {
         let r = self.create_key_raw(org, &body, ADMIN).await;
@@ -144,14 +156,29 @@ impl TestApp {
     }
 
     pub async fn create_key_raw(&self, org: &str, body: &Value, credential: &str) -> Resp {
+        self.post_key(org, body, credential, &[]).await
+    }
+
+    /// `POST /v1/organisations/{org}/keys` of `body` with `credential` and
+    /// the `extra` headers.
+    async fn post_key(
+        &self,
+        org: &str,
+        body: &Value,
+        credential: &str,
+        extra: &[(&str, &str)],
+    ) -> Resp {
         let auth = bearer(credential);
+        let mut headers = vec![
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        headers.extend_from_slice(extra);
+        let path = format!("/v1/organisations/{org}/keys");
         self.request(
             Method::POST,
-            &format!("/v1/organisations/{org}/keys"),
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
+            &path,
+            &headers,
             serde_json::to_vec(body).unwrap(),
         )
         .await

@@ -568,51 +568,14 @@ async fn the_cli_verifies_over_https_against_roots_plus_cacert() {
     std::fs::write(&ca_file, ca.pem()).unwrap();
     let base = format!("https://{}", app.addr);
     let jwks = format!("{base}/.well-known/jwks.json");
-    let ca_file = ca_file.to_str().unwrap().to_owned();
-    let run = move |args: Vec<String>| {
-        let out = Command::new(env!("CARGO_BIN_EXE_signet"))
-            .arg("verify")
-            .args(args)
-            .arg("not.a.token")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let cases: Vec<(Vec<String>, Option<i32>, &str)> = vec![
-        (
-            vec!["--server".into(), base.clone()],
-            Some(2),
-            "certificate",
-        ),
-        (vec!["--jwks".into(), jwks.clone()], Some(2), "certificate"),
-        (
-            vec![
-                "--server".into(),
-                base.clone(),
-                "--cacert".into(),
-                ca_file.clone(),
-            ],
-            Some(1),
-            "",
-        ),
-        (
-            vec!["--jwks".into(), jwks, "--cacert".into(), ca_file],
-            Some(1),
-            "",
-        ),
+    let ca_file = ca_file.to_str().unwrap();
+    let cases: [(&[&str], Option<i32>, &str); 4] = [
+        (&["--server", &base], Some(2), "certificate"),
+        (&["--jwks", &jwks], Some(2), "certificate"),
+        (&["--server", &base, "--cacert", ca_file], Some(1), ""),
+        (&["--jwks", &jwks, "--cacert", ca_file], Some(1), ""),
     ];
-    for (args, code, says) in cases {
-        let shown = args.join(" ");
-        let (got, err) = tokio::task::spawn_blocking(move || run(args))
-            .await
-            .unwrap();
-        assert_eq!(got, code, "{shown}: {err}");
-        assert!(err.contains(says), "{shown}: {err}");
-        assert!(!err.contains("is `signet serve` running"), "{shown}: {err}");
-    }
+    assert_cli_verify(&cases, "is `signet serve` running").await;
 }
 
 /// systemd's `ExecReload` sends SIGHUP whether or not TLS is configured: a
@@ -691,7 +654,8 @@ fn openssl_pair(dir: &Path, names: &str) -> Files {
 }
 
 /// `signet verify ARGS… not.a.token`: exit code and stderr.
-async fn cli_verify(args: Vec<String>) -> (Option<i32>, String) {
+async fn cli_verify(args: &[&str]) -> (Option<i32>, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         let out = Command::new(env!("CARGO_BIN_EXE_signet"))
             .arg("verify")
@@ -708,6 +672,18 @@ async fn cli_verify(args: Vec<String>) -> (Option<i32>, String) {
     .unwrap()
 }
 
+/// `cli_verify` of each case's arguments: its exit code, and a stderr that
+/// says what the case expects and never says `never`.
+async fn assert_cli_verify(cases: &[(&[&str], Option<i32>, &str)], never: &str) {
+    for (args, code, says) in cases {
+        let shown = args.join(" ");
+        let (got, err) = cli_verify(args).await;
+        assert_eq!(got, *code, "{shown}: {err}");
+        assert!(err.contains(says), "{shown}: {err}");
+        assert!(!err.contains(never), "{shown}: {err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_self_signed_openssl_certificate_given_as_cacert_is_trusted_for_its_names_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -717,40 +693,33 @@ async fn a_self_signed_openssl_certificate_given_as_cacert_is_trusted_for_its_na
     let other = openssl_pair(other_dir.path(), "DNS:other.example");
     let other_app = spawn_tls(&other, 0).await;
     let port = app.addr.port();
-    let cacert = files.cert.to_str().unwrap().to_owned();
-    let other_cacert = other.cert.to_str().unwrap().to_owned();
-    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cacert = files.cert.to_str().unwrap();
+    let other_cacert = other.cert.to_str().unwrap();
     let ip = format!("https://127.0.0.1:{port}");
     let name = format!("https://localhost:{port}");
     let jwks = format!("{ip}/.well-known/jwks.json");
     let wrong_name = format!("https://{}", other_app.addr);
-    let cases: Vec<(Vec<String>, Option<i32>, &str)> = vec![
+    let cases: [(&[&str], Option<i32>, &str); 6] = [
         // Reached and answered: the token is invalid (exit 1).
-        (s(&["--server", &ip, "--cacert", &cacert]), Some(1), ""),
-        (s(&["--server", &name, "--cacert", &cacert]), Some(1), ""),
-        (s(&["--jwks", &jwks, "--cacert", &cacert]), Some(1), ""),
+        (&["--server", &ip, "--cacert", cacert], Some(1), ""),
+        (&["--server", &name, "--cacert", cacert], Some(1), ""),
+        (&["--jwks", &jwks, "--cacert", cacert], Some(1), ""),
         // Not given: not trusted.
-        (s(&["--server", &ip]), Some(2), "certificate"),
+        (&["--server", &ip], Some(2), "certificate"),
         // Given, but for another name: still refused.
         (
-            s(&["--server", &wrong_name, "--cacert", &other_cacert]),
+            &["--server", &wrong_name, "--cacert", other_cacert],
             Some(2),
             "certificate",
         ),
         // Another certificate given: refused.
         (
-            s(&["--server", &ip, "--cacert", &other_cacert]),
+            &["--server", &ip, "--cacert", other_cacert],
             Some(2),
             "certificate",
         ),
     ];
-    for (args, code, says) in cases {
-        let shown = args.join(" ");
-        let (got, err) = cli_verify(args).await;
-        assert_eq!(got, code, "{shown}: {err}");
-        assert!(err.contains(says), "{shown}: {err}");
-        assert!(!err.contains("CaUsedAsEndEntity"), "{shown}: {err}");
-    }
+    assert_cli_verify(&cases, "CaUsedAsEndEntity").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -769,13 +738,9 @@ async fn an_expired_self_signed_certificate_given_as_cacert_is_refused() {
     };
     files.write(&cert.pem(), &key.serialize_pem());
     let app = spawn_tls(&files, 0).await;
-    let (code, err) = cli_verify(vec![
-        "--server".into(),
-        format!("https://{}", app.addr),
-        "--cacert".into(),
-        files.cert.to_str().unwrap().into(),
-    ])
-    .await;
+    let server = format!("https://{}", app.addr);
+    let cacert = files.cert.to_str().unwrap();
+    let (code, err) = cli_verify(&["--server", &server, "--cacert", cacert]).await;
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("certificate") && err.contains("xpired"),

@@ -24,28 +24,7 @@ use output::Style;
 #[derive(Subcommand)]
 pub(super) enum KeysCommand {
     /// Create a key; prints the SigningKeySet, or writes the private key to --out.
-    Create {
-        /// The organisation that will own the key (1–64 of A-Z a-z 0-9 . _ -).
-        #[arg(long)]
-        org: String,
-        /// A label for the key (1–128 characters, no control characters).
-        #[arg(long)]
-        name: String,
-        /// RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA.
-        #[arg(long, default_value = "RS256", value_parser = ALGORITHMS)]
-        algorithm: String,
-        /// RSA modulus size (2048, 3072 or 4096) [default: 2048; RSA only].
-        #[arg(long)]
-        bits: Option<u64>,
-        /// Write the private key PEM to this new file (mode 0600) instead of
-        /// stdout; it is created before the key is, and never overwritten.
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
-        /// When the key expires (RFC 3339, e.g. 2027-01-31T12:00:00Z)
-        /// [default: keys.default_lifetime or keys.max_lifetime, if set].
-        #[arg(long, value_name = "TIME")]
-        expires_at: Option<String>,
-    },
+    Create(CreateCommand),
     /// List keys, of one organisation or (offline only) of all.
     List {
         /// Only this organisation's keys [default: every organisation's;
@@ -83,31 +62,7 @@ pub(super) enum KeysCommand {
     },
     /// Store a public key the organisation made itself (its private key
     /// never leaves it); prints the key's PublicKey.
-    Upload {
-        /// The organisation that will own the key.
-        #[arg(long)]
-        org: String,
-        /// A label for the key (1–128 characters, no control characters).
-        #[arg(long)]
-        name: String,
-        /// An SPKI PEM file (BEGIN PUBLIC KEY).
-        #[arg(
-            long,
-            value_name = "FILE",
-            required_unless_present = "jwk",
-            conflicts_with = "jwk"
-        )]
-        public_key: Option<PathBuf>,
-        /// A file holding one public JWK (RSA, EC P-256/P-384, OKP Ed25519).
-        #[arg(long, value_name = "FILE")]
-        jwk: Option<PathBuf>,
-        /// Required for an RSA key (RS* or PS*); otherwise it follows from the curve.
-        #[arg(long, value_parser = ALGORITHMS)]
-        algorithm: Option<String>,
-        /// When the key expires (RFC 3339, e.g. 2027-01-31T12:00:00Z).
-        #[arg(long, value_name = "TIME")]
-        expires_at: Option<String>,
-    },
+    Upload(UploadCommand),
     /// Make a successor of a key (same name and type) and retire the key
     /// after a grace period; prints the successor's SigningKeySet, or
     /// writes its private key to --out.
@@ -126,6 +81,71 @@ pub(super) enum KeysCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+}
+
+// The arguments of `keys create` and `keys upload`, which the offline and
+// the remote run both read. Plain comments, so that only the variant's doc
+// comment can become the command's help.
+#[derive(clap::Args)]
+pub(super) struct CreateCommand {
+    /// The organisation that will own the key (1–64 of A-Z a-z 0-9 . _ -).
+    #[arg(long)]
+    org: String,
+    /// A label for the key (1–128 characters, no control characters).
+    #[arg(long)]
+    name: String,
+    /// RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA.
+    #[arg(long, default_value = "RS256", value_parser = ALGORITHMS)]
+    algorithm: String,
+    /// RSA modulus size (2048, 3072 or 4096) [default: 2048; RSA only].
+    #[arg(long)]
+    bits: Option<u64>,
+    /// Write the private key PEM to this new file (mode 0600) instead of
+    /// stdout; it is created before the key is, and never overwritten.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// When the key expires (RFC 3339, e.g. 2027-01-31T12:00:00Z)
+    /// [default: keys.default_lifetime or keys.max_lifetime, if set].
+    #[arg(long, value_name = "TIME")]
+    expires_at: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub(super) struct UploadCommand {
+    /// The organisation that will own the key.
+    #[arg(long)]
+    org: String,
+    /// A label for the key (1–128 characters, no control characters).
+    #[arg(long)]
+    name: String,
+    /// An SPKI PEM file (BEGIN PUBLIC KEY).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "jwk",
+        conflicts_with = "jwk"
+    )]
+    public_key: Option<PathBuf>,
+    /// A file holding one public JWK (RSA, EC P-256/P-384, OKP Ed25519).
+    #[arg(long, value_name = "FILE")]
+    jwk: Option<PathBuf>,
+    /// Required for an RSA key (RS* or PS*); otherwise it follows from the curve.
+    #[arg(long, value_parser = ALGORITHMS)]
+    algorithm: Option<String>,
+    /// When the key expires (RFC 3339, e.g. 2027-01-31T12:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    expires_at: Option<String>,
+}
+
+impl UploadCommand {
+    /// The file `--public-key` or `--jwk` names.
+    fn file(&self) -> UploadFile {
+        match (&self.public_key, &self.jwk) {
+            (Some(path), _) => UploadFile::Pem(path.clone()),
+            (None, Some(path)) => UploadFile::Jwk(path.clone()),
+            (None, None) => unreachable!("clap requires --public-key or --jwk"),
+        }
+    }
 }
 
 /// Where the key commands act and how they print.
@@ -161,9 +181,9 @@ pub(super) async fn run(
     // Claimed before anything else is done: a path that cannot take the
     // private key is an error with nothing made.
     let out = match &command {
-        KeysCommand::Create {
+        KeysCommand::Create(CreateCommand {
             out: Some(path), ..
-        }
+        })
         | KeysCommand::Rotate {
             out: Some(path), ..
         } => Some(SecretFile::create(path)?),
@@ -211,20 +231,13 @@ async fn run_offline(
         client: None,
     };
     let outcome = match command {
-        KeysCommand::Create {
-            org,
-            name,
-            algorithm,
-            bits,
-            out: _,
-            expires_at,
-        } => {
+        KeysCommand::Create(new) => {
             let new = offline::NewKeyArgs {
-                org,
-                name,
-                algorithm,
-                bits,
-                expires_at,
+                org: new.org,
+                name: new.name,
+                algorithm: new.algorithm,
+                bits: new.bits,
+                expires_at: new.expires_at,
             };
             offline::create(&signet, new, out, &caller, style).await?
         }
@@ -236,25 +249,13 @@ async fn run_offline(
         KeysCommand::Enable { org, id } => {
             lifecycle::set_state(&signet, &org, &id, false, &caller, style).await?
         }
-        KeysCommand::Upload {
-            org,
-            name,
-            public_key,
-            jwk,
-            algorithm,
-            expires_at,
-        } => {
-            let file = match (public_key, jwk) {
-                (Some(path), _) => UploadFile::Pem(path),
-                (None, Some(path)) => UploadFile::Jwk(path),
-                (None, None) => unreachable!("clap requires --public-key or --jwk"),
-            };
+        KeysCommand::Upload(upload) => {
             let upload = lifecycle::UploadArgs {
-                org,
-                name,
-                file,
-                algorithm,
-                expires_at,
+                file: upload.file(),
+                org: upload.org,
+                name: upload.name,
+                algorithm: upload.algorithm,
+                expires_at: upload.expires_at,
             };
             lifecycle::upload(&signet, upload, &caller, style).await?
         }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::output::{self, Style};
-use super::{data_config, DataArgs, KeysCommand, Outcome, ServerArgs, UploadBody, UploadFile};
+use super::{data_config, DataArgs, KeysCommand, Outcome, ServerArgs, UploadBody};
 use crate::http::client::{self, Answer, ClientError, Verb};
 use crate::keys::{Bits, KeyId, KeyName, KeySpec, OrgId};
 use crate::secret_file::SecretFile;
@@ -59,27 +59,23 @@ impl Remote {
         style: Style,
     ) -> anyhow::Result<Outcome> {
         match command {
-            KeysCommand::Create {
-                org,
-                name,
-                algorithm,
-                bits,
-                out: _,
-                expires_at,
-            } => {
-                let org = OrgId::parse(&org)?;
+            KeysCommand::Create(new) => {
+                let org = OrgId::parse(&new.org)?;
                 // Checked here as offline, so that a bad argument is a
                 // usage error (exit 2) whichever way the command runs.
-                KeyName::parse(&name)?;
-                KeySpec::new(algorithm.parse()?, bits.map(Bits::from_u64).transpose()?)?;
-                if let Some(at) = &expires_at {
+                KeyName::parse(&new.name)?;
+                KeySpec::new(
+                    new.algorithm.parse()?,
+                    new.bits.map(Bits::from_u64).transpose()?,
+                )?;
+                if let Some(at) = &new.expires_at {
                     crate::keys::parse_time(at)?;
                 }
-                let mut body = json!({"name": name, "algorithm": algorithm});
-                if let Some(bits) = bits {
+                let mut body = json!({"name": new.name, "algorithm": new.algorithm});
+                if let Some(bits) = new.bits {
                     body["bits"] = json!(bits);
                 }
-                if let Some(at) = expires_at {
+                if let Some(at) = new.expires_at {
                     body["expiresAt"] = json!(at);
                 }
                 let path = format!("/v1/organisations/{org}/keys");
@@ -111,25 +107,14 @@ impl Remote {
             }
             KeysCommand::Disable { org, id } => self.set_state(&org, &id, "disabled", style).await,
             KeysCommand::Enable { org, id } => self.set_state(&org, &id, "active", style).await,
-            KeysCommand::Upload {
-                org,
-                name,
-                public_key,
-                jwk,
-                algorithm,
-                expires_at,
-            } => {
-                let org = OrgId::parse(&org)?;
-                KeyName::parse(&name)?;
-                if let Some(at) = &expires_at {
+            KeysCommand::Upload(upload) => {
+                let org = OrgId::parse(&upload.org)?;
+                KeyName::parse(&upload.name)?;
+                if let Some(at) = &upload.expires_at {
                     crate::keys::parse_time(at)?;
                 }
-                let file = match (public_key, jwk) {
-                    (Some(path), _) => UploadFile::Pem(path),
-                    (None, Some(path)) => UploadFile::Jwk(path),
-                    (None, None) => unreachable!("clap requires --public-key or --jwk"),
-                };
-                let parsed_algorithm = algorithm.as_deref().map(str::parse).transpose()?;
+                let file = upload.file();
+                let parsed_algorithm = upload.algorithm.as_deref().map(str::parse).transpose()?;
                 // Checked here first, as offline: a private key in the file
                 // is refused before it is sent anywhere.
                 let (key, checked) = file.read(parsed_algorithm)?;
@@ -137,15 +122,15 @@ impl Remote {
                     eprintln!("signet: {e}");
                     return Ok(Outcome::Refused);
                 }
-                let mut body = json!({ "name": name });
+                let mut body = json!({ "name": upload.name });
                 match key {
                     UploadBody::Pem(pem) => body["publicKey"] = json!(pem),
                     UploadBody::Jwk(jwk) => body["jwk"] = Value::Object(jwk),
                 }
-                if let Some(a) = algorithm {
+                if let Some(a) = upload.algorithm {
                     body["algorithm"] = json!(a);
                 }
-                if let Some(at) = expires_at {
+                if let Some(at) = upload.expires_at {
                     body["expiresAt"] = json!(at);
                 }
                 let path = format!("/v1/organisations/{org}/keys");
