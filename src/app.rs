@@ -63,6 +63,8 @@ pub struct Application {
     listener: TcpListener,
     app: Arc<ServerState>,
     addr: SocketAddr,
+    /// A follower's link to its upstream, which names a refused token.
+    link: Option<Arc<http::upstream::Link>>,
 }
 
 impl Application {
@@ -119,7 +121,9 @@ impl Application {
             .map_err(|refused| link.refused(refused))?;
         // Matches nothing: every route that would need it answers 421.
         let operator = OperatorToken::from_secret(&ulid::Ulid::new().to_string());
-        Application::serving(listener, signet, config, operator)
+        let mut application = Application::serving(listener, signet, config, operator)?;
+        application.link = Some(link);
+        Ok(application)
     }
 
     /// `signet` served on `listener`, behind the TLS pair of `config` if
@@ -146,6 +150,7 @@ impl Application {
             listener,
             app: Arc::new(app),
             addr,
+            link: None,
         })
     }
 
@@ -161,9 +166,21 @@ impl Application {
             tls = self.app.config.server.tls.is_some(),
             "signet is listening"
         );
-        http::serve(self.listener, self.app.clone(), shutdown).await;
+        // A follower whose token its upstream refuses before ever
+        // accepting it stops as if refused at start.
+        let mut refused = None;
+        let stop = async {
+            tokio::select! {
+                () = shutdown => {}
+                r = self.app.signet.refused_unregistered() => refused = Some(r),
+            }
+        };
+        http::serve(self.listener, self.app.clone(), stop).await;
         self.app.signet.leave().await;
         self.app.signet.sync().await?;
+        if let (Some(refused), Some(link)) = (refused, &self.link) {
+            return Err(link.refused(refused).into());
+        }
         tracing::info!("storage synced; bye");
         Ok(())
     }

@@ -254,7 +254,7 @@ pub enum AckFailure {
 }
 
 /// The upstream refused the follower token at registration (its status).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("the upstream refused the follower token ({status})")]
 pub struct Refused {
     pub status: String,
@@ -436,6 +436,9 @@ pub struct UpstreamFeed<T> {
     usage: Arc<Usage>,
     /// Whether the upstream has accepted this follower's token.
     registered: Arc<AtomicBool>,
+    /// The upstream's refusal of a follower it never accepted (it could
+    /// not be reached at start): the follower exits on it.
+    refused: watch::Sender<Option<Refused>>,
 }
 
 impl<T: Transport> UpstreamFeed<T> {
@@ -445,7 +448,13 @@ impl<T: Transport> UpstreamFeed<T> {
             pushed,
             usage,
             registered: Arc::default(),
+            refused: watch::channel(None).0,
         }
+    }
+
+    /// Holds the upstream's refusal of a follower it never accepted.
+    pub fn refusals(&self) -> watch::Receiver<Option<Refused>> {
+        self.refused.subscribe()
     }
 
     /// Set once the upstream has accepted this follower's token.
@@ -508,6 +517,10 @@ impl<T: Transport> ChangeFeed for UpstreamFeed<T> {
                 self.usage.requeue(&usage, crate::keys::now_ms());
                 if let AckFailure::Refused(status) = &e {
                     tracing::error!(upstream = %self.transport.url(), %status, "the upstream refused the follower token");
+                    if !self.registered.load(Ordering::SeqCst) {
+                        let status = status.clone();
+                        self.refused.send_replace(Some(Refused { status }));
+                    }
                 }
                 return Err(e);
             }

@@ -140,6 +140,8 @@ pub struct Signet {
     followers: Arc<crate::followers::Followers>,
     /// On a follower: whether the upstream has accepted its token.
     registered: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// On a follower: the upstream's refusal of a token it never accepted.
+    refused: Option<tokio::sync::watch::Receiver<Option<crate::follower::Refused>>>,
 }
 
 /// What the service is built with, all given at construction.
@@ -278,6 +280,7 @@ impl Signet {
             seen_generation: Default::default(),
             followers,
             registered: None,
+            refused: None,
             catch_ups,
         })
     }
@@ -323,6 +326,7 @@ impl Signet {
             verifier.usage().clone(),
         );
         let registered = feed.registered();
+        let refused = feed.refusals();
         if let Err(refused) = feed.register(fresh.instance()).await {
             timer.abort();
             usage_task.abort();
@@ -359,8 +363,22 @@ impl Signet {
             seen_generation: Default::default(),
             followers,
             registered: Some(registered),
+            refused: Some(refused),
             catch_ups: Some(catch_ups),
         })
+    }
+
+    /// Resolves with the upstream's refusal if it refuses this follower's
+    /// token before ever accepting it (it could not be reached at start):
+    /// the follower then exits, as one refused at start does. Never on an
+    /// instance, nor once the follower has been accepted.
+    pub async fn refused_unregistered(&self) -> crate::follower::Refused {
+        if let Some(mut refusals) = self.refused.clone() {
+            if let Ok(refused) = refusals.wait_for(Option::is_some).await {
+                return refused.clone().expect("waited for a refusal");
+            }
+        }
+        std::future::pending().await
     }
 
     /// The followers of this instance.

@@ -812,6 +812,48 @@ async fn a_follower_whose_token_is_refused_exits_2_naming_its_source() {
     );
 }
 
+/// A follower started while its upstream is away keeps trying; when the
+/// upstream comes and refuses its token, it exits 2 as it would have at
+/// start, naming the token's source and never the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_refused_once_its_upstream_comes_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let wrong = "a-wrong-follower-token-9876543210";
+    let follower = follower_process(&format!("http://{addr}"), Some(wrong), dir.path());
+    // Still running, and serving nothing it cannot vouch for.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let ready = format!("http://{}/readyz", follower.addr);
+    let r = try_send(Method::GET, &ready, &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 503, "{}", r.text());
+    let data = tempfile::tempdir().unwrap();
+    let mut upstream = upstream_process(data.path(), &addr);
+    let mut follower = follower;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = follower.child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            follower.terminate();
+            break follower.child.wait().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    upstream.terminate();
+    let _ = upstream.child.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut follower.child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("SIGNET_UPSTREAM_TOKEN"), "{stderr}");
+    assert!(
+        !stderr.contains(wrong),
+        "the token is never printed: {stderr}"
+    );
+}
+
 fn signal(child: &std::process::Child, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &child.id().to_string()])
