@@ -19,6 +19,24 @@ pub fn signet(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
+/// The binary run in `cwd` (so no ./config.toml or ./data of the crate
+/// counts), with none of the variables that pick a target or credential.
+pub fn isolated(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_signet"));
+    cmd.current_dir(cwd);
+    for var in [
+        "SIGNET_SERVER",
+        "SIGNET_TOKEN",
+        "SIGNET_ADMIN_TOKEN",
+        "SIGNET_DATA_DIR",
+        "SIGNET_DATABASE_URL",
+        "ORGKEYS_MAX",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

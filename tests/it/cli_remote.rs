@@ -3,13 +3,13 @@
 //! refused credential, a down server and hostile arguments.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::cli::{argv, assert_exit, json_out, stderr};
+use crate::cli::{argv, assert_exit, isolated, json_out, stderr};
 use crate::support::*;
 
 /// `signet keys …` in `cwd` (so no ./config.toml or ./data of the crate
@@ -32,20 +32,8 @@ impl Remote {
     /// `signet keys LINE… MORE…` (see [`argv`]), off the async runtime,
     /// which the server in-process runs on.
     async fn run(&self, line: &str, more: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_signet"));
-        cmd.current_dir(&self.cwd)
-            .arg("keys")
-            .args(argv(line, more));
-        for var in [
-            "SIGNET_SERVER",
-            "SIGNET_TOKEN",
-            "SIGNET_ADMIN_TOKEN",
-            "SIGNET_DATA_DIR",
-            "SIGNET_DATABASE_URL",
-            "ORGKEYS_MAX",
-        ] {
-            cmd.env_remove(var);
-        }
+        let mut cmd = isolated(&self.cwd);
+        cmd.arg("keys").args(argv(line, more));
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         tokio::task::spawn_blocking(move || cmd.output().unwrap())
             .await

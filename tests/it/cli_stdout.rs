@@ -4,10 +4,11 @@
 //! against a server.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use serde_json::{json, Value};
 
+use crate::cli::{argv, isolated, json_out, stderr};
 use crate::support::*;
 
 /// Where a command's standard output goes.
@@ -38,22 +39,17 @@ impl Sink {
     }
 }
 
-/// The binary in `cwd` (no ./config.toml of the crate counts), with none
-/// of the variables that pick a target or credential unless `env` sets
-/// them, its standard output into `sink` (captured if `None`).
-fn signet(cwd: &Path, args: &[&str], env: &[(&str, &str)], sink: Option<Sink>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_signet"));
-    cmd.current_dir(cwd).args(args).stdin(Stdio::null());
-    for var in [
-        "SIGNET_SERVER",
-        "SIGNET_TOKEN",
-        "SIGNET_ADMIN_TOKEN",
-        "SIGNET_DATA_DIR",
-        "SIGNET_DATABASE_URL",
-        "ORGKEYS_MAX",
-    ] {
-        cmd.env_remove(var);
-    }
+/// `signet LINE… MORE…` (see [`argv`]) through [`isolated`], with `env`,
+/// its standard output into `sink` (captured if `None`).
+fn signet(
+    cwd: &Path,
+    line: &str,
+    more: &[&str],
+    env: &[(&str, &str)],
+    sink: Option<Sink>,
+) -> Output {
+    let mut cmd = isolated(cwd);
+    cmd.args(argv(line, more)).stdin(Stdio::null());
     cmd.envs(env.iter().copied());
     if let Some(sink) = sink {
         cmd.stdout(sink.stdio());
@@ -62,32 +58,16 @@ fn signet(cwd: &Path, args: &[&str], env: &[(&str, &str)], sink: Option<Sink>) -
 }
 
 /// An ES256 key of acme, made in the data dir `./data`.
-const CREATE_OFFLINE: [&str; 10] = [
-    "keys",
-    "create",
-    "--data-dir",
-    "data",
-    "--org",
-    "acme",
-    "--name",
-    "k",
-    "--algorithm",
-    "ES256",
-];
+const CREATE_OFFLINE: &str = "keys create --data-dir data --org acme --name k --algorithm ES256";
+const LIST_OFFLINE: &str = "keys list --data-dir data --org acme";
 
 /// Exit 2, a sentence about standard output, no panic; the sentence.
 fn refused_loudly(o: &Output, what: &str) -> String {
-    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    let e = stderr(o);
     assert_eq!(o.status.code(), Some(2), "{what}: {e}");
     assert!(!e.contains("panicked"), "{what}: {e}");
     assert!(e.contains("standard output"), "{what}: {e}");
     e
-}
-
-fn json_of(o: &Output) -> Value {
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(0), "{e}");
-    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 #[test]
@@ -96,50 +76,37 @@ fn a_command_whose_output_cannot_be_written_exits_2_and_says_so() {
     let cwd = dir.path();
     let pem = cwd.join("k.pem");
     let pem = pem.to_str().unwrap();
-    let created = json_of(&signet(
-        cwd,
-        &[&CREATE_OFFLINE[..], &["--out", pem]].concat(),
-        &[],
-        None,
-    ));
+    let created = json_out(&signet(cwd, CREATE_OFFLINE, &["--out", pem], &[], None));
     let kid = created["id"].as_str().unwrap();
-    let token = signet(
+    let mint = signet(
         cwd,
-        &["token", "--key", pem, "--kid", kid, "--org", "acme"],
+        "token --org acme --key",
+        &[pem, "--kid", kid],
         &[],
         None,
     );
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let token = String::from_utf8(mint.stdout).unwrap().trim().to_owned();
     assert!(token.starts_with("ey"), "{token}");
-    let commands: [&[&str]; 5] = [
-        &["keys", "list", "--data-dir", "data", "--org", "acme"],
-        &["token", "--key", pem, "--kid", kid, "--org", "acme"],
-        &["verify", &token, "--data-dir", "data"],
-        &["admin-token", "new"],
-        &["completions", "bash"],
+    let commands: [(&str, &[&str]); 5] = [
+        (LIST_OFFLINE, &[]),
+        ("token --org acme --key", &[pem, "--kid", kid]),
+        ("verify --data-dir data", &[&token]),
+        ("admin-token new", &[]),
+        ("completions bash", &[]),
     ];
     for sink in SINKS {
-        for args in commands {
-            refused_loudly(
-                &signet(cwd, args, &[], Some(sink)),
-                &format!("{args:?} into {sink:?}"),
-            );
+        for (line, more) in commands {
+            let o = signet(cwd, line, more, &[], Some(sink));
+            refused_loudly(&o, &format!("{line} into {sink:?}"));
         }
     }
     // Nothing else changed: the one key is still there.
-    let listed = json_of(&signet(cwd, commands[0], &[], None));
-    assert_eq!(listed["keys"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(offline_ids(cwd), [kid]);
 }
 
 /// The ids of acme's keys in the data dir under `cwd`.
 fn offline_ids(cwd: &Path) -> Vec<String> {
-    let listed = json_of(&signet(
-        cwd,
-        &["keys", "list", "--data-dir", "data", "--org", "acme"],
-        &[],
-        None,
-    ));
-    ids(&listed)
+    ids(&json_out(&signet(cwd, LIST_OFFLINE, &[], &[], None)))
 }
 
 fn ids(listed: &Value) -> Vec<String> {
@@ -153,51 +120,34 @@ fn ids(listed: &Value) -> Vec<String> {
 fn an_offline_key_nobody_received_is_deleted_again() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    let create = CREATE_OFFLINE;
-    let kept = json_of(&signet(cwd, &create, &[], None));
+    let kept = json_out(&signet(cwd, CREATE_OFFLINE, &[], &[], None));
     let kept = kept["id"].as_str().unwrap().to_owned();
     for sink in SINKS {
-        let e = refused_loudly(
-            &signet(cwd, &create, &[], Some(sink)),
-            &format!("create into {sink:?}"),
-        );
+        let o = signet(cwd, CREATE_OFFLINE, &[], &[], Some(sink));
+        let e = refused_loudly(&o, &format!("create into {sink:?}"));
         assert!(e.contains("deleted again"), "{e}");
         assert_eq!(
             offline_ids(cwd),
-            std::slice::from_ref(&kept),
+            [kept.as_str()],
             "after a create into {sink:?}"
         );
-        let rotate = [
-            "keys",
-            "rotate",
-            "--data-dir",
-            "data",
-            "--org",
-            "acme",
-            &kept,
-        ];
-        let e = refused_loudly(
-            &signet(cwd, &rotate, &[], Some(sink)),
-            &format!("rotate into {sink:?}"),
-        );
-        assert!(
-            e.contains(&format!("key {kept} was rotated")) && e.contains("deleted again"),
-            "{e}"
-        );
+        let rotate = "keys rotate --data-dir data --org acme";
+        let o = signet(cwd, rotate, &[kept.as_str()], &[], Some(sink));
+        let e = refused_loudly(&o, &format!("rotate into {sink:?}"));
+        assert!(e.contains(&format!("key {kept} was rotated")), "{e}");
+        assert!(e.contains("deleted again"), "{e}");
         // The successor is gone; the old key verifies through its grace.
         assert_eq!(
             offline_ids(cwd),
-            std::slice::from_ref(&kept),
+            [kept.as_str()],
             "after a rotate into {sink:?}"
         );
     }
     // A private key handed over into --out is kept, and the error says where.
     let pem = cwd.join("k.pem");
-    let with_out = [&create[..], &["--out", pem.to_str().unwrap()]].concat();
-    let e = refused_loudly(
-        &signet(cwd, &with_out, &[], Some(Sink::Full)),
-        "create --out",
-    );
+    let more = ["--out", pem.to_str().unwrap()];
+    let o = signet(cwd, CREATE_OFFLINE, &more, &[], Some(Sink::Full));
+    let e = refused_loudly(&o, "create --out");
     assert!(e.contains("its private key written to"), "{e}");
     assert!(std::fs::read_to_string(&pem)
         .unwrap()
@@ -213,27 +163,16 @@ async fn a_key_made_by_a_server_that_nobody_received_is_deleted_again() {
         .await;
     let kept = kept["id"].as_str().unwrap().to_owned();
     let dir = tempfile::tempdir().unwrap();
-    let (cwd, url) = (dir.path().to_owned(), app.url(""));
     for sink in SINKS {
-        let (cwd, url, id) = (cwd.clone(), url.clone(), kept.clone());
+        let (cwd, url, id) = (dir.path().to_owned(), app.url(""), kept.clone());
         let (created, rotated) = tokio::task::spawn_blocking(move || {
             let env = [("SIGNET_TOKEN", ADMIN)];
-            let create = [
-                "keys",
-                "create",
-                "--server",
-                &url,
-                "--org",
-                "acme",
-                "--name",
-                "k",
-                "--algorithm",
-                "ES256",
-            ];
-            let rotate = ["keys", "rotate", "--server", &url, "--org", "acme", &id];
+            let target = ["--server", &url, "--org", "acme"];
+            let create = "keys create --name k --algorithm ES256";
+            let rotate = [&target[..], &[&id]].concat();
             (
-                signet(&cwd, &create, &env, Some(sink)),
-                signet(&cwd, &rotate, &env, Some(sink)),
+                signet(&cwd, create, &target, &env, Some(sink)),
+                signet(&cwd, "keys rotate", &rotate, &env, Some(sink)),
             )
         })
         .await
@@ -242,10 +181,7 @@ async fn a_key_made_by_a_server_that_nobody_received_is_deleted_again() {
         assert!(e.contains("deleted again"), "{e}");
         let e = refused_loudly(&rotated, &format!("rotate into {sink:?}"));
         assert!(e.contains("deleted again"), "{e}");
-        assert_eq!(
-            ids(&app.list_keys("acme").await.json()),
-            std::slice::from_ref(&kept),
-            "into {sink:?}"
-        );
+        let listed = app.list_keys("acme").await.json();
+        assert_eq!(ids(&listed), [kept.as_str()], "into {sink:?}");
     }
 }
