@@ -222,9 +222,11 @@ impl Signet {
             published.clone(),
             verifier.clone(),
         ));
+        // On sled, the counts flushed before a restart.
+        usage::restore(verifier.usage(), &store).await?;
         let usage_task = tokio::spawn(usage::count_forever(
             verifier.usage().clone(),
-            store.is_shared().then(|| store.clone()),
+            Some(store.downgrade()),
             published.clone(),
         ));
         let metrics = Metrics::new(verifier.stats());
@@ -780,8 +782,10 @@ impl Signet {
         self.fresh.vouch().is_ok() && usable
     }
 
-    /// Makes everything written so far durable (at shutdown).
+    /// Makes everything written so far durable (at shutdown), with the
+    /// key usage counted so far.
     pub async fn sync(&self) -> Result<(), ServiceError> {
+        self.flush_usage().await;
         match &self.store {
             Some(_) => self.storage(self.store()?.sync()).await,
             None => Ok(()),

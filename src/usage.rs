@@ -1,4 +1,4 @@
-//! Key usage: how many verifications each key passed, in memory only.
+//! Key usage: how many verifications each key passed, counted in memory.
 //!
 //! The verifier holds each key's [`Counter`] and adds one per accepted
 //! verification (one relaxed atomic add: no lock, no allocation). Once a
@@ -13,6 +13,9 @@
 //! sends them upstream, with [`Usage::take_deltas`]; an upstream adds a
 //! follower's with [`Usage::absorb`]. Deltas older than the minute buckets
 //! reach are dropped, so an instance nobody takes them from stays bounded.
+//! On sled the service flushes them into the store likewise, and at start
+//! puts back what was flushed with [`Usage::restore`], as counts already
+//! handed on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -334,6 +337,25 @@ impl Usage {
         }
     }
 
+    /// Puts back counts this process handed on before (on sled, what the
+    /// store kept over a restart): they count here like its own, but are
+    /// never handed on again. A delta's `last_verified_ms` counts even
+    /// when its `count` is zero or older than a day.
+    pub fn restore(&self, deltas: &[UsageDelta], now_ms: u64) {
+        let mut keys = self.lock();
+        for d in deltas {
+            let entry = keys.entry(d.key_id).or_insert_with(|| Entry {
+                counter: Arc::default(),
+                buckets: Buckets::default(),
+            });
+            let buckets = &mut entry.buckets;
+            let last = d.last_verified_ms.min(now_ms);
+            buckets.last_ms = buckets.last_ms.max(Some(last));
+            let minute = d.minute - d.minute % MINUTE_MS;
+            buckets.add(minute.min(now_ms), d.count, last, false, now_ms);
+        }
+    }
+
     /// Forgets a deleted key.
     pub fn remove(&self, id: KeyId) {
         self.lock().remove(&id);
@@ -439,5 +461,45 @@ mod tests {
         usage.counter(id(3));
         usage.retain(|k| k == id(3));
         assert_eq!(usage.len(), 1);
+    }
+
+    #[test]
+    fn restored_counts_are_read_but_never_handed_on_again() {
+        let usage = Usage::default();
+        let now = T0 + 30 * MINUTE_MS;
+        let delta = |n: u8, minute: u64, count: u64, last: u64| UsageDelta {
+            key_id: id(n),
+            minute,
+            count,
+            last_verified_ms: last,
+        };
+        usage.restore(
+            &[
+                delta(1, T0 + 10 * MINUTE_MS, 3, T0 + 10 * MINUTE_MS + 5),
+                delta(1, T0 - 3 * HOUR_MS, 2, T0 - 3 * HOUR_MS),
+                // Used two days ago only: its last use, no count.
+                delta(2, T0 - 2 * DAY_MS, 0, T0 - 2 * DAY_MS + 7),
+            ],
+            now,
+        );
+        let u = usage.local(id(1), now);
+        assert_eq!(
+            (u.last_hour, u.last_day, u.last_verified_ms),
+            (3, 5, Some(T0 + 10 * MINUTE_MS + 5))
+        );
+        let u = usage.local(id(2), now);
+        assert_eq!(
+            (u.last_hour, u.last_day, u.last_verified_ms),
+            (0, 0, Some(T0 - 2 * DAY_MS + 7))
+        );
+        assert!(usage.take_deltas().is_empty());
+        assert_eq!(usage.unsent(id(1), now), KeyUsage::default());
+        // Counted on top of them, only the new count is handed on.
+        usage.counter(id(1)).hit();
+        usage.tick(now);
+        let deltas = usage.take_deltas();
+        assert_eq!(deltas.len(), 1);
+        assert_eq!(deltas[0].count, 1);
+        assert_eq!(usage.local(id(1), now).last_hour, 4);
     }
 }

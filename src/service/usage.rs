@@ -1,8 +1,10 @@
 //! Key usage as the service serves it: the task that moves the verifier's
-//! counts into buckets every second, flushes them into a shared store
-//! every few seconds and forgets deleted keys; and the reads that add
-//! what the store holds (every instance's flushed counts) to what this
-//! instance has not flushed yet.
+//! counts into buckets every second, flushes them into the store every few
+//! seconds (and the service at shutdown) and forgets deleted keys; and the
+//! reads. On PostgreSQL a read adds what the store holds (every instance's
+//! flushed counts) to what this instance has not flushed yet; on sled the
+//! counts are read in memory, and the store only keeps them over a restart
+//! (put back at start, see [`restore`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,23 +12,25 @@ use std::time::Duration;
 use super::{ServiceError, Signet};
 use crate::keys::{now_ms, KeyId, OrgId, PublicKeyRecord};
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::{Store, StoreError, WeakStore};
 use crate::usage::{KeyUsage, Usage};
 use crate::verify::KeySource;
 
 /// How often counts move from the hot counters into the buckets.
 const TICK: Duration = Duration::from_secs(1);
-/// How often, in ticks, a shared store gets this instance's counts.
+/// How often, in ticks, the store gets this instance's counts.
 const FLUSH_TICKS: u64 = 3;
 /// How often, in ticks, deleted keys are forgotten and old rows pruned.
 const PRUNE_TICKS: u64 = 600;
 
-/// Runs until aborted (when the service is dropped). `shared` is the
-/// store when it sums usage over instances; on sled the task holds no
-/// store, so none outlives the service (an aborted task is dropped late).
+/// Runs until aborted (when the service is dropped). `store` is where the
+/// counts are flushed (none on a follower, which hands them upstream). The
+/// task holds it weakly and only for a flush, so that it does not keep the
+/// store open after the service is dropped: an aborted task is dropped
+/// late, and on sled would hold the database's lock meanwhile.
 pub(super) async fn count_forever(
     usage: Arc<Usage>,
-    shared: Option<Store>,
+    store: Option<WeakStore>,
     published: Arc<Registry>,
 ) {
     let mut interval = tokio::time::interval(TICK);
@@ -44,17 +48,39 @@ pub(super) async fn count_forever(
                 published.contains(id).unwrap_or(true) || published.withheld(id).is_some()
             });
         }
-        if let Some(store) = shared.as_ref().filter(|_| ticks % FLUSH_TICKS == 0) {
-            let deltas = usage.take_deltas();
-            if deltas.is_empty() && !prune {
-                continue;
-            }
-            if let Err(e) = store.flush_usage(&deltas, now, prune).await {
-                tracing::warn!(error = %e, "could not flush key usage to the store; retrying");
-                usage.requeue(&deltas, now_ms());
-            }
+        if ticks % FLUSH_TICKS != 0 {
+            continue;
+        }
+        let Some(store) = store.as_ref().and_then(WeakStore::upgrade) else {
+            continue;
+        };
+        if let Err(e) = flush(&usage, &store, prune).await {
+            tracing::warn!(error = %e, "could not flush key usage to the store; retrying");
         }
     }
+}
+
+/// Flushes the counts not flushed yet into `store` (with `prune`, also
+/// drops old and deleted keys' rows); puts them back if that fails.
+async fn flush(usage: &Usage, store: &Store, prune: bool) -> Result<(), StoreError> {
+    let deltas = usage.take_deltas();
+    if deltas.is_empty() && !prune {
+        return Ok(());
+    }
+    let result = store.flush_usage(&deltas, now_ms(), prune).await;
+    if result.is_err() {
+        usage.requeue(&deltas, now_ms());
+    }
+    result
+}
+
+/// Puts back into `usage` the counts `store` kept for this process (on
+/// sled: those flushed before a restart), as counts flushed already.
+pub(super) async fn restore(usage: &Usage, store: &Store) -> Result<(), StoreError> {
+    let now = now_ms();
+    let kept = store.load_usage(now).await?;
+    usage.restore(&kept, now);
+    Ok(())
 }
 
 impl Signet {
@@ -63,6 +89,20 @@ impl Signet {
     /// `absorb`.
     pub fn usage(&self) -> &Arc<Usage> {
         self.verifier.usage()
+    }
+
+    /// Flushes the usage counts not flushed yet into the store (at
+    /// shutdown: on sled, so that they count again after a restart). A
+    /// failure is logged, not returned: the counts are advisory.
+    pub async fn flush_usage(&self) {
+        let Some(store) = &self.store else {
+            return; // a follower hands its counts upstream
+        };
+        let usage = self.usage();
+        usage.tick(now_ms());
+        if let Err(e) = flush(usage, store, false).await {
+            tracing::warn!(error = %e, "could not flush key usage to the store");
+        }
     }
 
     /// The usage of each of `records`, in order: on a shared store, what

@@ -433,7 +433,8 @@ impl Store {
 
     /// Whether other processes may write this store too (PostgreSQL): then
     /// revocations wait for them, and key usage is summed over them in the
-    /// store (on sled one process counts, in memory only).
+    /// store (on sled one process counts, in memory, and flushes its counts
+    /// into the store only to read them back after a restart).
     pub fn is_shared(&self) -> bool {
         matches!(self, Store::Postgres(_))
     }
@@ -538,7 +539,9 @@ impl Store {
         }
     }
 
-    /// Adds this process's usage counts to the store's (nothing on sled).
+    /// Adds this process's usage counts to the store's; with `prune`,
+    /// also drops counts older than a day as of `now_ms` and those of
+    /// deleted keys.
     pub async fn flush_usage(
         &self,
         deltas: &[crate::usage::UsageDelta],
@@ -546,12 +549,41 @@ impl Store {
         prune: bool,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Sled(_) => Ok(()),
+            Store::Sled(s) => {
+                let (db, deltas) = (s.clone(), deltas.to_vec());
+                blocking(move || db.flush_usage(&deltas, now_ms, prune)).await
+            }
             Store::Postgres(s) => s.flush_usage(deltas, now_ms, prune).await,
         }
     }
 
-    /// The usage every process flushed for `ids` (empty on sled).
+    /// The usage counts this process flushed before a restart, to count
+    /// again in memory: on sled, where nothing else reads them (empty on
+    /// PostgreSQL, where reads sum the store's with [`Store::usage_of`]).
+    pub async fn load_usage(
+        &self,
+        now_ms: u64,
+    ) -> Result<Vec<crate::usage::UsageDelta>, StoreError> {
+        match self {
+            Store::Sled(s) => {
+                let db = s.clone();
+                blocking(move || db.load_usage(now_ms)).await
+            }
+            Store::Postgres(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// A handle that does not keep the store open: a task that outlives
+    /// its owner a moment holds no database (nor, on sled, its lock).
+    pub fn downgrade(&self) -> WeakStore {
+        match self {
+            Store::Sled(s) => WeakStore::Sled(Arc::downgrade(s)),
+            Store::Postgres(s) => WeakStore::Postgres(Arc::downgrade(s)),
+        }
+    }
+
+    /// The usage every process flushed for `ids` (empty on sled, where
+    /// reads count in memory what [`Store::load_usage`] put back).
     pub async fn usage_of(
         &self,
         ids: &[KeyId],
@@ -573,6 +605,23 @@ impl Store {
 
     pub async fn is_usable(&self) -> bool {
         dispatch!(self, s => s.is_usable().await)
+    }
+}
+
+/// A [`Store`] that does not keep it open; see [`Store::downgrade`].
+#[derive(Clone)]
+pub enum WeakStore {
+    Sled(std::sync::Weak<SledStore>),
+    Postgres(std::sync::Weak<PgStore>),
+}
+
+impl WeakStore {
+    /// The store, while its owner still holds it.
+    pub fn upgrade(&self) -> Option<Store> {
+        match self {
+            WeakStore::Sled(s) => s.upgrade().map(Store::Sled),
+            WeakStore::Postgres(s) => s.upgrade().map(Store::Postgres),
+        }
     }
 }
 

@@ -21,6 +21,11 @@
 //!   they committed, and an answer that changes nothing (a second delete, a
 //!   disable of a disabled key) is given only once the change it repeats
 //!   is applied
+//! - `usage`: key id → u64 big-endian, the key's last verification (ms);
+//!   key id ‖ minute (u64 big-endian, ms) → u64 big-endian, the
+//!   verifications counted in that minute. Flushed from memory every few
+//!   seconds and at shutdown, read back at start; minutes older than a day
+//!   and the rows of deleted keys are pruned
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -38,6 +43,7 @@ use crate::store::{
     blocking, open_record, reseal_value, seal_record, AuditPage, Changed, Delete, Deleted, Insert,
     Inserted, KeyChange, KeyRotation, Rotation, Storage, StoreError, SCHEMA_VERSION,
 };
+use crate::usage::UsageDelta;
 
 /// sled's page cache. Nothing hot reads through it: the verifier and the
 /// JWK Sets hold every live key decoded, so sled serves only writes (whose
@@ -82,6 +88,7 @@ struct Handles {
     audit: sled::Tree,
     audit_heads: sled::Tree,
     versions: sled::Tree,
+    usage: sled::Tree,
     /// The schema version the database had when opened, before upgrading.
     found_version: u32,
     /// The file sled writes its log to; `fdatasync` on any descriptor of it
@@ -659,10 +666,111 @@ impl SledStore {
         self.handles().is_ok_and(|h| h.keys.first().is_ok())
     }
 
+    /// Adds `deltas` to the stored usage counts and last uses; with
+    /// `prune`, also drops the minutes older than a day as of `now_ms` and
+    /// the rows of deleted keys. Synced when it wrote anything, though no
+    /// caller waits for it: it is no acknowledged change.
+    pub fn flush_usage(
+        &self,
+        deltas: &[UsageDelta],
+        now_ms: u64,
+        prune: bool,
+    ) -> Result<(), StoreError> {
+        let h = self.writable()?;
+        let result = (|| {
+            for d in deltas {
+                let id = d.key_id.to_bytes();
+                h.usage
+                    .update_and_fetch(usage_minute_key(d.key_id, d.minute), |old| {
+                        Some(u64_value(
+                            decode_u64(old).unwrap_or(0).saturating_add(d.count),
+                        ))
+                    })?;
+                h.usage.update_and_fetch(id, |old| {
+                    Some(u64_value(
+                        decode_u64(old).unwrap_or(0).max(d.last_verified_ms),
+                    ))
+                })?;
+            }
+            let mut wrote = !deltas.is_empty();
+            if prune {
+                let mut stale = Vec::new();
+                let mut live: Option<([u8; 16], bool)> = None;
+                for entry in h.usage.iter() {
+                    let (k, _) = entry?;
+                    let Some(id) = k.get(..16).and_then(|id| <[u8; 16]>::try_from(id).ok()) else {
+                        stale.push(k);
+                        continue;
+                    };
+                    let exists = match live {
+                        Some((seen, exists)) if seen == id => exists,
+                        _ => h.keys.contains_key(id)?,
+                    };
+                    live = Some((id, exists));
+                    let old = k.len() == 24
+                        && decode_u64(Some(&k[16..])).is_some_and(|m| m + DAY_MS <= now_ms);
+                    if !exists || old || !matches!(k.len(), 16 | 24) {
+                        stale.push(k);
+                    }
+                }
+                wrote |= !stale.is_empty();
+                for k in stale {
+                    h.usage.remove(k)?;
+                }
+            }
+            match wrote {
+                true => h.sync(),
+                false => Ok(()),
+            }
+        })();
+        self.check(result)
+    }
+
+    /// The stored usage of the live keys, as [`UsageDelta`]s: one per
+    /// minute of the last day as of `now_ms`, and one without a count
+    /// for each key's last verification.
+    pub fn load_usage(&self, now_ms: u64) -> Result<Vec<UsageDelta>, StoreError> {
+        let h = self.handles()?;
+        let mut out = Vec::new();
+        for entry in h.usage.iter() {
+            let (k, v) = entry?;
+            let (Some(id), Some(value)) = (k.get(..16), decode_u64(Some(&v))) else {
+                return Err(StoreError::Corrupt("a usage row is malformed".into()));
+            };
+            if !h.keys.contains_key(id)? {
+                continue; // deleted; pruned on the next flush that prunes
+            }
+            let key_id = raw_id(id)?;
+            match decode_u64(Some(&k[16..])) {
+                None if k.len() == 16 => out.push(UsageDelta {
+                    key_id,
+                    minute: value - value % MINUTE_MS,
+                    count: 0,
+                    last_verified_ms: value,
+                }),
+                Some(minute) if minute + DAY_MS > now_ms => out.push(UsageDelta {
+                    key_id,
+                    minute,
+                    count: value,
+                    last_verified_ms: minute,
+                }),
+                Some(_) => {}
+                None => return Err(StoreError::Corrupt("a usage row's key is malformed".into())),
+            }
+        }
+        Ok(out)
+    }
+
     /// Direct access to the raw audit tree, for tests that tamper with it.
     #[cfg(feature = "test-hooks")]
     pub fn raw_audit_tree(&self) -> sled::Tree {
         self.handles().expect("database open").audit.clone()
+    }
+
+    /// How many rows the usage tree holds, for tests of its pruning.
+    #[cfg(feature = "test-hooks")]
+    pub fn usage_rows(&self) -> usize {
+        self.handles().expect("database open").usage.len()
     }
 
     /// Direct access to the raw key tree, for tests that plant records.
@@ -831,6 +939,7 @@ impl Handles {
             audit: tree("audit")?,
             audit_heads: tree("audit_heads")?,
             versions: tree("versions")?,
+            usage: tree("usage")?,
             found_version,
             db,
             db_file,
@@ -914,6 +1023,27 @@ fn raw_id(key: &[u8]) -> Result<KeyId, StoreError> {
     key.try_into()
         .map(KeyId::from_bytes)
         .map_err(|_| StoreError::Corrupt("a key record's key is not 16 bytes".into()))
+}
+
+const MINUTE_MS: u64 = 60_000;
+/// How long stored usage counts are kept, in milliseconds.
+const DAY_MS: u64 = 24 * 60 * MINUTE_MS;
+
+/// The `usage` key of key `id`'s count in the minute starting at `minute`.
+fn usage_minute_key(id: KeyId, minute: u64) -> [u8; 24] {
+    let mut key = [0; 24];
+    key[..16].copy_from_slice(&id.to_bytes());
+    key[16..].copy_from_slice(&minute.to_be_bytes());
+    key
+}
+
+/// A u64 stored big-endian; `None` if absent or not 8 bytes.
+fn decode_u64(value: Option<&[u8]>) -> Option<u64> {
+    Some(u64::from_be_bytes(value?.try_into().ok()?))
+}
+
+fn u64_value(n: u64) -> sled::IVec {
+    sled::IVec::from(&n.to_be_bytes())
 }
 
 /// The `versions` key of the latest change's version.

@@ -16,6 +16,7 @@ on_both_backends!(
     accepted_verifications_are_counted_per_key_and_refusals_are_not,
     if_unused_for_refuses_a_revocation_of_a_key_in_use,
     organisations_and_audit_verify_answer_by_role,
+    usage_survives_a_restart_and_is_counted_once,
 );
 
 /// The `usage` of key `id` on the organisation's list, as the operator.
@@ -208,6 +209,127 @@ async fn if_unused_for_refuses_a_revocation_of_a_key_in_use() {
     assert_eq!(verify_status(&app, &token).await["valid"], false);
 }
 
+/// `DELETE` of acme's key `id` with `?ifUnusedFor=1h`, as the operator.
+async fn delete_if_unused_for_an_hour(app: &TestApp, id: &str) -> Resp {
+    let path = format!("/v1/organisations/acme/keys/{id}?ifUnusedFor=1h");
+    app.request_as(Method::DELETE, &path, ADMIN).await
+}
+
+/// The server stopped (cleanly) and started again on the same data.
+async fn restart(app: TestApp, data: &std::path::Path) -> TestApp {
+    drop(app.stop().await);
+    spawn_with(|c| c.storage.data_dir = data.to_owned()).await
+}
+
+async fn usage_survives_a_restart_and_is_counted_once() {
+    let first = spawn_app().await;
+    let data = first.dir.path().to_owned();
+    let used = first.create_key("acme", json!({"name": "used"})).await;
+    let idle = first.create_key("acme", json!({"name": "idle"})).await;
+    let (kid, signer) = key_of(&used);
+    let token = signer.org_token(&kid, claims("acme", "OWNER"));
+    assert_eq!(verify_status(&first, &token).await["valid"], true);
+    // Stopped at once: only the flush at shutdown can have kept it. The
+    // data dir is the first server's: kept until the end.
+    let kept = first.stop().await;
+    let app = spawn_with(|c| c.storage.data_dir = data.clone()).await;
+    let usage = usage_of(&app, "acme", &kid).await;
+    assert_eq!(usage["verifiedLastHour"], 1, "{usage}");
+    assert_eq!(usage["verifiedLastDay"], 1, "{usage}");
+    assert!(usage["lastVerifiedAt"].is_string(), "{usage}");
+    let idle_id = idle["id"].as_str().unwrap();
+    assert_eq!(
+        usage_of(&app, "acme", idle_id).await["lastVerifiedAt"],
+        Value::Null
+    );
+
+    // Restored counts are not written again: one more use, one more count.
+    assert_eq!(verify_status(&app, &token).await["valid"], true);
+    let app = restart(app, &data).await;
+    let usage = usage_of(&app, "acme", &kid).await;
+    assert_eq!(usage["verifiedLastHour"], 2, "{usage}");
+
+    // The key used before the restart is in use; the idle one is not.
+    delete_if_unused_for_an_hour(&app, &kid)
+        .await
+        .assert_error(409, "in_use");
+    let r = delete_if_unused_for_an_hour(&app, idle_id).await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.text());
+    drop(app.stop().await);
+    drop(kept);
+}
+
+/// On sled, the store keeps a day of counts of live keys: a flush that
+/// prunes drops older minutes and deleted keys' rows, and what is read
+/// back at start is the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_sled_stored_usage_is_pruned_to_a_day_of_live_keys() {
+    use signet::keys::KeyId;
+    use signet::store::sled::SledStore;
+    use signet::usage::UsageDelta;
+    const MINUTE: u64 = 60_000;
+    const DAY: u64 = 24 * 60 * MINUTE;
+
+    let app = spawn_app().await;
+    let live = app.create_key("acme", json!({"name": "live"})).await;
+    let gone = app.create_key("acme", json!({"name": "gone"})).await;
+    let gone_id = gone["id"].as_str().unwrap();
+    assert_eq!(app.delete_key("acme", gone_id, ADMIN).await.status, 204);
+    let dir = app.stop().await;
+    let store = SledStore::open(
+        dir.path(),
+        signet::seal::Sealer::load_or_create(dir.path(), None).unwrap(),
+    )
+    .unwrap();
+    let live = KeyId::parse(live["id"].as_str().unwrap()).unwrap();
+    let gone = KeyId::parse(gone_id).unwrap();
+    let now = signet::keys::now_ms();
+    let minute = now - now % MINUTE;
+    let delta = |key_id, minute, count| UsageDelta {
+        key_id,
+        minute,
+        count,
+        last_verified_ms: minute + 1,
+    };
+    let old = minute - DAY - MINUTE;
+    store
+        .flush_usage(
+            &[
+                delta(live, minute, 2),
+                delta(live, old, 5),
+                delta(gone, minute, 1),
+            ],
+            now,
+            false,
+        )
+        .unwrap();
+    // Added to what is there.
+    store
+        .flush_usage(&[delta(live, minute, 1)], now, false)
+        .unwrap();
+    // Two keys' last uses and three minutes.
+    assert_eq!(store.usage_rows(), 5);
+    let expected = [
+        UsageDelta {
+            key_id: live,
+            minute,
+            count: 0,
+            last_verified_ms: minute + 1,
+        },
+        UsageDelta {
+            key_id: live,
+            minute,
+            count: 3,
+            last_verified_ms: minute,
+        },
+    ];
+    assert_eq!(store.load_usage(now).unwrap(), expected);
+    store.flush_usage(&[], now, true).unwrap();
+    // The live key's last use and recent minute only.
+    assert_eq!(store.usage_rows(), 2);
+    assert_eq!(store.load_usage(now).unwrap(), expected);
+}
+
 async fn organisations_and_audit_verify_answer_by_role() {
     let app = spawn_app().await;
     let acme = app.create_key("acme", json!({"name": "a"})).await;
@@ -331,14 +453,9 @@ async fn on_postgresql_two_instances_usage_is_summed() {
         assert_eq!(usage["verifiedLastDay"], 5, "{usage}");
         assert!(usage["lastVerifiedAt"].is_string(), "{usage}");
         // One instance's refusal goes by the other's use.
-        let r = a
-            .request_as(
-                Method::DELETE,
-                &format!("/v1/organisations/acme/keys/{kid}?ifUnusedFor=1h"),
-                ADMIN,
-            )
-            .await;
-        r.assert_error(409, "in_use");
+        delete_if_unused_for_an_hour(&a, &kid)
+            .await
+            .assert_error(409, "in_use");
     })
     .await
 }
