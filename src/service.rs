@@ -222,8 +222,11 @@ impl Signet {
             published.clone(),
             verifier.clone(),
         ));
-        // On sled, the counts flushed before a restart.
-        usage::restore(verifier.usage(), &store).await?;
+        // On sled, the counts flushed before a restart. They are advisory:
+        // a store that cannot give them back does not stop the start.
+        if let Err(e) = usage::restore(verifier.usage(), &store).await {
+            tracing::warn!(error = %e, "could not read back the key usage kept before the restart");
+        }
         let usage_task = tokio::spawn(usage::count_forever(
             verifier.usage().clone(),
             Some(store.downgrade()),

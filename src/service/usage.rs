@@ -22,6 +22,8 @@ const TICK: Duration = Duration::from_secs(1);
 const FLUSH_TICKS: u64 = 3;
 /// How often, in ticks, deleted keys are forgotten and old rows pruned.
 const PRUNE_TICKS: u64 = 600;
+/// The longest the shutdown waits for the last flush of usage counts.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
 /// Runs until aborted (when the service is dropped). `store` is where the
 /// counts are flushed (none on a follower, which hands them upstream). The
@@ -92,16 +94,20 @@ impl Signet {
     }
 
     /// Flushes the usage counts not flushed yet into the store (at
-    /// shutdown: on sled, so that they count again after a restart). A
-    /// failure is logged, not returned: the counts are advisory.
+    /// shutdown: on sled, so that they count again after a restart), for at
+    /// most [`SHUTDOWN_FLUSH`]. A failure is logged, not returned: the
+    /// counts are advisory, and a database that is away must not hold up
+    /// the shutdown.
     pub async fn flush_usage(&self) {
         let Some(store) = &self.store else {
             return; // a follower hands its counts upstream
         };
         let usage = self.usage();
         usage.tick(now_ms());
-        if let Err(e) = flush(usage, store, false).await {
-            tracing::warn!(error = %e, "could not flush key usage to the store");
+        match tokio::time::timeout(SHUTDOWN_FLUSH, flush(usage, store, false)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not flush key usage to the store"),
+            Err(_) => tracing::warn!("gave up flushing key usage to the store at shutdown"),
         }
     }
 

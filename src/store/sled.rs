@@ -734,8 +734,9 @@ impl SledStore {
         let mut out = Vec::new();
         for entry in h.usage.iter() {
             let (k, v) = entry?;
+            // Advisory counts: a malformed row is skipped (and pruned).
             let (Some(id), Some(value)) = (k.get(..16), decode_u64(Some(&v))) else {
-                return Err(StoreError::Corrupt("a usage row is malformed".into()));
+                continue;
             };
             if !h.keys.contains_key(id)? {
                 continue; // deleted; pruned on the next flush that prunes
@@ -754,8 +755,7 @@ impl SledStore {
                     count: value,
                     last_verified_ms: minute,
                 }),
-                Some(_) => {}
-                None => return Err(StoreError::Corrupt("a usage row's key is malformed".into())),
+                Some(_) | None => {}
             }
         }
         Ok(out)
