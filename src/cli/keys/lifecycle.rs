@@ -96,13 +96,10 @@ pub(super) async fn rotate(
         Ok(rotated) => rotated,
         Err(e) => return judged(Err::<(), _>(e), |()| Ok(())),
     };
-    let mut set = output::public_view(&record);
-    set["privateKey"] = serde_json::Value::String(key.pkcs8_pem().to_string());
-    output::hand_over(style, set, out, || async {
-        let deleted = signet.delete(record.org.clone(), record.id, caller).await;
-        deleted.map_err(|e| e.to_string())
-    })
-    .await
-    .with_context(|| format!("key {id} was rotated, but its successor could not be handed over"))?;
+    super::hand_over_stored(signet, &record, &key, out, caller, style)
+        .await
+        .with_context(|| {
+            format!("key {id} was rotated, but its successor could not be handed over")
+        })?;
     Ok(Outcome::Success)
 }

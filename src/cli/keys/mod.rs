@@ -270,6 +270,26 @@ async fn run_offline(
     Ok(outcome)
 }
 
+/// Hands over a key just made in the store (offline `create`, `rotate`'s
+/// successor) with its private key; one that reached nobody is deleted
+/// from the store again.
+async fn hand_over_stored(
+    signet: &crate::service::Signet,
+    record: &crate::keys::PublicKeyRecord,
+    key: &crate::keys::GeneratedKey,
+    out: Option<SecretFile>,
+    caller: &Caller,
+    style: Style,
+) -> anyhow::Result<()> {
+    let mut set = output::public_view(record);
+    set["privateKey"] = serde_json::Value::String(key.pkcs8_pem().to_string());
+    output::hand_over(style, set, out, || async {
+        let deleted = signet.delete(record.org.clone(), record.id, caller).await;
+        deleted.map_err(|e| e.to_string())
+    })
+    .await
+}
+
 /// The file `keys upload` reads its public key from.
 pub(super) enum UploadFile {
     /// `--public-key`: an SPKI PEM.

@@ -67,13 +67,7 @@ pub(super) async fn create(
         }
         other => other?,
     };
-    let mut set = output::public_view(&record);
-    set["privateKey"] = serde_json::Value::String(key.pkcs8_pem().to_string());
-    output::hand_over(style, set, out, || async {
-        let deleted = signet.delete(record.org.clone(), record.id, caller).await;
-        deleted.map_err(|e| e.to_string())
-    })
-    .await?;
+    super::hand_over_stored(signet, &record, &key, out, caller, style).await?;
     Ok(Outcome::Success)
 }
 
