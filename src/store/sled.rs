@@ -695,18 +695,13 @@ impl SledStore {
             let mut wrote = !deltas.is_empty();
             if prune {
                 let mut stale = Vec::new();
-                let mut live: Option<([u8; 16], bool)> = None;
+                let mut live = LiveKeys::new(&h.keys);
                 for entry in h.usage.iter() {
                     let (k, _) = entry?;
-                    let Some(id) = k.get(..16).and_then(|id| <[u8; 16]>::try_from(id).ok()) else {
+                    let Some(exists) = live.of_row(&k)? else {
                         stale.push(k);
                         continue;
                     };
-                    let exists = match live {
-                        Some((seen, exists)) if seen == id => exists,
-                        _ => h.keys.contains_key(id)?,
-                    };
-                    live = Some((id, exists));
                     let old = k.len() == 24
                         && decode_u64(Some(&k[16..])).is_some_and(|m| m + DAY_MS <= now_ms);
                     if !exists || old || !matches!(k.len(), 16 | 24) {
@@ -732,16 +727,19 @@ impl SledStore {
     pub fn load_usage(&self, now_ms: u64) -> Result<Vec<UsageDelta>, StoreError> {
         let h = self.handles()?;
         let mut out = Vec::new();
+        let mut live = LiveKeys::new(&h.keys);
         for entry in h.usage.iter() {
             let (k, v) = entry?;
-            // Advisory counts: a malformed row is skipped (and pruned).
-            let (Some(id), Some(value)) = (k.get(..16), decode_u64(Some(&v))) else {
+            // Advisory counts: a malformed row is skipped.
+            let Some(value) = decode_u64(Some(&v)) else {
                 continue;
             };
-            if !h.keys.contains_key(id)? {
-                continue; // deleted; pruned on the next flush that prunes
+            match live.of_row(&k)? {
+                Some(true) => {}
+                // Deleted: pruned on the next flush that prunes.
+                Some(false) | None => continue,
             }
-            let key_id = raw_id(id)?;
+            let key_id = raw_id(&k[..16])?;
             match decode_u64(Some(&k[16..])) {
                 None if k.len() == 16 => out.push(UsageDelta {
                     key_id,
@@ -1028,6 +1026,33 @@ fn raw_id(key: &[u8]) -> Result<KeyId, StoreError> {
 const MINUTE_MS: u64 = 60_000;
 /// How long stored usage counts are kept, in milliseconds.
 const DAY_MS: u64 = 24 * 60 * MINUTE_MS;
+
+/// Whether the key a usage row belongs to is live, read from the keys tree
+/// once per key: a key's rows are adjacent, its id being their prefix.
+struct LiveKeys<'a> {
+    keys: &'a sled::Tree,
+    last: Option<([u8; 16], bool)>,
+}
+
+impl LiveKeys<'_> {
+    fn new(keys: &sled::Tree) -> LiveKeys<'_> {
+        LiveKeys { keys, last: None }
+    }
+
+    /// For a usage row's key: whether its key id is live, or `None` if the
+    /// row's key names no key id.
+    fn of_row(&mut self, row: &[u8]) -> Result<Option<bool>, sled::Error> {
+        let Some(id) = row.get(..16).and_then(|id| <[u8; 16]>::try_from(id).ok()) else {
+            return Ok(None);
+        };
+        let live = match self.last {
+            Some((seen, live)) if seen == id => live,
+            _ => self.keys.contains_key(id)?,
+        };
+        self.last = Some((id, live));
+        Ok(Some(live))
+    }
+}
 
 /// The `usage` key of key `id`'s count in the minute starting at `minute`.
 fn usage_minute_key(id: KeyId, minute: u64) -> [u8; 24] {
