@@ -70,6 +70,16 @@ pub enum ServiceError {
     Task(String),
 }
 
+/// A key id unknown here that could not be looked up: the store was asked
+/// and gave no answer in time. Not a verdict: the key may exist, so its
+/// tokens get 503, never `unknown_key`.
+#[derive(Debug, thiserror::Error)]
+#[error("key {kid} is not known here and could not be looked up: {cause}")]
+pub struct Unchecked {
+    kid: KeyId,
+    cause: String,
+}
+
 /// Who asked for a change, for the audit log.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -824,8 +834,13 @@ impl Signet {
     /// once the follower has caught up with its upstream.
     pub async fn verify(&self, token: &str, expect: Expect<'_>) -> Result<Verified, VerifyError> {
         let result = self.verifier.verify(token, expect);
-        if matches!(result, Err(VerifyError::UnknownKey(_))) && self.learn_key_of(token).await {
-            return self.verifier.verify(token, expect);
+        if matches!(result, Err(VerifyError::UnknownKey(_))) {
+            match self.learn_key_of(token).await {
+                Ok(true) => return self.verifier.verify(token, expect),
+                Ok(false) => {}
+                // No verdict: the key may well exist.
+                Err(unchecked) => return Err(VerifyError::Unavailable(unchecked.to_string())),
+            }
         }
         result
     }
@@ -836,11 +851,13 @@ impl Signet {
     /// with its upstream as of now instead. Whether the key is published
     /// now (also when the replica published it meanwhile), or on a
     /// follower known at all (a verification may then answer otherwise).
+    /// [`Unchecked`] when the store was asked and gave no answer in time:
+    /// no verdict on that key can be given then.
     /// Call before authenticating an organisation token.
-    pub async fn learn_key_of(&self, token: &str) -> bool {
+    pub async fn learn_key_of(&self, token: &str) -> Result<bool, Unchecked> {
         let store = self.store.as_ref().filter(|_| self.fresh.following());
         if store.is_none() && self.catch_ups.is_none() {
-            return false;
+            return Ok(false);
         }
         let kid = token
             .split('.')
@@ -849,18 +866,20 @@ impl Signet {
             .and_then(|header| header.get("kid")?.as_str().map(str::to_owned))
             .and_then(|kid| KeyId::parse(&kid).ok());
         let Some(kid) = kid else {
-            return false;
+            return Ok(false);
         };
         if self.published.is_published(kid) {
-            return true;
+            return Ok(true);
         }
         // A key deleted, disabled or expired here is no news; only ids
-        // this instance knows nothing of are worth the store's time.
+        // this instance knows nothing of are worth the store's time. Past
+        // the look-ups' budget an id is not asked for: a flood of made-up
+        // ids stays `unknown_key` without costing the store.
         if self.published.knows(kid) || !self.unknown.may_look_up(kid) {
-            return false;
+            return Ok(false);
         }
         let Some(store) = store else {
-            return self.caught_up_with(kid).await;
+            return Ok(self.caught_up_with(kid).await);
         };
         match store.get_key(kid).await {
             Ok(Some(record)) => {
@@ -869,13 +888,19 @@ impl Signet {
                 if self.published.learn(&record) {
                     self.metrics.keys.inc();
                 }
-                self.published.is_published(kid)
+                Ok(self.published.is_published(kid))
             }
             Ok(None) => {
                 self.unknown.absent(kid);
-                false
+                Ok(false)
             }
-            Err(_) => false,
+            Err(e) => {
+                self.metrics.storage_errors.inc();
+                Err(Unchecked {
+                    kid,
+                    cause: format!("the store could not be asked ({e})"),
+                })
+            }
         }
     }
 
@@ -900,6 +925,9 @@ impl Signet {
         let Some(catch_ups) = &self.catch_ups else {
             return false;
         };
+        // Not caught up in time: the follower still vouches for every
+        // change up to `max_staleness` ago (or it is fenced, and the
+        // verifier says so), so its verdict stands as of then.
         if !catch_ups.caught_up(&self.fresh, CATCH_UP).await {
             return false;
         }

@@ -130,7 +130,9 @@ impl Call<'_> {
         // A key created through another instance a moment ago is learned
         // from the store before its token is judged.
         if let Some(token) = authorization.and_then(|a| crate::auth::bearer(a).ok()) {
-            state.signet.learn_key_of(token).await;
+            if let Err(unchecked) = state.signet.learn_key_of(token).await {
+                return Err(AuthError::Unavailable(unchecked.to_string()));
+            }
         }
         gate.authenticate(authorization)
     }

@@ -462,3 +462,57 @@ async fn a_slow_path_still_serves_and_a_cut_one_answers_and_fences_at_once() {
     app.create_key("acme", json!({"name": "after"})).await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_id_that_cannot_be_looked_up_is_unavailable_never_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((cluster, database)) = database(dir.path()) else {
+        return;
+    };
+    let proxy = FaultProxy::start(cluster.port).await;
+    let timeout = Duration::from_millis(1000);
+    let settings = |c: &mut Config| {
+        c.cluster.statement_timeout_ms = timeout.as_millis() as u64;
+        // Far longer than the test: staleness never fences `a` here, so
+        // its 503s can only come from the failed look-up.
+        c.cluster.max_staleness_ms = 600_000;
+    };
+    let a = instance(&database, cluster, Some(&proxy), settings).await;
+    let b = instance(&database, cluster, None, settings).await;
+
+    proxy.set(Mode::Drop);
+    // Created through `b` while `a` cannot reach the database: `a` must
+    // look the id up, and cannot.
+    let created = b.create_key("acme", json!({"name": "through b"})).await;
+    let (kid, signer) = key_of(&created);
+    let token = signer.org_token(&kid, claims("acme", "OWNER"));
+    let unchecked = |r: &Resp| {
+        r.assert_error(503, "unavailable");
+        let message = r.json()["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("could not be looked up"), "{message}");
+        assert!(message.contains(&kid), "{message}");
+    };
+    let (r, took) = answered(verify_raw(&a, &token)).await;
+    unchecked(&r);
+    eprintln!("silent drop: an unknown key id answered 503 in {took:?}");
+    assert!(took <= timeout * 3, "{took:?}");
+    let (r, _) = answered(a.request_as(hyper::Method::GET, "/v1/auth", &token)).await;
+    unchecked(&r);
+    // An organisation token on the management API: no verdict either.
+    let (r, _) = answered(a.request_as(
+        hyper::Method::GET,
+        "/v1/organisations/acme/keys",
+        &token,
+    ))
+    .await;
+    unchecked(&r);
+
+    proxy.set(Mode::Pass);
+    eventually("the key verifies once healed", Duration::from_secs(20), || async {
+        let r = verify_raw(&a, &token).await;
+        r.status.as_u16() == 200 && r.json()["valid"] == true
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
