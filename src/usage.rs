@@ -83,6 +83,61 @@ impl KeyUsage {
     }
 }
 
+/// The window of `ifUnusedFor`: a key used within it is not revoked.
+/// Parsed strictly, since a misread window revokes a key in use: whole
+/// positive numbers, each with one unit (`s`, `m`, `h`, `d`), units from
+/// the largest down, each at most once (`30m`, `1h`, `7d`, `1h30m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnusedFor(std::time::Duration);
+
+/// Why an `ifUnusedFor` value was refused.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "ifUnusedFor must be a positive duration such as 30m, 1h, 7d or 1h30m \
+     (whole numbers with the units s, m, h or d), not {0:?}"
+)]
+pub struct BadWindow(String);
+
+impl UnusedFor {
+    /// Ten years: far beyond any count kept, and no overflow.
+    const MAX_SECS: u64 = 10 * 366 * 86_400;
+
+    pub fn parse(text: &str) -> Result<UnusedFor, BadWindow> {
+        let bad = || BadWindow(text.chars().take(40).collect());
+        let (mut secs, mut rest, mut smallest) = (0u64, text, u64::MAX);
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let (number, tail) = rest.split_at(digits);
+            let unit = match tail.as_bytes().first() {
+                Some(b'd') => 86_400,
+                Some(b'h') => 3_600,
+                Some(b'm') => 60,
+                Some(b's') => 1,
+                _ => return Err(bad()),
+            };
+            // At most 9 digits: no overflow below.
+            if number.is_empty() || digits > 9 || unit >= smallest {
+                return Err(bad());
+            }
+            let n: u64 = number.parse().map_err(|_| bad())?;
+            secs += n * unit;
+            smallest = unit;
+            rest = &tail[1..];
+        }
+        if secs == 0 || secs > UnusedFor::MAX_SECS {
+            return Err(bad());
+        }
+        Ok(UnusedFor(std::time::Duration::from_secs(secs)))
+    }
+
+    pub fn duration(self) -> std::time::Duration {
+        self.0
+    }
+}
+
 /// A count in a bucket starting at `start` (ms); `unsent` of it not yet
 /// taken as a delta (minute buckets only).
 #[derive(Debug, Clone, Copy, Default)]
@@ -379,6 +434,50 @@ impl Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unused_for_window_is_read_strictly() {
+        for (text, secs) in [
+            ("30m", 1_800),
+            ("1h", 3_600),
+            ("7d", 604_800),
+            ("90s", 90),
+            ("1h30m", 5_400),
+            ("1d12h", 129_600),
+            ("3660d", 316_224_000),
+        ] {
+            assert_eq!(
+                UnusedFor::parse(text).unwrap().duration().as_secs(),
+                secs,
+                "{text}"
+            );
+        }
+        for text in [
+            "",
+            "0",
+            "0s",
+            "0h0m",
+            "30",
+            "1hour",
+            "+1h",
+            "-1h",
+            " 1h",
+            "1h ",
+            "1d1d",
+            "30m1h",
+            "1H",
+            "1.5h",
+            "1ms",
+            "h",
+            "1h30",
+            "１h",
+            "9999999999s",
+            "3661d",
+        ] {
+            let e = UnusedFor::parse(text).unwrap_err().to_string();
+            assert!(e.starts_with("ifUnusedFor must be"), "{text}: {e}");
+        }
+    }
 
     fn id(n: u8) -> KeyId {
         KeyId::from_bytes([n; 16])

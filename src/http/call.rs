@@ -89,6 +89,36 @@ impl Call<'_> {
         query_pairs(self.req.uri().query())
     }
 
+    /// The query of a route that changes something, refused (400) if it
+    /// names a parameter other than `known`, or one twice: a misspelt
+    /// condition such as `ifunusedfor` must not be dropped and the change
+    /// made anyway. Read after authentication.
+    pub fn strict_query(
+        &self,
+        known: &[&str],
+    ) -> Result<Vec<Param<'_>>, ApiError> {
+        let mut pairs: Vec<Param<'_>> = Vec::new();
+        for (k, v) in self.query() {
+            if !known.contains(&&*k) {
+                let takes = match known {
+                    [] => "no query parameters".to_owned(),
+                    known => format!("only {}", known.join(", ")),
+                };
+                return Err(ApiError::invalid_request(format!(
+                    "unknown query parameter {:?}: this request takes {takes}",
+                    k.chars().take(40).collect::<String>()
+                )));
+            }
+            if pairs.iter().any(|(seen, _)| *seen == k) {
+                return Err(ApiError::invalid_request(format!(
+                    "the query parameter {k} is given twice"
+                )));
+            }
+            pairs.push((k, v));
+        }
+        Ok(pairs)
+    }
+
     pub fn caller(&self, actor: Actor) -> Caller {
         Caller {
             actor,
@@ -575,6 +605,9 @@ pub fn accepts_pem(headers: &HeaderMap) -> bool {
 pub fn header_value(s: String) -> HeaderValue {
     HeaderValue::try_from(s).expect("ids, ETags and routes are valid header values")
 }
+
+/// One query parameter: its name and value, decoded.
+pub type Param<'a> = (Cow<'a, str>, Cow<'a, str>);
 
 /// `application/x-www-form-urlencoded` pairs of a query string.
 pub fn query_pairs(query: Option<&str>) -> form_urlencoded::Parse<'_> {

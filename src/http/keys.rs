@@ -11,7 +11,7 @@ use super::reply::{self, ApiError, ErrorCode, Reply, JSON, PEM};
 use crate::auth::{Need, Principal};
 use crate::keys::{GeneratedKey, KeyId, KeyName, KeySpec, KeyView, OrgId, PublicKeyRecord};
 use crate::service::NewKey;
-use crate::usage::KeyUsage;
+use crate::usage::{KeyUsage, UnusedFor};
 
 /// A key on the organisation's list: the `PublicKey` and its usage.
 #[derive(serde::Serialize)]
@@ -40,19 +40,12 @@ impl From<KeyUsage> for UsageView {
     }
 }
 
-/// The `ifUnusedFor` query parameter of a revocation: a duration such as
-/// `30m`, `1h` or `7d`, if given.
-pub fn if_unused_for(call: &Call<'_>) -> Result<Option<std::time::Duration>, ApiError> {
-    let mut window = None;
-    for (k, v) in call.query() {
-        if k == "ifUnusedFor" {
-            let d = humantime::parse_duration(v.trim()).map_err(|_| {
-                ApiError::invalid_request("ifUnusedFor must be a duration such as 30m, 1h or 7d")
-            })?;
-            window = Some(d);
-        }
-    }
-    Ok(window)
+/// The `ifUnusedFor` query parameter of a revocation, if given; the only
+/// parameter a revocation takes.
+pub fn if_unused_for(call: &Call<'_>) -> Result<Option<UnusedFor>, ApiError> {
+    let query = call.strict_query(&["ifUnusedFor"])?;
+    let window = query.first().map(|(_, v)| UnusedFor::parse(v)).transpose();
+    window.map_err(|e| ApiError::invalid_request(e.to_string()))
 }
 
 /// 409 `in_use` if key `id` verified a token within `window`.
@@ -60,9 +53,9 @@ pub async fn refuse_if_used(
     state: &super::ServerState,
     org: &OrgId,
     id: KeyId,
-    window: Option<std::time::Duration>,
+    window: Option<UnusedFor>,
 ) -> Result<(), ApiError> {
-    let Some(window) = window else {
+    let Some(window) = window.map(UnusedFor::duration) else {
         return Ok(());
     };
     if state.signet.used_within(org, id, window).await? {
@@ -103,6 +96,7 @@ fn created(mut reply: Reply, record: &PublicKeyRecord) -> Outcome {
 pub async fn create(call: Call<'_>) -> Outcome {
     let pem = accepts_pem(call.headers());
     let (org, caller) = call.manage().await?;
+    call.strict_query(&[])?;
     let state = call.state;
     let body: CreateBody = call.read_json().await?;
     match body.parse()? {

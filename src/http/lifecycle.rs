@@ -33,6 +33,7 @@ pub async fn patch(call: Call<'_>) -> Outcome {
 pub async fn rotate(call: Call<'_>) -> Outcome {
     let id = call.key_id()?;
     let (org, caller) = call.manage().await?;
+    call.strict_query(&[])?;
     let state = call.state;
     let pem = accepts_pem(call.headers());
     let body: RotateBody = call.read_json_as(&[JSON], true).await?.unwrap_or_default();

@@ -146,9 +146,21 @@ async fn if_unused_for_refuses_a_revocation_of_a_key_in_use() {
         ("-1h", 400, "invalid_request"),
         ("1x", 400, "invalid_request"),
         ("%00", 400, "invalid_request"),
+        ("0", 400, "invalid_request"),
+        ("0s", 400, "invalid_request"),
+        ("30", 400, "invalid_request"),
+        ("1hour", 400, "invalid_request"),
+        ("%2B1h", 400, "invalid_request"),
+        ("1d1d", 400, "invalid_request"),
+        ("%201h", 400, "invalid_request"),
+        ("1h&ifUnusedFor=1h", 400, "invalid_request"),
+        // Misspelt or unknown parameters are refused, not dropped.
+        ("1h&ifunusedfor=1h", 400, "invalid_request"),
+        ("1h&bogus=1", 400, "invalid_request"),
         // Used within the window.
         ("1h", 409, "in_use"),
         ("30m", 409, "in_use"),
+        ("1h30m", 409, "in_use"),
     ];
     for (window, status, code) in refused {
         let url = format!("{path}?ifUnusedFor={window}");
@@ -176,6 +188,27 @@ async fn if_unused_for_refuses_a_revocation_of_a_key_in_use() {
                 .assert_error(403, "forbidden");
         }
     }
+    // A revocation without the window's right name, or a rotation or
+    // create with any query, is refused: the key in use stays.
+    for query in ["ifunusedfor=1h", "if_unused_for=1h", "bogus=1"] {
+        app.request_as(Method::DELETE, &format!("{path}?{query}"), ADMIN)
+            .await
+            .assert_error(400, "invalid_request");
+    }
+    let rotate = format!("{path}/rotate?ifUnusedFor=1h");
+    let body = serde_json::to_vec(&json!({"graceSeconds": 0})).unwrap();
+    let admin = bearer(ADMIN);
+    let headers = [
+        ("authorization", admin.as_str()),
+        ("content-type", "application/json"),
+    ];
+    for url in [rotate.as_str(), "/v1/organisations/acme/keys?name=x"] {
+        app.request(Method::POST, url, &headers, body.clone())
+            .await
+            .assert_error(400, "invalid_request");
+    }
+    let keys = app.list_keys("acme").await.json();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 3, "{keys}");
     assert_eq!(verify_status(&app, &token).await["valid"], true);
     // A rename is no revocation: the window does not apply.
     let r = patch(
