@@ -12,7 +12,7 @@
 //! for as long ends the connection (deadline.rs). Subscribers that arrive
 //! between two events share one rendered `reset`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -126,6 +126,8 @@ struct Shared {
     tick: AtomicU64,
     /// The streams of each phase.
     streams: [Mutex<Vec<Weak<Ticket>>>; PHASES as usize],
+    /// Set at shutdown: a stream that subscribes later ends at once.
+    ended: AtomicBool,
     /// The `fresh` event of a tick for a version, rendered once for every
     /// stream that stands at it.
     fresh: Mutex<Option<(u64, u64, Bytes)>>,
@@ -157,6 +159,19 @@ fn phase(tick: u64) -> usize {
 }
 
 impl Hub {
+    /// Ends every stream, at shutdown: a subscriber reconnects (to another
+    /// instance, or to this one once it is back) instead of holding the
+    /// graceful drain open for its whole grace period.
+    pub fn end_all(&self) {
+        self.shared.ended.store(true, Ordering::SeqCst);
+        for streams in &self.shared.streams {
+            for ticket in lock(streams).drain(..).filter_map(|t| t.upgrade()) {
+                ticket.end();
+                ticket.wake();
+            }
+        }
+    }
+
     fn subscribe(
         &self,
         source: Source,
@@ -177,6 +192,10 @@ impl Hub {
             cancel: Cancel::of_this_stream(),
         });
         lock(&self.shared.streams[phase(now)]).push(Arc::downgrade(&ticket));
+        // Pushed, then looked: `end_all` either drains it or is seen here.
+        if self.shared.ended.load(Ordering::SeqCst) {
+            ticket.end();
+        }
         Stream {
             source,
             org,
@@ -226,10 +245,7 @@ async fn tick(shared: Weak<Shared>, mut wake: watch::Receiver<u64>, timing: Timi
                 let asked = ticket.asked.load(Ordering::SeqCst);
                 let overdue = now.saturating_sub(asked) > patience;
                 if overdue {
-                    drop(lock(&ticket.hold).take());
-                    if let Some(cancel) = &ticket.cancel {
-                        cancel.fire();
-                    }
+                    ticket.end();
                 }
                 ticket.wake();
                 !overdue
@@ -249,6 +265,15 @@ async fn tick(shared: Weak<Shared>, mut wake: watch::Receiver<u64>, timing: Timi
 }
 
 impl Ticket {
+    /// Ends the stream: its body ends at the next poll (an HTTP/2 one at
+    /// once).
+    fn end(&self) {
+        drop(lock(&self.hold).take());
+        if let Some(cancel) = &self.cancel {
+            cancel.fire();
+        }
+    }
+
     fn wake(&self) {
         if let Some(waker) = lock(&self.waker).as_ref() {
             waker.wake_by_ref();

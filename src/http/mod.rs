@@ -175,6 +175,7 @@ pub async fn serve(
         task.abort();
     }
     drop(listener);
+    app.feed_hub.end_all();
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     let grace = app.config.shutdown_grace();
     if timeout(grace, graceful.shutdown()).await.is_err() {

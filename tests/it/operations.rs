@@ -43,6 +43,52 @@ async fn idle_and_half_open_connections_do_not_lock_out_a_fresh_client() {
     );
 }
 
+/// A change feed's stream never ends by itself: at SIGTERM the server ends
+/// every stream, so that its subscribers (followers among them) reconnect
+/// at once and the drain does not wait out its grace period (10 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_the_change_feeds_streams_and_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(dir.path(), &[], "warn", true);
+    server.wait_ready().await;
+    let mut streams = Vec::new();
+    for path in ["/v1/events", "/v1/organisations/acme/events"] {
+        let mut tcp = TcpStream::connect(&server.addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut head))
+            .await
+            .expect("the stream's head")
+            .unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("event: reset"), "{head}");
+        streams.push(tcp);
+    }
+    let signalled = std::time::Instant::now();
+    server.terminate();
+    for mut tcp in streams {
+        // Heartbeats, then the chunked body's end, then the close.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(8), tcp.read_to_end(&mut rest))
+            .await
+            .expect("the stream ends before the grace period is over")
+            .unwrap();
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(rest.ends_with("0\r\n\r\n"), "ended cleanly: {rest:?}");
+    }
+    let exit = tokio::task::spawn_blocking(move || server.child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let took = signalled.elapsed();
+    let log = String::from_utf8_lossy(&exit.stderr);
+    assert_eq!(exit.status.code(), Some(0), "{log}");
+    assert!(!log.contains("grace period"), "{log}");
+    eprintln!("SIGTERM with two feed subscribers: exited in {took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
