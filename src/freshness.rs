@@ -39,14 +39,23 @@ impl Default for Staleness {
 
 /// Whether this instance can vouch for revocations made elsewhere.
 pub struct Freshness {
-    /// Whether this process follows others (set at construction).
-    following: bool,
+    /// What this process follows, if anything (set at construction).
+    follows: Option<Source>,
     staleness: Staleness,
     /// The store version through which every change has been applied.
     applied: AtomicU64,
     confirmed: Mutex<Confirmed>,
     /// This instance's id in the store's list of instances.
     instance: String,
+}
+
+/// What a following process confirms its freshness with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// An instance: the store's other instances, through the database.
+    Database,
+    /// A follower: its upstream's change feed.
+    Upstream,
 }
 
 /// What this instance has confirmed with its source.
@@ -79,11 +88,12 @@ pub enum Heartbeat {
 
 impl Freshness {
     /// `applied`: the version every change up to which is applied already;
-    /// `following`: whether this process follows others (it vouches only
-    /// while a confirmation within `max_staleness` stands).
-    pub fn new(applied: u64, staleness: Staleness, following: bool) -> Freshness {
+    /// `follows`: what this process follows, if anything (it then vouches
+    /// only while a confirmation within `max_staleness` stands).
+    pub fn new(applied: u64, staleness: Staleness, follows: Option<Source>) -> Freshness {
+        let following = follows.is_some();
         Freshness {
-            following,
+            follows,
             staleness,
             applied: AtomicU64::new(applied),
             confirmed: Mutex::new(Confirmed {
@@ -103,14 +113,18 @@ impl Freshness {
     /// within `max_staleness` that it has seen every change, and must not
     /// serve stale verdicts.
     pub fn vouch(&self) -> Result<(), String> {
-        if !self.following || self.staleness.serve_stale {
+        let Some(source) = self.follows.filter(|_| !self.staleness.serve_stale) else {
             return Ok(());
-        }
+        };
         let max = self.max_staleness();
+        let (this, what) = match source {
+            Source::Database => ("instance", "the database"),
+            Source::Upstream => ("follower", "its upstream"),
+        };
         match self.confirmed().as_of {
             Some(at) if at.elapsed() <= max => Ok(()),
             _ => Err(format!(
-                "this instance cannot vouch that it has seen every key change: it has not confirmed so within {} ms, or has stopped listening for changes since (is the database reachable?)",
+                "this {this} cannot vouch that it has seen every key change: it has not confirmed so within {} ms, or has stopped listening for changes since (is {what} reachable?)",
                 max.as_millis()
             )),
         }
@@ -227,7 +241,7 @@ impl Freshness {
     /// How long ago this instance was last fresh: zero when it follows
     /// nothing, `None` before its first confirmation.
     pub fn stale_for(&self) -> Option<Duration> {
-        if !self.following {
+        if self.follows.is_none() {
             return Some(Duration::ZERO);
         }
         self.confirmed().as_of.map(|at| at.elapsed())
@@ -235,7 +249,7 @@ impl Freshness {
 
     /// Whether this process follows others.
     pub fn following(&self) -> bool {
-        self.following
+        self.follows.is_some()
     }
 
     fn confirmed(&self) -> Confirmed {
@@ -257,8 +271,8 @@ mod tests {
             max: Duration::from_secs(60),
             serve_stale: false,
         };
-        assert!(Freshness::new(0, staleness, false).vouch().is_ok());
-        let fresh = Freshness::new(0, staleness, true);
+        assert!(Freshness::new(0, staleness, None).vouch().is_ok());
+        let fresh = Freshness::new(0, staleness, Some(Source::Database));
         assert!(fresh.vouch().is_err(), "never confirmed");
         // (session, whether it still stands, expected, vouches after)
         let steps = [

@@ -712,7 +712,7 @@ mod tests {
     }
 
     fn run(steps: &[Step]) -> Seen {
-        let fresh = Arc::new(Freshness::new(0, Default::default(), false));
+        let fresh = Arc::new(Freshness::new(0, Default::default(), None));
         let registry = Arc::new(Registry::new(fresh, 1));
         let verifier = Verifier::new(registry.clone(), Default::default());
         let id = record(KeyState::Active).id;

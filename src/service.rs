@@ -15,7 +15,7 @@ pub use lifecycle::Lifetimes;
 
 use crate::audit::{Action, Actor, AuditEvent, BrokenLink, EventId, NewEvent};
 use crate::feed::Reports;
-use crate::freshness::{Freshness, Staleness};
+use crate::freshness::{self, Freshness, Staleness};
 use crate::jwks::Document;
 use crate::keys::upload::Upload;
 use crate::keys::{
@@ -223,7 +223,8 @@ impl Signet {
         let reading = store.each_key(Reading::default(), Reading::add).await?;
         let keys = reading.len();
         let following = replicate && store.feed().is_some();
-        let fresh = Arc::new(Freshness::new(version, staleness, following));
+        let follows = following.then_some(freshness::Source::Database);
+        let fresh = Arc::new(Freshness::new(version, staleness, follows));
         let published = Arc::new(Registry::new(fresh.clone(), followers.max_subscribers));
         let feed = published.feed().clone();
         let verifier = Arc::new(Verifier::new(published.clone(), policy));
@@ -310,7 +311,9 @@ impl Signet {
         config: &crate::config::Config,
         link: Arc<T>,
     ) -> Result<Signet, crate::follower::Refused> {
-        let fresh = Arc::new(Freshness::new(0, Staleness::from(&config.cluster), true));
+        let staleness = Staleness::from(&config.cluster);
+        let follows = Some(freshness::Source::Upstream);
+        let fresh = Arc::new(Freshness::new(0, staleness, follows));
         let published = Arc::new(Registry::new(
             fresh.clone(),
             crate::config::Events::default().max_subscribers,

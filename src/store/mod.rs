@@ -66,8 +66,14 @@ pub enum StoreError {
     )]
     NoData(String),
     /// The database was written by a newer signet.
-    #[error("the database in {location} has schema version {found}, but this signet understands only up to {SCHEMA_VERSION}; upgrade signet")]
-    NewerSchema { location: String, found: u32 },
+    #[error("the database in {location} has {what} {found}, but this signet understands only up to {understood}; upgrade signet")]
+    NewerSchema {
+        location: String,
+        /// "schema version", or on PostgreSQL also "record version".
+        what: &'static str,
+        found: u32,
+        understood: u32,
+    },
     /// A stored value does not decode: the database is damaged or was edited.
     #[error("stored data is damaged: {0}")]
     Corrupt(String),

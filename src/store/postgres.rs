@@ -440,6 +440,25 @@ impl PgStore {
 
     /// Applies the migrations this database lacks, in one transaction under
     /// an advisory lock, and refuses a schema newer than this build's.
+    /// `Err(NewerSchema)` if a newer signet wrote this database: more
+    /// migrations than this one knows, or records of a newer version.
+    fn understands(&self, version: i32, records: i32) -> Result<(), StoreError> {
+        let newer = |what, found: i32, understood: usize| StoreError::NewerSchema {
+            location: self.location.clone(),
+            what,
+            found: found as u32,
+            understood: understood as u32,
+        };
+        if version > MIGRATIONS.len() as i32 {
+            return Err(newer("schema version", version, MIGRATIONS.len()));
+        }
+        if records > SCHEMA_VERSION as i32 {
+            let understood = SCHEMA_VERSION as usize;
+            return Err(newer("record version", records, understood));
+        }
+        Ok(())
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.conn(&self.pool).await?;
         self.migrate_on(&mut conn).await?;
@@ -480,12 +499,7 @@ impl PgStore {
             None => (0, 0),
         };
         let known = MIGRATIONS.len() as i32;
-        if version > known || records > SCHEMA_VERSION as i32 {
-            return Err(StoreError::NewerSchema {
-                location: self.location.clone(),
-                found: (version.max(records)) as u32,
-            });
-        }
+        self.understands(version, records)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.batch_execute(sql).await.map_err(db)?;
             if *sql == FINGERPRINTS {
@@ -654,12 +668,7 @@ impl PgStore {
             .await
             .map_err(db)?;
         let (version, records): (i32, i32) = (row.get(0), row.get(1));
-        if version > MIGRATIONS.len() as i32 || records > SCHEMA_VERSION as i32 {
-            return Err(StoreError::NewerSchema {
-                location: self.location.clone(),
-                found: version.max(records) as u32,
-            });
-        }
+        self.understands(version, records)?;
         if version < MIGRATIONS.len() as i32 {
             return Err(StoreError::Unavailable(format!(
                 "the database at {} has an older schema; start `signet serve` once to migrate it",

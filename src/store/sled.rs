@@ -917,7 +917,9 @@ impl Handles {
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::NewerSchema {
                         location: dir.display().to_string(),
+                        what: "schema version",
                         found,
+                        understood: SCHEMA_VERSION,
                     });
                 }
                 found

@@ -179,6 +179,8 @@ fn newer_schema_is_refused() {
     signet::seal::write_key_file(&signet::seal::key_path(dir.path()), &key).unwrap();
     let o = Offline::data_dir(dir.path().to_str().unwrap()).run("list", &[]);
     assert_exit(&o, 2, "schema version 99");
+    let understood = format!("understands only up to {};", signet::store::SCHEMA_VERSION);
+    assert_exit(&o, 2, &understood);
 }
 
 #[test]
