@@ -499,19 +499,19 @@ async fn a_key_id_that_cannot_be_looked_up_is_unavailable_never_unknown() {
     let (r, _) = answered(a.request_as(hyper::Method::GET, "/v1/auth", &token)).await;
     unchecked(&r);
     // An organisation token on the management API: no verdict either.
-    let (r, _) = answered(a.request_as(
-        hyper::Method::GET,
-        "/v1/organisations/acme/keys",
-        &token,
-    ))
-    .await;
+    let (r, _) =
+        answered(a.request_as(hyper::Method::GET, "/v1/organisations/acme/keys", &token)).await;
     unchecked(&r);
 
     proxy.set(Mode::Pass);
-    eventually("the key verifies once healed", Duration::from_secs(20), || async {
-        let r = verify_raw(&a, &token).await;
-        r.status.as_u16() == 200 && r.json()["valid"] == true
-    })
+    eventually(
+        "the key verifies once healed",
+        Duration::from_secs(20),
+        || async {
+            let r = verify_raw(&a, &token).await;
+            r.status.as_u16() == 200 && r.json()["valid"] == true
+        },
+    )
     .await;
     a.stop().await;
     b.stop().await;
