@@ -93,10 +93,7 @@ impl Call<'_> {
     /// names a parameter other than `known`, or one twice: a misspelt
     /// condition such as `ifunusedfor` must not be dropped and the change
     /// made anyway. Read after authentication.
-    pub fn strict_query(
-        &self,
-        known: &[&str],
-    ) -> Result<Vec<Param<'_>>, ApiError> {
+    pub fn strict_query(&self, known: &[&str]) -> Result<Vec<Param<'_>>, ApiError> {
         let mut pairs: Vec<Param<'_>> = Vec::new();
         for (k, v) in self.query() {
             if !known.contains(&&*k) {
