@@ -63,6 +63,12 @@ pub enum Change {
         kid: KeyId,
         reason: Reason,
     },
+    /// A key that does not verify changed: deleted, or its refusal or
+    /// expiry changed. The feed's contract has a change to a key that is
+    /// not published be no event, so only streams that ask for these
+    /// (followers, with `?withheld=true`) receive them, as `event: held`:
+    /// a follower then refuses such a key's tokens as the server does.
+    Held(Held),
     /// Everything may have changed (storage recovered): every subscriber
     /// starts over from a `reset`.
     Reset,
@@ -74,6 +80,7 @@ impl Change {
         match self {
             Change::Published(r) => Some(&r.org),
             Change::Withdrawn { org, .. } => Some(org),
+            Change::Held(held) => Some(&held.org),
             Change::Reset => None,
         }
     }
@@ -249,12 +256,12 @@ fn prune(ring: &mut Ring, now: Instant) {
 /// A key that exists but does not verify (disabled or expired), as a
 /// `reset` lists it: a follower that starts from the `reset` answers its
 /// tokens `key_disabled` or `key_expired`, as the server does, rather than
-/// `unknown_key`.
+/// `unknown_key`. In an `event: held`, also a withheld key deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     pub org: OrgId,
     pub kid: KeyId,
-    /// `Disabled` or `Expired`.
+    /// `Disabled` or `Expired`; `Deleted` only in an `event: held`.
     pub reason: Reason,
     /// When a disabled key expires (seconds since the epoch), if it does:
     /// its tokens are `key_expired` from then on.
@@ -385,6 +392,7 @@ impl Event {
                 "withdrawn",
                 &serde_json::json!({"org": org, "kid": kid, "reason": reason.as_str()}),
             ),
+            Change::Held(held) => frame(Some(self.id), "held", &held_json(held)),
             Change::Reset => Bytes::new(),
         })
     }

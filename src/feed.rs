@@ -211,6 +211,9 @@ pub enum Change {
         kid: KeyId,
         reason: Reason,
     },
+    /// A key that does not verify changed, as the source announced it
+    /// (a follower's upstream): deleted, or refused otherwise.
+    Held(Held),
     /// Everything published and withheld as of `version`, replacing what
     /// is here (a key deleted here stays deleted); applied through
     /// `version` from then on, even if that is lower than before (another

@@ -363,6 +363,10 @@ impl Pushed {
                 };
                 (change, id, None)
             }
+            "held" => {
+                let id = id.ok_or_else(|| EventError("an event without an id".into()))?;
+                (Change::Held(held(json(&event.data)?)?), id, None)
+            }
             _ => return Ok(()),
         };
         let mut buffer = self.lock();

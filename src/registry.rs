@@ -222,20 +222,7 @@ impl Registry {
         };
         let now = now_secs();
         for held in withheld {
-            if inner.is_deleted(held.kid) {
-                continue;
-            }
-            let expired = held.expires_at.is_some_and(|at| now >= at);
-            let why = match held.reason {
-                Reason::Disabled if !expired => Withheld::Disabled,
-                Reason::Disabled | Reason::Expired => Withheld::Expired,
-                // Not withheld: unknown, as everywhere.
-                Reason::Deleted => continue,
-            };
-            inner.withhold(held.kid, &held.org, why, held.expires_at);
-            if let (Withheld::Disabled, Some(at)) = (why, held.expires_at) {
-                inner.schedule.insert((at, held.kid, held.org.clone()));
-            }
+            inner.hold_as_announced(held, now);
         }
         let mut active = Vec::with_capacity(records.len());
         for r in records {
@@ -245,7 +232,10 @@ impl Registry {
             inner.withheld.remove(&r.id);
             match r.state_at(now) {
                 KeyState::Active => active.push(r),
-                _ => inner.withhold(r.id, &r.org, Withheld::Expired, r.life.expires_at_secs),
+                _ => {
+                    let expires_at = r.life.expires_at_secs;
+                    inner.withhold(r.id, &r.org, Withheld::Expired, expires_at);
+                }
             }
         }
         for r in &active {
@@ -256,6 +246,34 @@ impl Registry {
         drop(inner);
         verifier.forget_all();
         self.wake.notify_one();
+    }
+
+    /// A follower's change to a key its upstream withholds, as the
+    /// upstream announced it (`event: held`): deleted, or refused for
+    /// another reason or until another time. Whether a key known here was
+    /// deleted.
+    pub fn held(&self, held: &Held, verifier: &Verifier) -> bool {
+        if held.reason == Reason::Deleted {
+            return self.remove(&held.org, held.kid, verifier);
+        }
+        let mut inner = self.lock();
+        let earliest = inner.schedule.first().map(|e| e.0);
+        inner.hold_as_announced(held, now_secs());
+        let earlier = inner.schedule.first().map(|e| e.0) != earliest;
+        // Published here only if an event was missed; unpublished anyway.
+        if inner.withdrawn(&self.jwks, &held.org, held.kid) {
+            self.emit(Change::Withdrawn {
+                org: held.org.clone(),
+                kid: held.kid,
+                reason: held.reason,
+            });
+        }
+        drop(inner);
+        verifier.forget(held.kid);
+        if earlier {
+            self.wake.notify_one();
+        }
+        false
     }
 
     /// A follower's withdrawal of a published key, as its upstream
@@ -375,17 +393,26 @@ impl Registry {
                     KeyState::Disabled => Withheld::Disabled,
                     _ => Withheld::Expired,
                 };
-                inner.withhold(record.id, &record.org, why, record.life.expires_at_secs);
+                let expires_at = record.life.expires_at_secs;
+                let before = inner.withhold(record.id, &record.org, why, expires_at);
+                let reason = match why {
+                    Withheld::Disabled => Reason::Disabled,
+                    _ => Reason::Expired,
+                };
                 if inner.withdrawn(&self.jwks, &record.org, record.id) {
-                    let reason = match why {
-                        Withheld::Disabled => Reason::Disabled,
-                        _ => Reason::Expired,
-                    };
                     self.emit(Change::Withdrawn {
                         org: record.org.clone(),
                         kid: record.id,
                         reason,
                     });
+                } else if before.is_none_or(|b| b.why != why || b.expires_at != expires_at) {
+                    // Withheld already, now otherwise: followers only.
+                    self.emit(Change::Held(Held {
+                        org: record.org.clone(),
+                        kid: record.id,
+                        reason,
+                        expires_at: expires_at.filter(|_| why == Withheld::Disabled),
+                    }));
                 }
             }
         }
@@ -425,14 +452,22 @@ impl Registry {
         let mut inner = self.lock();
         let first = inner.versions.insert(id, DELETED) != Some(DELETED);
         let published = self.jwks.removed(org, id);
+        let withheld = inner.withheld.remove(&id).is_some();
         if published {
             self.emit(Change::Withdrawn {
                 org: org.clone(),
                 kid: id,
                 reason: Reason::Deleted,
             });
+        } else if withheld {
+            // Not published: an event for followers only.
+            self.emit(Change::Held(Held {
+                org: org.clone(),
+                kid: id,
+                reason: Reason::Deleted,
+                expires_at: None,
+            }));
         }
-        let withheld = inner.withheld.remove(&id).is_some();
         drop(inner);
         // Forgotten by every remove, the first or not: a verification that
         // read the key before it was unpublished may have cached it since.
@@ -479,14 +514,41 @@ impl Registry {
 }
 
 impl Inner {
-    /// Withholds key `id` of `org` (it exists but may not verify).
-    fn withhold(&mut self, id: KeyId, org: &OrgId, why: Withheld, expires_at: Option<u64>) {
+    /// Withholds key `id` of `org` (it exists but may not verify); how it
+    /// was withheld before, if it was.
+    fn withhold(
+        &mut self,
+        id: KeyId,
+        org: &OrgId,
+        why: Withheld,
+        expires_at: Option<u64>,
+    ) -> Option<Hold> {
         let hold = Hold {
             why,
             org: org.clone(),
             expires_at,
         };
-        self.withheld.insert(id, hold);
+        self.withheld.insert(id, hold)
+    }
+
+    /// Withholds a key as a follower's upstream announced it (in a `reset`
+    /// or an `event: held`), expired if its expiry has passed meanwhile; a
+    /// key deleted here stays deleted.
+    fn hold_as_announced(&mut self, held: &Held, now: u64) {
+        if self.is_deleted(held.kid) {
+            return;
+        }
+        let expired = held.expires_at.is_some_and(|at| now >= at);
+        let why = match held.reason {
+            Reason::Disabled if !expired => Withheld::Disabled,
+            Reason::Disabled | Reason::Expired => Withheld::Expired,
+            // Not withheld: unknown, as everywhere.
+            Reason::Deleted => return,
+        };
+        self.withhold(held.kid, &held.org, why, held.expires_at);
+        if let (Withheld::Disabled, Some(at)) = (why, held.expires_at) {
+            self.schedule.insert((at, held.kid, held.org.clone()));
+        }
     }
 
     /// Whether `id` was deleted here: no change comes after that.

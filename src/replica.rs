@@ -279,6 +279,11 @@ impl<F: ChangeFeed> Replica<F> {
                     self.keys.dec();
                 }
             }
+            Change::Held(held) => {
+                if self.published.held(&held, &self.verifier) {
+                    self.keys.dec();
+                }
+            }
             Change::Reset {
                 version,
                 records,

@@ -77,12 +77,41 @@ fn stream(call: Call<'_>, org: Option<OrgId>) -> Outcome {
         _busy: busy,
         gauge,
     };
-    let stream = state.feed_hub.subscribe(source, org, resume, hold, timing);
+    let scope = Scope {
+        org,
+        withheld: call.query().any(|(k, v)| k == "withheld" && v == "true"),
+    };
+    let stream = state
+        .feed_hub
+        .subscribe(source, scope, resume, hold, timing);
     let mut reply = reply::with_type(StatusCode::OK, "text/event-stream", Body::stream(stream));
     let headers = reply.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(reply)
+}
+
+/// What one stream carries.
+struct Scope {
+    /// One organisation's events, or every organisation's.
+    org: Option<OrgId>,
+    /// Also `event: held` (`?withheld=true`, as followers ask): changes to
+    /// keys that are not published, which the feed's contract otherwise
+    /// leaves out.
+    withheld: bool,
+}
+
+impl Scope {
+    /// Whether a stream of this scope carries `change`.
+    fn takes(&self, change: &Change) -> bool {
+        if matches!(change, Change::Held(_)) && !self.withheld {
+            return false;
+        }
+        match (&self.org, change.org()) {
+            (Some(org), Some(of)) => org == of,
+            _ => true,
+        }
+    }
 }
 
 /// The feed's two clocks.
@@ -175,7 +204,7 @@ impl Hub {
     fn subscribe(
         &self,
         source: Source,
-        org: Option<OrgId>,
+        scope: Scope,
         resume: Option<u64>,
         hold: Hold,
         timing: Timing,
@@ -198,7 +227,7 @@ impl Hub {
         }
         Stream {
             source,
-            org,
+            scope,
             hub: self.shared.clone(),
             ticket,
             cursor: resume,
@@ -313,7 +342,7 @@ impl Shared {
 /// One subscriber's stream: a cursor in the shared ring.
 struct Stream {
     source: Source,
-    org: Option<OrgId>,
+    scope: Scope,
     hub: Arc<Shared>,
     ticket: Arc<Ticket>,
     /// The id the stream stands at; `None` until its next `reset`.
@@ -359,11 +388,7 @@ impl Chunks for Stream {
                     }));
                 }
                 cursor = event.id;
-                let in_scope = match (&self.org, event.change.org()) {
-                    (Some(org), Some(of)) => org == of,
-                    _ => true,
-                };
-                if in_scope {
+                if self.scope.takes(&event.change) {
                     chunk.push(event.wire());
                 }
             }
@@ -385,7 +410,7 @@ impl Chunks for Stream {
 impl Stream {
     /// A `reset`, the cursor moved to the id it stands at.
     fn reset(&mut self) -> Bytes {
-        let (version, bytes) = self.hub.reset(&self.source, self.org.as_ref());
+        let (version, bytes) = self.hub.reset(&self.source, self.scope.org.as_ref());
         self.cursor = Some(version);
         bytes
     }

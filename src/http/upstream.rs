@@ -278,8 +278,10 @@ async fn follow(link: &Link, pushed: &Pushed) {
 
 async fn read_stream(link: &Link, pushed: &Pushed, last: Option<u64>) -> Result<(), String> {
     let mut sender = link.connect().await?;
+    // With `event: held`: changes to keys the upstream withholds, so that
+    // this follower refuses their tokens as the upstream does.
     let mut req = link
-        .request(Method::GET, "/v1/events")
+        .request(Method::GET, "/v1/events?withheld=true")
         .header(hyper::header::ACCEPT, "text/event-stream");
     if let Some(last) = last {
         req = req.header("last-event-id", last.to_string());

@@ -679,6 +679,92 @@ async fn a_follower_started_after_a_withdrawal_answers_as_its_upstream() {
 
 on_both_backends!(a_follower_started_after_a_withdrawal_answers_as_its_upstream);
 
+/// Changes to a key that is already withheld upstream (deleted, or
+/// retired while disabled) reach a running follower, which then refuses
+/// its tokens with the upstream's code: as `event: held`, on streams that
+/// ask for it (`?withheld=true`) only. An anonymous subscriber's stream
+/// has no event for them, as the feed's contract says.
+async fn a_follower_follows_changes_to_keys_already_withheld() {
+    let upstream = upstream_with(|_| {}).await;
+    let follower = follower_of(&upstream, |_| {}).await;
+    let mut plain = Sse::subscribe(&upstream.url("/v1/events"), None).await;
+    let mut asking = Sse::subscribe(&upstream.url("/v1/events?withheld=true"), None).await;
+    for sse in [&mut plain, &mut asking] {
+        assert_eq!(sse.next().await.event, "reset");
+    }
+    let disable = |id: String| {
+        let upstream = &upstream;
+        async move {
+            let r = patch(upstream, "acme", &id, json!({"state": "disabled"})).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    };
+    let delete = |id: String| {
+        let upstream = &upstream;
+        async move { assert_eq!(upstream.delete_key("acme", &id, ADMIN).await.status, 204) }
+    };
+    // Disabled, then deleted.
+    let (gone, gone_token) = new_key(&upstream).await;
+    disable(gone.clone()).await;
+    delete(gone.clone()).await;
+    // Retired by a rotation with grace 0, then deleted.
+    let (retired, retired_token) = new_key(&upstream).await;
+    rotate(&upstream, "acme", &retired, 0).await;
+    delete(retired.clone()).await;
+    // Disabled, then retired by a rotation with grace 0.
+    let (held, held_token) = new_key(&upstream).await;
+    disable(held.clone()).await;
+    let (last, last_token) = owner_token(&rotate(&upstream, "acme", &held, 0).await);
+
+    let base = follower.url("");
+    until_verified("the follower has the last successor", &base, &last_token).await;
+    for (token, code) in [
+        (&gone_token, "unknown_key"),
+        (&retired_token, "unknown_key"),
+        (&held_token, "key_expired"),
+    ] {
+        assert_eq!(verdict(&upstream, token).await, code);
+        assert_eq!(verdict(&follower, token).await, code);
+    }
+
+    // Each stream through the last rotation (its successor's `published`
+    // and, where asked for, its retired key's `held`, in either order):
+    // the same events, but for the `held` ones the asking stream has in
+    // addition.
+    let (mut plain_seen, mut asking_seen) = (Vec::new(), Vec::new());
+    for (sse, seen, holds) in [
+        (&mut plain, &mut plain_seen, 0),
+        (&mut asking, &mut asking_seen, 3),
+    ] {
+        let done = |seen: &Vec<(String, String, String)>| {
+            seen.iter()
+                .any(|(e, kid, _)| e == "published" && *kid == last)
+                && seen.iter().filter(|(e, _, _)| e == "held").count() == holds
+        };
+        while !done(seen) {
+            let ev = sse.next().await;
+            let kid = ev.data["kid"].as_str().unwrap().to_owned();
+            let reason = ev.data["reason"].as_str().unwrap_or_default().to_owned();
+            seen.push((ev.event, kid, reason));
+        }
+    }
+    let (held_events, others): (Vec<_>, Vec<_>) =
+        asking_seen.into_iter().partition(|(e, _, _)| e == "held");
+    assert_eq!(others, plain_seen);
+    let expected = [
+        (&gone, "deleted"),
+        (&retired, "deleted"),
+        (&held, "expired"),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(kid, reason)| ("held".to_owned(), kid.to_string(), reason.to_string()))
+        .collect();
+    assert_eq!(held_events, expected);
+}
+
+on_both_backends!(a_follower_follows_changes_to_keys_already_withheld);
+
 /// Hammers `base`'s `/v1/auth` with `token` until told to stop; the
 /// instants at which each acceptance was *sent*.
 fn hammer(
