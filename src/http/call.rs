@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http_body_util::Limited;
@@ -59,6 +60,10 @@ pub struct Call<'a> {
     /// The connection's deadlines: a stream (the change feed) keeps its
     /// connection busy.
     pub activity: &'a Arc<Activity>,
+    /// Set once the request's credential proved valid: only such requests
+    /// are logged one line each at `info` (an anonymous client never
+    /// costs a write per request).
+    pub credited: &'a AtomicBool,
 }
 
 impl Call<'_> {
@@ -161,7 +166,9 @@ impl Call<'_> {
                 return Err(AuthError::Unavailable(unchecked.to_string()));
             }
         }
-        gate.authenticate(authorization)
+        let principal = gate.authenticate(authorization)?;
+        self.credited.store(true, Ordering::Relaxed);
+        Ok(principal)
     }
 
     /// Authenticates and authorises. A valid credential without the right

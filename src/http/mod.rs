@@ -346,7 +346,12 @@ async fn handle_request(
     let method = req.method().clone();
     // Only a request log line needs its own copy of the path.
     let path = tracing::enabled!(tracing::Level::INFO).then(|| req.uri().path().to_owned());
-    let (route, row, mut reply) = routes::dispatch(app, req, peer.address, &peer.activity).await;
+    let routes::Answered {
+        route,
+        row,
+        mut reply,
+        credited,
+    } = routes::dispatch(app, req, peer.address, &peer.activity).await;
     // One clock read ends both the latency and the request in flight.
     let ended = Instant::now();
     in_flight.end_at(ended);
@@ -355,15 +360,29 @@ async fn handle_request(
     let metrics = &app.signet.metrics;
     app.series
         .observe(metrics, row, route, status, elapsed.as_secs_f64());
-    tracing::info!(
-        request_id = request_id.to_str().unwrap_or("-"),
-        %method,
-        path = %path.as_deref().unwrap_or_default(),
-        status,
-        micros = elapsed.as_micros() as u64,
-        client = %peer.address.ip(),
-        "request"
-    );
+    // One line per request at `info` only for a valid credential: an
+    // anonymous client (the JWK Sets, verification, every 401) must not
+    // cost a log write per request. Its requests are at `debug`; the
+    // metrics count them all, and 401s are sampled at `warn`.
+    macro_rules! request_line {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                request_id = request_id.to_str().unwrap_or("-"),
+                %method,
+                path = %path.as_deref().unwrap_or_default(),
+                status,
+                micros = elapsed.as_micros() as u64,
+                client = %peer.address.ip(),
+                "request"
+            )
+        };
+    }
+    if credited {
+        request_line!(tracing::Level::INFO);
+    } else {
+        request_line!(tracing::Level::DEBUG);
+    }
     reply.headers_mut().insert(X_REQUEST_ID, request_id);
     reply
 }

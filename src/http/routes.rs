@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock};
 
 use hyper::body::Incoming;
@@ -224,23 +225,38 @@ pub fn rows() -> usize {
     ROUTES.len()
 }
 
-/// Answers one request; returns its metrics label (the path template, or
-/// `unmatched`) and the first table row of that template with the reply.
-/// Every answer under `/console` carries the console's security headers,
-/// errors and unmatched paths included.
+/// One request's answer, with what its metrics and its log line need.
+pub struct Answered {
+    /// The metrics label: the path template, or `unmatched`.
+    pub route: &'static str,
+    /// The first table row of that template.
+    pub row: Option<usize>,
+    pub reply: Reply,
+    /// Whether the request's credential proved valid.
+    pub credited: bool,
+}
+
+/// Answers one request. Every answer under `/console` carries the
+/// console's security headers, errors and unmatched paths included.
 pub async fn dispatch(
     state: &ServerState,
     req: Box<Request<Incoming>>,
     peer: SocketAddr,
     activity: &Arc<Activity>,
-) -> (&'static str, Option<usize>, Reply) {
+) -> Answered {
     let path = req.uri().path();
     let console = path == "/console" || path.starts_with("/console/");
-    let (template, first, mut reply) = answer(state, req, peer, activity).await;
+    let credited = AtomicBool::new(false);
+    let (route, row, mut reply) = answer(state, req, peer, activity, &credited).await;
     if console {
         console::secure(&mut reply);
     }
-    (template, first, reply)
+    Answered {
+        route,
+        row,
+        reply,
+        credited: credited.into_inner(),
+    }
 }
 
 async fn answer(
@@ -248,6 +264,7 @@ async fn answer(
     req: Box<Request<Incoming>>,
     peer: SocketAddr,
     activity: &Arc<Activity>,
+    credited: &AtomicBool,
 ) -> (&'static str, Option<usize>, Reply) {
     let Some((first, params)) = find(req.uri().path()) else {
         return (
@@ -287,6 +304,7 @@ async fn answer(
                 req,
                 params,
                 activity,
+                credited,
             };
             (route.handler)(call).await
         }

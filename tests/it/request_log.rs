@@ -10,7 +10,8 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn every_request_line_is_written_before_a_clean_exit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = BinServer::start(dir.path(), &["--log-json"], "info", true);
+    // Anonymous requests are logged at `debug` (below).
+    let mut server = BinServer::start(dir.path(), &["--log-json"], "info,signet::http=debug", true);
     let mut stderr = server.child.stderr.take().unwrap();
     server.wait_ready().await;
     let url = format!("{}/.well-known/jwks.json", server.base());
@@ -55,4 +56,63 @@ async fn every_request_line_is_written_before_a_clean_exit() {
         log.lines().last().unwrap().contains("bye"),
         "the shutdown's own last line is written too"
     );
+}
+
+/// At `info`, only a request with a valid credential is one line each: an
+/// anonymous client (the JWK Sets, verification, refusals, unknown paths)
+/// never costs a write per request. Its 401s are counted and sampled.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_info_only_requests_with_a_valid_credential_are_logged_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = BinServer::start(dir.path(), &["--log-json"], "info", true);
+    let mut stderr = server.child.stderr.take().unwrap();
+    server.wait_ready().await;
+    let base = server.base();
+    let get = |path: &str, headers: Vec<(&'static str, String)>, id: String| {
+        let url = format!("{base}{path}");
+        async move {
+            let mut headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            headers.push(("x-request-id", &id));
+            send(hyper::Method::GET, &url, &headers, bytes::Bytes::new()).await
+        }
+    };
+    const ANONYMOUS: usize = 50;
+    for n in 0..ANONYMOUS {
+        let (path, expect) = match n % 5 {
+            0 => ("/.well-known/jwks.json", 200),
+            1 => ("/v1/organisations/acme/keys", 401),
+            2 => ("/nowhere", 404),
+            3 => ("/v1/auth", 401),
+            _ => ("/v1/organisations/acme/jwks.json", 200),
+        };
+        let bad = vec![("authorization", "Bearer not-a-credential".to_owned())];
+        let headers = if n % 10 == 1 { bad } else { Vec::new() };
+        let r = get(path, headers, format!("anonymous-{n}")).await;
+        assert_eq!(r.status.as_u16(), expect, "{path}");
+    }
+    let admin = vec![("authorization", format!("Bearer {ADMIN}"))];
+    let r = get("/v1/organisations/acme/keys", admin, "credited".into()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    server.terminate();
+    let log = tokio::task::spawn_blocking(move || {
+        let mut log = String::new();
+        stderr.read_to_string(&mut log).unwrap();
+        let _ = server.child.wait();
+        log
+    })
+    .await
+    .unwrap();
+    let ids: Vec<String> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+        .filter(|l| l["fields"]["message"] == "request")
+        .map(|l| l["fields"]["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["credited"], "{log}");
+    // The 401s: one sampled warning, not one line each.
+    let sampled = log
+        .matches("refused a request without a valid credential")
+        .count();
+    assert_eq!(sampled, 1, "{log}");
 }
