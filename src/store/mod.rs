@@ -403,6 +403,10 @@ impl Store {
     pub async fn open_existing(config: &Config) -> Result<Store, StoreError> {
         if config.storage.backend == Backend::Sled {
             no_sled_data(config)?;
+            // A copy: opening sled writes into its files.
+            let (dir, sealer) = (config.storage.data_dir.clone(), config.sealer(false)?);
+            let store = blocking(move || SledStore::open_copy(&dir, sealer)).await?;
+            return Ok(Store::Sled(Arc::new(store)));
         }
         Store::open_with(config, config.sealer(false)?, false).await
     }

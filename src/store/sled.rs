@@ -63,6 +63,11 @@ const EACH_KEY_BATCH: usize = 1024;
 
 pub struct SledStore {
     path: PathBuf,
+    /// The data directory as messages name it: `path` itself, or for a
+    /// read-only copy ([`SledStore::open_copy`]) the directory copied.
+    shown: PathBuf,
+    /// A read-only copy's private directory, removed with the store.
+    _copy: Option<tempfile::TempDir>,
     /// The open database; replaced wholesale when recovering from an I/O
     /// failure, which sled never recovers from on its own.
     handles: RwLock<Option<Arc<Handles>>>,
@@ -102,9 +107,44 @@ impl SledStore {
     /// Opens (or creates) the database under `dir`; records are sealed and
     /// opened with `sealer`.
     pub fn open(dir: &Path, sealer: Sealer) -> Result<SledStore, StoreError> {
-        let handles = Handles::open_waiting(dir)?;
+        SledStore::open_in(dir, dir, None, sealer)
+    }
+
+    /// Opens a private copy of the database under `dir`, for a read-only
+    /// command: sled 0.34 has no read-only open, and opening writes into
+    /// the database's files (a snapshot, the recovered log), which a
+    /// command that changes nothing must not do. Only sled's own files
+    /// are copied (no seal key, no operator token), into a directory only
+    /// this user may read, removed when the store is dropped. A server
+    /// holding `dir` refuses it, as it refuses any other open.
+    pub fn open_copy(dir: &Path, sealer: Sealer) -> Result<SledStore, StoreError> {
+        let unreadable = |e: std::io::Error| StoreError::Open {
+            location: dir.display().to_string(),
+            source: format!("could not copy it for reading: {e}").into(),
+        };
+        let copy = tempfile::Builder::new()
+            .prefix("signet-read-")
+            .tempdir()
+            .map_err(unreadable)?;
+        copy_database(dir, copy.path()).map_err(|e| match e {
+            CopyError::Locked => StoreError::Locked(dir.to_owned()),
+            CopyError::Io(e) => unreadable(e),
+        })?;
+        let files = copy.path().to_owned();
+        SledStore::open_in(&files, dir, Some(copy), sealer)
+    }
+
+    fn open_in(
+        files: &Path,
+        shown: &Path,
+        copy: Option<tempfile::TempDir>,
+        sealer: Sealer,
+    ) -> Result<SledStore, StoreError> {
+        let handles = Handles::open_waiting(files, shown)?;
         let store = SledStore {
-            path: dir.to_owned(),
+            path: files.to_owned(),
+            shown: shown.to_owned(),
+            _copy: copy,
             handles: RwLock::new(None),
             failed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
@@ -114,7 +154,7 @@ impl SledStore {
         };
         crate::store::check_seal(
             &store.sealer,
-            &dir.display().to_string(),
+            &shown.display().to_string(),
             &handles.seal_sample()?,
         )?;
         store.upgrade(&handles)?;
@@ -203,7 +243,7 @@ impl SledStore {
         // sled releases its file lock once the last handle (ours, and those
         // of requests still in flight) is dropped.
         *slot = None;
-        let handles = Handles::open_waiting(&self.path)?;
+        let handles = Handles::open_waiting(&self.path, &self.shown)?;
         handles.sync()?;
         *slot = Some(Arc::new(handles));
         self.failed.store(false, Ordering::SeqCst);
@@ -865,10 +905,10 @@ impl Handles {
     /// [`Handles::open`], waiting up to a second for the lock: sled's
     /// background I/O threads can hold the file a moment after the last
     /// handle of a closed database is dropped.
-    fn open_waiting(dir: &Path) -> Result<Handles, StoreError> {
+    fn open_waiting(dir: &Path, shown: &Path) -> Result<Handles, StoreError> {
         let started = std::time::Instant::now();
         loop {
-            match Handles::open(dir) {
+            match Handles::open(dir, shown) {
                 Err(StoreError::Locked(_))
                     if started.elapsed() < std::time::Duration::from_secs(1) =>
                 {
@@ -879,7 +919,8 @@ impl Handles {
         }
     }
 
-    fn open(dir: &Path) -> Result<Handles, StoreError> {
+    /// Opens the database in `dir`; messages name it `shown`.
+    fn open(dir: &Path, shown: &Path) -> Result<Handles, StoreError> {
         let open_err = |source: sled::Error| match &source {
             // sled reports a held lock as an I/O error of kind WouldBlock,
             // sometimes wrapped in another of kind Other.
@@ -887,10 +928,10 @@ impl Handles {
                 if io.kind() == std::io::ErrorKind::WouldBlock
                     || io.to_string().contains("could not acquire lock") =>
             {
-                StoreError::Locked(dir.to_owned())
+                StoreError::Locked(shown.to_owned())
             }
             _ => StoreError::Open {
-                location: dir.display().to_string(),
+                location: shown.display().to_string(),
                 source: Box::new(source),
             },
         };
@@ -916,7 +957,7 @@ impl Handles {
                     })?);
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::NewerSchema {
-                        location: dir.display().to_string(),
+                        location: shown.display().to_string(),
                         what: "schema version",
                         found,
                         understood: SCHEMA_VERSION,
@@ -1166,6 +1207,56 @@ impl SledStore {
     pub fn exists(dir: &Path) -> bool {
         dir.join("db").is_file() && dir.join("conf").is_file()
     }
+}
+
+/// Why a database could not be copied.
+enum CopyError {
+    /// A server holds it.
+    Locked,
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for CopyError {
+    fn from(e: std::io::Error) -> CopyError {
+        CopyError::Io(e)
+    }
+}
+
+/// Copies sled's files (`conf`, `db`, `snap.*`, `blobs/`) from `dir` into
+/// `to`, holding a shared lock on `db` meanwhile: a server holds it
+/// exclusively, so a running server is refused, and none can start in the
+/// middle of the copy.
+fn copy_database(dir: &Path, to: &Path) -> Result<(), CopyError> {
+    use rustix::fs::{flock, FlockOperation};
+    let db = File::open(dir.join("db"))?;
+    flock(&db, FlockOperation::NonBlockingLockShared).map_err(|_| CopyError::Locked)?;
+    let sled_file = |name: &str| name == "conf" || name == "db" || name.starts_with("snap.");
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if entry.file_type()?.is_file() && sled_file(&name) {
+            std::fs::copy(entry.path(), to.join(&*name))?;
+        } else if name == "blobs" {
+            copy_dir(&entry.path(), &to.join("blobs"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the files under `from` into a new directory `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The sled calls block (and `fdatasync`), so each runs on tokio's

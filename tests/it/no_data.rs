@@ -1,7 +1,11 @@
-//! Read-only commands on a directory without signet data: exit 2 with a
-//! sentence naming the directory, and nothing is created.
+//! Read-only commands create nothing: on a directory without signet data
+//! they exit 2 with a sentence naming the directory, and on one with data
+//! they leave every file as it was.
 
-use crate::cli::{signet, stderr};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{argv, json_out, signet, stderr, Offline};
 
 #[test]
 fn read_only_commands_create_nothing_where_there_is_no_data() {
@@ -35,4 +39,64 @@ fn read_only_commands_create_nothing_where_there_is_no_data() {
         "nothing created in {empty:?}"
     );
     assert!(!missing.exists(), "{missing:?} was created");
+}
+
+/// Every file under `dir`, by path, with its bytes.
+fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(contents(&path));
+        } else {
+            files.insert(path.clone(), std::fs::read(&path).unwrap());
+        }
+    }
+    files
+}
+
+/// sled writes into its files whenever it opens a database (a snapshot,
+/// the recovered log); a read-only command reads a private copy instead.
+#[test]
+fn read_only_commands_change_nothing_where_there_is_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let keys = Offline::data_dir(data);
+    let pem = dir.path().join("k.pem");
+    let pem = pem.to_str().unwrap();
+    let created = keys.json("create --org acme --name", &["k", "--out", pem]);
+    let kid = created["id"].as_str().unwrap();
+    let token = signet(
+        &argv("token --org acme", &["--key", pem, "--kid", kid]),
+        &[],
+    );
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let before = contents(Path::new(data));
+    let commands: [&[&str]; 4] = [
+        &["keys", "list", "--data-dir", data],
+        &["keys", "list", "--org", "acme", "--data-dir", data],
+        &["audit", "verify", "--data-dir", data],
+        &["verify", &token, "--data-dir", data],
+    ];
+    for args in commands {
+        let o = signet(args, &[]);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    }
+    let listed = json_out(&signet(&["keys", "list", "--data-dir", data], &[]));
+    assert_eq!(listed["keys"][0]["id"], kid);
+    let after = contents(Path::new(data));
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "the same files"
+    );
+    for (path, bytes) in &before {
+        assert!(after[path] == *bytes, "{path:?} changed");
+    }
+    // A write still writes: the copy was only for reading.
+    let o = keys.run("delete --org acme", &[kid]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let listed = json_out(&signet(&["keys", "list", "--data-dir", data], &[]));
+    assert_eq!(listed["keys"], serde_json::json!([]));
 }
