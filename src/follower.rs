@@ -248,16 +248,36 @@ pub enum AckFailure {
     /// The upstream refused the follower token (its status).
     #[error("the upstream refused the follower token ({0})")]
     Refused(String),
+    /// The upstream's certificate is not trusted here, or it does not
+    /// speak TLS: a configuration error, like a refused token.
+    #[error("{0}")]
+    Untrusted(String),
     /// Anything else: unreachable, no answer in time, an unreadable answer.
     #[error("could not acknowledge to the upstream: {0}")]
     Other(String),
 }
 
-/// The upstream refused the follower token at registration (its status).
+/// Why the upstream cannot be followed before it ever accepted this
+/// follower: a follower exits 2 for either.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the upstream refused the follower token ({status})")]
-pub struct Refused {
-    pub status: String,
+pub enum Refused {
+    /// The upstream refused the follower token (its status).
+    #[error("the upstream refused the follower token ({0})")]
+    Token(String),
+    /// The upstream's certificate is not trusted here (why).
+    #[error("{0}")]
+    Untrusted(String),
+}
+
+impl Refused {
+    /// What refused `failure`, if it is a refusal rather than a fault.
+    fn of(failure: &AckFailure) -> Option<Refused> {
+        match failure {
+            AckFailure::Refused(status) => Some(Refused::Token(status.clone())),
+            AckFailure::Untrusted(why) => Some(Refused::Untrusted(why.clone())),
+            AckFailure::Other(_) => None,
+        }
+    }
 }
 
 /// The most events [`Pushed`] holds for the replica: as many as the
@@ -481,11 +501,13 @@ impl<T: Transport> UpstreamFeed<T> {
                 self.registered.store(true, Ordering::SeqCst);
                 Ok(())
             }
-            Err(AckFailure::Refused(status)) => Err(Refused { status }),
-            Err(AckFailure::Other(why)) => {
-                tracing::warn!(upstream = %self.transport.url(), %why, "could not register with the upstream yet; retrying");
-                Ok(())
-            }
+            Err(e) => match Refused::of(&e) {
+                Some(refused) => Err(refused),
+                None => {
+                    tracing::warn!(upstream = %self.transport.url(), why = %e, "could not register with the upstream yet; retrying");
+                    Ok(())
+                }
+            },
         }
     }
 }
@@ -519,11 +541,10 @@ impl<T: Transport> ChangeFeed for UpstreamFeed<T> {
             Ok(answer) => answer,
             Err(e) => {
                 self.usage.requeue(&usage, crate::keys::now_ms());
-                if let AckFailure::Refused(status) = &e {
-                    tracing::error!(upstream = %self.transport.url(), %status, "the upstream refused the follower token");
+                if let Some(refused) = Refused::of(&e) {
+                    tracing::error!(upstream = %self.transport.url(), %refused, "the upstream cannot be followed");
                     if !self.registered.load(Ordering::SeqCst) {
-                        let status = status.clone();
-                        self.refused.send_replace(Some(Refused { status }));
+                        self.refused.send_replace(Some(refused));
                     }
                 }
                 return Err(e);
@@ -552,7 +573,7 @@ impl<T: Transport> ChangeFeed for UpstreamFeed<T> {
     /// Refused: again after `every`; anything else, after 100 ms at most.
     fn retry_after(&self, error: &AckFailure, every: Duration) -> Duration {
         match error {
-            AckFailure::Refused(_) => every,
+            AckFailure::Refused(_) | AckFailure::Untrusted(_) => every,
             AckFailure::Other(_) => Duration::from_millis(100).min(every),
         }
     }

@@ -49,6 +49,9 @@ pub enum LinkError {
         from: String,
         status: String,
     },
+    /// The upstream's certificate is not trusted here.
+    #[error("the follower cannot trust its upstream {url}: {why}; set upstream.cacert to the certificate of the CA that signed the upstream's")]
+    Untrusted { url: String, why: String },
     /// The upstream URL or CA certificate cannot be used.
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -116,17 +119,23 @@ impl Link {
     }
 
     /// The start-up error for a token the upstream refused, naming where
-    /// the token came from (never the token).
+    /// the token came from (never the token), or for its certificate.
     pub fn refused(&self, refused: Refused) -> LinkError {
-        LinkError::Refused {
-            url: self.base.clone(),
-            from: self.token_from.clone(),
-            status: refused.status,
+        let url = self.base.clone();
+        match refused {
+            Refused::Token(status) => LinkError::Refused {
+                url,
+                from: self.token_from.clone(),
+                status,
+            },
+            Refused::Untrusted(why) => LinkError::Untrusted { url, why },
         }
     }
 
-    /// A new HTTP/1.1 connection to the upstream.
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+    /// A new HTTP/1.1 connection to the upstream; [`AckFailure::Untrusted`] if the
+    /// upstream's certificate is refused or it does not speak TLS.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, AckFailure> {
+        let other = |e: &dyn std::fmt::Display| AckFailure::Other(e.to_string());
         let host = self
             .authority
             .host()
@@ -138,11 +147,11 @@ impl Link {
             None => {
                 let tcp = TcpStream::connect((host, port))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| other(&e))?;
                 let _ = tcp.set_nodelay(true);
                 let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| other(&e))?;
                 (
                     sender,
                     tokio::spawn(async move { conn.await.map_err(|e| e.to_string()) }),
@@ -156,10 +165,15 @@ impl Link {
                     self.cacert.as_deref(),
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| match e {
+                    ClientError::Certificate { .. } | ClientError::NotTls { .. } => {
+                        AckFailure::Untrusted(e.to_string())
+                    }
+                    e => other(&e),
+                })?;
                 let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| other(&e))?;
                 (
                     sender,
                     tokio::spawn(async move { conn.await.map_err(|e| e.to_string()) }),
@@ -202,7 +216,7 @@ impl Transport for Link {
         let exchange = async {
             let mut sender = match conn {
                 Some(s) if !s.is_closed() => s,
-                _ => self.connect().await.map_err(AckFailure::Other)?,
+                _ => self.connect().await?,
             };
             sender
                 .ready()
@@ -277,7 +291,7 @@ async fn follow(link: &Link, pushed: &Pushed) {
 }
 
 async fn read_stream(link: &Link, pushed: &Pushed, last: Option<u64>) -> Result<(), String> {
-    let mut sender = link.connect().await?;
+    let mut sender = link.connect().await.map_err(|e| e.to_string())?;
     // With `event: held`: changes to keys the upstream withholds, so that
     // this follower refuses their tokens as the upstream does.
     let mut req = link

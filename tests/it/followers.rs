@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::lifecycle::{until, verdict};
 use crate::support::*;
 
-const FOLLOWER_TOKEN: &str = "a-follower-token-0123456789";
+pub(crate) const FOLLOWER_TOKEN: &str = "a-follower-token-0123456789";
 
 /// One event read from a stream.
 #[derive(Debug, Clone)]
@@ -843,6 +843,16 @@ on_both_backends!(a_delete_answers_only_after_the_follower_refuses);
 
 /// `signet serve --upstream` as a process.
 fn follower_process(upstream: &str, token: Option<&str>, dir: &std::path::Path) -> BinServer {
+    follower_process_with(upstream, token, dir, "")
+}
+
+/// [`follower_process`], with `config` added to its `config.toml`.
+pub(crate) fn follower_process_with(
+    upstream: &str,
+    token: Option<&str>,
+    dir: &std::path::Path,
+    config: &str,
+) -> BinServer {
     use std::process::Stdio;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -861,7 +871,7 @@ fn follower_process(upstream: &str, token: Option<&str>, dir: &std::path::Path) 
         .stderr(Stdio::piped());
     std::fs::write(
         dir.join("config.toml"),
-        "[cluster]\nmax_staleness_ms = 500\n",
+        format!("[cluster]\nmax_staleness_ms = 500\n{config}"),
     )
     .unwrap();
     if let Some(token) = token {

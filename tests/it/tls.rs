@@ -747,3 +747,49 @@ async fn an_expired_self_signed_certificate_given_as_cacert_is_refused() {
         "{err}"
     );
 }
+
+/// A follower of an https upstream trusts the system's roots and
+/// `upstream.cacert`. Without the upstream's CA it exits 2 at start,
+/// naming `upstream.cacert`, as it does for a refused token, instead of
+/// retrying for ever; with it, it follows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_trusts_its_upstream_only_with_its_ca() {
+    use crate::followers::{follower_process_with, FOLLOWER_TOKEN};
+    let setup = Setup::new(90);
+    let tls = setup.files.config(0);
+    let upstream = spawn_with(move |c| {
+        c.server.tls = Some(tls);
+        c.followers.token = Some(signet::config::Secret::new(FOLLOWER_TOKEN.into()));
+        c.cluster.max_staleness_ms = 500;
+    })
+    .await;
+    let url = format!("https://127.0.0.1:{}", upstream.addr.port());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut untrusting = follower_process_with(&url, Some(FOLLOWER_TOKEN), dir.path(), "");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = untrusting.child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            untrusting.terminate();
+            break untrusting.child.wait().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    let mut pipe = untrusting.child.stderr.take().unwrap();
+    std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("upstream.cacert"), "{stderr}");
+    assert!(!stderr.contains(FOLLOWER_TOKEN), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), setup.ca.pem()).unwrap();
+    let config = "[upstream]\ncacert = \"ca.pem\"\n";
+    let trusting = follower_process_with(&url, Some(FOLLOWER_TOKEN), dir.path(), config);
+    trusting.wait_ready().await;
+    trusting.terminate();
+    let _ = tokio::task::spawn_blocking(move || trusting.child.wait_with_output()).await;
+}
