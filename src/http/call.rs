@@ -113,7 +113,7 @@ impl Call<'_> {
             }
             if pairs.iter().any(|(seen, _)| *seen == k) {
                 return Err(ApiError::invalid_request(format!(
-                    "the query parameter {k} is given twice"
+                    "the query parameter {k} is given twice: give it once"
                 )));
             }
             pairs.push((k, v));

@@ -438,8 +438,6 @@ impl PgStore {
         self.polling.load(Ordering::SeqCst)
     }
 
-    /// Applies the migrations this database lacks, in one transaction under
-    /// an advisory lock, and refuses a schema newer than this build's.
     /// `Err(NewerSchema)` if a newer signet wrote this database: more
     /// migrations than this one knows, or records of a newer version.
     fn understands(&self, version: i32, records: i32) -> Result<(), StoreError> {
@@ -459,6 +457,8 @@ impl PgStore {
         Ok(())
     }
 
+    /// Applies the migrations this database lacks, in one transaction under
+    /// an advisory lock, and refuses a schema newer than this build's.
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.conn(&self.pool).await?;
         self.migrate_on(&mut conn).await?;

@@ -66,8 +66,6 @@ pub struct SledStore {
     /// The data directory as messages name it: `path` itself, or for a
     /// read-only copy ([`SledStore::open_copy`]) the directory copied.
     shown: PathBuf,
-    /// A read-only copy's private directory, removed with the store.
-    _copy: Option<tempfile::TempDir>,
     /// The open database; replaced wholesale when recovering from an I/O
     /// failure, which sled never recovers from on its own.
     handles: RwLock<Option<Arc<Handles>>>,
@@ -80,6 +78,9 @@ pub struct SledStore {
     /// Serialises writers so that event ids and hash-chain order agree.
     writer: Mutex<ulid::Generator>,
     sealer: Sealer,
+    /// A read-only copy's private directory: last, so that it is removed
+    /// only once sled has closed its files in it.
+    _copy: Option<tempfile::TempDir>,
 }
 
 /// sled's handles on one open database.
@@ -118,9 +119,14 @@ impl SledStore {
     /// this user may read, removed when the store is dropped. A server
     /// holding `dir` refuses it, as it refuses any other open.
     pub fn open_copy(dir: &Path, sealer: Sealer) -> Result<SledStore, StoreError> {
-        let unreadable = |e: std::io::Error| StoreError::Open {
+        let unreadable = |e: std::io::Error| {
+            StoreError::Open {
             location: dir.display().to_string(),
-            source: format!("could not copy it for reading: {e}").into(),
+            source: format!(
+                "could not copy it for reading into the temporary directory ({e}; TMPDIR chooses another)"
+            )
+            .into(),
+        }
         };
         let copy = tempfile::Builder::new()
             .prefix("signet-read-")
@@ -1227,9 +1233,16 @@ impl From<std::io::Error> for CopyError {
 /// exclusively, so a running server is refused, and none can start in the
 /// middle of the copy.
 fn copy_database(dir: &Path, to: &Path) -> Result<(), CopyError> {
-    use rustix::fs::{flock, FlockOperation};
     let db = File::open(dir.join("db"))?;
-    flock(&db, FlockOperation::NonBlockingLockShared).map_err(|_| CopyError::Locked)?;
+    #[cfg(unix)]
+    {
+        use rustix::fs::{flock, FlockOperation};
+        match flock(&db, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(CopyError::Locked),
+            Err(e) => return Err(CopyError::Io(e.into())),
+        }
+    }
     let sled_file = |name: &str| name == "conf" || name == "db" || name.starts_with("snap.");
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;

@@ -196,16 +196,21 @@ async fn if_unused_for_refuses_a_revocation_of_a_key_in_use() {
             .assert_error(400, "invalid_request");
     }
     let rotate = format!("{path}/rotate?ifUnusedFor=1h");
-    let body = serde_json::to_vec(&json!({"graceSeconds": 0})).unwrap();
+    let grace = serde_json::to_vec(&json!({"graceSeconds": 0})).unwrap();
+    let create = serde_json::to_vec(&json!({"name": "x"})).unwrap();
     let admin = bearer(ADMIN);
     let headers = [
         ("authorization", admin.as_str()),
         ("content-type", "application/json"),
     ];
-    for url in [rotate.as_str(), "/v1/organisations/acme/keys?name=x"] {
-        app.request(Method::POST, url, &headers, body.clone())
-            .await
-            .assert_error(400, "invalid_request");
+    // Each body is good without the query.
+    for (url, body) in [
+        (rotate.as_str(), grace),
+        ("/v1/organisations/acme/keys?name=x", create),
+    ] {
+        let r = app.request(Method::POST, url, &headers, body).await;
+        r.assert_error(400, "invalid_request");
+        assert!(r.text().contains("query parameter"), "{}", r.text());
     }
     let keys = app.list_keys("acme").await.json();
     assert_eq!(keys["keys"].as_array().unwrap().len(), 3, "{keys}");
