@@ -495,6 +495,15 @@ impl Registry {
                         kid: id,
                         reason: Reason::Expired,
                     });
+                } else {
+                    // A disabled key's expiry: followers need not trust
+                    // their own clocks for it.
+                    self.emit(Change::Held(Held {
+                        org: org.clone(),
+                        kid: id,
+                        reason: Reason::Expired,
+                        expires_at: None,
+                    }));
                 }
                 expired.push(id);
             }

@@ -689,7 +689,9 @@ async fn a_follower_follows_changes_to_keys_already_withheld() {
     let follower = follower_of(&upstream, |_| {}).await;
     let mut plain = Sse::subscribe(&upstream.url("/v1/events"), None).await;
     let mut asking = Sse::subscribe(&upstream.url("/v1/events?withheld=true"), None).await;
-    for sse in [&mut plain, &mut asking] {
+    let scoped_url = upstream.url("/v1/organisations/acme/events?withheld=true");
+    let mut scoped = Sse::subscribe(&scoped_url, None).await;
+    for sse in [&mut plain, &mut asking, &mut scoped] {
         assert_eq!(sse.next().await.event, "reset");
     }
     let disable = |id: String| {
@@ -711,6 +713,11 @@ async fn a_follower_follows_changes_to_keys_already_withheld() {
     let (retired, retired_token) = new_key(&upstream).await;
     rotate(&upstream, "acme", &retired, 0).await;
     delete(retired.clone()).await;
+    // Disabled, then retired by a rotation with a grace of 3 s: a new
+    // expiry, then the expiry itself.
+    let (slow, slow_token) = new_key(&upstream).await;
+    disable(slow.clone()).await;
+    rotate(&upstream, "acme", &slow, 3).await;
     // Disabled, then retired by a rotation with grace 0.
     let (held, held_token) = new_key(&upstream).await;
     disable(held.clone()).await;
@@ -727,40 +734,56 @@ async fn a_follower_follows_changes_to_keys_already_withheld() {
         assert_eq!(verdict(&follower, token).await, code);
     }
 
-    // Each stream through the last rotation (its successor's `published`
-    // and, where asked for, its retired key's `held`, in either order):
-    // the same events, but for the `held` ones the asking stream has in
-    // addition.
-    let (mut plain_seen, mut asking_seen) = (Vec::new(), Vec::new());
+    // Each stream through the last rotation (its successor's `published`)
+    // and, where asked for, through the five `held` events (the last one
+    // when the disabled key's grace ends): the same events, but for the
+    // `held` ones the asking streams have in addition.
+    let (mut plain_seen, mut asking_seen, mut scoped_seen) = (Vec::new(), Vec::new(), Vec::new());
     for (sse, seen, holds) in [
         (&mut plain, &mut plain_seen, 0),
-        (&mut asking, &mut asking_seen, 3),
+        (&mut asking, &mut asking_seen, 5),
+        (&mut scoped, &mut scoped_seen, 5),
     ] {
-        let done = |seen: &Vec<(String, String, String)>| {
+        let done = |seen: &Vec<(String, String, String, bool)>| {
             seen.iter()
-                .any(|(e, kid, _)| e == "published" && *kid == last)
-                && seen.iter().filter(|(e, _, _)| e == "held").count() == holds
+                .any(|(e, kid, _, _)| e == "published" && *kid == last)
+                && seen.iter().filter(|(e, _, _, _)| e == "held").count() == holds
         };
         while !done(seen) {
             let ev = sse.next().await;
             let kid = ev.data["kid"].as_str().unwrap().to_owned();
             let reason = ev.data["reason"].as_str().unwrap_or_default().to_owned();
-            seen.push((ev.event, kid, reason));
+            let until = ev.event == "held" && ev.data["expiresAt"].is_string();
+            seen.push((ev.event, kid, reason, until));
         }
     }
-    let (held_events, others): (Vec<_>, Vec<_>) =
-        asking_seen.into_iter().partition(|(e, _, _)| e == "held");
+    assert_eq!(scoped_seen, asking_seen, "one organisation: the same");
+    let (held_events, others): (Vec<_>, Vec<_>) = asking_seen
+        .into_iter()
+        .partition(|(e, _, _, _)| e == "held");
     assert_eq!(others, plain_seen);
     let expected = [
-        (&gone, "deleted"),
-        (&retired, "deleted"),
-        (&held, "expired"),
+        (&gone, "deleted", false),
+        (&retired, "deleted", false),
+        (&slow, "disabled", true),
+        (&held, "expired", false),
+        (&slow, "expired", false),
     ];
     let expected: Vec<_> = expected
         .iter()
-        .map(|(kid, reason)| ("held".to_owned(), kid.to_string(), reason.to_string()))
+        .map(|(kid, reason, until)| {
+            (
+                "held".to_owned(),
+                kid.to_string(),
+                reason.to_string(),
+                *until,
+            )
+        })
         .collect();
     assert_eq!(held_events, expected);
+    for app in [&upstream, &follower] {
+        assert_eq!(verdict(app, &slow_token).await, "key_expired");
+    }
 }
 
 on_both_backends!(a_follower_follows_changes_to_keys_already_withheld);
