@@ -865,6 +865,26 @@ async fn a_delete_answers_only_after_the_follower_refuses() {
 on_both_backends!(a_delete_answers_only_after_the_follower_refuses);
 
 /// `signet serve --upstream` as a process.
+/// How a follower process ended, and its stderr: it is terminated if it
+/// has not exited by itself within 20 s.
+pub(crate) async fn exit_of(mut follower: BinServer) -> (std::process::ExitStatus, String) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = follower.child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            follower.terminate();
+            break follower.child.wait().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    let mut pipe = follower.child.stderr.take().unwrap();
+    std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+    (status, stderr)
+}
+
 fn follower_process(upstream: &str, token: Option<&str>, dir: &std::path::Path) -> BinServer {
     follower_process_with(upstream, token, dir, "")
 }
@@ -949,22 +969,9 @@ async fn a_follower_refused_once_its_upstream_comes_exits_2() {
     assert_eq!(r.status.as_u16(), 503, "{}", r.text());
     let data = tempfile::tempdir().unwrap();
     let mut upstream = upstream_process(data.path(), &addr);
-    let mut follower = follower;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = follower.child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            follower.terminate();
-            break follower.child.wait().unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (status, stderr) = exit_of(follower).await;
     upstream.terminate();
     let _ = upstream.child.wait();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut follower.child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("SIGNET_UPSTREAM_TOKEN"), "{stderr}");
     assert!(

@@ -754,7 +754,7 @@ async fn an_expired_self_signed_certificate_given_as_cacert_is_refused() {
 /// retrying for ever; with it, it follows.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_trusts_its_upstream_only_with_its_ca() {
-    use crate::followers::{follower_process_with, FOLLOWER_TOKEN};
+    use crate::followers::{exit_of, follower_process_with, FOLLOWER_TOKEN};
     let setup = Setup::new(90);
     let tls = setup.files.config(0);
     let upstream = spawn_with(move |c| {
@@ -766,21 +766,8 @@ async fn a_follower_trusts_its_upstream_only_with_its_ca() {
     let url = format!("https://127.0.0.1:{}", upstream.addr.port());
 
     let dir = tempfile::tempdir().unwrap();
-    let mut untrusting = follower_process_with(&url, Some(FOLLOWER_TOKEN), dir.path(), "");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = untrusting.child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            untrusting.terminate();
-            break untrusting.child.wait().unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut stderr = String::new();
-    let mut pipe = untrusting.child.stderr.take().unwrap();
-    std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+    let untrusting = follower_process_with(&url, Some(FOLLOWER_TOKEN), dir.path(), "");
+    let (status, stderr) = exit_of(untrusting).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("upstream.cacert"), "{stderr}");
     assert!(!stderr.contains(FOLLOWER_TOKEN), "{stderr}");
