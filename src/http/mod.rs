@@ -344,8 +344,12 @@ async fn handle_request(
         .cloned()
         .unwrap_or_else(request_id::next);
     let method = req.method().clone();
-    // Only a request log line needs its own copy of the path.
-    let path = tracing::enabled!(tracing::Level::INFO).then(|| req.uri().path().to_owned());
+    // Only a request log line needs its own copy of the path; at `info`,
+    // only a request that may carry a credential has one.
+    let logged = tracing::enabled!(tracing::Level::DEBUG)
+        || (tracing::enabled!(tracing::Level::INFO)
+            && req.headers().contains_key(hyper::header::AUTHORIZATION));
+    let path = logged.then(|| req.uri().path().to_owned());
     let routes::Answered {
         route,
         row,

@@ -103,13 +103,20 @@ async fn at_info_only_requests_with_a_valid_credential_are_logged_each() {
     })
     .await
     .unwrap();
-    let ids: Vec<String> = log
+    let lines: Vec<(String, String)> = log
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
         .filter(|l| l["fields"]["message"] == "request")
-        .map(|l| l["fields"]["request_id"].as_str().unwrap().to_owned())
+        .map(|l| {
+            let field = |name: &str| l["fields"][name].as_str().unwrap().to_owned();
+            (field("request_id"), field("path"))
+        })
         .collect();
-    assert_eq!(ids, ["credited"], "{log}");
+    let expected = [(
+        "credited".to_owned(),
+        "/v1/organisations/acme/keys".to_owned(),
+    )];
+    assert_eq!(lines, expected, "{log}");
     // The 401s: one sampled warning, not one line each.
     let sampled = log
         .matches("refused a request without a valid credential")
