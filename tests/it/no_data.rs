@@ -2,10 +2,10 @@
 //! they exit 2 with a sentence naming the directory, and on one with data
 //! they leave every file as it was.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::cli::{argv, json_out, signet, stderr, Offline};
+use crate::support::all_bytes;
 
 #[test]
 fn read_only_commands_create_nothing_where_there_is_no_data() {
@@ -41,20 +41,6 @@ fn read_only_commands_create_nothing_where_there_is_no_data() {
     assert!(!missing.exists(), "{missing:?} was created");
 }
 
-/// Every file under `dir`, by path, with its bytes.
-fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(contents(&path));
-        } else {
-            files.insert(path.clone(), std::fs::read(&path).unwrap());
-        }
-    }
-    files
-}
-
 /// sled writes into its files whenever it opens a database (a snapshot,
 /// the recovered log); a read-only command reads a private copy instead.
 #[test]
@@ -72,7 +58,7 @@ fn read_only_commands_change_nothing_where_there_is_data() {
         &[],
     );
     let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
-    let before = contents(Path::new(data));
+    let before = all_bytes(Path::new(data));
     let commands: [&[&str]; 4] = [
         &["keys", "list", "--data-dir", data],
         &["keys", "list", "--org", "acme", "--data-dir", data],
@@ -85,12 +71,13 @@ fn read_only_commands_change_nothing_where_there_is_data() {
     }
     let listed = json_out(&signet(&["keys", "list", "--data-dir", data], &[]));
     assert_eq!(listed["keys"][0]["id"], kid);
-    let after = contents(Path::new(data));
-    assert_eq!(
-        before.keys().collect::<Vec<_>>(),
-        after.keys().collect::<Vec<_>>(),
-        "the same files"
-    );
+    let after = all_bytes(Path::new(data));
+    let names = |files: &std::collections::HashMap<String, Vec<u8>>| {
+        let mut names: Vec<String> = files.keys().cloned().collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&before), names(&after), "the same files");
     for (path, bytes) in &before {
         assert!(after[path] == *bytes, "{path:?} changed");
     }
