@@ -195,7 +195,7 @@ impl Hub {
         self.shared.ended.store(true, Ordering::SeqCst);
         for streams in &self.shared.streams {
             for ticket in lock(streams).drain(..).filter_map(|t| t.upgrade()) {
-                ticket.end();
+                ticket.finish();
                 ticket.wake();
             }
         }
@@ -223,7 +223,7 @@ impl Hub {
         lock(&self.shared.streams[phase(now)]).push(Arc::downgrade(&ticket));
         // Pushed, then looked: `end_all` either drains it or is seen here.
         if self.shared.ended.load(Ordering::SeqCst) {
-            ticket.end();
+            ticket.finish();
         }
         Stream {
             source,
@@ -294,10 +294,15 @@ async fn tick(shared: Weak<Shared>, mut wake: watch::Receiver<u64>, timing: Timi
 }
 
 impl Ticket {
-    /// Ends the stream: its body ends at the next poll (an HTTP/2 one at
-    /// once).
-    fn end(&self) {
+    /// Ends the stream cleanly: its body ends at the next poll.
+    fn finish(&self) {
         drop(lock(&self.hold).take());
+    }
+
+    /// Ends a stream that stopped reading: as [`Ticket::finish`], and an
+    /// HTTP/2 one is reset at once (hyper polls its body no more).
+    fn end(&self) {
+        self.finish();
         if let Some(cancel) = &self.cancel {
             cancel.fire();
         }

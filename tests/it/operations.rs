@@ -48,6 +48,7 @@ async fn idle_and_half_open_connections_do_not_lock_out_a_fresh_client() {
 /// at once and the drain does not wait out its grace period (10 s).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_ends_the_change_feeds_streams_and_exits_at_once() {
+    use http_body_util::BodyExt;
     let dir = tempfile::tempdir().unwrap();
     let server = BinServer::start(dir.path(), &[], "warn", true);
     server.wait_ready().await;
@@ -66,8 +67,41 @@ async fn sigterm_ends_the_change_feeds_streams_and_exits_at_once() {
         assert!(head.contains("event: reset"), "{head}");
         streams.push(tcp);
     }
+    // And one over HTTP/2, which must end as cleanly, not be reset.
+    let tcp = TcpStream::connect(&server.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("an HTTP/2 connection");
+    tokio::spawn(conn);
+    let url = format!("http://{}/v1/events", server.addr);
+    let req = hyper::Request::get(url)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let mut h2 = send.send_request(req).await.unwrap().into_body();
+    let mut seen = String::new();
+    while !seen.contains("event: reset") {
+        let frame = tokio::time::timeout(Duration::from_secs(10), h2.frame())
+            .await
+            .expect("the reset within 10 s")
+            .expect("the stream goes on")
+            .expect("no stream error");
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
     let signalled = std::time::Instant::now();
     server.terminate();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(8), h2.frame())
+            .await
+            .expect("the HTTP/2 stream ends before the grace period is over");
+        match frame {
+            None => break,
+            Some(frame) => drop(frame.expect("ended, not reset")),
+        }
+    }
     for mut tcp in streams {
         // Heartbeats, then the chunked body's end, then the close.
         let mut rest = Vec::new();
