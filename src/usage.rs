@@ -93,14 +93,15 @@ pub struct UnusedFor(std::time::Duration);
 /// Why an `ifUnusedFor` value was refused.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "ifUnusedFor must be a positive duration such as 30m, 1h, 7d or 1h30m \
-     (whole numbers with the units s, m, h or d), not {0:?}"
+    "ifUnusedFor must be a duration such as 30m, 1h, 7d or 1h30m (positive \
+     whole numbers without leading zeros, each with a unit s, m, h or d, at \
+     most 3650d), not {0:?}"
 )]
 pub struct BadWindow(String);
 
 impl UnusedFor {
-    /// Ten years: far beyond any count kept, and no overflow.
-    const MAX_SECS: u64 = 10 * 366 * 86_400;
+    /// 3650 days: far beyond any count kept, and no overflow.
+    const MAX_SECS: u64 = 3650 * 86_400;
 
     pub fn parse(text: &str) -> Result<UnusedFor, BadWindow> {
         let bad = || BadWindow(text.chars().take(40).collect());
@@ -119,7 +120,7 @@ impl UnusedFor {
                 _ => return Err(bad()),
             };
             // At most 9 digits: no overflow below.
-            if number.is_empty() || digits > 9 || unit >= smallest {
+            if number.is_empty() || number.starts_with('0') || digits > 9 || unit >= smallest {
                 return Err(bad());
             }
             let n: u64 = number.parse().map_err(|_| bad())?;
@@ -444,7 +445,8 @@ mod tests {
             ("90s", 90),
             ("1h30m", 5_400),
             ("1d12h", 129_600),
-            ("3660d", 316_224_000),
+            ("3650d", 315_360_000),
+            ("1d23h59m59s", 172_799),
         ] {
             assert_eq!(
                 UnusedFor::parse(text).unwrap().duration().as_secs(),
@@ -453,6 +455,10 @@ mod tests {
             );
         }
         for text in [
+            "1h0m",
+            "01h",
+            "0s1h",
+            "3651d",
             "",
             "0",
             "0s",

@@ -50,7 +50,7 @@ pub enum LinkError {
         status: String,
     },
     /// The upstream's certificate is not trusted here.
-    #[error("the follower cannot trust its upstream {url}: {why}; set upstream.cacert to the certificate of the CA that signed the upstream's")]
+    #[error("the follower cannot follow its upstream {url}: {why}")]
     Untrusted { url: String, why: String },
     /// The upstream URL or CA certificate cannot be used.
     #[error(transparent)]
@@ -166,9 +166,12 @@ impl Link {
                 )
                 .await
                 .map_err(|e| match e {
-                    ClientError::Certificate { .. } | ClientError::NotTls { .. } => {
-                        AckFailure::Untrusted(e.to_string())
-                    }
+                    ClientError::Certificate { .. } => AckFailure::Untrusted(
+                        "its TLS certificate is trusted neither by the system's roots nor by upstream.cacert (set upstream.cacert in config.toml to the certificate of the CA that signed it)".into(),
+                    ),
+                    ClientError::NotTls { .. } => AckFailure::Untrusted(
+                        "it does not answer TLS there (use an http:// URL)".into(),
+                    ),
                     e => other(&e),
                 })?;
                 let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
