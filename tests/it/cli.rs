@@ -109,6 +109,16 @@ impl Offline {
     }
 }
 
+/// A data dir `dir/data` holding one acme key named `name`, made offline
+/// with its private key written to `dir/k.pem`: the data dir, the PEM's
+/// path and what `keys create` printed.
+pub fn offline_key(dir: &Path, name: &str) -> (String, String, Value) {
+    let data = dir.join("data").to_str().unwrap().to_owned();
+    let pem = dir.join("k.pem").to_str().unwrap().to_owned();
+    let created = Offline::data_dir(&data).json("create --org acme --name", &[name, "--out", &pem]);
+    (data, pem, created)
+}
+
 #[test]
 fn bad_configuration_is_exit_2_with_a_sentence() {
     let dir = tempfile::tempdir().unwrap();
@@ -186,12 +196,9 @@ fn newer_schema_is_refused() {
 #[test]
 fn offline_key_admin_and_the_whole_token_loop() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
+    let (data, pem, created) = offline_key(dir.path(), "cli key");
+    let (data, pem) = (data.as_str(), pem.as_str());
     let keys = Offline::data_dir(data);
-    let pem = dir.path().join("k.pem");
-    let pem = pem.to_str().unwrap();
-    let created = keys.json("create --org acme --name", &["cli key", "--out", pem]);
     assert!(
         created.get("privateKey").is_none(),
         "written to --out, not printed"

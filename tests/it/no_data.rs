@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::cli::{argv, json_out, signet, stderr, Offline};
+use crate::cli::{argv, json_out, offline_key, signet, stderr, Offline};
 use crate::support::all_bytes;
 
 #[test]
@@ -46,12 +46,9 @@ fn read_only_commands_create_nothing_where_there_is_no_data() {
 #[test]
 fn read_only_commands_change_nothing_where_there_is_data() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
+    let (data, pem, created) = offline_key(dir.path(), "k");
+    let (data, pem) = (data.as_str(), pem.as_str());
     let keys = Offline::data_dir(data);
-    let pem = dir.path().join("k.pem");
-    let pem = pem.to_str().unwrap();
-    let created = keys.json("create --org acme --name", &["k", "--out", pem]);
     let kid = created["id"].as_str().unwrap();
     let token = signet(
         &argv("token --org acme", &["--key", pem, "--kid", kid]),

@@ -7,12 +7,35 @@ use hyper::StatusCode;
 
 use crate::support::*;
 
+/// Terminates `server` (exit 0 asserted) and reads its whole log, as text
+/// and as lines of JSON.
+async fn stopped(
+    server: BinServer,
+    mut stderr: std::process::ChildStderr,
+) -> (String, Vec<serde_json::Value>) {
+    server.terminate();
+    let (status, log) = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        let mut log = String::new();
+        stderr.read_to_string(&mut log).unwrap();
+        (server.child.wait().unwrap(), log)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}");
+    let lines = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    (log, lines)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_request_line_is_written_before_a_clean_exit() {
     let dir = tempfile::tempdir().unwrap();
     // Anonymous requests are logged at `debug` (below).
     let mut server = BinServer::start(dir.path(), &["--log-json"], "info,signet::http=debug", true);
-    let mut stderr = server.child.stderr.take().unwrap();
+    let stderr = server.child.stderr.take().unwrap();
     server.wait_ready().await;
     let url = format!("{}/.well-known/jwks.json", server.base());
     // Nobody reads the log until the end: the pipe fills after a few
@@ -34,18 +57,9 @@ async fn every_request_line_is_written_before_a_clean_exit() {
         assert_eq!(r.status, StatusCode::OK);
     }
     // Terminate with lines still queued, then start reading.
-    server.terminate();
-    let (status, log) = tokio::task::spawn_blocking(move || {
-        let mut log = String::new();
-        stderr.read_to_string(&mut log).unwrap();
-        (server.child.wait().unwrap(), log)
-    })
-    .await
-    .unwrap();
-    assert!(status.success(), "{status}");
-    let logged: std::collections::HashSet<String> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+    let (log, lines) = stopped(server, stderr).await;
+    let logged: std::collections::HashSet<String> = lines
+        .iter()
         .filter_map(|l| l["fields"]["request_id"].as_str().map(str::to_owned))
         .collect();
     let missing: Vec<usize> = (0..REQUESTS)
@@ -65,7 +79,7 @@ async fn every_request_line_is_written_before_a_clean_exit() {
 async fn at_info_only_requests_with_a_valid_credential_are_logged_each() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = BinServer::start(dir.path(), &["--log-json"], "info", true);
-    let mut stderr = server.child.stderr.take().unwrap();
+    let stderr = server.child.stderr.take().unwrap();
     server.wait_ready().await;
     let base = server.base();
     let get = |path: &str, headers: Vec<(&'static str, String)>, id: String| {
@@ -94,18 +108,9 @@ async fn at_info_only_requests_with_a_valid_credential_are_logged_each() {
     let admin = vec![("authorization", format!("Bearer {ADMIN}"))];
     let r = get("/v1/organisations/acme/keys", admin, "credited".into()).await;
     assert_eq!(r.status, StatusCode::OK);
-    server.terminate();
-    let log = tokio::task::spawn_blocking(move || {
-        let mut log = String::new();
-        stderr.read_to_string(&mut log).unwrap();
-        let _ = server.child.wait();
-        log
-    })
-    .await
-    .unwrap();
-    let lines: Vec<(String, String)> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+    let (log, lines) = stopped(server, stderr).await;
+    let lines: Vec<(String, String)> = lines
+        .iter()
         .filter(|l| l["fields"]["message"] == "request")
         .map(|l| {
             let field = |name: &str| l["fields"][name].as_str().unwrap().to_owned();
