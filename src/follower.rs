@@ -631,6 +631,63 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_held_event_is_taken_only_when_every_member_reads() {
+        let kid = KeyId::new(ulid::Ulid::new());
+        let event = |id: Option<&str>, data: String| SseEvent {
+            id: id.map(str::to_owned),
+            event: "held".into(),
+            data,
+        };
+        let refused = [
+            event(
+                None,
+                format!(r#"{{"org":"acme","kid":"{kid}","reason":"deleted"}}"#),
+            ),
+            event(
+                Some("x"),
+                format!(r#"{{"org":"acme","kid":"{kid}","reason":"deleted"}}"#),
+            ),
+            event(
+                Some("2"),
+                format!(r#"{{"org":"acme","kid":"{kid}","reason":"gone"}}"#),
+            ),
+            event(
+                Some("2"),
+                r#"{"org":"acme","kid":"not-a-ulid","reason":"deleted"}"#.into(),
+            ),
+            event(
+                Some("2"),
+                format!(r#"{{"org":"a b","kid":"{kid}","reason":"deleted"}}"#),
+            ),
+            event(
+                Some("2"),
+                format!(r#"{{"org":"acme","kid":"{kid}","reason":"disabled","expiresAt":"soon"}}"#),
+            ),
+            event(Some("2"), format!(r#"{{"org":"acme","kid":"{kid}"}}"#)),
+            event(Some("2"), "{".into()),
+        ];
+        let pushed = Pushed::default();
+        pushed.push(&reset(1)).unwrap();
+        pushed.take();
+        for bad in &refused {
+            assert!(pushed.push(bad).is_err(), "{bad:?}");
+        }
+        assert!(pushed.take().changes.is_empty(), "nothing taken");
+        let good = format!(
+            r#"{{"org":"acme","kid":"{kid}","reason":"disabled","expiresAt":"2030-01-01T00:00:00Z"}}"#
+        );
+        pushed.push(&event(Some("2"), good)).unwrap();
+        let taken = pushed.take();
+        assert_eq!(taken.upto, 2);
+        assert!(
+            matches!(&taken.changes[..], [Change::Held(h)] if h.kid == kid
+                && h.reason == Reason::Disabled && h.expires_at == Some(1_893_456_000)),
+            "{:?}",
+            taken.changes
+        );
+    }
+
     #[tokio::test]
     async fn a_full_buffer_is_dropped_and_nothing_is_taken_until_a_reset() {
         let pushed = Pushed::default();
