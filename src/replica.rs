@@ -70,19 +70,26 @@ use tokio::sync::{watch, Notify};
 use crate::feed::{Change, ChangeFeed, Confirmation, Heard, Reports, Round};
 use crate::followers::Followers;
 use crate::freshness::{Freshness, Heartbeat};
+use crate::logging::Outage;
 use crate::metrics::ClusterMetrics;
 use crate::registry::Registry;
 use crate::verify::Verifier;
 
 /// How a round of reading and confirming ended.
-#[derive(PartialEq, Eq)]
 enum Step {
     Done,
     /// This instance has just registered in the current session: a re-read
     /// sent now can make it fresh.
     Again,
-    /// The feed failed: try again after this long.
-    Failed(Duration),
+    /// The feed failed: try again after `after`.
+    Failed(Failure),
+}
+
+/// Why a round failed, and when to try again.
+struct Failure {
+    after: Duration,
+    what: &'static str,
+    error: String,
 }
 
 /// The most confirmations held for changes not applied yet; beyond it,
@@ -143,15 +150,25 @@ impl<F: ChangeFeed> Replica<F> {
             false => max_staleness / 4,
         };
         let mut round = Round::Routine;
+        let mut outage = Outage::default();
+        let back = "reached the source this process follows again";
         loop {
             let every = loop {
                 match self
                     .catch_up(&events, &mut pending, every(&events), round)
                     .await
                 {
-                    Step::Again => {}
-                    Step::Done => break every(&events),
-                    Step::Failed(after) => break after,
+                    Step::Again => {
+                        outage.ended(back, Instant::now());
+                    }
+                    Step::Done => {
+                        outage.ended(back, Instant::now());
+                        break every(&events);
+                    }
+                    Step::Failed(failure) => {
+                        outage.failed(failure.what, &failure.error, Instant::now());
+                        break failure.after;
+                    }
                 }
             };
             round = Round::Routine;
@@ -185,8 +202,11 @@ impl<F: ChangeFeed> Replica<F> {
             Ok(changes) => changes,
             Err(e) => {
                 self.fresh.behind(sent);
-                tracing::warn!(error = %e, "could not read the key changes of the source this process follows");
-                return Step::Failed(self.feed.retry_after(&e, every));
+                return Step::Failed(Failure {
+                    after: self.feed.retry_after(&e, every),
+                    what: "could not read the key changes of the source this process follows",
+                    error: e.to_string(),
+                });
             }
         };
         if changes.start_over {
@@ -214,8 +234,11 @@ impl<F: ChangeFeed> Replica<F> {
         {
             Ok(confirmed) => confirmed,
             Err(e) => {
-                tracing::warn!(error = %e, "could not report to the source this process follows");
-                return Step::Failed(self.feed.retry_after(&e, every));
+                return Step::Failed(Failure {
+                    after: self.feed.retry_after(&e, every),
+                    what: "could not report to the source this process follows",
+                    error: e.to_string(),
+                });
             }
         };
         pending.extend(confirmed.map(|c| (c, sent)));

@@ -19,6 +19,7 @@ use tokio_rustls::rustls;
 
 use super::client::{connect_tls, tls_config, ClientError};
 use crate::follower::{Ack, AckAnswer, AckFailure, Pushed, Refused, SseParser, Transport};
+use crate::logging::Outage;
 
 /// Why a stream ended when the acknowledgements found another run of the
 /// upstream than the stream's.
@@ -265,10 +266,11 @@ impl Transport for Link {
 async fn follow(link: &Link, pushed: &Pushed) {
     let mut pause = Duration::from_millis(50);
     let mut resume = true;
+    let mut outage = Outage::default();
     loop {
         let last = if resume { pushed.last_event_id() } else { None };
         let started = Instant::now();
-        let result = read_stream(link, pushed, last).await;
+        let result = read_stream(link, pushed, last, &mut outage).await;
         pushed.lost();
         resume = true;
         match result {
@@ -279,7 +281,8 @@ async fn follow(link: &Link, pushed: &Pushed) {
                 continue;
             }
             Err(why) => {
-                tracing::warn!(upstream = %link.base, %why, "the upstream's change feed ended")
+                let what = format!("the change feed of the upstream {} ended", link.base);
+                outage.failed(&what, &why, Instant::now());
             }
         }
         if started.elapsed() > Duration::from_secs(5) {
@@ -293,8 +296,17 @@ async fn follow(link: &Link, pushed: &Pushed) {
     }
 }
 
-async fn read_stream(link: &Link, pushed: &Pushed, last: Option<u64>) -> Result<(), String> {
-    let mut sender = link.connect().await.map_err(|e| e.to_string())?;
+/// Reads one stream until it ends; `outage` ends when it is answered.
+async fn read_stream(
+    link: &Link,
+    pushed: &Pushed,
+    last: Option<u64>,
+    outage: &mut Outage,
+) -> Result<(), String> {
+    let mut sender = link.connect().await.map_err(|e| match e {
+        AckFailure::Other(why) => format!("could not connect: {why}"),
+        refused => refused.to_string(),
+    })?;
     // With `event: held`: changes to keys the upstream withholds, so that
     // this follower refuses their tokens as the upstream does.
     let mut req = link
@@ -316,6 +328,7 @@ async fn read_stream(link: &Link, pushed: &Pushed, last: Option<u64>) -> Result<
     if res.status() != StatusCode::OK {
         return Err(format!("GET /v1/events answered {}", res.status()));
     }
+    outage.ended("reading the upstream's change feed again", Instant::now());
     let mut body = res.into_body();
     let mut parser = SseParser::new(MAX_EVENT);
     // Heartbeats come every events.heartbeat_ms: a silent stream is dead.

@@ -886,15 +886,17 @@ pub(crate) async fn exit_of(mut follower: BinServer) -> (std::process::ExitStatu
 }
 
 fn follower_process(upstream: &str, token: Option<&str>, dir: &std::path::Path) -> BinServer {
-    follower_process_with(upstream, token, dir, "")
+    follower_process_with(upstream, token, dir, "", "warn")
 }
 
-/// [`follower_process`], with `config` added to its `config.toml`.
+/// [`follower_process`], with `config` added to its `config.toml` and
+/// logging at `log`.
 pub(crate) fn follower_process_with(
     upstream: &str,
     token: Option<&str>,
     dir: &std::path::Path,
     config: &str,
+    log: &str,
 ) -> BinServer {
     use std::process::Stdio;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -908,7 +910,7 @@ pub(crate) fn follower_process_with(
         .current_dir(dir)
         .env_remove("SIGNET_UPSTREAM_TOKEN")
         .env("SIGNET_LISTEN", &addr)
-        .env("SIGNET_LOG", "warn")
+        .env("SIGNET_LOG", log)
         .env("SIGNET_DATA_DIR", dir.join("never-created"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -978,6 +980,71 @@ async fn a_follower_refused_once_its_upstream_comes_exits_2() {
         !stderr.contains(wrong),
         "the token is never printed: {stderr}"
     );
+}
+
+/// An upstream away for a while costs its follower one warning when the
+/// retries (every 100 ms) start failing, at most one more per ten seconds,
+/// and one line when it is back; not a line per retry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_logs_an_outage_of_its_upstream_once_not_per_retry() {
+    let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let addr = free_addr();
+    let mut upstream = upstream_process(data.path(), &addr);
+    upstream.wait_ready().await;
+    let follower = follower_process_with(
+        &format!("http://{addr}"),
+        Some(FOLLOWER_TOKEN),
+        dir.path(),
+        "",
+        "info",
+    );
+    let ready = format!("http://{}/readyz", follower.addr);
+    let readiness = || async {
+        try_send(Method::GET, &ready, &[], Bytes::new())
+            .await
+            .map_or(0, |r| r.status.as_u16())
+    };
+    eventually("the follower is ready", Duration::from_secs(10), || async {
+        readiness().await == 200
+    })
+    .await;
+    let away = Instant::now();
+    upstream.terminate();
+    let _ = upstream.child.wait();
+    eventually(
+        "the follower stops vouching",
+        Duration::from_secs(5),
+        || async { readiness().await == 503 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut upstream = upstream_process(data.path(), &addr);
+    upstream.wait_ready().await;
+    eventually(
+        "the follower vouches again",
+        Duration::from_secs(15),
+        || async { readiness().await == 200 },
+    )
+    .await;
+    let outage = away.elapsed();
+    follower.terminate();
+    let (status, log) = exit_of(follower).await;
+    upstream.terminate();
+    let _ = upstream.child.wait();
+    assert!(status.success(), "{log}");
+    // One outage each for its reports and for its change feed.
+    let warned = log.lines().filter(|l| l.contains("(retrying;")).count();
+    let allowed = 2 * (1 + (outage.as_secs() / 10) as usize);
+    assert!(
+        (2..=allowed).contains(&warned),
+        "{warned} warnings in an outage of {outage:?}:\n{log}"
+    );
+    for back in [
+        "reached the source this process follows again",
+        "reading the upstream's change feed again",
+    ] {
+        assert!(log.contains(back), "{back}:\n{log}");
+    }
 }
 
 fn signal(child: &std::process::Child, sig: &str) {

@@ -766,7 +766,7 @@ async fn a_follower_trusts_its_upstream_only_with_its_ca() {
     let url = format!("https://127.0.0.1:{}", upstream.addr.port());
 
     let dir = tempfile::tempdir().unwrap();
-    let untrusting = follower_process_with(&url, Some(FOLLOWER_TOKEN), dir.path(), "");
+    let untrusting = follower_process_with(&url, Some(FOLLOWER_TOKEN), dir.path(), "", "warn");
     let (status, stderr) = exit_of(untrusting).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("upstream.cacert"), "{stderr}");
@@ -775,7 +775,7 @@ async fn a_follower_trusts_its_upstream_only_with_its_ca() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), setup.ca.pem()).unwrap();
     let config = "[upstream]\ncacert = \"ca.pem\"\n";
-    let trusting = follower_process_with(&url, Some(FOLLOWER_TOKEN), dir.path(), config);
+    let trusting = follower_process_with(&url, Some(FOLLOWER_TOKEN), dir.path(), config, "warn");
     trusting.wait_ready().await;
     trusting.terminate();
     let _ = tokio::task::spawn_blocking(move || trusting.child.wait_with_output()).await;
