@@ -5,7 +5,8 @@
 # neighbours took.
 #
 #   benches/cpu.sh                       # target/release/signet (built)
-#   benches/cpu.sh OLD_BINARY            # also an older build, side by side
+#   benches/cpu.sh OTHER_BINARY...       # also other builds, side by side
+#                                        # (each named by its file name)
 #
 # Serves the same five keys from each binary at once (one data directory,
 # copied), plus the bare hyper server (examples/bare_jwks.rs) with the same
@@ -28,7 +29,7 @@ LOG_TAG=cpu
 
 install_missing wrk curl python3
 NEW="$(signet_bin release)"
-OLD="${1:-}"
+OTHERS=("$@")
 log "building the bare hyper server (examples/bare_jwks.rs)"
 (cd "$REPO" && timeout 1800 cargo build --quiet --release --example bare_jwks) ||
     die "cargo build --example bare_jwks failed"
@@ -83,10 +84,11 @@ serve() {
 }
 SERVERS=(new)
 serve new "$NEW"
-if [[ -n "$OLD" ]]; then
-    SERVERS+=(old)
-    serve old "$OLD"
-fi
+for bin in "${OTHERS[@]}"; do
+    name="$(basename "$bin" | tr -c 'A-Za-z0-9_\n' _)"
+    SERVERS+=("$name")
+    serve "$name" "$bin"
+done
 BARE_PORT="$(free_port)"
 "$BARE" "$WORK/jwks.json" "127.0.0.1:$BARE_PORT" 2>"$WORK/bare.log" &
 BARE_PID=$!
@@ -140,7 +142,7 @@ for label, rows in runs.items():
     print(f"| {label} | {med[label]:.2f} µs ({min(us):.2f}–{max(us):.2f}) | "
           f"{statistics.median(rps):,.0f} ({min(rps):,.0f}–{max(rps):,.0f}) | "
           f"{min(load)}–{max(load)} |")
-for name in ("new", "old"):
+for name in dict.fromkeys(label.split("/")[0] for label in runs):
     if f"{name}/auth" in med:
         print(f"\n{name}: JWKS/auth by CPU per request {med[name + '/jwks'] / med[name + '/auth']:.2f}, "
               f"bare/JWKS {med['bare/jwks'] / med[name + '/jwks']:.2f}")
