@@ -97,6 +97,9 @@ pub struct ClusterMetrics {
     /// Time revocations (deletes, disables, rotations that retire the old
     /// key at once) waited for other instances to apply them.
     pub revocation_wait_seconds: Histogram,
+    /// 1 while this instance polls its source for changes instead of
+    /// being told of them, computed when scraped.
+    pub polling: Reading,
 }
 
 /// A gauge whose value is computed when scraped, by a function set once
@@ -234,6 +237,7 @@ impl Metrics {
             live_instances: Gauge::default(),
             lag_seconds: Reading::default(),
             revocation_wait_seconds: Histogram::new(exponential_buckets(0.000_1, 2.5, 14)),
+            polling: Reading::default(),
         };
         registry.register(
             "cluster_applied_version",
@@ -264,6 +268,11 @@ impl Metrics {
             "cluster_revocation_wait_seconds",
             "Time deletes, disables and immediate rotations waited for every other live instance to apply them",
             cluster.revocation_wait_seconds.clone(),
+        );
+        registry.register(
+            "cluster_polling",
+            "1 while this instance polls for key changes (cluster.notify = \"poll\", or notifications found not to arrive) instead of listening",
+            cluster.polling.clone(),
         );
         let followers = Family::<StateLabel, Gauge>::default();
         registry.register(

@@ -126,6 +126,10 @@ impl<F: ChangeFeed> Replica<F> {
         self.metrics
             .lag_seconds
             .read_with(move || fresh.lag().as_secs_f64());
+        let heard = events.clone();
+        self.metrics
+            .polling
+            .read_with(move || f64::from(u8::from(heard.borrow().polling)));
         let fresh = self.fresh.clone();
         let fence = fence_when_deaf(fresh.clone(), events.clone());
         let task = tokio::spawn(async move {

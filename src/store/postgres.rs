@@ -943,7 +943,7 @@ async fn listen(
         if let Ok((client, connection)) = config.connect(NoTls).await {
             let (notes, mut heard) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(drive(connection, notes));
-            match start_listening(&client, &mut heard).await {
+            match start_listening(&config, &client, &mut heard).await {
                 Ok(true) => {
                     pause = FIRST_PAUSE;
                     events.send_modify(|heard| {
@@ -990,31 +990,33 @@ async fn listen(
 /// The payload of a session's notification to itself.
 const PROBE: &str = "probe ";
 
-/// `LISTEN`s on `client`, then checks that a notification it sends itself
-/// arrives, on the same backend: `Ok(false)` if not.
+/// `LISTEN`s on `client`, then checks that it has a backend of its own
+/// and that a notification it sends itself arrives: `Ok(false)` if not.
+///
+/// Behind a transaction-pooling proxy a client's transactions may land on
+/// any server connection, and notifications go to whichever one ran the
+/// `LISTEN`. A proxy with little else to do can serve every statement of
+/// the probe on one server connection, so between this client's
+/// statements a second client asks for its backend: a proxy hands it the
+/// one just freed (PgBouncer by default), or hands this client's next
+/// statement another one (with `server_round_robin`). Without a proxy, two
+/// clients never share a backend and one client never changes its own.
 async fn start_listening(
+    config: &tokio_postgres::Config,
     client: &tokio_postgres::Client,
     heard: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
 ) -> Result<bool, tokio_postgres::Error> {
-    let pid = |messages: Vec<tokio_postgres::SimpleQueryMessage>| {
-        messages.into_iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get("pid").map(str::to_owned),
-            _ => None,
-        })
-    };
-    let before = pid(client
-        .simple_query("SELECT pg_backend_pid() AS pid")
-        .await?);
+    let before = backend(client, "").await?;
     client
         .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {ACKS}"))
         .await?;
+    let (other, connection) = config.connect(NoTls).await?;
+    tokio::spawn(connection);
+    let theirs = backend(&other, "").await?;
+    drop(other);
     let probe = format!("{PROBE}{}", ulid::Ulid::new());
-    let after = pid(client
-        .simple_query(&format!(
-            "SELECT pg_notify('{CHANNEL}', '{probe}'), pg_backend_pid() AS pid"
-        ))
-        .await?);
-    if before.is_none() || before != after {
+    let after = backend(client, &format!("pg_notify('{CHANNEL}', '{probe}'), ")).await?;
+    if before.is_none() || before != after || theirs == after {
         return Ok(false);
     }
     let arrived = tokio::time::timeout(PROBE_WAIT, async {
@@ -1035,6 +1037,21 @@ async fn start_listening(
             .unwrap_or_else(|| unreachable!("the connection ended while its client stands"))),
         Err(_) => Ok(false),
     }
+}
+
+/// The process id of the backend that runs `SELECT {also}pg_backend_pid()`
+/// on `client`.
+async fn backend(
+    client: &tokio_postgres::Client,
+    also: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let messages = client
+        .simple_query(&format!("SELECT {also}pg_backend_pid() AS pid"))
+        .await?;
+    Ok(messages.into_iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get("pid").map(str::to_owned),
+        _ => None,
+    }))
 }
 
 /// Runs a listening connection, passing on its notifications, until it

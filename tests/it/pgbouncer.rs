@@ -3,7 +3,10 @@
 //! connections: three instances polling keep every
 //! revocation, fence while PgBouncer is paused or killed and recover; an
 //! instance left at `notify = "listen"` falls back to polling, or (when
-//! PgBouncer refuses startup options) exits naming the cause.
+//! PgBouncer refuses startup options) exits naming the cause. It falls
+//! back behind PgBouncer's default reuse too (the server connection freed
+//! last is the next one handed out), where every statement of an idle
+//! client may run on one server connection.
 //!
 //! Without PgBouncer installed these tests fail: they never pass silently.
 
@@ -27,6 +30,15 @@ struct PgBouncer {
     as_postgres: bool,
 }
 
+/// How a PgBouncer hands out its server connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    /// In turn (`server_round_robin = 1`).
+    RoundRobin,
+    /// The one freed last first (PgBouncer's default).
+    LastFreed,
+}
+
 fn binary() -> PathBuf {
     let found = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
         .into_iter()
@@ -40,9 +52,10 @@ fn binary() -> PathBuf {
 }
 
 impl PgBouncer {
-    /// Starts one; `options` lists whether it lets the startup parameter
-    /// `options` through (ignored) or refuses it (PgBouncer's default).
-    fn start(upstream: u16, ignore_options: bool) -> PgBouncer {
+    /// Starts one; `ignore_options` says whether it lets the startup
+    /// parameter `options` through (ignored) or refuses it (PgBouncer's
+    /// default), and `reuse` how it hands out server connections.
+    fn start(upstream: u16, ignore_options: bool, reuse: Reuse) -> PgBouncer {
         let dir = tempfile::Builder::new()
             .prefix("signet-pgbouncer-")
             .tempdir()
@@ -68,11 +81,12 @@ impl PgBouncer {
                 "[databases]\n* = host=127.0.0.1 port={upstream}\n\n[pgbouncer]\n\
                  listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
                  auth_type = trust\nauth_file = {users}\n\
-                 pool_mode = transaction\nserver_round_robin = 1\n\
+                 pool_mode = transaction\nserver_round_robin = {round_robin}\n\
                  default_pool_size = 6\nmax_client_conn = 500\n\
                  admin_users = postgres\nignore_startup_parameters = {ignore}\n\
                  logfile = {log}\npidfile = {pid}\n",
                 users = dir.join("users.txt").display(),
+                round_robin = u8::from(reuse == Reuse::RoundRobin),
                 log = dir.join("pgbouncer.log").display(),
                 pid = dir.join("pgbouncer.pid").display(),
             ),
@@ -214,7 +228,7 @@ fn behind(bouncer: &PgBouncer, database: &Database, notify: Notify) -> impl FnOn
 #[tokio::test(flavor = "multi_thread")]
 async fn three_instances_behind_a_transaction_pooling_pgbouncer_keep_every_revocation() {
     let cluster = pg::shared().expect("PostgreSQL for the pooler tests");
-    let mut bouncer = PgBouncer::start(cluster.port, true);
+    let mut bouncer = PgBouncer::start(cluster.port, true, Reuse::RoundRobin);
     let dir = tempfile::tempdir().unwrap();
     let database = Database::on(cluster, dir.path());
     // Two polling; one left at the default, which must find out.
@@ -223,6 +237,10 @@ async fn three_instances_behind_a_transaction_pooling_pgbouncer_keep_every_revoc
     let c = spawn_with(behind(&bouncer, &database, Notify::Listen)).await;
     let apps = [&a, &b, &c];
     let limit = Duration::from_secs(10);
+    eventually("the one left listening polls", limit, || async {
+        polling(&c).await == Some(true)
+    })
+    .await;
 
     // Creates through each, verified everywhere; deletes through each,
     // refused everywhere the moment each DELETE has answered.
@@ -333,10 +351,60 @@ async fn three_instances_behind_a_transaction_pooling_pgbouncer_keep_every_revoc
     c.stop().await;
 }
 
+/// Whether `app` polls for key changes, by its `/metrics`.
+async fn polling(app: &TestApp) -> Option<bool> {
+    let r = send(
+        hyper::Method::GET,
+        &app.url("/metrics"),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    let text = r.text();
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("signet_cluster_polling "))?;
+    Some(value.parse::<f64>().ok()? == 1.0)
+}
+
+/// Behind PgBouncer's default reuse, an idle instance's statements may all
+/// run on one server connection, so a probe by one client alone can pass
+/// by chance: every start falls back to polling all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn listening_behind_a_pgbouncer_that_reuses_the_last_connection_falls_back_every_time() {
+    let cluster = pg::shared().expect("PostgreSQL for the pooler tests");
+    let bouncer = PgBouncer::start(cluster.port, true, Reuse::LastFreed);
+    let dir = tempfile::tempdir().unwrap();
+    let database = Database::on(cluster, dir.path());
+    for start in 0..4 {
+        let app = spawn_with(behind(&bouncer, &database, Notify::Listen)).await;
+        eventually(
+            &format!("start {start}: the instance polls"),
+            Duration::from_secs(10),
+            || async { polling(&app).await == Some(true) },
+        )
+        .await;
+        app.stop().await;
+    }
+    // Without a pooler, an instance listens.
+    let app = spawn_with(|c| {
+        c.storage.backend = signet::config::Backend::Postgres;
+        c.storage.url = Some(Secret::new(database.url.clone()));
+        c.storage.seal_key_file = Some(database.seal_key_file.clone());
+    })
+    .await;
+    assert_eq!(
+        polling(&app).await,
+        Some(false),
+        "an instance on PostgreSQL itself listens"
+    );
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn listening_behind_a_pgbouncer_that_refuses_startup_options_fails_naming_the_cause() {
     let cluster = pg::shared().expect("PostgreSQL for the pooler tests");
-    let bouncer = PgBouncer::start(cluster.port, false);
+    let bouncer = PgBouncer::start(cluster.port, false, Reuse::RoundRobin);
     let dir = tempfile::tempdir().unwrap();
     let database = Database::on(cluster, dir.path());
     let mut config = config(dir.path());
