@@ -1,6 +1,8 @@
 // The signet web console. The token lives in this module's memory only
-// (never in web storage, a cookie or a URL); the private key of a create
-// or rotation is shown once, in a dialog, and dropped when it closes.
+// (never in web storage, a cookie or a URL), and is forgotten when the
+// page is left (so Back does not bring back a signed-in page); the private
+// key of a create or rotation is shown once, in a dialog, and dropped when
+// it closes or the page is left.
 
 import { Api, busy, isReady } from "/console/api.js";
 import { claimsOf, el, save, when } from "/console/view.js";
@@ -56,7 +58,7 @@ $("sign-in-form").addEventListener("submit", async (event) => {
   $("sign-out").focus();
 });
 
-$("sign-out").addEventListener("click", () => {
+function signOut() {
   api = null;
   operator = false;
   $("orgs").replaceChildren();
@@ -66,7 +68,18 @@ $("sign-out").addEventListener("click", () => {
   $("sign-out").hidden = true;
   $("sign-in").hidden = false;
   showError("");
+}
+
+$("sign-out").addEventListener("click", () => {
+  signOut();
   $("token").focus();
+});
+
+// Leaving the page forgets the token and any private key shown: a page
+// kept for Back and Forward must come back signed out.
+window.addEventListener("pagehide", () => {
+  for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
+  signOut();
 });
 
 // ---- dialogs ----
@@ -90,12 +103,21 @@ function confirmDialog({ title, text, key, extra }) {
   $("confirm-extra").replaceChildren(...(extra || []));
   dialog.returnValue = "";
   dialog.showModal();
+  // A field to fill if there is one, else Cancel: Enter alone never
+  // confirms a revocation.
+  ((extra || []).find((e) => e.tagName === "INPUT") || $("confirm-no")).focus();
   return new Promise((resolve) => {
     dialog.addEventListener("close", () => resolve(dialog.returnValue === "confirm"), { once: true });
   });
 }
 
-function showSecret(created) {
+// Moves focus to `fallback` when the element that had it is gone (a
+// re-rendered table), so that it never falls to the page itself.
+function keepFocus(fallback) {
+  if (!document.activeElement || document.activeElement === document.body) fallback.focus();
+}
+
+function showSecret(created, returnTo) {
   const dialog = $("secret");
   $("secret-id").textContent = `Key ${created.id} (${created.algorithm}) of organisation ${created.organisationId}.`;
   $("secret-pem").value = created.privateKey;
@@ -107,6 +129,7 @@ function showSecret(created) {
     () => {
       $("secret-pem").value = "";
       $("secret-download").onclick = null;
+      if (returnTo) keepFocus(returnTo);
     },
     { once: true },
   );
@@ -150,8 +173,12 @@ function newOrgForm() {
   );
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const section = await orgSection(input.value.trim());
-    $("orgs").prepend(section);
+    const org = input.value.trim();
+    // An organisation already shown is not shown twice.
+    const shown = Array.from(document.querySelectorAll("section.org")).find((s) => s.dataset.org === org);
+    const section = shown || (await orgSection(org));
+    if (!shown) $("orgs").prepend(section);
+    section.querySelector("h2").focus();
   });
   return form;
 }
@@ -217,17 +244,28 @@ function clusterTable(cluster) {
   return el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Instances and followers" }, table);
 }
 
+// An organisation's part of element ids: letters, digits and `-` as they
+// are, every other character as `_` and its code point in hex and `_`, so
+// that two organisations never share an id (`x.y` and `x_y` did).
+function slugOf(org) {
+  return Array.from(org, (c) => (/[A-Za-z0-9-]/.test(c) ? c : `_${c.codePointAt(0).toString(16)}_`)).join("");
+}
+
 async function orgSection(org) {
-  const slug = org.replace(/[^A-Za-z0-9_-]/g, "_");
+  const slug = slugOf(org);
   const section = el("section", { class: "org", "aria-labelledby": `org-${slug}`, "data-org": org });
   const body = el("div");
-  section.append(el("h2", { id: `org-${slug}` }, "Organisation ", el("code", { text: org })), body);
-  await fillOrg(org, slug, body);
+  const heading = el("h2", { id: `org-${slug}`, tabindex: "-1" }, "Organisation ", el("code", { text: org }));
+  section.append(heading, body);
+  await fillOrg(org, slug, body, heading);
   return section;
 }
 
-async function fillOrg(org, slug, body) {
-  const reload = () => fillOrg(org, slug, body);
+async function fillOrg(org, slug, body, heading) {
+  const reload = async () => {
+    await fillOrg(org, slug, body, heading);
+    keepFocus(heading);
+  };
   const listed = await attempt(() => api.keys(org));
   const keys = listed ? listed.keys : [];
   body.replaceChildren(
@@ -352,7 +390,7 @@ async function rotate(org, key, reload) {
   if (!ok) return;
   const created = await attempt(() => api.rotate(org, key.id, Number(grace.value)));
   if (created) {
-    showSecret(created);
+    showSecret(created, $(`org-${slugOf(org)}`));
     await reload();
   }
 }
@@ -395,7 +433,7 @@ function createForm(org, slug, reload) {
     if (expires.value) body.expiresAt = new Date(expires.value).toISOString().replace(/\.\d{3}Z$/, "Z");
     const created = await attempt(() => api.create(org, body));
     if (created) {
-      showSecret(created);
+      showSecret(created, $(`org-${slug}`));
       await reload();
     }
   });

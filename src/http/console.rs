@@ -70,8 +70,10 @@ fn serve(name: &str) -> Outcome {
         return Err(ApiError::not_found("no such file in the console"));
     };
     let mut r = reply::with_type(StatusCode::OK, media, Body::from(*bytes));
+    // Not kept at all: a page kept for Back could come back signed in, or
+    // showing a private key (the page also forgets both when left).
     r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
 }
 

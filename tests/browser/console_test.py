@@ -319,6 +319,8 @@ def main():
         row_button("Delete", VICTIM_ID).click()
         d = dialog()
         check(d.get_attribute("role") == "alertdialog", "role alertdialog")
+        focused = D.switch_to.active_element
+        check(focused.get_attribute("id") == "confirm-no", f"focus starts on Cancel: {focused.text!r}")
         check("Verified in the last hour" in d.text and "Last verified" in d.text, d.text)
         button("Cancel", d).click()
         settle()
@@ -373,8 +375,16 @@ def main():
         while not os.path.exists(path) and time.time() < deadline:
             time.sleep(0.2)
         check(os.path.exists(path), "successor downloaded")
-        button("Close").click()
-        settle()
+
+        step("leaving the page forgets the key shown and the token")
+        D.get(URL + "/readyz")
+        D.back()
+        wait(EC.visibility_of_element_located((By.ID, "sign-in")))
+        check(not D.execute_script("return document.getElementById('secret').open"), "no dialog after Back")
+        check(D.find_element(By.ID, "secret-pem").get_attribute("value") == "", "no key after Back")
+        check(D.execute_script("return document.getElementById('orgs').children.length") == 0,
+              "signed out after Back")
+        sign_in(OPERATOR)
 
         step("an error shows the API's message")
         acme = section("acme")
@@ -389,6 +399,26 @@ def main():
         button("Confirm", d).click()
         eventually(lambda: result["uploaded"] not in keys_of("acme"), "deleted")
         settle()
+        check(D.execute_script("return document.activeElement !== document.body"),
+              "focus stays in the page after the row is gone")
+
+        step("organisations differing only in punctuation have their own ids, each shown once")
+        for org in ("x.y", "x_y", "x.y"):
+            field = labelled("Organisation")
+            field.clear()
+            field.send_keys(org)
+            button("Open").click()
+            section(org)
+            settle()
+        shown = [s.get_attribute("data-org") for s in D.find_elements(By.CSS_SELECTOR, "section.org")]
+        check(shown.count("x.y") == 1 and shown.count("x_y") == 1, f"each shown once: {shown}")
+        ids = D.execute_script("return Array.from(document.querySelectorAll('[id]'), e => e.id)")
+        check(len(ids) == len(set(ids)), f"duplicate ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+        for org in ("x.y", "x_y"):
+            sec = section(org)
+            control = labelled("Name", sec)
+            check(D.execute_script("return arguments[0].contains(arguments[1])", sec, control),
+                  f"the Name label of {org} names its own field")
 
         step("keyboard only: Tab reaches Sign out and the dialog buttons")
         row_button("Delete", VICTIM_ID).send_keys(Keys.ENTER)
