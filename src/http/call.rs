@@ -147,6 +147,21 @@ impl Call<'_> {
         Ok(principal)
     }
 
+    /// The request's `Authorization` header, if it has one. Two or more
+    /// are refused: whatever sits behind signet (a proxy, the service
+    /// `/v1/auth` vouches for) might read another one than was checked.
+    pub fn authorization(&self) -> Result<Option<&str>, AuthError> {
+        let mut all = self.headers().get_all(header::AUTHORIZATION).iter();
+        let first = all.next();
+        if all.next().is_some() {
+            return Err(AuthError::invalid(
+                "not_bearer",
+                "the request carries more than one Authorization header; send one",
+            ));
+        }
+        Ok(first.and_then(|v| v.to_str().ok()))
+    }
+
     /// Who the request's credential names, if it is valid.
     async fn credential(&self) -> Result<Principal, AuthError> {
         let state = self.state;
@@ -155,10 +170,7 @@ impl Call<'_> {
             verifier: state.signet.verifier(),
             audience: &state.config.auth.audience,
         };
-        let authorization = self
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+        let authorization = self.authorization()?;
         // A key created through another instance a moment ago is learned
         // from the store before its token is judged.
         if let Some(token) = authorization.and_then(|a| crate::auth::bearer(a).ok()) {

@@ -3,7 +3,6 @@
 //! it how far this server's feed goes and how fresh this server is, from
 //! which it computes its own freshness (see `follower`).
 
-use hyper::header;
 use hyper::StatusCode;
 use serde::Deserialize;
 
@@ -38,9 +37,7 @@ pub async fn ack(call: Call<'_>) -> Outcome {
         ));
     }
     let token = call
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+        .authorization()?
         .ok_or(AuthError::Missing)
         .and_then(crate::auth::bearer)?;
     if !followers.accepts(token) {

@@ -1,7 +1,7 @@
 //! The verification routes: `/v1/verify` (a verdict as JSON) and
 //! `/v1/auth` (the reverse proxy's sub-request).
 
-use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::StatusCode;
 use serde::Deserialize;
 
@@ -46,11 +46,8 @@ pub async fn auth(call: Call<'_>) -> Outcome {
             _ => {}
         }
     }
-    let authorization = call
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let token = authorization
+    let token = call
+        .authorization()?
         .ok_or(AuthError::Missing)
         .and_then(auth::bearer)?;
     let result = call

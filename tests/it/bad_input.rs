@@ -87,6 +87,7 @@ fn cases() -> Vec<Case> {
         case("missing bearer", M::POST, KEYS, &[JSON], br#"{"name":"a"}"#, 401, "unauthorized"),
         case("wrong operator token", M::POST, KEYS, &[("authorization", "Bearer test-operator-token-0123456780"), JSON], br#"{"name":"a"}"#, 401, "unauthorized"),
         case("basic auth", M::GET, KEYS, &[("authorization", "Basic dXNlcjpwYXNz")], b"", 401, "unauthorized"),
+        case("two Authorization headers, the first valid", M::GET, KEYS, &[AUTH, ("authorization", "Bearer garbage")], b"", 401, "unauthorized"),
         case("bearer garbage JWT", M::GET, KEYS, &[("authorization", "Bearer a.b.c")], b"", 401, "unauthorized"),
         case("bearer empty", M::DELETE, "/v1/organisations/acme/keys/01ARZ3NDEKTSV4RRFFQ69G5FAV", &[("authorization", "Bearer ")], b"", 401, "unauthorized"),
         case("audit without bearer", M::GET, "/v1/organisations/acme/audit", &[], b"", 401, "unauthorized"),

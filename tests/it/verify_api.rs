@@ -80,6 +80,23 @@ async fn auth_endpoint_answers_a_reverse_proxy() {
         .request_as(Method::GET, "/v1/auth?audience=other", &token)
         .await;
     aud_bad.assert_error(401, "unauthorized");
+    // A proxy or service behind may read another header than the first:
+    // a request with two is refused, whichever comes first.
+    let valid = bearer(&token);
+    for pair in [
+        [valid.as_str(), "Bearer garbage"],
+        ["Bearer garbage", valid.as_str()],
+    ] {
+        let r = app
+            .request(
+                Method::GET,
+                "/v1/auth",
+                &[("authorization", pair[0]), ("authorization", pair[1])],
+                "",
+            )
+            .await;
+        r.assert_error(401, "unauthorized");
+    }
     let missing = app.get("/v1/auth").await;
     missing.assert_error(401, "unauthorized");
     assert!(missing
