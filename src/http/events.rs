@@ -59,13 +59,14 @@ fn stream(call: Call<'_>, org: Option<OrgId>) -> Outcome {
         heartbeat: Duration::from_millis(config.heartbeat_ms),
         send_timeout: Duration::from_millis(config.send_timeout_ms),
     };
-    // Garbage is as good as no id: the stream starts from a reset.
-    let resume = call
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|&id| matches!(source.feed().after(id, 0), After::Events(_)));
+    // Only an id as this server writes them resumes; garbage (`+5`, `05`,
+    // two headers) is as good as no id: the stream starts from a reset.
+    let mut ids = call.headers().get_all("last-event-id").iter();
+    let resume = match (ids.next(), ids.next()) {
+        (Some(id), None) => id.to_str().ok().and_then(event_id),
+        _ => None,
+    }
+    .filter(|&id| matches!(source.feed().after(id, 0), After::Events(_)));
     // The stream keeps its connection busy: no idle deadline while it
     // lasts, and a shorter write deadline.
     call.activity.write_timeout(timing.send_timeout);
@@ -89,6 +90,13 @@ fn stream(call: Call<'_>, org: Option<OrgId>) -> Outcome {
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(reply)
+}
+
+/// An event id written as this server writes them: decimal digits, no
+/// sign, no leading zero.
+fn event_id(text: &str) -> Option<u64> {
+    let id = text.parse::<u64>().ok()?;
+    (id.to_string() == text).then_some(id)
 }
 
 /// What one stream carries.

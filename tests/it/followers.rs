@@ -264,9 +264,12 @@ async fn feed_order_and_ids() {
     for want in &ids[3..] {
         assert_eq!(resumed.next().await.id, Some(*want));
     }
-    // Garbage, the future, and an id of no run of this server: a reset.
+    // Garbage (an id not written as the server writes it, too), the
+    // future, and an id of no run of this server: a reset.
     for last in [
         "garbage",
+        &format!("+{}", ids[2]),
+        &format!("0{}", ids[2]),
         &(last + 1000).to_string(),
         &(version - 100_000_000).to_string(),
     ] {
