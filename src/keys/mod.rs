@@ -109,6 +109,18 @@ impl KeyId {
         }
     }
 
+    /// Parses the canonical spelling only, in upper case, as a JWT's `kid`
+    /// must be: it is case-sensitive (RFC 7515), and a JWK Set lists each
+    /// key's id in upper case.
+    pub fn parse_exact(raw: &str) -> Result<Self, ParseError> {
+        let id = KeyId::parse(raw)?;
+        let mut buf = [0u8; ulid::ULID_LEN];
+        match id.0.array_to_str(&mut buf) == raw {
+            true => Ok(id),
+            false => Err(ParseError::KeyId),
+        }
+    }
+
     pub fn to_bytes(self) -> [u8; 16] {
         self.0.to_bytes()
     }

@@ -139,8 +139,11 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, VerifyError> {
         });
     }
     let kid = match &header.kid {
-        Some(Member::Str(kid)) => KeyId::parse(kid).map_err(|_| {
-            VerifyError::UnknownKey(format!("kid {:?} is not a signet key id", &**kid))
+        Some(Member::Str(kid)) => KeyId::parse_exact(kid).map_err(|_| {
+            VerifyError::UnknownKey(format!(
+                "kid {:?} is not a signet key id (26 characters, upper case)",
+                &**kid
+            ))
         })?,
         Some(_) => return Err(VerifyError::Malformed("header kid must be a string".into())),
         None => return Err(VerifyError::Malformed("header has no kid".into())),
