@@ -300,22 +300,25 @@ impl Source {
     }
 
     /// `event: reset` with the whole current set of `org` (or of all),
-    /// and the id it stands at.
-    pub fn reset(&self, org: Option<&OrgId>) -> (u64, Bytes) {
-        let Snapshot {
-            version,
-            keys,
-            withheld,
-        } = self.published.snapshot(org);
-        let keys: Vec<serde_json::Value> = keys.iter().map(key_json).collect();
-        let withheld: Vec<serde_json::Value> = withheld.iter().map(held_json).collect();
-        let data = serde_json::json!({
-            "version": version,
+    /// and the id it stands at; with `withheld` (a follower's stream), the
+    /// keys that exist but do not verify too, which only an organisation's
+    /// authenticated list shows anyone else.
+    pub fn reset(&self, org: Option<&OrgId>, withheld: bool) -> (u64, Bytes) {
+        let snapshot = self.published.snapshot(org);
+        let keys: Vec<serde_json::Value> = snapshot.keys.iter().map(key_json).collect();
+        let mut data = serde_json::json!({
+            "version": snapshot.version,
             "run": self.feed().run(),
             "keys": keys,
-            "withheld": withheld,
         });
-        (version, frame(Some(version), "reset", &data))
+        if withheld {
+            let held: Vec<serde_json::Value> = snapshot.withheld.iter().map(held_json).collect();
+            data["withheld"] = held.into();
+        }
+        (
+            snapshot.version,
+            frame(Some(snapshot.version), "reset", &data),
+        )
     }
 
     /// `event: fresh`: the id `version` this stream stands at, and the

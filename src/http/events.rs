@@ -44,6 +44,12 @@ pub async fn of_org(call: Call<'_>) -> Outcome {
 }
 
 fn stream(call: Call<'_>, org: Option<OrgId>) -> Outcome {
+    // The keys that exist but do not verify are a follower's to know, not
+    // the public's.
+    let withheld = call.query().any(|(k, v)| k == "withheld" && v == "true");
+    if withheld {
+        super::followers::follower_only(&call)?;
+    }
     let state = call.state;
     let signet = &state.signet;
     let source = signet.feed();
@@ -78,10 +84,7 @@ fn stream(call: Call<'_>, org: Option<OrgId>) -> Outcome {
         _busy: busy,
         gauge,
     };
-    let scope = Scope {
-        org,
-        withheld: call.query().any(|(k, v)| k == "withheld" && v == "true"),
-    };
+    let scope = Scope { org, withheld };
     let stream = state
         .feed_hub
         .subscribe(source, scope, resume, hold, timing);
@@ -103,7 +106,8 @@ fn event_id(text: &str) -> Option<u64> {
 struct Scope {
     /// One organisation's events, or every organisation's.
     org: Option<OrgId>,
-    /// Also `event: held` (`?withheld=true`, as followers ask): changes to
+    /// Also the withheld keys in a `reset`, and `event: held`
+    /// (`?withheld=true`, with the follower token, as followers ask):
     /// keys that are not published, which the feed's contract otherwise
     /// leaves out.
     withheld: bool,
@@ -170,7 +174,16 @@ struct Shared {
     fresh: Mutex<Option<(u64, u64, Bytes)>>,
     /// The last `reset` rendered, with its scope and the id it stands at:
     /// the subscribers that arrive before the next event share it.
-    reset: Mutex<Option<(Option<OrgId>, u64, Bytes)>>,
+    reset: Mutex<Option<RenderedReset>>,
+}
+
+/// A `reset` as rendered: of `org` (or of all), with the withheld keys or
+/// not, at event `version`.
+struct RenderedReset {
+    org: Option<OrgId>,
+    withheld: bool,
+    version: u64,
+    bytes: Bytes,
 }
 
 /// One stream as the hub sees it.
@@ -337,17 +350,23 @@ impl Shared {
         }
     }
 
-    /// A `reset` of `org` (or of all): the last one rendered if no event
-    /// was numbered since, so that a burst of subscribers renders it once.
-    fn reset(&self, source: &Source, org: Option<&OrgId>) -> (u64, Bytes) {
+    /// A `reset` of `org` (or of all), with the withheld keys or not: the
+    /// last one rendered if no event was numbered since, so that a burst of
+    /// subscribers renders it once.
+    fn reset(&self, source: &Source, org: Option<&OrgId>, withheld: bool) -> (u64, Bytes) {
         let latest = source.feed().latest();
-        if let Some((of, version, bytes)) = &*lock(&self.reset) {
-            if *version == latest && of.as_ref() == org {
-                return (*version, bytes.clone());
+        if let Some(last) = &*lock(&self.reset) {
+            if last.version == latest && last.org.as_ref() == org && last.withheld == withheld {
+                return (last.version, last.bytes.clone());
             }
         }
-        let (version, bytes) = source.reset(org);
-        *lock(&self.reset) = Some((org.cloned(), version, bytes.clone()));
+        let (version, bytes) = source.reset(org, withheld);
+        *lock(&self.reset) = Some(RenderedReset {
+            org: org.cloned(),
+            withheld,
+            version,
+            bytes: bytes.clone(),
+        });
         (version, bytes)
     }
 }
@@ -423,7 +442,9 @@ impl Chunks for Stream {
 impl Stream {
     /// A `reset`, the cursor moved to the id it stands at.
     fn reset(&mut self) -> Bytes {
-        let (version, bytes) = self.hub.reset(&self.source, self.scope.org.as_ref());
+        let (version, bytes) =
+            self.hub
+                .reset(&self.source, self.scope.org.as_ref(), self.scope.withheld);
         self.cursor = Some(version);
         bytes
     }

@@ -26,9 +26,10 @@ struct Ack {
     catch_up: bool,
 }
 
-pub async fn ack(call: Call<'_>) -> Outcome {
-    let signet = &call.state.signet;
-    let followers = signet.followers();
+/// Refuses a request that does not carry a follower token: 403 when this
+/// server accepts no followers, 401 for any other credential or none.
+pub(super) fn follower_only(call: &Call<'_>) -> Result<(), ApiError> {
+    let followers = call.state.signet.followers();
     if !followers.enabled() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -43,6 +44,12 @@ pub async fn ack(call: Call<'_>) -> Outcome {
     if !followers.accepts(token) {
         return Err(AuthError::invalid("not_follower", "this is not a follower token").into());
     }
+    Ok(())
+}
+
+pub async fn ack(call: Call<'_>) -> Outcome {
+    let signet = &call.state.signet;
+    follower_only(&call)?;
     let ack: Ack = call.read_json().await?;
     let follower = ulid::Ulid::from_string(&ack.follower)
         .map_err(|_| ApiError::invalid_request("follower must be a ULID"))?;

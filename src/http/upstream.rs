@@ -311,7 +311,11 @@ async fn read_stream(
     // this follower refuses their tokens as the upstream does.
     let mut req = link
         .request(Method::GET, "/v1/events?withheld=true")
-        .header(hyper::header::ACCEPT, "text/event-stream");
+        .header(hyper::header::ACCEPT, "text/event-stream")
+        .header(
+            hyper::header::AUTHORIZATION,
+            format!("Bearer {}", link.token),
+        );
     if let Some(last) = last {
         req = req.header("last-event-id", last.to_string());
     }

@@ -39,9 +39,17 @@ struct Sse {
 
 impl Sse {
     async fn open(url: &str, last: Option<&str>) -> Result<Sse, Resp> {
+        Sse::open_as(url, last, None).await
+    }
+
+    /// [`Sse::open`] with `token` as the bearer credential.
+    async fn open_as(url: &str, last: Option<&str>, token: Option<&str>) -> Result<Sse, Resp> {
         let mut req = Request::builder().method(Method::GET).uri(url);
         if let Some(last) = last {
             req = req.header("last-event-id", last);
+        }
+        if let Some(token) = token {
+            req = req.header("authorization", bearer(token));
         }
         let req = req.body(Full::new(Bytes::new())).unwrap();
         let res = Client::builder(TokioExecutor::new())
@@ -68,7 +76,12 @@ impl Sse {
 
     /// A subscriber; panics unless 200.
     async fn subscribe(url: &str, last: Option<&str>) -> Sse {
-        match Sse::open(url, last).await {
+        Sse::subscribe_as(url, last, None).await
+    }
+
+    /// [`Sse::subscribe`] with `token` as the bearer credential.
+    async fn subscribe_as(url: &str, last: Option<&str>, token: Option<&str>) -> Sse {
+        match Sse::open_as(url, last, token).await {
             Ok(sse) => sse,
             Err(r) => panic!("GET {url}: {} {}", r.status, r.text()),
         }
@@ -640,18 +653,32 @@ async fn a_follower_started_after_a_withdrawal_answers_as_its_upstream() {
         204
     );
 
-    // The reset lists them, an organisation's only its own.
+    // A follower's reset lists them, an organisation's only its own.
     let mut expected = vec![
         (disabled, "disabled".to_owned(), None),
         (retired, "expired".to_owned(), None),
         (brief, "disabled".to_owned(), Some(expires_at)),
     ];
     expected.sort();
+    let token = Some(FOLLOWER_TOKEN);
     for path in ["/v1/events", "/v1/organisations/acme/events"] {
-        let mut sse = Sse::subscribe(&upstream.url(path), None).await;
+        let url = upstream.url(&format!("{path}?withheld=true"));
+        let mut sse = Sse::subscribe_as(&url, None, token).await;
         assert_eq!(withheld_in(&sse.next().await), expected, "{path}");
+        // Anyone else's has only the published keys, as the feed's
+        // contract says; asking for more needs the follower token.
+        let mut public = Sse::subscribe(&upstream.url(path), None).await;
+        let reset = public.next().await;
+        assert_eq!(reset.data.get("withheld"), None, "{path}: {}", reset.data);
+        for other in [None, Some(ADMIN), Some("not-the-follower-token-0123456789")] {
+            let Err(r) = Sse::open_as(&url, None, other).await else {
+                panic!("{path}: withheld keys shown without the follower token");
+            };
+            r.assert_error(401, "unauthorized");
+        }
     }
-    let mut other = Sse::subscribe(&upstream.url("/v1/organisations/other/events"), None).await;
+    let other = upstream.url("/v1/organisations/other/events?withheld=true");
+    let mut other = Sse::subscribe_as(&other, None, token).await;
     assert_eq!(other.next().await.data["withheld"], json!([]));
 
     let follower = follower_of(&upstream, |_| {}).await;
@@ -691,9 +718,11 @@ async fn a_follower_follows_changes_to_keys_already_withheld() {
     let upstream = upstream_with(|_| {}).await;
     let follower = follower_of(&upstream, |_| {}).await;
     let mut plain = Sse::subscribe(&upstream.url("/v1/events"), None).await;
-    let mut asking = Sse::subscribe(&upstream.url("/v1/events?withheld=true"), None).await;
+    let token = Some(FOLLOWER_TOKEN);
+    let asking_url = upstream.url("/v1/events?withheld=true");
+    let mut asking = Sse::subscribe_as(&asking_url, None, token).await;
     let scoped_url = upstream.url("/v1/organisations/acme/events?withheld=true");
-    let mut scoped = Sse::subscribe(&scoped_url, None).await;
+    let mut scoped = Sse::subscribe_as(&scoped_url, None, token).await;
     for sse in [&mut plain, &mut asking, &mut scoped] {
         assert_eq!(sse.next().await.event, "reset");
     }
