@@ -62,11 +62,14 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
                 .take(1 << 20)
                 .read_to_string(&mut t)
                 .context("cannot read the token from stdin")?;
+            // The line ends that `echo` and files add; any other blank is
+            // part of the token, and malformed as it is over HTTP.
+            t.truncate(t.trim_end_matches(['\n', '\r']).len());
             t
         }
     };
-    let token = token.trim();
-    if token.is_empty() {
+    let token = token.as_str();
+    if token.trim().is_empty() {
         bail!("no token given: pass it as an argument or on stdin");
     }
     let config = Config::load(args.config.as_deref())?;

@@ -692,19 +692,18 @@ pub struct ClaimRules<'a> {
 }
 
 pub fn check_claims(claims: &Contents, rules: ClaimRules<'_>) -> Result<(), VerifyError> {
-    if let Some(key_org) = rules.key_org {
-        match claims.org {
-            Text::Absent => {}
-            Text::Str(org) if claims.str(org) == key_org => {}
-            Text::Str(_) => {
-                return Err(VerifyError::WrongOrganisation(format!(
-                    "the token's org claim names another organisation than {key_org:?}, whose key signed it"
-                )))
-            }
-            Text::NotString => {
-                return Err(VerifyError::Malformed("claim org must be a string".into()))
-            }
+    // A non-string org is malformed wherever the key's organisation is
+    // known or not (a JWK Set does not say it).
+    match (claims.org, rules.key_org) {
+        (Text::NotString, _) => {
+            return Err(VerifyError::Malformed("claim org must be a string".into()))
         }
+        (Text::Str(org), Some(key_org)) if claims.str(org) != key_org => {
+            return Err(VerifyError::WrongOrganisation(format!(
+                "the token's org claim names another organisation than {key_org:?}, whose key signed it"
+            )))
+        }
+        _ => {}
     }
     let now = rules.now as f64;
     let leeway = rules.leeway as f64;
