@@ -281,43 +281,26 @@ fn offline_key_admin_and_the_whole_token_loop() {
         Some(0),
         "token from stdin, with its line end, verifies against the JWK Set"
     );
-    // Blanks around a token given as an argument are part of it, as they
-    // are in POST /v1/verify: malformed.
-    let padded = format!(" {token} ");
-    let o = signet(
-        &[
-            "verify",
-            &padded,
-            "--json",
-            "--jwks",
-            jwks.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert_eq!(
-        serde_json::from_slice::<Value>(&o.stdout).unwrap()["error"]["code"],
-        "malformed"
-    );
-    // An org claim that is not a string is malformed here too, though a
-    // JWK Set does not say the key's organisation.
+    // Malformed against a JWK Set as over HTTP: blanks around a token given
+    // as an argument (part of it, as in POST /v1/verify), and an org claim
+    // that is not a string, though a JWK Set does not say the key's
+    // organisation.
     let signer = Signer::from_pem(&std::fs::read_to_string(pem).unwrap());
-    let numeric_org = signer.org_token(kid, json!({"org": 7, "exp": now() + 600}));
-    let o = signet(
-        &[
-            "verify",
-            &numeric_org,
-            "--json",
-            "--jwks",
-            jwks.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert_eq!(
-        serde_json::from_slice::<Value>(&o.stdout).unwrap()["error"]["code"],
-        "malformed"
-    );
+    let malformed = [
+        format!(" {token} "),
+        signer.org_token(kid, json!({"org": 7, "exp": now() + 600})),
+    ];
+    for bad in &malformed {
+        let o = signet(
+            &["verify", bad, "--json", "--jwks", jwks.to_str().unwrap()],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&o.stdout).unwrap()["error"]["code"],
+            "malformed"
+        );
+    }
 
     assert_exit(&keys.run("delete --org acme", &[kid]), 0, "");
     let o = signet(&["verify", &token, "--data-dir", data, "--json"], &[]);
