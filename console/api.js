@@ -40,7 +40,9 @@ export class Api {
       init.body = JSON.stringify(body);
     }
     const url = query ? `${path}?${new URLSearchParams(query)}` : path;
-    const res = await fetch(url, init);
+    const res = await fetch(url, init).catch(() => {
+      throw new ApiError(0, "unreachable", UNREACHABLE);
+    });
     if (res.status === 204) return null;
     const text = await res.text();
     let json = null;
@@ -104,9 +106,14 @@ export class Api {
   }
 }
 
-// Whether this instance is ready: no credential needed.
+// What a request that got no answer says (the browser's own words are
+// "Failed to fetch").
+export const UNREACHABLE = `signet did not answer at ${location.origin}: is it running, and is the network up?`;
+
+// Whether this instance is ready (true or false), or `null` when it does
+// not answer at all: no credential needed.
 export async function isReady() {
   return fetch("/readyz", { cache: "no-store", credentials: "omit" })
     .then((r) => r.ok)
-    .catch(() => false);
+    .catch(() => null);
 }

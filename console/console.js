@@ -4,7 +4,7 @@
 // key of a create or rotation is shown once, in a dialog, and dropped when
 // it closes or the page is left.
 
-import { Api, busy, isReady } from "/console/api.js";
+import { Api, busy, isReady, UNREACHABLE } from "/console/api.js";
 import { claimsOf, el, save, when } from "/console/view.js";
 
 const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
@@ -188,7 +188,16 @@ async function renderStatus() {
     isReady(),
     api.cluster().catch((e) => ({ error: e.message || String(e) })),
   ]);
-  const parts = [ready ? "This instance is ready." : "This instance is not ready (its database is not usable)."];
+  if (ready === null) {
+    $("status-text").textContent = UNREACHABLE;
+    $("cluster").replaceChildren();
+    return;
+  }
+  const parts = [
+    ready
+      ? "This instance is ready."
+      : "This instance is not ready: it cannot vouch for its keys now (its database or upstream is out of reach, or it is starting).",
+  ];
   if (cluster.error) {
     parts.push(`Its view of the other instances is unavailable: ${cluster.error}`);
   } else if (cluster.freshAgeMs === null) {

@@ -429,6 +429,22 @@ def main():
         settle()
         check(VICTIM_ID in keys_of("acme"), "escape cancels")
 
+        step("with signet out of reach, the page says so in its own words")
+        D.execute_cdp_cmd("Network.enable", {})
+        offline = {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+        D.execute_cdp_cmd("Network.emulateNetworkConditions", offline)
+        button("Refresh").click()
+        wait(lambda d: "did not answer" in d.find_element(By.ID, "status-text").text)
+        labelled("Name", section("acme")).send_keys("unreachable")
+        button("Create key", section("acme")).click()
+        wait(lambda d: "did not answer" in error_text())
+        check("Failed to fetch" not in error_text(), error_text())
+        online = dict(offline, offline=False)
+        D.execute_cdp_cmd("Network.emulateNetworkConditions", online)
+        button("Refresh").click()
+        wait(lambda d: "This instance is ready" in d.find_element(By.ID, "status-text").text)
+        settle()
+
         step("layout at 360 px")
         D.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                           {"width": 360, "height": 780, "deviceScaleFactor": 2, "mobile": True})
