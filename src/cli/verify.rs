@@ -127,6 +127,10 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
         )
         .await?;
         judged(signet.verify(token, expect).await)?
+    } else if let Err(too_long) = verify::within_limit(token, policy.max_token_bytes) {
+        // The server would refuse the request's body before reading the
+        // token; the verdict is the one every other point gives.
+        Report::of(&Err(too_long))
     } else {
         let base = args.server.clone().unwrap_or_else(|| own_server(&config));
         let url = format!("{}/v1/verify", base.trim_end_matches('/'));

@@ -42,7 +42,7 @@ use crate::keys::{Algorithm, KeyId, OrgId};
 use crate::usage::{Counter as UseCounter, Usage};
 
 pub use jwk_set::{JwkSetError, JwkSetSource};
-pub use token::{decode_object, ClaimRules, Contents};
+pub use token::{decode_object, within_limit, ClaimRules, Contents};
 
 /// Why a token is not valid. The code of each variant is listed in docs/api.md.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

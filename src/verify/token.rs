@@ -76,13 +76,20 @@ fn decoded_len(part: &str) -> usize {
     part.len() / 4 * 3 + 3
 }
 
-pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, VerifyError> {
-    if token.len() > max_bytes {
-        return Err(VerifyError::Malformed(format!(
+/// Refuses a token longer than `max_bytes` (`verify.max_token_bytes`)
+/// before anything of it is decoded.
+pub fn within_limit(token: &str, max_bytes: usize) -> Result<(), VerifyError> {
+    match token.len() > max_bytes {
+        true => Err(VerifyError::Malformed(format!(
             "token is {} bytes, over the limit of {max_bytes}",
             token.len()
-        )));
+        ))),
+        false => Ok(()),
     }
+}
+
+pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, VerifyError> {
+    within_limit(token, max_bytes)?;
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())

@@ -281,20 +281,27 @@ fn offline_key_admin_and_the_whole_token_loop() {
         Some(0),
         "token from stdin, with its line end, verifies against the JWK Set"
     );
-    // Malformed against a JWK Set as over HTTP: blanks around a token given
-    // as an argument (part of it, as in POST /v1/verify), and an org claim
-    // that is not a string, though a JWK Set does not say the key's
-    // organisation.
+    // Malformed as over HTTP: blanks around a token given as an argument
+    // (part of it, as in POST /v1/verify), and an org claim that is not a
+    // string, though a JWK Set does not say the key's organisation; and a
+    // token over verify.max_token_bytes, which --server judges without
+    // sending (the server would refuse the body first; nothing listens at
+    // that address).
     let signer = Signer::from_pem(&std::fs::read_to_string(pem).unwrap());
+    let set = ["--jwks", jwks.to_str().unwrap()];
     let malformed = [
-        format!(" {token} "),
-        signer.org_token(kid, json!({"org": 7, "exp": now() + 600})),
+        (format!(" {token} "), set),
+        (
+            signer.org_token(kid, json!({"org": 7, "exp": now() + 600})),
+            set,
+        ),
+        (
+            "a".repeat(16 * 1024 + 1),
+            ["--server", "http://127.0.0.1:9"],
+        ),
     ];
-    for bad in &malformed {
-        let o = signet(
-            &["verify", bad, "--json", "--jwks", jwks.to_str().unwrap()],
-            &[],
-        );
+    for (bad, [flag, source]) in &malformed {
+        let o = signet(&["verify", bad, "--json", flag, source], &[]);
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
         assert_eq!(
             serde_json::from_slice::<Value>(&o.stdout).unwrap()["error"]["code"],
