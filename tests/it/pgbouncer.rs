@@ -387,12 +387,7 @@ async fn listening_behind_a_pgbouncer_that_reuses_the_last_connection_falls_back
         app.stop().await;
     }
     // Without a pooler, an instance listens.
-    let app = spawn_with(|c| {
-        c.storage.backend = signet::config::Backend::Postgres;
-        c.storage.url = Some(Secret::new(database.url.clone()));
-        c.storage.seal_key_file = Some(database.seal_key_file.clone());
-    })
-    .await;
+    let app = spawn_with(|c| database.configure(c)).await;
     assert_eq!(
         polling(&app).await,
         Some(false),
